@@ -1,0 +1,271 @@
+/*
+ * skiff.h -- the whole public C API of the Skiff engine.
+ *
+ * This header is the only one cffi sees (router/_native is built from it),
+ * so it contains no preprocessor logic beyond include guards and plain
+ * #define constants.
+ *
+ * Threading model: sk_* functions are called from the control thread (the
+ * Python event loop or a loader thread). The engine's I/O workers are C
+ * threads that never call back into the caller; everything they want to say
+ * arrives as sk_event records, read with sk_engine_drain() after the
+ * engine's event fd becomes readable.
+ *
+ * Ownership: every object returned by a *_create/_open function is owned by
+ * the caller until handed to a function documented as taking ownership, or
+ * released with its *_release/_free function.
+ */
+#ifndef SKIFF_H
+#define SKIFF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SK_ERRLEN 256
+#define SK_HIST_BUCKETS 24 /* bucket i counts lateness <= 1us << i; last is +Inf */
+#define SK_PRIO_HIGH 0
+#define SK_PRIO_NORMAL 1
+
+typedef struct sk_engine sk_engine;
+typedef struct sk_listener sk_listener;
+typedef struct sk_target sk_target;
+typedef struct sk_routes sk_routes;
+
+/* ---------------------------------------------------------------- engine */
+
+typedef struct sk_engine_options {
+    int worker_threads;        /* 0: one per CPU */
+    int connect_timeout_ms;    /* outbound connect time-out (default 5000) */
+    int max_connect_attempts;  /* targets tried per client (default 3) */
+    int backoff_initial_ms;    /* first down period of a failed target (500) */
+    int backoff_max_ms;        /* cap of the exponential back-off (30000) */
+    int relay_buffer_bytes;    /* bound per direction per connection (65536) */
+    int keepalive;             /* SO_KEEPALIVE on relayed sockets (1) */
+    int event_ring_size;       /* events per worker per priority, 2^n (4096) */
+    int high_check_budget_us;  /* re-check high timers within a batch (250) */
+    int events_per_wakeup;     /* epoll batch size (64) */
+} sk_engine_options;
+
+void sk_engine_options_init(sk_engine_options *opts);
+
+/* Starts the workers. Returns NULL and fills err on failure. */
+sk_engine *sk_engine_create(const sk_engine_options *opts, char *err, size_t errlen);
+
+/* Stops accepting and relaying, joins every worker, closes every socket and
+ * frees every connection and buffer. Objects the caller still holds
+ * (listeners, targets) stay valid for stats until released. Idempotent. */
+void sk_engine_stop(sk_engine *e);
+
+/* Frees the engine; sk_engine_stop() must have been called. */
+void sk_engine_destroy(sk_engine *e);
+
+int sk_engine_worker_count(const sk_engine *e);
+
+/* Readable (eventfd semantics) when events are pending. */
+int sk_engine_event_fd(const sk_engine *e);
+
+/* ---------------------------------------------------------------- events */
+
+enum sk_event_type {
+    SK_EV_TIMER = 1,           /* id: timer id; a: lateness ns */
+    SK_EV_TIMER_CANCELLED,     /* id: timer id; a: 1 if it had still been pending */
+    SK_EV_LISTENER_CLOSED,     /* id: listener user id; every worker let go */
+    SK_EV_TARGET_DOWN,         /* id: target user id; a: errno; b: down for ms */
+    SK_EV_TARGET_UP,           /* id: target user id */
+    SK_EV_ACCEPT_PAUSED,       /* id: listener user id; a: errno (EMFILE/ENFILE) */
+    SK_EV_APP_OPEN,            /* id: app conn id; a: listener user id */
+    SK_EV_APP_READABLE,        /* id: app conn id; bytes wait for sk_app_read */
+    SK_EV_APP_CLOSED,          /* id: app conn id; a: errno or 0 */
+    SK_EV_CLOSE_DONE           /* id: request id from sk_engine_close_flows */
+};
+
+typedef struct sk_event {
+    uint32_t type;
+    uint32_t worker;
+    uint64_t id;
+    int64_t a;
+    int64_t b;
+} sk_event;
+
+/* Copies up to max pending events into out, high priority first (all
+ * workers), then normal. Returns the count. *overflow is set to 1 when some
+ * worker dropped events because its ring was full since the last drain: the
+ * caller must then resynchronise from the counters. */
+int sk_engine_drain(sk_engine *e, sk_event *out, int max, int *overflow);
+
+/* Reads and clears the event fd's counter (non-blocking). */
+void sk_engine_ack_event_fd(sk_engine *e);
+
+/* ---------------------------------------------------------------- timers */
+
+/* Schedules a timer on a worker (-1: round robin). Fires SK_EV_TIMER after
+ * delay_ns, then every period_ns if non-zero. Returns the timer id (> 0) or
+ * 0 on error. */
+uint64_t sk_timer_start(sk_engine *e, int worker, int prio, uint64_t delay_ns,
+                        uint64_t period_ns);
+
+/* Asynchronous: the owning worker removes the timer and reports
+ * SK_EV_TIMER_CANCELLED; no SK_EV_TIMER for it is produced after that.
+ * Returns -1 for an unknown id. */
+int sk_timer_cancel(sk_engine *e, uint64_t timer_id);
+
+/* ---------------------------------------------------------------- stats */
+
+typedef struct sk_hist {
+    uint64_t count;
+    uint64_t sum_ns;
+    uint64_t max_ns;
+    uint64_t cumulative[SK_HIST_BUCKETS]; /* count with value <= bound(i) */
+} sk_hist;
+
+/* Upper bound of bucket i in nanoseconds (UINT64_MAX for the last). */
+uint64_t sk_hist_bound_ns(int i);
+
+/* Timer lateness of one priority class, summed over workers (worker < 0)
+ * or for one worker. Returns -1 on bad arguments. */
+int sk_engine_timer_lateness(sk_engine *e, int prio, int worker, sk_hist *out);
+
+typedef struct sk_worker_stats {
+    uint64_t busy_ns;      /* wall time spent outside epoll_wait */
+    uint64_t cpu_ns;       /* the thread's CPU time */
+    uint64_t wakeups;
+    uint64_t io_events;
+    uint64_t timers_fired;
+    uint64_t high_rechecks; /* in-batch re-checks of the high heap */
+    uint64_t connections;   /* currently owned */
+} sk_worker_stats;
+
+int sk_engine_worker_stats(sk_engine *e, int worker, sk_worker_stats *out);
+
+typedef struct sk_engine_counters {
+    uint64_t conns_live;        /* connection objects allocated */
+    uint64_t bufs_live;         /* relay/app buffers allocated */
+    uint64_t buf_bytes_live;    /* bytes in those buffers */
+    uint64_t accepted;
+    uint64_t connects_failed;
+    uint64_t flows_failed;      /* clients closed because no target worked */
+    uint64_t accept_paused;     /* EMFILE/ENFILE pauses */
+    uint64_t limit_rejected;    /* refused by a listener connection limit */
+    uint64_t events_dropped;    /* ring overflows */
+    uint64_t routes_version;
+} sk_engine_counters;
+
+void sk_engine_counters_get(sk_engine *e, sk_engine_counters *out);
+
+typedef struct sk_flow_stats {
+    uint64_t opened;
+    uint64_t closed;
+    uint64_t bytes_in;   /* from the client (listener) / from the target (target) */
+    uint64_t bytes_out;  /* to the client / to the target */
+    uint64_t failed;     /* listener: clients no target served; target: connect failures */
+    uint64_t active;     /* open now */
+} sk_flow_stats;
+
+/* ------------------------------------------------------------- listeners */
+
+typedef struct sk_listener_options {
+    const char *host;      /* numeric IPv4/IPv6 address; "" = all (IPv6 dual-stack) */
+    int port;              /* 0 = choose; see sk_listener_port */
+    int backlog;
+    uint32_t address_id;   /* route table index for relayed listeners */
+    int app;               /* 1: deliver connections to Python (SK_EV_APP_*) */
+    int max_connections;   /* 0 = unlimited */
+    uint64_t user_id;      /* echoed in events */
+    int tls_slot;          /* -1: plain TCP (TLS lands with the TLS work) */
+} sk_listener_options;
+
+void sk_listener_options_init(sk_listener_options *opts);
+
+/* Binds one SO_REUSEPORT socket per worker and starts accepting. */
+sk_listener *sk_listener_open(sk_engine *e, const sk_listener_options *opts,
+                              char *err, size_t errlen);
+int sk_listener_port(const sk_listener *l);
+void sk_listener_stats(const sk_listener *l, sk_flow_stats *out);
+
+/* Asynchronous: stops accepting at once (sockets closed by their workers),
+ * optionally closes the listener's open flows, and reports
+ * SK_EV_LISTENER_CLOSED when every worker has let go. */
+void sk_listener_close(sk_listener *l, int drop_flows);
+
+/* Drops the caller's reference; the listener must have been closed. */
+void sk_listener_release(sk_listener *l);
+
+/* --------------------------------------------------------------- targets */
+
+/* Shared, mutable state of one connect target (a tcpConnector): open
+ * connection count, down-until time and back-off step, counters. Successive
+ * route tables share it. Reference counted. */
+sk_target *sk_target_create(sk_engine *e, uint64_t user_id);
+void sk_target_release(sk_target *t);
+void sk_target_stats(const sk_target *t, sk_flow_stats *out);
+/* 1 while marked down after a failure */
+int sk_target_is_down(const sk_target *t);
+
+/* ----------------------------------------------------------- route table */
+
+sk_routes *sk_routes_create(uint32_t n_addresses);
+
+/* Adds a target for an address. ip is numeric (resolution is the control
+ * plane's job); host is the name it came from (SNI, verification). */
+int sk_routes_add(sk_routes *r, uint32_t address_id, sk_target *t, const char *ip,
+                  int port, const char *host, uint32_t weight, int tls_slot,
+                  char *err, size_t errlen);
+
+/* Frees a table that was never published. */
+void sk_routes_free(sk_routes *r);
+
+/* Takes ownership and swaps it in atomically; new connections use it,
+ * connections already relayed are untouched. Returns the table's version. */
+uint64_t sk_engine_publish_routes(sk_engine *e, sk_routes *r);
+
+/* Asynchronously closes every open flow of a target (dropTcpConnections).
+ * Reports SK_EV_CLOSE_DONE with the returned request id when all workers
+ * have done it. */
+uint64_t sk_engine_close_target_flows(sk_engine *e, sk_target *t);
+
+/* ------------------------------------------------------- connection list */
+
+typedef struct sk_conn_info {
+    uint64_t id;
+    uint64_t listener_id;   /* user id of the accepting listener */
+    uint64_t target_id;     /* user id of the target (0 if none) */
+    uint32_t worker;
+    uint32_t app;           /* delivered to Python */
+    char peer[64];          /* client address "ip:port" */
+    char target[64];        /* target address "ip:port" */
+    uint64_t bytes_in;      /* from the client */
+    uint64_t bytes_out;     /* to the client */
+    uint64_t opened_ns;     /* CLOCK_MONOTONIC */
+    uint64_t tls_version;   /* pinned TLS config version, 0 = plain */
+    uint64_t tls_ordinal;
+    char peer_subject[128]; /* peer certificate subject, "" if none */
+} sk_conn_info;
+
+/* Fills up to max entries; returns how many connections there are in all
+ * (may exceed max). */
+int sk_engine_list_connections(sk_engine *e, sk_conn_info *out, int max);
+
+/* ------------------------------------------------ connections to Python */
+
+/* Copies up to len received bytes. Returns the count, 0 when nothing is
+ * buffered, -1 at end of stream with the buffer empty, -2 unknown id. Reading
+ * returns credit: the worker resumes reading the socket. */
+int64_t sk_app_read(sk_engine *e, uint64_t conn_id, void *buf, size_t len);
+
+/* Queues a copy of buf for the owning worker to send. Python writes whole
+ * protocol frames. Returns 0, -2 unknown id, -3 closed. */
+int sk_app_write(sk_engine *e, uint64_t conn_id, const void *buf, size_t len);
+
+/* Bytes queued and not yet written (so Python can apply its own backpressure). */
+int64_t sk_app_pending(sk_engine *e, uint64_t conn_id);
+
+/* Sends frame whenever nothing was written for interval_ms, on a
+ * high-priority timer of the owning worker (no Python involved). interval 0
+ * turns it off. */
+int sk_app_set_keepalive(sk_engine *e, uint64_t conn_id, const void *frame, size_t len,
+                         uint32_t interval_ms);
+
+/* Closes after the queued bytes are written (abort=0) or at once with RST. */
+int sk_app_close(sk_engine *e, uint64_t conn_id, int abort);
+
+#endif /* SKIFF_H */

@@ -1,0 +1,434 @@
+/* app.c -- connections whose bytes go to the control plane (AMQP and HTTP
+ * management) instead of being relayed.
+ *
+ * The control thread pulls received bytes with sk_app_read (bounded by a
+ * credit of relay_buffer_bytes: the socket is not read while that much waits)
+ * and queues whole frames with sk_app_write. The owning worker does all socket
+ * I/O, and sends the keep-alive frame on a high-priority timer by itself, so
+ * heartbeats never wait for Python or the GIL. */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define SK_APP_BUCKETS 256
+
+static void ka_fire(sk_worker *w, sk_timer *t, uint64_t now);
+
+/* ------------------------------------------------------------ table */
+
+static sk_app **bucket(sk_engine *e, uint64_t id)
+{
+    return &e->app_table[(id * 0x9E3779B97F4A7C15ull) >> 56];
+}
+
+static sk_app *lookup(sk_engine *e, uint64_t id)
+{
+    pthread_mutex_lock(&e->app_lock);
+    sk_app *a = *bucket(e, id);
+    while (a && a->id != id)
+        a = a->hnext;
+    if (a)
+        SK_ADD(&a->refs, 1);
+    pthread_mutex_unlock(&e->app_lock);
+    return a;
+}
+
+static void table_remove(sk_engine *e, sk_app *a)
+{
+    pthread_mutex_lock(&e->app_lock);
+    for (sk_app **pp = bucket(e, a->id); *pp; pp = &(*pp)->hnext)
+        if (*pp == a) {
+            *pp = a->hnext;
+            break;
+        }
+    pthread_mutex_unlock(&e->app_lock);
+}
+
+void sk_app_table_free(sk_engine *e)
+{
+    /* every app conn was closed by its worker, which removed it */
+    for (int i = 0; i < SK_APP_BUCKETS; i++)
+        while (e->app_table[i]) {
+            sk_app *a = e->app_table[i];
+            e->app_table[i] = a->hnext;
+            sk_app_unref(a);
+        }
+}
+
+void sk_app_unref(sk_app *a)
+{
+    if (atomic_fetch_sub_explicit(&a->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    free(a->in);
+    free(a->outq);
+    free(a->wbuf);
+    free(a->ka_frame);
+    pthread_mutex_destroy(&a->lock);
+    free(a);
+}
+
+/* ------------------------------------------------------------ buffers */
+
+static int append(char **buf, size_t *len, size_t *cap, const void *data, size_t n)
+{
+    if (*len + n > *cap) {
+        size_t ncap = *cap ? *cap : 1024;
+        while (ncap < *len + n)
+            ncap *= 2;
+        char *nb = realloc(*buf, ncap);
+        if (!nb)
+            return -1;
+        *buf = nb;
+        *cap = ncap;
+    }
+    memcpy(*buf + *len, data, n);
+    *len += n;
+    return 0;
+}
+
+/* ------------------------------------------------------------ worker side */
+
+void sk_app_accepted(sk_worker *w, sk_conn *c, sk_listener *l)
+{
+    sk_engine *e = w->engine;
+    sk_app *a = calloc(1, sizeof *a);
+    if (!a) {
+        sk_conn_close(w, c, true);
+        return;
+    }
+    atomic_init(&a->refs, 2); /* the worker's connection and the table */
+    a->id = c->id;
+    a->engine = e;
+    a->worker = w;
+    a->conn = c;
+    pthread_mutex_init(&a->lock, NULL);
+    sk_timer_init(&a->ka_timer, ka_fire);
+    a->last_write_ns = sk_now_ns();
+    c->app = a;
+    pthread_mutex_lock(&e->app_lock);
+    sk_app **b = bucket(e, a->id);
+    a->hnext = *b;
+    *b = a;
+    pthread_mutex_unlock(&e->app_lock);
+    sk_conn_set_interest(w, c, EPOLLIN);
+    sk_worker_emit(w, SK_PRIO_NORMAL, SK_EV_APP_OPEN, a->id, (int64_t)l->opts.user_id, 0);
+}
+
+static void app_interest(sk_worker *w, sk_conn *c)
+{
+    sk_app *a = c->app;
+    pthread_mutex_lock(&a->lock);
+    bool paused = a->read_paused;
+    pthread_mutex_unlock(&a->lock);
+    uint32_t ev = 0;
+    if (!c->rd_eof && !paused)
+        ev |= EPOLLIN;
+    if (a->woff < a->wlen)
+        ev |= EPOLLOUT;
+    sk_conn_set_interest(w, c, ev);
+}
+
+void sk_app_conn_readable(sk_worker *w, sk_conn *c)
+{
+    sk_app *a = c->app;
+    size_t credit = (size_t)w->engine->opts.relay_buffer_bytes;
+    char tmp[16384];
+    pthread_mutex_lock(&a->lock);
+    size_t space = a->in_len < credit ? credit - a->in_len : 0;
+    if (space == 0)
+        a->read_paused = true;
+    pthread_mutex_unlock(&a->lock);
+    if (space == 0 || c->rd_eof) {
+        app_interest(w, c);
+        return;
+    }
+    ssize_t n = recv(c->fd, tmp, space < sizeof tmp ? space : sizeof tmp, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n < 0) {
+        sk_conn_close(w, c, true);
+        return;
+    }
+    bool notify;
+    pthread_mutex_lock(&a->lock);
+    if (n > 0) {
+        if (append(&a->in, &a->in_len, &a->in_cap, tmp, (size_t)n) != 0) {
+            pthread_mutex_unlock(&a->lock);
+            sk_conn_close(w, c, true);
+            return;
+        }
+    } else {
+        a->eof = true;
+    }
+    notify = !a->readable_signalled;
+    a->readable_signalled = true;
+    pthread_mutex_unlock(&a->lock);
+    if (n > 0)
+        SK_BUMP(&c->bytes_in, (uint64_t)n);
+    else
+        c->rd_eof = true;
+    if (c->listener && n > 0)
+        SK_ADD(&c->listener->bytes_in, (uint64_t)n);
+    if (notify)
+        sk_worker_emit(w, SK_PRIO_NORMAL, SK_EV_APP_READABLE, a->id, 0, 0);
+    app_interest(w, c);
+}
+
+/* Sends what the worker holds; takes the next batch from Python's queue when
+ * that is drained. Returns false when the connection was closed. */
+static bool pump(sk_worker *w, sk_conn *c)
+{
+    sk_app *a = c->app;
+    for (int round = 0; round < 2; round++) {
+        if (a->woff == a->wlen) {
+            bool close_now = false, abort_now = false;
+            pthread_mutex_lock(&a->lock);
+            if (a->outq_len) {
+                /* swap: Python keeps appending to the other buffer */
+                char *tb = a->wbuf;
+                size_t tc = a->wcap;
+                a->wbuf = a->outq;
+                a->wcap = a->outq_cap;
+                a->wlen = a->outq_len;
+                a->woff = 0;
+                a->outq = tb;
+                a->outq_cap = tc;
+                a->outq_len = 0;
+            } else {
+                a->wlen = a->woff = 0;
+                close_now = a->close_req;
+            }
+            abort_now = a->abort_req;
+            pthread_mutex_unlock(&a->lock);
+            if (abort_now || close_now) {
+                sk_conn_close(w, c, abort_now);
+                return false;
+            }
+        }
+        while (a->woff < a->wlen) {
+            ssize_t n = send(c->fd, a->wbuf + a->woff, a->wlen - a->woff, MSG_NOSIGNAL);
+            if (n > 0) {
+                a->woff += (size_t)n;
+                a->last_write_ns = sk_now_ns();
+                SK_BUMP(&c->bytes_out, (uint64_t)n);
+                if (c->listener)
+                    SK_ADD(&c->listener->bytes_out, (uint64_t)n);
+                continue;
+            }
+            if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                return true;
+            sk_conn_close(w, c, true);
+            return false;
+        }
+    }
+    return true;
+}
+
+void sk_app_conn_writable(sk_worker *w, sk_conn *c)
+{
+    if (pump(w, c))
+        app_interest(w, c);
+}
+
+void sk_app_kick(sk_worker *w, sk_app *a)
+{
+    sk_conn *c = a->conn;
+    if (!c || c->state != SK_C_OPEN)
+        return;
+    pthread_mutex_lock(&a->lock);
+    a->kick_pending = false;
+    bool ka_changed = a->ka_changed;
+    a->ka_changed = false;
+    uint64_t interval = a->ka_interval_ns;
+    pthread_mutex_unlock(&a->lock);
+    if (ka_changed) {
+        if (interval)
+            sk_worker_schedule(w, SK_PRIO_HIGH, &a->ka_timer, a->last_write_ns + interval);
+        else
+            sk_worker_cancel(w, SK_PRIO_HIGH, &a->ka_timer);
+    }
+    if (pump(w, c))
+        app_interest(w, c);
+}
+
+static void ka_fire(sk_worker *w, sk_timer *t, uint64_t now)
+{
+    sk_app *a = SK_CONTAINER_OF(t, sk_app, ka_timer);
+    sk_conn *c = a->conn;
+    if (!c || c->state != SK_C_OPEN)
+        return;
+    pthread_mutex_lock(&a->lock);
+    uint64_t interval = a->ka_interval_ns;
+    bool idle = a->outq_len == 0 && a->woff == a->wlen;
+    bool send_frame = interval && idle && now - a->last_write_ns >= interval;
+    if (send_frame) {
+        /* between whole frames by construction: Python queues whole frames */
+        a->wlen = a->woff = 0;
+        if (append(&a->wbuf, &a->wlen, &a->wcap, a->ka_frame, a->ka_len) != 0)
+            send_frame = false;
+    }
+    pthread_mutex_unlock(&a->lock);
+    if (!interval)
+        return;
+    if (send_frame && !pump(w, c))
+        return;
+    app_interest(w, c);
+    uint64_t next = a->last_write_ns + interval;
+    if (next <= now)
+        next = now + interval; /* could not write (peer not reading): try later */
+    sk_worker_schedule(w, SK_PRIO_HIGH, &a->ka_timer, next);
+}
+
+void sk_app_conn_closed(sk_worker *w, sk_conn *c, int err)
+{
+    sk_app *a = c->app;
+    c->app = NULL;
+    sk_worker_cancel(w, SK_PRIO_HIGH, &a->ka_timer);
+    pthread_mutex_lock(&a->lock);
+    a->closed = true;
+    a->conn = NULL;
+    pthread_mutex_unlock(&a->lock);
+    table_remove(w->engine, a);
+    sk_app_unref(a); /* the table's reference */
+    sk_worker_emit(w, SK_PRIO_NORMAL, SK_EV_APP_CLOSED, a->id, err, 0);
+    sk_app_unref(a); /* the connection's reference */
+}
+
+/* ------------------------------------------------------------ control side */
+
+static void kick(sk_app *a)
+{
+    /* caller holds a->lock and has set kick_pending */
+    sk_msg *m = calloc(1, sizeof *m);
+    if (!m) {
+        a->kick_pending = false;
+        return;
+    }
+    SK_ADD(&a->refs, 1);
+    m->kind = SK_MSG_APP_KICK;
+    m->u.app = a;
+    sk_worker_post(a->worker, m);
+}
+
+int64_t sk_app_read(sk_engine *e, uint64_t conn_id, void *buf, size_t len)
+{
+    sk_app *a = lookup(e, conn_id);
+    if (!a)
+        return -2;
+    pthread_mutex_lock(&a->lock);
+    size_t n = a->in_len < len ? a->in_len : len;
+    int64_t rc;
+    if (n) {
+        memcpy(buf, a->in, n);
+        memmove(a->in, a->in + n, a->in_len - n);
+        a->in_len -= n;
+        rc = (int64_t)n;
+    } else {
+        rc = a->eof ? -1 : 0;
+    }
+    if (a->in_len == 0)
+        a->readable_signalled = false;
+    if (a->read_paused && n && !a->closed && !atomic_load(&e->stopping)) {
+        a->read_paused = false; /* credit returned: the worker reads again */
+        if (!a->kick_pending) {
+            a->kick_pending = true;
+            kick(a);
+        }
+    }
+    pthread_mutex_unlock(&a->lock);
+    sk_app_unref(a);
+    return rc;
+}
+
+int sk_app_write(sk_engine *e, uint64_t conn_id, const void *buf, size_t len)
+{
+    sk_app *a = lookup(e, conn_id);
+    if (!a)
+        return -2;
+    int rc = 0;
+    pthread_mutex_lock(&a->lock);
+    if (a->closed || a->close_req || atomic_load(&e->stopping)) {
+        rc = -3;
+    } else if (append(&a->outq, &a->outq_len, &a->outq_cap, buf, len) != 0) {
+        rc = -4;
+    } else if (!a->kick_pending) {
+        a->kick_pending = true;
+        kick(a);
+    }
+    pthread_mutex_unlock(&a->lock);
+    sk_app_unref(a);
+    return rc;
+}
+
+int64_t sk_app_pending(sk_engine *e, uint64_t conn_id)
+{
+    sk_app *a = lookup(e, conn_id);
+    if (!a)
+        return -2;
+    pthread_mutex_lock(&a->lock);
+    int64_t n = (int64_t)a->outq_len;
+    pthread_mutex_unlock(&a->lock);
+    sk_app_unref(a);
+    return n;
+}
+
+int sk_app_set_keepalive(sk_engine *e, uint64_t conn_id, const void *frame, size_t len,
+                         uint32_t interval_ms)
+{
+    sk_app *a = lookup(e, conn_id);
+    if (!a)
+        return -2;
+    int rc = 0;
+    char *copy = NULL;
+    if (interval_ms && len) {
+        copy = malloc(len);
+        if (!copy)
+            rc = -4;
+        else
+            memcpy(copy, frame, len);
+    }
+    pthread_mutex_lock(&a->lock);
+    if (rc == 0 && (a->closed || atomic_load(&e->stopping))) {
+        rc = -3;
+    } else if (rc == 0) {
+        free(a->ka_frame);
+        a->ka_frame = copy;
+        copy = NULL;
+        a->ka_len = interval_ms && len ? len : 0;
+        a->ka_interval_ns = a->ka_len ? (uint64_t)interval_ms * 1000000u : 0;
+        a->ka_changed = true;
+        if (!a->kick_pending) {
+            a->kick_pending = true;
+            kick(a);
+        }
+    }
+    pthread_mutex_unlock(&a->lock);
+    free(copy);
+    sk_app_unref(a);
+    return rc;
+}
+
+int sk_app_close(sk_engine *e, uint64_t conn_id, int abort_now)
+{
+    sk_app *a = lookup(e, conn_id);
+    if (!a)
+        return -2;
+    pthread_mutex_lock(&a->lock);
+    if (!a->closed && !atomic_load(&e->stopping)) {
+        a->close_req = true;
+        if (abort_now)
+            a->abort_req = true;
+        if (!a->kick_pending) {
+            a->kick_pending = true;
+            kick(a);
+        }
+    }
+    pthread_mutex_unlock(&a->lock);
+    sk_app_unref(a);
+    return 0;
+}

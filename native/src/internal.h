@@ -1,0 +1,422 @@
+/*
+ * internal.h -- private types of the engine. Nothing here is seen by cffi.
+ *
+ * Conventions: sk_<file>_<verb>. "Worker-owned" data is touched only by its
+ * worker thread; everything another thread may read is _Atomic (relaxed
+ * unless stated) or behind a lock that is never held across a syscall that
+ * can wait.
+ */
+#ifndef SKIFF_INTERNAL_H
+#define SKIFF_INTERNAL_H
+
+#include "skiff.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#define SK_UNUSED(x) ((void)(x))
+#define SK_CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+#define SK_LOAD(p) atomic_load_explicit((p), memory_order_relaxed)
+#define SK_STORE(p, v) atomic_store_explicit((p), (v), memory_order_relaxed)
+#define SK_ADD(p, v) atomic_fetch_add_explicit((p), (v), memory_order_relaxed)
+#define SK_SUB(p, v) atomic_fetch_sub_explicit((p), (v), memory_order_relaxed)
+/* Single-writer counter: a relaxed load and store, no locked instruction. */
+#define SK_BUMP(p, v) SK_STORE((p), SK_LOAD(p) + (v))
+
+static inline uint64_t sk_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void sk_set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ------------------------------------------------------------ heap.c */
+
+typedef struct sk_worker sk_worker;
+typedef struct sk_timer sk_timer;
+typedef void (*sk_timer_cb)(sk_worker *w, sk_timer *t, uint64_t now);
+
+#define SK_TIMER_IDLE UINT32_MAX
+
+/* A timer is embedded in its owner; the heap stores pointers only. */
+struct sk_timer {
+    uint64_t deadline; /* CLOCK_MONOTONIC ns */
+    uint64_t seq;      /* schedule order, breaks deadline ties (FIFO) */
+    uint32_t index;    /* position in the heap, SK_TIMER_IDLE when not queued */
+    sk_timer_cb cb;
+};
+
+typedef struct sk_heap {
+    sk_timer **v;
+    uint32_t n, cap;
+    uint64_t seq;
+} sk_heap;
+
+void sk_timer_init(sk_timer *t, sk_timer_cb cb);
+static inline bool sk_timer_pending(const sk_timer *t) { return t->index != SK_TIMER_IDLE; }
+void sk_heap_init(sk_heap *h);
+void sk_heap_free(sk_heap *h);
+/* (Re)schedules t at deadline. O(log n). Returns -1 only when out of memory. */
+int sk_heap_push(sk_heap *h, sk_timer *t, uint64_t deadline);
+/* Removes t if queued. O(log n). */
+void sk_heap_remove(sk_heap *h, sk_timer *t);
+static inline sk_timer *sk_heap_top(const sk_heap *h) { return h->n ? h->v[0] : NULL; }
+/* Removes and returns the earliest timer if its deadline <= now. */
+sk_timer *sk_heap_pop_due(sk_heap *h, uint64_t now);
+
+/* ------------------------------------------------------------ hist.c */
+
+/* Written by one worker, read by anyone. Buckets are not cumulative here. */
+typedef struct sk_hist_atomic {
+    _Atomic uint64_t count;
+    _Atomic uint64_t sum_ns;
+    _Atomic uint64_t max_ns;
+    _Atomic uint64_t bucket[SK_HIST_BUCKETS];
+} sk_hist_atomic;
+
+int sk_hist_bucket_of(uint64_t ns);
+void sk_hist_record(sk_hist_atomic *h, uint64_t ns);
+/* Adds h into out (cumulative buckets). */
+void sk_hist_accumulate(const sk_hist_atomic *h, sk_hist *out);
+
+/* ------------------------------------------------------------ ring.c */
+
+/* Single-producer (a worker), single-consumer (the drain caller) ring. */
+typedef struct sk_ring {
+    sk_event *slot;
+    uint32_t mask;
+    _Alignas(64) _Atomic uint32_t head; /* consumer position */
+    _Alignas(64) _Atomic uint32_t tail; /* producer position */
+    _Atomic uint64_t dropped;
+    _Atomic int overflow;
+} sk_ring;
+
+int sk_ring_init(sk_ring *r, uint32_t size_pow2);
+void sk_ring_free(sk_ring *r);
+/* Returns 0, or -1 when full (the event is dropped and overflow is set). */
+int sk_ring_push(sk_ring *r, const sk_event *ev);
+int sk_ring_pop(sk_ring *r, sk_event *out, int max);
+/* Returns and clears the overflow flag. */
+int sk_ring_take_overflow(sk_ring *r);
+
+/* ------------------------------------------------------------ snapshot.c */
+
+/* An immutable published object. Embed as the first member. */
+typedef struct sk_snap {
+    _Atomic uint64_t refs;
+    uint64_t version;
+    void (*destroy)(struct sk_snap *s);
+} sk_snap;
+
+/* Where the current version lives. acquire() takes a lock only for the
+ * pointer copy and the increment, so it can never race the publisher's
+ * release of the old version. */
+typedef struct sk_slot {
+    pthread_mutex_t lock;
+    sk_snap *cur;
+    _Atomic uint64_t version;
+} sk_slot;
+
+/* A worker's cached reference: refreshed only when the slot's version moved,
+ * so the hot path is one atomic load. */
+typedef struct sk_slot_cache {
+    sk_snap *snap;
+    uint64_t version;
+} sk_slot_cache;
+
+void sk_snap_init(sk_snap *s, void (*destroy)(sk_snap *));
+void sk_snap_ref(sk_snap *s);
+void sk_snap_release(sk_snap *s);
+void sk_slot_init(sk_slot *slot);
+void sk_slot_destroy(sk_slot *slot);
+/* Takes the caller's reference to s; returns the version assigned. */
+uint64_t sk_slot_publish(sk_slot *slot, sk_snap *s);
+sk_snap *sk_slot_acquire(sk_slot *slot); /* +1 reference, or NULL */
+/* Borrowed pointer, valid until the next call with the same cache. */
+sk_snap *sk_slot_cached(sk_slot *slot, sk_slot_cache *cache);
+void sk_slot_cache_clear(sk_slot_cache *cache);
+
+/* ------------------------------------------------------------ routes.c */
+
+struct sk_target {
+    _Atomic uint64_t refs;
+    uint64_t user_id;
+    sk_engine *engine;
+    _Atomic int64_t open;         /* flows currently using this target */
+    _Atomic uint64_t down_until;  /* monotonic ns; 0 = up */
+    _Atomic uint32_t backoff_step;
+    _Atomic int down;             /* 1 while reported down */
+    _Atomic uint64_t opened, closed, bytes_in, bytes_out, failed;
+};
+
+typedef struct sk_route_target {
+    sk_target *target;
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    uint32_t weight;
+    int tls_slot;
+    char label[64]; /* "ip:port" */
+    char host[256];
+} sk_route_target;
+
+typedef struct sk_route_entry {
+    sk_route_target *v;
+    uint32_t n, cap;
+} sk_route_entry;
+
+struct sk_routes {
+    sk_snap snap;
+    uint32_t n;
+    sk_route_entry *addr;
+};
+
+void sk_target_ref(sk_target *t);
+
+/* ------------------------------------------------------------ engine.c */
+
+enum sk_handle_kind { SK_H_WAKE = 1, SK_H_LSOCK, SK_H_CONN };
+
+typedef struct sk_handle {
+    int kind;
+} sk_handle;
+
+typedef struct sk_conn sk_conn;
+typedef struct sk_lsock sk_lsock;
+typedef struct sk_app sk_app;
+
+enum sk_msg_kind {
+    SK_MSG_ADD_LSOCK = 1,
+    SK_MSG_CLOSE_LISTENER,
+    SK_MSG_TIMER_START,
+    SK_MSG_TIMER_CANCEL,
+    SK_MSG_APP_KICK,
+    SK_MSG_CLOSE_TARGET_FLOWS,
+};
+
+typedef struct sk_close_req {
+    _Atomic int remaining;
+    uint64_t id;
+    sk_target *target;
+} sk_close_req;
+
+typedef struct sk_utimer {
+    sk_timer t;
+    uint64_t id;
+    uint64_t period;
+    int prio;
+    struct sk_utimer *next;
+} sk_utimer;
+
+typedef struct sk_msg {
+    struct sk_msg *next;
+    int kind;
+    union {
+        sk_lsock *lsock;
+        struct {
+            sk_listener *listener;
+            int drop;
+        } close;
+        sk_utimer *timer;
+        uint64_t timer_id;
+        sk_app *app;
+        sk_close_req *req;
+    } u;
+} sk_msg;
+
+typedef struct sk_buf {
+    uint32_t start, end, cap;
+    struct sk_buf *next; /* free list */
+    char data[];
+} sk_buf;
+
+struct sk_worker {
+    sk_engine *engine;
+    int index;
+    pthread_t thread;
+    bool started;
+    int epfd;
+    int wakefd;
+    sk_handle wake_handle;
+
+    sk_heap heap[2];
+    sk_hist_atomic lateness[2];
+    sk_ring ring[2];
+
+    pthread_mutex_t mbox_lock;
+    sk_msg *mbox_head, *mbox_tail;
+    _Atomic int wake_pending;
+
+    /* connections, listed under conn_lock (held only for list edits and
+     * listing, never across I/O) */
+    pthread_mutex_t conn_lock;
+    sk_conn *conns;
+    sk_conn *graveyard; /* closed during this batch; freed after it */
+
+    sk_lsock *lsocks;
+    sk_utimer *utimers;
+    sk_slot_cache routes_cache;
+    uint32_t rr;
+    sk_buf *buf_free;
+    int buf_free_n;
+    uint64_t last_high_check;
+
+    clockid_t cpu_clock;
+    _Atomic uint64_t cpu_final_ns;
+    _Atomic int running;
+    _Atomic uint64_t busy_ns, wakeups, io_events, timers_fired, high_rechecks, nconns;
+};
+
+struct sk_engine {
+    sk_engine_options opts;
+    int nworkers;
+    sk_worker *workers;
+    int eventfd;
+    _Atomic int event_signalled;
+    _Atomic int stopping;
+    bool stopped;
+    pthread_mutex_t drain_lock;
+
+    sk_slot routes;
+    _Atomic uint64_t next_id;
+    _Atomic uint32_t next_worker;
+
+    pthread_mutex_t app_lock;
+    sk_app *app_table[256]; /* chained by id */
+
+    _Atomic uint64_t conns_live, bufs_live, buf_bytes_live, accepted, connects_failed,
+        flows_failed, accept_paused, limit_rejected;
+};
+
+uint64_t sk_engine_next_id(sk_engine *e);
+void sk_worker_post(sk_worker *w, sk_msg *m);
+/* Queues an event for the control thread (worker context). */
+void sk_worker_emit(sk_worker *w, int prio, uint32_t type, uint64_t id, int64_t a, int64_t b);
+/* Updates epoll interest; fd must be registered already when add is false. */
+int sk_worker_epoll(sk_worker *w, int op, int fd, uint32_t events, sk_handle *h);
+sk_buf *sk_buf_get(sk_worker *w);
+void sk_buf_put(sk_worker *w, sk_buf *b);
+void sk_worker_schedule(sk_worker *w, int prio, sk_timer *t, uint64_t deadline);
+void sk_worker_cancel(sk_worker *w, int prio, sk_timer *t);
+
+/* ------------------------------------------------------------ listener.c */
+
+struct sk_listener {
+    _Atomic uint64_t refs;
+    sk_engine *engine;
+    sk_listener_options opts;
+    char host[64];
+    int port;
+    _Atomic int closing;
+    _Atomic int pending_workers; /* lsocks not yet closed */
+    _Atomic uint64_t opened, closed, bytes_in, bytes_out, failed, active;
+};
+
+struct sk_lsock {
+    sk_handle h;
+    int fd;
+    sk_listener *listener;
+    sk_worker *worker;
+    sk_lsock *next;
+    sk_timer resume; /* accept back-off after EMFILE */
+    uint64_t backoff_ms;
+    bool paused;
+};
+
+void sk_listener_ref(sk_listener *l);
+void sk_lsock_attach(sk_worker *w, sk_lsock *ls);
+void sk_lsock_readable(sk_worker *w, sk_lsock *ls);
+void sk_worker_close_listener(sk_worker *w, sk_listener *l, int drop);
+void sk_lsock_destroy(sk_worker *w, sk_lsock *ls);
+
+/* ------------------------------------------------------------ relay.c */
+
+enum sk_conn_state { SK_C_CONNECTING = 1, SK_C_OPEN, SK_C_CLOSED };
+
+struct sk_conn {
+    sk_handle h;
+    sk_worker *worker;
+    int fd;
+    int state;
+    uint64_t id;
+    sk_conn *peer;       /* relay partner */
+    sk_conn *next, *prev;
+    sk_listener *listener; /* client side: accepting listener (ref) */
+    sk_target *target;     /* server side: target in use (ref) */
+    sk_app *app;           /* delivered to Python */
+    sk_buf *out;           /* bytes waiting to be written to fd */
+    uint32_t events;       /* current epoll interest */
+    bool registered;
+    bool rd_eof;           /* read side saw EOF */
+    bool wr_shut;          /* we shut down the write side */
+    bool is_client;
+    sk_timer tmo;          /* connect time-out (normal class) */
+    /* connect attempts of the client this server conn belongs to */
+    uint32_t attempts;
+    int last_err;
+    sk_target *tried[8];
+    uint64_t opened_ns;
+    _Atomic uint64_t bytes_in, bytes_out; /* read from / written to fd */
+    char label[64];        /* remote "ip:port" */
+};
+
+sk_conn *sk_conn_new(sk_worker *w, int fd);
+void sk_conn_accepted(sk_worker *w, sk_listener *l, int fd, const struct sockaddr *sa,
+                      socklen_t salen);
+void sk_conn_event(sk_worker *w, sk_conn *c, uint32_t events);
+/* Closes c (and its relay partner). abortive: RST instead of FIN. */
+void sk_conn_close(sk_worker *w, sk_conn *c, bool abortive);
+void sk_conn_free(sk_worker *w, sk_conn *c);
+void sk_conn_set_interest(sk_worker *w, sk_conn *c, uint32_t events);
+/* Closes every open flow accepted by l or served by t (either may be NULL). */
+void sk_worker_close_flows(sk_worker *w, const sk_listener *l, const sk_target *t);
+void sk_format_addr(const struct sockaddr *sa, char *out, size_t outlen);
+
+/* ------------------------------------------------------------ app.c */
+
+struct sk_app {
+    _Atomic uint64_t refs;
+    uint64_t id;
+    sk_engine *engine;
+    sk_worker *worker;
+    sk_conn *conn; /* worker-owned; NULL once closed */
+
+    pthread_mutex_t lock; /* guards the fields below; never held across I/O */
+    char *in;
+    size_t in_len, in_cap;
+    char *outq;
+    size_t outq_len, outq_cap;
+    bool eof;
+    bool closed;
+    bool close_req, abort_req;
+    bool kick_pending;
+    bool read_paused;
+    bool readable_signalled;
+    char *ka_frame;
+    size_t ka_len;
+    uint64_t ka_interval_ns;
+    bool ka_changed;
+
+    /* worker-owned */
+    char *wbuf; /* bytes being sent, swapped with outq when drained */
+    size_t wlen, woff, wcap;
+    uint64_t last_write_ns;
+    sk_timer ka_timer; /* high priority */
+    struct sk_app *hnext; /* engine table chain, under engine->app_lock */
+};
+
+void sk_app_accepted(sk_worker *w, sk_conn *c, sk_listener *l);
+void sk_app_conn_readable(sk_worker *w, sk_conn *c);
+void sk_app_conn_writable(sk_worker *w, sk_conn *c);
+void sk_app_kick(sk_worker *w, sk_app *a);
+void sk_app_conn_closed(sk_worker *w, sk_conn *c, int err);
+void sk_app_unref(sk_app *a);
+void sk_app_table_free(sk_engine *e);
+
+#endif /* SKIFF_INTERNAL_H */

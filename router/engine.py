@@ -1,0 +1,530 @@
+"""Python face of the native engine (router._native, built by cffi).
+
+The engine's I/O workers are C threads that never call into Python. They
+report through per-worker event rings; this module reads them when the
+engine's event fd becomes readable on the asyncio (uvloop) loop, in bounded
+batches, high priority first. Everything else here is a thin, typed wrapper
+over the calls in native/include/skiff.h.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import errno
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from router._native import ffi, lib
+
+PRIO_HIGH = 0
+PRIO_NORMAL = 1
+DRAIN_BATCH = 256
+
+
+class EngineError(RuntimeError):
+    """A call into the engine failed; the message says which and why."""
+
+
+class EventType(enum.IntEnum):
+    TIMER = lib.SK_EV_TIMER
+    TIMER_CANCELLED = lib.SK_EV_TIMER_CANCELLED
+    LISTENER_CLOSED = lib.SK_EV_LISTENER_CLOSED
+    TARGET_DOWN = lib.SK_EV_TARGET_DOWN
+    TARGET_UP = lib.SK_EV_TARGET_UP
+    ACCEPT_PAUSED = lib.SK_EV_ACCEPT_PAUSED
+    APP_OPEN = lib.SK_EV_APP_OPEN
+    APP_READABLE = lib.SK_EV_APP_READABLE
+    APP_CLOSED = lib.SK_EV_APP_CLOSED
+    CLOSE_DONE = lib.SK_EV_CLOSE_DONE
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: EventType
+    worker: int
+    id: int
+    a: int
+    b: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlowStats:
+    opened: int
+    closed: int
+    bytes_in: int
+    bytes_out: int
+    failed: int
+    active: int
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """Cumulative log-scale histogram (Prometheus shape): cumulative[i] counts
+    values <= bounds_ns[i]; the last bound is infinite."""
+
+    bounds_ns: tuple[float, ...]
+    cumulative: tuple[int, ...]
+    count: int
+    sum_ns: int
+    max_ns: int
+
+    def quantile(self, q: float) -> float:
+        """Upper bound (ns) of the bucket holding quantile q, capped by max."""
+        if self.count == 0:
+            return 0.0
+        rank = q * self.count
+        for bound, cum in zip(self.bounds_ns, self.cumulative, strict=True):
+            if cum >= rank:
+                return float(min(bound, self.max_ns))
+        return float(self.max_ns)
+
+    def minus(self, earlier: Histogram) -> Histogram:
+        """The histogram of what happened since `earlier` (max stays overall)."""
+        return Histogram(
+            self.bounds_ns,
+            tuple(a - b for a, b in zip(self.cumulative, earlier.cumulative, strict=True)),
+            self.count - earlier.count,
+            self.sum_ns - earlier.sum_ns,
+            self.max_ns,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    busy_ns: int
+    cpu_ns: int
+    wakeups: int
+    io_events: int
+    timers_fired: int
+    high_rechecks: int
+    connections: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnInfo:
+    id: int
+    listener_id: int
+    target_id: int
+    worker: int
+    app: bool
+    peer: str
+    target: str
+    bytes_in: int
+    bytes_out: int
+    opened_ns: int
+    tls_version: int
+    tls_ordinal: int
+    peer_subject: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTarget:
+    """One way to reach an address: a resolved numeric address and its target."""
+
+    target: Target
+    ip: str
+    port: int
+    host: str = ""
+    weight: int = 1
+
+
+@dataclass(slots=True)
+class EngineOptions:
+    worker_threads: int = 0
+    connect_timeout_ms: int = 5000
+    max_connect_attempts: int = 0
+    backoff_initial_ms: int = 500
+    backoff_max_ms: int = 30000
+    relay_buffer_bytes: int = 65536
+    keepalive: bool = True
+    event_ring_size: int = 4096
+    high_check_budget_us: int = 250
+    events_per_wakeup: int = 64
+
+
+def _err() -> Any:
+    return ffi.new("char[]", lib.SK_ERRLEN)
+
+
+def _str(buf: Any) -> str:
+    return str(ffi.string(buf).decode("utf-8", "replace"))
+
+
+def _flow(stats: Any) -> FlowStats:
+    return FlowStats(
+        stats.opened, stats.closed, stats.bytes_in, stats.bytes_out, stats.failed, stats.active
+    )
+
+
+class Target:
+    """Shared state of one connect target (a tcpConnector): open-flow count,
+    back-off and counters, kept across route-table versions."""
+
+    def __init__(self, engine: Engine, user_id: int) -> None:
+        ptr = lib.sk_target_create(engine._ptr, user_id)
+        if ptr == ffi.NULL:
+            raise EngineError("out of memory creating a target")
+        self._ptr = ffi.gc(ptr, lib.sk_target_release)
+        self.user_id = user_id
+
+    def stats(self) -> FlowStats:
+        out = ffi.new("sk_flow_stats *")
+        lib.sk_target_stats(self._ptr, out)
+        return _flow(out)
+
+    @property
+    def down(self) -> bool:
+        return bool(lib.sk_target_is_down(self._ptr))
+
+
+class Listener:
+    """A listening address; one SO_REUSEPORT socket per worker."""
+
+    def __init__(self, engine: Engine, ptr: Any, user_id: int) -> None:
+        self._engine = engine
+        self._ptr = ffi.gc(ptr, lib.sk_listener_release)
+        self.user_id = user_id
+        self.port = int(lib.sk_listener_port(ptr))
+        self.closed = False
+
+    def stats(self) -> FlowStats:
+        out = ffi.new("sk_flow_stats *")
+        lib.sk_listener_stats(self._ptr, out)
+        return _flow(out)
+
+    def close(self, drop_flows: bool = False) -> None:
+        """Stops accepting now; LISTENER_CLOSED follows when every worker let go."""
+        if not self.closed:
+            self.closed = True
+            lib.sk_listener_close(self._ptr, int(drop_flows))
+
+
+EventHandler = Callable[[Event], None]
+
+
+class Engine:
+    """The running engine: its workers start on construction."""
+
+    def __init__(self, options: EngineOptions | None = None) -> None:
+        o = options or EngineOptions()
+        copts = ffi.new("sk_engine_options *")
+        lib.sk_engine_options_init(copts)
+        for name in (
+            "worker_threads",
+            "connect_timeout_ms",
+            "max_connect_attempts",
+            "backoff_initial_ms",
+            "backoff_max_ms",
+            "relay_buffer_bytes",
+            "event_ring_size",
+            "high_check_budget_us",
+            "events_per_wakeup",
+        ):
+            setattr(copts, name, int(getattr(o, name)))
+        copts.keepalive = int(o.keepalive)
+        err = _err()
+        ptr = lib.sk_engine_create(copts, err, lib.SK_ERRLEN)
+        if ptr == ffi.NULL:
+            raise EngineError(f"cannot start the engine: {_str(err)}")
+        self._ptr = ptr
+        self.workers = int(lib.sk_engine_worker_count(ptr))
+        self._listeners: dict[int, Listener] = {}
+        self._next_user_id = 1
+        self._handlers: list[EventHandler] = []
+        self._overflow_handlers: list[Callable[[], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_scheduled = False
+        self._stopped = False
+        self.final_counters: dict[str, int] = {}
+        self._events = ffi.new("sk_event[]", DRAIN_BATCH)
+        self._overflow = ffi.new("int *")
+
+    # ------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        """Joins every worker and closes every socket. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.detach()
+        lib.sk_engine_stop(self._ptr)
+        # what is still allocated once every worker is gone: tests expect zeros
+        self.final_counters = self.counters()
+        for listener in self._listeners.values():
+            listener.close()
+        self._listeners.clear()
+        lib.sk_engine_destroy(self._ptr)
+        self._ptr = ffi.NULL
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def new_user_id(self) -> int:
+        uid = self._next_user_id
+        self._next_user_id += 1
+        return uid
+
+    # ------------------------------------------------------------ events
+
+    def on_event(self, handler: EventHandler) -> None:
+        self._handlers.append(handler)
+
+    def on_overflow(self, handler: Callable[[], None]) -> None:
+        """Called when a ring overflowed: resynchronise from the counters."""
+        self._overflow_handlers.append(handler)
+
+    @property
+    def event_fd(self) -> int:
+        return int(lib.sk_engine_event_fd(self._ptr))
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Drains events on loop whenever the engine signals its event fd."""
+        self._loop = loop
+        loop.add_reader(self.event_fd, self._readable)
+
+    def detach(self) -> None:
+        if self._loop is not None:
+            try:
+                self._loop.remove_reader(self.event_fd)
+            except (ValueError, RuntimeError):
+                pass  # loop already closed: nothing is registered any more
+            self._loop = None
+
+    def _readable(self) -> None:
+        lib.sk_engine_ack_event_fd(self._ptr)
+        self._drain_batch()
+
+    def _drain_batch(self) -> None:
+        self._drain_scheduled = False
+        if self._stopped:
+            return
+        events = self.drain(DRAIN_BATCH)
+        for ev in events:
+            self._dispatch(ev)
+        if len(events) == DRAIN_BATCH and self._loop is not None and not self._drain_scheduled:
+            # leave the loop a turn before the next batch
+            self._drain_scheduled = True
+            self._loop.call_soon(self._drain_batch)
+
+    def _dispatch(self, ev: Event) -> None:
+        if ev.type == EventType.LISTENER_CLOSED:
+            self._listeners.pop(ev.id, None)
+        for handler in self._handlers:
+            handler(ev)
+
+    def drain(self, max_events: int = DRAIN_BATCH) -> list[Event]:
+        """One bounded batch of pending events (high priority first)."""
+        n = min(max_events, DRAIN_BATCH)
+        got = lib.sk_engine_drain(self._ptr, self._events, n, self._overflow)
+        out = []
+        for i in range(got):
+            e = self._events[i]
+            out.append(Event(EventType(e.type), e.worker, e.id, e.a, e.b))
+        if self._overflow[0]:
+            for handler in self._overflow_handlers:
+                handler()
+        return out
+
+    # ------------------------------------------------------------ timers
+
+    def timer_start(
+        self, delay_s: float, period_s: float = 0.0, prio: int = PRIO_NORMAL, worker: int = -1
+    ) -> int:
+        tid = int(
+            lib.sk_timer_start(
+                self._ptr, worker, prio, int(delay_s * 1e9), int(period_s * 1e9)
+            )
+        )
+        if tid == 0:
+            raise EngineError(f"cannot start a timer (worker={worker}, prio={prio})")
+        return tid
+
+    def timer_cancel(self, timer_id: int) -> None:
+        if lib.sk_timer_cancel(self._ptr, timer_id) != 0:
+            raise EngineError(f"unknown timer id {timer_id}")
+
+    # ------------------------------------------------------------ listeners
+
+    def listen(
+        self,
+        host: str,
+        port: int,
+        *,
+        address_id: int = 0,
+        backlog: int = 128,
+        app: bool = False,
+        max_connections: int = 0,
+        user_id: int | None = None,
+    ) -> Listener:
+        """Binds host:port (numeric; "" = every address) and accepts on every worker."""
+        opts = ffi.new("sk_listener_options *")
+        lib.sk_listener_options_init(opts)
+        chost = ffi.new("char[]", host.encode())
+        opts.host = chost
+        opts.port = port
+        opts.backlog = backlog
+        opts.address_id = address_id
+        opts.app = int(app)
+        opts.max_connections = max_connections
+        uid = self.new_user_id() if user_id is None else user_id
+        opts.user_id = uid
+        err = _err()
+        ptr = lib.sk_listener_open(self._ptr, opts, err, lib.SK_ERRLEN)
+        if ptr == ffi.NULL:
+            raise EngineError(_str(err))
+        listener = Listener(self, ptr, uid)
+        self._listeners[uid] = listener
+        return listener
+
+    # ------------------------------------------------------------ routes
+
+    def target(self, user_id: int | None = None) -> Target:
+        return Target(self, self.new_user_id() if user_id is None else user_id)
+
+    def publish_routes(self, table: dict[int, Iterable[RouteTarget]]) -> int:
+        """Builds a route table (address id -> targets) and swaps it in
+        atomically; returns its version. Flows already relayed are untouched."""
+        size = max(table, default=-1) + 1
+        routes = lib.sk_routes_create(size)
+        if routes == ffi.NULL:
+            raise EngineError("out of memory building a route table")
+        err = _err()
+        try:
+            for address_id, targets in table.items():
+                for rt in targets:
+                    rc = lib.sk_routes_add(
+                        routes,
+                        address_id,
+                        rt.target._ptr,
+                        rt.ip.encode(),
+                        rt.port,
+                        rt.host.encode(),
+                        rt.weight,
+                        -1,
+                        err,
+                        lib.SK_ERRLEN,
+                    )
+                    if rc != 0:
+                        raise EngineError(f"route to {rt.ip}:{rt.port}: {_str(err)}")
+        except BaseException:
+            lib.sk_routes_free(routes)
+            raise
+        return int(lib.sk_engine_publish_routes(self._ptr, routes))
+
+    def close_target_flows(self, target: Target) -> int:
+        """Closes every open flow of target; CLOSE_DONE(id) reports completion."""
+        return int(lib.sk_engine_close_target_flows(self._ptr, target._ptr))
+
+    # ------------------------------------------------------------ stats
+
+    def counters(self) -> dict[str, int]:
+        out = ffi.new("sk_engine_counters *")
+        lib.sk_engine_counters_get(self._ptr, out)
+        return {name: int(getattr(out, name)) for name in dir(out)}
+
+    def lateness(self, prio: int = PRIO_HIGH, worker: int = -1) -> Histogram:
+        out = ffi.new("sk_hist *")
+        if lib.sk_engine_timer_lateness(self._ptr, prio, worker, out) != 0:
+            raise EngineError(f"no lateness histogram for prio={prio} worker={worker}")
+        bounds = tuple(
+            float("inf") if i == lib.SK_HIST_BUCKETS - 1 else float(lib.sk_hist_bound_ns(i))
+            for i in range(lib.SK_HIST_BUCKETS)
+        )
+        return Histogram(bounds, tuple(out.cumulative), out.count, out.sum_ns, out.max_ns)
+
+    def worker_stats(self, worker: int) -> WorkerStats:
+        out = ffi.new("sk_worker_stats *")
+        if lib.sk_engine_worker_stats(self._ptr, worker, out) != 0:
+            raise EngineError(f"no worker {worker}")
+        return WorkerStats(
+            out.busy_ns,
+            out.cpu_ns,
+            out.wakeups,
+            out.io_events,
+            out.timers_fired,
+            out.high_rechecks,
+            out.connections,
+        )
+
+    def workers_cpu_ns(self) -> int:
+        return sum(self.worker_stats(i).cpu_ns for i in range(self.workers))
+
+    def connections(self, limit: int = 10000) -> list[ConnInfo]:
+        buf = ffi.new("sk_conn_info[]", max(1, limit))
+        total = int(lib.sk_engine_list_connections(self._ptr, buf, limit))
+        out = []
+        for i in range(min(total, limit)):
+            c = buf[i]
+            out.append(
+                ConnInfo(
+                    c.id,
+                    c.listener_id,
+                    c.target_id,
+                    c.worker,
+                    bool(c.app),
+                    _str(c.peer),
+                    _str(c.target),
+                    c.bytes_in,
+                    c.bytes_out,
+                    c.opened_ns,
+                    c.tls_version,
+                    c.tls_ordinal,
+                    _str(c.peer_subject),
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------ app conns
+
+    def app_read(self, conn_id: int, max_bytes: int = 65536) -> bytes | None:
+        """Received bytes (b"" when none wait), or None at end of stream."""
+        buf = ffi.new("char[]", max_bytes)
+        n = int(lib.sk_app_read(self._ptr, conn_id, buf, max_bytes))
+        if n == -1:
+            return None
+        if n == -2:
+            raise EngineError(f"no connection {conn_id}")
+        return bytes(ffi.buffer(buf, n))
+
+    def app_write(self, conn_id: int, data: bytes) -> None:
+        rc = int(lib.sk_app_write(self._ptr, conn_id, data, len(data)))
+        if rc == -2:
+            raise EngineError(f"no connection {conn_id}")
+        if rc == -3:
+            raise EngineError(f"connection {conn_id} is closing")
+        if rc != 0:
+            raise EngineError(f"connection {conn_id}: {os.strerror(errno.ENOMEM)}")
+
+    def app_pending(self, conn_id: int) -> int:
+        return int(lib.sk_app_pending(self._ptr, conn_id))
+
+    def app_set_keepalive(self, conn_id: int, frame: bytes, interval_s: float) -> None:
+        rc = int(
+            lib.sk_app_set_keepalive(
+                self._ptr, conn_id, frame, len(frame), int(interval_s * 1000)
+            )
+        )
+        if rc != 0:
+            raise EngineError(f"connection {conn_id}: cannot set keep-alive (code {rc})")
+
+    def app_close(self, conn_id: int, abort: bool = False) -> None:
+        lib.sk_app_close(self._ptr, conn_id, int(abort))
+
+
+@dataclass(slots=True)
+class EventCollector:
+    """Collects events by type; handy for tests and tools."""
+
+    events: list[Event] = field(default_factory=list)
+
+    def __call__(self, ev: Event) -> None:
+        self.events.append(ev)
+
+    def of(self, kind: EventType) -> list[Event]:
+        return [e for e in self.events if e.type == kind]

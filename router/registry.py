@@ -1,0 +1,636 @@
+"""The entity registry: the only way configuration entities change.
+
+Configuration files, reloads and management requests all go through here,
+so validation, name uniqueness, operation rules and observer notification
+happen in one place.  Observers (adaptors, the TLS manager, logging) turn
+entities into running things; when one refuses (a port in use), the registry
+undoes the change so that what it holds always describes what runs.
+
+The registry belongs to the control loop and is not thread-safe: the loop is
+its only caller, which keeps it lock-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from router import schema
+from router.config import ConfigEntity
+from router.log import get_logger
+
+Source = Literal["config", "management", "builtin"]
+
+# Creation order; deletion runs in reverse so references stay valid.
+_TYPE_ORDER = ("router", "log", "sslProfile", "listener", "tcpConnector", "tcpListener")
+
+
+class RegistryError(Exception):
+    """Failure of a registry operation; ``status`` is the management code."""
+
+    status = 400
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class InvalidRequest(RegistryError):
+    """Schema validation failed; wraps the SchemaError as ``__cause__``."""
+
+
+class NotFound(RegistryError):
+    status = 404
+
+
+class DuplicateName(RegistryError):
+    pass
+
+
+class OperationNotAllowed(RegistryError):
+    status = 405
+
+    def __init__(self, operation: str, spec: schema.EntityTypeSpec) -> None:
+        self.operation = operation
+        self.allowed = sorted(spec.allowed_operations)
+        super().__init__(
+            f"operation {operation} is not allowed on {spec.full_name}; allowed: "
+            f"{', '.join(self.allowed)}"
+        )
+
+
+class ObserverFailed(RegistryError):
+    """An observer refused a change; the change was undone."""
+
+
+class ApplyError(RegistryError):
+    """A configuration file could not be applied; the previous one stays."""
+
+
+@dataclass
+class Entity:
+    type: str
+    name: str
+    identity: str
+    attributes: dict[str, object]
+    source: Source
+    file: str | None = None
+    line: int | None = None
+
+    @property
+    def spec(self) -> schema.EntityTypeSpec:
+        return schema.entity_type(self.type)
+
+    @property
+    def origin(self) -> str:
+        if self.file is None:
+            return self.source
+        return f"{self.file}:{self.line}" if self.line is not None else self.file
+
+    def copy(self, **changes: object) -> Entity:
+        clone = dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        if "attributes" not in changes:
+            clone.attributes = dict(self.attributes)
+        return clone
+
+
+class Observer(Protocol):
+    def on_create(self, entity: Entity) -> None: ...
+
+    def on_update(self, old: Entity, new: Entity) -> None: ...
+
+    def on_delete(self, entity: Entity) -> None: ...
+
+
+@runtime_checkable
+class StatusProvider(Protocol):
+    """Optional observer part supplying read-only status attributes."""
+
+    def status(self, entity: Entity) -> Mapping[str, object]: ...
+
+
+@dataclass
+class ApplyResult:
+    added: list[Entity] = field(default_factory=list)
+    removed: list[Entity] = field(default_factory=list)
+    changed: list[tuple[Entity, Entity]] = field(default_factory=list)
+
+    @property
+    def unchanged(self) -> bool:
+        return not (self.added or self.removed or self.changed)
+
+
+def _status_of(error: BaseException) -> int:
+    if isinstance(error, RegistryError):
+        return error.status
+    if isinstance(error, (schema.SchemaError, ValueError, OSError)):
+        return 400
+    return 500
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._entities: dict[str, dict[str, Entity]] = {t: {} for t in schema.ENTITY_TYPES}
+        self._observers: dict[str, list[Observer]] = {t: [] for t in schema.ENTITY_TYPES}
+        self._counters: dict[str, itertools.count[int]] = {
+            t: itertools.count(1) for t in schema.ENTITY_TYPES
+        }
+        self._log = get_logger("AGENT")
+        spec = schema.entity_type("log")
+        for module in schema.LOG_MODULES:
+            values = schema.complete(spec, {"module": module})
+            name = spec.default_name(values)
+            self._entities["log"][name] = Entity("log", name, name, values, "builtin")
+
+    # -- observers ---------------------------------------------------------
+
+    def subscribe(self, type_name: str, observer: Observer) -> None:
+        """Adds an observer of later changes only.
+
+        Existing entities are not replayed: subscribers are expected to be
+        in place before the first ``apply_file``, and an observer can read
+        ``entities()`` itself if it joins late.
+        """
+        spec = self._spec(type_name)
+        self._observers[spec.short_name].append(observer)
+
+    def unsubscribe(self, type_name: str, observer: Observer) -> None:
+        spec = self._spec(type_name)
+        self._observers[spec.short_name].remove(observer)
+
+    # -- lookup ------------------------------------------------------------
+
+    def find(self, type_name: str, key: str) -> Entity | None:
+        """Looks an entity up by name or identity (log also by module)."""
+        spec = self._spec(type_name)
+        table = self._entities[spec.short_name]
+        if key in table:
+            return table[key]
+        for entity in table.values():
+            if entity.identity == key:
+                return entity
+        if spec.short_name == "log" and f"log/{key}" in table:
+            return table[f"log/{key}"]
+        if spec.singleton and table and key in ("", spec.short_name):
+            return next(iter(table.values()))
+        return None
+
+    def get(self, type_name: str, key: str) -> Entity:
+        entity = self.find(type_name, key)
+        if entity is None:
+            spec = self._spec(type_name)
+            names = list(self._entities[spec.short_name])
+            raise NotFound(f"{spec.short_name} '{key}' not found{schema.did_you_mean(key, names)}")
+        return entity
+
+    def entities(self, type_name: str | None = None) -> list[Entity]:
+        types = [self._spec(type_name).short_name] if type_name else list(_TYPE_ORDER)
+        return [e for t in types for e in self._entities[t].values()]
+
+    @property
+    def router(self) -> Entity | None:
+        return next(iter(self._entities["router"].values()), None)
+
+    # -- management operations --------------------------------------------
+
+    def create(
+        self,
+        type_name: str,
+        attributes: Mapping[str, object],
+        *,
+        source: Source = "management",
+        check_operation: bool = True,
+        file: str | None = None,
+        line: int | None = None,
+    ) -> Entity:
+        spec = self._spec(type_name)
+        if check_operation and schema.CREATE not in spec.operations:
+            raise OperationNotAllowed(schema.CREATE, spec)
+        validated = self._validate(spec, attributes, partial=False)
+        values = validated.values
+        given = values.pop("name", None)
+        name = str(given) if given not in (None, "") else spec.default_name(values)
+        table = self._entities[spec.short_name]
+        if spec.singleton and table:
+            raise DuplicateName(f"{spec.short_name} already exists and only one is allowed")
+        existing = self.find(spec.short_name, name)
+        if existing is not None:
+            raise DuplicateName(
+                f"{spec.short_name} '{name}' already exists (from {existing.origin})"
+            )
+        self._check_references(spec, name, values)
+        entity = Entity(
+            spec.short_name,
+            name,
+            self._next_identity(spec),
+            values,
+            source,
+            file,
+            line,
+        )
+        self._insert(entity)
+        for warning in validated.warnings:
+            self._log.warning(warning)
+        return entity
+
+    def update(
+        self,
+        type_name: str,
+        key: str,
+        attributes: Mapping[str, object],
+        *,
+        source: Source | None = None,
+        check_operation: bool = True,
+        file: str | None = None,
+        line: int | None = None,
+    ) -> Entity:
+        """Changes the given attributes; ``None`` resets one to its default."""
+        spec = self._spec(type_name)
+        if check_operation and schema.UPDATE not in spec.operations:
+            raise OperationNotAllowed(schema.UPDATE, spec)
+        old = self.get(spec.short_name, key)
+        validated = self._validate(spec, attributes, partial=True)
+        changes = validated.values
+        new_name = changes.pop("name", None)
+        if new_name not in (None, old.name):
+            raise InvalidRequest(
+                f"{spec.short_name} attribute 'name' cannot be changed (is '{old.name}')"
+            )
+        merged = {**old.attributes, **changes}
+        try:
+            schema.complete(spec, merged)
+        except schema.SchemaError as e:
+            raise InvalidRequest(e.message) from e
+        for attr in spec.configurable():
+            if (
+                attr.create_only
+                and attr.name != "name"
+                and merged.get(attr.name) != old.attributes.get(attr.name)
+            ):
+                raise InvalidRequest(
+                    f"{spec.short_name} attribute '{attr.name}' cannot be changed while running "
+                    f"(is {old.attributes.get(attr.name)!r}, requested {merged.get(attr.name)!r}); "
+                    "a restart is required"
+                )
+        self._check_references(spec, old.name, merged)
+        new = old.copy(
+            attributes=merged,
+            source=source or old.source,
+            file=file if source else old.file,
+            line=line if source else old.line,
+        )
+        if merged != old.attributes:
+            self._replace(old, new)
+        else:
+            self._entities[spec.short_name][old.name] = new
+        for warning in validated.warnings:
+            self._log.warning(warning)
+        return new
+
+    def delete(self, type_name: str, key: str, *, check_operation: bool = True) -> Entity:
+        spec = self._spec(type_name)
+        if check_operation and schema.DELETE not in spec.operations:
+            raise OperationNotAllowed(schema.DELETE, spec)
+        entity = self.get(spec.short_name, key)
+        if spec.precreated:
+            raise InvalidRequest(
+                f"{spec.short_name} '{entity.name}' always exists and cannot be deleted"
+            )
+        users = self._users_of(entity)
+        if users:
+            names = ", ".join(f"{u.type} '{u.name}'" for u in users)
+            raise InvalidRequest(f"{spec.short_name} '{entity.name}' is in use by {names}")
+        self._remove(entity)
+        return entity
+
+    def read(self, type_name: str, key: str) -> dict[str, object]:
+        """Configured and status attributes; secrets are left out."""
+        return self._describe(self.get(type_name, key))
+
+    def query(self, type_name: str | None = None) -> list[dict[str, object]]:
+        return [self._describe(e) for e in self.entities(type_name)]
+
+    # -- configuration files ----------------------------------------------
+
+    def apply_file(self, entities: Sequence[ConfigEntity]) -> ApplyResult:
+        """Makes the configuration-file entities match ``entities``.
+
+        Only entities that came from a file are compared, so management
+        changes survive a reload.  Either everything applies or, on the
+        first failure, what was applied is undone and ApplyError raised.
+        """
+        desired: dict[tuple[str, str], ConfigEntity] = {}
+        for ce in entities:
+            spec = self._spec(ce.type)
+            key = (spec.short_name, spec.short_name if spec.singleton else ce.name)
+            if key in desired:
+                raise ApplyError(f"{ce.file}:{ce.line}: {ce.type} '{ce.name}' is defined twice")
+            desired[key] = ce
+            existing = self.find(spec.short_name, ce.name)
+            if not spec.precreated and existing is not None and existing.source != "config":
+                raise ApplyError(
+                    f"{ce.file}:{ce.line}: {ce.type} '{ce.name}' already exists (from "
+                    f"{existing.origin})"
+                )
+
+        plan_delete: list[Entity] = []
+        plan_create: list[tuple[ConfigEntity, Source]] = []
+        plan_update: list[tuple[Entity, Mapping[str, object], Source, ConfigEntity | None]] = []
+        for type_name in _TYPE_ORDER:
+            spec = self._spec(type_name)
+            if spec.precreated:
+                self._plan_precreated(spec, desired, plan_update, plan_create)
+                continue
+            current = {
+                e.name: e for e in self._entities[type_name].values() if e.source == "config"
+            }
+            wanted = {k[1]: ce for k, ce in desired.items() if k[0] == type_name}
+            for name, entity in current.items():
+                if name not in wanted:
+                    plan_delete.append(entity)
+            for name, ce in wanted.items():
+                if name not in current:
+                    plan_create.append((ce, "config"))
+                elif current[name].attributes != ce.attributes:
+                    if schema.UPDATE in spec.operations:
+                        plan_update.append(
+                            (
+                                current[name],
+                                {"name": name, **ce.attributes},
+                                "config",
+                                ce,
+                            )
+                        )
+                    else:
+                        plan_delete.append(current[name])
+                        plan_create.append((ce, "config"))
+
+        result = ApplyResult()
+        undo: list[Callable[[], None]] = []
+        step: ConfigEntity | Entity | None = None
+        try:
+            for entity in sorted(plan_delete, key=lambda e: -_TYPE_ORDER.index(e.type)):
+                step = entity
+                removed = self.delete(entity.type, entity.name, check_operation=False)
+                undo.append(functools.partial(self._insert, removed))
+                result.removed.append(removed)
+            for target, old, attrs, source in self._ordered_writes(plan_create, plan_update):
+                step = target if target is not None else old
+                if old is None:
+                    assert target is not None
+                    added = self.create(
+                        target.type,
+                        {"name": target.name, **target.attributes},
+                        source=source,
+                        check_operation=False,
+                        file=target.file if source == "config" else None,
+                        line=target.line if source == "config" else None,
+                    )
+                    undo.append(functools.partial(self._remove, added))
+                    result.added.append(added)
+                else:
+                    new = self.update(
+                        old.type,
+                        old.name,
+                        attrs,
+                        source=source,
+                        check_operation=False,
+                        file=target.file if target else None,
+                        line=target.line if target else None,
+                    )
+                    undo.append(functools.partial(self._replace, new, old))
+                    if new.attributes != old.attributes:
+                        result.changed.append((old, new))
+        except (RegistryError, schema.SchemaError) as error:
+            self._rollback(undo)
+            raise ApplyError(self._locate(step, error), status=_status_of(error)) from error
+        # Replaced (delete + create) entities appear in both lists; report
+        # them as changed, which is what the operator did.
+        by_key = {(e.type, e.name): e for e in result.added}
+        for gone in list(result.removed):
+            replacement = by_key.get((gone.type, gone.name))
+            if replacement is not None:
+                result.removed.remove(gone)
+                result.added.remove(replacement)
+                result.changed.append((gone, replacement))
+        return result
+
+    def _plan_precreated(
+        self,
+        spec: schema.EntityTypeSpec,
+        desired: Mapping[tuple[str, str], ConfigEntity],
+        plan_update: list[tuple[Entity, Mapping[str, object], Source, ConfigEntity | None]],
+        plan_create: list[tuple[ConfigEntity, Source]],
+    ) -> None:
+        wanted = {k[1]: ce for k, ce in desired.items() if k[0] == spec.short_name}
+        if spec.singleton:
+            ce = wanted.get(spec.short_name)
+            current = self.router
+            if current is None:
+                if ce is not None:
+                    plan_create.append((ce, "config"))
+                else:
+                    values = schema.complete(spec, {})
+                    defaults = ConfigEntity(
+                        spec.short_name, spec.short_name, values, 0, "<defaults>"
+                    )
+                    plan_create.append((defaults, "builtin"))
+                return
+            targets: list[tuple[Entity, ConfigEntity | None]] = [(current, ce)]
+        else:
+            targets = [(e, wanted.get(e.name)) for e in self._entities[spec.short_name].values()]
+            for name, ce in wanted.items():
+                if self.find(spec.short_name, name) is None:
+                    raise ApplyError(
+                        f"{ce.file}:{ce.line}: {spec.short_name} '{name}' does not exist"
+                    )
+        for entity, ce in targets:
+            if ce is not None:
+                attrs = dict(ce.attributes)
+                source: Source = "config"
+            elif entity.source == "config":
+                keep = {a: entity.attributes.get(a) for a in ("module",) if a in entity.attributes}
+                attrs = schema.complete(spec, keep)
+                source = "builtin"
+            else:
+                continue
+            if attrs != entity.attributes or source != entity.source:
+                plan_update.append((entity, attrs, source, ce))
+
+    @staticmethod
+    def _ordered_writes(
+        creates: list[tuple[ConfigEntity, Source]],
+        updates: list[tuple[Entity, Mapping[str, object], Source, ConfigEntity | None]],
+    ) -> list[tuple[ConfigEntity | None, Entity | None, Mapping[str, object], Source]]:
+        rows: list[
+            tuple[int, ConfigEntity | None, Entity | None, Mapping[str, object], Source]
+        ] = []
+        for ce, source in creates:
+            rows.append((_TYPE_ORDER.index(ce.type), ce, None, {}, source))
+        for old, attrs, source, maybe_ce in updates:
+            rows.append((_TYPE_ORDER.index(old.type), maybe_ce, old, attrs, source))
+        rows.sort(key=lambda r: r[0])
+        return [(ce, old, attrs, source) for _, ce, old, attrs, source in rows]
+
+    def _rollback(self, undo: list[Callable[[], None]]) -> None:
+        for action in reversed(undo):
+            try:
+                action()
+            except (RegistryError, schema.SchemaError) as e:
+                self._log.error(f"rolling back configuration change failed: {e}")
+
+    @staticmethod
+    def _locate(step: ConfigEntity | Entity | None, error: BaseException) -> str:
+        message = getattr(error, "message", str(error))
+        if isinstance(step, ConfigEntity):
+            return f"{step.file}:{step.line}: {message}; previous configuration kept"
+        if isinstance(step, Entity):
+            return (
+                f"{step.type} '{step.name}' ({step.origin}): {message}; previous configuration kept"
+            )
+        return f"{message}; previous configuration kept"
+
+    # -- internals ---------------------------------------------------------
+
+    def _spec(self, type_name: str) -> schema.EntityTypeSpec:
+        try:
+            return schema.entity_type(type_name)
+        except schema.SchemaError as e:
+            raise InvalidRequest(e.message) from e
+
+    @staticmethod
+    def _validate(
+        spec: schema.EntityTypeSpec, attributes: Mapping[str, object], *, partial: bool
+    ) -> schema.Validated:
+        try:
+            return schema.validate_attributes(spec, attributes, partial=partial)
+        except schema.SchemaError as e:
+            raise InvalidRequest(e.message) from e
+
+    def _next_identity(self, spec: schema.EntityTypeSpec) -> str:
+        return f"{spec.short_name}/{next(self._counters[spec.short_name])}"
+
+    def _check_references(
+        self, spec: schema.EntityTypeSpec, name: str, values: Mapping[str, object]
+    ) -> None:
+        for attr in spec.configurable():
+            target = values.get(attr.name)
+            if attr.references is None or target is None:
+                continue
+            if self.find(attr.references, str(target)) is None:
+                known = [e.name for e in self.entities(attr.references)]
+                raise InvalidRequest(
+                    f"{spec.short_name} '{name}' attribute '{attr.name}' names {attr.references} "
+                    f"'{target}', which does not exist{schema.did_you_mean(str(target), known)}"
+                )
+
+    def _users_of(self, entity: Entity) -> list[Entity]:
+        users = []
+        for other_spec in schema.ENTITY_TYPES.values():
+            refs = [a.name for a in other_spec.configurable() if a.references == entity.type]
+            for other in self._entities[other_spec.short_name].values():
+                if any(other.attributes.get(r) == entity.name for r in refs):
+                    users.append(other)
+        return users
+
+    def _notify(
+        self,
+        entity_type: str,
+        call: Callable[[Observer], None],
+        undo: Callable[[Observer], None],
+        what: str,
+    ) -> None:
+        """Calls every observer; if one fails, undoes those already told."""
+        done: list[Observer] = []
+        for observer in list(self._observers[entity_type]):
+            try:
+                call(observer)
+            # Observers are foreign code: whatever they raise must roll back.
+            except Exception as error:
+                for told in reversed(done):
+                    try:
+                        undo(told)
+                    except Exception as undo_error:  # noqa: BLE001 - keep undoing the others
+                        self._log.error(
+                            f"undoing {what} in {type(told).__name__} failed: {undo_error}"
+                        )
+                message = getattr(error, "message", None) or str(error) or type(error).__name__
+                raise ObserverFailed(
+                    f"{what} failed: {message}", status=_status_of(error)
+                ) from error
+            done.append(observer)
+
+    def _insert(self, entity: Entity) -> None:
+        table = self._entities[entity.type]
+        table[entity.name] = entity
+        try:
+            self._notify(
+                entity.type,
+                lambda o: o.on_create(entity),
+                lambda o: o.on_delete(entity),
+                f"creating {entity.type} '{entity.name}'",
+            )
+        except ObserverFailed:
+            del table[entity.name]
+            raise
+
+    def _remove(self, entity: Entity) -> None:
+        table = self._entities[entity.type]
+        del table[entity.name]
+        try:
+            self._notify(
+                entity.type,
+                lambda o: o.on_delete(entity),
+                lambda o: o.on_create(entity),
+                f"deleting {entity.type} '{entity.name}'",
+            )
+        except ObserverFailed:
+            table[entity.name] = entity
+            raise
+
+    def _replace(self, old: Entity, new: Entity) -> None:
+        table = self._entities[old.type]
+        table[old.name] = new
+        try:
+            self._notify(
+                old.type,
+                lambda o: o.on_update(old, new),
+                lambda o: o.on_update(new, old),
+                f"updating {old.type} '{old.name}'",
+            )
+        except ObserverFailed:
+            table[old.name] = old
+            raise
+
+    def _describe(self, entity: Entity) -> dict[str, object]:
+        spec = entity.spec
+        out: dict[str, object] = {
+            "name": entity.name,
+            "identity": entity.identity,
+            "type": spec.full_name,
+        }
+        for attr in spec.configurable():
+            if attr.name == "name" or attr.secret:
+                continue
+            out[attr.name] = entity.attributes.get(attr.name)
+        for attr in spec.status_attributes():
+            out.setdefault(attr.name, None)
+        status_names = {a.name for a in spec.status_attributes()} - {"identity", "type"}
+        for observer in self._observers[entity.type]:
+            if not isinstance(observer, StatusProvider):
+                continue
+            try:
+                status = observer.status(entity)
+            except Exception as e:  # noqa: BLE001 - a broken status source must not fail the read
+                self._log.error(f"status of {entity.type} '{entity.name}' failed: {e}")
+                continue
+            for key, value in status.items():
+                if key in status_names:
+                    out[key] = value
+        return out

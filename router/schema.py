@@ -1,0 +1,903 @@
+"""Management schema of Skiff: the one place that knows entity types.
+
+The configuration loader, the registry and the management agent all validate
+through this module, so that a bad value gets the same message whether it
+comes from ``skrouterd.conf`` or from a management request.  Type and
+attribute names mirror the Skupper router's ``io.skupper.router.*`` schema so
+that existing configuration files and management tools keep working.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+TYPE_PREFIX = "io.skupper.router."
+
+# Management operations.  READ and QUERY are always allowed, as in Skupper.
+CREATE = "CREATE"
+READ = "READ"
+UPDATE = "UPDATE"
+DELETE = "DELETE"
+QUERY = "QUERY"
+ALWAYS_ALLOWED: frozenset[str] = frozenset({READ, QUERY})
+
+LOG_LEVELS: tuple[str, ...] = (
+    "trace",
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+)
+
+LOG_MODULES: tuple[str, ...] = (
+    "DEFAULT",
+    "ROUTER",
+    "ROUTER_CORE",
+    "ROUTER_HELLO",
+    "ROUTER_LS",
+    "ROUTER_MA",
+    "MESSAGE",
+    "SERVER",
+    "AGENT",
+    "AUTHSERVICE",
+    "CONTAINER",
+    "ERROR",
+    "POLICY",
+    "HTTP",
+    "CONN_MGR",
+    "PYTHON",
+    "PROTOCOL",
+    "TCP_ADAPTOR",
+    "HTTP_ADAPTOR",
+    "FLOW_LOG",
+    "ADDRESS_WATCH",
+    "DISPLAYNAME",
+    "IO",
+    "ENGINE",
+    "TLS",
+)
+
+# Service names accepted where the Skupper schema accepts a port string.
+PORT_NAMES: Mapping[str, int] = {"amqp": 5672, "amqps": 5671}
+
+_TRUE = frozenset({"true", "yes", "1", "on"})
+_FALSE = frozenset({"false", "no", "0", "off"})
+
+
+class SchemaError(ValueError):
+    """Base of every validation failure; ``status`` maps to a management code.
+
+    Management answers 400 for all of these, so the code lives here rather
+    than in every caller.
+    """
+
+    status = 400
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        entity_type: str | None = None,
+        attribute: str | None = None,
+        value: object = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.entity_type = entity_type
+        self.attribute = attribute
+        self.value = value
+
+
+class UnknownEntityType(SchemaError):
+    pass
+
+
+class UnknownAttribute(SchemaError):
+    pass
+
+
+class InvalidValue(SchemaError):
+    pass
+
+
+class MissingAttribute(SchemaError):
+    pass
+
+
+class ReadOnlyAttribute(SchemaError):
+    pass
+
+
+class DuplicateAttribute(SchemaError):
+    pass
+
+
+class AttrType(enum.Enum):
+    STRING = "string"
+    INTEGER = "integer"
+    BOOLEAN = "boolean"
+    ENUM = "enum"
+    LIST = "list"
+    # Skupper types ports as strings so that service names work; Skiff stores
+    # the resolved number because the engine needs one.
+    PORT = "port"
+
+
+@dataclass(frozen=True)
+class AttributeSpec:
+    name: str
+    type: AttrType = AttrType.STRING
+    default: object = None
+    required: bool = False
+    status: bool = False
+    description: str = ""
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+    maximum: int | None = None
+    secret: bool = False
+    # Cannot change once the entity exists (management UPDATE or reload).
+    create_only: bool = False
+    # Name of the entity type this attribute names an instance of.
+    references: str | None = None
+
+    @property
+    def read_only(self) -> bool:
+        return self.status
+
+    def expected(self) -> str:
+        """Human phrase for error messages, so all of them read alike."""
+        if self.type is AttrType.INTEGER:
+            if self.minimum is not None and self.maximum is not None:
+                return f"an integer from {self.minimum} to {self.maximum}"
+            if self.minimum is not None:
+                return f"an integer >= {self.minimum}"
+            return "an integer"
+        if self.type is AttrType.BOOLEAN:
+            return "a boolean (true/false, yes/no, 1/0)"
+        if self.type is AttrType.ENUM:
+            return "one of " + ", ".join(self.choices)
+        if self.type is AttrType.LIST:
+            return "a list of strings (space or comma separated)"
+        if self.type is AttrType.PORT:
+            names = ", ".join(sorted(PORT_NAMES))
+            return f"a port number from 0 to 65535 or one of {names}"
+        return "a string"
+
+
+@dataclass(frozen=True)
+class EntityTypeSpec:
+    short_name: str
+    attributes: Mapping[str, AttributeSpec]
+    operations: frozenset[str] = ALWAYS_ALLOWED
+    singleton: bool = False
+    implemented: bool = True
+    description: str = ""
+    # Skupper attributes Skiff knows about but ignores (with a warning).
+    unsupported: frozenset[str] = frozenset()
+    # Attributes whose values make up a generated name when none is given;
+    # content-derived so that a reload recognises the same entity.
+    name_key: tuple[str, ...] = ()
+    # Entities that exist without being created (log modules, router).
+    precreated: bool = False
+
+    @property
+    def full_name(self) -> str:
+        return TYPE_PREFIX + self.short_name
+
+    @property
+    def allowed_operations(self) -> frozenset[str]:
+        return self.operations | ALWAYS_ALLOWED
+
+    def configurable(self) -> list[AttributeSpec]:
+        return [a for a in self.attributes.values() if not a.status]
+
+    def status_attributes(self) -> list[AttributeSpec]:
+        return [a for a in self.attributes.values() if a.status]
+
+    def default_name(self, values: Mapping[str, object]) -> str:
+        if not self.name_key:
+            return self.short_name
+        parts = ["" if values.get(k) is None else str(values.get(k)) for k in self.name_key]
+        return f"{self.short_name}/" + ":".join(parts)
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """Suffix for error messages; empty when nothing is close enough."""
+    pool = list(candidates)
+    matches = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
+    if not matches:
+        lowered = {c.lower(): c for c in pool}
+        if name.lower() in lowered:
+            matches = [lowered[name.lower()]]
+    return f" (did you mean '{matches[0]}'?)" if matches else ""
+
+
+def _attrs(*specs: AttributeSpec) -> dict[str, AttributeSpec]:
+    common = (
+        AttributeSpec(
+            "name",
+            description="Unique name of the entity within its type.",
+            create_only=True,
+        ),
+        AttributeSpec("identity", status=True, description="Identity assigned by the router."),
+        AttributeSpec("type", status=True, description="Fully qualified entity type."),
+    )
+    return {s.name: s for s in (*common, *specs)}
+
+
+def _counter(name: str, description: str) -> AttributeSpec:
+    return AttributeSpec(name, AttrType.INTEGER, status=True, description=description)
+
+
+_ROUTER = EntityTypeSpec(
+    short_name="router",
+    singleton=True,
+    precreated=True,
+    description="The router itself; one per process.",
+    attributes=_attrs(
+        AttributeSpec(
+            "id",
+            create_only=True,
+            description="Router id; generated at start-up when absent.",
+        ),
+        AttributeSpec(
+            "mode",
+            AttrType.ENUM,
+            default="standalone",
+            choices=("standalone", "interior", "edge"),
+            create_only=True,
+            description="Role of the router in a network.",
+        ),
+        AttributeSpec(
+            "workerThreads",
+            AttrType.INTEGER,
+            default=4,
+            minimum=1,
+            create_only=True,
+            description="Number of I/O worker threads of the engine.",
+        ),
+        AttributeSpec(
+            "dropTcpConnections",
+            AttrType.BOOLEAN,
+            default=True,
+            description="Close TCP client connections when their listener or connector is deleted.",
+        ),
+        AttributeSpec(
+            "tlsLoaderThreads",
+            AttrType.INTEGER,
+            default=2,
+            minimum=1,
+            create_only=True,
+            description="Skiff: threads that read certificate files and build TLS contexts.",
+        ),
+        AttributeSpec(
+            "drainGraceSeconds",
+            AttrType.INTEGER,
+            default=5,
+            minimum=0,
+            description="Skiff: seconds given to open connections to finish on shutdown.",
+        ),
+        AttributeSpec("metadata", description="Free text carried for management tools."),
+        AttributeSpec("version", status=True, description="Skiff version."),
+        _counter("uptimeSeconds", "Seconds since the router started."),
+        _counter("connectionCount", "Open connections of all kinds."),
+        _counter("tcpListenerCount", "Configured tcpListeners."),
+        _counter("tcpConnectorCount", "Configured tcpConnectors."),
+    ),
+    unsupported=frozenset(
+        {
+            "helloIntervalSeconds",
+            "helloMaxAgeSeconds",
+            "raIntervalSeconds",
+            "raIntervalFluxSeconds",
+            "remoteLsMaxAgeSeconds",
+            "saslConfigPath",
+            "saslConfigName",
+            "debugDumpFile",
+            "allowResumableLinkRoute",
+            "timestampsInUTC",
+            "timestampFormat",
+            "defaultDistribution",
+            "dataConnectionCount",
+            "enableVanFlowRecord",
+            "vanId",
+            "processId",
+        }
+    ),
+)
+
+_TCP_STATUS = (
+    _counter("connectionsOpened", "Connections opened since creation."),
+    _counter("connectionsClosed", "Connections closed since creation."),
+    _counter("bytesIn", "Bytes received from clients or servers."),
+    _counter("bytesOut", "Bytes sent to clients or servers."),
+)
+
+_TCP_LISTENER = EntityTypeSpec(
+    short_name="tcpListener",
+    operations=frozenset({CREATE, DELETE}),
+    name_key=("host", "port"),
+    description="Accepts TCP clients and relays them to a tcpConnector with the same address.",
+    attributes=_attrs(
+        AttributeSpec(
+            "host",
+            default="",
+            description="Interface to listen on; empty means all interfaces.",
+        ),
+        AttributeSpec("port", AttrType.PORT, required=True, description="Port to listen on."),
+        AttributeSpec(
+            "address",
+            required=True,
+            description="Service address clients are relayed to.",
+        ),
+        AttributeSpec(
+            "backlog",
+            AttrType.INTEGER,
+            default=50,
+            minimum=1,
+            description="listen() backlog.",
+        ),
+        AttributeSpec(
+            "sslProfile",
+            references="sslProfile",
+            description="sslProfile presented to clients; TLS off when absent.",
+        ),
+        AttributeSpec(
+            "authenticatePeer",
+            AttrType.BOOLEAN,
+            default=False,
+            description="Require a client certificate trusted by the profile's caCertFile.",
+        ),
+        AttributeSpec(
+            "maxConnections",
+            AttrType.INTEGER,
+            default=0,
+            minimum=0,
+            description="Skiff: concurrent client connections allowed; 0 means unlimited.",
+        ),
+        AttributeSpec(
+            "operStatus",
+            AttrType.ENUM,
+            status=True,
+            choices=("up", "down"),
+            description="up when the socket is listening.",
+        ),
+        *_TCP_STATUS,
+    ),
+    unsupported=frozenset({"siteId", "observer", "processId"}),
+)
+
+_TCP_CONNECTOR = EntityTypeSpec(
+    short_name="tcpConnector",
+    operations=frozenset({CREATE, DELETE}),
+    name_key=("host", "port", "address"),
+    description="Connects to the real service for flows arriving on its address.",
+    attributes=_attrs(
+        AttributeSpec("host", required=True, description="Host name or address of the service."),
+        AttributeSpec("port", AttrType.PORT, required=True, description="Port of the service."),
+        AttributeSpec(
+            "address",
+            required=True,
+            description="Service address served by this connector.",
+        ),
+        AttributeSpec(
+            "sslProfile",
+            references="sslProfile",
+            description="sslProfile used to originate TLS to the service; TLS off when absent.",
+        ),
+        AttributeSpec(
+            "verifyHostname",
+            AttrType.BOOLEAN,
+            default=True,
+            description="Check the service certificate's name against host.",
+        ),
+        AttributeSpec(
+            "operStatus",
+            AttrType.ENUM,
+            status=True,
+            choices=("up", "down"),
+            description="up when the last connection attempt succeeded.",
+        ),
+        *_TCP_STATUS,
+    ),
+    unsupported=frozenset({"siteId", "observer", "processId"}),
+)
+
+_LOG = EntityTypeSpec(
+    short_name="log",
+    operations=frozenset({UPDATE}),
+    precreated=True,
+    name_key=("module",),
+    description="Logging of one module; one exists for every module.",
+    attributes=_attrs(
+        AttributeSpec(
+            "module",
+            AttrType.ENUM,
+            required=True,
+            choices=LOG_MODULES,
+            create_only=True,
+            description="Module this entity configures.",
+        ),
+        AttributeSpec(
+            "enable",
+            default="default",
+            description="Levels to log: comma separated levels, 'level+' for that level and above, "
+            "'none', or 'default' to follow the DEFAULT module (whose own default is info+).",
+        ),
+        AttributeSpec(
+            "includeTimestamp",
+            AttrType.BOOLEAN,
+            default=True,
+            description="Start each line with the local time and UTC offset.",
+        ),
+        AttributeSpec("outputFile", description="File to append to; stderr when absent."),
+    ),
+    unsupported=frozenset({"includeSource"}),
+)
+
+_SSL_PROFILE = EntityTypeSpec(
+    short_name="sslProfile",
+    operations=frozenset({CREATE, DELETE, UPDATE}),
+    implemented=False,
+    description="Certificates, key and trust store for TLS.",
+    attributes=_attrs(
+        AttributeSpec("caCertFile", description="PEM file of CAs trusted for peers."),
+        AttributeSpec("certFile", description="PEM certificate (chain) presented to peers."),
+        AttributeSpec("privateKeyFile", description="PEM private key of certFile."),
+        AttributeSpec("password", secret=True, description="Password of an encrypted private key."),
+        AttributeSpec("ciphers", description="OpenSSL cipher list for TLS 1.2 and below."),
+        AttributeSpec("protocols", description="Allowed protocols, e.g. 'TLSv1.2 TLSv1.3'."),
+        AttributeSpec(
+            "ordinal",
+            AttrType.INTEGER,
+            default=0,
+            minimum=0,
+            description="Generation of the material; raise it to trigger a reload.",
+        ),
+        AttributeSpec(
+            "oldestValidOrdinal",
+            AttrType.INTEGER,
+            default=0,
+            minimum=0,
+            description="Connections made with an older ordinal are closed.",
+        ),
+        _counter("version", "Published TLS configuration version."),
+        AttributeSpec("fingerprint", status=True, description="SHA-256 of the certificate."),
+        AttributeSpec("certSubject", status=True, description="Subject of the certificate."),
+        AttributeSpec("certNotAfter", status=True, description="Expiry of the certificate."),
+        AttributeSpec("loadedAt", status=True, description="When the current version was loaded."),
+        AttributeSpec("lastError", status=True, description="Last load failure, if any."),
+        _counter("reloads", "Successful reloads."),
+        _counter("reloadFailures", "Failed reloads."),
+    ),
+    unsupported=frozenset({"uidFormat", "uidNameMappingFile", "passwordFile"}),
+)
+
+_LISTENER = EntityTypeSpec(
+    short_name="listener",
+    operations=frozenset({CREATE, DELETE}),
+    implemented=False,
+    name_key=("host", "port"),
+    description="AMQP 1.0 listener for management clients and other routers.",
+    attributes=_attrs(
+        AttributeSpec("host", default="", description="Interface to listen on; empty means all."),
+        AttributeSpec("port", AttrType.PORT, default=5672, description="Port; 'amqp' is 5672."),
+        AttributeSpec(
+            "role",
+            AttrType.ENUM,
+            default="normal",
+            choices=("normal", "inter-router", "edge", "inter-edge", "route-container"),
+            description="What connects here.",
+        ),
+        AttributeSpec("sslProfile", references="sslProfile", description="TLS material."),
+        AttributeSpec(
+            "authenticatePeer",
+            AttrType.BOOLEAN,
+            default=False,
+            description="Require SASL auth.",
+        ),
+        AttributeSpec(
+            "requireSsl",
+            AttrType.BOOLEAN,
+            default=False,
+            description="Refuse plain connections.",
+        ),
+        AttributeSpec("saslMechanisms", AttrType.LIST, description="Allowed SASL mechanisms."),
+        AttributeSpec(
+            "idleTimeoutSeconds",
+            AttrType.INTEGER,
+            default=16,
+            minimum=0,
+            description="AMQP idle timeout advertised to peers.",
+        ),
+        AttributeSpec(
+            "maxFrameSize",
+            AttrType.INTEGER,
+            default=16384,
+            minimum=512,
+            description="Largest AMQP frame.",
+        ),
+        AttributeSpec(
+            "http",
+            AttrType.BOOLEAN,
+            default=False,
+            description="Serve HTTP on this port.",
+        ),
+        AttributeSpec(
+            "healthz",
+            AttrType.BOOLEAN,
+            default=True,
+            description="Serve /healthz over http.",
+        ),
+        AttributeSpec(
+            "metrics",
+            AttrType.BOOLEAN,
+            default=True,
+            description="Serve /metrics over http.",
+        ),
+        AttributeSpec(
+            "websockets",
+            AttrType.BOOLEAN,
+            default=True,
+            description="Accept AMQP over websockets.",
+        ),
+    ),
+    unsupported=frozenset(
+        {
+            "saslPlugin",
+            "httpRootDir",
+            "cost",
+            "maxSessions",
+            "maxSessionFrames",
+            "linkCapacity",
+            "policyVhost",
+            "initialHandshakeTimeoutSeconds",
+            "messageLoggingComponents",
+            "multiTenant",
+            "stripAnnotations",
+            "siteId",
+            "processId",
+        }
+    ),
+)
+
+ENTITY_TYPES: Mapping[str, EntityTypeSpec] = {
+    s.short_name: s for s in (_ROUTER, _SSL_PROFILE, _LISTENER, _TCP_LISTENER, _TCP_CONNECTOR, _LOG)
+}
+
+# Skupper entity types Skiff does not implement; configured ones are ignored
+# with a warning so that a Skupper configuration file still starts.
+UNSUPPORTED_ENTITY_TYPES: frozenset[str] = frozenset(
+    {
+        "connector",
+        "address",
+        "linkRoute",
+        "autoLink",
+        "httpListener",
+        "httpConnector",
+        "vhost",
+        "vhostUserGroupSettings",
+        "vhostStats",
+        "policy",
+        "site",
+        "addressWatch",
+        "authServicePlugin",
+        "exchange",
+        "binding",
+        "console",
+        "tcpConnection",
+        "httpRequestInfo",
+        "connection",
+        "allocator",
+        "routerStats",
+        "management",
+        "configurationEntity",
+        "operationalEntity",
+        "entity",
+        "dummy",
+    }
+)
+
+
+def short_type_name(name: str) -> str:
+    return name.removeprefix(TYPE_PREFIX)
+
+
+def is_unsupported_type(name: str) -> bool:
+    return short_type_name(name) in UNSUPPORTED_ENTITY_TYPES
+
+
+def entity_type(name: str) -> EntityTypeSpec:
+    """Accepts short or fully qualified names, as Skupper's tools do."""
+    short = short_type_name(name)
+    spec = ENTITY_TYPES.get(short)
+    if spec is not None:
+        return spec
+    if short in UNSUPPORTED_ENTITY_TYPES:
+        raise UnknownEntityType(
+            f"entity type '{name}' is not supported by Skiff",
+            entity_type=name,
+        )
+    raise UnknownEntityType(
+        f"unknown entity type '{name}'{did_you_mean(short, ENTITY_TYPES)}",
+        entity_type=name,
+    )
+
+
+_DASH = re.compile(r"-([a-z0-9])")
+
+
+def camel_case(name: str) -> str:
+    return _DASH.sub(lambda m: m.group(1).upper(), name)
+
+
+@dataclass(frozen=True)
+class AttributeName:
+    """Outcome of resolving a spelled attribute name.
+
+    ``canonical`` is None when the attribute is known but unsupported, in
+    which case ``warning`` says it is ignored.
+    """
+
+    canonical: str | None
+    warning: str | None = None
+
+
+def resolve_attribute(
+    spec: EntityTypeSpec, name: str, *, allow_status: bool = False
+) -> AttributeName:
+    """Maps a spelling to its schema name; raises for names that are wrong.
+
+    Dashed spellings (``worker-threads``) are accepted with a warning, as the
+    Skupper router did during its rename to camelCase.
+    """
+    if name in spec.attributes:
+        if spec.attributes[name].status and not allow_status:
+            raise ReadOnlyAttribute(
+                f"{spec.short_name} attribute '{name}' is read-only status and cannot be set",
+                entity_type=spec.short_name,
+                attribute=name,
+            )
+        return AttributeName(name)
+    if name in spec.unsupported:
+        return AttributeName(
+            None,
+            f"{spec.short_name} attribute '{name}' is not supported by Skiff and is ignored",
+        )
+    if "-" in name:
+        camel = camel_case(name)
+        if camel in spec.attributes or camel in spec.unsupported:
+            resolved = resolve_attribute(spec, camel, allow_status=allow_status)
+            if resolved.canonical is None:
+                return resolved
+            return AttributeName(
+                resolved.canonical,
+                f"{spec.short_name} attribute '{name}' is a deprecated spelling; use '{camel}'",
+            )
+    candidates = (
+        [a.name for a in spec.configurable()] if not allow_status else list(spec.attributes)
+    )
+    raise UnknownAttribute(
+        f"{spec.short_name} attribute '{name}' is unknown{did_you_mean(name, candidates)}",
+        entity_type=spec.short_name,
+        attribute=name,
+    )
+
+
+def _invalid(
+    spec: EntityTypeSpec, attr: AttributeSpec, raw: object, extra: str = ""
+) -> InvalidValue:
+    return InvalidValue(
+        f"{spec.short_name} attribute '{attr.name}' has invalid value {raw!r}{extra}: expected "
+        f"{attr.expected()}",
+        entity_type=spec.short_name,
+        attribute=attr.name,
+        value=raw,
+    )
+
+
+def convert(spec: EntityTypeSpec, attr: AttributeSpec | str, raw: object) -> object:
+    """Converts a configured or requested value to its schema type.
+
+    Accepts the string forms a configuration file produces as well as the
+    native JSON / AMQP values, so the loader and the agent share it.
+    """
+    a = spec.attributes[attr] if isinstance(attr, str) else attr
+    if raw is None:
+        return None
+    if a.type is AttrType.STRING:
+        if isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
+            value: object = str(raw)
+        else:
+            raise _invalid(spec, a, raw)
+        if spec.short_name == "log" and a.name == "enable":
+            parse_enable(str(value), entity_type=spec.short_name)
+        return value
+    if a.type is AttrType.BOOLEAN:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, int) and raw in (0, 1):
+            return bool(raw)
+        if isinstance(raw, str):
+            low = raw.strip().lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+        raise _invalid(spec, a, raw)
+    if a.type is AttrType.INTEGER:
+        number = _to_int(raw)
+        if number is None:
+            raise _invalid(spec, a, raw)
+        if (a.minimum is not None and number < a.minimum) or (
+            a.maximum is not None and number > a.maximum
+        ):
+            raise _invalid(spec, a, raw, " (out of range)")
+        return number
+    if a.type is AttrType.PORT:
+        if isinstance(raw, str) and raw.strip().lower() in PORT_NAMES:
+            return PORT_NAMES[raw.strip().lower()]
+        number = _to_int(raw)
+        if number is None:
+            raise _invalid(spec, a, raw)
+        if not 0 <= number <= 65535:
+            raise _invalid(spec, a, raw, " (out of range)")
+        return number
+    if a.type is AttrType.ENUM:
+        if isinstance(raw, str) and raw in a.choices:
+            return raw
+        if isinstance(raw, str):
+            # Enum values are case-sensitive in Skupper, but a wrong case is
+            # an obvious typo worth a precise hint.
+            raise _invalid(spec, a, raw, did_you_mean(raw, a.choices))
+        raise _invalid(spec, a, raw)
+    if a.type is AttrType.LIST:
+        if isinstance(raw, str):
+            return [p for p in re.split(r"[\s,]+", raw.strip()) if p]
+        if isinstance(raw, (list, tuple)) and all(isinstance(p, str) for p in raw):
+            return list(raw)
+        raise _invalid(spec, a, raw)
+    raise AssertionError(f"unhandled attribute type {a.type}")
+
+
+def _to_int(raw: object) -> int | None:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, str) and re.fullmatch(r"\s*[+-]?\d+\s*", raw):
+        return int(raw)
+    return None
+
+
+def default_value(
+    spec: EntityTypeSpec, attr: AttributeSpec, values: Mapping[str, object]
+) -> object:
+    """Default of ``attr``; the DEFAULT log module is the one special case.
+
+    Every other module's ``enable`` defaults to following DEFAULT, so DEFAULT
+    itself needs a real level set (Skupper's ``info+``).
+    """
+    if spec.short_name == "log" and attr.name == "enable" and values.get("module") == "DEFAULT":
+        return "info+"
+    if isinstance(attr.default, list):
+        return list(attr.default)
+    return attr.default
+
+
+@dataclass
+class Validated:
+    values: dict[str, object]
+    warnings: list[str] = field(default_factory=list)
+
+
+def validate_attributes(
+    spec: EntityTypeSpec,
+    raw: Mapping[str, object],
+    *,
+    partial: bool = False,
+) -> Validated:
+    """Resolves names, converts values and, unless ``partial``, fills defaults.
+
+    ``partial`` is for UPDATE requests, which carry only what changes.
+    """
+    out: dict[str, object] = {}
+    spelled: dict[str, str] = {}
+    warnings: list[str] = []
+    for key, value in raw.items():
+        if key in ("identity", "type") and partial:
+            # Management requests may echo these back; they select, not set.
+            continue
+        resolved = resolve_attribute(spec, key)
+        if resolved.warning:
+            warnings.append(resolved.warning)
+        if resolved.canonical is None:
+            continue
+        name = resolved.canonical
+        if name in spelled:
+            raise DuplicateAttribute(
+                f"{spec.short_name} attribute '{name}' is given twice (as '{spelled[name]}' and "
+                f"'{key}')",
+                entity_type=spec.short_name,
+                attribute=name,
+            )
+        spelled[name] = key
+        out[name] = convert(spec, spec.attributes[name], value)
+    if not partial:
+        complete(spec, out)
+    return Validated(out, warnings)
+
+
+def complete(spec: EntityTypeSpec, values: dict[str, object]) -> dict[str, object]:
+    """Fills defaults in place and checks required attributes."""
+    for attr in spec.configurable():
+        if attr.name == "name":
+            continue
+        if values.get(attr.name) is None:
+            if attr.required:
+                raise MissingAttribute(
+                    f"{spec.short_name} attribute '{attr.name}' is required but missing",
+                    entity_type=spec.short_name,
+                    attribute=attr.name,
+                )
+            values[attr.name] = default_value(spec, attr, values)
+    return values
+
+
+@dataclass(frozen=True)
+class EnableSpec:
+    """Parsed ``enable`` value: the enabled levels, or None to follow DEFAULT."""
+
+    levels: frozenset[str] | None
+
+    @property
+    def inherits(self) -> bool:
+        return self.levels is None
+
+
+def parse_enable(text: str, *, entity_type: str = "log") -> EnableSpec:
+    """Parses Skupper's ``enable`` syntax: ``debug,warning+``, ``none``, ``default``."""
+    tokens = [t.strip() for t in text.split(",")]
+    if not text.strip():
+        raise InvalidValue(
+            f"{entity_type} attribute 'enable' is empty: expected levels such as 'info+', "
+            "'none' or 'default'",
+            entity_type=entity_type,
+            attribute="enable",
+            value=text,
+        )
+    levels: set[str] = set()
+    for token in tokens:
+        low = token.lower()
+        if low in ("default", "none"):
+            if len(tokens) > 1:
+                raise InvalidValue(
+                    f"{entity_type} attribute 'enable' has '{token}' in {text!r}: '{low}' must "
+                    "stand alone",
+                    entity_type=entity_type,
+                    attribute="enable",
+                    value=text,
+                )
+            return EnableSpec(None if low == "default" else frozenset())
+        base = low.removesuffix("+")
+        if base not in LOG_LEVELS:
+            hint = did_you_mean(base, LOG_LEVELS) if base else ""
+            raise InvalidValue(
+                f"{entity_type} attribute 'enable' has unknown level '{token}' in {text!r}{hint}: "
+                f"expected comma separated levels from {', '.join(LOG_LEVELS)}, "
+                "each optionally followed by '+', or 'none' or 'default'",
+                entity_type=entity_type,
+                attribute="enable",
+                value=text,
+            )
+        if low.endswith("+"):
+            levels.update(LOG_LEVELS[LOG_LEVELS.index(base) :])
+        else:
+            levels.add(base)
+    return EnableSpec(frozenset(levels))
