@@ -1,0 +1,121 @@
+"""Loopback servers and clients for engine and daemon tests (threads, blocking
+sockets: simple to reason about, and independent of the code under test)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+
+Handler = Callable[[socket.socket], None]
+
+
+class ThreadedServer:
+    """Accepts on 127.0.0.x:0 and runs handler(conn) on a thread per connection."""
+
+    def __init__(self, handler: Handler, host: str = "127.0.0.1") -> None:
+        self.sock = socket.socket()
+        self.sock.bind((host, 0))
+        self.sock.listen(1024)
+        self.host = host
+        self.port = self.sock.getsockname()[1]
+        self.handler = handler
+        self.accepted = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            self.handler(conn)
+        except OSError:
+            pass  # the peer went away; the test decides whether that matters
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # never connected: nothing to shut down
+        self.sock.close()
+
+
+def echo(conn: socket.socket) -> None:
+    while data := conn.recv(65536):
+        conn.sendall(data)
+    conn.shutdown(socket.SHUT_WR)
+
+
+def tagged(tag: bytes) -> Handler:
+    """Sends tag first, then echoes: tells a test which server it reached."""
+
+    def handler(conn: socket.socket) -> None:
+        conn.sendall(tag)
+        echo(conn)
+
+    return handler
+
+
+def exchange_server(conn: socket.socket) -> None:
+    """Reads a 12-byte header (response size, seed), then the client's upload
+    until EOF; replies with the sha256 of the upload and `size` seeded bytes."""
+    head = recv_exact(conn, 12)
+    size, seed = struct.unpack("!QI", head)
+    h = hashlib.sha256()
+    while data := conn.recv(65536):
+        h.update(data)
+    conn.sendall(h.digest())
+    conn.sendall(seeded_bytes(seed, size))
+    conn.shutdown(socket.SHUT_WR)
+
+
+def seeded_bytes(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def recv_exact(conn: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        data = conn.recv(n - len(buf))
+        if not data:
+            raise ConnectionError(f"EOF after {len(buf)} of {n} bytes")
+        buf += data
+    return bytes(buf)
+
+
+def recv_all(conn: socket.socket) -> bytes:
+    buf = bytearray()
+    while data := conn.recv(65536):
+        buf += data
+    return bytes(buf)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Polls cond; the timeout only bounds a hang, it asserts nothing about speed."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def refusing_port(host: str = "127.0.0.1") -> tuple[socket.socket, int]:
+    """A port that is bound but never listens: connects to it are refused."""
+    s = socket.socket()
+    s.bind((host, 0))
+    return s, s.getsockname()[1]

@@ -1,0 +1,46 @@
+"""Bad input to the engine gets clear errors, never a crash."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from router.engine import Engine, EngineError, RouteTarget
+
+
+def test_listen_on_bad_address(engine: Engine) -> None:
+    with pytest.raises(EngineError, match="'not-an-ip' is not a numeric"):
+        engine.listen("not-an-ip", 0)
+
+
+def test_listen_port_out_of_range(engine: Engine) -> None:
+    with pytest.raises(EngineError, match="port 70000 out of range"):
+        engine.listen("127.0.0.1", 70000)
+
+
+def test_listen_port_in_use(engine: Engine) -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    port = s.getsockname()[1]
+    with pytest.raises(EngineError, match=f"cannot bind 127.0.0.1:{port}: Address already in use"):
+        engine.listen("127.0.0.1", port)
+    s.close()
+
+
+def test_listen_ipv6_and_any(engine: Engine) -> None:
+    six = engine.listen("::1", 0)
+    anyaddr = engine.listen("", 0)
+    assert six.port > 0 and anyaddr.port > 0
+    c = socket.create_connection(("::1", six.port))
+    c.close()
+
+
+def test_bad_route_entries(engine: Engine) -> None:
+    t = engine.target()
+    with pytest.raises(EngineError, match="not a numeric"):
+        engine.publish_routes({0: [RouteTarget(t, "example.com", 80)]})
+    with pytest.raises(EngineError, match="port 0 out of range"):
+        engine.publish_routes({0: [RouteTarget(t, "127.0.0.1", 0)]})
+    assert engine.counters()["routes_version"] == 0  # nothing half-published

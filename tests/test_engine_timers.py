@@ -1,0 +1,129 @@
+"""Timers, events and the asyncio integration of the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import uvloop
+from servers import wait_for
+
+from router.engine import PRIO_HIGH, PRIO_NORMAL, Engine, EngineError, EngineOptions, EventType
+
+
+def collect(engine: Engine, seconds: float) -> list:  # type: ignore[type-arg]
+    out = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        out.extend(engine.drain())
+        time.sleep(0.005)
+    return out
+
+
+def test_periodic_high_timer_fires_and_records_lateness(engine: Engine) -> None:
+    tid = engine.timer_start(0.01, 0.01, PRIO_HIGH, worker=1)
+    events = collect(engine, 0.3)
+    fired = [e for e in events if e.type == EventType.TIMER and e.id == tid]
+    assert len(fired) >= 5
+    assert all(e.worker == 1 for e in fired)
+    hist = engine.lateness(PRIO_HIGH)
+    assert hist.count >= len(fired)
+    assert hist.cumulative[-1] == hist.count
+    assert list(hist.cumulative) == sorted(hist.cumulative)  # cumulative
+    assert hist.max_ns >= hist.quantile(0.5) >= 0
+    engine.timer_cancel(tid)
+
+
+def test_cancel_reports_completion_and_stops_firing(engine: Engine) -> None:
+    tid = engine.timer_start(0.005, 0.005, PRIO_HIGH)
+    collect(engine, 0.05)
+    engine.timer_cancel(tid)
+    seen: list = []  # type: ignore[type-arg]
+
+    def cancelled() -> bool:
+        seen.extend(engine.drain())
+        return any(e.type == EventType.TIMER_CANCELLED and e.id == tid for e in seen)
+
+    wait_for(cancelled, what="TIMER_CANCELLED")
+    done = next(e for e in seen if e.type == EventType.TIMER_CANCELLED)
+    assert done.a == 1  # it was still pending
+    after = seen[seen.index(done) + 1 :] + collect(engine, 0.1)
+    assert not [e for e in after if e.type == EventType.TIMER and e.id == tid]
+
+
+def test_cancel_after_one_shot_fired(engine: Engine) -> None:
+    tid = engine.timer_start(0.0, 0.0, PRIO_NORMAL)
+    wait_for(lambda: any(e.type == EventType.TIMER for e in engine.drain()), what="TIMER")
+    engine.timer_cancel(tid)
+    seen: list = []  # type: ignore[type-arg]
+    wait_for(
+        lambda: bool(seen.extend(engine.drain()))
+        or any(e.type == EventType.TIMER_CANCELLED for e in seen),
+        what="TIMER_CANCELLED",
+    )
+    assert [e.a for e in seen if e.type == EventType.TIMER_CANCELLED] == [0]
+
+
+def test_timer_bad_arguments(engine: Engine) -> None:
+    with pytest.raises(EngineError):
+        engine.timer_start(0.01, prio=7)
+    with pytest.raises(EngineError):
+        engine.timer_start(0.01, worker=99)
+    with pytest.raises(EngineError):
+        engine.timer_cancel(0)
+
+
+def test_events_reach_asyncio_loop_in_batches() -> None:
+    eng = Engine(EngineOptions(worker_threads=2, event_ring_size=4096))
+    got: list[int] = []
+
+    async def main() -> None:
+        eng.attach(asyncio.get_running_loop())
+        eng.on_event(lambda ev: got.append(ev.id) if ev.type == EventType.TIMER else None)
+        for _ in range(1000):
+            eng.timer_start(0.0)
+        for _ in range(500):
+            if len(got) >= 1000:
+                break
+            await asyncio.sleep(0.01)
+
+    try:
+        uvloop.run(main())
+    finally:
+        eng.stop()
+    assert len(got) == 1000
+
+
+def test_ring_overflow_is_reported() -> None:
+    eng = Engine(EngineOptions(worker_threads=1, event_ring_size=16))
+    overflowed: list[bool] = []
+    eng.on_overflow(lambda: overflowed.append(True))
+    try:
+        for _ in range(100):
+            eng.timer_start(0.0)
+        wait_for(lambda: eng.worker_stats(0).timers_fired >= 100, what="timers fired")
+        events = []
+        while batch := eng.drain():
+            events.extend(batch)
+        assert len(events) == 16
+        assert overflowed == [True]
+        assert eng.counters()["events_dropped"] == 84
+    finally:
+        eng.stop()
+
+
+def test_engine_options_validated() -> None:
+    with pytest.raises(EngineError, match="event_ring_size"):
+        Engine(EngineOptions(worker_threads=1, event_ring_size=1000))
+    with pytest.raises(EngineError, match="relay_buffer_bytes"):
+        Engine(EngineOptions(worker_threads=1, relay_buffer_bytes=10))
+
+
+def test_worker_stats(engine: Engine) -> None:
+    engine.timer_start(0.0)
+    wait_for(lambda: engine.worker_stats(0).wakeups + engine.worker_stats(1).wakeups > 0)
+    s = engine.worker_stats(0)
+    assert s.cpu_ns >= 0 and s.busy_ns >= 0
+    with pytest.raises(EngineError):
+        engine.worker_stats(5)
