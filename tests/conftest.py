@@ -8,9 +8,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from servers import ThreadedServer, echo  # noqa: E402
+from servers import ThreadedServer, echo
 
-from router.engine import Engine, EngineOptions  # noqa: E402
+from router.engine import Engine, EngineOptions
 
 
 @pytest.fixture

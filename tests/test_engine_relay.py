@@ -414,8 +414,8 @@ def test_connection_listing(engine: Engine, echo_server: ThreadedServer) -> None
     rows = engine.connections()
     assert len(rows) == 1
     row = rows[0]
-    assert row.peer == "127.0.0.1:%d" % c.getsockname()[1]
-    assert row.target == "127.0.0.1:%d" % echo_server.port
+    assert row.peer == f"127.0.0.1:{c.getsockname()[1]}"
+    assert row.target == f"127.0.0.1:{echo_server.port}"
     assert row.listener_id == listener.user_id
     assert row.target_id == target.user_id
     assert (row.bytes_in, row.bytes_out) == (5, 5)
