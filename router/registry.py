@@ -54,7 +54,7 @@ class DuplicateName(RegistryError):
 
 
 class OperationNotAllowed(RegistryError):
-    status = 405
+    status = 400
 
     def __init__(self, operation: str, spec: schema.EntityTypeSpec) -> None:
         self.operation = operation

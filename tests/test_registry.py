@@ -134,7 +134,7 @@ def test_update_not_allowed_on_tcp_connector_lists_allowed_operations() -> None:
         "operation UPDATE is not allowed on io.skupper.router.tcpConnector; allowed: CREATE, "
         "DELETE, QUERY, READ"
     )
-    assert info.value.status == 405
+    assert info.value.status == 400
 
 
 def test_log_cannot_be_created_or_deleted_by_management() -> None:

@@ -1,0 +1,320 @@
+"""TCP adaptor: turns tcpListener / tcpConnector entities into engine objects.
+
+A tcpListener's socket is open only while at least one tcpConnector with its
+address exists (the Skupper router's meaning). Connectors become targets in
+the engine's route table: an address id maps to the numeric addresses of its
+connectors, resolved on the control loop. The engine picks among them per
+client (fewest open flows, ties round-robin) and retries another when one
+refuses or times out; no Python runs on that path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from router.engine import Engine, EngineError, Event, EventType, FlowStats, Listener, RouteTarget
+from router.engine import Target as EngineTarget
+from router.log import get_logger
+from router.registry import Entity, Registry
+from router.resolver import Resolver, numeric_host
+
+_log = get_logger("TCP_ADAPTOR")
+
+_ZERO = FlowStats(0, 0, 0, 0, 0, 0)
+
+
+def _add(a: FlowStats, b: FlowStats) -> FlowStats:
+    return FlowStats(
+        a.opened + b.opened,
+        a.closed + b.closed,
+        a.bytes_in + b.bytes_in,
+        a.bytes_out + b.bytes_out,
+        a.failed + b.failed,
+        a.active + b.active,
+    )
+
+
+@dataclass
+class _ListenerState:
+    entity: Entity
+    address_id: int
+    listener: Listener | None = None
+    # counters of sockets closed earlier (a listener closes when its last
+    # connector goes and reopens when one comes back)
+    base: FlowStats = _ZERO
+    last_error: str | None = None
+    host_ip: str | None = None
+
+
+@dataclass
+class _ConnectorState:
+    entity: Entity
+    address_id: int
+    target: EngineTarget
+    last_error: str | None = None
+    closing: list[int] = field(default_factory=list)
+
+
+class TcpAdaptor:
+    """Registry observer for tcpListener and tcpConnector."""
+
+    def __init__(self, engine: Engine, registry: Registry, loop: asyncio.AbstractEventLoop) -> None:
+        self._engine = engine
+        self._registry = registry
+        self._loop = loop
+        self._resolver = Resolver(loop, self._resolved)
+        self._address_ids: dict[str, int] = {}
+        self._listeners: dict[str, _ListenerState] = {}
+        self._connectors: dict[str, _ConnectorState] = {}
+        self._by_target: dict[int, _ConnectorState] = {}
+        self._by_listener_uid: dict[int, _ListenerState] = {}
+        self._retired: list[Listener] = []  # closing: kept until LISTENER_CLOSED
+        self.routes_version = 0
+        registry.subscribe("tcpListener", _Side(self, listener=True))
+        registry.subscribe("tcpConnector", _Side(self, listener=False))
+        engine.on_event(self._on_event)
+
+    # ------------------------------------------------------------ helpers
+
+    def _drop_flows(self) -> bool:
+        router = self._registry.router
+        return bool(router.attributes.get("dropTcpConnections", True)) if router else True
+
+    def _address_id(self, address: str) -> int:
+        if address not in self._address_ids:
+            self._address_ids[address] = len(self._address_ids)
+        return self._address_ids[address]
+
+    def _has_connector(self, address_id: int) -> bool:
+        return any(c.address_id == address_id for c in self._connectors.values())
+
+    def publish(self) -> None:
+        """Builds the route table from the connectors and swaps it in."""
+        table: dict[int, list[RouteTarget]] = {aid: [] for aid in self._address_ids.values()}
+        for c in self._connectors.values():
+            host = str(c.entity.attributes["host"])
+            addrs = self._resolver.addresses(host)
+            if not addrs:
+                continue
+            table[c.address_id].append(
+                RouteTarget(c.target, addrs[0], int(str(c.entity.attributes["port"])), host)
+            )
+        self.routes_version = self._engine.publish_routes(table)
+
+    # ------------------------------------------------------------ listeners
+
+    def _refuse_tls(self, entity: Entity) -> None:
+        # never serve plaintext where TLS was asked for
+        if entity.attributes.get("sslProfile"):
+            raise ValueError(
+                f"{entity.type} '{entity.name}': sslProfile "
+                f"'{entity.attributes['sslProfile']}' is set, but TLS is not available in "
+                "this version of Skiff yet"
+            )
+
+    def add_listener(self, entity: Entity) -> None:
+        self._refuse_tls(entity)
+        state = _ListenerState(entity, self._address_id(str(entity.attributes["address"])))
+        host = str(entity.attributes.get("host") or "")
+        if host in ("", "0.0.0.0", "::"):
+            state.host_ip = "" if host in ("", "::") else host
+        else:
+            state.host_ip = numeric_host(host)
+            if state.host_ip is None:
+                if host == "localhost":
+                    state.host_ip = "127.0.0.1"
+                else:
+                    raise ValueError(
+                        f"tcpListener '{entity.name}' host '{host}' must be a numeric address, "
+                        "'localhost' or empty (all interfaces)"
+                    )
+        self._listeners[entity.name] = state
+        try:
+            self._sync_listener(state, raise_errors=True)
+        except BaseException:
+            del self._listeners[entity.name]
+            raise
+
+    def remove_listener(self, entity: Entity) -> None:
+        state = self._listeners.pop(entity.name, None)
+        if state is not None:
+            self._close_listener(state, drop=self._drop_flows())
+
+    def _sync_listener(self, state: _ListenerState, raise_errors: bool = False) -> None:
+        want = self._has_connector(state.address_id)
+        if want and state.listener is None:
+            attrs = state.entity.attributes
+            try:
+                listener = self._engine.listen(
+                    state.host_ip or "",
+                    int(str(attrs["port"])),
+                    address_id=state.address_id,
+                    backlog=int(str(attrs.get("backlog") or 50)),
+                    max_connections=int(str(attrs.get("maxConnections") or 0)),
+                )
+            except EngineError as e:
+                state.last_error = str(e)
+                msg = f"tcpListener '{state.entity.name}': {e}"
+                if raise_errors:
+                    raise ValueError(msg) from e
+                _log.error(msg)
+                return
+            state.listener = listener
+            state.last_error = None
+            self._by_listener_uid[listener.user_id] = state
+            _log.info(
+                f"tcpListener '{state.entity.name}' listening on "
+                f"{state.host_ip or '*'}:{listener.port} for address "
+                f"'{attrs['address']}'"
+            )
+        elif not want and state.listener is not None:
+            _log.info(
+                f"tcpListener '{state.entity.name}' closed: no tcpConnector for address "
+                f"'{state.entity.attributes['address']}'"
+            )
+            self._close_listener(state, drop=False)
+
+    def _close_listener(self, state: _ListenerState, drop: bool) -> None:
+        if state.listener is None:
+            return
+        listener = state.listener
+        state.base = _add(state.base, listener.stats())
+        state.listener = None
+        self._by_listener_uid.pop(listener.user_id, None)
+        listener.close(drop_flows=drop)
+        self._retired.append(listener)
+
+    def listener_port(self, name: str) -> int | None:
+        state = self._listeners.get(name)
+        return state.listener.port if state and state.listener else None
+
+    # ------------------------------------------------------------ connectors
+
+    def add_connector(self, entity: Entity) -> None:
+        self._refuse_tls(entity)
+        aid = self._address_id(str(entity.attributes["address"]))
+        state = _ConnectorState(entity, aid, self._engine.target())
+        self._connectors[entity.name] = state
+        self._by_target[state.target.user_id] = state
+        self._resolver.watch(str(entity.attributes["host"]))
+        self.publish()
+        for ls in self._listeners.values():
+            if ls.address_id == aid:
+                self._sync_listener(ls)
+
+    def remove_connector(self, entity: Entity) -> None:
+        state = self._connectors.pop(entity.name, None)
+        if state is None:
+            return
+        self._resolver.unwatch(str(entity.attributes["host"]))
+        self.publish()
+        if self._drop_flows():
+            self._engine.close_target_flows(state.target)
+        for ls in self._listeners.values():
+            if ls.address_id == state.address_id:
+                self._sync_listener(ls)
+        # the target state lives on in flows not dropped; only events stop
+        self._by_target.pop(state.target.user_id, None)
+
+    def _resolved(self, host: str) -> None:
+        self.publish()
+
+    async def settle(self) -> None:
+        await self._resolver.settle()
+
+    def close(self) -> None:
+        self._resolver.close()
+        for state in self._listeners.values():
+            self._close_listener(state, drop=False)
+
+    # ------------------------------------------------------------ events
+
+    def _on_event(self, ev: Event) -> None:
+        if ev.type == EventType.TARGET_DOWN:
+            c = self._by_target.get(ev.id)
+            if c is not None:
+                reason = os.strerror(ev.a) if ev.a > 0 else "failed"
+                c.last_error = reason
+                _log.warning(
+                    f"tcpConnector '{c.entity.name}' ({c.entity.attributes['host']}:"
+                    f"{c.entity.attributes['port']}) is unreachable: {reason}; other "
+                    f"connectors of '{c.entity.attributes['address']}' are used, retry in "
+                    f"{ev.b} ms"
+                )
+        elif ev.type == EventType.TARGET_UP:
+            c = self._by_target.get(ev.id)
+            if c is not None:
+                c.last_error = None
+                _log.info(f"tcpConnector '{c.entity.name}' is reachable again")
+        elif ev.type == EventType.ACCEPT_PAUSED:
+            ls = self._by_listener_uid.get(ev.id)
+            name = ls.entity.name if ls else str(ev.id)
+            _log.warning(
+                f"tcpListener '{name}': out of file descriptors ({os.strerror(ev.a)}); "
+                f"accepting paused for {ev.b} ms"
+            )
+        elif ev.type == EventType.LISTENER_CLOSED:
+            self._retired = [r for r in self._retired if r.user_id != ev.id]
+
+    # ------------------------------------------------------------ status
+
+    def listener_status(self, entity: Entity) -> Mapping[str, object]:
+        state = self._listeners.get(entity.name)
+        if state is None:
+            return {}
+        stats = state.base
+        if state.listener is not None:
+            stats = _add(stats, state.listener.stats())
+        return {
+            "operStatus": "up" if state.listener is not None else "down",
+            **_counters(stats),
+        }
+
+    def connector_status(self, entity: Entity) -> Mapping[str, object]:
+        state = self._connectors.get(entity.name)
+        if state is None:
+            return {}
+        host = str(entity.attributes["host"])
+        up = bool(self._resolver.addresses(host)) and not state.target.down
+        return {"operStatus": "up" if up else "down", **_counters(state.target.stats())}
+
+
+def _counters(s: FlowStats) -> dict[str, object]:
+    return {
+        "connectionsOpened": s.opened,
+        "connectionsClosed": s.closed,
+        "bytesIn": s.bytes_in,
+        "bytesOut": s.bytes_out,
+    }
+
+
+class _Side:
+    """Adapts the registry's observer protocol to one entity type."""
+
+    def __init__(self, adaptor: TcpAdaptor, listener: bool) -> None:
+        self._a = adaptor
+        self._listener = listener
+
+    def on_create(self, entity: Entity) -> None:
+        if self._listener:
+            self._a.add_listener(entity)
+        else:
+            self._a.add_connector(entity)
+
+    def on_update(self, old: Entity, new: Entity) -> None:
+        self.on_delete(old)
+        self.on_create(new)
+
+    def on_delete(self, entity: Entity) -> None:
+        if self._listener:
+            self._a.remove_listener(entity)
+        else:
+            self._a.remove_connector(entity)
+
+    def status(self, entity: Entity) -> Mapping[str, object]:
+        if self._listener:
+            return self._a.listener_status(entity)
+        return self._a.connector_status(entity)

@@ -1,0 +1,306 @@
+"""Short-connection load clients: connect, send 64 bytes, read the echo, close.
+
+Why processes: one Python load generator saturates a core near 16,000
+connections per second (ANCHORS.md), so the load is split over several
+spawned processes, each running uvloop with its share of the concurrent
+clients. A process stays up for the whole bench and runs one ``RunSpec`` per
+round; it answers with a ``ClientResult`` holding exact counts and a
+mergeable latency histogram, never pre-computed percentiles.
+
+Why rotate source addresses: at thousands of connections per second every
+closed connection leaves a TIME_WAIT entry on its 4-tuple; binding each new
+connection to the next of 127.0.0.2…127.0.0.254 spreads them over 253 times
+more tuples. EADDRNOTAVAIL (no local port left) is reported apart from other
+connect errors so that kernel exhaustion is not mistaken for a router fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import errno
+import multiprocessing as mp
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from multiprocessing.connection import Connection
+
+from bench.histogram import Histogram
+from bench.host import raise_nofile_limit
+
+PAYLOAD_SIZE = 64
+_PREFIX = bytes(range(32, 32 + PAYLOAD_SIZE - 8))
+MAX_ERROR_SAMPLES = 8
+START_TIMEOUT_S = 30.0
+
+
+class Outcome(enum.Enum):
+    """How one connection ended; everything but OK is a failure."""
+
+    OK = "ok"
+    CONNECT_ERROR = "connect_errors"
+    EPHEMERAL_PORT = "ephemeral_port_errors"
+    RESET = "resets"
+    CLOSED_EARLY = "closed_early"
+    WRONG_ECHO = "wrong_echo"
+    TIMEOUT = "timeouts"
+
+
+FAILURE_KINDS: tuple[str, ...] = tuple(o.value for o in Outcome if o is not Outcome.OK)
+
+
+def source_addresses(count: int) -> list[str]:
+    """The first count of 127.0.0.2 … 127.0.0.254 (none: let the kernel pick)."""
+    return [f"127.0.0.{2 + i}" for i in range(max(0, min(count, 253)))]
+
+
+def make_payload(seq: int) -> bytes:
+    """64 bytes unique to one connection, so stale or crossed data is caught."""
+    return _PREFIX + (seq & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """One process's share of a storm round."""
+
+    host: str
+    port: int
+    clients: int
+    start_at: float  # time.monotonic() (system-wide clock) when clients start
+    duration_s: float | None  # stop starting connections after this…
+    count: int | None  # …or after this many connections in this process
+    timeout_s: float  # per connection: connect + echo
+    source_addrs: int  # 127.0.0.x addresses to rotate over; 0 = kernel's choice
+    source_offset: int  # where this process starts in the rotation
+    seq_base: int  # first payload sequence number of this process
+
+
+@dataclass(slots=True)
+class ClientResult:
+    """What one process saw in one round."""
+
+    ok: int = 0
+    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_KINDS, 0))
+    latency_ns: Histogram = field(default_factory=Histogram)
+    started: float = 0.0
+    ended: float = 0.0
+    cpu_s: float = 0.0
+    error_samples: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+    def add(self, outcome: Outcome, detail: str | None = None) -> None:
+        if outcome is Outcome.OK:
+            self.ok += 1
+            return
+        self.failures[outcome.value] += 1
+        if detail is not None and len(self.error_samples) < MAX_ERROR_SAMPLES:
+            sample = f"{outcome.value}: {detail}"
+            if sample not in self.error_samples:
+                self.error_samples.append(sample)
+
+
+class _EchoCheck(asyncio.Protocol):
+    """Sends the payload on connect and resolves done with the outcome."""
+
+    __slots__ = ("_buf", "_done", "_payload")
+
+    def __init__(self, payload: bytes, done: asyncio.Future[Outcome]) -> None:
+        self._payload = payload
+        self._done = done
+        self._buf = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(self._payload)
+
+    def data_received(self, data: bytes) -> None:
+        if self._done.done():
+            return
+        self._buf += data
+        if len(self._buf) >= PAYLOAD_SIZE:
+            ok = self._buf == self._payload
+            self._done.set_result(Outcome.OK if ok else Outcome.WRONG_ECHO)
+
+    def eof_received(self) -> bool:
+        if not self._done.done():
+            self._done.set_result(Outcome.CLOSED_EARLY)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done.done():
+            self._done.set_result(Outcome.RESET if exc is not None else Outcome.CLOSED_EARLY)
+
+
+class _Storm:
+    """The shared state of one process's clients during one round."""
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        self.result = ClientResult()
+        self.sources = source_addresses(spec.source_addrs)
+        self.deadline = (
+            spec.start_at + spec.duration_s if spec.duration_s is not None else float("inf")
+        )
+        self.remaining = spec.count if spec.count is not None else -1
+        self.next_seq = 0
+
+    def claim(self) -> int | None:
+        """The next connection's sequence number, or None when the round is over."""
+        if self.remaining == 0 or time.monotonic() >= self.deadline:
+            return None
+        if self.remaining > 0:
+            self.remaining -= 1
+        seq = self.next_seq
+        self.next_seq += 1
+        return seq
+
+    async def one_client(self) -> None:
+        loop = asyncio.get_running_loop()
+        spec = self.spec
+        record = self.result.latency_ns.record
+        for _ in range(1 << 40):  # bounded by claim(): count or deadline
+            seq = self.claim()
+            if seq is None:
+                return
+            local: tuple[str, int] | None = None
+            if self.sources:
+                local = (self.sources[(spec.source_offset + seq) % len(self.sources)], 0)
+            payload = make_payload(spec.seq_base + seq)
+            done: asyncio.Future[Outcome] = loop.create_future()
+            transport: asyncio.BaseTransport | None = None
+            detail: str | None = None
+            t0 = time.perf_counter_ns()
+            try:
+                async with asyncio.timeout(spec.timeout_s):
+                    try:
+                        transport, _ = await loop.create_connection(
+                            partial(_EchoCheck, payload, done),
+                            spec.host,
+                            spec.port,
+                            local_addr=local,
+                        )
+                    except OSError as exc:
+                        detail = f"{type(exc).__name__}: {exc}"
+                        outcome = (
+                            Outcome.EPHEMERAL_PORT
+                            if exc.errno == errno.EADDRNOTAVAIL
+                            else Outcome.CONNECT_ERROR
+                        )
+                    else:
+                        outcome = await done
+            except TimeoutError:
+                outcome = Outcome.TIMEOUT
+                detail = f"no echo within {spec.timeout_s} s"
+            finally:
+                if transport is not None:
+                    transport.close()
+            if outcome is Outcome.OK:
+                record(time.perf_counter_ns() - t0)
+            self.result.add(outcome, detail)
+
+
+async def run_spec(spec: RunSpec) -> ClientResult:
+    """Runs one round in the current (uvloop) event loop."""
+    storm = _Storm(spec)
+    cpu0 = time.process_time()
+    delay = spec.start_at - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    storm.result.started = time.monotonic()
+    await asyncio.gather(*(storm.one_client() for _ in range(spec.clients)))
+    storm.result.ended = time.monotonic()
+    storm.result.cpu_s = time.process_time() - cpu0
+    return storm.result
+
+
+def client_process_main(ctl: Connection) -> None:
+    """Entry point of a client process: one RunSpec in, one ClientResult out,
+    until the parent sends None or closes its end."""
+    import uvloop
+
+    raise_nofile_limit()
+    ctl.send("ready")
+    for _ in range(1 << 20):  # bounded: one iteration per round
+        try:
+            spec = ctl.recv()
+        except EOFError:
+            return
+        if spec is None:
+            return
+        assert isinstance(spec, RunSpec)
+        ctl.send(uvloop.run(run_spec(spec)))
+
+
+class ClientPool:
+    """The client processes, started once and reused for every round."""
+
+    def __init__(self, procs: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.processes: list[mp.process.BaseProcess] = []
+        self.controls: list[Connection] = []
+        try:
+            for i in range(max(1, procs)):
+                parent_end, child_end = ctx.Pipe()
+                p = ctx.Process(
+                    target=client_process_main,
+                    args=(child_end,),
+                    name=f"skiff-bench-client-{i}",
+                    daemon=True,
+                )
+                p.start()
+                child_end.close()
+                self.processes.append(p)
+                self.controls.append(parent_end)
+            for c in self.controls:
+                if not c.poll(START_TIMEOUT_S) or c.recv() != "ready":
+                    raise RuntimeError("a client process did not start")
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def size(self) -> int:
+        return len(self.processes)
+
+    def submit(self, specs: list[RunSpec]) -> None:
+        """Sends one spec to each process (len(specs) == size)."""
+        for c, spec in zip(self.controls, specs, strict=True):
+            c.send(spec)
+
+    def collect(self, timeout_s: float) -> list[ClientResult]:
+        """Blocks until every process answered (call it from an executor
+        thread when an event loop must keep running meanwhile)."""
+        out: list[ClientResult] = []
+        deadline = time.monotonic() + timeout_s
+        for c in self.controls:
+            if not c.poll(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"client process gave no result within {timeout_s:.0f} s")
+            result = c.recv()
+            assert isinstance(result, ClientResult)
+            out.append(result)
+        return out
+
+    def close(self) -> None:
+        for c in self.controls:
+            try:
+                c.send(None)
+            except (BrokenPipeError, OSError):
+                pass  # already gone
+        for p in self.processes:
+            p.join(5.0)
+            if p.is_alive():
+                p.terminate()
+                p.join(5.0)
+        for c in self.controls:
+            c.close()
+        self.processes.clear()
+        self.controls.clear()
+
+    def __enter__(self) -> ClientPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

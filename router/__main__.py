@@ -1,0 +1,7 @@
+"""`python -m router` runs skiffd."""
+
+import sys
+
+from router.daemon import main
+
+sys.exit(main())

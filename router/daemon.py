@@ -1,0 +1,250 @@
+"""skiffd: the router daemon.
+
+One uvloop event loop runs the control plane: configuration, the entity
+registry, adaptors, and the engine's events. The engine's C workers do all
+socket I/O. Signals: SIGTERM/SIGINT drain and exit 0, SIGHUP reloads the
+configuration file (all or nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import uvloop
+
+from adaptors.tcp import TcpAdaptor
+from router import schema
+from router.config import DEFAULT_CONFIG, ConfigError, ConfigFile, load_config, parse_config_text
+from router.engine import Engine, EngineError, EngineOptions
+from router.log import LogConfigObserver, configure_log, get_logger
+from router.registry import Registry, RegistryError
+
+_log = get_logger("ROUTER")
+
+DEFAULT_CONFIG_NAME = "<built-in default configuration>"
+
+
+def skiff_version() -> str:
+    try:
+        return version("skiff")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+def read_config(path: str | None) -> ConfigFile:
+    if path is None:
+        return parse_config_text(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME)
+    return load_config(path)
+
+
+def _router_attributes(config: ConfigFile) -> dict[str, object]:
+    for ce in config.entities:
+        if ce.type == "router":
+            return dict(ce.attributes)
+    return schema.complete(schema.entity_type("router"), {})
+
+
+class Daemon:
+    """A running router: registry, engine and adaptors on one event loop."""
+
+    def __init__(self, config: ConfigFile, path: str | None, log_level: str | None = None) -> None:
+        self.config = config
+        self.log_level = log_level
+        self.path = path
+        self.registry = Registry()
+        self.registry.subscribe("log", LogConfigObserver())
+        attrs = _router_attributes(config)
+        self.workers = int(str(attrs.get("workerThreads") or 4))
+        self.grace = float(str(attrs.get("drainGraceSeconds") or 0))
+        self.engine = Engine(EngineOptions(worker_threads=self.workers))
+        self.adaptor: TcpAdaptor | None = None
+        self._stop = asyncio.Event()
+        self._reloading = False
+        self.started = time.monotonic()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.engine.attach(loop)
+        self.adaptor = TcpAdaptor(self.engine, self.registry, loop)
+        for warning in self.config.warnings:
+            _log.warning(str(warning))
+        try:
+            self.registry.apply_file(self.config.entities)
+        except RegistryError as e:
+            _log.error(f"cannot start: {e}")
+            print(f"skiffd: cannot start: {e}", file=sys.stderr)
+            self.adaptor.close()
+            self.engine.stop()
+            return 1
+        self._apply_log_level()
+        self._warn_unimplemented()
+        await self.adaptor.settle()
+        self.adaptor.publish()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        self._banner()
+        await self._stop.wait()
+        await self._drain()
+        return 0
+
+    def _apply_log_level(self) -> None:
+        # the command line wins over the file's DEFAULT log entity
+        if self.log_level:
+            configure_log("DEFAULT", f"{self.log_level}+")
+
+    def _warn_unimplemented(self) -> None:
+        for entity in self.registry.entities():
+            if not entity.spec.implemented:
+                _log.warning(
+                    f"{entity.type} '{entity.name}' is accepted but not served yet by this "
+                    "version of Skiff"
+                )
+
+    def _banner(self) -> None:
+        router = self.registry.router
+        rid = router.attributes.get("id") if router else None
+        mode = router.attributes.get("mode") if router else "standalone"
+        lines = [
+            f"skiffd {skiff_version()}: router '{rid or 'skiff'}' ({mode}), "
+            f"{self.engine.workers} worker threads, configuration {self.path or DEFAULT_CONFIG_NAME}",
+        ]
+        assert self.adaptor is not None
+        listeners = self.registry.entities("tcpListener")
+        for entity in listeners:
+            port = self.adaptor.listener_port(entity.name)
+            where = f"listening on port {port}" if port else "down (no tcpConnector for its address)"
+            lines.append(
+                f"  tcpListener '{entity.name}' ({entity.attributes.get('host') or '*'}:"
+                f"{entity.attributes['port']} -> address '{entity.attributes['address']}'): {where}"
+            )
+        for entity in self.registry.entities("tcpConnector"):
+            lines.append(
+                f"  tcpConnector '{entity.name}' -> {entity.attributes['host']}:"
+                f"{entity.attributes['port']} (address '{entity.attributes['address']}')"
+            )
+        if not listeners:
+            lines += [
+                "No service is configured yet. To relay one, write a file such as",
+                "",
+                "    tcpListener {",
+                "        host: 127.0.0.1",
+                "        port: 9000",
+                "        address: web",
+                "    }",
+                "    tcpConnector {",
+                "        host: 127.0.0.1",
+                "        port: 8080",
+                "        address: web",
+                "    }",
+                "",
+                "check it with `skiffd --check -c FILE` and run `skiffd -c FILE`.",
+            ]
+        lines.append(
+            "AMQP management (127.0.0.1:5672) and /metrics are not part of this version yet."
+        )
+        lines.append("Stop with Ctrl-C (SIGTERM drains open connections); SIGHUP reloads the file.")
+        print("\n".join(lines), flush=True)
+
+    async def reload(self) -> None:
+        """Re-reads the file and applies the difference, or keeps everything."""
+        if self.path is None:
+            _log.info("SIGHUP: running on the built-in configuration; nothing to reload")
+            return
+        if self._reloading:
+            return
+        self._reloading = True
+        try:
+            loop = asyncio.get_running_loop()
+            try:
+                config = await loop.run_in_executor(None, load_config, self.path)
+            except ConfigError as e:
+                _log.error(f"SIGHUP: configuration rejected, the running one stays: {e}")
+                return
+            except OSError as e:
+                _log.error(f"SIGHUP: cannot read {self.path}, the running one stays: {e}")
+                return
+            for warning in config.warnings:
+                _log.warning(str(warning))
+            try:
+                result = self.registry.apply_file(config.entities)
+            except RegistryError as e:
+                _log.error(f"SIGHUP: configuration rejected, the running one stays: {e}")
+                return
+            self._apply_log_level()
+            assert self.adaptor is not None
+            await self.adaptor.settle()
+            self.config = config
+            _log.info(
+                f"SIGHUP: configuration reloaded: {len(result.added)} added, "
+                f"{len(result.removed)} removed, {len(result.changed)} changed"
+            )
+        finally:
+            self._reloading = False
+
+    async def _drain(self) -> None:
+        assert self.adaptor is not None
+        self.adaptor.close()  # stop accepting
+        _log.info(f"stopping: draining open connections for up to {self.grace:g} s")
+        deadline = time.monotonic() + self.grace
+        while time.monotonic() < deadline:
+            if self.engine.counters()["conns_live"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        left = self.engine.counters()["conns_live"]
+        if left:
+            _log.info(f"stopping: closing {left} connections still open")
+        self.engine.stop()
+        _log.info("stopped")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="skiffd",
+        description="Skiff router daemon: relays TCP services (tcpListener -> tcpConnector).",
+    )
+    p.add_argument("-c", "--config", metavar="FILE", help="configuration file (skrouterd.conf "
+                   "syntax, or JSON when the name ends in .json); default: built-in")
+    p.add_argument("--log-level", choices=sorted(schema.LOG_LEVELS),
+                   help="minimum level logged by every module (overrides the file's DEFAULT log)")
+    p.add_argument("--check", action="store_true",
+                   help="validate the configuration and exit 0 (valid) or 1 (invalid)")
+    p.add_argument("--version", action="version", version=f"skiffd {skiff_version()}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = read_config(args.config)
+    except ConfigError as e:
+        print(f"skiffd: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"skiffd: cannot read configuration {args.config}: {e.strerror}", file=sys.stderr)
+        return 1
+    if args.check:
+        for warning in config.warnings:
+            print(f"skiffd: warning: {warning}", file=sys.stderr)
+        name = args.config or DEFAULT_CONFIG_NAME
+        print(f"skiffd: {name}: configuration is valid ({len(config.entities)} entities)")
+        return 0
+    if args.log_level:
+        configure_log("DEFAULT", f"{args.log_level}+")
+    try:
+        path = str(Path(args.config).resolve()) if args.config else None
+        daemon = Daemon(config, path, args.log_level)
+    except EngineError as e:
+        print(f"skiffd: {e}", file=sys.stderr)
+        return 1
+    return uvloop.run(daemon.run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
