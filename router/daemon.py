@@ -113,13 +113,16 @@ class Daemon:
         mode = router.attributes.get("mode") if router else "standalone"
         lines = [
             f"skiffd {skiff_version()}: router '{rid or 'skiff'}' ({mode}), "
-            f"{self.engine.workers} worker threads, configuration {self.path or DEFAULT_CONFIG_NAME}",
+            f"{self.engine.workers} worker threads, "
+            f"configuration {self.path or DEFAULT_CONFIG_NAME}",
         ]
         assert self.adaptor is not None
         listeners = self.registry.entities("tcpListener")
         for entity in listeners:
             port = self.adaptor.listener_port(entity.name)
-            where = f"listening on port {port}" if port else "down (no tcpConnector for its address)"
+            where = (
+                f"listening on port {port}" if port else "down (no tcpConnector for its address)"
+            )
             lines.append(
                 f"  tcpListener '{entity.name}' ({entity.attributes.get('host') or '*'}:"
                 f"{entity.attributes['port']} -> address '{entity.attributes['address']}'): {where}"
@@ -209,12 +212,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="skiffd",
         description="Skiff router daemon: relays TCP services (tcpListener -> tcpConnector).",
     )
-    p.add_argument("-c", "--config", metavar="FILE", help="configuration file (skrouterd.conf "
-                   "syntax, or JSON when the name ends in .json); default: built-in")
-    p.add_argument("--log-level", choices=sorted(schema.LOG_LEVELS),
-                   help="minimum level logged by every module (overrides the file's DEFAULT log)")
-    p.add_argument("--check", action="store_true",
-                   help="validate the configuration and exit 0 (valid) or 1 (invalid)")
+    p.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="configuration file (skrouterd.conf "
+        "syntax, or JSON when the name ends in .json); default: built-in",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=sorted(schema.LOG_LEVELS),
+        help="minimum level logged by every module (overrides the file's DEFAULT log)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the configuration and exit 0 (valid) or 1 (invalid)",
+    )
     p.add_argument("--version", action="version", version=f"skiffd {skiff_version()}")
     return p
 

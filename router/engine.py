@@ -13,7 +13,7 @@ import asyncio
 import enum
 import errno
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -337,9 +337,7 @@ class Engine:
         self, delay_s: float, period_s: float = 0.0, prio: int = PRIO_NORMAL, worker: int = -1
     ) -> int:
         tid = int(
-            lib.sk_timer_start(
-                self._ptr, worker, prio, int(delay_s * 1e9), int(period_s * 1e9)
-            )
+            lib.sk_timer_start(self._ptr, worker, prio, int(delay_s * 1e9), int(period_s * 1e9))
         )
         if tid == 0:
             raise EngineError(f"cannot start a timer (worker={worker}, prio={prio})")
@@ -387,7 +385,7 @@ class Engine:
     def target(self, user_id: int | None = None) -> Target:
         return Target(self, self.new_user_id() if user_id is None else user_id)
 
-    def publish_routes(self, table: dict[int, Iterable[RouteTarget]]) -> int:
+    def publish_routes(self, table: Mapping[int, Iterable[RouteTarget]]) -> int:
         """Builds a route table (address id -> targets) and swaps it in
         atomically; returns its version. Flows already relayed are untouched."""
         size = max(table, default=-1) + 1
@@ -506,9 +504,7 @@ class Engine:
 
     def app_set_keepalive(self, conn_id: int, frame: bytes, interval_s: float) -> None:
         rc = int(
-            lib.sk_app_set_keepalive(
-                self._ptr, conn_id, frame, len(frame), int(interval_s * 1000)
-            )
+            lib.sk_app_set_keepalive(self._ptr, conn_id, frame, len(frame), int(interval_s * 1000))
         )
         if rc != 0:
             raise EngineError(f"connection {conn_id}: cannot set keep-alive (code {rc})")
