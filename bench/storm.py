@@ -1,0 +1,305 @@
+"""The short-connection storm: the same client load against each subject,
+in interleaved rounds, with every figure kept exact until it is reported.
+
+Why interleaved (direct, engine, direct, engine…): absolute rates drift with
+the machine (thermal, other tenants, TIME_WAIT build-up), so rounds of the
+two subjects alternate and the comparison is the ratio inside one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.client import FAILURE_KINDS, ClientPool, ClientResult, RunSpec
+from bench.echo import EchoServer
+from bench.histogram import Histogram
+from bench.host import environment, raise_nofile_limit
+from bench.subjects import (
+    DirectSubject,
+    EngineSubject,
+    ProbeSnapshot,
+    Subject,
+    add_engine_histograms,
+    window,
+)
+from router.engine import Histogram as EngineHistogram
+
+SUBJECTS = ("direct", "engine")
+START_DELAY_S = 0.2  # lets every client process reach its start line
+COLLECT_SLACK_S = 30.0
+COUNT_MODE_CAP_S = 300.0  # a --count round still stops after this long
+
+
+@dataclass(slots=True)
+class StormConfig:
+    """Run parameters (all of them land in the JSON report)."""
+
+    clients: int = 100
+    duration_s: float = 5.0
+    count: int | None = None
+    procs: int = 2
+    workers: int = 2
+    rounds: int = 1
+    subjects: tuple[str, ...] = SUBJECTS
+    timeout_s: float = 10.0
+    source_addrs: int = 253
+    echo_procs: int = 1
+    corrupt_echo: bool = False
+    timer_period_s: float = 0.01
+    pause_s: float = 0.5
+
+    def round_cap_s(self) -> float:
+        return self.duration_s if self.count is None else COUNT_MODE_CAP_S
+
+    def validate(self) -> None:
+        if self.clients < 1 or self.procs < 1 or self.rounds < 1 or self.workers < 0:
+            raise ValueError("clients, procs and rounds must be >= 1, workers >= 0")
+        if self.count is None and self.duration_s <= 0:
+            raise ValueError("give a positive duration or a count")
+        if self.count is not None and self.count < 1:
+            raise ValueError("count must be >= 1")
+        unknown = set(self.subjects) - set(SUBJECTS)
+        if unknown or not self.subjects:
+            raise ValueError(f"subjects must be among {SUBJECTS}, got {self.subjects}")
+
+
+def split(total: int, parts: int) -> list[int]:
+    """total spread over parts as evenly as integers allow."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+@dataclass(slots=True)
+class RoundResult:
+    """One subject's round: client-side counts plus the engine's window."""
+
+    subject: str
+    index: int
+    elapsed_s: float
+    ok: int
+    failures: dict[str, int]
+    latency_ns: Histogram
+    client_cpu_s: float
+    echo_cpu_s: float
+    engine: dict[str, Any]
+    event_lateness_ns: Histogram
+    error_samples: list[str]
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+    @property
+    def cps(self) -> float:
+        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @classmethod
+    def combine(
+        cls,
+        subject: str,
+        index: int,
+        start_at: float,
+        parts: list[ClientResult],
+        echo_cpu_s: float,
+        engine: dict[str, Any],
+        event_lateness_ns: Histogram,
+    ) -> RoundResult:
+        failures = dict.fromkeys(FAILURE_KINDS, 0)
+        samples: list[str] = []
+        for p in parts:
+            for k, v in p.failures.items():
+                failures[k] += v
+            samples.extend(s for s in p.error_samples if s not in samples)
+        return cls(
+            subject=subject,
+            index=index,
+            elapsed_s=max((p.ended for p in parts), default=start_at) - start_at,
+            ok=sum(p.ok for p in parts),
+            failures=failures,
+            latency_ns=Histogram.merged(p.latency_ns for p in parts),
+            client_cpu_s=sum(p.cpu_s for p in parts),
+            echo_cpu_s=echo_cpu_s,
+            engine=engine,
+            event_lateness_ns=event_lateness_ns,
+            error_samples=samples,
+        )
+
+
+@dataclass(slots=True)
+class SubjectSummary:
+    """Every round of one subject, combined exactly (counts and histograms add)."""
+
+    subject: str
+    rounds: list[RoundResult]
+    ok: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    latency_ns: Histogram = field(default_factory=Histogram)
+    cps_rounds: list[float] = field(default_factory=list)
+    engine_cpu_ns: int = 0
+    relayed: int = 0
+    lateness: EngineHistogram | None = None
+    event_lateness_ns: Histogram = field(default_factory=Histogram)
+    client_cpu_s: float = 0.0
+    echo_cpu_s: float = 0.0
+    elapsed_s: float = 0.0
+
+    @classmethod
+    def of(cls, subject: str, rounds: list[RoundResult]) -> SubjectSummary:
+        s = cls(subject, rounds, failures=dict.fromkeys(FAILURE_KINDS, 0))
+        for r in rounds:
+            s.ok += r.ok
+            for k, v in r.failures.items():
+                s.failures[k] += v
+            s.latency_ns.merge(r.latency_ns)
+            s.cps_rounds.append(r.cps)
+            s.engine_cpu_ns += int(r.engine["cpu_ns"])
+            s.relayed += int(r.engine["listener"]["opened"])
+            lat = r.engine["lateness"]
+            assert isinstance(lat, EngineHistogram)
+            s.lateness = lat if s.lateness is None else add_engine_histograms(s.lateness, lat)
+            s.event_lateness_ns.merge(r.event_lateness_ns)
+            s.client_cpu_s += r.client_cpu_s
+            s.echo_cpu_s += r.echo_cpu_s
+            s.elapsed_s += r.elapsed_s
+        return s
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+    @property
+    def cps(self) -> float:
+        """Median over rounds (one round: that round's rate)."""
+        return statistics.median(self.cps_rounds) if self.cps_rounds else 0.0
+
+    @property
+    def engine_cpu_us_per_conn(self) -> float | None:
+        """Engine worker CPU per relayed connection; None when nothing was relayed."""
+        return self.engine_cpu_ns / self.relayed / 1e3 if self.relayed else None
+
+    @property
+    def completed(self) -> int:
+        return self.ok + self.failed
+
+
+@dataclass(slots=True)
+class StormReport:
+    config: StormConfig
+    environment: dict[str, Any]
+    rounds: list[RoundResult]
+    summaries: dict[str, SubjectSummary]
+    engine_final_counters: dict[str, int]
+    engine_other_events: dict[str, int]
+    engine_workers: int
+    wall_s: float
+
+    @property
+    def ratio_cps(self) -> float | None:
+        """engine / direct connections per second, when both ran."""
+        d = self.summaries.get("direct")
+        e = self.summaries.get("engine")
+        if d is None or e is None or d.cps == 0:
+            return None
+        return e.cps / d.cps
+
+
+async def _run_round(
+    cfg: StormConfig,
+    subject: Subject,
+    index: int,
+    pool: ClientPool,
+    echo: EchoServer,
+    probe: EngineSubject,
+) -> RoundResult:
+    loop = asyncio.get_running_loop()
+    host, port = subject.address
+    start_at = time.monotonic() + START_DELAY_S
+    clients = split(cfg.clients, pool.size)
+    counts: list[int | None] = (
+        [None] * pool.size if cfg.count is None else list(split(cfg.count, pool.size))
+    )
+    stride = max(1, cfg.source_addrs // pool.size)
+    specs = [
+        RunSpec(
+            host=host,
+            port=port,
+            clients=clients[i],
+            start_at=start_at,
+            duration_s=cfg.round_cap_s(),
+            count=counts[i],
+            timeout_s=cfg.timeout_s,
+            source_addrs=cfg.source_addrs,
+            source_offset=i * stride,
+            seq_base=(index * pool.size + i) << 40,
+        )
+        for i in range(pool.size)
+    ]
+    before: ProbeSnapshot = probe.snapshot()
+    probe.take_event_lateness()
+    echo_cpu0 = echo.cpu_s()
+    pool.submit(specs)
+    limit = START_DELAY_S + cfg.round_cap_s() + cfg.timeout_s + COLLECT_SLACK_S
+    # the loop keeps draining engine events while an executor thread waits
+    parts = await loop.run_in_executor(None, pool.collect, limit)
+    after = probe.snapshot()
+    return RoundResult.combine(
+        subject.name,
+        index,
+        start_at,
+        parts,
+        echo.cpu_s() - echo_cpu0,
+        window(after, before),
+        probe.take_event_lateness(),
+    )
+
+
+async def _run_rounds(
+    cfg: StormConfig, pool: ClientPool, echo: EchoServer, probe: EngineSubject
+) -> list[RoundResult]:
+    probe.attach(asyncio.get_running_loop())
+    by_name: dict[str, Subject] = {
+        "direct": DirectSubject(echo.port),
+        "engine": probe,
+    }
+    out: list[RoundResult] = []
+    for r in range(cfg.rounds):
+        for name in cfg.subjects:
+            out.append(await _run_round(cfg, by_name[name], r, pool, echo, probe))
+            await asyncio.sleep(cfg.pause_s)
+    return out
+
+
+def run_storm(cfg: StormConfig) -> StormReport:
+    """Starts echo server, client processes and engine; runs every round; stops all."""
+    import uvloop
+
+    cfg.validate()
+    raise_nofile_limit()
+    t0 = time.monotonic()
+    with (
+        EchoServer.start(cfg.echo_procs, corrupt=cfg.corrupt_echo) as echo,
+        ClientPool(cfg.procs) as pool,
+    ):
+        probe = EngineSubject(echo.port, cfg.workers, cfg.timer_period_s)
+        try:
+            rounds = uvloop.run(_run_rounds(cfg, pool, echo, probe))
+        finally:
+            final = probe.stop()
+    summaries = {
+        name: SubjectSummary.of(name, [r for r in rounds if r.subject == name])
+        for name in cfg.subjects
+    }
+    return StormReport(
+        config=cfg,
+        environment=environment(),
+        rounds=rounds,
+        summaries=summaries,
+        engine_final_counters=final,
+        engine_other_events=dict(probe.other_events),
+        engine_workers=probe.engine.workers,
+        wall_s=time.monotonic() - t0,
+    )
