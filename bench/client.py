@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing.connection import Connection
+from typing import cast
 
 from bench.histogram import Histogram
 from bench.host import raise_nofile_limit
@@ -113,8 +114,8 @@ class _EchoCheck(asyncio.Protocol):
         self._buf = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(self._payload)
+        # uvloop's transports are not asyncio.Transport subclasses
+        cast(asyncio.Transport, transport).write(self._payload)
 
     def data_received(self, data: bytes) -> None:
         if self._done.done():

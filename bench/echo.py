@@ -15,6 +15,7 @@ import asyncio
 import multiprocessing as mp
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from typing import cast
 
 from bench.host import raise_nofile_limit, read_process_cpu_s
 
@@ -34,8 +35,8 @@ class _EchoProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         assert self._transport is not None

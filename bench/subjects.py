@@ -31,7 +31,8 @@ LISTEN_BACKLOG = 4096
 class Subject(Protocol):
     """Where the clients connect to."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     @property
     def address(self) -> tuple[str, int]: ...
