@@ -159,6 +159,7 @@ enum { PUBLISHES = 20000, READERS = 2 };
 
 static sk_slot stress_slot;
 static _Atomic int stress_done;
+static _Atomic int readers_ready;
 
 typedef struct reader_result {
     uint64_t reads, cached_refreshes, bad, regressions;
@@ -181,6 +182,7 @@ static void *reader(void *arg)
     reader_result *res = arg;
     sk_slot_cache cache = {0};
     uint64_t last_cached = 0, last_acq = 0;
+    atomic_fetch_add(&readers_ready, 1);
     while (!atomic_load(&stress_done)) {
         /* the worker hot path: borrowed pointer through a cache */
         obj *o = (obj *)sk_slot_cached(&stress_slot, &cache);
@@ -225,13 +227,16 @@ static int test_stress(void)
     memset(res, 0, sizeof res);
     for (int i = 0; i < READERS; i++)
         REQUIRE(pthread_create(&th[i], NULL, reader, &res[i]) == 0);
+    /* publish only once both readers are looping (they first see NULL) */
+    while (atomic_load(&readers_ready) < READERS)
+        sched_yield();
     uint64_t published = 0;
     for (uint64_t i = 1; i <= PUBLISHES; i++) {
         uint64_t v = sk_slot_publish(&stress_slot, &obj_new(i)->snap);
         if (v != i)
             TL_FAIL("publish %" PRIu64 " got version %" PRIu64, i, v);
         published++;
-        if ((i & 255) == 0)
+        if ((i & 63) == 0)
             sched_yield();
     }
     atomic_store(&stress_done, 1);
