@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     storm.add_argument("--echo-procs", type=_positive_int, default=d.echo_procs)
     storm.add_argument(
+        "--echo-addrs",
+        type=_positive_int,
+        default=d.echo_addrs,
+        help="echo server listens on this many loopback addresses, each an engine "
+        "target (spreads the engine's outbound 4-tuples)",
+    )
+    storm.add_argument(
         "--corrupt-echo",
         action="store_true",
         help="self-test: the echo server flips a bit, every connection must fail",
@@ -95,6 +102,7 @@ def storm_config(args: argparse.Namespace) -> StormConfig:
         timeout_s=args.timeout,
         source_addrs=args.source_addrs,
         echo_procs=args.echo_procs,
+        echo_addrs=args.echo_addrs,
         corrupt_echo=args.corrupt_echo,
         pause_s=max(0.0, args.pause),
     )

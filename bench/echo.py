@@ -50,17 +50,27 @@ class _EchoProtocol(asyncio.Protocol):
         return False
 
 
-async def _serve(port: int, corrupt: bool, ctl: Connection) -> None:
+def echo_addresses(count: int) -> list[str]:
+    """127.0.0.1 then 127.0.1.1, 127.0.1.2…: extra listening addresses give a
+    relay's outbound connections more 4-tuples (it cannot pick its source)."""
+    return ["127.0.0.1"] + [f"127.0.1.{i}" for i in range(1, max(1, min(count, 254)))]
+
+
+async def _serve(port: int, addrs: int, corrupt: bool, ctl: Connection) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: _EchoProtocol(corrupt),
-        "127.0.0.1",
-        port,
-        backlog=ECHO_BACKLOG,
-        reuse_port=True,
-    )
-    bound = int(server.sockets[0].getsockname()[1])
-    ctl.send(bound)
+    servers: list[asyncio.AbstractServer] = []
+    for host in echo_addresses(addrs):
+        server = await loop.create_server(
+            lambda: _EchoProtocol(corrupt),
+            host,
+            port,
+            backlog=ECHO_BACKLOG,
+            reuse_port=True,
+        )
+        servers.append(server)
+        # every address shares the port the first one was given
+        port = int(server.sockets[0].getsockname()[1])
+    ctl.send(port)
     stop = loop.create_future()
 
     def on_ctl() -> None:
@@ -73,16 +83,17 @@ async def _serve(port: int, corrupt: bool, ctl: Connection) -> None:
         await stop
     finally:
         loop.remove_reader(ctl.fileno())
-        server.close()
-        await server.wait_closed()
+        for srv in servers:
+            srv.close()
+            await srv.wait_closed()
 
 
-def echo_process_main(port: int, corrupt: bool, ctl: Connection) -> None:
+def echo_process_main(port: int, addrs: int, corrupt: bool, ctl: Connection) -> None:
     """Entry point of one echo process (spawned)."""
     import uvloop
 
     raise_nofile_limit()
-    uvloop.run(_serve(port, corrupt, ctl))
+    uvloop.run(_serve(port, addrs, corrupt, ctl))
 
 
 @dataclass
@@ -90,20 +101,21 @@ class EchoServer:
     """A group of echo processes sharing one loopback port."""
 
     port: int
+    addresses: list[str]
     processes: list[mp.process.BaseProcess]
     controls: list[Connection]
 
     @classmethod
-    def start(cls, procs: int = 1, corrupt: bool = False) -> EchoServer:
-        """Starts procs echo processes; the first picks the port."""
+    def start(cls, procs: int = 1, corrupt: bool = False, addrs: int = 1) -> EchoServer:
+        """Starts procs echo processes on addrs addresses; the first picks the port."""
         ctx = mp.get_context("spawn")
-        server = cls(0, [], [])
+        server = cls(0, echo_addresses(addrs), [], [])
         try:
             for _ in range(max(1, procs)):
                 parent_end, child_end = ctx.Pipe()
                 p = ctx.Process(
                     target=echo_process_main,
-                    args=(server.port, corrupt, child_end),
+                    args=(server.port, addrs, corrupt, child_end),
                     name="skiff-bench-echo",
                     daemon=True,
                 )

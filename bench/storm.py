@@ -48,6 +48,7 @@ class StormConfig:
     timeout_s: float = 10.0
     source_addrs: int = 253
     echo_procs: int = 1
+    echo_addrs: int = 1  # engine targets: the echo server on this many addresses
     corrupt_echo: bool = False
     timer_period_s: float = 0.01
     pause_s: float = 0.5
@@ -281,10 +282,12 @@ def run_storm(cfg: StormConfig) -> StormReport:
     raise_nofile_limit()
     t0 = time.monotonic()
     with (
-        EchoServer.start(cfg.echo_procs, corrupt=cfg.corrupt_echo) as echo,
+        EchoServer.start(cfg.echo_procs, corrupt=cfg.corrupt_echo, addrs=cfg.echo_addrs) as echo,
         ClientPool(cfg.procs) as pool,
     ):
-        probe = EngineSubject(echo.port, cfg.workers, cfg.timer_period_s)
+        probe = EngineSubject(
+            echo.port, cfg.workers, cfg.timer_period_s, tuple(echo.addresses)
+        )
         try:
             rounds = uvloop.run(_run_rounds(cfg, pool, echo, probe))
         finally:

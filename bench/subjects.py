@@ -21,6 +21,7 @@ from router.engine import (
     EventType,
     FlowStats,
     RouteTarget,
+    WorkerStats,
 )
 from router.engine import Histogram as EngineHistogram
 
@@ -60,6 +61,7 @@ class ProbeSnapshot:
     target: FlowStats
     counters: dict[str, int]
     timer_events: int
+    workers: tuple[WorkerStats, ...]
 
 
 def add_engine_histograms(a: EngineHistogram, b: EngineHistogram) -> EngineHistogram:
@@ -87,6 +89,13 @@ def window_max_ns(window: EngineHistogram) -> float:
     return float(min(top, window.max_ns)) if window.count else 0.0
 
 
+def sum_flows(stats: list[FlowStats]) -> FlowStats:
+    """Several targets' counters as one."""
+    return FlowStats(
+        *(sum(getattr(s, f) for s in stats) for f in FlowStats.__dataclass_fields__)
+    )
+
+
 def flow_delta(after: FlowStats, before: FlowStats) -> dict[str, int]:
     """Counters of a window (active is a level, kept as seen at the end)."""
     return {
@@ -108,13 +117,23 @@ class EngineSubject:
     name = "engine"
 
     def __init__(
-        self, echo_port: int, worker_threads: int = 2, timer_period_s: float = 0.01
+        self,
+        echo_port: int,
+        worker_threads: int = 2,
+        timer_period_s: float = 0.01,
+        echo_hosts: tuple[str, ...] = ("127.0.0.1",),
     ) -> None:
         self.engine = Engine(EngineOptions(worker_threads=worker_threads))
         try:
-            self.target = self.engine.target()
+            # one target per echo address (all the same service)
+            self.targets = [self.engine.target() for _ in echo_hosts]
             self.routes_version = self.engine.publish_routes(
-                {ADDRESS_ID: [RouteTarget(self.target, "127.0.0.1", echo_port)]}
+                {
+                    ADDRESS_ID: [
+                        RouteTarget(t, host, echo_port)
+                        for t, host in zip(self.targets, echo_hosts, strict=True)
+                    ]
+                }
             )
             self.listener = self.engine.listen(
                 "127.0.0.1", 0, address_id=ADDRESS_ID, backlog=LISTEN_BACKLOG
@@ -152,9 +171,10 @@ class EngineSubject:
             cpu_ns=self.engine.workers_cpu_ns(),
             lateness=self.engine.lateness(PRIO_HIGH),
             listener=self.listener.stats(),
-            target=self.target.stats(),
+            target=sum_flows([t.stats() for t in self.targets]),
             counters=self.engine.counters(),
             timer_events=self.timer_events,
+            workers=tuple(self.engine.worker_stats(w) for w in range(self.engine.workers)),
         )
 
     def take_event_lateness(self) -> Histogram:
@@ -187,4 +207,13 @@ def window(after: ProbeSnapshot, before: ProbeSnapshot) -> dict[str, Any]:
             k: after.counters[k] for k in ("conns_live", "bufs_live", "buf_bytes_live")
         },
         "timer_events": after.timer_events - before.timer_events,
+        # per worker: spots imbalance and preemption (busy wall time >> CPU time)
+        "workers": [
+            {
+                f: getattr(a, f) - getattr(b, f)
+                for f in WorkerStats.__dataclass_fields__
+                if f != "connections"
+            }
+            for a, b in zip(after.workers, before.workers, strict=True)
+        ],
     }

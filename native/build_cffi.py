@@ -44,7 +44,7 @@ ffibuilder.set_source(
     include_dirs=["native/include", "native/src"],
     define_macros=[("_GNU_SOURCE", "1")],
     extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"],
-    libraries=["pthread"],
+    libraries=["ssl", "crypto", "pthread"],
 )
 
 if __name__ == "__main__":

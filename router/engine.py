@@ -129,6 +129,8 @@ class RouteTarget:
     port: int
     host: str = ""
     weight: int = 1
+    tls_slot: int = -1
+    verify_host: bool = True
 
 
 @dataclass(slots=True)
@@ -404,7 +406,8 @@ class Engine:
                         rt.port,
                         rt.host.encode(),
                         rt.weight,
-                        -1,
+                        rt.tls_slot,
+                        int(rt.verify_host),
                         err,
                         lib.SK_ERRLEN,
                     )

@@ -30,6 +30,7 @@ typedef struct sk_engine sk_engine;
 typedef struct sk_listener sk_listener;
 typedef struct sk_target sk_target;
 typedef struct sk_routes sk_routes;
+typedef struct sk_tls_config sk_tls_config;
 
 /* ---------------------------------------------------------------- engine */
 
@@ -148,6 +149,10 @@ typedef struct sk_engine_counters {
     uint64_t limit_rejected;    /* refused by a listener connection limit */
     uint64_t events_dropped;    /* ring overflows */
     uint64_t routes_version;
+    uint64_t tls_handshakes;    /* completed, both roles */
+    uint64_t tls_failures;      /* failed or timed out handshakes */
+    uint64_t tls_unexpected_eof; /* peers that closed TCP without close_notify */
+    uint64_t tls_closed_old;    /* closed by sk_tls_close_older */
 } sk_engine_counters;
 
 void sk_engine_counters_get(sk_engine *e, sk_engine_counters *out);
@@ -171,7 +176,8 @@ typedef struct sk_listener_options {
     int app;               /* 1: deliver connections to Python (SK_EV_APP_*) */
     int max_connections;   /* 0 = unlimited */
     uint64_t user_id;      /* echoed in events */
-    int tls_slot;          /* -1: plain TCP (TLS lands with the TLS work) */
+    int tls_slot;          /* -1: plain TCP; else terminate TLS with that slot's config */
+    int authenticate_peer; /* TLS: require a client certificate the CA file trusts */
 } sk_listener_options;
 
 void sk_listener_options_init(sk_listener_options *opts);
@@ -206,10 +212,12 @@ int sk_target_is_down(const sk_target *t);
 sk_routes *sk_routes_create(uint32_t n_addresses);
 
 /* Adds a target for an address. ip is numeric (resolution is the control
- * plane's job); host is the name it came from (SNI, verification). */
+ * plane's job); host is the name it came from. With tls_slot >= 0 the engine
+ * originates TLS with that slot's config: SNI is sent for DNS names, and with
+ * verify_host the certificate must match host (DNS name or IP SAN). */
 int sk_routes_add(sk_routes *r, uint32_t address_id, sk_target *t, const char *ip,
                   int port, const char *host, uint32_t weight, int tls_slot,
-                  char *err, size_t errlen);
+                  int verify_host, char *err, size_t errlen);
 
 /* Frees a table that was never published. */
 void sk_routes_free(sk_routes *r);
@@ -267,5 +275,62 @@ int sk_app_set_keepalive(sk_engine *e, uint64_t conn_id, const void *frame, size
 
 /* Closes after the queued bytes are written (abort=0) or at once with RST. */
 int sk_app_close(sk_engine *e, uint64_t conn_id, int abort);
+
+/* ------------------------------------------------------------------- TLS */
+
+/* Loading runs on a loader thread (it reads files and may block: a FIFO, a
+ * slow disk); it never touches a worker. Everything that decides whether a
+ * config may be published is checked here with the engine's own OpenSSL, on
+ * the exact bytes that were hashed. */
+
+#define SK_TLS_SLOTS 64
+#define SK_TLS_OK 0
+#define SK_TLS_UNCHANGED 1
+#define SK_TLS_ERROR -1
+
+typedef struct sk_tls_load_params {
+    const char *cert_file;    /* PEM: certificate, then intermediates; NULL = none */
+    const char *key_file;     /* PEM private key; NULL = none */
+    const char *ca_file;      /* PEM trust store for peers; NULL = none */
+    const char *password;     /* of the key; NULL = none */
+    const char *ciphers;      /* TLS 1.2 cipher list or TLS 1.3 suites; NULL = default */
+    const char *protocols;    /* e.g. "TLSv1.2 TLSv1.3"; NULL = TLS 1.2 and 1.3 */
+    uint64_t ordinal;
+    int max_reads;            /* reads of the set until two hashes agree (5) */
+    int retry_delay_ms;       /* between such reads (5) */
+    const sk_tls_config *previous; /* reuse its trust store when the CA bytes match */
+    const char *unchanged_if; /* a fingerprint: SK_TLS_UNCHANGED when equal */
+} sk_tls_load_params;
+
+typedef struct sk_tls_load_result {
+    int status;               /* SK_TLS_OK, SK_TLS_UNCHANGED or SK_TLS_ERROR */
+    char error[512];          /* names the file and the reason */
+    char warnings[512];
+    char fingerprint[65];     /* SHA-256 over every file and setting, hex */
+    int expired;
+    int not_yet_valid;
+    int untrusted;            /* certificate does not chain to the CA file */
+    int reads;
+    int ca_reused;
+    int64_t not_after;        /* unix seconds */
+    sk_tls_config *config;    /* SK_TLS_OK: the caller's until published */
+    unsigned char *leaf_der;  /* the certificate, DER (for display) */
+    size_t leaf_der_len;
+} sk_tls_load_result;
+
+void sk_tls_load_params_init(sk_tls_load_params *p);
+void sk_tls_load(const sk_tls_load_params *p, sk_tls_load_result *out);
+/* Frees what the result still owns (an unpublished config, the DER copy). */
+void sk_tls_result_clear(sk_tls_load_result *r);
+void sk_tls_config_free(sk_tls_config *c);
+
+/* A publication slot for one sslProfile: returns its index or -1. */
+int sk_tls_slot_create(sk_engine *e);
+/* Takes ownership of cfg and swaps it in: connections started from now on
+ * use it, open ones keep the version they started with. Returns the version. */
+uint64_t sk_tls_publish(sk_engine *e, int slot, sk_tls_config *cfg);
+/* Asynchronously closes connections of slot whose pinned ordinal is below
+ * oldest_valid. */
+int sk_tls_close_older(sk_engine *e, int slot, uint64_t oldest_valid);
 
 #endif /* SKIFF_H */

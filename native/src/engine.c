@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -162,6 +163,9 @@ static void handle_msg(sk_worker *w, sk_msg *m)
     case SK_MSG_APP_KICK:
         sk_app_kick(w, m->u.app);
         sk_app_unref(m->u.app);
+        break;
+    case SK_MSG_TLS_CLOSE_OLDER:
+        sk_worker_close_tls_older(w, m->u.older.slot, m->u.older.ordinal);
         break;
     case SK_MSG_CLOSE_TARGET_FLOWS: {
         sk_close_req *req = m->u.req;
@@ -414,6 +418,8 @@ static void worker_shutdown(sk_worker *w)
     sk_heap_free(&w->heap[0]);
     sk_heap_free(&w->heap[1]);
     sk_slot_cache_clear(&w->routes_cache);
+    for (int i = 0; i < SK_TLS_SLOTS; i++)
+        sk_slot_cache_clear(&w->tls_cache[i]);
     buf_free_all(w);
 }
 
@@ -433,6 +439,8 @@ static void *worker_main(void *arg)
     struct epoll_event *evs = calloc((size_t)maxev, sizeof *evs);
     uint64_t budget = (uint64_t)e->opts.high_check_budget_us * 1000u;
     pthread_getcpuclockid(pthread_self(), &w->cpu_clock);
+    /* the default 50 us timer slack would make every timer that late */
+    prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
     atomic_store(&w->running, 1);
 
     while (evs && !atomic_load_explicit(&e->stopping, memory_order_acquire)) {
@@ -445,6 +453,8 @@ static void *worker_main(void *arg)
             if (t && t->deadline < wake)
                 wake = t->deadline;
         }
+        if (w->ready)
+            wake = now; /* decrypted bytes wait: poll without sleeping */
         if (wake != UINT64_MAX) {
             uint64_t d = wake > now ? wake - now : 0;
             ts.tv_sec = (time_t)(d / 1000000000u);
@@ -485,6 +495,7 @@ static void *worker_main(void *arg)
             }
         }
         SK_BUMP(&w->io_events, (uint64_t)(n > 0 ? n : 0));
+        sk_worker_run_ready(w);
         uint64_t t = sk_now_ns();
         run_due(w, 0, t);
         run_due(w, 1, t);
@@ -590,6 +601,8 @@ sk_engine *sk_engine_create(const sk_engine_options *opts, char *err, size_t err
     pthread_mutex_init(&e->drain_lock, NULL);
     pthread_mutex_init(&e->app_lock, NULL);
     sk_slot_init(&e->routes);
+    for (int i = 0; i < SK_TLS_SLOTS; i++)
+        sk_slot_init(&e->tls[i]);
     e->eventfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     e->workers = calloc((size_t)e->nworkers, sizeof *e->workers);
     if (e->eventfd < 0 || !e->workers) {
@@ -650,6 +663,10 @@ void sk_engine_stop(sk_engine *e)
     }
     sk_slot_destroy(&e->routes);
     sk_slot_init(&e->routes);
+    for (int i = 0; i < SK_TLS_SLOTS; i++) {
+        sk_slot_destroy(&e->tls[i]);
+        sk_slot_init(&e->tls[i]);
+    }
     e->stopped = true;
 }
 
@@ -664,6 +681,8 @@ void sk_engine_destroy(sk_engine *e)
     free(e->workers);
     sk_app_table_free(e);
     sk_slot_destroy(&e->routes);
+    for (int i = 0; i < SK_TLS_SLOTS; i++)
+        sk_slot_destroy(&e->tls[i]);
     if (e->eventfd >= 0)
         close(e->eventfd);
     pthread_mutex_destroy(&e->drain_lock);
@@ -716,6 +735,10 @@ void sk_engine_counters_get(sk_engine *e, sk_engine_counters *out)
             dropped += SK_LOAD(&e->workers[i].ring[p].dropped);
     out->events_dropped = dropped;
     out->routes_version = atomic_load(&e->routes.version);
+    out->tls_handshakes = SK_LOAD(&e->tls_handshakes);
+    out->tls_failures = SK_LOAD(&e->tls_failures);
+    out->tls_unexpected_eof = SK_LOAD(&e->tls_unexpected_eof);
+    out->tls_closed_old = SK_LOAD(&e->tls_closed_old);
 }
 
 uint64_t sk_engine_publish_routes(sk_engine *e, sk_routes *r)
@@ -759,6 +782,14 @@ static void fill_info(const sk_conn *c, sk_conn_info *ci)
     ci->bytes_in = SK_LOAD(&c->bytes_in);
     ci->bytes_out = SK_LOAD(&c->bytes_out);
     ci->opened_ns = c->opened_ns;
+    /* the client side's TLS, else the target side's */
+    const sk_conn *t = c->tls ? c : (srv && srv->tls ? srv : NULL);
+    if (t) {
+        ci->tls_version = t->tls->snap.version;
+        ci->tls_ordinal = t->tls->ordinal;
+    }
+    if (c->peer_subject)
+        snprintf(ci->peer_subject, sizeof ci->peer_subject, "%s", c->peer_subject);
 }
 
 int sk_engine_list_connections(sk_engine *e, sk_conn_info *out, int max)

@@ -162,6 +162,8 @@ typedef struct sk_route_target {
     socklen_t salen;
     uint32_t weight;
     int tls_slot;
+    bool verify_host;
+    bool host_is_ip;
     char label[64]; /* "ip:port" */
     char host[256];
 } sk_route_target;
@@ -198,6 +200,7 @@ enum sk_msg_kind {
     SK_MSG_TIMER_CANCEL,
     SK_MSG_APP_KICK,
     SK_MSG_CLOSE_TARGET_FLOWS,
+    SK_MSG_TLS_CLOSE_OLDER,
 };
 
 typedef struct sk_close_req {
@@ -227,6 +230,10 @@ typedef struct sk_msg {
         uint64_t timer_id;
         sk_app *app;
         sk_close_req *req;
+        struct {
+            int slot;
+            uint64_t ordinal;
+        } older;
     } u;
 } sk_msg;
 
@@ -262,6 +269,8 @@ struct sk_worker {
     sk_lsock *lsocks;
     sk_utimer *utimers;
     sk_slot_cache routes_cache;
+    sk_slot_cache tls_cache[SK_TLS_SLOTS];
+    sk_conn *ready; /* TLS connections with decrypted bytes still pending */
     uint32_t rr;
     sk_buf *buf_free;
     int buf_free_n;
@@ -284,6 +293,8 @@ struct sk_engine {
     pthread_mutex_t drain_lock;
 
     sk_slot routes;
+    sk_slot tls[SK_TLS_SLOTS];
+    _Atomic uint32_t tls_nslots;
     _Atomic uint64_t next_id;
     _Atomic uint32_t next_worker;
 
@@ -291,7 +302,8 @@ struct sk_engine {
     sk_app *app_table[256]; /* chained by id */
 
     _Atomic uint64_t conns_live, bufs_live, buf_bytes_live, accepted, connects_failed,
-        flows_failed, accept_paused, limit_rejected;
+        flows_failed, accept_paused, limit_rejected, tls_handshakes, tls_failures,
+        tls_unexpected_eof, tls_closed_old;
 };
 
 uint64_t sk_engine_next_id(sk_engine *e);
@@ -337,7 +349,25 @@ void sk_lsock_destroy(sk_worker *w, sk_lsock *ls);
 
 /* ------------------------------------------------------------ relay.c */
 
-enum sk_conn_state { SK_C_CONNECTING = 1, SK_C_OPEN, SK_C_CLOSED };
+enum sk_conn_state { SK_C_CONNECTING = 1, SK_C_HANDSHAKE, SK_C_OPEN, SK_C_CLOSED };
+
+typedef struct ssl_st SSL;
+typedef struct ssl_ctx_st SSL_CTX;
+typedef struct x509_store_st X509_STORE;
+
+/* An immutable TLS config: one per published version of an sslProfile. */
+struct sk_tls_config {
+    sk_snap snap; /* snap.version is the profile's config version */
+    SSL_CTX *server; /* NULL without certificate and key */
+    SSL_CTX *client;
+    X509_STORE *store; /* shared by both contexts */
+    unsigned char ca_hash[32];
+    bool has_ca;
+    uint64_t ordinal;
+    char fingerprint[65];
+};
+
+sk_tls_config *sk_tls_current(sk_worker *w, int slot);
 
 struct sk_conn {
     sk_handle h;
@@ -356,7 +386,18 @@ struct sk_conn {
     bool rd_eof;           /* read side saw EOF */
     bool wr_shut;          /* we shut down the write side */
     bool is_client;
-    sk_timer tmo;          /* connect time-out (normal class) */
+    sk_timer tmo;          /* connect or handshake time-out (normal class) */
+    /* TLS */
+    SSL *ssl;
+    sk_tls_config *tls;    /* pinned config (a reference) */
+    int tls_slot;
+    uint32_t tls_want;     /* epoll events the TLS engine waits for */
+    bool tls_rd_wants_out; /* SSL_read needs the socket writable */
+    bool tls_wr_wants_in;  /* SSL_write needs the socket readable */
+    bool tls_done;         /* handshake finished */
+    bool in_ready;         /* on the worker's ready list */
+    sk_conn *ready_next;
+    char *peer_subject;
     /* connect attempts of the client this server conn belongs to */
     uint32_t attempts;
     int last_err;
@@ -374,6 +415,8 @@ void sk_conn_event(sk_worker *w, sk_conn *c, uint32_t events);
 void sk_conn_close(sk_worker *w, sk_conn *c, bool abortive);
 void sk_conn_free(sk_worker *w, sk_conn *c);
 void sk_conn_set_interest(sk_worker *w, sk_conn *c, uint32_t events);
+void sk_worker_run_ready(sk_worker *w);
+void sk_worker_close_tls_older(sk_worker *w, int slot, uint64_t ordinal);
 /* Closes every open flow accepted by l or served by t (either may be NULL). */
 void sk_worker_close_flows(sk_worker *w, const sk_listener *l, const sk_target *t);
 void sk_format_addr(const struct sockaddr *sa, char *out, size_t outlen);

@@ -126,8 +126,13 @@ sk_listener *sk_listener_open(sk_engine *e, const sk_listener_options *opts, cha
         sk_set_err(err, errlen, "port %d out of range 0-65535", opts->port);
         return NULL;
     }
-    if (opts->tls_slot >= 0) {
-        sk_set_err(err, errlen, "TLS listeners are not supported by this engine build yet");
+    if (opts->tls_slot >= SK_TLS_SLOTS) {
+        sk_set_err(err, errlen, "TLS slot %d out of range", opts->tls_slot);
+        return NULL;
+    }
+    if (opts->tls_slot >= 0 && opts->app) {
+        sk_set_err(err, errlen, "TLS on connections delivered to the control plane is not "
+                                "supported yet");
         return NULL;
     }
     if (opts->max_connections < 0) {

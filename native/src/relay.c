@@ -10,6 +10,9 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +85,9 @@ sk_conn *sk_conn_new(sk_worker *w, int fd)
 void sk_conn_free(sk_worker *w, sk_conn *c)
 {
     SK_SUB(&w->engine->conns_live, 1);
+    if (c->tls)
+        sk_snap_release(&c->tls->snap);
+    free(c->peer_subject);
     free(c);
 }
 
@@ -117,6 +123,27 @@ static void set_sockopts(sk_engine *e, int fd)
         setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
 }
 
+/* ------------------------------------------------------------ ready list */
+
+static void ready_push(sk_worker *w, sk_conn *c)
+{
+    if (c->in_ready)
+        return;
+    c->in_ready = true;
+    c->ready_next = w->ready;
+    w->ready = c;
+}
+
+static void ready_remove(sk_worker *w, sk_conn *c)
+{
+    for (sk_conn **pp = &w->ready; *pp; pp = &(*pp)->ready_next)
+        if (*pp == c) {
+            *pp = c->ready_next;
+            break;
+        }
+    c->in_ready = false;
+}
+
 /* ------------------------------------------------------------ closing */
 
 static void close_one(sk_worker *w, sk_conn *c, bool abortive)
@@ -126,6 +153,15 @@ static void close_one(sk_worker *w, sk_conn *c, bool abortive)
     bool was_open = c->state == SK_C_OPEN;
     c->state = SK_C_CLOSED;
     sk_worker_cancel(w, SK_PRIO_NORMAL, &c->tmo);
+    if (c->in_ready)
+        ready_remove(w, c);
+    if (c->ssl) {
+        if (!abortive && c->tls_done && !c->wr_shut)
+            SSL_shutdown(c->ssl); /* best effort close_notify: never waits */
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+        ERR_clear_error();
+    }
     if (abortive) {
         struct linger lg = {.l_onoff = 1, .l_linger = 0};
         setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
@@ -182,15 +218,17 @@ void sk_conn_close(sk_worker *w, sk_conn *c, bool abortive)
         retire(w, p);
 }
 
-void sk_worker_close_flows(sk_worker *w, const sk_listener *l, const sk_target *t)
+typedef bool (*conn_pred)(const sk_conn *c, const void *a, uint64_t b);
+
+/* Closes every connection matching pred (with its partner). Collects first:
+ * closing a flow unlinks both of its connections; closed connections stay
+ * allocated until the end of the batch. Returns how many matched. */
+static size_t close_matching(sk_worker *w, conn_pred pred, const void *a, uint64_t b)
 {
-    /* collect first: closing a flow unlinks both of its connections; closed
-     * connections stay allocated until the end of the batch */
     size_t n = 0, cap = 0;
     sk_conn **hit = NULL;
     for (sk_conn *c = w->conns; c; c = c->next) {
-        bool match = (l && c->listener == l) || (t && c->target == t);
-        if (!match)
+        if (!pred(c, a, b))
             continue;
         if (n == cap) {
             size_t ncap = cap ? cap * 2 : 64;
@@ -205,6 +243,38 @@ void sk_worker_close_flows(sk_worker *w, const sk_listener *l, const sk_target *
     for (size_t i = 0; i < n; i++)
         sk_conn_close(w, hit[i], false);
     free(hit);
+    return n;
+}
+
+static bool of_listener(const sk_conn *c, const void *a, uint64_t b)
+{
+    SK_UNUSED(b);
+    return a && c->listener == a;
+}
+
+static bool of_target(const sk_conn *c, const void *a, uint64_t b)
+{
+    SK_UNUSED(b);
+    return a && c->target == a;
+}
+
+void sk_worker_close_flows(sk_worker *w, const sk_listener *l, const sk_target *t)
+{
+    if (l)
+        close_matching(w, of_listener, l, 0);
+    if (t)
+        close_matching(w, of_target, t, 0);
+}
+
+static bool tls_older(const sk_conn *c, const void *a, uint64_t ordinal)
+{
+    return c->tls && c->tls_slot == *(const int *)a && c->tls->ordinal < ordinal;
+}
+
+void sk_worker_close_tls_older(sk_worker *w, int slot, uint64_t ordinal)
+{
+    size_t n = close_matching(w, tls_older, &slot, ordinal);
+    SK_ADD(&w->engine->tls_closed_old, n);
 }
 
 /* ------------------------------------------------------------ targets */
@@ -277,6 +347,161 @@ static const sk_route_target *pick_target(sk_worker *w, const sk_route_entry *en
     return best ? best : probe;
 }
 
+/* ------------------------------------------------------------ TLS */
+
+#define SK_HANDSHAKE_TIMEOUT_MS 10000
+
+static void handshake_timeout_arm(sk_worker *w, sk_conn *c)
+{
+    uint64_t ms = (uint64_t)w->engine->opts.connect_timeout_ms;
+    if (ms < SK_HANDSHAKE_TIMEOUT_MS)
+        ms = SK_HANDSHAKE_TIMEOUT_MS;
+    sk_worker_schedule(w, SK_PRIO_NORMAL, &c->tmo, sk_now_ns() + ms * 1000000u);
+}
+
+/* Pins the slot's current config and makes the SSL object. server: accept
+ * side (a TLS listener); otherwise originate TLS to a target. */
+static bool tls_attach(sk_worker *w, sk_conn *c, int slot, bool server)
+{
+    sk_tls_config *cfg = sk_tls_current(w, slot);
+    SSL_CTX *ctx = cfg ? (server ? cfg->server : cfg->client) : NULL;
+    if (!ctx)
+        return false; /* never loaded: refuse rather than fall back to plaintext */
+    SSL *ssl = SSL_new(ctx);
+    if (!ssl || SSL_set_fd(ssl, c->fd) != 1) {
+        SSL_free(ssl);
+        ERR_clear_error();
+        return false;
+    }
+    sk_snap_ref(&cfg->snap);
+    pthread_mutex_lock(&w->conn_lock);
+    c->tls = cfg;
+    pthread_mutex_unlock(&w->conn_lock);
+    c->ssl = ssl;
+    c->tls_slot = slot;
+    if (server)
+        SSL_set_accept_state(ssl);
+    else
+        SSL_set_connect_state(ssl);
+    return true;
+}
+
+static void tls_record_peer(sk_worker *w, sk_conn *c)
+{
+    X509 *pc = SSL_get0_peer_certificate(c->ssl);
+    if (!pc)
+        return;
+    char buf[256];
+    X509_NAME_oneline(X509_get_subject_name(pc), buf, sizeof buf);
+    char *subject = strdup(buf);
+    pthread_mutex_lock(&w->conn_lock);
+    c->peer_subject = subject;
+    pthread_mutex_unlock(&w->conn_lock);
+}
+
+static void start_connect(sk_worker *w, sk_conn *client);
+static void connect_failed(sk_worker *w, sk_conn *s, int err);
+static void established(sk_worker *w, sk_conn *s);
+
+static void tls_failed(sk_worker *w, sk_conn *c)
+{
+    SK_ADD(&w->engine->tls_failures, 1);
+    ERR_clear_error();
+    if (c->is_client)
+        sk_conn_close(w, c, true);
+    else
+        connect_failed(w, c, EPROTO); /* try another target */
+}
+
+static void tls_handshake(sk_worker *w, sk_conn *c)
+{
+    ERR_clear_error();
+    int rc = SSL_do_handshake(c->ssl);
+    if (rc == 1) {
+        sk_worker_cancel(w, SK_PRIO_NORMAL, &c->tmo);
+        c->tls_done = true;
+        c->tls_want = 0;
+        SK_ADD(&w->engine->tls_handshakes, 1);
+        tls_record_peer(w, c);
+        c->state = SK_C_OPEN;
+        if (c->is_client)
+            start_connect(w, c);
+        else
+            established(w, c);
+        return;
+    }
+    switch (SSL_get_error(c->ssl, rc)) {
+    case SSL_ERROR_WANT_READ:
+        c->tls_want = EPOLLIN;
+        sk_conn_set_interest(w, c, EPOLLIN);
+        return;
+    case SSL_ERROR_WANT_WRITE:
+        c->tls_want = EPOLLOUT;
+        sk_conn_set_interest(w, c, EPOLLOUT);
+        return;
+    default:
+        tls_failed(w, c);
+    }
+}
+
+/* Plain or TLS read: >0 bytes, 0 end of stream, -1 try later, -2 error. */
+static ssize_t io_recv(sk_worker *w, sk_conn *c, void *buf, size_t len)
+{
+    if (!c->ssl) {
+        ssize_t n = recv(c->fd, buf, len, 0);
+        if (n >= 0)
+            return n;
+        return errno == EAGAIN || errno == EINTR ? -1 : -2;
+    }
+    size_t got = 0;
+    c->tls_rd_wants_out = false;
+    ERR_clear_error();
+    int rc = SSL_read_ex(c->ssl, buf, len, &got);
+    if (rc == 1)
+        return (ssize_t)got;
+    switch (SSL_get_error(c->ssl, rc)) {
+    case SSL_ERROR_WANT_READ:
+        return -1;
+    case SSL_ERROR_WANT_WRITE:
+        c->tls_rd_wants_out = true;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        /* with SSL_OP_IGNORE_UNEXPECTED_EOF a bare TCP close lands here too */
+        if (!(SSL_get_shutdown(c->ssl) & SSL_RECEIVED_SHUTDOWN))
+            SK_ADD(&w->engine->tls_unexpected_eof, 1);
+        return 0;
+    default:
+        ERR_clear_error();
+        return -2;
+    }
+}
+
+static ssize_t io_send(sk_conn *c, const void *buf, size_t len)
+{
+    if (!c->ssl) {
+        ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
+        if (n >= 0)
+            return n;
+        return errno == EAGAIN || errno == EINTR ? -1 : -2;
+    }
+    size_t put = 0;
+    c->tls_wr_wants_in = false;
+    ERR_clear_error();
+    int rc = SSL_write_ex(c->ssl, buf, len, &put);
+    if (rc == 1)
+        return (ssize_t)put;
+    switch (SSL_get_error(c->ssl, rc)) {
+    case SSL_ERROR_WANT_WRITE:
+        return -1;
+    case SSL_ERROR_WANT_READ:
+        c->tls_wr_wants_in = true;
+        return -1;
+    default:
+        ERR_clear_error();
+        return -2;
+    }
+}
+
 static void fail_flow(sk_worker *w, sk_conn *client)
 {
     SK_ADD(&w->engine->flows_failed, 1);
@@ -325,6 +550,35 @@ static void start_connect(sk_worker *w, sk_conn *client)
         s->target = t;
         SK_ADD(&t->open, 1);
         memcpy(s->label, pick->label, sizeof s->label);
+        if (pick->tls_slot >= 0) {
+            if (!tls_attach(w, s, pick->tls_slot, false)) {
+                client->last_err = EPROTO;
+                sk_conn_close(w, s, false);
+                target_failed(w, t, EPROTO);
+                continue;
+            }
+            if (!pick->host_is_ip)
+                SSL_set_tlsext_host_name(s->ssl, pick->host);
+            if (s->tls->has_ca) {
+                SSL_set_verify(s->ssl, SSL_VERIFY_PEER, NULL);
+                if (pick->verify_host) {
+                    const char *h = pick->host[0] ? pick->host : NULL;
+                    if (!h || pick->host_is_ip) {
+                        char ip[300];
+                        snprintf(ip, sizeof ip, "%s", h ? h : pick->label);
+                        if (!h) /* label is ip:port or [ip]:port */
+                            *strrchr(ip, ':') = '\0';
+                        char *v6 = ip[0] == '[' ? ip + 1 : ip;
+                        char *end = strchr(v6, ']');
+                        if (end)
+                            *end = '\0';
+                        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), v6);
+                    } else {
+                        SSL_set1_host(s->ssl, h);
+                    }
+                }
+            }
+        }
         pthread_mutex_lock(&w->conn_lock);
         s->peer = client;
         client->peer = s;
@@ -366,14 +620,29 @@ static void connect_timeout(sk_worker *w, sk_timer *t, uint64_t now)
     sk_conn *s = SK_CONTAINER_OF(t, sk_conn, tmo);
     if (s->state == SK_C_CONNECTING)
         connect_failed(w, s, ETIMEDOUT);
+    else if (s->state == SK_C_HANDSHAKE)
+        tls_failed(w, s);
 }
 
 static void update_interest(sk_worker *w, sk_conn *c);
+static void relay_read(sk_worker *w, sk_conn *c);
 
 static void connected(sk_worker *w, sk_conn *s)
 {
     sk_worker_cancel(w, SK_PRIO_NORMAL, &s->tmo);
+    if (s->ssl) {
+        s->state = SK_C_HANDSHAKE;
+        handshake_timeout_arm(w, s);
+        tls_handshake(w, s);
+        return;
+    }
     s->state = SK_C_OPEN;
+    established(w, s);
+}
+
+/* The target side is ready (TCP, and TLS when configured): start relaying. */
+static void established(sk_worker *w, sk_conn *s)
+{
     SK_ADD(&s->target->opened, 1);
     target_up(w, s->target);
     update_interest(w, s);
@@ -404,6 +673,19 @@ void sk_conn_accepted(sk_worker *w, sk_listener *l, int fd, const struct sockadd
         sk_app_accepted(w, c, l);
         return;
     }
+    if (l->opts.tls_slot >= 0) {
+        if (!tls_attach(w, c, l->opts.tls_slot, true)) {
+            SK_ADD(&e->tls_failures, 1);
+            fail_flow(w, c);
+            return;
+        }
+        if (l->opts.authenticate_peer)
+            SSL_set_verify(c->ssl, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+        c->state = SK_C_HANDSHAKE;
+        handshake_timeout_arm(w, c);
+        tls_handshake(w, c);
+        return;
+    }
     /* the client is not read until its target answers: nothing to buffer */
     start_connect(w, c);
 }
@@ -425,7 +707,29 @@ static void update_interest(sk_worker *w, sk_conn *c)
         ev |= EPOLLIN;
     if (c->out && c->out->start < c->out->end)
         ev |= EPOLLOUT;
+    if (c->ssl) {
+        if (c->tls_rd_wants_out)
+            ev |= EPOLLOUT;
+        if (c->tls_wr_wants_in)
+            ev |= EPOLLIN;
+        /* decrypted bytes inside OpenSSL wake no epoll: queue another read */
+        if ((ev & EPOLLIN) && !c->rd_eof && SSL_pending(c->ssl) > 0)
+            ready_push(w, c);
+    }
     sk_conn_set_interest(w, c, ev);
+}
+
+void sk_worker_run_ready(sk_worker *w)
+{
+    sk_conn *list = w->ready;
+    w->ready = NULL;
+    while (list) {
+        sk_conn *c = list;
+        list = c->ready_next;
+        c->in_ready = false;
+        if (c->state == SK_C_OPEN && c->peer && !c->rd_eof)
+            relay_read(w, c);
+    }
 }
 
 static void count_in(sk_conn *c, uint64_t n)
@@ -458,13 +762,13 @@ static bool flush(sk_worker *w, sk_conn *c)
 {
     sk_buf *b = c->out;
     while (b && b->start < b->end) {
-        ssize_t n = send(c->fd, b->data + b->start, b->end - b->start, MSG_NOSIGNAL);
+        ssize_t n = io_send(c, b->data + b->start, b->end - b->start);
         if (n > 0) {
             b->start += (uint32_t)n;
             count_out(c, (uint64_t)n);
             continue;
         }
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        if (n == -1)
             break;
         sk_conn_close(w, c, true); /* EPIPE/ECONNRESET: abort the pair */
         return false;
@@ -475,6 +779,10 @@ static bool flush(sk_worker *w, sk_conn *c)
     }
     sk_conn *p = c->peer;
     if (!c->out && p->rd_eof && !c->wr_shut) {
+        if (c->ssl) {
+            SSL_shutdown(c->ssl); /* close_notify, then FIN */
+            ERR_clear_error();
+        }
         shutdown(c->fd, SHUT_WR); /* propagate the half-close */
         c->wr_shut = true;
     }
@@ -509,17 +817,19 @@ static void relay_read(sk_worker *w, sk_conn *c)
         update_interest(w, c);
         return;
     }
-    ssize_t n = recv(c->fd, b->data + b->end, space, 0);
+    ssize_t n = io_recv(w, c, b->data + b->end, space);
     if (n > 0) {
         b->end += (uint32_t)n;
         count_in(c, (uint64_t)n);
     } else if (n == 0) {
         c->rd_eof = true;
-    } else if (errno == EAGAIN || errno == EINTR) {
+    } else if (n == -1) {
         if (b->start == b->end) {
             sk_buf_put(w, b);
             p->out = NULL;
         }
+        if (c->ssl)
+            update_interest(w, c); /* SSL_read may want the socket writable */
         return;
     } else {
         sk_conn_close(w, c, true); /* reset by the peer: reset the other side */
@@ -542,6 +852,10 @@ void sk_conn_event(sk_worker *w, sk_conn *c, uint32_t ev)
             connected(w, c);
         return;
     }
+    if (c->state == SK_C_HANDSHAKE) {
+        tls_handshake(w, c);
+        return;
+    }
     if (c->app) {
         if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR))
             sk_app_conn_readable(w, c);
@@ -553,10 +867,21 @@ void sk_conn_event(sk_worker *w, sk_conn *c, uint32_t ev)
         sk_conn_close(w, c, true);
         return;
     }
-    if ((ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) && (c->events & EPOLLIN))
+    bool rd = (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) && (c->events & EPOLLIN);
+    bool wr = (ev & EPOLLOUT) != 0;
+    if (c->ssl) {
+        /* OpenSSL may need the other readiness than the one the data needs */
+        if (c->tls_wr_wants_in && (ev & EPOLLIN))
+            wr = true;
+        if (c->tls_rd_wants_out && (ev & EPOLLOUT)) {
+            rd = true;
+            wr = c->out != NULL;
+        }
+    }
+    if (rd)
         relay_read(w, c);
     else if (ev & EPOLLERR)
         sk_conn_close(w, c, true);
-    if (c->state == SK_C_OPEN && (ev & EPOLLOUT))
+    if (c->state == SK_C_OPEN && wr)
         flush(w, c);
 }

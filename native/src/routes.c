@@ -81,7 +81,8 @@ void sk_routes_free(sk_routes *r)
 }
 
 int sk_routes_add(sk_routes *r, uint32_t address_id, sk_target *t, const char *ip, int port,
-                  const char *host, uint32_t weight, int tls_slot, char *err, size_t errlen)
+                  const char *host, uint32_t weight, int tls_slot, int verify_host, char *err,
+                  size_t errlen)
 {
     if (address_id >= r->n) {
         sk_set_err(err, errlen, "address id %u out of range (table has %u)", address_id, r->n);
@@ -95,8 +96,8 @@ int sk_routes_add(sk_routes *r, uint32_t address_id, sk_target *t, const char *i
         sk_set_err(err, errlen, "port %d out of range 1-65535", port);
         return -1;
     }
-    if (tls_slot >= 0) {
-        sk_set_err(err, errlen, "TLS targets are not supported by this engine build yet");
+    if (tls_slot >= SK_TLS_SLOTS) {
+        sk_set_err(err, errlen, "TLS slot %d out of range", tls_slot);
         return -1;
     }
     sk_route_target rt;
@@ -128,7 +129,14 @@ int sk_routes_add(sk_routes *r, uint32_t address_id, sk_target *t, const char *i
     }
     rt.target = t;
     rt.weight = weight ? weight : 1;
-    rt.tls_slot = tls_slot;
+    rt.tls_slot = tls_slot < 0 ? -1 : tls_slot;
+    rt.verify_host = verify_host != 0;
+    {
+        struct in6_addr tmp6;
+        struct in_addr tmp4;
+        const char *h = host ? host : "";
+        rt.host_is_ip = !*h || inet_pton(AF_INET, h, &tmp4) == 1 || inet_pton(AF_INET6, h, &tmp6) == 1;
+    }
     sk_format_addr((struct sockaddr *)&rt.sa, rt.label, sizeof rt.label);
     snprintf(rt.host, sizeof rt.host, "%s", host ? host : "");
     sk_target_ref(t);
