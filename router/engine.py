@@ -133,6 +133,117 @@ class RouteTarget:
     verify_host: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class TlsMaterial:
+    """What an sslProfile names; paths are read by the loader, never a worker."""
+
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None
+    password: str | None = None
+    ciphers: str | None = None
+    protocols: str | None = None
+    ordinal: int = 0
+
+
+class TlsConfig:
+    """A loaded, not yet published (or superseded) TLS config. Owns the C
+    object until published; keep it as ``previous`` for trust-store reuse."""
+
+    def __init__(self, ptr: Any) -> None:
+        self._ptr: Any = ptr
+
+    def take(self) -> Any:
+        ptr, self._ptr = self._ptr, ffi.NULL
+        return ptr
+
+    def free(self) -> None:
+        if self._ptr != ffi.NULL:
+            lib.sk_tls_config_free(self.take())
+
+    def __del__(self) -> None:
+        self.free()
+
+
+@dataclass(frozen=True, slots=True)
+class TlsLoadResult:
+    status: int  # lib.SK_TLS_OK / SK_TLS_UNCHANGED / SK_TLS_ERROR
+    error: str
+    warnings: str
+    fingerprint: str
+    expired: bool
+    not_yet_valid: bool
+    untrusted: bool
+    reads: int
+    ca_reused: bool
+    not_after: int
+    leaf_der: bytes
+    config: TlsConfig | None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.status == lib.SK_TLS_OK)
+
+    @property
+    def unchanged(self) -> bool:
+        return bool(self.status == lib.SK_TLS_UNCHANGED)
+
+
+def tls_load(
+    material: TlsMaterial,
+    *,
+    previous: TlsConfig | None = None,
+    unchanged_if: str | None = None,
+    max_reads: int = 5,
+    retry_delay_ms: int = 5,
+) -> TlsLoadResult:
+    """Reads, hashes, verifies and builds a TLS config (blocking: call it on a
+    loader thread; cffi releases the GIL for the whole native call)."""
+    p = ffi.new("sk_tls_load_params *")
+    lib.sk_tls_load_params_init(p)
+    keep = []
+
+    def cstr(v: str | None) -> Any:
+        if v is None:
+            return ffi.NULL
+        b = ffi.new("char[]", v.encode())
+        keep.append(b)
+        return b
+
+    p.cert_file = cstr(material.cert_file)
+    p.key_file = cstr(material.key_file)
+    p.ca_file = cstr(material.ca_file)
+    p.password = cstr(material.password)
+    p.ciphers = cstr(material.ciphers)
+    p.protocols = cstr(material.protocols)
+    p.ordinal = material.ordinal
+    p.max_reads = max_reads
+    p.retry_delay_ms = retry_delay_ms
+    p.previous = previous._ptr if previous is not None else ffi.NULL
+    p.unchanged_if = cstr(unchanged_if)
+    r = ffi.new("sk_tls_load_result *")
+    lib.sk_tls_load(p, r)
+    try:
+        config = TlsConfig(r.config) if r.config != ffi.NULL else None
+        r.config = ffi.NULL
+        return TlsLoadResult(
+            status=int(r.status),
+            error=_str(r.error),
+            warnings=_str(r.warnings),
+            fingerprint=_str(r.fingerprint),
+            expired=bool(r.expired),
+            not_yet_valid=bool(r.not_yet_valid),
+            untrusted=bool(r.untrusted),
+            reads=int(r.reads),
+            ca_reused=bool(r.ca_reused),
+            not_after=int(r.not_after),
+            leaf_der=bytes(ffi.buffer(r.leaf_der, r.leaf_der_len)) if r.leaf_der_len else b"",
+            config=config,
+        )
+    finally:
+        lib.sk_tls_result_clear(r)
+
+
 @dataclass(slots=True)
 class EngineOptions:
     worker_threads: int = 0
@@ -361,6 +472,8 @@ class Engine:
         app: bool = False,
         max_connections: int = 0,
         user_id: int | None = None,
+        tls_slot: int = -1,
+        authenticate_peer: bool = False,
     ) -> Listener:
         """Binds host:port (numeric; "" = every address) and accepts on every worker."""
         opts = ffi.new("sk_listener_options *")
@@ -372,6 +485,8 @@ class Engine:
         opts.address_id = address_id
         opts.app = int(app)
         opts.max_connections = max_connections
+        opts.tls_slot = tls_slot
+        opts.authenticate_peer = int(authenticate_peer)
         uid = self.new_user_id() if user_id is None else user_id
         opts.user_id = uid
         err = _err()
@@ -421,6 +536,26 @@ class Engine:
     def close_target_flows(self, target: Target) -> int:
         """Closes every open flow of target; CLOSE_DONE(id) reports completion."""
         return int(lib.sk_engine_close_target_flows(self._ptr, target._ptr))
+
+    # ------------------------------------------------------------ TLS
+
+    def tls_slot(self) -> int:
+        """A publication slot for one sslProfile."""
+        slot = int(lib.sk_tls_slot_create(self._ptr))
+        if slot < 0:
+            raise EngineError(f"no TLS slot left (at most {lib.SK_TLS_SLOTS} sslProfiles)")
+        return slot
+
+    def tls_publish(self, slot: int, config: TlsConfig) -> int:
+        """Swaps config in; new connections of the slot use it. Returns its version."""
+        version = int(lib.sk_tls_publish(self._ptr, slot, config.take()))
+        if version == 0:
+            raise EngineError(f"cannot publish to TLS slot {slot}")
+        return version
+
+    def tls_close_older(self, slot: int, oldest_valid_ordinal: int) -> None:
+        if lib.sk_tls_close_older(self._ptr, slot, oldest_valid_ordinal) != 0:
+            raise EngineError(f"unknown TLS slot {slot}")
 
     # ------------------------------------------------------------ stats
 
