@@ -42,6 +42,23 @@ log {
     module: DEFAULT
     enable: info+
 }
+
+# AMQP management (skiff-manage, skmanage) on the loopback interface only;
+# clients there may change the router without authenticating.
+listener {
+    name: management
+    host: 127.0.0.1
+    port: 5672
+    allowAnonymousWrites: true
+}
+
+# Prometheus /metrics, /healthz and /readyz.
+listener {
+    name: metrics
+    host: 127.0.0.1
+    port: 9090
+    http: true
+}
 """
 
 

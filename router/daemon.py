@@ -18,6 +18,7 @@ from pathlib import Path
 
 import uvloop
 
+from adaptors.amqp import AmqpAdaptor
 from adaptors.tcp import TcpAdaptor
 from router import schema
 from router.config import DEFAULT_CONFIG, ConfigError, ConfigFile, load_config, parse_config_text
@@ -64,6 +65,7 @@ class Daemon:
         self.grace = float(str(attrs.get("drainGraceSeconds") or 0))
         self.engine = Engine(EngineOptions(worker_threads=self.workers))
         self.adaptor: TcpAdaptor | None = None
+        self.amqp: AmqpAdaptor | None = None
         self._stop = asyncio.Event()
         self._reloading = False
         self.started = time.monotonic()
@@ -72,6 +74,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.engine.attach(loop)
         self.adaptor = TcpAdaptor(self.engine, self.registry, loop)
+        self.amqp = AmqpAdaptor(self.engine, self.registry, loop, self.adaptor, self.started)
         for warning in self.config.warnings:
             _log.warning(str(warning))
         try:
@@ -80,6 +83,7 @@ class Daemon:
             _log.error(f"cannot start: {e}")
             print(f"skiffd: cannot start: {e}", file=sys.stderr)
             self.adaptor.close()
+            self.amqp.close()
             self.engine.stop()
             return 1
         self._apply_log_level()
@@ -149,11 +153,57 @@ class Daemon:
                 "",
                 "check it with `skiffd --check -c FILE` and run `skiffd -c FILE`.",
             ]
-        lines.append(
-            "AMQP management (127.0.0.1:5672) and /metrics are not part of this version yet."
-        )
+        lines += self._management_banner()
         lines.append("Stop with Ctrl-C (SIGTERM drains open connections); SIGHUP reloads the file.")
         print("\n".join(lines), flush=True)
+
+    def _management_banner(self) -> list[str]:
+        """Where management and metrics listen, and how to add a service."""
+        assert self.amqp is not None
+        lines: list[str] = []
+        amqp_url: str | None = None
+        for entity in self.registry.entities("listener"):
+            port, error = self.amqp.bound(entity.name)
+            host = str(entity.attributes.get("host") or "")
+            shown = host or "*"
+            if entity.attributes.get("http"):
+                if port is None:
+                    lines.append(f"  metrics listener '{entity.name}': DOWN ({error})")
+                    continue
+                base = f"http://{host or '127.0.0.1'}:{port}"
+                lines.append(
+                    f"  metrics listener '{entity.name}': {base}/metrics, {base}/healthz, "
+                    f"{base}/readyz"
+                )
+                continue
+            if port is None:
+                lines.append(
+                    f"  AMQP management listener '{entity.name}' ({shown}): DOWN ({error})"
+                )
+                continue
+            access = (
+                "anonymous writes allowed"
+                if entity.attributes.get("allowAnonymousWrites")
+                else "writes need a user with write access"
+            )
+            lines.append(
+                f"  AMQP management listener '{entity.name}' on {shown}:{port} "
+                f"($management; {access})"
+            )
+            if amqp_url is None:
+                amqp_url = f"{host or '127.0.0.1'}:{port}"
+        if amqp_url is not None:
+            bus = "" if amqp_url == "127.0.0.1:5672" else f" -b {amqp_url}"
+            lines += [
+                "Add a service at run time with skiff-manage, for example:",
+                f"    skiff-manage{bus} create --type tcpConnector --name web-c "
+                "host=127.0.0.1 port=8080 address=web",
+                f"    skiff-manage{bus} create --type tcpListener --name web "
+                "host=127.0.0.1 port=9000 address=web",
+                f"    skiff-manage{bus} query --type tcpListener",
+                f"    skiff-stat{bus} -g",
+            ]
+        return lines
 
     async def reload(self) -> None:
         """Re-reads the file and applies the difference, or keeps everything."""
@@ -194,6 +244,8 @@ class Daemon:
     async def _drain(self) -> None:
         assert self.adaptor is not None
         self.adaptor.close()  # stop accepting
+        if self.amqp is not None:
+            self.amqp.close()
         _log.info(f"stopping: draining open connections for up to {self.grace:g} s")
         deadline = time.monotonic() + self.grace
         while time.monotonic() < deadline:

@@ -444,7 +444,6 @@ _LOG = EntityTypeSpec(
 _SSL_PROFILE = EntityTypeSpec(
     short_name="sslProfile",
     operations=frozenset({CREATE, DELETE, UPDATE}),
-    implemented=False,
     description="Certificates, key and trust store for TLS.",
     attributes=_attrs(
         AttributeSpec("caCertFile", description="PEM file of CAs trusted for peers."),
@@ -467,8 +466,20 @@ _SSL_PROFILE = EntityTypeSpec(
             minimum=0,
             description="Connections made with an older ordinal are closed.",
         ),
+        AttributeSpec(
+            "checkIntervalSeconds",
+            AttrType.INTEGER,
+            default=10,
+            minimum=0,
+            description="Skiff: period of the content-hash check that backs up file watching "
+            "(0 = off).",
+        ),
         _counter("version", "Published TLS configuration version."),
-        AttributeSpec("fingerprint", status=True, description="SHA-256 of the certificate."),
+        AttributeSpec(
+            "fingerprint",
+            status=True,
+            description="SHA-256 over all the profile's material and settings.",
+        ),
         AttributeSpec("certSubject", status=True, description="Subject of the certificate."),
         AttributeSpec("certNotAfter", status=True, description="Expiry of the certificate."),
         AttributeSpec("loadedAt", status=True, description="When the current version was loaded."),
@@ -482,7 +493,6 @@ _SSL_PROFILE = EntityTypeSpec(
 _LISTENER = EntityTypeSpec(
     short_name="listener",
     operations=frozenset({CREATE, DELETE}),
-    implemented=False,
     name_key=("host", "port"),
     description="AMQP 1.0 listener for management clients and other routers.",
     attributes=_attrs(
@@ -545,8 +555,30 @@ _LISTENER = EntityTypeSpec(
             "websockets",
             AttrType.BOOLEAN,
             default=True,
-            description="Accept AMQP over websockets.",
+            description="Accept AMQP over websockets (not served by Skiff; ignored).",
         ),
+        AttributeSpec(
+            "usersFile",
+            description="Skiff: users file for SASL PLAIN (name:permission:scrypt hash lines; "
+            "see docs/management.md).",
+        ),
+        AttributeSpec(
+            "allowAnonymousWrites",
+            AttrType.BOOLEAN,
+            default=False,
+            description="Skiff: clients that did not authenticate (bare AMQP or ANONYMOUS) may "
+            "create, update and delete entities; meant for a listener on 127.0.0.1 only.",
+        ),
+        AttributeSpec(
+            "operStatus",
+            AttrType.ENUM,
+            status=True,
+            choices=("up", "down"),
+            description="up when the socket is listening.",
+        ),
+        _counter("boundPort", "Skiff: port actually listened on (useful with port 0)."),
+        AttributeSpec("lastError", status=True, description="Skiff: why the listener is down."),
+        _counter("connectionCount", "Skiff: open connections on this listener."),
     ),
     unsupported=frozenset(
         {
@@ -570,6 +602,106 @@ _LISTENER = EntityTypeSpec(
 ENTITY_TYPES: Mapping[str, EntityTypeSpec] = {
     s.short_name: s for s in (_ROUTER, _SSL_PROFILE, _LISTENER, _TCP_LISTENER, _TCP_CONNECTOR, _LOG)
 }
+
+
+def _status(name: str, description: str, kind: AttrType = AttrType.STRING) -> AttributeSpec:
+    return AttributeSpec(name, kind, status=True, description=description)
+
+
+# Read-only types of the running router: the management agent answers READ
+# and QUERY for them from live state; configuration files cannot name them
+# (the loader keeps ignoring 'connection' and 'tcpConnection' with a warning).
+_CONNECTION = EntityTypeSpec(
+    short_name="connection",
+    operations=frozenset(),
+    description="An open AMQP connection (management clients).",
+    attributes=_attrs(
+        _status("id", "Connection id.", AttrType.INTEGER),
+        _status("role", "Role of the listener it arrived on."),
+        _status("dir", "in (accepted) or out (originated)."),
+        _status("host", "Peer address."),
+        _status("container", "Container id the peer announced."),
+        _status("isEncrypted", "Whether TLS protects the connection.", AttrType.BOOLEAN),
+        _status("sslProto", "TLS protocol, when encrypted."),
+        _status("sslCipher", "TLS cipher, when encrypted."),
+        _status("tlsOrdinal", "Ordinal of the TLS material it uses.", AttrType.INTEGER),
+        _status("isAuthenticated", "Whether SASL authenticated the peer.", AttrType.BOOLEAN),
+        _status("user", "Authenticated user, when any."),
+        _status("sasl", "SASL mechanism used, when any."),
+        _status("operStatus", "up while open."),
+        _status("listener", "Skiff: name of the listener it arrived on."),
+        _status("uptimeSeconds", "Seconds since it opened.", AttrType.INTEGER),
+    ),
+)
+
+_TCP_CONNECTION = EntityTypeSpec(
+    short_name="tcpConnection",
+    operations=frozenset(),
+    description="A relayed TCP flow (client side as seen by the engine).",
+    attributes=_attrs(
+        _status("connectionId", "Engine connection id.", AttrType.INTEGER),
+        _status("listener", "tcpListener the client arrived on."),
+        _status("connector", "tcpConnector serving the flow, once connected."),
+        _status("address", "Service address."),
+        _status("host", "Peer (client) address."),
+        _status("target", "Address of the service connected to."),
+        _status("worker", "I/O worker handling the flow.", AttrType.INTEGER),
+        _status("bytesIn", "Bytes from the client.", AttrType.INTEGER),
+        _status("bytesOut", "Bytes to the client.", AttrType.INTEGER),
+        _status(
+            "tlsConfigVersion", "TLS configuration version pinned by the flow.", AttrType.INTEGER
+        ),
+        _status("tlsOrdinal", "Ordinal of that TLS configuration.", AttrType.INTEGER),
+        _status("peerSubject", "Subject of the client certificate, when any."),
+        _status("uptimeSeconds", "Seconds since the client connected.", AttrType.INTEGER),
+    ),
+)
+
+_ROUTER_METRICS = EntityTypeSpec(
+    short_name="routerMetrics",
+    operations=frozenset(),
+    description="Aggregate counters of the router.",
+    attributes=_attrs(
+        _status("connectionCounts", "Open connections: tcp and amqp."),
+        _status("tcpConnectionsOpened", "Relayed flows opened.", AttrType.INTEGER),
+        _status("tcpConnectionsClosed", "Relayed flows closed.", AttrType.INTEGER),
+        _status("tcpConnectionsActive", "Relayed flows open now.", AttrType.INTEGER),
+        _status("tcpBytesIn", "Bytes received from clients and services.", AttrType.INTEGER),
+        _status("tcpBytesOut", "Bytes sent to clients and services.", AttrType.INTEGER),
+        _status("amqpConnections", "Open AMQP connections.", AttrType.INTEGER),
+        _status("managementRequests", "Management requests answered.", AttrType.INTEGER),
+        _status("accepted", "Connections accepted by the engine.", AttrType.INTEGER),
+        _status("connectsFailed", "Failed connects to services.", AttrType.INTEGER),
+        _status("flowsFailed", "Clients no connector could serve.", AttrType.INTEGER),
+        _status("eventsDropped", "Engine events lost to full rings.", AttrType.INTEGER),
+        _status("workerThreads", "I/O workers.", AttrType.INTEGER),
+        _status("uptimeSeconds", "Seconds since the router started.", AttrType.INTEGER),
+    ),
+)
+
+_NETWORK = EntityTypeSpec(
+    short_name="network",
+    operations=frozenset(),
+    description="The router network this router belongs to.",
+    attributes=_attrs(
+        _status("tenantId", "Tenant of the network; empty for a standalone router."),
+        _status("networkId", "Network id; the router id for a standalone router."),
+    ),
+)
+
+OPERATIONAL_TYPES: Mapping[str, EntityTypeSpec] = {
+    s.short_name: s for s in (_CONNECTION, _TCP_CONNECTION, _ROUTER_METRICS, _NETWORK)
+}
+
+
+def management_type(name: str) -> EntityTypeSpec:
+    """Entity types the management agent knows: configurable and read-only."""
+    spec = OPERATIONAL_TYPES.get(short_type_name(name))
+    return spec if spec is not None else entity_type(name)
+
+
+def management_types() -> list[EntityTypeSpec]:
+    return [*ENTITY_TYPES.values(), *OPERATIONAL_TYPES.values()]
 
 # Skupper entity types Skiff does not implement; configured ones are ignored
 # with a warning so that a Skupper configuration file still starts.

@@ -344,6 +344,12 @@ def test_default_configuration_starts_and_stops(tmp_path: Path) -> None:
     rest = proc.stdout.read()  # the banner's other lines, then EOF at exit
     assert proc.wait(timeout=30) == 0
     assert "tcpListener {" in rest  # tells the user how to add a service
+    # where management and metrics listen (or why not: a router already running
+    # on this machine holds 5672/9090, which must not stop this one)
+    assert "AMQP management listener 'management'" in rest
+    assert "metrics listener 'metrics'" in rest
+    if "management' on 127.0.0.1:5672" in rest:
+        assert "skiff-manage create --type tcpConnector" in rest
 
 
 def test_version_and_json_config(tmp_path: Path) -> None:

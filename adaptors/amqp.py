@@ -1,0 +1,552 @@
+"""AMQP adaptor: ``listener`` entities -> engine app listeners, the
+management agent, and the HTTP pages of monitoring.
+
+A listener's socket is an engine listener opened with ``app=True``: the
+engine accepts and reads, and hands the bytes to the control loop, where
+each connection is an ``AmqpConnection`` (proton engine layer, SASL run by
+Skiff) or, for ``http: true``, an ``HttpConnection`` serving ``/metrics``,
+``/healthz`` and ``/readyz``. Keep-alive frames are the engine's job.
+
+A listener from the configuration file that cannot bind (port in use) does
+not stop the router: it stays ``down`` with ``lastError``, ``/readyz``
+reports it, and binding is retried every few seconds. Management CREATE of
+such a listener is refused instead, so the client sees the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+
+from adaptors.tcp import TcpAdaptor
+from router.engine import Engine, EngineError, Event, EventType, Listener
+from router.log import get_logger
+from router.management import metrics
+from router.management.agent import Agent
+from router.management.amqp import EMPTY_FRAME, AmqpConnection, AmqpSettings
+from router.management.health import HealthMonitor
+from router.management.http import HttpConnection, HttpReply, Route
+from router.registry import Entity, Registry
+from router.resolver import numeric_host
+
+_log = get_logger("SERVER")
+
+RETRY_BIND_S = 5.0
+HOUSEKEEPING_S = 1.0
+
+
+@dataclass
+class _ListenerState:
+    entity: Entity
+    host_ip: str
+    settings: AmqpSettings
+    listener: Listener | None = None
+    last_error: str | None = None
+    next_retry: float = 0.0
+    connections: set[int] = field(default_factory=set)
+
+    @property
+    def http(self) -> bool:
+        return bool(self.entity.attributes.get("http"))
+
+
+Conn = AmqpConnection | HttpConnection
+
+
+def _host_ip(entity: Entity) -> str:
+    host = str(entity.attributes.get("host") or "")
+    if host in ("", "::"):
+        return ""
+    if host == "localhost":
+        return "127.0.0.1"
+    ip = numeric_host(host)
+    if ip is None:
+        raise ValueError(
+            f"listener '{entity.name}' host '{host}' must be a numeric address, 'localhost' "
+            "or empty (all interfaces)"
+        )
+    return ip
+
+
+class AmqpAdaptor:
+    """Registry observer for ``listener``; also owns the agent and health."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        registry: Registry,
+        loop: asyncio.AbstractEventLoop,
+        tcp: TcpAdaptor | None = None,
+        started: float | None = None,
+    ) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.loop = loop
+        self.tcp = tcp
+        self.started = time.monotonic() if started is None else started
+        self.agent = Agent(registry)
+        self.auth_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="skiff-sasl")
+        self.health = HealthMonitor(engine, loop)
+        self._listeners: dict[str, _ListenerState] = {}
+        self._by_uid: dict[int, _ListenerState] = {}
+        self._conns: dict[int, tuple[Conn, _ListenerState]] = {}
+        self._closing = False
+        registry.subscribe("listener", _ListenerObserver(self))
+        registry.subscribe("router", _RouterStatus(self))
+        engine.on_event(self._on_event)
+        self.agent.provide("connection", self._connection_rows)
+        self.agent.provide("tcpConnection", self._tcp_connection_rows)
+        self.agent.provide("routerMetrics", self._router_metrics)
+        self.agent.provide("network", self._network)
+        self._housekeeping = loop.call_later(HOUSEKEEPING_S, self._tick)
+
+    # ------------------------------------------------------------ Host protocol
+
+    def conn_write(self, conn_id: int, data: bytes) -> bool:
+        try:
+            self.engine.app_write(conn_id, data)
+        except EngineError as e:
+            _log.debug(f"connection {conn_id}: write dropped: {e}")
+            return False
+        return True
+
+    def conn_close(self, conn_id: int, abort: bool = False) -> None:
+        self.engine.app_close(conn_id, abort)
+
+    def conn_keepalive(self, conn_id: int, interval_s: float) -> None:
+        try:
+            self.engine.app_set_keepalive(conn_id, EMPTY_FRAME, interval_s)
+        except EngineError as e:
+            _log.warning(f"connection {conn_id}: engine keep-alive not set: {e}")
+
+    # ------------------------------------------------------------ entities
+
+    def _router_id(self) -> str:
+        router = self.registry.router
+        rid = router.attributes.get("id") if router else None
+        return str(rid or "skiff")
+
+    def add(self, entity: Entity) -> None:
+        attrs = entity.attributes
+        role = str(attrs.get("role") or "normal")
+        if role != "normal":
+            raise ValueError(
+                f"listener '{entity.name}': role '{role}' is not available in this version of "
+                "Skiff (only 'normal')"
+            )
+        # never serve in plaintext what was asked to be protected
+        if attrs.get("sslProfile") or attrs.get("requireSsl"):
+            what = (
+                f"sslProfile '{attrs['sslProfile']}'" if attrs.get("sslProfile") else "requireSsl"
+            )
+            raise ValueError(
+                f"listener '{entity.name}': {what} is set, but TLS is not available on "
+                "listeners in this version of Skiff yet; refusing to serve it in plaintext"
+            )
+        mechs_raw = attrs.get("saslMechanisms")
+        if mechs_raw:
+            names = mechs_raw if isinstance(mechs_raw, list) else str(mechs_raw).split()
+            mechs = tuple(str(m).upper() for m in names)
+        else:
+            mechs = ("ANONYMOUS", "PLAIN")
+        for mech in mechs:
+            if mech not in ("ANONYMOUS", "PLAIN"):
+                raise ValueError(
+                    f"listener '{entity.name}': SASL mechanism '{mech}' is not available; "
+                    "supported: ANONYMOUS, PLAIN"
+                    + (" (EXTERNAL needs TLS, not yet available)" if mech == "EXTERNAL" else "")
+                )
+        authenticate = bool(attrs.get("authenticatePeer"))
+        if authenticate and mechs == ("ANONYMOUS",):
+            raise ValueError(
+                f"listener '{entity.name}': authenticatePeer is true but only ANONYMOUS is allowed"
+            )
+        if "PLAIN" in mechs and authenticate and not attrs.get("usersFile"):
+            raise ValueError(
+                f"listener '{entity.name}': authenticatePeer needs a usersFile for PLAIN"
+            )
+        settings = AmqpSettings(
+            listener=entity.name,
+            container_id=self._router_id(),
+            idle_timeout_s=int(str(attrs.get("idleTimeoutSeconds") or 0)),
+            max_frame_size=int(str(attrs.get("maxFrameSize") or 16384)),
+            authenticate_peer=authenticate,
+            mechanisms=mechs,
+            users_file=str(attrs["usersFile"]) if attrs.get("usersFile") else None,
+            allow_anonymous_writes=bool(attrs.get("allowAnonymousWrites")),
+        )
+        state = _ListenerState(entity, _host_ip(entity), settings)
+        self._listeners[entity.name] = state
+        if not self._bind(state) and entity.source == "management":
+            del self._listeners[entity.name]
+            raise ValueError(f"listener '{entity.name}': {state.last_error}")
+
+    def _bind(self, state: _ListenerState) -> bool:
+        port = int(str(state.entity.attributes.get("port") or 0))
+        try:
+            listener = self.engine.listen(state.host_ip, port, app=True, backlog=128)
+        except EngineError as e:
+            first = state.last_error is None
+            state.last_error = str(e)
+            state.next_retry = time.monotonic() + RETRY_BIND_S
+            if first:
+                _log.error(
+                    f"listener '{state.entity.name}' cannot listen on {state.host_ip or '*'}:"
+                    f"{port}: {e}; retrying every {RETRY_BIND_S:g} s"
+                )
+            return False
+        state.listener = listener
+        if state.last_error is not None:
+            _log.info(f"listener '{state.entity.name}' could bind after all")
+        state.last_error = None
+        self._by_uid[listener.user_id] = state
+        _log.info(
+            f"listener '{state.entity.name}' serving {'HTTP' if state.http else 'AMQP'} on "
+            f"{state.host_ip or '*'}:{listener.port}"
+        )
+        return True
+
+    def remove(self, entity: Entity) -> None:
+        state = self._listeners.pop(entity.name, None)
+        if state is None or state.listener is None:
+            return
+        self._by_uid.pop(state.listener.user_id, None)
+        state.listener.close()
+        state.listener = None
+        _log.info(f"listener '{entity.name}' closed; its open connections stay")
+
+    def status(self, entity: Entity) -> Mapping[str, object]:
+        state = self._listeners.get(entity.name)
+        if state is None:
+            return {}
+        return {
+            "operStatus": "up" if state.listener is not None else "down",
+            "boundPort": state.listener.port if state.listener is not None else None,
+            "lastError": state.last_error,
+            "connectionCount": len(state.connections),
+        }
+
+    def bound(self, name: str) -> tuple[int | None, str | None]:
+        """(port, last error) of a listener, for the daemon's banner."""
+        state = self._listeners.get(name)
+        if state is None:
+            return None, None
+        return (state.listener.port if state.listener else None), state.last_error
+
+    # ------------------------------------------------------------ engine events
+
+    def _on_event(self, ev: Event) -> None:
+        if ev.type == EventType.APP_READABLE:
+            self._readable(ev.id)
+        elif ev.type == EventType.APP_OPEN:
+            self._opened(ev.id, ev.a)
+        elif ev.type == EventType.APP_CLOSED:
+            entry = self._conns.pop(ev.id, None)
+            if entry is not None:
+                conn, state = entry
+                state.connections.discard(ev.id)
+                conn.closed()
+
+    def _opened(self, conn_id: int, listener_uid: int) -> None:
+        state = self._by_uid.get(listener_uid)
+        if state is None or self._closing:
+            self.engine.app_close(conn_id, abort=True)
+            return
+        conn: Conn
+        if state.http:
+            conn = HttpConnection(conn_id, self._routes(), self)
+        else:
+            peer = self._peer(conn_id)
+            conn = AmqpConnection(conn_id, peer, state.settings, self)
+        self._conns[conn_id] = (conn, state)
+        state.connections.add(conn_id)
+
+    def _peer(self, conn_id: int) -> str:
+        for info in self.engine.connections():
+            if info.id == conn_id:
+                return info.peer
+        return "?"
+
+    def _readable(self, conn_id: int) -> None:
+        entry = self._conns.get(conn_id)
+        if entry is None:
+            return
+        conn = entry[0]
+        while True:
+            try:
+                data = self.engine.app_read(conn_id)
+            except EngineError:
+                return  # already gone; APP_CLOSED follows
+            if data is None:
+                conn.eof()
+                return
+            if not data:
+                return
+            conn.feed(data)
+
+    # ------------------------------------------------------------ housekeeping
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for conn, _state in list(self._conns.values()):
+            if isinstance(conn, AmqpConnection):
+                conn_id = conn.id
+                if now - conn.last_input > conn.settings.idle_timeout_s > 0:
+                    # bytes may wait in the engine while the loop was busy
+                    self._readable(conn_id)
+                conn.idle_check(now)
+        for state in self._listeners.values():
+            if state.listener is None and now >= state.next_retry:
+                self._bind(state)
+        self._housekeeping = self.loop.call_later(HOUSEKEEPING_S, self._tick)
+
+    def close(self) -> None:
+        """Stops accepting; connections end with the engine."""
+        self._closing = True
+        self._housekeeping.cancel()
+        self.health.close()
+        for state in self._listeners.values():
+            if state.listener is not None:
+                state.listener.close()
+                state.listener = None
+        self.auth_pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------ read-only entities
+
+    def _connection_rows(self) -> list[dict[str, object]]:
+        now = time.monotonic()
+        rows: list[dict[str, object]] = []
+        for conn, state in self._conns.values():
+            if not isinstance(conn, AmqpConnection):
+                continue
+            rows.append(
+                {
+                    "name": f"connection/{conn.id}",
+                    "identity": str(conn.id),
+                    "id": conn.id,
+                    "role": state.settings.role,
+                    "dir": "in",
+                    "host": conn.peer,
+                    "container": conn.container,
+                    "isEncrypted": False,
+                    "sslProto": None,
+                    "sslCipher": None,
+                    "tlsOrdinal": None,
+                    "isAuthenticated": conn.user is not None,
+                    "user": conn.user,
+                    "sasl": conn.mechanism,
+                    "operStatus": "up",
+                    "listener": state.entity.name,
+                    "uptimeSeconds": int(now - conn.opened),
+                }
+            )
+        return rows
+
+    def _tcp_names(self) -> tuple[dict[int, str], dict[int, tuple[str, str]]]:
+        """Engine user ids -> tcpListener / tcpConnector names.
+
+        TcpAdaptor keeps these maps privately; reading them here avoids a
+        second copy that could drift. Missing maps yield bare ids.
+        """
+        listeners: dict[int, str] = {}
+        connectors: dict[int, tuple[str, str]] = {}
+        if self.tcp is None:
+            return listeners, connectors
+        for uid, ls in dict(getattr(self.tcp, "_by_listener_uid", {})).items():
+            listeners[int(uid)] = ls.entity.name
+        for uid, cs in dict(getattr(self.tcp, "_by_target", {})).items():
+            connectors[int(uid)] = (cs.entity.name, str(cs.entity.attributes.get("address")))
+        return listeners, connectors
+
+    def _tcp_connection_rows(self) -> list[dict[str, object]]:
+        now_ns = time.monotonic_ns()
+        listeners, connectors = self._tcp_names()
+        addresses = {
+            e.name: str(e.attributes.get("address")) for e in self.registry.entities("tcpListener")
+        }
+        rows: list[dict[str, object]] = []
+        for info in self.engine.connections():
+            if info.app:
+                continue
+            lname = listeners.get(info.listener_id, str(info.listener_id))
+            cname, address = connectors.get(info.target_id, (None, addresses.get(lname)))
+            rows.append(
+                {
+                    "name": f"tcpConnection/{info.id}",
+                    "identity": str(info.id),
+                    "connectionId": info.id,
+                    "listener": lname,
+                    "connector": cname,
+                    "address": address,
+                    "host": info.peer,
+                    "target": info.target or None,
+                    "worker": info.worker,
+                    "bytesIn": info.bytes_in,
+                    "bytesOut": info.bytes_out,
+                    "tlsConfigVersion": info.tls_version,
+                    "tlsOrdinal": info.tls_ordinal,
+                    "peerSubject": info.peer_subject or None,
+                    "uptimeSeconds": max(0, (now_ns - info.opened_ns) // 1_000_000_000),
+                }
+            )
+        return rows
+
+    def _router_metrics(self) -> list[dict[str, object]]:
+        opened = closed = bytes_in = bytes_out = 0
+        for kind in ("tcpListener",):
+            for row in self.registry.query(kind):
+                opened += int(str(row.get("connectionsOpened") or 0))
+                closed += int(str(row.get("connectionsClosed") or 0))
+                bytes_in += int(str(row.get("bytesIn") or 0))
+                bytes_out += int(str(row.get("bytesOut") or 0))
+        counters = self.engine.counters()
+        amqp = sum(1 for c, _ in self._conns.values() if isinstance(c, AmqpConnection))
+        return [
+            {
+                "name": "routerMetrics",
+                "identity": "routerMetrics",
+                "connectionCounts": f"tcp: {max(0, opened - closed)}, amqp: {amqp}",
+                "tcpConnectionsOpened": opened,
+                "tcpConnectionsClosed": closed,
+                "tcpConnectionsActive": max(0, opened - closed),
+                "tcpBytesIn": bytes_in,
+                "tcpBytesOut": bytes_out,
+                "amqpConnections": amqp,
+                "managementRequests": self.agent.requests,
+                "accepted": counters.get("accepted", 0),
+                "connectsFailed": counters.get("connects_failed", 0),
+                "flowsFailed": counters.get("flows_failed", 0),
+                "eventsDropped": counters.get("events_dropped", 0),
+                "workerThreads": self.engine.workers,
+                "uptimeSeconds": int(time.monotonic() - self.started),
+            }
+        ]
+
+    def _network(self) -> list[dict[str, object]]:
+        return [
+            {
+                "name": "network",
+                "identity": "network",
+                "tenantId": "",
+                "networkId": self._router_id(),
+            }
+        ]
+
+    # ------------------------------------------------------------ HTTP pages
+
+    def _routes(self) -> dict[str, Route]:
+        return {
+            "/metrics": self._metrics_page,
+            "/healthz": self._healthz_page,
+            "/readyz": self._readyz_page,
+        }
+
+    def _metrics_page(self) -> HttpReply:
+        amqp_open: dict[str, int] = {name: 0 for name, s in self._listeners.items() if not s.http}
+        for conn, state in self._conns.values():
+            if isinstance(conn, AmqpConnection):
+                amqp_open[state.entity.name] = amqp_open.get(state.entity.name, 0) + 1
+        text = metrics.render(
+            self.engine,
+            self.registry,
+            started=self.started,
+            amqp_open=sorted(amqp_open.items()),
+            listeners_up=[(n, s.listener is not None) for n, s in sorted(self._listeners.items())],
+            management_requests=self.agent.requests,
+        )
+        return HttpReply(200, text.encode(), metrics.CONTENT_TYPE)
+
+    def _healthz_page(self) -> HttpReply:
+        reasons = self.health.check()
+        if reasons:
+            return HttpReply(503, ("\n".join(reasons) + "\n").encode())
+        return HttpReply(200, b"ok\n")
+
+    def readiness(self) -> list[str]:
+        """Why the router is not ready to serve what it is configured for."""
+        reasons = list(self.health.check())
+        for name, state in sorted(self._listeners.items()):
+            if state.listener is None:
+                reasons.append(f"listener '{name}' is down: {state.last_error or 'not bound'}")
+        connected = {
+            str(e.attributes.get("address")) for e in self.registry.entities("tcpConnector")
+        }
+        for entity in self.registry.entities("tcpListener"):
+            address = str(entity.attributes.get("address"))
+            if address not in connected:
+                continue  # listens only once a connector exists: not a fault
+            if self.tcp is not None and self.tcp.listener_port(entity.name) is None:
+                reasons.append(
+                    f"tcpListener '{entity.name}' is down although tcpConnectors serve "
+                    f"address '{address}' (see the log for the bind error)"
+                )
+        for row in self.registry.query("tcpConnector"):
+            if row.get("operStatus") == "down":
+                reasons.append(
+                    f"tcpConnector '{row['name']}' is down: {row.get('host')}:{row.get('port')} "
+                    "does not answer or does not resolve"
+                )
+        return reasons
+
+    def _readyz_page(self) -> HttpReply:
+        reasons = self.readiness()
+        if reasons:
+            return HttpReply(503, ("not ready:\n" + "\n".join(reasons) + "\n").encode())
+        return HttpReply(200, b"ready\n")
+
+
+class _RouterStatus:
+    """Status attributes of the ``router`` entity (it changes nothing)."""
+
+    def __init__(self, adaptor: AmqpAdaptor) -> None:
+        self._a = adaptor
+
+    def on_create(self, entity: Entity) -> None:
+        pass
+
+    def on_update(self, old: Entity, new: Entity) -> None:
+        pass
+
+    def on_delete(self, entity: Entity) -> None:
+        pass
+
+    def status(self, entity: Entity) -> Mapping[str, object]:
+        a = self._a
+        return {
+            "version": skiff_version(),
+            "uptimeSeconds": int(time.monotonic() - a.started),
+            "connectionCount": a.engine.counters().get("conns_live", 0),
+            "tcpListenerCount": len(a.registry.entities("tcpListener")),
+            "tcpConnectorCount": len(a.registry.entities("tcpConnector")),
+        }
+
+
+def skiff_version() -> str:
+    try:
+        return version("skiff")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+class _ListenerObserver:
+    """The registry's observer protocol for ``listener``."""
+
+    def __init__(self, adaptor: AmqpAdaptor) -> None:
+        self._a = adaptor
+
+    def on_create(self, entity: Entity) -> None:
+        self._a.add(entity)
+
+    def on_update(self, old: Entity, new: Entity) -> None:
+        self._a.remove(old)
+        self._a.add(new)
+
+    def on_delete(self, entity: Entity) -> None:
+        self._a.remove(entity)
+
+    def status(self, entity: Entity) -> Mapping[str, object]:
+        return self._a.status(entity)

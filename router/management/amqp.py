@@ -1,0 +1,501 @@
+"""AMQP 1.0 server side of one management connection, on engine app bytes.
+
+The engine owns the socket and hands bytes to the control loop; this class
+drives python-qpid-proton's engine layer (Transport, Connection, Collector)
+with them, with no proton reactor. It tells from the first bytes which
+protocol the client starts with, runs the SASL layer itself (see
+``sasl.py``), then feeds proton a stream without SASL. Management requests
+arriving on links to ``$management`` go to the agent; answers go back on
+the link whose (dynamic) source address the request named as reply-to.
+
+Heartbeats never depend on this loop: once the peer's open frame tells its
+idle timeout, the engine is asked to send the empty frame whenever the
+connection was silent for half of it. Proton is never ticked, so it never
+emits heartbeats of its own; a silent peer is detected by ``idle_check``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+from proton import (
+    Collector,
+    Condition,
+    Connection,
+    Delivery,
+    Endpoint,
+    Event,
+    Link,
+    Message,
+    Transport,
+)
+
+from router.log import get_logger
+from router.management import sasl
+from router.management.agent import Agent, Caller
+
+_log = get_logger("PROTOCOL")
+
+EMPTY_FRAME = b"\x00\x00\x00\x08\x02\x00\x00\x00"
+MANAGEMENT_SUFFIX = "$management"
+MAX_HEADER_WAIT = 8
+RECEIVER_CREDIT = 16
+MAX_QUEUED_REPLIES = 256
+
+_reply_numbers = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class AmqpSettings:
+    """What a listener entity says about the connections it accepts."""
+
+    listener: str
+    role: str = "normal"
+    container_id: str = "skiff"
+    idle_timeout_s: int = 16
+    max_frame_size: int = 16384
+    authenticate_peer: bool = False
+    mechanisms: tuple[str, ...] = ("ANONYMOUS", "PLAIN")
+    users_file: str | None = None
+    allow_anonymous_writes: bool = False
+
+
+class Host(Protocol):
+    """What a connection needs from its listener adaptor."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def agent(self) -> Agent: ...
+
+    @property
+    def auth_pool(self) -> Executor: ...
+
+    def conn_write(self, conn_id: int, data: bytes) -> bool: ...
+
+    def conn_close(self, conn_id: int, abort: bool = False) -> None: ...
+
+    def conn_keepalive(self, conn_id: int, interval_s: float) -> None: ...
+
+
+@dataclass
+class _ReplyLink:
+    link: Link
+    queue: deque[bytes] = field(default_factory=deque)
+
+
+class AmqpConnection:
+    """One accepted AMQP connection; all methods run on the control loop."""
+
+    def __init__(self, conn_id: int, peer: str, settings: AmqpSettings, host: Host) -> None:
+        self.id = conn_id
+        self.peer = peer
+        self.settings = settings
+        self._host = host
+        self.opened = time.monotonic()
+        self.last_input = self.opened
+        self._buf = bytearray()
+        self._state = "header"  # header, sasl, auth, amqp, closed
+        self.user: str | None = None
+        self.mechanism: str | None = None
+        self.can_write = settings.allow_anonymous_writes
+        self.container: str | None = None
+        self._transport: Transport | None = None
+        self._connection: Connection | None = None
+        self._collector: Collector | None = None
+        self._replies: dict[str, _ReplyLink] = {}
+        self._tag = itertools.count(1)
+        self.requests = 0
+
+    # ------------------------------------------------------------ input
+
+    def feed(self, data: bytes) -> None:
+        self.last_input = time.monotonic()
+        if self._state == "closed":
+            return
+        if self._state == "amqp":
+            self._amqp_input(data)
+            return
+        self._buf += data
+        if len(self._buf) > sasl.MAX_SASL_FRAME * 2:
+            self._fail("too many bytes before authentication completed")
+            return
+        self._advance()
+
+    def eof(self) -> None:
+        """The peer closed its side: let proton see it, then close ours."""
+        if self._state == "amqp" and self._transport is not None:
+            self._transport.close_tail()
+            self._pump()
+        self._close(abort=False)
+
+    def closed(self) -> None:
+        """The engine reports the socket gone: drop everything."""
+        self._state = "closed"
+        self._replies.clear()
+        self._transport = self._connection = self._collector = None
+
+    def idle_check(self, now: float) -> None:
+        """Closes a peer silent for our whole idle timeout (we advertise half)."""
+        limit = self.settings.idle_timeout_s
+        if limit and self._state != "closed" and now - self.last_input > limit:
+            _log.info(
+                f"AMQP connection {self.id} from {self.peer}: no frame for {limit} s; closing"
+            )
+            self._close(abort=True)
+
+    # ------------------------------------------------------------ headers and SASL
+
+    def _advance(self) -> None:
+        while self._state in ("header", "sasl") and self._buf:
+            if self._state == "header":
+                if self._buf[0] == sasl.TLS_RECORD_HANDSHAKE:
+                    self._fail("TLS is not available on this listener yet")
+                    return
+                if len(self._buf) < len(sasl.AMQP_HEADER):
+                    if not sasl.SASL_HEADER.startswith(bytes(self._buf)) and not (
+                        sasl.AMQP_HEADER.startswith(bytes(self._buf))
+                    ):
+                        self._refuse_header()
+                    return
+                header = bytes(self._buf[:8])
+                if header == sasl.SASL_HEADER:
+                    del self._buf[:8]
+                    self._state = "sasl"
+                    self._host.conn_write(
+                        self.id,
+                        sasl.SASL_HEADER + sasl.mechanisms_frame(list(self._offered())),
+                    )
+                    continue
+                if header == sasl.AMQP_HEADER:
+                    if self.settings.authenticate_peer:
+                        _log.info(
+                            f"AMQP connection {self.id} from {self.peer}: refused, listener "
+                            f"'{self.settings.listener}' requires SASL authentication"
+                        )
+                        self._refuse_header()
+                        return
+                    self._start_amqp()
+                    return
+                self._refuse_header()
+                return
+            try:
+                frame = sasl.split_frame(self._buf)
+            except sasl.SaslError as e:
+                self._fail(str(e))
+                return
+            if frame is None:
+                return
+            body, used = frame
+            del self._buf[:used]
+            try:
+                init = sasl.decode_init(body)
+            except sasl.SaslError as e:
+                self._fail(str(e))
+                return
+            self._sasl_init(init)
+
+    def _offered(self) -> tuple[str, ...]:
+        mechs = self.settings.mechanisms
+        if self.settings.authenticate_peer:
+            mechs = tuple(m for m in mechs if m != "ANONYMOUS")
+        return mechs
+
+    def _refuse_header(self) -> None:
+        """Answers an unwanted protocol header with the one we want, then closes."""
+        self._host.conn_write(self.id, sasl.SASL_HEADER)
+        self._close(abort=False)
+
+    def _sasl_init(self, init: sasl.SaslInit) -> None:
+        mech = init.mechanism.upper()
+        if mech not in self._offered():
+            _log.info(
+                f"AMQP connection {self.id} from {self.peer}: SASL mechanism {mech} not offered"
+            )
+            self._outcome(sasl.OUTCOME_AUTH)
+            return
+        self.mechanism = mech
+        if mech == "ANONYMOUS":
+            self._outcome(sasl.OUTCOME_OK)
+            return
+        try:
+            _authzid, authcid, password = sasl.parse_plain(init.initial_response)
+        except sasl.SaslError as e:
+            _log.info(f"AMQP connection {self.id} from {self.peer}: {e}")
+            self._outcome(sasl.OUTCOME_AUTH)
+            return
+        self._state = "auth"
+        future = self._host.loop.run_in_executor(
+            self._host.auth_pool,
+            sasl.verify_plain,
+            self.settings.users_file,
+            authcid,
+            password,
+        )
+        future.add_done_callback(self._verified)
+
+    def _verified(self, future: asyncio.Future[sasl.AuthResult]) -> None:
+        if self._state != "auth":
+            return  # closed meanwhile
+        result = future.result()
+        if not result.ok:
+            _log.warning(
+                f"AMQP connection {self.id} from {self.peer}: authentication failed: "
+                f"{result.reason}"
+            )
+            self._outcome(sasl.OUTCOME_AUTH)
+            return
+        self.user = result.user
+        self.can_write = result.can_write
+        _log.info(
+            f"AMQP connection {self.id} from {self.peer}: authenticated as '{result.user}' "
+            f"({'write' if result.can_write else 'read'} access)"
+        )
+        self._outcome(sasl.OUTCOME_OK)
+
+    def _outcome(self, code: int) -> None:
+        self._host.conn_write(self.id, sasl.outcome_frame(code))
+        if code != sasl.OUTCOME_OK:
+            self._close(abort=False)
+            return
+        self._state = "header-after-sasl"
+        rest = bytes(self._buf)
+        self._buf.clear()
+        self._start_amqp(rest, expect_header=True)
+
+    def _fail(self, reason: str) -> None:
+        _log.info(f"AMQP connection {self.id} from {self.peer}: closing: {reason}")
+        self._close(abort=False)
+
+    # ------------------------------------------------------------ proton
+
+    def _start_amqp(self, pending: bytes | None = None, expect_header: bool = False) -> None:
+        transport = Transport(Transport.SERVER)
+        transport.idle_timeout = float(self.settings.idle_timeout_s)
+        transport.max_frame_size = self.settings.max_frame_size
+        connection = Connection()
+        connection.container = self.settings.container_id
+        collector = Collector()
+        connection.collect(collector)
+        transport.bind(connection)
+        self._transport, self._connection, self._collector = transport, connection, collector
+        self._state = "amqp"
+        data = bytes(self._buf) if pending is None else pending
+        self._buf.clear()
+        if data:
+            self._amqp_input(data)
+
+    def _amqp_input(self, data: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        view = memoryview(data)
+        while view:
+            capacity = transport.capacity()
+            if capacity < 0:
+                break  # proton closed its input side; the rest is discarded
+            if capacity == 0:
+                self._pump()
+                if transport.capacity() == 0:
+                    self._fail("proton input buffer stuck")
+                    return
+                continue
+            chunk = view[:capacity]
+            try:
+                transport.push(bytes(chunk))
+            except Exception as e:  # noqa: BLE001 - proton reports framing errors as exceptions
+                _log.info(f"AMQP connection {self.id} from {self.peer}: bad input: {e}")
+                transport.close_tail()
+                self._pump()
+                self._close(abort=False)
+                return
+            view = view[len(chunk) :]
+            self._pump()
+
+    def _pump(self) -> None:
+        """Handles proton events, then writes what proton produced (whole frames)."""
+        collector = self._collector
+        transport = self._transport
+        if collector is None or transport is None or self._state == "closed":
+            return
+        while True:
+            event = collector.peek()
+            if event is None:
+                break
+            try:
+                self._on_event(event)
+            finally:
+                collector.pop()
+        pending = transport.pending()
+        if pending > 0:
+            out = transport.peek(pending)
+            transport.pop(pending)
+            if out:
+                self._host.conn_write(self.id, bytes(out))
+        if pending < 0 or transport.closed:
+            self._close(abort=False)
+
+    def _on_event(self, event: Event) -> None:
+        kind = event.type
+        connection, session, link = event.connection, event.session, event.link
+        if kind == Event.CONNECTION_REMOTE_OPEN and connection is not None:
+            self.container = connection.remote_container
+            connection.open()
+            assert self._transport is not None
+            peer_timeout = float(self._transport.remote_idle_timeout or 0.0)
+            if peer_timeout > 0:
+                # the engine sends the empty frame after half the peer's
+                # timeout of silence: no Python, no GIL on that path
+                self._host.conn_keepalive(self.id, peer_timeout / 2)
+        elif kind == Event.SESSION_REMOTE_OPEN and session is not None:
+            session.open()
+        elif kind == Event.LINK_REMOTE_OPEN and link is not None:
+            self._link_opened(link)
+        elif kind == Event.LINK_REMOTE_CLOSE and link is not None:
+            self._forget(link)
+            link.close()
+        elif kind == Event.LINK_REMOTE_DETACH and link is not None:
+            self._forget(link)
+            link.detach()
+        elif kind == Event.SESSION_REMOTE_CLOSE and session is not None:
+            session.close()
+        elif kind == Event.CONNECTION_REMOTE_CLOSE and connection is not None:
+            connection.close()
+        elif kind == Event.LINK_FLOW and link is not None:
+            if link.is_sender:
+                self._flush_replies(link)
+        elif kind == Event.DELIVERY and event.delivery is not None:
+            self._delivery(event.delivery)
+
+    def _link_opened(self, link: Link) -> None:
+        if link.state & Endpoint.LOCAL_ACTIVE:
+            return
+        if link.is_sender:
+            # the client's receiver: its source is where replies go
+            if link.remote_source.dynamic:
+                address = f"amqp:/_topo/0/{self.settings.container_id}/temp.{next(_reply_numbers)}"
+            else:
+                address = link.remote_source.address or ""
+            if not address:
+                link.condition = Condition("amqp:invalid-field", "receiver link without a source")
+                link.open()
+                link.close()
+                return
+            link.source.address = address
+            link.source.dynamic = False
+            link.target.copy(link.remote_target)
+            self._replies[address] = _ReplyLink(link)
+            link.open()
+            return
+        target = link.remote_target.address
+        if target is not None and not target.endswith(MANAGEMENT_SUFFIX):
+            link.target.address = target
+            link.condition = Condition(
+                "amqp:not-found",
+                f"no such node '{target}': this router serves only $management",
+            )
+            link.open()
+            link.close()
+            return
+        link.target.copy(link.remote_target)
+        link.source.copy(link.remote_source)
+        link.open()
+        link.flow(RECEIVER_CREDIT)
+
+    def _forget(self, link: Link) -> None:
+        for address, reply in list(self._replies.items()):
+            if reply.link is link:
+                del self._replies[address]
+
+    def _delivery(self, delivery: Delivery) -> None:
+        link = delivery.link
+        if link.is_sender:
+            if delivery.updated and not delivery.settled:
+                delivery.settle()
+            return
+        if not delivery.readable or delivery.partial:
+            return
+        payload = link.recv(delivery.pending)
+        link.advance()
+        delivery.update(Delivery.ACCEPTED)
+        delivery.settle()
+        if link.credit < RECEIVER_CREDIT // 2:
+            link.flow(RECEIVER_CREDIT - link.credit)
+        self._request(link, bytes(payload) if payload else b"")
+
+    def _request(self, link: Link, payload: bytes) -> None:
+        self.requests += 1
+        request = Message()
+        try:
+            request.decode(payload)
+        except Exception as e:  # noqa: BLE001 - proton's decode errors have no common base
+            _log.info(
+                f"AMQP connection {self.id} from {self.peer}: undecodable request dropped: {e}"
+            )
+            return
+        reply_to = request.reply_to
+        if not reply_to:
+            _log.info(
+                f"AMQP connection {self.id} from {self.peer}: request without reply-to ignored"
+            )
+            return
+        target = link.remote_target.address or request.address or ""
+        if not str(target).endswith(MANAGEMENT_SUFFIX):
+            _log.info(f"AMQP connection {self.id}: request for '{target}' has no node; ignored")
+            return
+        caller = Caller(self.user, self.can_write, self.id)
+        response = self._host.agent.handle(request.properties, request.body, caller)
+        reply = Message(
+            address=reply_to,
+            correlation_id=(
+                request.correlation_id if request.correlation_id is not None else request.id
+            ),
+            properties={
+                "statusCode": response.status,
+                "statusDescription": response.description,
+            },
+            body=cast(Any, response.body),
+        )
+        self._send(reply_to, reply.encode())
+
+    def _send(self, address: str, encoded: bytes) -> None:
+        reply = self._replies.get(address)
+        if reply is None:
+            _log.info(
+                f"AMQP connection {self.id}: reply-to '{address}' is not a link of this "
+                "connection; response dropped"
+            )
+            return
+        if len(reply.queue) >= MAX_QUEUED_REPLIES:
+            _log.warning(
+                f"AMQP connection {self.id}: client grants no credit on '{address}'; "
+                "response dropped"
+            )
+            return
+        reply.queue.append(encoded)
+        self._flush_replies(reply.link)
+
+    def _flush_replies(self, link: Link) -> None:
+        address = link.source.address
+        reply = self._replies.get(address) if address else None
+        if reply is None:
+            return
+        while reply.queue and link.credit > 0:
+            delivery = link.delivery(str(next(self._tag)))
+            link.send(reply.queue.popleft())
+            link.advance()
+            delivery.settle()
+
+    # ------------------------------------------------------------ close
+
+    def _close(self, abort: bool) -> None:
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        self._host.conn_close(self.id, abort)

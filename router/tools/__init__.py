@@ -1,0 +1,2 @@
+"""Command-line tools: skiff-manage, skiff-stat, skiff-passwd and the
+management benchmark."""

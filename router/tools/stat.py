@@ -1,0 +1,169 @@
+"""skiff-stat: the views of Skupper's ``skstat`` that apply to Skiff.
+
+``-g`` general router statistics, ``-c`` AMQP connections, ``-l`` TCP
+listeners and connectors (Skiff has no router links; these are its
+"links" to services), ``-a`` service addresses, ``--tcp`` relayed flows.
+``--csv`` prints comma separated values, ``--limit`` caps the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from proton import ConnectionException, Timeout
+
+from router.tools.client import ManagementClient, ManagementFailure, add_connection_options, fail
+
+TOOL = "skiff-stat"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=TOOL, description="Show Skiff router statistics (like skstat)."
+    )
+    views = p.add_mutually_exclusive_group()
+    views.add_argument("-g", "--general", action="store_true", help="router statistics (default)")
+    views.add_argument("-c", "--connections", action="store_true", help="AMQP connections")
+    views.add_argument("-l", "--links", action="store_true", help="tcpListeners and tcpConnectors")
+    views.add_argument("-a", "--address", action="store_true", help="service addresses")
+    views.add_argument("--tcp", action="store_true", help="relayed TCP connections")
+    p.add_argument("--csv", action="store_true", help="comma separated output")
+    p.add_argument("--limit", type=int, default=None, help="show at most this many rows")
+    add_connection_options(p)
+    return p
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def render(title: str, heads: Sequence[str], rows: list[list[Any]], as_csv: bool) -> str:
+    cells = [[_text(v) for v in r] for r in rows]
+    if as_csv:
+        out: list[str] = []
+
+        class _Sink:
+            def write(self, s: str) -> int:
+                out.append(s)
+                return len(s)
+
+        writer = csv.writer(_Sink(), lineterminator="\n")
+        writer.writerow(heads)
+        writer.writerows(cells)
+        return "".join(out)
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(heads)]
+    lines = [title, "=" * len(title)]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip())
+    lines.append("  ".join("=" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines) + "\n"
+
+
+def _rows(
+    client: ManagementClient, etype: str, names: list[str], limit: int | None
+) -> list[list[Any]]:
+    _, rows = client.query(etype, names, 0, limit)
+    return rows
+
+
+def general(client: ManagementClient, as_csv: bool) -> str:
+    router = client.request("READ", type="io.skupper.router.router", name="router")
+    metrics = client.request("READ", type="io.skupper.router.routerMetrics", name="routerMetrics")
+    pairs: list[list[Any]] = [
+        ["Version", router.get("version")],
+        ["Mode", router.get("mode")],
+        ["Router Id", router.get("id")],
+        ["Worker Threads", router.get("workerThreads")],
+        ["Uptime (s)", metrics.get("uptimeSeconds")],
+        ["tcpListeners", router.get("tcpListenerCount")],
+        ["tcpConnectors", router.get("tcpConnectorCount")],
+        ["AMQP Connections", metrics.get("amqpConnections")],
+        ["TCP Connections Open", metrics.get("tcpConnectionsActive")],
+        ["TCP Connections Opened", metrics.get("tcpConnectionsOpened")],
+        ["TCP Bytes In", metrics.get("tcpBytesIn")],
+        ["TCP Bytes Out", metrics.get("tcpBytesOut")],
+        ["Failed Connects", metrics.get("connectsFailed")],
+        ["Management Requests", metrics.get("managementRequests")],
+    ]
+    return render("Router Statistics", ["attr", "value"], pairs, as_csv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        client = ManagementClient.from_args(args)
+    except (ConnectionException, Timeout, OSError) as e:
+        return fail(TOOL, f"cannot connect to {args.bus}: {e}")
+    try:
+        if args.connections:
+            names = ["id", "host", "container", "role", "dir", "isEncrypted", "isAuthenticated",
+                     "user", "sasl", "uptimeSeconds"]  # fmt: skip
+            heads = ["id", "host", "container", "role", "dir", "security", "authenticated",
+                     "user", "sasl", "uptime"]  # fmt: skip
+            text = render(
+                "Connections", heads, _rows(client, "connection", names, args.limit), args.csv
+            )
+        elif args.links:
+            names = ["type", "name", "host", "port", "address", "operStatus", "connectionsOpened",
+                     "connectionsClosed", "bytesIn", "bytesOut"]  # fmt: skip
+            rows = _rows(client, "tcpListener", names, args.limit) + _rows(
+                client, "tcpConnector", names, args.limit
+            )
+            for r in rows:
+                r[0] = str(r[0]).rsplit(".", 1)[-1]
+            heads = ["type", "name", "host", "port", "address", "status", "opened", "closed",
+                     "bytes in", "bytes out"]  # fmt: skip
+            text = render("TCP Listeners and Connectors", heads, rows[: args.limit], args.csv)
+        elif args.address:
+            listeners = _rows(client, "tcpListener", ["address"], None)
+            connectors = _rows(client, "tcpConnector", ["address", "connectionsOpened"], None)
+            addresses = sorted({str(r[0]) for r in listeners} | {str(r[0]) for r in connectors})
+            rows = [
+                [
+                    a,
+                    sum(1 for r in listeners if r[0] == a),
+                    sum(1 for r in connectors if r[0] == a),
+                    sum(int(r[1] or 0) for r in connectors if r[0] == a),
+                ]
+                for a in addresses
+            ]
+            text = render(
+                "Service Addresses",
+                ["address", "listeners", "connectors", "connections"],
+                rows[: args.limit],
+                args.csv,
+            )
+        elif args.tcp:
+            names = ["connectionId", "listener", "connector", "address", "host", "target",
+                     "bytesIn", "bytesOut", "uptimeSeconds"]  # fmt: skip
+            text = render(
+                "TCP Connections",
+                names,
+                _rows(client, "tcpConnection", names, args.limit),
+                args.csv,
+            )
+        else:
+            text = general(client, args.csv)
+    except ManagementFailure as e:
+        return fail(TOOL, f"{e.status} {e.description}")
+    except (ConnectionException, Timeout) as e:
+        return fail(TOOL, f"connection to {args.bus} failed: {e}")
+    finally:
+        try:
+            client.close()
+        except (ConnectionException, Timeout):
+            pass  # the output is what matters; the router may already have closed
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
