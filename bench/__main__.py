@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.cli_extra import add_compare_parser, run_extra
 from bench.report import format_table, write_json
 from bench.storm import SUBJECTS, StormConfig, run_storm
 
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     storm.add_argument("--pause", type=float, default=d.pause_s, help="seconds between rounds")
     storm.add_argument("--json", type=Path, default=None, help="write every figure here")
+    add_compare_parser(sub)
     return parser
 
 
@@ -123,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_json(report, args.json)
             print(f"wrote {args.json}")
         return 0
-    return 2
+    return run_extra(args)
 
 
 if __name__ == "__main__":

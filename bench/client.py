@@ -21,9 +21,10 @@ import enum
 import errno
 import multiprocessing as mp
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import cast
 
 from bench.histogram import Histogram
@@ -33,6 +34,7 @@ PAYLOAD_SIZE = 64
 _PREFIX = bytes(range(32, 32 + PAYLOAD_SIZE - 8))
 MAX_ERROR_SAMPLES = 8
 START_TIMEOUT_S = 30.0
+TICK_S = 0.5  # live progress and the over-time figures: one tick per interval
 
 
 class Outcome(enum.Enum):
@@ -101,6 +103,17 @@ class ClientResult:
             sample = f"{outcome.value}: {detail}"
             if sample not in self.error_samples:
                 self.error_samples.append(sample)
+
+
+@dataclass(slots=True)
+class Tick:
+    """One process's figures for one TICK_S interval of a round (a delta, so
+    the parent adds ticks of several processes exactly)."""
+
+    index: int  # interval number since the round's start_at
+    ok: int
+    failed: int
+    latency_ns: Histogram
 
 
 class _EchoCheck(asyncio.Protocol):
@@ -203,16 +216,61 @@ class _Storm:
             self.result.add(outcome, detail)
 
 
-async def run_spec(spec: RunSpec) -> ClientResult:
-    """Runs one round in the current (uvloop) event loop."""
+async def _ticker(storm: _Storm, tick: Callable[[Tick], None]) -> None:
+    """Sends what changed every TICK_S until cancelled (then once more)."""
+    res = storm.result
+    last_ok = last_failed = 0
+    last_hist = Histogram()
+    index = 0
+
+    def send() -> None:
+        nonlocal last_ok, last_failed, last_hist
+        h = Histogram(bits=res.latency_ns.bits, highest=res.latency_ns.highest)
+        h.counts = [a - b for a, b in zip(res.latency_ns.counts, last_hist.counts, strict=True)]
+        h.count = res.latency_ns.count - last_hist.count
+        h.total = res.latency_ns.total - last_hist.total
+        h.max = res.latency_ns.max  # an upper bound for the interval
+        last_hist = Histogram(
+            bits=h.bits,
+            highest=h.highest,
+            counts=list(res.latency_ns.counts),
+            count=res.latency_ns.count,
+            total=res.latency_ns.total,
+        )
+        failed = res.failed
+        tick(Tick(index, res.ok - last_ok, failed - last_failed, h))
+        last_ok, last_failed = res.ok, failed
+
+    try:
+        for _ in range(1 << 30):  # bounded: cancelled when the round ends
+            await asyncio.sleep(
+                max(0.0, storm.spec.start_at + (index + 1) * TICK_S - time.monotonic())
+            )
+            send()
+            index += 1
+    except asyncio.CancelledError:
+        send()
+        raise
+
+
+async def run_spec(spec: RunSpec, tick: Callable[[Tick], None] | None = None) -> ClientResult:
+    """Runs one round in the current (uvloop) event loop; tick, when given,
+    receives the figures of every TICK_S interval as they happen."""
     storm = _Storm(spec)
     cpu0 = time.process_time()
     delay = spec.start_at - time.monotonic()
     if delay > 0:
         await asyncio.sleep(delay)
     storm.result.started = time.monotonic()
+    ticker = asyncio.ensure_future(_ticker(storm, tick)) if tick is not None else None
     await asyncio.gather(*(storm.one_client() for _ in range(spec.clients)))
     storm.result.ended = time.monotonic()
+    if ticker is not None:
+        ticker.cancel()
+        try:
+            await ticker
+        except asyncio.CancelledError:
+            pass  # the final tick went out
     storm.result.cpu_s = time.process_time() - cpu0
     return storm.result
 
@@ -232,7 +290,7 @@ def client_process_main(ctl: Connection) -> None:
         if spec is None:
             return
         assert isinstance(spec, RunSpec)
-        ctl.send(uvloop.run(run_spec(spec)))
+        ctl.send(uvloop.run(run_spec(spec, ctl.send)))
 
 
 class ClientPool:
@@ -271,18 +329,33 @@ class ClientPool:
         for c, spec in zip(self.controls, specs, strict=True):
             c.send(spec)
 
-    def collect(self, timeout_s: float) -> list[ClientResult]:
+    def collect(
+        self, timeout_s: float, on_tick: Callable[[int, Tick], None] | None = None
+    ) -> list[ClientResult]:
         """Blocks until every process answered (call it from an executor
-        thread when an event loop must keep running meanwhile)."""
-        out: list[ClientResult] = []
+        thread when an event loop must keep running meanwhile); the ticks
+        that arrive meanwhile go to on_tick(process index, tick)."""
+        results: dict[int, ClientResult] = {}
         deadline = time.monotonic() + timeout_s
-        for c in self.controls:
-            if not c.poll(max(0.0, deadline - time.monotonic())):
+        index = {id(c): i for i, c in enumerate(self.controls)}
+        for _ in range(1 << 30):  # bounded by the deadline
+            pending = [c for i, c in enumerate(self.controls) if i not in results]
+            if not pending:
+                break
+            left = deadline - time.monotonic()
+            ready = wait(pending, timeout=max(0.0, left)) if left > 0 else []
+            if not ready:
                 raise TimeoutError(f"client process gave no result within {timeout_s:.0f} s")
-            result = c.recv()
-            assert isinstance(result, ClientResult)
-            out.append(result)
-        return out
+            for c in ready:
+                assert isinstance(c, Connection)
+                msg = c.recv()
+                if isinstance(msg, Tick):
+                    if on_tick is not None:
+                        on_tick(index[id(c)], msg)
+                else:
+                    assert isinstance(msg, ClientResult)
+                    results[index[id(c)]] = msg
+        return [results[i] for i in range(len(self.controls))]
 
     def close(self) -> None:
         for c in self.controls:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.client import FAILURE_KINDS, ClientPool, ClientResult, RunSpec
+from bench.client import FAILURE_KINDS, TICK_S, ClientPool, ClientResult, RunSpec, Tick
 from bench.echo import EchoServer
 from bench.histogram import Histogram
 from bench.host import environment, raise_nofile_limit
@@ -74,6 +76,80 @@ def split(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
+@dataclass(frozen=True, slots=True)
+class TimelinePoint:
+    """One TICK_S interval of a round, every process's ticks added."""
+
+    t_s: float  # end of the interval, seconds since the round's start
+    ok: int
+    failed: int
+    total_ok: int
+    total_failed: int
+    latency_ns: Histogram
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "t_s": self.t_s,
+            "ok": self.ok,
+            "failed": self.failed,
+            "connections_per_s": self.ok / TICK_S,
+            "p50_ms": self.latency_ns.quantile(0.5) / 1e6,
+            "p99_ms": self.latency_ns.quantile(0.99) / 1e6,
+        }
+
+
+class Timeline:
+    """Ticks of several processes merged per interval; an interval is
+    complete (and reported) once every process sent it."""
+
+    def __init__(self, procs: int) -> None:
+        self.procs = procs
+        self._lock = threading.Lock()
+        self._parts: dict[int, list[Tick]] = {}
+        self._done: list[TimelinePoint] = []
+        self._total_ok = 0
+        self._total_failed = 0
+
+    def add(self, proc: int, tick: Tick) -> TimelinePoint | None:
+        with self._lock:
+            parts = self._parts.setdefault(tick.index, [])
+            parts.append(tick)
+            if len(parts) < self.procs:
+                return None
+            del self._parts[tick.index]
+            ok = sum(t.ok for t in parts)
+            failed = sum(t.failed for t in parts)
+            self._total_ok += ok
+            self._total_failed += failed
+            point = TimelinePoint(
+                (tick.index + 1) * TICK_S,
+                ok,
+                failed,
+                self._total_ok,
+                self._total_failed,
+                Histogram.merged(t.latency_ns for t in parts),
+            )
+            self._done.append(point)
+            return point
+
+    def points(self) -> list[dict[str, float]]:
+        """Every interval, including the last ones only some processes reached."""
+        with self._lock:
+            done = list(self._done)
+            for index, parts in sorted(self._parts.items()):
+                done.append(
+                    TimelinePoint(
+                        (index + 1) * TICK_S,
+                        sum(t.ok for t in parts),
+                        sum(t.failed for t in parts),
+                        0,
+                        0,
+                        Histogram.merged(t.latency_ns for t in parts),
+                    )
+                )
+            return [p.as_dict() for p in sorted(done, key=lambda p: p.t_s)]
+
+
 @dataclass(slots=True)
 class RoundResult:
     """One subject's round: client-side counts plus the engine's window."""
@@ -89,6 +165,8 @@ class RoundResult:
     engine: dict[str, Any]
     event_lateness_ns: Histogram
     error_samples: list[str]
+    proc_cpu_s: list[float] = field(default_factory=list)  # per client process
+    timeline: list[dict[str, float]] = field(default_factory=list)  # per TICK_S
 
     @property
     def failed(self) -> int:
@@ -97,6 +175,11 @@ class RoundResult:
     @property
     def cps(self) -> float:
         return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def proc_utilisation(self) -> list[float]:
+        """Each client process's CPU time over the round's wall time (1.0 = a full core)."""
+        return [c / self.elapsed_s for c in self.proc_cpu_s] if self.elapsed_s > 0 else []
 
     @classmethod
     def combine(
@@ -127,6 +210,7 @@ class RoundResult:
             engine=engine,
             event_lateness_ns=event_lateness_ns,
             error_samples=samples,
+            proc_cpu_s=[p.cpu_s for p in parts],
         )
 
 
@@ -215,6 +299,7 @@ async def _run_round(
     pool: ClientPool,
     echo: EchoServer,
     probe: EngineSubject,
+    on_progress: Callable[[TimelinePoint], None] | None = None,
 ) -> RoundResult:
     loop = asyncio.get_running_loop()
     host, port = subject.address
@@ -244,10 +329,18 @@ async def _run_round(
     echo_cpu0 = echo.cpu_s()
     pool.submit(specs)
     limit = START_DELAY_S + cfg.round_cap_s() + cfg.timeout_s + COLLECT_SLACK_S
+    timeline = Timeline(pool.size)
+
+    def on_tick(proc: int, tick: Tick) -> None:
+        # runs on the executor thread: hand the point over to the loop
+        point = timeline.add(proc, tick)
+        if point is not None and on_progress is not None:
+            loop.call_soon_threadsafe(on_progress, point)
+
     # the loop keeps draining engine events while an executor thread waits
-    parts = await loop.run_in_executor(None, pool.collect, limit)
+    parts = await loop.run_in_executor(None, pool.collect, limit, on_tick)
     after = probe.snapshot()
-    return RoundResult.combine(
+    result = RoundResult.combine(
         subject.name,
         index,
         start_at,
@@ -256,6 +349,8 @@ async def _run_round(
         window(after, before),
         probe.take_event_lateness(),
     )
+    result.timeline = timeline.points()
+    return result
 
 
 async def _run_rounds(
@@ -285,9 +380,7 @@ def run_storm(cfg: StormConfig) -> StormReport:
         EchoServer.start(cfg.echo_procs, corrupt=cfg.corrupt_echo, addrs=cfg.echo_addrs) as echo,
         ClientPool(cfg.procs) as pool,
     ):
-        probe = EngineSubject(
-            echo.port, cfg.workers, cfg.timer_period_s, tuple(echo.addresses)
-        )
+        probe = EngineSubject(echo.port, cfg.workers, cfg.timer_period_s, tuple(echo.addresses))
         try:
             rounds = uvloop.run(_run_rounds(cfg, pool, echo, probe))
         finally:
