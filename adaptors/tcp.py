@@ -20,6 +20,7 @@ from router.engine import Target as EngineTarget
 from router.log import get_logger
 from router.registry import Entity, Registry
 from router.resolver import Resolver, numeric_host
+from router.tls import TlsManager
 
 _log = get_logger("TCP_ADAPTOR")
 
@@ -61,8 +62,17 @@ class _ConnectorState:
 class TcpAdaptor:
     """Registry observer for tcpListener and tcpConnector."""
 
-    def __init__(self, engine: Engine, registry: Registry, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        registry: Registry,
+        loop: asyncio.AbstractEventLoop,
+        tls: TlsManager | None = None,
+    ) -> None:
         self._engine = engine
+        self._tls = tls
+        if tls is not None:
+            tls.on_published(self._profile_published)
         self._registry = registry
         self._loop = loop
         self._resolver = Resolver(loop, self._resolved)
@@ -99,8 +109,17 @@ class TcpAdaptor:
             addrs = self._resolver.addresses(host)
             if not addrs:
                 continue
+            profile = self._profile_of(c.entity)
+            slot = self._tls.slot(profile) if (profile and self._tls) else None
             table[c.address_id].append(
-                RouteTarget(c.target, addrs[0], int(str(c.entity.attributes["port"])), host)
+                RouteTarget(
+                    c.target,
+                    addrs[0],
+                    int(str(c.entity.attributes["port"])),
+                    host,
+                    tls_slot=-1 if slot is None else slot,
+                    verify_host=bool(c.entity.attributes.get("verifyHostname", True)),
+                )
             )
         self.routes_version = self._engine.publish_routes(table)
 
@@ -108,12 +127,22 @@ class TcpAdaptor:
 
     def _refuse_tls(self, entity: Entity) -> None:
         # never serve plaintext where TLS was asked for
-        if entity.attributes.get("sslProfile"):
+        if entity.attributes.get("sslProfile") and self._tls is None:
             raise ValueError(
                 f"{entity.type} '{entity.name}': sslProfile "
-                f"'{entity.attributes['sslProfile']}' is set, but TLS is not available in "
-                "this version of Skiff yet"
+                f"'{entity.attributes['sslProfile']}' is set, but TLS is not enabled"
             )
+
+    def _profile_of(self, entity: Entity) -> str | None:
+        p = entity.attributes.get("sslProfile")
+        return str(p) if p else None
+
+    def _profile_published(self, profile: str) -> None:
+        for ls in self._listeners.values():
+            if self._profile_of(ls.entity) == profile:
+                self._sync_listener(ls)
+        if any(self._profile_of(c.entity) == profile for c in self._connectors.values()):
+            self.publish()
 
     def add_listener(self, entity: Entity) -> None:
         self._refuse_tls(entity)
@@ -143,10 +172,25 @@ class TcpAdaptor:
         if state is not None:
             self._close_listener(state, drop=self._drop_flows())
 
+    def _tls_wait(self, state: _ListenerState) -> str | None:
+        """Why a TLS listener cannot open yet (its profile never loaded)."""
+        profile = self._profile_of(state.entity)
+        if profile is None or self._tls is None or self._tls.ready(profile):
+            return None
+        error = self._tls.error(profile)
+        return f"sslProfile '{profile}' has not loaded" + (f": {error}" if error else " yet")
+
     def _sync_listener(self, state: _ListenerState, raise_errors: bool = False) -> None:
         want = self._has_connector(state.address_id)
+        waiting = self._tls_wait(state) if want else None
+        if waiting is not None:
+            # never accept plaintext in place of TLS: stay down until loaded
+            state.last_error = waiting
+            want = False
         if want and state.listener is None:
             attrs = state.entity.attributes
+            profile = self._profile_of(state.entity)
+            slot = self._tls.slot(profile) if (profile and self._tls) else None
             try:
                 listener = self._engine.listen(
                     state.host_ip or "",
@@ -154,6 +198,8 @@ class TcpAdaptor:
                     address_id=state.address_id,
                     backlog=int(str(attrs.get("backlog") or 50)),
                     max_connections=int(str(attrs.get("maxConnections") or 0)),
+                    tls_slot=-1 if slot is None else slot,
+                    authenticate_peer=bool(attrs.get("authenticatePeer")),
                 )
             except EngineError as e:
                 state.last_error = str(e)
@@ -176,6 +222,8 @@ class TcpAdaptor:
                 f"'{state.entity.attributes['address']}'"
             )
             self._close_listener(state, drop=False)
+        if state.listener is None and waiting is not None:
+            _log.warning(f"tcpListener '{state.entity.name}' stays down: {waiting}")
 
     def _close_listener(self, state: _ListenerState, drop: bool) -> None:
         if state.listener is None:
@@ -186,6 +234,10 @@ class TcpAdaptor:
         self._by_listener_uid.pop(listener.user_id, None)
         listener.close(drop_flows=drop)
         self._retired.append(listener)
+
+    def listener_error(self, name: str) -> str | None:
+        state = self._listeners.get(name)
+        return state.last_error if state else None
 
     def listener_port(self, name: str) -> int | None:
         state = self._listeners.get(name)

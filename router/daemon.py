@@ -25,6 +25,7 @@ from router.config import DEFAULT_CONFIG, ConfigError, ConfigFile, load_config, 
 from router.engine import Engine, EngineError, EngineOptions
 from router.log import LogConfigObserver, configure_log, get_logger
 from router.registry import Registry, RegistryError
+from router.tls import TlsManager
 
 _log = get_logger("ROUTER")
 
@@ -65,6 +66,7 @@ class Daemon:
         self.grace = float(str(attrs.get("drainGraceSeconds") or 0))
         self.engine = Engine(EngineOptions(worker_threads=self.workers))
         self.adaptor: TcpAdaptor | None = None
+        self.tls: TlsManager | None = None
         self.amqp: AmqpAdaptor | None = None
         self._stop = asyncio.Event()
         self._reloading = False
@@ -73,7 +75,9 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.engine.attach(loop)
-        self.adaptor = TcpAdaptor(self.engine, self.registry, loop)
+        loaders = int(str(_router_attributes(self.config).get("tlsLoaderThreads") or 2))
+        self.tls = TlsManager(self.engine, self.registry, loop, loaders)
+        self.adaptor = TcpAdaptor(self.engine, self.registry, loop, self.tls)
         self.amqp = AmqpAdaptor(self.engine, self.registry, loop, self.adaptor, self.started)
         for warning in self.config.warnings:
             _log.warning(str(warning))
@@ -84,10 +88,12 @@ class Daemon:
             print(f"skiffd: cannot start: {e}", file=sys.stderr)
             self.adaptor.close()
             self.amqp.close()
+            self.tls.close()
             self.engine.stop()
             return 1
         self._apply_log_level()
         self._warn_unimplemented()
+        await self.tls.settle()
         await self.adaptor.settle()
         self.adaptor.publish()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -231,7 +237,8 @@ class Daemon:
                 _log.error(f"SIGHUP: configuration rejected, the running one stays: {e}")
                 return
             self._apply_log_level()
-            assert self.adaptor is not None
+            assert self.adaptor is not None and self.tls is not None
+            await self.tls.settle()
             await self.adaptor.settle()
             self.config = config
             _log.info(
@@ -246,6 +253,8 @@ class Daemon:
         self.adaptor.close()  # stop accepting
         if self.amqp is not None:
             self.amqp.close()
+        if self.tls is not None:
+            self.tls.close()
         _log.info(f"stopping: draining open connections for up to {self.grace:g} s")
         deadline = time.monotonic() + self.grace
         while time.monotonic() < deadline:

@@ -147,19 +147,17 @@ class TlsMaterial:
 
 
 class TlsConfig:
-    """A loaded, not yet published (or superseded) TLS config. Owns the C
-    object until published; keep it as ``previous`` for trust-store reuse."""
+    """A loaded TLS config (one reference to the C object). Publishing gives
+    the engine its own reference; keep this one as ``previous`` so an
+    unchanged CA bundle is not parsed again."""
 
     def __init__(self, ptr: Any) -> None:
         self._ptr: Any = ptr
 
-    def take(self) -> Any:
-        ptr, self._ptr = self._ptr, ffi.NULL
-        return ptr
-
     def free(self) -> None:
         if self._ptr != ffi.NULL:
-            lib.sk_tls_config_free(self.take())
+            ptr, self._ptr = self._ptr, ffi.NULL
+            lib.sk_tls_config_free(ptr)
 
     def __del__(self) -> None:
         self.free()
@@ -547,8 +545,11 @@ class Engine:
         return slot
 
     def tls_publish(self, slot: int, config: TlsConfig) -> int:
-        """Swaps config in; new connections of the slot use it. Returns its version."""
-        version = int(lib.sk_tls_publish(self._ptr, slot, config.take()))
+        """Swaps config in; new connections of the slot use it. Returns its
+        version. The caller keeps its own reference (e.g. as `previous`)."""
+        if config._ptr == ffi.NULL:
+            raise EngineError("TLS config already released")
+        version = int(lib.sk_tls_publish(self._ptr, slot, lib.sk_tls_config_ref(config._ptr)))
         if version == 0:
             raise EngineError(f"cannot publish to TLS slot {slot}")
         return version

@@ -703,6 +703,7 @@ def management_type(name: str) -> EntityTypeSpec:
 def management_types() -> list[EntityTypeSpec]:
     return [*ENTITY_TYPES.values(), *OPERATIONAL_TYPES.values()]
 
+
 # Skupper entity types Skiff does not implement; configured ones are ignored
 # with a warning so that a Skupper configuration file still starts.
 UNSUPPORTED_ENTITY_TYPES: frozenset[str] = frozenset(

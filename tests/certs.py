@@ -29,7 +29,7 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-class TestCA:
+class CertAuthority:
     def __init__(self, cn: str = "Skiff Test CA") -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)

@@ -169,7 +169,7 @@ def test_operations_per_type() -> None:
     }
     assert spec("log").allowed_operations == {"UPDATE", "READ", "QUERY"}
     assert spec("router").allowed_operations == {"READ", "QUERY"}
-    assert spec("sslProfile").implemented is False
+    assert spec("sslProfile").implemented is True
     assert spec("sslProfile").attributes["password"].secret
 
 

@@ -323,6 +323,10 @@ void sk_tls_load(const sk_tls_load_params *p, sk_tls_load_result *out);
 /* Frees what the result still owns (an unpublished config, the DER copy). */
 void sk_tls_result_clear(sk_tls_load_result *r);
 void sk_tls_config_free(sk_tls_config *c);
+/* Another reference to c (sk_tls_config_free drops one). */
+sk_tls_config *sk_tls_config_ref(sk_tls_config *c);
+/* Trust store reuse and status: the config's fingerprint (hex). */
+const char *sk_tls_config_fingerprint(const sk_tls_config *c);
 
 /* A publication slot for one sslProfile: returns its index or -1. */
 int sk_tls_slot_create(sk_engine *e);

@@ -74,10 +74,13 @@ void sk_worker_emit(sk_worker *w, int prio, uint32_t type, uint64_t id, int64_t 
 void sk_engine_ack_event_fd(sk_engine *e)
 {
     uint64_t v;
-    /* clear the flag first: an emit racing this read re-signals */
-    atomic_store_explicit(&e->event_signalled, 0, memory_order_release);
+    /* read first, then clear the flag: an emit that raced the read either
+     * saw the flag still set (its event is in a ring the caller drains next)
+     * or writes the eventfd again after the clear. Clearing first would let
+     * the read eat that write and leave the flag set for good. */
     ssize_t n = read(e->eventfd, &v, sizeof v);
     SK_UNUSED(n); /* EAGAIN when already clear */
+    atomic_store_explicit(&e->event_signalled, 0, memory_order_seq_cst);
 }
 
 int sk_engine_drain(sk_engine *e, sk_event *out, int max, int *overflow)
@@ -157,7 +160,9 @@ static void handle_msg(sk_worker *w, sk_msg *m)
             }
             pp = &(*pp)->next;
         }
-        sk_worker_emit(w, SK_PRIO_NORMAL, SK_EV_TIMER_CANCELLED, m->u.timer_id, found, 0);
+        /* same ring as the timer's own events, so none can overtake this one */
+        int prio = (int)((m->u.timer_id >> 8) & 1);
+        sk_worker_emit(w, prio, SK_EV_TIMER_CANCELLED, m->u.timer_id, found, 0);
         break;
     }
     case SK_MSG_APP_KICK:
@@ -294,8 +299,9 @@ uint64_t sk_timer_start(sk_engine *e, int worker, int prio, uint64_t delay_ns,
     ut->t.deadline = sk_now_ns() + delay_ns;
     ut->period = period_ns;
     ut->prio = prio;
-    /* the low byte names the owning worker, so cancel can find it */
-    ut->id = (sk_engine_next_id(e) << 8) | (uint64_t)worker;
+    /* the low byte names the owning worker and bit 8 the class, so a cancel
+     * finds the worker and reports in the timer's own ring */
+    ut->id = (sk_engine_next_id(e) << 9) | ((uint64_t)prio << 8) | (uint64_t)worker;
     uint64_t id = ut->id;
     m->kind = SK_MSG_TIMER_START;
     m->u.timer = ut;
@@ -306,7 +312,7 @@ uint64_t sk_timer_start(sk_engine *e, int worker, int prio, uint64_t delay_ns,
 int sk_timer_cancel(sk_engine *e, uint64_t timer_id)
 {
     int worker = (int)(timer_id & 0xff);
-    if (timer_id == 0 || worker >= e->nworkers)
+    if (timer_id == 0 || worker >= e->nworkers || atomic_load(&e->stopping))
         return -1;
     sk_msg *m = calloc(1, sizeof *m);
     if (!m)
@@ -410,13 +416,14 @@ static void worker_shutdown(sk_worker *w)
     discard_mailbox(w);
     pthread_mutex_unlock(&w->mbox_lock);
     reap(w);
+    /* empty the heaps before freeing the timers they point to */
+    sk_heap_free(&w->heap[0]);
+    sk_heap_free(&w->heap[1]);
     while (w->utimers) {
         sk_utimer *ut = w->utimers;
         w->utimers = ut->next;
         free(ut);
     }
-    sk_heap_free(&w->heap[0]);
-    sk_heap_free(&w->heap[1]);
     sk_slot_cache_clear(&w->routes_cache);
     for (int i = 0; i < SK_TLS_SLOTS; i++)
         sk_slot_cache_clear(&w->tls_cache[i]);
@@ -520,6 +527,7 @@ static void raise_fd_limit(void)
 
 static int worker_init(sk_engine *e, sk_worker *w, int index, char *err, size_t errlen)
 {
+    w->initialized = true;
     w->engine = e;
     w->index = index;
     w->epfd = -1;
@@ -551,6 +559,8 @@ static int worker_init(sk_engine *e, sk_worker *w, int index, char *err, size_t 
 
 static void worker_fini(sk_worker *w)
 {
+    if (!w->initialized)
+        return;
     if (w->epfd >= 0)
         close(w->epfd);
     if (w->wakefd >= 0)
@@ -610,6 +620,8 @@ sk_engine *sk_engine_create(const sk_engine_options *opts, char *err, size_t err
         goto fail;
     }
     for (int i = 0; i < e->nworkers; i++)
+        e->workers[i].epfd = e->workers[i].wakefd = -1; /* not 0: that is stdin */
+    for (int i = 0; i < e->nworkers; i++)
         if (worker_init(e, &e->workers[i], i, err, errlen) != 0)
             goto fail;
 
@@ -657,6 +669,8 @@ void sk_engine_stop(sk_engine *e)
         }
     /* messages posted after a worker finished its shutdown */
     for (int i = 0; e->workers && i < e->nworkers; i++) {
+        if (!e->workers[i].initialized)
+            continue;
         pthread_mutex_lock(&e->workers[i].mbox_lock);
         discard_mailbox(&e->workers[i]);
         pthread_mutex_unlock(&e->workers[i].mbox_lock);

@@ -247,6 +247,7 @@ struct sk_worker {
     sk_engine *engine;
     int index;
     pthread_t thread;
+    bool initialized;
     bool started;
     int epfd;
     int wakefd;
@@ -407,7 +408,8 @@ struct sk_conn {
     char label[64];        /* remote "ip:port" */
 };
 
-sk_conn *sk_conn_new(sk_worker *w, int fd);
+/* Links a new connection into w's list; l (client side) is set first. */
+sk_conn *sk_conn_new(sk_worker *w, int fd, sk_listener *l);
 void sk_conn_accepted(sk_worker *w, sk_listener *l, int fd, const struct sockaddr *sa,
                       socklen_t salen);
 void sk_conn_event(sk_worker *w, sk_conn *c, uint32_t events);

@@ -66,7 +66,7 @@ static void unlink_locked(sk_worker *w, sk_conn *c)
     c->next = c->prev = NULL;
 }
 
-sk_conn *sk_conn_new(sk_worker *w, int fd)
+sk_conn *sk_conn_new(sk_worker *w, int fd, sk_listener *l)
 {
     sk_conn *c = calloc(1, sizeof *c);
     if (!c)
@@ -74,6 +74,12 @@ sk_conn *sk_conn_new(sk_worker *w, int fd)
     c->h.kind = SK_H_CONN;
     c->worker = w;
     c->fd = fd;
+    if (l) {
+        /* set before the connection is linked: listings read these */
+        sk_listener_ref(l);
+        c->listener = l;
+        c->is_client = true;
+    }
     c->id = sk_engine_next_id(w->engine);
     c->opened_ns = sk_now_ns();
     sk_timer_init(&c->tmo, connect_timeout);
@@ -85,6 +91,8 @@ sk_conn *sk_conn_new(sk_worker *w, int fd)
 void sk_conn_free(sk_worker *w, sk_conn *c)
 {
     SK_SUB(&w->engine->conns_live, 1);
+    sk_listener_release(c->listener);
+    sk_target_release(c->target);
     if (c->tls)
         sk_snap_release(&c->tls->snap);
     free(c->peer_subject);
@@ -173,18 +181,16 @@ static void close_one(sk_worker *w, sk_conn *c, bool abortive)
     c->out = NULL;
     if (c->app)
         sk_app_conn_closed(w, c, 0);
+    /* the references themselves go in sk_conn_free, after the connection is
+     * unlinked: a concurrent listing may still read them until then */
     if (c->listener) {
         SK_ADD(&c->listener->closed, 1);
         SK_SUB(&c->listener->active, 1);
-        sk_listener_release(c->listener);
-        c->listener = NULL;
     }
     if (c->target) {
         if (was_open)
             SK_ADD(&c->target->closed, 1);
         SK_SUB(&c->target->open, 1);
-        sk_target_release(c->target);
-        c->target = NULL;
     }
 }
 
@@ -540,7 +546,7 @@ static void start_connect(sk_worker *w, sk_conn *client)
             target_failed(w, t, client->last_err);
             continue;
         }
-        sk_conn *s = sk_conn_new(w, fd);
+        sk_conn *s = sk_conn_new(w, fd, NULL);
         if (!s) {
             close(fd);
             client->last_err = ENOMEM;
@@ -655,15 +661,14 @@ void sk_conn_accepted(sk_worker *w, sk_listener *l, int fd, const struct sockadd
 {
     SK_UNUSED(salen);
     sk_engine *e = w->engine;
-    sk_conn *c = sk_conn_new(w, fd);
+    sk_conn *c = sk_conn_new(w, fd, l);
     if (!c) {
         close(fd);
         return;
     }
-    c->is_client = true;
-    sk_listener_ref(l);
-    c->listener = l;
+    pthread_mutex_lock(&w->conn_lock);
     sk_format_addr(sa, c->label, sizeof c->label);
+    pthread_mutex_unlock(&w->conn_lock);
     SK_ADD(&l->opened, 1);
     SK_ADD(&l->active, 1);
     SK_ADD(&e->accepted, 1);

@@ -60,6 +60,18 @@ void sk_tls_config_free(sk_tls_config *c)
         sk_snap_release(&c->snap);
 }
 
+sk_tls_config *sk_tls_config_ref(sk_tls_config *c)
+{
+    if (c)
+        sk_snap_ref(&c->snap);
+    return c;
+}
+
+const char *sk_tls_config_fingerprint(const sk_tls_config *c)
+{
+    return c->fingerprint;
+}
+
 void sk_tls_result_clear(sk_tls_load_result *r)
 {
     sk_tls_config_free(r->config);

@@ -413,6 +413,67 @@ static int test_create_errors(void)
     return 0;
 }
 
+/* A ring that fills up drops what does not fit, says so once in the next
+ * drain, and counts the loss. */
+static int test_event_overflow(void)
+{
+    sk_engine_options o;
+    sk_engine_options_init(&o);
+    o.worker_threads = 1;
+    o.event_ring_size = 4;
+    char err[SK_ERRLEN] = "";
+    sk_engine *e = sk_engine_create(&o, err, sizeof err);
+    REQUIRE_MSG(e != NULL, "%s", err);
+    enum { N = 20 };
+    uint64_t ids[N];
+    for (int i = 0; i < N; i++) {
+        ids[i] = sk_timer_start(e, 0, SK_PRIO_NORMAL, 1000000, 0);
+        REQUIRE(ids[i] != 0);
+    }
+    /* let every timer fire without draining anything */
+    sk_worker_stats ws;
+    uint64_t deadline = mono_ms() + WAIT_MS;
+    do {
+        REQUIRE(sk_engine_worker_stats(e, 0, &ws) == 0);
+        if (ws.timers_fired >= N)
+            break;
+        poll(NULL, 0, 2);
+    } while (mono_ms() < deadline);
+    CHECK_EQ_U(ws.timers_fired, N);
+    sk_event out[64];
+    int of = -1;
+    int n = sk_engine_drain(e, out, 64, &of);
+    CHECK_EQ_I(n, 4);
+    CHECK_EQ_I(of, 1);
+    for (int i = 0; i < n; i++) {
+        CHECK_EQ_U(out[i].type, SK_EV_TIMER);
+        CHECK_EQ_U(out[i].id, ids[i]); /* the first ones fired are the ones kept */
+    }
+    sk_engine_counters c;
+    sk_engine_counters_get(e, &c);
+    CHECK_EQ_U(c.events_dropped, N - 4);
+    /* the flag was consumed; new events flow again */
+    of = -1;
+    CHECK_EQ_I(sk_engine_drain(e, out, 64, &of), 0);
+    CHECK_EQ_I(of, 0);
+    uint64_t more = sk_timer_start(e, 0, SK_PRIO_NORMAL, 1000000, 0);
+    REQUIRE(more != 0);
+    deadline = mono_ms() + WAIT_MS;
+    n = 0;
+    while (n == 0 && mono_ms() < deadline) {
+        struct pollfd p = {.fd = sk_engine_event_fd(e), .events = POLLIN};
+        poll(&p, 1, 20);
+        sk_engine_ack_event_fd(e);
+        n = sk_engine_drain(e, out, 64, &of);
+    }
+    CHECK_EQ_I(n, 1);
+    CHECK_EQ_U(out[0].id, more);
+    CHECK_EQ_I(of, 0);
+    sk_engine_stop(e);
+    sk_engine_destroy(e);
+    return 0;
+}
+
 static int test_timers(void)
 {
     int efd = sk_engine_event_fd(E);
@@ -1058,6 +1119,46 @@ static int test_close_target_flows(void)
     return 0;
 }
 
+static int test_max_connections(void)
+{
+    REQUIRE(settle() == 0);
+    char err[SK_ERRLEN];
+    sk_listener_options lo;
+    sk_listener_options_init(&lo);
+    lo.host = "127.0.0.1";
+    lo.max_connections = 1;
+    lo.user_id = 44;
+    sk_listener *l = sk_listener_open(E, &lo, err, sizeof err);
+    REQUIRE_MSG(l != NULL, "%s", err);
+    sk_engine_counters c0, c1;
+    sk_engine_counters_get(E, &c0);
+    int fd1 = connect_to(sk_listener_port(l));
+    REQUIRE(fd1 >= 0);
+    CHECK(ping(fd1, "first") == 0);
+    /* the second client is over the limit: accepted by the kernel, closed */
+    int fd2 = connect_to(sk_listener_port(l));
+    REQUIRE(fd2 >= 0);
+    CHECK(recv_eof(fd2));
+    close(fd2);
+    sk_engine_counters_get(E, &c1);
+    CHECK_EQ_U(c1.limit_rejected - c0.limit_rejected, 1);
+    CHECK(ping(fd1, "still") == 0);
+    close(fd1);
+    /* room again once the first flow is gone */
+    REQUIRE(settle() == 0);
+    int fd3 = connect_to(sk_listener_port(l));
+    REQUIRE(fd3 >= 0);
+    CHECK(ping(fd3, "third") == 0);
+    close(fd3);
+    sk_flow_stats s;
+    sk_listener_stats(l, &s);
+    CHECK_EQ_U(s.opened, 2); /* the rejected one never became a flow */
+    sk_listener_close(l, 1);
+    CHECK(wait_event(SK_EV_LISTENER_CLOSED, 44, WAIT_MS, NULL) >= 0);
+    sk_listener_release(l);
+    return 0;
+}
+
 /* ------------------------------------------------------------ app mode */
 
 static sk_listener *L_APP;
@@ -1341,6 +1442,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     alarm(110); /* a hang fails instead of stalling ctest */
     RUN(test_create_errors);
+    RUN(test_event_overflow);
 
     sk_engine_options o;
     sk_engine_options_init(&o);
@@ -1360,6 +1462,7 @@ int main(void)
         RUN(test_listener_errors);
         RUN(test_listener_close);
         RUN(test_close_target_flows);
+        RUN(test_max_connections);
         RUN(test_app);
         RUN(test_app_backpressure);
         RUN(test_stop);

@@ -1,0 +1,446 @@
+"""TLS material manager: sslProfile entities -> published, versioned configs.
+
+Loading (read, hash, parse, verify, build SSL_CTX) is one native call made
+on a loader pool thread with the GIL released; the control loop only
+schedules loads and publishes their results. A profile's files are read as a
+consistent set and only a set whose key matches its certificate is published;
+otherwise the last good version stays and ``lastError`` says why. Publishing
+swaps one config holding both server and client contexts, so every listener
+and connector of the profile moves to the new material together. Connections
+keep the version they started with.
+
+Reloads are triggered by inotify on the files' directories (debounced), by a
+periodic content-hash check, and by management or configuration updates of
+the profile (raising ``ordinal`` forces one even when the files are the same).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from OpenSSL import crypto
+
+from router.engine import Engine, TlsConfig, TlsLoadResult, TlsMaterial, tls_load
+from router.log import get_logger
+from router.registry import Entity, Registry
+from router.watch import DirectoryWatcher, InotifyUnavailable
+
+_log = get_logger("TLS")
+
+FILE_ATTRIBUTES = ("certFile", "privateKeyFile", "caCertFile")
+
+
+class PasswordError(ValueError):
+    """The password attribute names a source that cannot be read."""
+
+
+def resolve_password(spec: str | None) -> str | None:
+    """The Skupper router's password forms: ``env:VAR``, ``file:PATH``,
+    ``pass:TEXT`` / ``literal:TEXT``, or the text itself. Blocking (file:):
+    called on the loader pool."""
+    if spec is None or spec == "":
+        return None
+    if spec.startswith("env:"):
+        var = spec[4:].strip()
+        value = os.environ.get(var)
+        if value is None:
+            raise PasswordError(f"password: environment variable {var} is not set")
+        return value
+    if spec.startswith("file:"):
+        path = spec[5:].strip()
+        try:
+            return Path(path).read_text().rstrip("\r\n")
+        except OSError as e:
+            raise PasswordError(f"password: cannot read {path}: {e.strerror}") from e
+    for prefix in ("pass:", "literal:"):
+        if spec.startswith(prefix):
+            return spec[len(prefix) :]
+    return spec
+
+
+@dataclass
+class _Display:
+    subject: str | None
+    not_after: str | None
+
+
+def _display(der: bytes) -> _Display:
+    """Certificate details for status (pyOpenSSL parses; never decides publication)."""
+    if not der:
+        return _Display(None, None)
+    cert = crypto.load_certificate(crypto.FILETYPE_ASN1, der).to_cryptography()
+    return _Display(cert.subject.rfc4514_string(), cert.not_valid_after_utc.isoformat())
+
+
+@dataclass
+class _LoadOutcome:
+    result: TlsLoadResult | None
+    display: _Display
+    watch_dirs: set[str]
+    error: str | None = None
+
+
+@dataclass
+class ProfileState:
+    entity: Entity
+    slot: int
+    current: TlsConfig | None = None
+    version: int = 0
+    fingerprint: str | None = None
+    cert_subject: str | None = None
+    cert_not_after: str | None = None
+    not_after_unix: int = 0
+    expired: bool = False
+    loaded_at: str | None = None
+    last_error: str | None = None
+    warnings: str = ""
+    reloads: int = 0
+    reload_failures: int = 0
+    loading: bool = False
+    dirty: bool = False
+    force: bool = False
+    published_ordinal: int = 0
+    watch_dirs: set[str] = field(default_factory=set)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    check_handle: asyncio.TimerHandle | None = None
+    last_change: float = 0.0
+
+
+Listener = Callable[[str], None]
+
+
+class TlsManager:
+    """Registry observer of sslProfile; owns the loader pool and the watcher."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        registry: Registry,
+        loop: asyncio.AbstractEventLoop,
+        loader_threads: int = 2,
+    ) -> None:
+        self._engine = engine
+        self._loop = loop
+        self._pool = ThreadPoolExecutor(max_workers=loader_threads, thread_name_prefix="tls-load")
+        self._profiles: dict[str, ProfileState] = {}
+        self._published: list[Listener] = []
+        try:
+            self._watcher: DirectoryWatcher | None = DirectoryWatcher(loop, self._dir_changed)
+        except InotifyUnavailable as e:
+            _log.warning(f"inotify unavailable ({e}); relying on the periodic check only")
+            self._watcher = None
+        self._closed = False
+        registry.subscribe("sslProfile", self)
+
+    # ------------------------------------------------------------ queries
+
+    def on_published(self, callback: Listener) -> None:
+        """callback(profile name) after each publication (adaptors open
+        listeners that waited for a first config)."""
+        self._published.append(callback)
+
+    def slot(self, name: str) -> int | None:
+        st = self._profiles.get(name)
+        return st.slot if st else None
+
+    def ready(self, name: str) -> bool:
+        st = self._profiles.get(name)
+        return bool(st and st.version > 0)
+
+    def error(self, name: str) -> str | None:
+        st = self._profiles.get(name)
+        return st.last_error if st else None
+
+    def profiles(self) -> Mapping[str, ProfileState]:
+        return self._profiles
+
+    async def settle(self, name: str | None = None) -> None:
+        """Waits until no load is running or queued (for one profile or all)."""
+        names = [name] if name else list(self._profiles)
+        for n in names:
+            st = self._profiles.get(n)
+            while st is not None and (st.loading or st.dirty):
+                fut: asyncio.Future[None] = self._loop.create_future()
+                st.waiters.append(fut)
+                await fut
+
+    # ------------------------------------------------------------ observer
+
+    def on_create(self, entity: Entity) -> None:
+        self._check(entity)
+        st = ProfileState(entity, self._engine.tls_slot())
+        self._profiles[entity.name] = st
+        self.reload(entity.name, force=True)
+        self._arm_check(st)
+
+    def on_update(self, old: Entity, new: Entity) -> None:
+        self._check(new)
+        st = self._profiles[old.name]
+        st.entity = new
+        a, b = old.attributes, new.attributes
+        if int(str(b.get("oldestValidOrdinal") or 0)) > int(str(a.get("oldestValidOrdinal") or 0)):
+            self._engine.tls_close_older(st.slot, int(str(b["oldestValidOrdinal"])))
+            _log.info(
+                f"sslProfile '{new.name}': closing connections older than ordinal "
+                f"{b['oldestValidOrdinal']}"
+            )
+        self._arm_check(st)
+        self.reload(new.name, force=True)
+
+    def on_delete(self, entity: Entity) -> None:
+        st = self._profiles.pop(entity.name, None)
+        if st is None:
+            return
+        if st.check_handle:
+            st.check_handle.cancel()
+        self._set_watches(st, set())
+        if not st.loading and st.current is not None:
+            # a running load reads `current` (trust-store reuse): _loaded frees it then
+            st.current.free()
+            st.current = None
+        # the slot keeps its last config for connections that pinned it; slots
+        # are not reused (a profile name gets a new one if created again)
+
+    def status(self, entity: Entity) -> Mapping[str, object]:
+        st = self._profiles.get(entity.name)
+        if st is None:
+            return {}
+        return {
+            "version": st.version,
+            "fingerprint": st.fingerprint,
+            "certSubject": st.cert_subject,
+            "certNotAfter": st.cert_not_after,
+            "loadedAt": st.loaded_at,
+            "lastError": st.last_error,
+            "reloads": st.reloads,
+            "reloadFailures": st.reload_failures,
+        }
+
+    @staticmethod
+    def _check(entity: Entity) -> None:
+        a = entity.attributes
+        ordinal = int(str(a.get("ordinal") or 0))
+        oldest = int(str(a.get("oldestValidOrdinal") or 0))
+        if ordinal < oldest:
+            raise ValueError(
+                f"sslProfile '{entity.name}': ordinal ({ordinal}) must be >= "
+                f"oldestValidOrdinal ({oldest})"
+            )
+        if bool(a.get("certFile")) != bool(a.get("privateKeyFile")):
+            raise ValueError(
+                f"sslProfile '{entity.name}': certFile and privateKeyFile must be given together"
+            )
+
+    # ------------------------------------------------------------ loading
+
+    def reload(self, name: str, force: bool = False) -> None:
+        """Schedules a load; a load already running for the profile is followed
+        by one more (never two at once for one profile)."""
+        st = self._profiles.get(name)
+        if st is None or self._closed:
+            return
+        if st.loading:
+            st.dirty = True
+            st.force = st.force or force
+            return
+        st.loading = True
+        a = st.entity.attributes
+        ordinal = int(str(a.get("ordinal") or 0))
+        if ordinal != st.published_ordinal:
+            force = True
+        material = _material(st.entity)
+        unchanged_if = None if force else st.fingerprint
+        previous = st.current
+        password_spec = a.get("password")
+        fut = self._loop.run_in_executor(
+            self._pool,
+            _load_blocking,
+            material,
+            password_spec if isinstance(password_spec, str) else None,
+            previous,
+            unchanged_if,
+        )
+        fut.add_done_callback(lambda f: self._loaded(name, st, f))
+
+    def _loaded(self, name: str, st: ProfileState, fut: asyncio.Future[_LoadOutcome]) -> None:
+        st.loading = False
+        try:
+            outcome = fut.result()
+        except Exception as e:  # noqa: BLE001 - a loader bug must not kill the profile
+            outcome = _LoadOutcome(None, _Display(None, None), set(), f"loader failed: {e!r}")
+        if self._profiles.get(name) is st and not self._closed:
+            self._apply(st, outcome)
+        elif st.current is not None:  # deleted while loading
+            st.current.free()
+            st.current = None
+        if st.dirty and not self._closed:
+            st.dirty = False
+            force, st.force = st.force, False
+            self.reload(name, force=force)
+            return
+        for w in st.waiters:
+            if not w.done():
+                w.set_result(None)
+        st.waiters.clear()
+
+    def _apply(self, st: ProfileState, outcome: _LoadOutcome) -> None:
+        name = st.entity.name
+        if outcome.watch_dirs:
+            self._set_watches(st, outcome.watch_dirs)
+        result = outcome.result
+        if result is None or not (result.ok or result.unchanged):
+            st.reload_failures += 1
+            reason = outcome.error or (result.error if result else "unknown error")
+            st.last_error = reason
+            kept = f"version {st.version} stays" if st.version else "nothing is published yet"
+            _log.error(f"sslProfile '{name}': reload failed, {kept}: {reason}")
+            return
+        if result.unchanged:
+            st.last_error = None
+            return
+        assert result.config is not None
+        version = self._engine.tls_publish(st.slot, result.config)
+        if st.current is not None:
+            st.current.free()
+        st.current = result.config
+        st.version = version
+        st.fingerprint = result.fingerprint
+        st.cert_subject = outcome.display.subject
+        st.cert_not_after = outcome.display.not_after
+        st.not_after_unix = result.not_after
+        st.expired = result.expired
+        st.loaded_at = datetime.now(UTC).isoformat()
+        st.last_error = None
+        st.warnings = result.warnings
+        st.published_ordinal = int(str(st.entity.attributes.get("ordinal") or 0))
+        st.reloads += 1
+        extra = f" (CA store reused, {result.reads} reads)" if result.ca_reused else ""
+        _log.info(
+            f"sslProfile '{name}': published version {version}, fingerprint "
+            f"{result.fingerprint[:16]}…{extra}"
+        )
+        if result.warnings:
+            _log.warning(f"sslProfile '{name}': {result.warnings}")
+        for callback in self._published:
+            callback(name)
+
+    # ------------------------------------------------------------ triggers
+
+    def _set_watches(self, st: ProfileState, dirs: set[str]) -> None:
+        if self._watcher is None:
+            return
+        for d in st.watch_dirs - dirs:
+            if not any(d in o.watch_dirs for o in self._profiles.values() if o is not st):
+                self._watcher.unwatch(d)
+        for d in dirs - st.watch_dirs:
+            try:
+                self._watcher.watch(d)
+            except OSError as e:
+                _log.warning(f"sslProfile '{st.entity.name}': {e}")
+        st.watch_dirs = set(dirs)
+
+    def _dir_changed(self, directory: str) -> None:
+        for name, st in list(self._profiles.items()):
+            if directory in st.watch_dirs:
+                self.reload(name)
+
+    def _arm_check(self, st: ProfileState) -> None:
+        if st.check_handle:
+            st.check_handle.cancel()
+            st.check_handle = None
+        interval = int(str(st.entity.attributes.get("checkIntervalSeconds") or 0))
+        if interval > 0 and not self._closed:
+            st.check_handle = self._loop.call_later(interval, self._periodic, st.entity.name)
+
+    def _periodic(self, name: str) -> None:
+        st = self._profiles.get(name)
+        if st is None:
+            return
+        if self._watcher is not None:
+            self._watcher.rearm()
+        self.reload(name)  # content hash: publishes only when the bytes changed
+        self._arm_check(st)
+
+    def close(self) -> None:
+        self._closed = True
+        for st in self._profiles.values():
+            if st.check_handle:
+                st.check_handle.cancel()
+            for w in st.waiters:
+                if not w.done():
+                    w.set_result(None)
+        if self._watcher is not None:
+            self._watcher.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _material(entity: Entity) -> TlsMaterial:
+    a = entity.attributes
+
+    def s(key: str) -> str | None:
+        v = a.get(key)
+        return str(v) if v not in (None, "") else None
+
+    return TlsMaterial(
+        cert_file=s("certFile"),
+        key_file=s("privateKeyFile"),
+        ca_file=s("caCertFile"),
+        ciphers=s("ciphers"),
+        protocols=s("protocols"),
+        ordinal=int(str(a.get("ordinal") or 0)),
+    )
+
+
+def _watch_dirs(material: TlsMaterial) -> set[str]:
+    """Directories of the files as named and as resolved (symlinks elsewhere)."""
+    dirs: set[str] = set()
+    for path in (material.cert_file, material.key_file, material.ca_file):
+        if not path:
+            continue
+        dirs.add(os.path.dirname(os.path.abspath(path)))
+        real = os.path.realpath(path)
+        if os.path.exists(real):
+            dirs.add(os.path.dirname(real))
+    return dirs
+
+
+def _load_blocking(
+    material: TlsMaterial,
+    password_spec: str | None,
+    previous: TlsConfig | None,
+    unchanged_if: str | None,
+) -> _LoadOutcome:
+    """Runs on a loader thread: may block on files (that is its job)."""
+    started = time.monotonic()
+    dirs = _watch_dirs(material)
+    try:
+        password = resolve_password(password_spec)
+    except PasswordError as e:
+        return _LoadOutcome(None, _Display(None, None), dirs, str(e))
+    full = TlsMaterial(
+        material.cert_file,
+        material.key_file,
+        material.ca_file,
+        password,
+        material.ciphers,
+        material.protocols,
+        material.ordinal,
+    )
+    result = tls_load(full, previous=previous, unchanged_if=unchanged_if)
+    display = _Display(None, None)
+    if result.ok and result.leaf_der:
+        try:
+            display = _display(result.leaf_der)
+        except (crypto.Error, ValueError) as e:
+            _log.warning(f"cannot display certificate details: {e}")
+    elapsed = time.monotonic() - started
+    if elapsed > 0.5:
+        _log.info(f"loading {material.cert_file or material.ca_file} took {elapsed:.2f} s")
+    return _LoadOutcome(result, display, dirs)

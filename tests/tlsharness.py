@@ -1,0 +1,129 @@
+"""In-process router pieces (engine, registry, TLS manager, TCP adaptor) on a
+uvloop loop for TLS tests, plus blocking TLS clients run in threads."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import uvloop
+
+from adaptors.tcp import TcpAdaptor
+from router.engine import Engine, EngineOptions
+from router.registry import Registry
+from router.tls import TlsManager
+
+T = TypeVar("T")
+
+
+class Router:
+    def __init__(self, loop: asyncio.AbstractEventLoop, workers: int = 2) -> None:
+        self.loop = loop
+        self.engine = Engine(EngineOptions(worker_threads=workers))
+        self.engine.attach(loop)
+        self.registry = Registry()
+        self.tls = TlsManager(self.engine, self.registry, loop)
+        self.tcp = TcpAdaptor(self.engine, self.registry, loop, self.tls)
+
+    def profile(self, name: str, **attrs: object) -> None:
+        self.registry.create("sslProfile", {"name": name, **attrs}, check_operation=False)
+
+    def update_profile(self, name: str, **attrs: object) -> None:
+        self.registry.update("sslProfile", name, attrs)
+
+    def status(self, name: str) -> dict[str, object]:
+        return self.registry.read("sslProfile", name)
+
+    def relay(
+        self,
+        name: str,
+        target_port: int,
+        profile: str | None = None,
+        authenticate_peer: bool = False,
+        connector_profile: str | None = None,
+        connector_host: str = "127.0.0.1",
+        verify_hostname: bool = True,
+    ) -> None:
+        lattrs: dict[str, object] = {
+            "name": name,
+            "host": "127.0.0.1",
+            "port": 0,
+            "address": name,
+            "authenticatePeer": authenticate_peer,
+        }
+        if profile:
+            lattrs["sslProfile"] = profile
+        cattrs: dict[str, object] = {
+            "name": name + "-c",
+            "host": connector_host,
+            "port": target_port,
+            "address": name,
+            "verifyHostname": verify_hostname,
+        }
+        if connector_profile:
+            cattrs["sslProfile"] = connector_profile
+        self.registry.create("tcpConnector", cattrs, check_operation=False)
+        self.registry.create("tcpListener", lattrs, check_operation=False)
+
+    def port(self, listener: str) -> int:
+        port = self.tcp.listener_port(listener)
+        assert port, f"tcpListener {listener} is not listening: {self.tcp.listener_error(listener)}"
+        return port
+
+    async def settle(self) -> None:
+        await self.tls.settle()
+        await self.tcp.settle()
+
+    def close(self) -> None:
+        self.tls.close()
+        self.tcp.close()
+        self.engine.stop()
+
+
+def run(body: Callable[[Router], Awaitable[T]], workers: int = 2) -> T:
+    async def main() -> T:
+        r = Router(asyncio.get_running_loop(), workers)
+        try:
+            return await body(r)
+        finally:
+            r.close()
+
+    return uvloop.run(main())
+
+
+def client_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.options |= ssl.OP_NO_TICKET  # no resumption: every handshake sees the live cert
+    if cert and key:
+        ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def fetch(port: int, ctx: ssl.SSLContext, payload: bytes = b"ping") -> tuple[str, bytes]:
+    """One TLS connection through the router to an echo server: returns the
+    server certificate's SHA-256 and the echoed payload."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            der = s.getpeercert(binary_form=True)
+            assert der is not None
+            s.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                data = s.recv(65536)
+                if not data:
+                    break
+                got += data
+            return hashlib.sha256(der).hexdigest(), got
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 10, what: str = "") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
