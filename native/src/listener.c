@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,7 +86,7 @@ static int parse_bind_addr(const char *host, int port, int family_any,
 }
 
 static int open_socket(const struct sockaddr_storage *ss, socklen_t len, int any6, int backlog,
-                       char *err, size_t errlen, const char *what)
+                       int keepalive, char *err, size_t errlen, const char *what)
 {
     int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -100,6 +101,10 @@ static int open_socket(const struct sockaddr_storage *ss, socklen_t len, int any
         close(fd);
         return -1;
     }
+    /* accepted sockets inherit these on Linux: no setsockopt per client */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (keepalive)
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
     if (bind(fd, (const struct sockaddr *)ss, len) != 0) {
         sk_set_err(err, errlen, "cannot bind %s: %s", what, strerror(errno));
         close(fd);
@@ -163,12 +168,12 @@ sk_listener *sk_listener_open(sk_engine *e, const sk_listener_options *opts, cha
     for (int i = 0; i < n; i++)
         fds[i] = -1;
     for (int i = 0; i < n; i++) {
-        fds[i] = open_socket(&ss, len, any6, backlog, err, errlen, what);
+        fds[i] = open_socket(&ss, len, any6, backlog, e->opts.keepalive, err, errlen, what);
         if (fds[i] < 0 && i == 0 && any6) {
             /* no IPv6 on this host: every IPv4 address instead */
             any6 = 0;
             parse_bind_addr("", opts->port, AF_INET, &ss, &len);
-            fds[i] = open_socket(&ss, len, 0, backlog, err, errlen, what);
+            fds[i] = open_socket(&ss, len, 0, backlog, e->opts.keepalive, err, errlen, what);
         }
         if (fds[i] < 0)
             goto fail;

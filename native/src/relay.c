@@ -671,8 +671,7 @@ void sk_conn_accepted(sk_worker *w, sk_listener *l, int fd, const struct sockadd
     pthread_mutex_unlock(&w->conn_lock);
     SK_ADD(&l->opened, 1);
     SK_ADD(&l->active, 1);
-    SK_ADD(&e->accepted, 1);
-    set_sockopts(e, fd);
+    SK_ADD(&e->accepted, 1); /* TCP_NODELAY, SO_KEEPALIVE: inherited from the listener */
     c->state = SK_C_OPEN;
     if (l->opts.app) {
         sk_app_accepted(w, c, l);
@@ -788,8 +787,11 @@ static bool flush(sk_worker *w, sk_conn *c)
             SSL_shutdown(c->ssl); /* close_notify, then FIN */
             ERR_clear_error();
         }
-        shutdown(c->fd, SHUT_WR); /* propagate the half-close */
         c->wr_shut = true;
+        /* when this ends the flow, close() sends the FIN: skip the syscall
+         * (both read sides saw EOF, so no unread data turns it into a RST) */
+        if (!flow_done(c))
+            shutdown(c->fd, SHUT_WR); /* propagate the half-close */
     }
     if (flow_done(c)) {
         sk_conn_close(w, c, false);

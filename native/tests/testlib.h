@@ -43,25 +43,28 @@ static _Atomic int tl_checks;
         }                                                                                \
     } while (0)
 
-/* Unsigned and signed integer comparisons printing both sides. */
-#define CHECK_OP_U(a, op, b)                                                             \
+/* Unsigned and signed integer comparisons printing both sides. The text of
+ * the operands is taken here, before any macro in them is expanded. */
+#define TL_CMP_U(a, op, b, sa, sb)                                                       \
     do {                                                                                 \
         atomic_fetch_add(&tl_checks, 1);                                                 \
         uint64_t tl_a_ = (uint64_t)(a), tl_b_ = (uint64_t)(b);                           \
         if (!(tl_a_ op tl_b_))                                                           \
-            TL_FAIL("%s %s %s (%" PRIu64 " vs %" PRIu64 ")", #a, #op, #b, tl_a_, tl_b_); \
+            TL_FAIL("%s %s %s (%" PRIu64 " vs %" PRIu64 ")", sa, #op, sb, tl_a_, tl_b_); \
     } while (0)
 
-#define CHECK_OP_I(a, op, b)                                                             \
+#define TL_CMP_I(a, op, b, sa, sb)                                                       \
     do {                                                                                 \
         atomic_fetch_add(&tl_checks, 1);                                                 \
         int64_t tl_a_ = (int64_t)(a), tl_b_ = (int64_t)(b);                              \
         if (!(tl_a_ op tl_b_))                                                           \
-            TL_FAIL("%s %s %s (%" PRId64 " vs %" PRId64 ")", #a, #op, #b, tl_a_, tl_b_); \
+            TL_FAIL("%s %s %s (%" PRId64 " vs %" PRId64 ")", sa, #op, sb, tl_a_, tl_b_); \
     } while (0)
 
-#define CHECK_EQ_U(a, b) CHECK_OP_U(a, ==, b)
-#define CHECK_EQ_I(a, b) CHECK_OP_I(a, ==, b)
+#define CHECK_OP_U(a, op, b) TL_CMP_U(a, op, b, #a, #b)
+#define CHECK_OP_I(a, op, b) TL_CMP_I(a, op, b, #a, #b)
+#define CHECK_EQ_U(a, b) TL_CMP_U(a, ==, b, #a, #b)
+#define CHECK_EQ_I(a, b) TL_CMP_I(a, ==, b, #a, #b)
 
 #define CHECK_STR_CONTAINS(hay, needle)                                                  \
     do {                                                                                 \
