@@ -11,7 +11,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.cli_extra import add_compare_parser, run_extra
+from bench.cli_extra import (
+    add_compare_parser,
+    add_target_options,
+    add_workload_parsers,
+    run_extra,
+    run_target_command,
+)
 from bench.report import format_table, write_json
 from bench.storm import SUBJECTS, StormConfig, run_storm
 
@@ -88,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     storm.add_argument("--pause", type=float, default=d.pause_s, help="seconds between rounds")
     storm.add_argument("--json", type=Path, default=None, help="write every figure here")
+    add_target_options(storm, storm=True)
     add_compare_parser(sub)
+    add_workload_parsers(sub)
     return parser
 
 
@@ -112,6 +120,8 @@ def storm_config(args: argparse.Namespace) -> StormConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "storm" and (args.target is not None or args.spawn):
+        return run_target_command(args, "storm")
     if args.command == "storm":
         try:
             cfg = storm_config(args)

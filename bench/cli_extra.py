@@ -15,7 +15,8 @@ from typing import Any
 
 from bench.compare import SUBJECTS, WORKLOADS, CompareConfig, format_compare, run_compare
 from bench.progress import Progress
-from bench.results import compare_json, write_result
+from bench.results import compare_json, envelope, write_result
+from bench.workloads import TargetConfig, format_target, run_target, target_json
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -85,9 +86,124 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def add_target_options(p: argparse.ArgumentParser, storm: bool = False) -> None:
+    """--target/--spawn and the scale options shared by storm, bulk, idle, mixed."""
+    p.add_argument(
+        "--target",
+        default=None,
+        metavar="HOST:PORT",
+        help="load this address (a relay of a bench echo/sink server, or one)",
+    )
+    p.add_argument(
+        "--spawn",
+        action="store_true",
+        help="start a local skiffd (generated config) with echo and sink servers",
+    )
+    if not storm:
+        p.add_argument("--workers", type=int, default=2, help="--spawn: skiffd workerThreads")
+        p.add_argument("--procs", type=int, default=2, help="client processes")
+        p.add_argument("--duration", type=float, default=5.0, help="seconds")
+        p.add_argument("--timeout", type=float, default=10.0)
+        p.add_argument("--source-addrs", type=int, default=253)
+    _common_once(p)
+
+
+def _common_once(p: argparse.ArgumentParser) -> None:
+    if not any("--quiet" in a.option_strings for a in p._actions):
+        p.add_argument("--quiet", action="store_true", help="no progress, only the result")
+
+
+def add_workload_parsers(sub: Any) -> None:
+    bulk = sub.add_parser("bulk", help="long streams, every byte verified by the sink")
+    add_target_options(bulk)
+    bulk.add_argument("--streams", type=int, default=1)
+    bulk.add_argument("--json", type=Path, default=None)
+    idle = sub.add_parser("idle", help="hold N idle relayed connections; router memory/conn")
+    add_target_options(idle)
+    idle.add_argument("--conns", type=int, default=2000)
+    idle.add_argument("--hold", type=float, default=1.0, help="seconds to hold them")
+    idle.add_argument("--json", type=Path, default=None)
+    mixed = sub.add_parser("mixed", help="bulk streams and a storm at once")
+    add_target_options(mixed)
+    mixed.add_argument(
+        "--bulk-target",
+        default=None,
+        metavar="HOST:PORT",
+        help="with --target: the sink side for the streams",
+    )
+    mixed.add_argument("--streams", type=int, default=2)
+    mixed.add_argument("--clients", type=int, default=100)
+    mixed.add_argument("--json", type=Path, default=None)
+    serve = sub.add_parser("serve", help="run the bench's echo and sink servers for --target")
+    serve.add_argument("--sink-port", type=int, default=0)
+    serve.add_argument("--duration", type=float, default=3600.0, help="stop after this long")
+
+
+def target_config(args: argparse.Namespace, workload: str) -> TargetConfig:
+    cfg = TargetConfig(
+        workload=workload,
+        target=args.target,
+        spawn=args.spawn,
+        workers=getattr(args, "workers", 2),
+        procs=getattr(args, "procs", 2),
+        timeout_s=getattr(args, "timeout", 10.0),
+        source_addrs=getattr(args, "source_addrs", 253),
+    )
+    if workload == "storm":
+        cfg.clients, cfg.count, cfg.duration_s = args.clients, args.count, args.duration
+    else:
+        cfg.duration_s = args.duration
+    cfg.streams = getattr(args, "streams", 1)
+    cfg.clients = getattr(args, "clients", cfg.clients)
+    cfg.idle_conns = getattr(args, "conns", cfg.idle_conns)
+    cfg.hold_s = getattr(args, "hold", cfg.hold_s)
+    cfg.bulk_target = getattr(args, "bulk_target", None)
+    return cfg
+
+
+def run_target_command(args: argparse.Namespace, workload: str) -> int:
+    try:
+        cfg = target_config(args, workload)
+        cfg.validate()
+    except ValueError as exc:
+        print(f"skiff-bench {workload}: {exc}", file=sys.stderr)
+        return 2
+    res = run_target(cfg, Progress.auto(args.quiet))
+    print(format_target(res))
+    if args.json is not None:
+        data = envelope(f"{workload}/1", sys.argv, {}, {}, res.ok)
+        data.update(target_json(res))
+        write_result(data, args.json)
+        print(f"wrote {args.json}")
+    return 0 if res.ok else 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import time
+
+    from bench.bulk import SinkServer
+    from bench.echo import EchoServer
+
+    with SinkServer.start(port=args.sink_port) as sink, EchoServer.start(1) as echo:
+        print(
+            f"echo 127.0.0.1:{echo.port}  sink 127.0.0.1:{sink.port}  "
+            f"(for {args.duration:g} s; Ctrl-C stops)",
+            flush=True,
+        )
+        try:
+            time.sleep(max(0.0, args.duration))
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is the normal way to stop serving
+    return 0
+
+
 def run_extra(args: argparse.Namespace) -> int:
     if args.command == "compare":
         return _run_compare(args)
+    if args.command in ("bulk", "idle", "mixed"):
+        return run_target_command(args, args.command)
+    if args.command == "serve":
+        return _serve(args)
     return 2
 
 

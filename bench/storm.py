@@ -297,10 +297,12 @@ async def _run_round(
     subject: Subject,
     index: int,
     pool: ClientPool,
-    echo: EchoServer,
-    probe: EngineSubject,
+    echo: EchoServer | None,
+    probe: EngineSubject | None,
     on_progress: Callable[[TimelinePoint], None] | None = None,
 ) -> RoundResult:
+    """One round against subject; probe and echo are None when the bench
+    does not own them (a --target run), and their figures are left empty."""
     loop = asyncio.get_running_loop()
     host, port = subject.address
     start_at = time.monotonic() + START_DELAY_S
@@ -324,9 +326,10 @@ async def _run_round(
         )
         for i in range(pool.size)
     ]
-    before: ProbeSnapshot = probe.snapshot()
-    probe.take_event_lateness()
-    echo_cpu0 = echo.cpu_s()
+    before: ProbeSnapshot | None = probe.snapshot() if probe is not None else None
+    if probe is not None:
+        probe.take_event_lateness()
+    echo_cpu0 = echo.cpu_s() if echo is not None else 0.0
     pool.submit(specs)
     limit = START_DELAY_S + cfg.round_cap_s() + cfg.timeout_s + COLLECT_SLACK_S
     timeline = Timeline(pool.size)
@@ -339,15 +342,19 @@ async def _run_round(
 
     # the loop keeps draining engine events while an executor thread waits
     parts = await loop.run_in_executor(None, pool.collect, limit, on_tick)
-    after = probe.snapshot()
+    if probe is not None and before is not None:
+        engine = window(probe.snapshot(), before)
+        event_lateness = probe.take_event_lateness()
+    else:
+        engine, event_lateness = {}, Histogram()
     result = RoundResult.combine(
         subject.name,
         index,
         start_at,
         parts,
-        echo.cpu_s() - echo_cpu0,
-        window(after, before),
-        probe.take_event_lateness(),
+        (echo.cpu_s() if echo is not None else 0.0) - echo_cpu0,
+        engine,
+        event_lateness,
     )
     result.timeline = timeline.points()
     return result
