@@ -134,6 +134,16 @@ def add_workload_parsers(sub: Any) -> None:
     mixed.add_argument("--streams", type=int, default=2)
     mixed.add_argument("--clients", type=int, default=100)
     mixed.add_argument("--json", type=Path, default=None)
+    report = sub.add_parser("report", help="draw PNG plots from result JSON files")
+    report.add_argument("results", type=Path, nargs="+", metavar="RESULT.json")
+    report.add_argument("--out", type=Path, default=Path("bench-plots"), help="directory")
+    report.add_argument(
+        "--small-bars",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="also write a small compare bar chart here (for the README)",
+    )
     serve = sub.add_parser("serve", help="run the bench's echo and sink servers for --target")
     serve.add_argument("--sink-port", type=int, default=0)
     serve.add_argument("--duration", type=float, default=3600.0, help="stop after this long")
@@ -178,6 +188,25 @@ def run_target_command(args: argparse.Namespace, workload: str) -> int:
     return 0 if res.ok else 1
 
 
+def _report(args: argparse.Namespace) -> int:
+    from bench.plots import draw, plot_compare_bars
+
+    for path in args.results:
+        if not path.is_file():
+            print(f"skiff-bench report: no such file {path}", file=sys.stderr)
+            return 2
+    for path in draw(args.results, args.out):
+        print(f"wrote {path}")
+    if args.small_bars is not None:
+        data = load(args.results[0])
+        if "summary" not in data:
+            print("skiff-bench report: --small-bars needs a compare result", file=sys.stderr)
+            return 2
+        plot_compare_bars(data, args.small_bars, small=True)
+        print(f"wrote {args.small_bars}")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import time
 
@@ -204,6 +233,8 @@ def run_extra(args: argparse.Namespace) -> int:
         return run_target_command(args, args.command)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "report":
+        return _report(args)
     return 2
 
 

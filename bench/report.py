@@ -67,6 +67,7 @@ def _round_dict(r: RoundResult) -> dict[str, Any]:
             "timer_event_lateness_us": r.event_lateness_ns.summary(1e3),
         },
         "error_samples": r.error_samples,
+        "timeline": r.timeline,
     }
 
 
