@@ -332,8 +332,8 @@ class AmqpConnection:
                 self._on_event(event)
             finally:
                 collector.pop()
-        pending = transport.pending()
-        if pending > 0:
+        # proton hands its output out in buffer-sized pieces of whole frames
+        while (pending := transport.pending()) > 0:
             out = transport.peek(pending)
             transport.pop(pending)
             if out:

@@ -120,7 +120,7 @@ def _one(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     try:
         client = ManagementClient.from_args(args)
     except (ConnectionException, Timeout, OSError) as e:
