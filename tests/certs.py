@@ -32,7 +32,7 @@ def _name(cn: str) -> x509.Name:
 class CertAuthority:
     def __init__(self, cn: str = "Skiff Test CA") -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.cert = (
             x509.CertificateBuilder()
             .subject_name(_name(cn))
@@ -55,7 +55,7 @@ class CertAuthority:
         password: bytes | None = None,
     ) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
         start = now - datetime.timedelta(days=1)

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from certs import Issued, CertAuthority, write
+from certs import CertAuthority, Issued, write
 from servers import ThreadedServer, echo
 from tlsharness import Router, client_context, fetch, run, wait_until
 
-from router.engine import EventType, PRIO_HIGH, TlsMaterial, tls_load
+from router.engine import PRIO_HIGH, EventType, TlsMaterial, tls_load
 
 
 def fp(issued: Issued) -> str:

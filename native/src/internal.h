@@ -369,6 +369,8 @@ struct sk_tls_config {
 };
 
 sk_tls_config *sk_tls_current(sk_worker *w, int slot);
+/* SSL info callback (relay.c): notes a received close_notify. */
+void sk_tls_info_cb(const SSL *ssl, int where, int ret);
 
 struct sk_conn {
     sk_handle h;
@@ -396,6 +398,7 @@ struct sk_conn {
     bool tls_rd_wants_out; /* SSL_read needs the socket writable */
     bool tls_wr_wants_in;  /* SSL_write needs the socket readable */
     bool tls_done;         /* handshake finished */
+    bool tls_close_notify; /* the peer's close_notify alert arrived */
     bool in_ready;         /* on the worker's ready list */
     sk_conn *ready_next;
     char *peer_subject;

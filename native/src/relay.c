@@ -385,11 +385,21 @@ static bool tls_attach(sk_worker *w, sk_conn *c, int slot, bool server)
     pthread_mutex_unlock(&w->conn_lock);
     c->ssl = ssl;
     c->tls_slot = slot;
+    SSL_set_app_data(ssl, c);
     if (server)
         SSL_set_accept_state(ssl);
     else
         SSL_set_connect_state(ssl);
     return true;
+}
+
+void sk_tls_info_cb(const SSL *ssl, int where, int ret)
+{
+    if ((where & SSL_CB_READ_ALERT) && (ret & 0xff) == SSL3_AD_CLOSE_NOTIFY) {
+        sk_conn *c = SSL_get_app_data(ssl);
+        if (c)
+            c->tls_close_notify = true;
+    }
 }
 
 static void tls_record_peer(sk_worker *w, sk_conn *c)
@@ -472,8 +482,9 @@ static ssize_t io_recv(sk_worker *w, sk_conn *c, void *buf, size_t len)
         c->tls_rd_wants_out = true;
         return -1;
     case SSL_ERROR_ZERO_RETURN:
-        /* with SSL_OP_IGNORE_UNEXPECTED_EOF a bare TCP close lands here too */
-        if (!(SSL_get_shutdown(c->ssl) & SSL_RECEIVED_SHUTDOWN))
+        /* with SSL_OP_IGNORE_UNEXPECTED_EOF a bare TCP close lands here too,
+         * looking like close_notify: only the alert callback tells them apart */
+        if (!c->tls_close_notify)
             SK_ADD(&w->engine->tls_unexpected_eof, 1);
         return 0;
     default:

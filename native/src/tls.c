@@ -321,6 +321,7 @@ static SSL_CTX *make_ctx(const SSL_METHOD *method, const sk_tls_load_params *p, 
                                  SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_info_callback(ctx, sk_tls_info_cb);
     SSL_CTX_set_min_proto_version(ctx, min);
     SSL_CTX_set_max_proto_version(ctx, max);
     if (p->ciphers && *p->ciphers) {
