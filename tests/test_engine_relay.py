@@ -253,9 +253,7 @@ def test_all_targets_dead_closes_client(engine: Engine) -> None:
     s1, p1 = refusing_port()
     s2, p2 = refusing_port()
     t1, t2 = engine.target(), engine.target()
-    engine.publish_routes(
-        {0: [RouteTarget(t1, "127.0.0.1", p1), RouteTarget(t2, "127.0.0.1", p2)]}
-    )
+    engine.publish_routes({0: [RouteTarget(t1, "127.0.0.1", p1), RouteTarget(t2, "127.0.0.1", p2)]})
     listener = engine.listen("127.0.0.1", 0)
     c = socket.create_connection(("127.0.0.1", listener.port))
     c.settimeout(10)

@@ -58,8 +58,10 @@ def test_cancel_after_one_shot_fired(engine: Engine) -> None:
     engine.timer_cancel(tid)
     seen: list = []  # type: ignore[type-arg]
     wait_for(
-        lambda: bool(seen.extend(engine.drain()))
-        or any(e.type == EventType.TIMER_CANCELLED for e in seen),
+        lambda: (
+            bool(seen.extend(engine.drain()))
+            or any(e.type == EventType.TIMER_CANCELLED for e in seen)
+        ),
         what="TIMER_CANCELLED",
     )
     assert [e.a for e in seen if e.type == EventType.TIMER_CANCELLED] == [0]

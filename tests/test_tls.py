@@ -195,8 +195,10 @@ def test_file_rewrites_are_picked_up_without_management(pki: tuple[CertAuthority
 
         # invalid PEM: last good version stays, the error names the file
         write(d / "cert.pem", b"not a certificate\n")
-        await wait_until(lambda: r.status("p")["reloadFailures"] != 1 and
-                         r.status("p")["lastError"] is not None, what="failure")
+        await wait_until(
+            lambda: r.status("p")["reloadFailures"] != 1 and r.status("p")["lastError"] is not None,
+            what="failure",
+        )
         assert f"certFile {d}/cert.pem" in str(r.status("p")["lastError"])
         assert (await asyncio.to_thread(fetch, port, ctx))[0] == fp(c)
         # deleted file

@@ -22,7 +22,9 @@ CURL = shutil.which("curl")
 needs_openssl = pytest.mark.skipif(
     OPENSSL is None, reason="openssl is not installed (make test installs it)"
 )
-needs_curl = pytest.mark.skipif(CURL is None, reason="curl is not installed (make test installs it)")
+needs_curl = pytest.mark.skipif(
+    CURL is None, reason="curl is not installed (make test installs it)"
+)
 
 
 @pytest.fixture
@@ -78,15 +80,28 @@ def test_curl_with_client_certificate(pki: Path, http_backend: int) -> None:
         assert CURL is not None
         url = f"https://localhost:{port}/hello.txt"
         ok = subprocess.run(
-            [CURL, "-sS", "--max-time", "20", "--cacert", f"{pki}/ca.pem",
-             "--cert", f"{pki}/client.pem", "--key", f"{pki}/client.key", url],
-            capture_output=True, text=True,
+            [
+                CURL,
+                "-sS",
+                "--max-time",
+                "20",
+                "--cacert",
+                f"{pki}/ca.pem",
+                "--cert",
+                f"{pki}/client.pem",
+                "--key",
+                f"{pki}/client.key",
+                url,
+            ],
+            capture_output=True,
+            text=True,
         )
         assert ok.returncode == 0, ok.stderr
         assert ok.stdout == "hello over tls\n"
         refused = subprocess.run(
             [CURL, "-sS", "--max-time", "20", "--cacert", f"{pki}/ca.pem", url],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         assert refused.returncode != 0  # no client certificate: handshake refused
     finally:
@@ -117,10 +132,23 @@ def test_openssl_s_client(pki: Path) -> None:
         assert OPENSSL is not None
         for proto in ("-tls1_2", "-tls1_3"):
             out = subprocess.run(
-                [OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", proto,
-                 "-CAfile", f"{pki}/ca.pem", "-verify_return_error", "-servername", "localhost",
-                 "-ign_eof"],
-                input="echo me\n", capture_output=True, text=True, timeout=30,
+                [
+                    OPENSSL,
+                    "s_client",
+                    "-connect",
+                    f"127.0.0.1:{port}",
+                    proto,
+                    "-CAfile",
+                    f"{pki}/ca.pem",
+                    "-verify_return_error",
+                    "-servername",
+                    "localhost",
+                    "-ign_eof",
+                ],
+                input="echo me\n",
+                capture_output=True,
+                text=True,
+                timeout=30,
             )
             assert out.returncode == 0, out.stderr
             assert "Verify return code: 0 (ok)" in out.stdout
@@ -136,9 +164,20 @@ def test_tls_connector_to_openssl_s_server(pki: Path) -> None:
     assert OPENSSL is not None
     sport = free_port()
     server = subprocess.Popen(
-        [OPENSSL, "s_server", "-accept", f"127.0.0.1:{sport}", "-cert", f"{pki}/backend.pem",
-         "-key", f"{pki}/backend.key", "-rev"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        [
+            OPENSSL,
+            "s_server",
+            "-accept",
+            f"127.0.0.1:{sport}",
+            "-cert",
+            f"{pki}/backend.pem",
+            "-key",
+            f"{pki}/backend.key",
+            "-rev",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
     )
     try:
         wait_for_port(sport)
@@ -190,8 +229,12 @@ def test_unexpected_eof_is_counted_and_other_direction_kept(pki: Path) -> None:
     async def body(r: Router) -> None:
         import asyncio
 
-        r.profile("tls", caCertFile=f"{pki}/ca.pem", certFile=f"{pki}/server.pem",
-                  privateKeyFile=f"{pki}/server.key")
+        r.profile(
+            "tls",
+            caCertFile=f"{pki}/ca.pem",
+            certFile=f"{pki}/server.pem",
+            privateKeyFile=f"{pki}/server.key",
+        )
         r.relay("svc", backend.port, profile="tls")
         await r.settle()
         ctx = ssl.create_default_context(cafile=f"{pki}/ca.pem")
