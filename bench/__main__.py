@@ -17,6 +17,7 @@ from bench.cli_extra import (
     add_workload_parsers,
     run_extra,
     run_target_command,
+    run_tls,
 )
 from bench.report import format_table, write_json
 from bench.storm import SUBJECTS, StormConfig, run_storm
@@ -94,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     storm.add_argument("--pause", type=float, default=d.pause_s, help="seconds between rounds")
     storm.add_argument("--json", type=Path, default=None, help="write every figure here")
+    storm.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS handshake storm against the engine's TLS listener (see also rotate)",
+    )
     add_target_options(storm, storm=True)
     add_compare_parser(sub)
     add_workload_parsers(sub)
@@ -120,6 +126,10 @@ def storm_config(args: argparse.Namespace) -> StormConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "storm" and args.tls:
+        if args.duration is None:
+            args.duration = 5.0
+        return run_tls(args, None)
     if args.command == "storm" and (args.target is not None or args.spawn):
         return run_target_command(args, "storm")
     if args.command == "storm":

@@ -134,6 +134,24 @@ def add_workload_parsers(sub: Any) -> None:
     mixed.add_argument("--streams", type=int, default=2)
     mixed.add_argument("--clients", type=int, default=100)
     mixed.add_argument("--json", type=Path, default=None)
+    rot = sub.add_parser(
+        "rotate",
+        help="TLS storm on the engine while certificates are rewritten and republished",
+    )
+    rot.add_argument("--clients", type=int, default=100)
+    rot.add_argument("--duration", type=float, default=5.0)
+    rot.add_argument("--procs", type=int, default=2)
+    rot.add_argument("--workers", type=int, default=2)
+    rot.add_argument("--interval", type=float, default=0.1, help="seconds between rotations")
+    rot.add_argument(
+        "--slow-every",
+        type=int,
+        default=10,
+        help="every Nth load blocks the loader first (0: never)",
+    )
+    rot.add_argument("--slow", type=float, default=0.2, help="seconds the slow load blocks")
+    rot.add_argument("--json", type=Path, default=None)
+    rot.add_argument("--quiet", action="store_true")
     report = sub.add_parser("report", help="draw PNG plots from result JSON files")
     report.add_argument("results", type=Path, nargs="+", metavar="RESULT.json")
     report.add_argument("--out", type=Path, default=Path("bench-plots"), help="directory")
@@ -188,6 +206,34 @@ def run_target_command(args: argparse.Namespace, workload: str) -> int:
     return 0 if res.ok else 1
 
 
+def run_tls(args: argparse.Namespace, interval: float | None) -> int:
+    """rotate, or storm --tls (interval None: no rotation)."""
+    from bench.rotate import RotateConfig, format_rotate, rotate_json, run_rotate
+
+    cfg = RotateConfig(
+        clients=args.clients,
+        duration_s=args.duration,
+        procs=args.procs,
+        workers=args.workers,
+        interval_s=interval,
+        slow_every=getattr(args, "slow_every", 10),
+        slow_s=getattr(args, "slow", 0.2),
+    )
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        print(f"skiff-bench: {exc}", file=sys.stderr)
+        return 2
+    res = run_rotate(cfg, Progress.auto(args.quiet))
+    print(format_rotate(res))
+    if args.json is not None:
+        data = envelope("rotate/1" if interval else "storm-tls/1", sys.argv, {}, {}, res.ok)
+        data.update(rotate_json(res))
+        write_result(data, args.json)
+        print(f"wrote {args.json}")
+    return 0 if res.ok else 1
+
+
 def _report(args: argparse.Namespace) -> int:
     from bench.plots import draw, plot_compare_bars
 
@@ -235,6 +281,8 @@ def run_extra(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "rotate":
+        return run_tls(args, args.interval)
     return 2
 
 

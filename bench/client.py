@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import errno
+import hashlib
 import multiprocessing as mp
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ class Outcome(enum.Enum):
     CLOSED_EARLY = "closed_early"
     WRONG_ECHO = "wrong_echo"
     TIMEOUT = "timeouts"
+    TLS_ERROR = "tls_errors"
 
 
 FAILURE_KINDS: tuple[str, ...] = tuple(o.value for o in Outcome if o is not Outcome.OK)
@@ -76,6 +79,8 @@ class RunSpec:
     source_addrs: int  # 127.0.0.x addresses to rotate over; 0 = kernel's choice
     source_offset: int  # where this process starts in the rotation
     seq_base: int  # first payload sequence number of this process
+    tls_ca_file: str | None = None  # TLS: trust this CA, verify "localhost"
+    tls_fingerprints: bool = False  # TLS: note when each server certificate is first seen
 
 
 @dataclass(slots=True)
@@ -89,6 +94,8 @@ class ClientResult:
     ended: float = 0.0
     cpu_s: float = 0.0
     error_samples: list[str] = field(default_factory=list)
+    # TLS: server certificate SHA-256 -> time.monotonic() of its first handshake
+    first_seen: dict[str, float] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -119,14 +126,24 @@ class Tick:
 class _EchoCheck(asyncio.Protocol):
     """Sends the payload on connect and resolves done with the outcome."""
 
-    __slots__ = ("_buf", "_done", "_payload")
+    __slots__ = ("_buf", "_done", "_payload", "_seen")
 
-    def __init__(self, payload: bytes, done: asyncio.Future[Outcome]) -> None:
+    def __init__(
+        self, payload: bytes, done: asyncio.Future[Outcome], seen: dict[str, float] | None = None
+    ) -> None:
         self._payload = payload
         self._done = done
         self._buf = b""
+        self._seen = seen
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._seen is not None:
+            obj = transport.get_extra_info("ssl_object")
+            der = obj.getpeercert(binary_form=True) if obj is not None else None
+            if der:
+                fp = hashlib.sha256(der).hexdigest()
+                if fp not in self._seen:
+                    self._seen[fp] = time.monotonic()
         # uvloop's transports are not asyncio.Transport subclasses
         cast(asyncio.Transport, transport).write(self._payload)
 
@@ -160,6 +177,13 @@ class _Storm:
         )
         self.remaining = spec.count if spec.count is not None else -1
         self.next_seq = 0
+        self.ssl: ssl.SSLContext | None = None
+        if spec.tls_ca_file is not None:
+            # a fresh handshake per connection: asyncio never resumes a session
+            # unless given one, and tickets are not kept
+            self.ssl = ssl.create_default_context(cafile=spec.tls_ca_file)
+            self.ssl.options |= ssl.OP_NO_TICKET
+        self.seen = self.result.first_seen if spec.tls_fingerprints else None
 
     def claim(self) -> int | None:
         """The next connection's sequence number, or None when the round is over."""
@@ -191,11 +215,16 @@ class _Storm:
                 async with asyncio.timeout(spec.timeout_s):
                     try:
                         transport, _ = await loop.create_connection(
-                            partial(_EchoCheck, payload, done),
+                            partial(_EchoCheck, payload, done, self.seen),
                             spec.host,
                             spec.port,
                             local_addr=local,
+                            ssl=self.ssl,
+                            server_hostname="localhost" if self.ssl is not None else None,
                         )
+                    except ssl.SSLError as exc:
+                        detail = f"{type(exc).__name__}: {exc}"
+                        outcome = Outcome.TLS_ERROR
                     except OSError as exc:
                         detail = f"{type(exc).__name__}: {exc}"
                         outcome = (

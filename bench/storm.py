@@ -12,7 +12,7 @@ import asyncio
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,8 @@ class StormConfig:
     corrupt_echo: bool = False
     timer_period_s: float = 0.01
     pause_s: float = 0.5
+    tls_ca_file: str | None = None  # TLS clients trusting this CA (engine TLS listener)
+    tls_fingerprints: bool = False  # note when each server certificate is first seen
 
     def round_cap_s(self) -> float:
         return self.duration_s if self.count is None else COUNT_MODE_CAP_S
@@ -150,6 +152,15 @@ class Timeline:
             return [p.as_dict() for p in sorted(done, key=lambda p: p.t_s)]
 
 
+def _earliest(maps: Iterable[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for m in maps:
+        for k, t in m.items():
+            if k not in out or t < out[k]:
+                out[k] = t
+    return out
+
+
 @dataclass(slots=True)
 class RoundResult:
     """One subject's round: client-side counts plus the engine's window."""
@@ -167,6 +178,7 @@ class RoundResult:
     error_samples: list[str]
     proc_cpu_s: list[float] = field(default_factory=list)  # per client process
     timeline: list[dict[str, float]] = field(default_factory=list)  # per TICK_S
+    first_seen: dict[str, float] = field(default_factory=dict)  # TLS cert -> first use
 
     @property
     def failed(self) -> int:
@@ -211,6 +223,7 @@ class RoundResult:
             event_lateness_ns=event_lateness_ns,
             error_samples=samples,
             proc_cpu_s=[p.cpu_s for p in parts],
+            first_seen=_earliest(p.first_seen for p in parts),
         )
 
 
@@ -323,6 +336,8 @@ async def _run_round(
             source_addrs=cfg.source_addrs,
             source_offset=i * stride,
             seq_base=(index * pool.size + i) << 40,
+            tls_ca_file=cfg.tls_ca_file,
+            tls_fingerprints=cfg.tls_fingerprints,
         )
         for i in range(pool.size)
     ]
