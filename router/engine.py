@@ -118,6 +118,28 @@ class ConnInfo:
     tls_version: int
     tls_ordinal: int
     peer_subject: str
+    tls_protocol: str = ""
+    tls_cipher: str = ""
+
+
+def _conn_info(c: Any) -> ConnInfo:
+    return ConnInfo(
+        c.id,
+        c.listener_id,
+        c.target_id,
+        c.worker,
+        bool(c.app),
+        _str(c.peer),
+        _str(c.target),
+        c.bytes_in,
+        c.bytes_out,
+        c.opened_ns,
+        c.tls_version,
+        c.tls_ordinal,
+        _str(c.peer_subject),
+        _str(c.tls_protocol),
+        _str(c.tls_cipher),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,6 +494,7 @@ class Engine:
         user_id: int | None = None,
         tls_slot: int = -1,
         authenticate_peer: bool = False,
+        tls_optional: bool = False,
     ) -> Listener:
         """Binds host:port (numeric; "" = every address) and accepts on every worker."""
         opts = ffi.new("sk_listener_options *")
@@ -485,6 +508,7 @@ class Engine:
         opts.max_connections = max_connections
         opts.tls_slot = tls_slot
         opts.authenticate_peer = int(authenticate_peer)
+        opts.tls_optional = int(tls_optional)
         uid = self.new_user_id() if user_id is None else user_id
         opts.user_id = uid
         err = _err()
@@ -595,27 +619,14 @@ class Engine:
     def connections(self, limit: int = 10000) -> list[ConnInfo]:
         buf = ffi.new("sk_conn_info[]", max(1, limit))
         total = int(lib.sk_engine_list_connections(self._ptr, buf, limit))
-        out = []
-        for i in range(min(total, limit)):
-            c = buf[i]
-            out.append(
-                ConnInfo(
-                    c.id,
-                    c.listener_id,
-                    c.target_id,
-                    c.worker,
-                    bool(c.app),
-                    _str(c.peer),
-                    _str(c.target),
-                    c.bytes_in,
-                    c.bytes_out,
-                    c.opened_ns,
-                    c.tls_version,
-                    c.tls_ordinal,
-                    _str(c.peer_subject),
-                )
-            )
-        return out
+        return [_conn_info(buf[i]) for i in range(min(total, limit))]
+
+    def conn_info(self, conn_id: int) -> ConnInfo | None:
+        """One connection (e.g. of SK_EV_APP_OPEN), or None once it is gone."""
+        out = ffi.new("sk_conn_info *")
+        if lib.sk_engine_conn_info(self._ptr, conn_id, out) != 0:
+            return None
+        return _conn_info(out)
 
     # ------------------------------------------------------------ app conns
 

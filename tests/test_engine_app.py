@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 from servers import recv_exact, wait_for
 
@@ -96,3 +97,60 @@ def test_app_unknown_id(engine: Engine) -> None:
         engine.app_write(12345, b"x")
     with pytest.raises(EngineError):
         engine.app_read(12345)
+
+
+def test_app_connections_over_optional_tls(engine: Engine, tmp_path: Path) -> None:
+    import ssl
+
+    from certs import CertAuthority, write
+
+    from router.engine import TlsMaterial, tls_load
+
+    ca = CertAuthority()
+    server, client = ca.issue("mgmt"), ca.issue("operator", dns=(), ips=())
+    for name, data in {
+        "ca.pem": ca.pem,
+        "s.pem": server.cert_pem,
+        "s.key": server.key_pem,
+        "c.pem": client.cert_pem,
+        "c.key": client.key_pem,
+    }.items():
+        write(tmp_path / name, data)
+    loaded = tls_load(
+        TlsMaterial(str(tmp_path / "s.pem"), str(tmp_path / "s.key"), str(tmp_path / "ca.pem"))
+    )
+    assert loaded.ok and loaded.config is not None
+    slot = engine.tls_slot()
+    engine.tls_publish(slot, loaded.config)
+    listener = engine.listen(
+        "127.0.0.1", 0, app=True, tls_slot=slot, tls_optional=True, authenticate_peer=True
+    )
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    ctx.load_cert_chain(str(tmp_path / "c.pem"), str(tmp_path / "c.key"))
+
+    for use_tls in (True, False):
+        raw = socket.create_connection(("127.0.0.1", listener.port))
+        conn = ctx.wrap_socket(raw, server_hostname="localhost") if use_tls else raw
+        # optional TLS is decided on the client's first byte: AMQP clients speak first
+        conn.sendall(b"AMQP")
+        seen: list[Event] = []
+        cid = wait_events(engine, seen, EventType.APP_OPEN).id
+        info = engine.conn_info(cid)
+        assert info is not None
+        if use_tls:
+            assert info.tls_protocol == "TLSv1.3" and info.tls_cipher
+            assert info.tls_version == 1 and info.peer_subject == "/CN=operator"
+        else:
+            assert info.tls_protocol == "" and info.tls_version == 0
+        assert _read_exactly(engine, cid, 4) == b"AMQP"
+        engine.app_write(cid, b"reply")
+        assert recv_exact(conn, 5) == b"reply"
+        engine.app_close(cid)
+        conn.close()
+        wait_events(engine, seen, EventType.APP_CLOSED)
+
+
+def _read_exactly(engine: Engine, cid: int, n: int) -> bytes:
+    got = bytearray()
+    wait_for(lambda: bool(got.extend(engine.app_read(cid) or b"")) or len(got) >= n)
+    return bytes(got)

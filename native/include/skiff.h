@@ -178,6 +178,9 @@ typedef struct sk_listener_options {
     uint64_t user_id;      /* echoed in events */
     int tls_slot;          /* -1: plain TCP; else terminate TLS with that slot's config */
     int authenticate_peer; /* TLS: require a client certificate the CA file trusts */
+    int tls_optional;      /* TLS: a client whose first byte is not a TLS record
+                              stays plain (management listeners without requireSsl);
+                              decided when that byte arrives: the client speaks first */
 } sk_listener_options;
 
 void sk_listener_options_init(sk_listener_options *opts);
@@ -247,11 +250,16 @@ typedef struct sk_conn_info {
     uint64_t tls_version;   /* pinned TLS config version, 0 = plain */
     uint64_t tls_ordinal;
     char peer_subject[128]; /* peer certificate subject, "" if none */
+    char tls_protocol[16];  /* e.g. "TLSv1.3", "" if plain */
+    char tls_cipher[64];
 } sk_conn_info;
 
 /* Fills up to max entries; returns how many connections there are in all
  * (may exceed max). */
 int sk_engine_list_connections(sk_engine *e, sk_conn_info *out, int max);
+
+/* One connection by id (as in SK_EV_APP_OPEN): 0, or -1 when unknown. */
+int sk_engine_conn_info(sk_engine *e, uint64_t conn_id, sk_conn_info *out);
 
 /* ------------------------------------------------ connections to Python */
 

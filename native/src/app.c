@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <openssl/ssl.h>
 #include <unistd.h>
 
 #define SK_APP_BUCKETS 256
@@ -130,6 +131,14 @@ static void app_interest(sk_worker *w, sk_conn *c)
         ev |= EPOLLIN;
     if (a->woff < a->wlen)
         ev |= EPOLLOUT;
+    if (c->ssl) {
+        if (c->tls_rd_wants_out)
+            ev |= EPOLLOUT;
+        if (c->tls_wr_wants_in)
+            ev |= EPOLLIN;
+        if ((ev & EPOLLIN) && !c->rd_eof && !paused && SSL_pending(c->ssl) > 0)
+            sk_ready_push(w, c);
+    }
     sk_conn_set_interest(w, c, ev);
 }
 
@@ -147,9 +156,12 @@ void sk_app_conn_readable(sk_worker *w, sk_conn *c)
         app_interest(w, c);
         return;
     }
-    ssize_t n = recv(c->fd, tmp, space < sizeof tmp ? space : sizeof tmp, 0);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+    ssize_t n = sk_io_recv(w, c, tmp, space < sizeof tmp ? space : sizeof tmp);
+    if (n == -1) {
+        if (c->ssl)
+            app_interest(w, c); /* SSL_read may want the socket writable */
         return;
+    }
     if (n < 0) {
         sk_conn_close(w, c, true);
         return;
@@ -211,7 +223,7 @@ static bool pump(sk_worker *w, sk_conn *c)
             }
         }
         while (a->woff < a->wlen) {
-            ssize_t n = send(c->fd, a->wbuf + a->woff, a->wlen - a->woff, MSG_NOSIGNAL);
+            ssize_t n = sk_io_send(c, a->wbuf + a->woff, a->wlen - a->woff);
             if (n > 0) {
                 a->woff += (size_t)n;
                 a->last_write_ns = sk_now_ns();
@@ -220,7 +232,7 @@ static bool pump(sk_worker *w, sk_conn *c)
                     SK_ADD(&c->listener->bytes_out, (uint64_t)n);
                 continue;
             }
-            if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            if (n == -1)
                 return true;
             sk_conn_close(w, c, true);
             return false;

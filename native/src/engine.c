@@ -804,6 +804,26 @@ static void fill_info(const sk_conn *c, sk_conn_info *ci)
     }
     if (c->peer_subject)
         snprintf(ci->peer_subject, sizeof ci->peer_subject, "%s", c->peer_subject);
+    if (t && t->tls_proto)
+        snprintf(ci->tls_protocol, sizeof ci->tls_protocol, "%s", t->tls_proto);
+    if (t && t->tls_cipher)
+        snprintf(ci->tls_cipher, sizeof ci->tls_cipher, "%s", t->tls_cipher);
+}
+
+int sk_engine_conn_info(sk_engine *e, uint64_t conn_id, sk_conn_info *out)
+{
+    for (int i = 0; i < e->nworkers; i++) {
+        sk_worker *w = &e->workers[i];
+        pthread_mutex_lock(&w->conn_lock);
+        for (sk_conn *c = w->conns; c; c = c->next)
+            if (c->id == conn_id) {
+                fill_info(c, out);
+                pthread_mutex_unlock(&w->conn_lock);
+                return 0;
+            }
+        pthread_mutex_unlock(&w->conn_lock);
+    }
+    return -1;
 }
 
 int sk_engine_list_connections(sk_engine *e, sk_conn_info *out, int max)

@@ -399,6 +399,9 @@ struct sk_conn {
     bool tls_wr_wants_in;  /* SSL_write needs the socket readable */
     bool tls_done;         /* handshake finished */
     bool tls_close_notify; /* the peer's close_notify alert arrived */
+    bool tls_sniff;        /* optional TLS: decide from the first byte */
+    const char *tls_proto; /* static strings of OpenSSL, set once the handshake is done */
+    const char *tls_cipher;
     bool in_ready;         /* on the worker's ready list */
     sk_conn *ready_next;
     char *peer_subject;
@@ -421,6 +424,10 @@ void sk_conn_close(sk_worker *w, sk_conn *c, bool abortive);
 void sk_conn_free(sk_worker *w, sk_conn *c);
 void sk_conn_set_interest(sk_worker *w, sk_conn *c, uint32_t events);
 void sk_worker_run_ready(sk_worker *w);
+/* Plain or TLS I/O: >0 bytes, 0 end of stream (recv), -1 try later, -2 error. */
+ssize_t sk_io_recv(sk_worker *w, sk_conn *c, void *buf, size_t len);
+ssize_t sk_io_send(sk_conn *c, const void *buf, size_t len);
+void sk_ready_push(sk_worker *w, sk_conn *c);
 void sk_worker_close_tls_older(sk_worker *w, int slot, uint64_t ordinal);
 /* Closes every open flow accepted by l or served by t (either may be NULL). */
 void sk_worker_close_flows(sk_worker *w, const sk_listener *l, const sk_target *t);

@@ -135,11 +135,6 @@ sk_listener *sk_listener_open(sk_engine *e, const sk_listener_options *opts, cha
         sk_set_err(err, errlen, "TLS slot %d out of range", opts->tls_slot);
         return NULL;
     }
-    if (opts->tls_slot >= 0 && opts->app) {
-        sk_set_err(err, errlen, "TLS on connections delivered to the control plane is not "
-                                "supported yet");
-        return NULL;
-    }
     if (opts->max_connections < 0) {
         sk_set_err(err, errlen, "max_connections %d must be >= 0", opts->max_connections);
         return NULL;

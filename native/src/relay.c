@@ -133,7 +133,7 @@ static void set_sockopts(sk_engine *e, int fd)
 
 /* ------------------------------------------------------------ ready list */
 
-static void ready_push(sk_worker *w, sk_conn *c)
+void sk_ready_push(sk_worker *w, sk_conn *c)
 {
     if (c->in_ready)
         return;
@@ -404,6 +404,11 @@ void sk_tls_info_cb(const SSL *ssl, int where, int ret)
 
 static void tls_record_peer(sk_worker *w, sk_conn *c)
 {
+    const SSL_CIPHER *cipher = SSL_get_current_cipher(c->ssl);
+    pthread_mutex_lock(&w->conn_lock);
+    c->tls_proto = SSL_get_version(c->ssl);
+    c->tls_cipher = cipher ? SSL_CIPHER_get_name(cipher) : NULL;
+    pthread_mutex_unlock(&w->conn_lock);
     X509 *pc = SSL_get0_peer_certificate(c->ssl);
     if (!pc)
         return;
@@ -431,6 +436,32 @@ static void tls_failed(sk_worker *w, sk_conn *c)
 
 static void tls_handshake(sk_worker *w, sk_conn *c)
 {
+    if (c->tls_sniff) {
+        /* optional TLS: a TLS client starts with a handshake record (0x16) */
+        unsigned char first;
+        ssize_t n = recv(c->fd, &first, 1, MSG_PEEK);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            sk_conn_set_interest(w, c, EPOLLIN);
+            return;
+        }
+        c->tls_sniff = false;
+        if (n == 1 && first != 0x16) {
+            sk_worker_cancel(w, SK_PRIO_NORMAL, &c->tmo);
+            SSL_free(c->ssl);
+            c->ssl = NULL;
+            pthread_mutex_lock(&w->conn_lock);
+            sk_tls_config *cfg = c->tls;
+            c->tls = NULL;
+            pthread_mutex_unlock(&w->conn_lock);
+            sk_snap_release(&cfg->snap);
+            c->state = SK_C_OPEN;
+            if (c->listener->opts.app)
+                sk_app_accepted(w, c, c->listener);
+            else
+                start_connect(w, c);
+            return;
+        }
+    }
     ERR_clear_error();
     int rc = SSL_do_handshake(c->ssl);
     if (rc == 1) {
@@ -440,7 +471,9 @@ static void tls_handshake(sk_worker *w, sk_conn *c)
         SK_ADD(&w->engine->tls_handshakes, 1);
         tls_record_peer(w, c);
         c->state = SK_C_OPEN;
-        if (c->is_client)
+        if (c->is_client && c->listener->opts.app)
+            sk_app_accepted(w, c, c->listener);
+        else if (c->is_client)
             start_connect(w, c);
         else
             established(w, c);
@@ -461,7 +494,7 @@ static void tls_handshake(sk_worker *w, sk_conn *c)
 }
 
 /* Plain or TLS read: >0 bytes, 0 end of stream, -1 try later, -2 error. */
-static ssize_t io_recv(sk_worker *w, sk_conn *c, void *buf, size_t len)
+ssize_t sk_io_recv(sk_worker *w, sk_conn *c, void *buf, size_t len)
 {
     if (!c->ssl) {
         ssize_t n = recv(c->fd, buf, len, 0);
@@ -493,7 +526,7 @@ static ssize_t io_recv(sk_worker *w, sk_conn *c, void *buf, size_t len)
     }
 }
 
-static ssize_t io_send(sk_conn *c, const void *buf, size_t len)
+ssize_t sk_io_send(sk_conn *c, const void *buf, size_t len)
 {
     if (!c->ssl) {
         ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
@@ -684,10 +717,6 @@ void sk_conn_accepted(sk_worker *w, sk_listener *l, int fd, const struct sockadd
     SK_ADD(&l->active, 1);
     SK_ADD(&e->accepted, 1); /* TCP_NODELAY, SO_KEEPALIVE: inherited from the listener */
     c->state = SK_C_OPEN;
-    if (l->opts.app) {
-        sk_app_accepted(w, c, l);
-        return;
-    }
     if (l->opts.tls_slot >= 0) {
         if (!tls_attach(w, c, l->opts.tls_slot, true)) {
             SK_ADD(&e->tls_failures, 1);
@@ -696,9 +725,14 @@ void sk_conn_accepted(sk_worker *w, sk_listener *l, int fd, const struct sockadd
         }
         if (l->opts.authenticate_peer)
             SSL_set_verify(c->ssl, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+        c->tls_sniff = l->opts.tls_optional != 0;
         c->state = SK_C_HANDSHAKE;
         handshake_timeout_arm(w, c);
         tls_handshake(w, c);
+        return;
+    }
+    if (l->opts.app) {
+        sk_app_accepted(w, c, l);
         return;
     }
     /* the client is not read until its target answers: nothing to buffer */
@@ -729,7 +763,7 @@ static void update_interest(sk_worker *w, sk_conn *c)
             ev |= EPOLLIN;
         /* decrypted bytes inside OpenSSL wake no epoll: queue another read */
         if ((ev & EPOLLIN) && !c->rd_eof && SSL_pending(c->ssl) > 0)
-            ready_push(w, c);
+            sk_ready_push(w, c);
     }
     sk_conn_set_interest(w, c, ev);
 }
@@ -742,7 +776,11 @@ void sk_worker_run_ready(sk_worker *w)
         sk_conn *c = list;
         list = c->ready_next;
         c->in_ready = false;
-        if (c->state == SK_C_OPEN && c->peer && !c->rd_eof)
+        if (c->state != SK_C_OPEN || c->rd_eof)
+            continue;
+        if (c->app)
+            sk_app_conn_readable(w, c);
+        else if (c->peer)
             relay_read(w, c);
     }
 }
@@ -777,7 +815,7 @@ static bool flush(sk_worker *w, sk_conn *c)
 {
     sk_buf *b = c->out;
     while (b && b->start < b->end) {
-        ssize_t n = io_send(c, b->data + b->start, b->end - b->start);
+        ssize_t n = sk_io_send(c, b->data + b->start, b->end - b->start);
         if (n > 0) {
             b->start += (uint32_t)n;
             count_out(c, (uint64_t)n);
@@ -835,7 +873,7 @@ static void relay_read(sk_worker *w, sk_conn *c)
         update_interest(w, c);
         return;
     }
-    ssize_t n = io_recv(w, c, b->data + b->end, space);
+    ssize_t n = sk_io_recv(w, c, b->data + b->end, space);
     if (n > 0) {
         b->end += (uint32_t)n;
         count_in(c, (uint64_t)n);
@@ -875,9 +913,15 @@ void sk_conn_event(sk_worker *w, sk_conn *c, uint32_t ev)
         return;
     }
     if (c->app) {
-        if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR))
+        bool ard = (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0;
+        bool awr = (ev & EPOLLOUT) != 0;
+        if (c->ssl && c->tls_wr_wants_in && (ev & EPOLLIN))
+            awr = true;
+        if (c->ssl && c->tls_rd_wants_out && (ev & EPOLLOUT))
+            ard = true;
+        if (ard)
             sk_app_conn_readable(w, c);
-        if (c->state == SK_C_OPEN && (ev & EPOLLOUT))
+        if (c->state == SK_C_OPEN && awr)
             sk_app_conn_writable(w, c);
         return;
     }

@@ -33,16 +33,6 @@ static uint64_t mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* sk_engine_list_connections reads fields that the worker clears without the
- * list lock when the connection closes later (relay.c close_one), a data race
- * ThreadSanitizer reports: the listing checks are left out of the TSan build
- * (see test_known_bugs.c, list_connections_race). */
-#if defined(__SANITIZE_THREAD__)
-#define LIST_CONNS 0
-#else
-#define LIST_CONNS 1
-#endif
-
 /* ------------------------------------------------------------ event log */
 
 typedef struct logged {
@@ -810,7 +800,7 @@ static int test_relay_1mb(void)
                 TL_FAIL("byte %zu: got %u want %u", got + (size_t)i, (uint8_t)buf[i],
                         pattern(got + (size_t)i));
         got += (size_t)n;
-        if (LIST_CONNS && !listed && got > 0) {
+        if (!listed && got > 0) {
             /* the flow is established: list it */
             listed = 1;
             sk_conn_info info[4];
@@ -1218,9 +1208,9 @@ static int test_app(void)
     CHECK_EQ_I(sk_app_read(E, id, in, sizeof in), 0); /* nothing buffered */
 
     sk_conn_info info[4];
-    int total = LIST_CONNS ? sk_engine_list_connections(E, info, 4) : 1;
+    int total = sk_engine_list_connections(E, info, 4);
     CHECK_EQ_I(total, 1);
-    if (LIST_CONNS && total == 1) {
+    if (total == 1) {
         CHECK_EQ_U(info[0].id, id);
         CHECK_EQ_U(info[0].app, 1);
         CHECK_EQ_U(info[0].listener_id, UID_L_APP);
@@ -1385,8 +1375,9 @@ static int test_stop(void)
     char b[2];
     CHECK_EQ_U(recv_exact(afd, b, 2), 2);
     CHECK_EQ_I(sk_app_set_keepalive(E, app_id, "KA", 2, 30), 0);
-    /* (no user timer is left pending here: stopping with one is a known
-     * use-after-free, see test_known_bugs.c) */
+    /* user timers still pending: a one-shot far out and a periodic one */
+    CHECK(sk_timer_start(E, 0, SK_PRIO_NORMAL, 3600ull * 1000000000ull, 0) != 0);
+    CHECK(sk_timer_start(E, 1, SK_PRIO_HIGH, 1000000, 1000000) != 0);
 
     sk_engine_counters c;
     sk_engine_counters_get(E, &c);
