@@ -135,6 +135,11 @@ def sink_process_main(port: int, corrupt: bool, ctl: Connection) -> None:
         except EOFError:
             pass  # parent gone: stop as well
         stop.set()
+        # close() alone does not wake a thread blocked in accept(); shutdown does
+        try:
+            srv.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # not connected / already closed: accept() fails either way
         srv.close()
 
     threading.Thread(target=watch, daemon=True).start()

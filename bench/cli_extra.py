@@ -54,6 +54,12 @@ def add_compare_parser(sub: Any) -> None:
     p.add_argument("--idle-conns", type=int, default=d.idle_conns)
     p.add_argument("--source-addrs", type=int, default=d.source_addrs)
     p.add_argument("--pause", type=float, default=d.pause_s)
+    p.add_argument(
+        "--idle-settle",
+        type=float,
+        default=d.idle_settle_s,
+        help="seconds before reading memory, before and after opening",
+    )
     _common(p)
 
 

@@ -66,6 +66,7 @@ class CompareConfig:
     source_addrs: int = 253
     timeout_s: float = 10.0
     pause_s: float = 0.3
+    idle_settle_s: float = IDLE_SETTLE_S  # before and after opening: RSS settles
 
     def validate(self) -> None:
         if not self.subjects or set(self.subjects) - set(SUBJECTS):
@@ -296,7 +297,7 @@ class _Runner:
     async def idle(self, t: _Target, rnd: int) -> Sample:
         loop = asyncio.get_running_loop()
         n = self.cfg.idle_conns
-        await asyncio.sleep(IDLE_SETTLE_S)
+        await asyncio.sleep(self.cfg.idle_settle_s)
         mem0 = t.memory_kib()
         c0 = t.engine_counters() if t.engine_counters else None
         hold = IdleHold(
@@ -308,7 +309,7 @@ class _Runner:
         )
         try:
             held = await loop.run_in_executor(None, hold.wait_held)
-            await asyncio.sleep(IDLE_SETTLE_S)
+            await asyncio.sleep(self.cfg.idle_settle_s)
             mem1 = t.memory_kib()
             c1 = t.engine_counters() if t.engine_counters else None
         finally:
