@@ -898,13 +898,18 @@ static void relay_read(sk_worker *w, sk_conn *c)
 void sk_conn_event(sk_worker *w, sk_conn *c, uint32_t ev)
 {
     if (c->state == SK_C_CONNECTING) {
+        /* a failed connect always raises EPOLLERR: ask for the error only then */
         int err = 0;
-        socklen_t len = sizeof err;
-        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
-            err = errno;
+        if (ev & (EPOLLERR | EPOLLHUP)) {
+            socklen_t len = sizeof err;
+            if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+                err = errno;
+            if (!err && !(ev & EPOLLOUT))
+                err = ECONNRESET;
+        }
         if (err)
             connect_failed(w, c, err);
-        else if (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP))
+        else if (ev & EPOLLOUT)
             connected(w, c);
         return;
     }
