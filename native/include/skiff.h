@@ -37,7 +37,7 @@ typedef struct sk_tls_config sk_tls_config;
 typedef struct sk_engine_options {
     int worker_threads;        /* 0: one per CPU */
     int connect_timeout_ms;    /* outbound connect time-out (default 5000) */
-    int max_connect_attempts;  /* targets tried per client (default 3) */
+    int max_connect_attempts;  /* targets tried per client; 0 (default): each once, at most 8 */
     int backoff_initial_ms;    /* first down period of a failed target (500) */
     int backoff_max_ms;        /* cap of the exponential back-off (30000) */
     int relay_buffer_bytes;    /* bound per direction per connection (65536) */

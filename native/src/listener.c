@@ -128,7 +128,8 @@ sk_listener *sk_listener_open(sk_engine *e, const sk_listener_options *opts, cha
         return NULL;
     }
     if (opts->port < 0 || opts->port > 65535) {
-        sk_set_err(err, errlen, "port %d out of range 0-65535", opts->port);
+        sk_set_err(err, errlen, "cannot listen on %s:%d: port %d out of range 0-65535",
+                   opts->host && *opts->host ? opts->host : "*", opts->port, opts->port);
         return NULL;
     }
     if (opts->tls_slot >= SK_TLS_SLOTS) {
