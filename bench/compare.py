@@ -304,7 +304,7 @@ class _Runner:
             t.echo[0],
             t.echo[1],
             n,
-            procs=min(self.cfg.procs, 4),
+            procs=max(1, min(self.cfg.procs, 4, n // 1000)),  # a spawn costs ~0.3 s
             source_addrs=self.cfg.source_addrs,
         )
         try:

@@ -177,7 +177,7 @@ def plot_rotation(data: dict[str, Any], path: Path) -> None:
         colour = "red" if r.get("slow") else "grey"
         ax.axvline(r["t_s"], color=colour, alpha=0.25 if not r.get("slow") else 0.6, lw=0.8)
     ax.set_ylabel("timer lateness, ms")
-    ax.set_title("Engine high-priority timer lateness; rotations (grey), 200 ms loads (red)")
+    ax.set_title("High-priority timer lateness (grey: rotations, red: 200 ms loads)", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     tl = data.get("timeline", [])
