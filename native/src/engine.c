@@ -675,11 +675,16 @@ void sk_engine_stop(sk_engine *e)
         discard_mailbox(&e->workers[i]);
         pthread_mutex_unlock(&e->workers[i].mbox_lock);
     }
+    /* free what the slots hold now; keep their version numbers readable */
+    uint64_t routes_version = atomic_load(&e->routes.version);
     sk_slot_destroy(&e->routes);
     sk_slot_init(&e->routes);
+    atomic_store(&e->routes.version, routes_version);
     for (int i = 0; i < SK_TLS_SLOTS; i++) {
+        uint64_t v = atomic_load(&e->tls[i].version);
         sk_slot_destroy(&e->tls[i]);
         sk_slot_init(&e->tls[i]);
+        atomic_store(&e->tls[i].version, v);
     }
     e->stopped = true;
 }
