@@ -7,6 +7,12 @@ each connection is an ``AmqpConnection`` (proton engine layer, SASL run by
 Skiff) or, for ``http: true``, an ``HttpConnection`` serving ``/metrics``,
 ``/healthz`` and ``/readyz``. Keep-alive frames are the engine's job.
 
+A listener with an ``sslProfile`` is a TLS listener of the engine: the
+engine terminates TLS (optional TLS, told by the first byte, unless
+``requireSsl``) and the control loop sees plaintext only. It stays down
+until its profile has published a first configuration, then opens; later
+versions of the profile apply to new connections without reopening.
+
 A listener from the configuration file that cannot bind (port in use) does
 not stop the router: it stays ``down`` with ``lastError``, ``/readyz``
 reports it, and binding is retried every few seconds. Management CREATE of
@@ -27,11 +33,18 @@ from router.engine import Engine, EngineError, Event, EventType, Listener
 from router.log import get_logger
 from router.management import metrics
 from router.management.agent import Agent
-from router.management.amqp import EMPTY_FRAME, AmqpConnection, AmqpSettings
+from router.management.amqp import (
+    EMPTY_FRAME,
+    PLAINTEXT,
+    AmqpConnection,
+    AmqpSettings,
+    TlsInfo,
+)
 from router.management.health import HealthMonitor
 from router.management.http import HttpConnection, HttpReply, Route
 from router.registry import Entity, Registry
 from router.resolver import numeric_host
+from router.tls import TlsManager
 
 _log = get_logger("SERVER")
 
@@ -48,10 +61,16 @@ class _ListenerState:
     last_error: str | None = None
     next_retry: float = 0.0
     connections: set[int] = field(default_factory=set)
+    waiting_tls: bool = False  # down until its sslProfile publishes a config
 
     @property
     def http(self) -> bool:
         return bool(self.entity.attributes.get("http"))
+
+    @property
+    def profile(self) -> str | None:
+        p = self.entity.attributes.get("sslProfile")
+        return str(p) if p else None
 
 
 Conn = AmqpConnection | HttpConnection
@@ -82,8 +101,10 @@ class AmqpAdaptor:
         loop: asyncio.AbstractEventLoop,
         tcp: TcpAdaptor | None = None,
         started: float | None = None,
+        tls: TlsManager | None = None,
     ) -> None:
         self.engine = engine
+        self.tls = tls
         self.registry = registry
         self.loop = loop
         self.tcp = tcp
@@ -95,6 +116,8 @@ class AmqpAdaptor:
         self._by_uid: dict[int, _ListenerState] = {}
         self._conns: dict[int, tuple[Conn, _ListenerState]] = {}
         self._closing = False
+        if tls is not None:
+            tls.on_published(self._profile_published)
         registry.subscribe("listener", _ListenerObserver(self))
         registry.subscribe("router", _RouterStatus(self))
         engine.on_event(self._on_event)
@@ -138,14 +161,17 @@ class AmqpAdaptor:
                 f"listener '{entity.name}': role '{role}' is not available in this version of "
                 "Skiff (only 'normal')"
             )
-        # never serve in plaintext what was asked to be protected
-        if attrs.get("sslProfile") or attrs.get("requireSsl"):
-            what = (
-                f"sslProfile '{attrs['sslProfile']}'" if attrs.get("sslProfile") else "requireSsl"
-            )
+        profile = str(attrs["sslProfile"]) if attrs.get("sslProfile") else None
+        authenticate = bool(attrs.get("authenticatePeer"))
+        if profile is not None and self.tls is None:
+            # never serve in plaintext what was asked to be protected
             raise ValueError(
-                f"listener '{entity.name}': {what} is set, but TLS is not available on "
-                "listeners in this version of Skiff yet; refusing to serve it in plaintext"
+                f"listener '{entity.name}': sslProfile '{profile}' is set, but TLS is not "
+                "enabled in this router"
+            )
+        if attrs.get("requireSsl") and profile is None:
+            raise ValueError(
+                f"listener '{entity.name}': requireSsl is true but no sslProfile is set"
             )
         mechs_raw = attrs.get("saslMechanisms")
         if mechs_raw:
@@ -154,13 +180,16 @@ class AmqpAdaptor:
         else:
             mechs = ("ANONYMOUS", "PLAIN")
         for mech in mechs:
-            if mech not in ("ANONYMOUS", "PLAIN"):
+            if mech not in ("ANONYMOUS", "PLAIN", "EXTERNAL"):
                 raise ValueError(
                     f"listener '{entity.name}': SASL mechanism '{mech}' is not available; "
-                    "supported: ANONYMOUS, PLAIN"
-                    + (" (EXTERNAL needs TLS, not yet available)" if mech == "EXTERNAL" else "")
+                    "supported: ANONYMOUS, PLAIN, EXTERNAL"
                 )
-        authenticate = bool(attrs.get("authenticatePeer"))
+        if "EXTERNAL" in mechs and (profile is None or not authenticate):
+            raise ValueError(
+                f"listener '{entity.name}': SASL EXTERNAL needs an sslProfile and "
+                "authenticatePeer: true (the client certificate is requested only then)"
+            )
         if authenticate and mechs == ("ANONYMOUS",):
             raise ValueError(
                 f"listener '{entity.name}': authenticatePeer is true but only ANONYMOUS is allowed"
@@ -181,14 +210,51 @@ class AmqpAdaptor:
         )
         state = _ListenerState(entity, _host_ip(entity), settings)
         self._listeners[entity.name] = state
-        if not self._bind(state) and entity.source == "management":
+        if not self._bind(state) and entity.source == "management" and not state.waiting_tls:
+            # waiting for TLS material is not an error of the request: the
+            # listener opens once its profile loads (as a tcpListener does)
             del self._listeners[entity.name]
             raise ValueError(f"listener '{entity.name}': {state.last_error}")
 
+    def _tls_wait(self, state: _ListenerState) -> str | None:
+        """Why a TLS listener cannot open yet (its profile never loaded)."""
+        profile = state.profile
+        if profile is None or self.tls is None or self.tls.ready(profile):
+            return None
+        error = self.tls.error(profile)
+        return f"sslProfile '{profile}' has not loaded" + (f": {error}" if error else " yet")
+
+    def _profile_published(self, profile: str) -> None:
+        for state in list(self._listeners.values()):
+            if state.profile == profile and state.listener is None:
+                self._bind(state)
+
     def _bind(self, state: _ListenerState) -> bool:
-        port = int(str(state.entity.attributes.get("port") or 0))
+        attrs = state.entity.attributes
+        port = int(str(attrs.get("port") or 0))
+        waiting = self._tls_wait(state)
+        if waiting is not None:
+            # never accept plaintext in place of TLS: stay down until loaded
+            if not state.waiting_tls or waiting != state.last_error:
+                # a first load is normal at start-up; a failed one is not
+                log = _log.warning if self.tls and self.tls.error(str(state.profile)) else _log.info
+                log(f"listener '{state.entity.name}' stays down: {waiting}")
+            state.waiting_tls = True
+            state.last_error = waiting
+            return False
+        was_waiting, state.waiting_tls = state.waiting_tls, False
+        profile = state.profile
+        slot = self.tls.slot(profile) if (profile and self.tls) else None
         try:
-            listener = self.engine.listen(state.host_ip, port, app=True, backlog=128)
+            listener = self.engine.listen(
+                state.host_ip,
+                port,
+                app=True,
+                backlog=128,
+                tls_slot=-1 if slot is None else slot,
+                tls_optional=slot is not None and not bool(attrs.get("requireSsl")),
+                authenticate_peer=slot is not None and bool(attrs.get("authenticatePeer")),
+            )
         except EngineError as e:
             first = state.last_error is None
             state.last_error = str(e)
@@ -200,13 +266,22 @@ class AmqpAdaptor:
                 )
             return False
         state.listener = listener
-        if state.last_error is not None:
+        if state.last_error is not None and not was_waiting:
             _log.info(f"listener '{state.entity.name}' could bind after all")
         state.last_error = None
         self._by_uid[listener.user_id] = state
+        if slot is None:
+            security = ""
+        else:
+            security = (
+                f" with TLS (sslProfile '{profile}'"
+                + (", required" if attrs.get("requireSsl") else ", optional")
+                + (", client certificate required" if attrs.get("authenticatePeer") else "")
+                + ")"
+            )
         _log.info(
             f"listener '{state.entity.name}' serving {'HTTP' if state.http else 'AMQP'} on "
-            f"{state.host_ip or '*'}:{listener.port}"
+            f"{state.host_ip or '*'}:{listener.port}{security}"
         )
         return True
 
@@ -223,10 +298,13 @@ class AmqpAdaptor:
         state = self._listeners.get(entity.name)
         if state is None:
             return {}
+        error = state.last_error
+        if state.waiting_tls:
+            error = self._tls_wait(state) or error  # the profile's error of now
         return {
             "operStatus": "up" if state.listener is not None else "down",
             "boundPort": state.listener.port if state.listener is not None else None,
-            "lastError": state.last_error,
+            "lastError": error,
             "connectionCount": len(state.connections),
         }
 
@@ -260,16 +338,21 @@ class AmqpAdaptor:
         if state.http:
             conn = HttpConnection(conn_id, self._routes(), self)
         else:
-            peer = self._peer(conn_id)
-            conn = AmqpConnection(conn_id, peer, state.settings, self)
+            info = self.engine.conn_info(conn_id)
+            if info is None:
+                return  # gone already; APP_CLOSED follows
+            tls = PLAINTEXT
+            if info.tls_protocol:
+                tls = TlsInfo(
+                    info.tls_protocol,
+                    info.tls_cipher,
+                    info.tls_version,
+                    info.tls_ordinal,
+                    info.peer_subject,
+                )
+            conn = AmqpConnection(conn_id, info.peer, state.settings, self, tls)
         self._conns[conn_id] = (conn, state)
         state.connections.add(conn_id)
-
-    def _peer(self, conn_id: int) -> str:
-        for info in self.engine.connections():
-            if info.id == conn_id:
-                return info.peer
-        return "?"
 
     def _readable(self, conn_id: int) -> None:
         entry = self._conns.get(conn_id)
@@ -300,7 +383,7 @@ class AmqpAdaptor:
                     self._readable(conn_id)
                 conn.idle_check(now)
         for state in self._listeners.values():
-            if state.listener is None and now >= state.next_retry:
+            if state.listener is None and not state.waiting_tls and now >= state.next_retry:
                 self._bind(state)
         self._housekeeping = self.loop.call_later(HOUSEKEEPING_S, self._tick)
 
@@ -332,10 +415,10 @@ class AmqpAdaptor:
                     "dir": "in",
                     "host": conn.peer,
                     "container": conn.container,
-                    "isEncrypted": False,
-                    "sslProto": None,
-                    "sslCipher": None,
-                    "tlsOrdinal": None,
+                    "isEncrypted": conn.tls.encrypted,
+                    "sslProto": conn.tls.protocol or None,
+                    "sslCipher": conn.tls.cipher or None,
+                    "tlsOrdinal": conn.tls.ordinal if conn.tls.encrypted else None,
                     "isAuthenticated": conn.user is not None,
                     "user": conn.user,
                     "sasl": conn.mechanism,
@@ -457,6 +540,7 @@ class AmqpAdaptor:
             amqp_open=sorted(amqp_open.items()),
             listeners_up=[(n, s.listener is not None) for n, s in sorted(self._listeners.items())],
             management_requests=self.agent.requests,
+            tls_profiles=self.tls.profiles() if self.tls is not None else None,
         )
         return HttpReply(200, text.encode(), metrics.CONTENT_TYPE)
 
@@ -471,7 +555,8 @@ class AmqpAdaptor:
         reasons = list(self.health.check())
         for name, state in sorted(self._listeners.items()):
             if state.listener is None:
-                reasons.append(f"listener '{name}' is down: {state.last_error or 'not bound'}")
+                error = self.status(state.entity).get("lastError") or "not bound"
+                reasons.append(f"listener '{name}' is down: {error}")
         connected = {
             str(e.attributes.get("address")) for e in self.registry.entities("tcpConnector")
         }
@@ -480,9 +565,16 @@ class AmqpAdaptor:
             if address not in connected:
                 continue  # listens only once a connector exists: not a fault
             if self.tcp is not None and self.tcp.listener_port(entity.name) is None:
+                error = self.tcp.listener_error(entity.name)
+                profile = entity.attributes.get("sslProfile")
+                if profile and self.tls is not None and not self.tls.ready(str(profile)):
+                    tls_error = self.tls.error(str(profile))
+                    error = f"sslProfile '{profile}' has not loaded" + (
+                        f": {tls_error}" if tls_error else " yet"
+                    )
                 reasons.append(
                     f"tcpListener '{entity.name}' is down although tcpConnectors serve "
-                    f"address '{address}' (see the log for the bind error)"
+                    f"address '{address}': {error or 'see the log for the bind error'}"
                 )
         for row in self.registry.query("tcpConnector"):
             if row.get("operStatus") == "down":

@@ -78,7 +78,9 @@ class Daemon:
         loaders = int(str(_router_attributes(self.config).get("tlsLoaderThreads") or 2))
         self.tls = TlsManager(self.engine, self.registry, loop, loaders)
         self.adaptor = TcpAdaptor(self.engine, self.registry, loop, self.tls)
-        self.amqp = AmqpAdaptor(self.engine, self.registry, loop, self.adaptor, self.started)
+        self.amqp = AmqpAdaptor(
+            self.engine, self.registry, loop, self.adaptor, self.started, tls=self.tls
+        )
         for warning in self.config.warnings:
             _log.warning(str(warning))
         try:
@@ -176,7 +178,8 @@ class Daemon:
                 if port is None:
                     lines.append(f"  metrics listener '{entity.name}': DOWN ({error})")
                     continue
-                base = f"http://{host or '127.0.0.1'}:{port}"
+                scheme = "https" if entity.attributes.get("sslProfile") else "http"
+                base = f"{scheme}://{host or '127.0.0.1'}:{port}"
                 lines.append(
                     f"  metrics listener '{entity.name}': {base}/metrics, {base}/healthz, "
                     f"{base}/readyz"
@@ -192,11 +195,15 @@ class Daemon:
                 if entity.attributes.get("allowAnonymousWrites")
                 else "writes need a user with write access"
             )
+            tls = entity.attributes.get("sslProfile")
+            if tls:
+                required = entity.attributes.get("requireSsl")
+                access += ", TLS " + ("required" if required else "optional")
             lines.append(
                 f"  AMQP management listener '{entity.name}' on {shown}:{port} "
                 f"($management; {access})"
             )
-            if amqp_url is None:
+            if amqp_url is None and not tls:  # the examples below use plain AMQP
                 amqp_url = f"{host or '127.0.0.1'}:{port}"
         if amqp_url is not None:
             bus = "" if amqp_url == "127.0.0.1:5672" else f" -b {amqp_url}"

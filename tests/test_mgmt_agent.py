@@ -222,7 +222,11 @@ BAD = [
     ({**NODE, "operation": "QUERY", "entityType": T + "log"}, {"attributeNames": ["nope"]}, 400, "'nope' is unknown"),
     ({**NODE, "operation": "QUERY", "offset": "x"}, {}, 400, "'offset' must be an integer"),
     ({"operation": "CREATE", "type": T + "listener", "name": "tls"},
-     {"port": "0", "requireSsl": "true"}, 400, "TLS is not available"),
+     {"port": "0", "requireSsl": "true"}, 400, "requireSsl is true but no sslProfile"),
+    ({"operation": "CREATE", "type": T + "listener", "name": "ext"},
+     {"port": "0", "saslMechanisms": "EXTERNAL"}, 400, "EXTERNAL needs an sslProfile"),
+    ({"operation": "CREATE", "type": T + "listener", "name": "gss"},
+     {"port": "0", "saslMechanisms": "GSSAPI"}, 400, "supported: ANONYMOUS, PLAIN, EXTERNAL"),
     ({"operation": "CREATE", "type": T + "listener", "name": "edge"},
      {"port": "0", "role": "edge"}, 400, "role 'edge'"),
 ]  # fmt: skip

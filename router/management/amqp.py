@@ -66,6 +66,24 @@ class AmqpSettings:
     allow_anonymous_writes: bool = False
 
 
+@dataclass(frozen=True)
+class TlsInfo:
+    """The TLS layer the engine terminated for a connection (from ConnInfo)."""
+
+    protocol: str = ""
+    cipher: str = ""
+    version: int = 0
+    ordinal: int = 0
+    peer_subject: str = ""
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.protocol)
+
+
+PLAINTEXT = TlsInfo()
+
+
 class Host(Protocol):
     """What a connection needs from its listener adaptor."""
 
@@ -94,10 +112,18 @@ class _ReplyLink:
 class AmqpConnection:
     """One accepted AMQP connection; all methods run on the control loop."""
 
-    def __init__(self, conn_id: int, peer: str, settings: AmqpSettings, host: Host) -> None:
+    def __init__(
+        self,
+        conn_id: int,
+        peer: str,
+        settings: AmqpSettings,
+        host: Host,
+        tls: TlsInfo = PLAINTEXT,
+    ) -> None:
         self.id = conn_id
         self.peer = peer
         self.settings = settings
+        self.tls = tls
         self._host = host
         self.opened = time.monotonic()
         self.last_input = self.opened
@@ -157,7 +183,12 @@ class AmqpConnection:
         while self._state in ("header", "sasl") and self._buf:
             if self._state == "header":
                 if self._buf[0] == sasl.TLS_RECORD_HANDSHAKE:
-                    self._fail("TLS is not available on this listener yet")
+                    # TLS is the engine's: a handshake reaching Python means the
+                    # listener has no sslProfile (or TLS was nested in TLS)
+                    self._fail(
+                        f"the client starts TLS, but listener '{self.settings.listener}' "
+                        "has no sslProfile"
+                    )
                     return
                 if len(self._buf) < len(sasl.AMQP_HEADER):
                     if not sasl.SASL_HEADER.startswith(bytes(self._buf)) and not (
@@ -206,6 +237,9 @@ class AmqpConnection:
         mechs = self.settings.mechanisms
         if self.settings.authenticate_peer:
             mechs = tuple(m for m in mechs if m != "ANONYMOUS")
+        if not self.tls.peer_subject:
+            # EXTERNAL only where the engine verified a client certificate
+            mechs = tuple(m for m in mechs if m != "EXTERNAL")
         return mechs
 
     def _refuse_header(self) -> None:
@@ -225,6 +259,9 @@ class AmqpConnection:
         if mech == "ANONYMOUS":
             self._outcome(sasl.OUTCOME_OK)
             return
+        if mech == "EXTERNAL":
+            self._external(init.initial_response)
+            return
         try:
             _authzid, authcid, password = sasl.parse_plain(init.initial_response)
         except sasl.SaslError as e:
@@ -238,6 +275,22 @@ class AmqpConnection:
             self.settings.users_file,
             authcid,
             password,
+        )
+        future.add_done_callback(self._verified)
+
+    def _external(self, response: bytes | None) -> None:
+        subject = self.tls.peer_subject
+        authzid = (response or b"").decode("utf-8", errors="replace")
+        if authzid and authzid != subject:
+            _log.warning(
+                f"AMQP connection {self.id} from {self.peer}: EXTERNAL asks to act as "
+                f"'{authzid}', but the client certificate is '{subject}'"
+            )
+            self._outcome(sasl.OUTCOME_AUTH)
+            return
+        self._state = "auth"
+        future = self._host.loop.run_in_executor(
+            self._host.auth_pool, sasl.verify_external, self.settings.users_file, subject
         )
         future.add_done_callback(self._verified)
 
@@ -256,7 +309,7 @@ class AmqpConnection:
         self.can_write = result.can_write
         _log.info(
             f"AMQP connection {self.id} from {self.peer}: authenticated as '{result.user}' "
-            f"({'write' if result.can_write else 'read'} access)"
+            f"by {self.mechanism} ({'write' if result.can_write else 'read'} access)"
         )
         self._outcome(sasl.OUTCOME_OK)
 

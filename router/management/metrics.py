@@ -10,15 +10,25 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from router.engine import PRIO_HIGH, PRIO_NORMAL, Engine, Histogram
 from router.registry import Registry
+from router.tls import ProfileState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _GAUGE_COUNTERS = frozenset({"conns_live", "bufs_live", "buf_bytes_live", "routes_version"})
+
+_COUNTER_HELP = {
+    "tls_handshakes": "TLS handshakes completed (accepted and originated connections).",
+    "tls_failures": "TLS handshakes that failed (bad or missing certificates, plaintext on a "
+    "TLS-only port, no TLS configuration), and TLS set-up failures.",
+    "tls_unexpected_eof": "TLS peers that closed without close_notify.",
+    "tls_closed_old": "Connections closed because their TLS ordinal fell below an "
+    "sslProfile's oldestValidOrdinal.",
+}
 
 
 def _escape(value: str) -> str:
@@ -71,8 +81,12 @@ def render(
     amqp_open: Iterable[tuple[str, int]],
     listeners_up: Iterable[tuple[str, bool]],
     management_requests: int,
+    tls_profiles: Mapping[str, ProfileState] | None = None,
+    now: float | None = None,
 ) -> str:
-    """The whole exposition; ``amqp_open`` is (listener, open connections)."""
+    """The whole exposition; ``amqp_open`` is (listener, open connections);
+    ``tls_profiles`` the TlsManager's per-profile state; ``now`` the Unix
+    time certificate expiry is counted from (default: the clock)."""
     out = Exposition()
     out.family("skiff_up", "gauge", "1 while the router runs.")
     out.sample("skiff_up", 1)
@@ -122,6 +136,8 @@ def render(
     out.family("skiff_management_requests_total", "counter", "Management requests answered.")
     out.sample("skiff_management_requests_total", management_requests)
 
+    _tls(out, tls_profiles or {}, time.time() if now is None else now)
+
     out.family(
         "skiff_timer_lateness_seconds",
         "histogram",
@@ -149,6 +165,61 @@ def render(
             out.family(metric, "gauge", f"Engine gauge {name}.")
         else:
             metric = f"skiff_engine_{name}_total"
-            out.family(metric, "counter", f"Engine counter {name}.")
+            out.family(metric, "counter", _COUNTER_HELP.get(name, f"Engine counter {name}."))
         out.sample(metric, value)
     return out.text()
+
+
+def _tls(out: Exposition, profiles: Mapping[str, ProfileState], now: float) -> None:
+    """Per-sslProfile series (handshake counts are the engine's, below)."""
+    items = sorted(profiles.items())
+    out.family(
+        "skiff_tls_profile_version",
+        "gauge",
+        "Published TLS configuration version per sslProfile (0: never loaded).",
+    )
+    for name, st in items:
+        out.sample("skiff_tls_profile_version", st.version, profile=name)
+    out.family(
+        "skiff_tls_profile_ordinal", "gauge", "Ordinal of the published material per sslProfile."
+    )
+    for name, st in items:
+        if st.version:
+            out.sample("skiff_tls_profile_ordinal", st.published_ordinal, profile=name)
+    out.family(
+        "skiff_tls_certificate_expiry_seconds",
+        "gauge",
+        "Seconds until the published certificate of an sslProfile expires (negative: expired).",
+    )
+    for name, st in items:
+        if st.version and st.not_after_unix:
+            out.sample(
+                "skiff_tls_certificate_expiry_seconds",
+                round(st.not_after_unix - now),
+                profile=name,
+            )
+    out.family(
+        "skiff_tls_certificate_not_after_timestamp_seconds",
+        "gauge",
+        "Expiry (Unix time) of the published certificate of an sslProfile.",
+    )
+    for name, st in items:
+        if st.version and st.not_after_unix:
+            out.sample(
+                "skiff_tls_certificate_not_after_timestamp_seconds",
+                st.not_after_unix,
+                profile=name,
+            )
+    out.family("skiff_tls_reloads_total", "counter", "Successful loads per sslProfile.")
+    for name, st in items:
+        out.sample("skiff_tls_reloads_total", st.reloads, profile=name)
+    out.family("skiff_tls_reload_failures_total", "counter", "Failed loads per sslProfile.")
+    for name, st in items:
+        out.sample("skiff_tls_reload_failures_total", st.reload_failures, profile=name)
+    out.family(
+        "skiff_tls_profile_error",
+        "gauge",
+        "1 while the last load of an sslProfile failed (the previous version stays).",
+    )
+    for name, st in items:
+        out.sample("skiff_tls_profile_error", 1 if st.last_error else 0, profile=name)

@@ -8,7 +8,11 @@ proton Transport configured without SASL.
 
 Passwords live in a users file as salted scrypt hashes. Verifying one is
 deliberately slow, so ``verify_plain`` is meant to run on a thread pool,
-never on the control loop.
+never on the control loop. ``EXTERNAL`` takes the identity of the TLS
+client certificate the engine verified (its subject, ``/CN=operator``
+form); the users file grants permissions to such a subject with a line
+whose third field is ``external`` (``verify_external``, also on the pool:
+it reads the file).
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ OUTCOME_SYS = 2
 FRAME_TYPE_SASL = 1
 MAX_SASL_FRAME = 65536
 
-SUPPORTED_MECHANISMS = ("ANONYMOUS", "PLAIN")
+SUPPORTED_MECHANISMS = ("ANONYMOUS", "PLAIN", "EXTERNAL")
 PERMISSIONS = ("read", "write")
+# the third field of a users-file line for a TLS client certificate subject
+EXTERNAL_ONLY = "external"
 
 # scrypt cost: about 50 ms and 16 MiB per verification on a current core.
 SCRYPT_N = 1 << 14
@@ -202,13 +208,18 @@ def check_password(password: str, stored: str) -> bool:
 
 
 def parse_users(text: str, source: str = "users file") -> dict[str, User]:
-    """``name:permission:hash`` lines; ``#`` comments and blank lines skipped."""
+    """``name:permission:hash`` lines; ``#`` comments and blank lines skipped.
+
+    The hash is an scrypt hash (PLAIN) or ``external``: the name is then a
+    client certificate subject (EXTERNAL), which may itself contain ``:``
+    (the line is split at its last two).
+    """
     users: dict[str, User] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        parts = line.split(":", 2)
+        parts = line.rsplit(":", 2)
         if len(parts) != 3 or not parts[0]:
             raise ValueError(f"{source}:{number}: expected name:permission:hash")
         name, permission, stored = parts
@@ -217,8 +228,11 @@ def parse_users(text: str, source: str = "users file") -> dict[str, User]:
                 f"{source}:{number}: permission '{permission}' is not one of "
                 + ", ".join(PERMISSIONS)
             )
-        if not stored.startswith("scrypt$"):
-            raise ValueError(f"{source}:{number}: password must be an scrypt hash (skiff-passwd)")
+        if not stored.startswith("scrypt$") and stored != EXTERNAL_ONLY:
+            raise ValueError(
+                f"{source}:{number}: the third field must be an scrypt hash (skiff-passwd) "
+                f"or '{EXTERNAL_ONLY}' (a client certificate subject)"
+            )
         users[name] = User(name, permission, stored)
     return users
 
@@ -249,9 +263,31 @@ def verify_plain(users_file: str | None, authcid: str, password: str) -> AuthRes
     except (OSError, ValueError) as e:
         return AuthResult(False, reason=f"cannot use the users file: {e}")
     user = users.get(authcid)
+    if user is not None and user.hash == EXTERNAL_ONLY:
+        user = None  # a certificate subject: no password can log in as it
     if user is None:
         check_password(password, hash_password("", salt=b"\x00" * 16))
         return AuthResult(False, reason=f"unknown user '{authcid}'")
     if not check_password(password, user.hash):
         return AuthResult(False, reason=f"wrong password for user '{authcid}'")
     return AuthResult(True, user=user.name, can_write=user.can_write)
+
+
+def verify_external(users_file: str | None, subject: str) -> AuthResult:
+    """EXTERNAL: the engine verified the client certificate against the
+    sslProfile's CAs, so its subject is the identity; the users file only
+    decides the permission (``subject:write:external``). A subject the file
+    does not list, or no file at all, gets read access. Runs on a pool
+    thread (reads the file)."""
+    if not subject:
+        return AuthResult(False, reason="EXTERNAL without a verified client certificate")
+    if not users_file:
+        return AuthResult(True, user=subject, can_write=False)
+    try:
+        users = load_users(users_file)
+    except (OSError, ValueError) as e:
+        return AuthResult(False, reason=f"cannot use the users file: {e}")
+    user = users.get(subject)
+    if user is None or user.hash != EXTERNAL_ONLY:
+        return AuthResult(True, user=subject, can_write=False)
+    return AuthResult(True, user=subject, can_write=user.can_write)

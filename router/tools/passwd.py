@@ -1,7 +1,8 @@
-"""skiff-passwd: prints a users-file line for SASL PLAIN.
+"""skiff-passwd: prints a users-file line for SASL PLAIN (or EXTERNAL).
 
     skiff-passwd alice --write >> users.txt      # asks for the password
     echo secret | skiff-passwd bob --stdin       # read-only user
+    skiff-passwd /CN=operator --external --write # a client certificate subject
 
 The password is hashed with salted scrypt; the router never stores or
 logs it in clear.
@@ -13,7 +14,7 @@ import argparse
 import getpass
 import sys
 
-from router.management.sasl import hash_password
+from router.management.sasl import EXTERNAL_ONLY, hash_password
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,12 +22,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("user")
     p.add_argument("--write", action="store_true", help="grant write access (default: read)")
     p.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    p.add_argument(
+        "--external",
+        action="store_true",
+        help="USER is a TLS client certificate subject (/CN=... form) for SASL EXTERNAL; "
+        "no password",
+    )
     args = p.parse_args(argv)
+    permission = "write" if args.write else "read"
+    if args.external:
+        if not args.user.startswith("/"):
+            print(
+                "skiff-passwd: a certificate subject looks like /CN=operator or /O=Acme/CN=ops",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{args.user}:{permission}:{EXTERNAL_ONLY}")
+        return 0
     if ":" in args.user:
         print("skiff-passwd: a user name cannot contain ':'", file=sys.stderr)
         return 1
     password = sys.stdin.readline().rstrip("\n") if args.stdin else getpass.getpass()
-    permission = "write" if args.write else "read"
     print(f"{args.user}:{permission}:{hash_password(password)}")
     return 0
 
