@@ -13,11 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from proton import Message, SSLDomain
+from proton import ConnectionException, Message, SSLDomain, SSLException, Timeout
 from proton.utils import BlockingConnection, SyncRequestResponse
 
 MANAGEMENT_ADDRESS = "$management"
 DEFAULT_BUS = "127.0.0.1:5672"
+
+
+# what opening a connection may raise: refused, timed out, TLS set-up or
+# handshake failure, unreadable key or certificate files, bad options
+CONNECT_ERRORS = (ConnectionException, Timeout, SSLException, OSError, ValueError)
 
 
 class ManagementFailure(Exception):
@@ -76,6 +81,14 @@ def bus_url(bus: str, use_ssl: bool) -> str:
 
 
 def _ssl_domain(args: argparse.Namespace) -> SSLDomain | None:
+    """The client TLS settings of skmanage's options.
+
+    TLS is used with ``--ssl-certificate``, ``--ssl-trustfile`` or an
+    ``amqps://`` bus. The router's certificate is verified against the
+    trust file (or the system's CAs) and its name against the bus host,
+    unless ``--ssl-disable-peer-name-verify`` (then the certificate is still
+    verified when a trust file is given, and not at all otherwise).
+    """
     wanted = (
         args.ssl_certificate
         or args.ssl_trustfile
@@ -84,21 +97,26 @@ def _ssl_domain(args: argparse.Namespace) -> SSLDomain | None:
     )
     if not wanted:
         return None
+    if args.ssl_key and not args.ssl_certificate:
+        raise ValueError("--ssl-key needs --ssl-certificate")
     domain = SSLDomain(SSLDomain.MODE_CLIENT)
     if args.ssl_trustfile:
         domain.set_trusted_ca_db(args.ssl_trustfile)
+        mode = (
+            SSLDomain.VERIFY_PEER
+            if args.ssl_disable_peer_name_verify
+            else SSLDomain.VERIFY_PEER_NAME
+        )
+        domain.set_peer_authentication(mode, args.ssl_trustfile)
+    elif args.ssl_disable_peer_name_verify:
+        domain.set_peer_authentication(SSLDomain.ANONYMOUS_PEER)
+    else:
+        domain.set_peer_authentication(SSLDomain.VERIFY_PEER_NAME)
     if args.ssl_certificate:
         password = args.ssl_password
         if args.ssl_password_file:
             password = _read_secret(args.ssl_password_file)
-        domain.set_credentials(args.ssl_certificate, args.ssl_key, password)
-    mode = (
-        SSLDomain.ANONYMOUS_PEER
-        if args.ssl_disable_peer_name_verify
-        else SSLDomain.VERIFY_PEER_NAME
-    )
-    if args.ssl_trustfile or not args.ssl_disable_peer_name_verify:
-        domain.set_peer_authentication(mode)
+        domain.set_credentials(args.ssl_certificate, args.ssl_key or args.ssl_certificate, password)
     return domain
 
 

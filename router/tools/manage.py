@@ -20,6 +20,7 @@ from typing import Any
 from proton import ConnectionException, Timeout
 
 from router.tools.client import (
+    CONNECT_ERRORS,
     ManagementClient,
     ManagementFailure,
     add_connection_options,
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     try:
         client = ManagementClient.from_args(args)
-    except (ConnectionException, Timeout, OSError) as e:
+    except CONNECT_ERRORS as e:
         return fail(TOOL, f"cannot connect to {args.bus}: {e}")
     try:
         result = run(args, client)

@@ -2,7 +2,9 @@
 
 ``-g`` general router statistics, ``-c`` AMQP connections, ``-l`` TCP
 listeners and connectors (Skiff has no router links; these are its
-"links" to services), ``-a`` service addresses, ``--tcp`` relayed flows.
+"links" to services), ``-a`` service addresses, ``--tcp`` relayed flows,
+``--tls`` each sslProfile's published material (version, ordinal,
+fingerprint, certificate expiry, last error).
 ``--csv`` prints comma separated values, ``--limit`` caps the rows.
 """
 
@@ -12,11 +14,18 @@ import argparse
 import csv
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from proton import ConnectionException, Timeout
 
-from router.tools.client import ManagementClient, ManagementFailure, add_connection_options, fail
+from router.tools.client import (
+    CONNECT_ERRORS,
+    ManagementClient,
+    ManagementFailure,
+    add_connection_options,
+    fail,
+)
 
 TOOL = "skiff-stat"
 
@@ -31,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     views.add_argument("-l", "--links", action="store_true", help="tcpListeners and tcpConnectors")
     views.add_argument("-a", "--address", action="store_true", help="service addresses")
     views.add_argument("--tcp", action="store_true", help="relayed TCP connections")
+    views.add_argument(
+        "--tls",
+        action="store_true",
+        help="sslProfiles: version, ordinal, fingerprint, certificate expiry, last error",
+    )
     p.add_argument("--csv", action="store_true", help="comma separated output")
     p.add_argument("--limit", type=int, default=None, help="show at most this many rows")
     add_connection_options(p)
@@ -96,11 +110,63 @@ def general(client: ManagementClient, as_csv: bool) -> str:
     return render("Router Statistics", ["attr", "value"], pairs, as_csv)
 
 
+TLS_ATTRIBUTES = [
+    "name", "version", "ordinal", "oldestValidOrdinal", "fingerprint",
+    "certSubject", "certNotAfter", "reloads", "reloadFailures", "lastError",
+]  # fmt: skip
+
+
+def expires_in(not_after: object, now: datetime | None = None) -> str:
+    """'29d 23h' until an ISO 8601 expiry, 'EXPIRED 2h ago' after it."""
+    if not isinstance(not_after, str) or not not_after:
+        return ""
+    try:
+        when = datetime.fromisoformat(not_after)
+    except ValueError:
+        return ""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    left = int((when - (now or datetime.now(UTC))).total_seconds())
+    span = abs(left)
+    text = (
+        f"{span // 86400}d {span % 86400 // 3600}h"
+        if span >= 86400
+        else (f"{span // 3600}h {span % 3600 // 60}m")
+    )
+    return text if left >= 0 else f"EXPIRED {text} ago"
+
+
+def tls_view(client: ManagementClient, as_csv: bool, limit: int | None) -> str:
+    rows = _rows(client, "sslProfile", TLS_ATTRIBUTES, limit)
+    out: list[list[Any]] = []
+    for r in rows:
+        v = dict(zip(TLS_ATTRIBUTES, r, strict=True))
+        fingerprint = str(v["fingerprint"] or "")
+        out.append(
+            [
+                v["name"],
+                v["version"],
+                v["ordinal"],
+                v["oldestValidOrdinal"],
+                fingerprint if as_csv else fingerprint[:16],
+                v["certSubject"],
+                v["certNotAfter"],
+                expires_in(v["certNotAfter"]),
+                v["reloads"],
+                v["reloadFailures"],
+                v["lastError"],
+            ]
+        )
+    heads = ["name", "version", "ordinal", "oldest valid", "fingerprint", "subject",
+             "not after", "expires in", "reloads", "failures", "last error"]  # fmt: skip
+    return render("TLS Profiles", heads, out, as_csv)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         client = ManagementClient.from_args(args)
-    except (ConnectionException, Timeout, OSError) as e:
+    except CONNECT_ERRORS as e:
         return fail(TOOL, f"cannot connect to {args.bus}: {e}")
     try:
         if args.connections:
@@ -141,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows[: args.limit],
                 args.csv,
             )
+        elif args.tls:
+            text = tls_view(client, args.csv, args.limit)
         elif args.tcp:
             names = ["connectionId", "listener", "connector", "address", "host", "target",
                      "bytesIn", "bytesOut", "uptimeSeconds"]  # fmt: skip
