@@ -851,48 +851,62 @@ static bool flush(sk_worker *w, sk_conn *c)
     return true;
 }
 
-/* Reads from c into its partner's buffer (one read: the per-event quantum). */
+/* Reads from c into its partner's buffer and writes it on. One readable
+ * event moves at most SK_EVENT_QUANTUM bytes: a bulk stream fills whole
+ * buffers and gets a few rounds, a short message gets one read. */
+#define SK_EVENT_QUANTUM (256u * 1024u)
+
 static void relay_read(sk_worker *w, sk_conn *c)
 {
-    sk_conn *p = c->peer;
-    if (!p->out) {
-        p->out = sk_buf_get(w);
+    size_t budget = SK_EVENT_QUANTUM;
+    for (;;) {
+        sk_conn *p = c->peer;
         if (!p->out) {
-            sk_conn_close(w, c, true);
+            p->out = sk_buf_get(w);
+            if (!p->out) {
+                sk_conn_close(w, c, true);
+                return;
+            }
+        }
+        sk_buf *b = p->out;
+        if (b->end == b->cap && b->start > 0) {
+            memmove(b->data, b->data + b->start, b->end - b->start);
+            b->end -= b->start;
+            b->start = 0;
+        }
+        size_t space = b->cap - b->end;
+        if (space == 0) {
+            update_interest(w, c);
+            return;
+        }
+        ssize_t n = sk_io_recv(w, c, b->data + b->end, space);
+        if (n > 0) {
+            b->end += (uint32_t)n;
+            count_in(c, (uint64_t)n);
+        } else if (n == 0) {
+            c->rd_eof = true;
+        } else if (n == -1) {
+            if (b->start == b->end) {
+                sk_buf_put(w, b);
+                p->out = NULL;
+            }
+            update_interest(w, c); /* SSL_read may want the socket writable */
+            return;
+        } else {
+            sk_conn_close(w, c, true); /* reset by the peer: reset the other side */
+            return;
+        }
+        if (!flush(w, p))
+            return;
+        budget -= (size_t)n < budget ? (size_t)n : budget;
+        /* go on only while the partner keeps up and more is likely waiting:
+         * a full read (plain) or any record (TLS reads one record per call) */
+        bool more = n > 0 && !p->out && budget > 0 && ((size_t)n == space || c->ssl);
+        if (!more) {
+            update_interest(w, c);
             return;
         }
     }
-    sk_buf *b = p->out;
-    if (b->end == b->cap && b->start > 0) {
-        memmove(b->data, b->data + b->start, b->end - b->start);
-        b->end -= b->start;
-        b->start = 0;
-    }
-    size_t space = b->cap - b->end;
-    if (space == 0) {
-        update_interest(w, c);
-        return;
-    }
-    ssize_t n = sk_io_recv(w, c, b->data + b->end, space);
-    if (n > 0) {
-        b->end += (uint32_t)n;
-        count_in(c, (uint64_t)n);
-    } else if (n == 0) {
-        c->rd_eof = true;
-    } else if (n == -1) {
-        if (b->start == b->end) {
-            sk_buf_put(w, b);
-            p->out = NULL;
-        }
-        if (c->ssl)
-            update_interest(w, c); /* SSL_read may want the socket writable */
-        return;
-    } else {
-        sk_conn_close(w, c, true); /* reset by the peer: reset the other side */
-        return;
-    }
-    if (flush(w, p))
-        update_interest(w, c);
 }
 
 void sk_conn_event(sk_worker *w, sk_conn *c, uint32_t ev)
