@@ -590,9 +590,18 @@ class Engine:
         return {name: int(getattr(out, name)) for name in dir(out)}
 
     def lateness(self, prio: int = PRIO_HIGH, worker: int = -1) -> Histogram:
+        """Timer lateness: actual minus scheduled firing time."""
+        return self._hist(lib.sk_engine_timer_lateness, prio, worker)
+
+    def dispatch_delay(self, prio: int = PRIO_HIGH, worker: int = -1) -> Histogram:
+        """The engine's own part of the lateness (work done before the timer
+        once the worker was awake); the rest is the OS scheduler's."""
+        return self._hist(lib.sk_engine_timer_dispatch_delay, prio, worker)
+
+    def _hist(self, fn: Any, prio: int, worker: int) -> Histogram:
         out = ffi.new("sk_hist *")
-        if lib.sk_engine_timer_lateness(self._ptr, prio, worker, out) != 0:
-            raise EngineError(f"no lateness histogram for prio={prio} worker={worker}")
+        if fn(self._ptr, prio, worker, out) != 0:
+            raise EngineError(f"no timer histogram for prio={prio} worker={worker}")
         bounds = tuple(
             float("inf") if i == lib.SK_HIST_BUCKETS - 1 else float(lib.sk_hist_bound_ns(i))
             for i in range(lib.SK_HIST_BUCKETS)

@@ -95,9 +95,15 @@ def skiffd_conf(*entities: str, workers: int = 2, extra_router: str = "") -> str
     return head + "".join(entities)
 
 
-def tcp_listener(port: int, address: str = "svc", name: str | None = None) -> str:
+def tcp_listener(
+    port: int, address: str = "svc", name: str | None = None, backlog: int | None = None
+) -> str:
     n = f"    name: {name}\n" if name else ""
-    return f"tcpListener {{\n{n}    host: 127.0.0.1\n    port: {port}\n    address: {address}\n}}\n"
+    b = f"    backlog: {backlog}\n" if backlog else ""
+    return (
+        f"tcpListener {{\n{n}    host: 127.0.0.1\n    port: {port}\n    address: {address}\n"
+        f"{b}}}\n"
+    )
 
 
 def tcp_connector(port: int, address: str = "svc", host: str = "127.0.0.1") -> str:

@@ -126,6 +126,11 @@ uint64_t sk_hist_bound_ns(int i);
  * or for one worker. Returns -1 on bad arguments. */
 int sk_engine_timer_lateness(sk_engine *e, int prio, int worker, sk_hist *out);
 
+/* The engine's own share of that lateness: from the later of the deadline
+ * and the worker's wake-up to the timer's run, i.e. time spent on other work
+ * first. Lateness minus this is the operating system's scheduling delay. */
+int sk_engine_timer_dispatch_delay(sk_engine *e, int prio, int worker, sk_hist *out);
+
 typedef struct sk_worker_stats {
     uint64_t busy_ns;      /* wall time spent outside epoll_wait */
     uint64_t cpu_ns;       /* the thread's CPU time */

@@ -253,6 +253,8 @@ static void run_due(sk_worker *w, int cls, uint64_t now)
      * too; a periodic timer always moves its deadline forward */
     while ((t = sk_heap_pop_due(h, now)) != NULL) {
         sk_hist_record(&w->lateness[cls], now - t->deadline);
+        uint64_t ready = t->deadline > w->wake_ns ? t->deadline : w->wake_ns;
+        sk_hist_record(&w->dispatch[cls], now > ready ? now - ready : 0);
         SK_BUMP(&w->timers_fired, 1);
         t->cb(w, t, now);
         now = sk_now_ns();
@@ -470,6 +472,7 @@ static void *worker_main(void *arg)
         }
         int n = epoll_pwait2(w->epfd, evs, maxev, tsp, NULL);
         uint64_t start = sk_now_ns();
+        w->wake_ns = start;
         SK_BUMP(&w->wakeups, 1);
         if (n < 0 && errno != EINTR)
             break;
@@ -719,6 +722,17 @@ int sk_engine_timer_lateness(sk_engine *e, int prio, int worker, sk_hist *out)
     for (int i = 0; i < e->nworkers; i++)
         if (worker < 0 || worker == i)
             sk_hist_accumulate(&e->workers[i].lateness[prio == SK_PRIO_HIGH ? 0 : 1], out);
+    return 0;
+}
+
+int sk_engine_timer_dispatch_delay(sk_engine *e, int prio, int worker, sk_hist *out)
+{
+    if ((prio != SK_PRIO_HIGH && prio != SK_PRIO_NORMAL) || worker >= e->nworkers)
+        return -1;
+    memset(out, 0, sizeof *out);
+    for (int i = 0; i < e->nworkers; i++)
+        if (worker < 0 || worker == i)
+            sk_hist_accumulate(&e->workers[i].dispatch[prio == SK_PRIO_HIGH ? 0 : 1], out);
     return 0;
 }
 

@@ -255,6 +255,8 @@ struct sk_worker {
 
     sk_heap heap[2];
     sk_hist_atomic lateness[2];
+    sk_hist_atomic dispatch[2]; /* lateness caused by the worker's own work */
+    uint64_t wake_ns;           /* when epoll_pwait2 last returned */
     sk_ring ring[2];
 
     pthread_mutex_t mbox_lock;
