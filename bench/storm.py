@@ -240,6 +240,7 @@ class SubjectSummary:
     engine_cpu_ns: int = 0
     relayed: int = 0
     lateness: EngineHistogram | None = None
+    dispatch: EngineHistogram | None = None
     event_lateness_ns: Histogram = field(default_factory=Histogram)
     client_cpu_s: float = 0.0
     echo_cpu_s: float = 0.0
@@ -259,6 +260,9 @@ class SubjectSummary:
             lat = r.engine["lateness"]
             assert isinstance(lat, EngineHistogram)
             s.lateness = lat if s.lateness is None else add_engine_histograms(s.lateness, lat)
+            disp = r.engine["dispatch"]
+            assert isinstance(disp, EngineHistogram)
+            s.dispatch = disp if s.dispatch is None else add_engine_histograms(s.dispatch, disp)
             s.event_lateness_ns.merge(r.event_lateness_ns)
             s.client_cpu_s += r.client_cpu_s
             s.echo_cpu_s += r.echo_cpu_s

@@ -57,6 +57,7 @@ class ProbeSnapshot:
 
     cpu_ns: int
     lateness: EngineHistogram
+    dispatch: EngineHistogram  # the engine's own share of the lateness
     listener: FlowStats
     target: FlowStats
     counters: dict[str, int]
@@ -170,6 +171,7 @@ class EngineSubject:
         return ProbeSnapshot(
             cpu_ns=self.engine.workers_cpu_ns(),
             lateness=self.engine.lateness(PRIO_HIGH),
+            dispatch=self.engine.dispatch_delay(PRIO_HIGH),
             listener=self.listener.stats(),
             target=sum_flows([t.stats() for t in self.targets]),
             counters=self.engine.counters(),
@@ -200,6 +202,7 @@ def window(after: ProbeSnapshot, before: ProbeSnapshot) -> dict[str, Any]:
     return {
         "cpu_ns": after.cpu_ns - before.cpu_ns,
         "lateness": after.lateness.minus(before.lateness),
+        "dispatch": after.dispatch.minus(before.dispatch),
         "listener": flow_delta(after.listener, before.listener),
         "target": flow_delta(after.target, before.target),
         "counters": counters,

@@ -196,6 +196,8 @@ static void drain_mailbox(sk_worker *w)
         sk_msg *next = m->next;
         handle_msg(w, m);
         m = next;
+        if (m)
+            sk_worker_high_check(w);
     }
 }
 
@@ -258,6 +260,16 @@ static void run_due(sk_worker *w, int cls, uint64_t now)
         SK_BUMP(&w->timers_fired, 1);
         t->cb(w, t, now);
         now = sk_now_ns();
+    }
+}
+
+void sk_worker_high_check(sk_worker *w)
+{
+    uint64_t t = sk_now_ns();
+    if (t - w->last_high_check >= w->high_budget_ns) {
+        SK_BUMP(&w->high_rechecks, 1);
+        run_due(w, 0, t);
+        w->last_high_check = t;
     }
 }
 
@@ -446,7 +458,7 @@ static void *worker_main(void *arg)
     sk_engine *e = w->engine;
     int maxev = e->opts.events_per_wakeup;
     struct epoll_event *evs = calloc((size_t)maxev, sizeof *evs);
-    uint64_t budget = (uint64_t)e->opts.high_check_budget_us * 1000u;
+    w->high_budget_ns = (uint64_t)e->opts.high_check_budget_us * 1000u;
     pthread_getcpuclockid(pthread_self(), &w->cpu_clock);
     /* the default 50 us timer slack would make every timer that late */
     prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
@@ -480,14 +492,8 @@ static void *worker_main(void *arg)
         run_due(w, 0, start);
         w->last_high_check = start;
         for (int i = 0; i < n; i++) {
-            if (i > 0) {
-                uint64_t t = sk_now_ns();
-                if (t - w->last_high_check >= budget) {
-                    SK_BUMP(&w->high_rechecks, 1);
-                    run_due(w, 0, t);
-                    w->last_high_check = t;
-                }
-            }
+            if (i > 0)
+                sk_worker_high_check(w);
             sk_handle *h = evs[i].data.ptr;
             switch (h->kind) {
             case SK_H_WAKE:

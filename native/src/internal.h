@@ -278,6 +278,7 @@ struct sk_worker {
     sk_buf *buf_free;
     int buf_free_n;
     uint64_t last_high_check;
+    uint64_t high_budget_ns;
 
     clockid_t cpu_clock;
     _Atomic uint64_t cpu_final_ns;
@@ -319,6 +320,9 @@ sk_buf *sk_buf_get(sk_worker *w);
 void sk_buf_put(sk_worker *w, sk_buf *b);
 void sk_worker_schedule(sk_worker *w, int prio, sk_timer *t, uint64_t deadline);
 void sk_worker_cancel(sk_worker *w, int prio, sk_timer *t);
+/* Runs due high-priority timers when the in-batch budget has passed: call it
+ * between units of work inside any loop that can run long. */
+void sk_worker_high_check(sk_worker *w);
 
 /* ------------------------------------------------------------ listener.c */
 

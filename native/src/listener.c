@@ -283,6 +283,8 @@ void sk_lsock_readable(sk_worker *w, sk_lsock *ls)
 {
     sk_listener *l = ls->listener;
     for (int i = 0; i < SK_ACCEPTS_PER_EVENT && !ls->paused; i++) {
+        if (i > 0)
+            sk_worker_high_check(w); /* each accept starts a connect: not free */
         struct sockaddr_storage sa;
         socklen_t salen = sizeof sa;
         int fd = accept4(ls->fd, (struct sockaddr *)&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);

@@ -776,6 +776,7 @@ void sk_worker_run_ready(sk_worker *w)
         sk_conn *c = list;
         list = c->ready_next;
         c->in_ready = false;
+        sk_worker_high_check(w);
         if (c->state != SK_C_OPEN || c->rd_eof)
             continue;
         if (c->app)
