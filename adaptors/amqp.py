@@ -121,6 +121,7 @@ class AmqpAdaptor:
         registry.subscribe("listener", _ListenerObserver(self))
         registry.subscribe("router", _RouterStatus(self))
         engine.on_event(self._on_event)
+        engine.on_overflow(self._resync)
         self.agent.provide("connection", self._connection_rows)
         self.agent.provide("tcpConnection", self._tcp_connection_rows)
         self.agent.provide("routerMetrics", self._router_metrics)
@@ -328,6 +329,19 @@ class AmqpAdaptor:
                 conn, state = entry
                 state.connections.discard(ev.id)
                 conn.closed()
+
+    def _resync(self) -> None:
+        """Some engine events were dropped (a ring overflowed while the loop was
+        busy): rebuild the set of connections from the engine itself."""
+        live = {c.id: c for c in self.engine.connections() if c.app}
+        for conn_id in [cid for cid in self._conns if cid not in live]:
+            conn, state = self._conns.pop(conn_id)
+            state.connections.discard(conn_id)
+            conn.closed()
+        for conn_id, info in live.items():
+            if conn_id not in self._conns:
+                self._opened(conn_id, info.listener_id)
+            self._readable(conn_id)
 
     def _opened(self, conn_id: int, listener_uid: int) -> None:
         state = self._by_uid.get(listener_uid)
