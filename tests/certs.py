@@ -30,19 +30,22 @@ def _name(cn: str) -> x509.Name:
 
 
 class CertAuthority:
-    def __init__(self, cn: str = "Skiff Test CA") -> None:
+    def __init__(self, cn: str = "Skiff Test CA", parent: CertAuthority | None = None) -> None:
+        """A root CA, or with parent an intermediate CA signed by it."""
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
+        issuer = parent.cert.subject if parent else _name(cn)
+        signer = parent.key if parent else self.key
         self.cert = (
             x509.CertificateBuilder()
             .subject_name(_name(cn))
-            .issuer_name(_name(cn))
+            .issuer_name(issuer)
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=30))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
+            .sign(signer, hashes.SHA256())
         )
         self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
 

@@ -104,9 +104,7 @@ def test_three_connectors_share_300_clients(tmp_path: Path) -> None:
     port = free_port()
     # 300 at once: a backlog above the default 50, or the kernel drops SYNs and
     # the test measures TCP retransmission timers instead of Skiff
-    conf = skiffd_conf(
-        tcp_listener(port, backlog=1024), *(tcp_connector(s.port) for s in servers)
-    )
+    conf = skiffd_conf(tcp_listener(port, backlog=1024), *(tcp_connector(s.port) for s in servers))
     d = Skiffd(tmp_path, conf)
 
     async def client() -> bytes:
@@ -119,9 +117,7 @@ def test_three_connectors_share_300_clients(tmp_path: Path) -> None:
 
     async def main() -> list[bytes]:
         # bounded: a lost flow fails the test instead of hanging the suite
-        return await asyncio.wait_for(
-            asyncio.gather(*(client() for _ in range(300))), timeout=60
-        )
+        return await asyncio.wait_for(asyncio.gather(*(client() for _ in range(300))), timeout=60)
 
     try:
         tags = uvloop.run(main())
@@ -376,3 +372,39 @@ def test_version_and_json_config(tmp_path: Path) -> None:
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_removed_connector_drops_its_flows(tmp_path: Path) -> None:
+    """dropTcpConnections (default true): removing a tcpConnector closes the
+    flows it serves; flows of other connectors stay."""
+    a, b = ThreadedServer(echo), ThreadedServer(echo)
+    pa, pb = free_port(), free_port()
+    both = skiffd_conf(
+        tcp_listener(pa, "a"),
+        tcp_connector(a.port, "a"),
+        tcp_listener(pb, "b"),
+        tcp_connector(b.port, "b"),
+    )
+    only_b = skiffd_conf(tcp_listener(pa, "a"), tcp_listener(pb, "b"), tcp_connector(b.port, "b"))
+    d = Skiffd(tmp_path, both)
+    try:
+        ca = socket.create_connection(("127.0.0.1", pa))
+        cb = socket.create_connection(("127.0.0.1", pb))
+        for c in (ca, cb):
+            c.sendall(b"1")
+            assert recv_exact(c, 1) == b"1"
+        d.rewrite(only_b)
+        d.reload("configuration reloaded")
+        ca.settimeout(20)
+        try:
+            assert ca.recv(1) == b""  # closed by the router
+        except ConnectionResetError:
+            pass
+        cb.sendall(b"2")
+        assert recv_exact(cb, 1) == b"2"
+        ca.close()
+        cb.close()
+    finally:
+        a.close()
+        b.close()
+        assert d.stop() == 0

@@ -8,8 +8,12 @@ import os
 import random
 import socket
 import struct
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import uvloop
@@ -419,3 +423,85 @@ def test_connection_listing(engine: Engine, echo_server: ThreadedServer) -> None
     assert (row.bytes_in, row.bytes_out) == (5, 5)
     assert row.tls_version == 0
     c.close()
+
+
+def test_reset_on_one_side_resets_the_other(engine: Engine) -> None:
+    got_reset: list[bool] = []
+
+    def handler(conn: socket.socket) -> None:
+        conn.sendall(b"ready")
+        try:
+            while conn.recv(65536):
+                pass
+            got_reset.append(False)  # a clean EOF: the reset was not propagated
+        except ConnectionResetError:
+            got_reset.append(True)
+
+    srv = ThreadedServer(handler)
+    lport, _keep = relay_to(engine, srv.port)
+    c = socket.create_connection(("127.0.0.1", lport))
+    assert recv_exact(c, 5) == b"ready"
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()  # RST
+    wait_for(lambda: bool(got_reset), what="the server side to end")
+    srv.close()
+    assert got_reset == [True]
+
+
+def test_out_of_descriptors_pauses_accepting(tmp_path: Path, echo_server: ThreadedServer) -> None:
+    """With the descriptor limit reached, accept() fails with EMFILE: the
+    engine pauses that listener with back-off (counted, reported) instead of
+    spinning, and accepts again once descriptors are free. The engine runs in
+    a child process with a low limit; clients and echo server stay here."""
+    script = tmp_path / "emfile.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import resource, sys, time
+            from router.engine import Engine, EngineOptions, EventType, RouteTarget
+            resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+            eng = Engine(EngineOptions(worker_threads=1))
+            t = eng.target()
+            eng.publish_routes({0: [RouteTarget(t, "127.0.0.1", int(sys.argv[1]))]})
+            lst = eng.listen("127.0.0.1", 0)
+            print(lst.port, flush=True)
+            deadline = time.monotonic() + 60
+            while not any(e.type == EventType.ACCEPT_PAUSED for e in eng.drain()):
+                assert time.monotonic() < deadline, "never paused"
+                time.sleep(0.01)
+            print("PAUSED", eng.counters()["accept_paused"], flush=True)
+            sys.stdin.readline()  # the clients are gone
+            print("STOP", eng.counters()["accept_paused"], flush=True)
+            sys.stdin.readline()
+            eng.stop()
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(echo_server.port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        port = int(proc.stdout.readline())
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+        paused = proc.stdout.readline()
+        assert paused.startswith("PAUSED "), paused
+        for c in held:
+            c.close()
+        # descriptors are free again: the listener resumes after its back-off
+        c = socket.create_connection(("127.0.0.1", port), timeout=20)
+        c.sendall(b"back")
+        assert recv_exact(c, 4) == b"back"
+        c.close()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().startswith("STOP ")
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

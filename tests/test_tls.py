@@ -525,3 +525,26 @@ def test_storm_during_rotation_every_100ms(pki: tuple[CertAuthority, Path]) -> N
 
     run(body)
     srv.close()
+
+
+def test_intermediates_in_cert_file_are_served(tmp_path: Path) -> None:
+    root = CertAuthority("Root CA")
+    inter = CertAuthority("Intermediate CA", parent=root)
+    leaf = inter.issue("leaf")
+    write(tmp_path / "root.pem", root.pem)
+    write(tmp_path / "cert.pem", leaf.cert_pem + inter.pem)  # leaf, then its issuer
+    write(tmp_path / "key.pem", leaf.key_pem)
+    srv = ThreadedServer(echo)
+
+    async def body(r: Router) -> None:
+        r.profile(
+            "p", certFile=str(tmp_path / "cert.pem"), privateKeyFile=str(tmp_path / "key.pem")
+        )
+        r.relay("svc", srv.port, profile="p")
+        await r.settle()
+        # the client trusts only the root: the handshake needs the intermediate
+        got = await asyncio.to_thread(fetch, r.port("svc"), client_context(tmp_path / "root.pem"))
+        assert got == (fp(leaf), b"ping")
+
+    run(body)
+    srv.close()
