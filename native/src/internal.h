@@ -353,6 +353,8 @@ void sk_lsock_attach(sk_worker *w, sk_lsock *ls);
 void sk_lsock_readable(sk_worker *w, sk_lsock *ls);
 void sk_worker_close_listener(sk_worker *w, sk_listener *l, int drop);
 void sk_lsock_destroy(sk_worker *w, sk_lsock *ls);
+/* Out of descriptors while serving l's client: stop accepting for a while. */
+void sk_worker_pause_listener(sk_worker *w, sk_listener *l, int err);
 
 /* ------------------------------------------------------------ relay.c */
 

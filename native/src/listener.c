@@ -279,6 +279,15 @@ static void pause_accept(sk_worker *w, sk_lsock *ls, int err)
     sk_worker_schedule(w, SK_PRIO_NORMAL, &ls->resume, sk_now_ns() + ls->backoff_ms * 1000000u);
 }
 
+void sk_worker_pause_listener(sk_worker *w, sk_listener *l, int err)
+{
+    for (sk_lsock *ls = w->lsocks; ls; ls = ls->next)
+        if (ls->listener == l && !ls->paused) {
+            pause_accept(w, ls, err);
+            return;
+        }
+}
+
 void sk_lsock_readable(sk_worker *w, sk_lsock *ls)
 {
     sk_listener *l = ls->listener;

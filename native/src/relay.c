@@ -580,7 +580,11 @@ static void start_connect(sk_worker *w, sk_conn *client)
         int fd = socket(pick->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0) {
             client->last_err = errno;
-            break; /* out of descriptors: another target will not help */
+            /* out of descriptors: another target will not help, and accepting
+             * more clients that cannot be served would only spin */
+            if (errno == EMFILE || errno == ENFILE)
+                sk_worker_pause_listener(w, client->listener, errno);
+            break;
         }
         set_sockopts(e, fd);
         int rc = connect(fd, (const struct sockaddr *)&pick->sa, pick->salen);
