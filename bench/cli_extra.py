@@ -153,9 +153,11 @@ def add_workload_parsers(sub: Any) -> None:
         "--slow-every",
         type=int,
         default=10,
-        help="every Nth load blocks the loader first (0: never)",
+        help="every Nth rotation also rewrites a large CA bundle of a second profile (0: never)",
     )
-    rot.add_argument("--slow", type=float, default=0.2, help="seconds the slow load blocks")
+    rot.add_argument(
+        "--slow", type=float, default=0.2, help="idle parse time the bundle is sized for (s)"
+    )
     rot.add_argument("--json", type=Path, default=None)
     rot.add_argument("--quiet", action="store_true")
     report = sub.add_parser("report", help="draw PNG plots from result JSON files")
