@@ -491,6 +491,10 @@ static void *worker_main(void *arg)
         /* due heartbeats first, before any connection event */
         run_due(w, 0, start);
         w->last_high_check = start;
+        /* then the control plane's requests (management replies, closes):
+         * they should not wait behind a whole batch of connection events */
+        if (atomic_load_explicit(&w->wake_pending, memory_order_acquire))
+            drain_mailbox(w);
         for (int i = 0; i < n; i++) {
             if (i > 0)
                 sk_worker_high_check(w);
