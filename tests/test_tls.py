@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
 import ssl
 import threading
 import time
@@ -128,8 +129,6 @@ def test_listener_serves_tls_and_pins_version(pki: tuple[CertAuthority, Path]) -
 
 
 def _open_tls(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:
-    import socket
-
     raw = socket.create_connection(("127.0.0.1", port), timeout=20)
     s = ctx.wrap_socket(raw, server_hostname="localhost")
     s.sendall(b"hi")
@@ -351,26 +350,28 @@ def test_authenticate_peer(pki: tuple[CertAuthority, Path]) -> None:
     srv.close()
 
 
-def test_tls_connector_originates_and_verifies(pki: tuple[CertAuthority, Path]) -> None:
-    """Plain client -> router -> TLS to a TLS echo server (verified by name)."""
-    ca, d = pki
-    server = ca.issue("backend", dns=("backend.test", "localhost"), ips=("127.0.0.1",))
-    write(d / "backend.pem", server.cert_pem)
-    write(d / "backend.key", server.key_pem)
+def tls_backend(d: Path, issued: Issued) -> tuple[ThreadedServer, ssl.SSLContext]:
+    """A TLS echo server presenting issued (for connector tests)."""
+    write(d / "backend.pem", issued.cert_pem)
+    write(d / "backend.key", issued.key_pem)
     sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     sctx.load_cert_chain(str(d / "backend.pem"), str(d / "backend.key"))
-    seen_sni: list[str | None] = []
-    sctx.sni_callback = lambda sock, name, c: seen_sni.append(name)  # type: ignore[assignment,misc,return-value]
 
-    def tls_echo(conn: object) -> None:
-        import socket as s
-
-        assert isinstance(conn, s.socket)
+    def tls_echo(conn: socket.socket) -> None:
         with sctx.wrap_socket(conn, server_side=True) as t:
             while data := t.recv(65536):
                 t.sendall(data)
 
-    backend = ThreadedServer(tls_echo)
+    return ThreadedServer(tls_echo), sctx
+
+
+def test_tls_connector_originates_and_verifies(pki: tuple[CertAuthority, Path]) -> None:
+    """Plain client -> router -> TLS to a TLS echo server (verified by name)."""
+    ca, d = pki
+    server = ca.issue("backend", dns=("backend.test", "localhost"), ips=("127.0.0.1",))
+    backend, sctx = tls_backend(d, server)
+    seen_sni: list[str | None] = []
+    sctx.sni_callback = lambda sock, name, c: seen_sni.append(name)  # type: ignore[assignment,misc,return-value]
 
     async def body(r: Router) -> None:
         r.profile("trust", caCertFile=str(d / "ca.pem"))
@@ -380,9 +381,7 @@ def test_tls_connector_originates_and_verifies(pki: tuple[CertAuthority, Path]) 
         await r.tcp.settle()
         r.tcp.publish()
         for name in ("good", "ip"):
-            import socket as s
-
-            c = await asyncio.to_thread(s.create_connection, ("127.0.0.1", r.port(name)), 20)
+            c = await asyncio.to_thread(socket.create_connection, ("127.0.0.1", r.port(name)), 20)
             await asyncio.to_thread(c.sendall, b"through tls")
             assert await asyncio.to_thread(c.recv, 100) == b"through tls"
             c.close()
@@ -395,29 +394,13 @@ def test_tls_connector_originates_and_verifies(pki: tuple[CertAuthority, Path]) 
 
 def test_tls_connector_rejects_wrong_name(pki: tuple[CertAuthority, Path]) -> None:
     ca, d = pki
-    server = ca.issue("backend", dns=("other.test",), ips=())
-    write(d / "backend.pem", server.cert_pem)
-    write(d / "backend.key", server.key_pem)
-    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    sctx.load_cert_chain(str(d / "backend.pem"), str(d / "backend.key"))
-
-    def tls_echo(conn: object) -> None:
-        import socket as s
-
-        assert isinstance(conn, s.socket)
-        with sctx.wrap_socket(conn, server_side=True) as t:
-            while data := t.recv(65536):
-                t.sendall(data)
-
-    backend = ThreadedServer(tls_echo)
+    backend, _ = tls_backend(d, ca.issue("backend", dns=("other.test",), ips=()))
 
     async def body(r: Router) -> None:
         r.profile("trust", caCertFile=str(d / "ca.pem"))
         r.relay("svc", backend.port, connector_profile="trust", connector_host="127.0.0.1")
         await r.settle()
-        import socket as s
-
-        c = await asyncio.to_thread(s.create_connection, ("127.0.0.1", r.port("svc")), 20)
+        c = await asyncio.to_thread(socket.create_connection, ("127.0.0.1", r.port("svc")), 20)
         c.settimeout(20)
         try:
             assert await asyncio.to_thread(c.recv, 10) == b""  # no target verified
@@ -449,10 +432,10 @@ def test_fifo_load_never_blocks_workers_or_loop(pki: tuple[CertAuthority, Path])
         fired = []
         r.engine.on_event(lambda ev: fired.append(ev) if ev.type == EventType.TIMER else None)
         timer = r.engine.timer_start(0.01, 0.01, PRIO_HIGH)
-        import socket as s
-
         for i in range(20):  # plain relay keeps working
-            c = await asyncio.to_thread(s.create_connection, ("127.0.0.1", r.port("plain")), 20)
+            c = await asyncio.to_thread(
+                socket.create_connection, ("127.0.0.1", r.port("plain")), 20
+            )
             await asyncio.to_thread(c.sendall, b"%d" % i)
             assert await asyncio.to_thread(c.recv, 10) == b"%d" % i
             c.close()
