@@ -23,7 +23,7 @@ from adaptors.tcp import TcpAdaptor
 from router import schema
 from router.config import DEFAULT_CONFIG, ConfigError, ConfigFile, load_config, parse_config_text
 from router.engine import Engine, EngineError, EngineOptions
-from router.log import LogConfigObserver, configure_log, get_logger
+from router.log import LogConfigObserver, configure_log, get_logger, start_background_writer
 from router.registry import Registry, RegistryError
 from router.tls import TlsManager
 
@@ -317,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         name = args.config or DEFAULT_CONFIG_NAME
         print(f"skiffd: {name}: configuration is valid ({len(config.entities)} entities)")
         return 0
+    # the control loop must not wait for stderr or a log file
+    start_background_writer()
     if args.log_level:
         configure_log("DEFAULT", f"{args.log_level}+")
     try:

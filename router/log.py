@@ -14,9 +14,12 @@ cannot express, so a filter checks the set while the logger level keeps
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
+import queue
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -108,6 +111,73 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def emit(self, record: logging.LogRecord) -> None:
         self.stream = sys.stderr
         super().emit(record)
+
+
+class _LogWriter(threading.Thread):
+    """Writes formatted lines for the daemon, so a slow disk or a full pipe
+    never stalls the control loop. Bounded: when it falls that far behind,
+    lines are dropped and counted rather than the loop made to wait."""
+
+    def __init__(self, limit: int = 10000) -> None:
+        super().__init__(name="skiff-log-writer", daemon=True)
+        self.queue: queue.Queue[tuple[logging.Handler, str] | None] = queue.Queue(limit)
+        self.dropped = 0
+
+    def run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            handler, text = item
+            stream = sys.stderr if isinstance(handler, _StderrHandler) else handler.stream  # type: ignore[attr-defined]
+            try:
+                stream.write(text + "\n")
+                stream.flush()
+            except (OSError, ValueError):
+                self.dropped += 1  # nowhere left to report it
+
+    def stop(self, timeout: float = 2.0) -> None:
+        try:
+            self.queue.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self.join(timeout)
+
+
+class _Deferred(logging.Handler):
+    """Formats on the caller's thread (arguments are read now), writes on
+    the log writer thread."""
+
+    def __init__(self, target: logging.Handler, writer: _LogWriter) -> None:
+        super().__init__()
+        self.target = target
+        self.writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.writer.queue.put_nowait((self.target, self.target.format(record)))
+        except queue.Full:
+            self.writer.dropped += 1
+
+    def close(self) -> None:
+        self.target.close()
+        super().close()
+
+
+_writer: _LogWriter | None = None
+
+
+def start_background_writer() -> None:
+    """From now on log lines are written by a thread of their own (skiffd
+    calls this; the library default stays synchronous, which tests rely on)."""
+    global _writer
+    if _writer is not None:
+        return
+    _writer = _LogWriter()
+    _writer.start()
+    atexit.register(_writer.stop)
+    for module, state in _states.items():
+        logger = logging.getLogger(LOGGER_PREFIX + module)
+        logger.removeHandler(state.handler)
+        state.handler = _Deferred(state.handler, _writer)
+        logger.addHandler(state.handler)
 
 
 @dataclass
@@ -204,6 +274,8 @@ def configure_log(
             value=text,
         )
     handler = _make_handler(output_file, include_timestamp)
+    if _writer is not None:
+        handler = _Deferred(handler, _writer)
     logger = logging.getLogger(LOGGER_PREFIX + module)
     old = _states.get(module)
     if old is not None:

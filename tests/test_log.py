@@ -150,3 +150,30 @@ def test_log_config_observer_applies_entities(tmp_path: Path) -> None:
     observer.on_update(entity, entity)
     log.get_logger("FLOW_LOG").debug("d")
     assert lines(out) == ["FLOW_LOG (debug) d"]
+
+
+def test_background_writer_writes_off_the_calling_thread(capsys: object) -> None:
+    """skiffd's mode: lines are formatted at the call and written by the
+    writer thread, in order; nothing is lost when it is stopped."""
+    import threading
+
+    from router import log as skiff_log
+
+    skiff_log.reset_logging()
+    skiff_log.start_background_writer()
+    writer = skiff_log._writer
+    assert writer is not None and writer.is_alive()
+    try:
+        logger = skiff_log.get_logger("TCP_ADAPTOR")
+        values = ["a", "b"]
+        logger.info("first %s", values[0])
+        values[0] = "changed"  # formatted at the call, not when written
+        logger.info("second %s", values[1])
+        assert threading.current_thread() is not writer
+        writer.stop()
+    finally:
+        skiff_log._writer = None
+        skiff_log.reset_logging()
+    err = capsys.readouterr().err  # type: ignore[attr-defined]
+    lines = [line for line in err.splitlines() if "TCP_ADAPTOR" in line]
+    assert [line.split(") ", 1)[1] for line in lines] == ["first a", "second b"]
