@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     storm.add_argument(
         "--tls",
         action="store_true",
-        help="TLS handshake storm against the engine's TLS listener (see also rotate)",
+        help="TLS handshake storm: against the engine's TLS listener, or with --spawn a "
+        "skiffd sslProfile listener, or with --target (and --tls-ca) any TLS relay",
     )
     add_target_options(storm, storm=True)
     add_compare_parser(sub)
@@ -138,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return mgmt_main(raw[1:])
     args = build_parser().parse_args(raw)
-    if args.command == "storm" and args.tls:
+    if args.command == "storm" and args.tls and args.target is None and not args.spawn:
         if args.duration is None:
             args.duration = 5.0
         return run_tls(args, None)

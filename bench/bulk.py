@@ -23,6 +23,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -202,6 +203,79 @@ class SinkServer:
 # ---------------------------------------------------------------- senders
 
 
+class TlsStream:
+    """A TLS client over a blocking socket through memory BIOs.
+
+    Why not ssl.SSLSocket: its shutdown() drops the TLS state, so it cannot
+    half-close. The bulk protocol must send close_notify (the proxy turns it
+    into a FIN towards the sink) and then still read the sink's verdict."""
+
+    MAX_TURNS = 1 << 20
+
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext) -> None:
+        self.sock = sock
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+
+    def _flush(self) -> None:
+        pending = self.outgoing.read()
+        if pending:
+            self.sock.sendall(pending)
+
+    def _fill(self) -> None:
+        data = self.sock.recv(CHUNK)
+        if data:
+            self.incoming.write(data)
+        else:
+            self.incoming.write_eof()
+
+    def handshake(self) -> None:
+        for _ in range(self.MAX_TURNS):  # bounded: each turn reads or ends
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                self._fill()
+        self._flush()
+
+    def sendall(self, data: memoryview | bytes) -> None:
+        self.obj.write(data)  # an unbounded memory BIO takes all of it
+        self._flush()
+
+    def shutdown_write(self) -> None:
+        """close_notify, keeping the read side."""
+        try:
+            self.obj.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # close_notify is out; the peer's comes after the verdict
+        self._flush()
+
+    def recv(self, n: int) -> bytes:
+        """Up to n decrypted bytes; b"" at the end of the stream."""
+        for _ in range(self.MAX_TURNS):  # bounded: each turn reads or ends
+            try:
+                return self.obj.read(n)
+            except ssl.SSLWantReadError:
+                self._fill()
+            except ssl.SSLZeroReturnError:
+                return b""
+        return b""
+
+
+def _recv_exact_tls(conn: TlsStream, n: int) -> bytes:
+    buf = b""
+    for _ in range(n):  # bounded: at least one byte per turn
+        if len(buf) >= n:
+            break
+        part = conn.recv(n - len(buf))
+        if not part:
+            raise EOFError("closed before the verdict")
+        buf += part
+    return buf
+
+
 @dataclass(slots=True)
 class StreamResult:
     """What one sender saw."""
@@ -231,9 +305,16 @@ class StreamResult:
 
 
 def send_stream(
-    host: str, port: int, seed: int, start_at: float, duration_s: float
+    host: str,
+    port: int,
+    seed: int,
+    start_at: float,
+    duration_s: float,
+    tls_ca: str | None = None,
 ) -> StreamResult:
-    """Sends seed's pattern for duration_s, half-closes, reads the verdict."""
+    """Sends seed's pattern for duration_s, half-closes, reads the verdict
+    (tls_ca: over TLS, verifying the server against that CA; the TLS
+    handshake counts in the stream's time, as the TCP connect does)."""
     res = StreamResult(seed)
     data = pattern(seed)
     view = memoryview(data)
@@ -246,8 +327,14 @@ def send_stream(
     next_sample = res.started + SAMPLE_S
     at_sample = 0
     try:
-        with socket.create_connection((host, port), timeout=VERDICT_TIMEOUT_S) as s:
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with socket.create_connection((host, port), timeout=VERDICT_TIMEOUT_S) as raw:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s: socket.socket | TlsStream = raw
+            if tls_ca is not None:
+                from bench.pki import client_context
+
+                s = TlsStream(raw, client_context(tls_ca))
+                s.handshake()
             s.sendall(HEADER.pack(MAGIC, seed, 0))
             off = 0
             for _ in range(1 << 40):  # bounded by the deadline
@@ -263,8 +350,12 @@ def send_stream(
                 off = (off + CHUNK) % PERIOD
             res.ended = time.monotonic()
             res.samples.append(res.sent - at_sample)
-            s.shutdown(socket.SHUT_WR)
-            verdict = _recv_exact(s, VERDICT.size)
+            if isinstance(s, TlsStream):
+                s.shutdown_write()
+                verdict = _recv_exact_tls(s, VERDICT.size)
+            else:
+                s.shutdown(socket.SHUT_WR)
+                verdict = _recv_exact(s, VERDICT.size)
             res.received_by_sink, res.first_bad = VERDICT.unpack(verdict)
     except (OSError, EOFError) as exc:
         res.error = f"{type(exc).__name__}: {exc}"
@@ -274,10 +365,16 @@ def send_stream(
 
 
 def sender_process_main(
-    host: str, port: int, seed: int, start_at: float, duration_s: float, ctl: Connection
+    host: str,
+    port: int,
+    seed: int,
+    start_at: float,
+    duration_s: float,
+    ctl: Connection,
+    tls_ca: str | None = None,
 ) -> None:
     """Entry point of a sender process: one stream, one StreamResult."""
-    ctl.send(send_stream(host, port, seed, start_at, duration_s))
+    ctl.send(send_stream(host, port, seed, start_at, duration_s, tls_ca))
 
 
 def run_streams(
@@ -287,6 +384,7 @@ def run_streams(
     duration_s: float,
     seed_base: int,
     start_delay_s: float = 0.3,
+    tls_ca: str | None = None,
 ) -> list[StreamResult]:
     """streams sender processes at once (blocking: call from an executor
     thread when an event loop must keep running)."""
@@ -298,7 +396,7 @@ def run_streams(
             parent_end, child_end = ctx.Pipe()
             sender = ctx.Process(
                 target=sender_process_main,
-                args=(host, port, seed_base + i, start_at, duration_s, child_end),
+                args=(host, port, seed_base + i, start_at, duration_s, child_end, tls_ca),
                 name=f"skiff-bench-bulk-{i}",
                 daemon=True,
             )

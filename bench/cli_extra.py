@@ -111,6 +111,18 @@ def add_target_options(p: argparse.ArgumentParser, storm: bool = False) -> None:
         p.add_argument("--duration", type=float, default=5.0, help="seconds")
         p.add_argument("--timeout", type=float, default=10.0)
         p.add_argument("--source-addrs", type=int, default=253)
+        p.add_argument(
+            "--tls",
+            action="store_true",
+            help="clients speak TLS (--spawn: skiffd terminates it with a generated "
+            "sslProfile; --target: give --tls-ca)",
+        )
+    p.add_argument(
+        "--tls-ca",
+        default=None,
+        metavar="FILE",
+        help="--tls --target: the CA certificate (PEM) the clients trust for 'localhost'",
+    )
     _common_once(p)
 
 
@@ -184,6 +196,8 @@ def target_config(args: argparse.Namespace, workload: str) -> TargetConfig:
         procs=getattr(args, "procs", 2),
         timeout_s=getattr(args, "timeout", 10.0),
         source_addrs=getattr(args, "source_addrs", 253),
+        tls=bool(getattr(args, "tls", False)),
+        tls_ca=getattr(args, "tls_ca", None),
     )
     if workload == "storm":
         cfg.clients, cfg.count, cfg.duration_s = args.clients, args.count, args.duration

@@ -52,9 +52,20 @@ class _Holder(asyncio.Protocol):
 
 
 async def _hold(
-    host: str, port: int, n: int, source_addrs: int, offset: int, ctl: Connection
+    host: str,
+    port: int,
+    n: int,
+    source_addrs: int,
+    offset: int,
+    ctl: Connection,
+    tls_ca: str | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
+    ctx = None
+    if tls_ca is not None:
+        from bench.pki import client_context
+
+        ctx = client_context(tls_ca)
     sources = source_addresses(source_addrs)
     res = HoldResult()
     holders: list[_Holder] = []
@@ -68,7 +79,12 @@ async def _hold(
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT_S):
                     _t, proto = await loop.create_connection(
-                        lambda: _Holder(done), host, port, local_addr=local
+                        lambda: _Holder(done),
+                        host,
+                        port,
+                        local_addr=local,
+                        ssl=ctx,
+                        server_hostname="localhost" if ctx is not None else None,
                     )
                     holders.append(proto)
                     good = await done
@@ -92,12 +108,18 @@ async def _hold(
 
 
 def holder_main(
-    host: str, port: int, n: int, source_addrs: int, offset: int, ctl: Connection
+    host: str,
+    port: int,
+    n: int,
+    source_addrs: int,
+    offset: int,
+    ctl: Connection,
+    tls_ca: str | None = None,
 ) -> None:
     import uvloop
 
     raise_nofile_limit()
-    uvloop.run(_hold(host, port, n, source_addrs, offset, ctl))
+    uvloop.run(_hold(host, port, n, source_addrs, offset, ctl, tls_ca))
     ctl.send("released")
 
 
@@ -105,7 +127,13 @@ class IdleHold:
     """N connections over procs holder processes, held until release()."""
 
     def __init__(
-        self, host: str, port: int, n: int, procs: int = 1, source_addrs: int = 253
+        self,
+        host: str,
+        port: int,
+        n: int,
+        procs: int = 1,
+        source_addrs: int = 253,
+        tls_ca: str | None = None,
     ) -> None:
         ctx = mp.get_context("spawn")
         self.parts: list[tuple[mp.process.BaseProcess, Connection]] = []
@@ -114,7 +142,7 @@ class IdleHold:
             parent_end, child_end = ctx.Pipe()
             p = ctx.Process(
                 target=holder_main,
-                args=(host, port, k, source_addrs, i * 50, child_end),
+                args=(host, port, k, source_addrs, i * 50, child_end, tls_ca),
                 name=f"skiff-bench-idle-{i}",
                 daemon=True,
             )

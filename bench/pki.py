@@ -10,6 +10,9 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -71,3 +74,50 @@ class BenchCA:
             key_pem,
             hashlib.sha256(der).hexdigest(),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """One server identity on disk, for a proxy that terminates TLS.
+
+    combined is certificate + key in one PEM (HAProxy's `crt`); skiffd's
+    sslProfile takes cert, key and ca as separate files."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    combined: Path
+    fingerprint: str
+
+    @property
+    def ca_file(self) -> str:
+        return str(self.ca)
+
+
+def write_tls_files(directory: Path, ca: BenchCA | None = None) -> TlsFiles:
+    """A fresh CA (unless given) and a localhost/127.0.0.1 leaf in directory."""
+    ca = ca or BenchCA()
+    cert_pem, key_pem, fp = ca.leaf(1)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = TlsFiles(
+        directory / "ca.pem",
+        directory / "server.pem",
+        directory / "server.key",
+        directory / "server-combined.pem",
+        fp,
+    )
+    files.ca.write_bytes(ca.pem)
+    files.cert.write_bytes(cert_pem)
+    files.key.write_bytes(key_pem)
+    files.key.chmod(0o600)
+    files.combined.write_bytes(cert_pem + key_pem)
+    files.combined.chmod(0o600)
+    return files
+
+
+def client_context(ca_file: str) -> ssl.SSLContext:
+    """The bench's TLS client side: verifies the server against ca_file (name
+    "localhost"), no session tickets, so every connection is a full handshake."""
+    ctx = ssl.create_default_context(cafile=ca_file)
+    ctx.options |= ssl.OP_NO_TICKET
+    return ctx

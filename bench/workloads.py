@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.bulk import BulkFigures, SinkServer, run_streams
@@ -24,6 +27,7 @@ from bench.client import ClientPool
 from bench.echo import EchoServer
 from bench.host import environment, raise_nofile_limit
 from bench.idle import IdleHold
+from bench.pki import write_tls_files
 from bench.progress import Progress
 from bench.proxies import ProxyProcess, start_skiffd
 from bench.storm import RoundResult, StormConfig, _run_round
@@ -57,10 +61,18 @@ class TargetConfig:
     hold_s: float = 1.0
     timeout_s: float = 10.0
     source_addrs: int = 253
+    tls: bool = False  # clients speak TLS (spawn: skiffd's listeners terminate it)
+    tls_ca: str | None = None  # --target with TLS: the CA file to trust
 
     def validate(self) -> None:
         if self.workload not in WORKLOADS:
             raise ValueError(f"workload must be among {WORKLOADS}")
+        if self.tls_ca is not None and not self.tls:
+            raise ValueError("--tls-ca needs --tls")
+        if self.tls and self.target is not None and self.tls_ca is None:
+            raise ValueError("--tls with --target needs --tls-ca FILE (the CA to trust)")
+        if self.tls and self.spawn and self.tls_ca is not None:
+            raise ValueError("--tls-ca is for --target; --spawn makes its own CA")
         if self.spawn == (self.target is not None):
             raise ValueError("give exactly one of --target host:port and --spawn")
         if self.workload == "mixed" and self.target is not None and self.bulk_target is None:
@@ -81,6 +93,7 @@ class Endpoint:
     cpu_s: Callable[[], float | None]
     rss_kib: Callable[[], float | None]
     description: str
+    tls_ca: str | None = None  # clients speak TLS, trusting this CA
 
 
 @dataclass(slots=True)
@@ -111,22 +124,31 @@ def endpoint(cfg: TargetConfig) -> Iterator[Endpoint]:
         assert cfg.target is not None
         t = parse_hostport(cfg.target)
         bt = parse_hostport(cfg.bulk_target) if cfg.bulk_target else t
-        yield Endpoint(t, bt, _nothing, _nothing, f"target {cfg.target}")
+        mark = " (TLS)" if cfg.tls else ""
+        yield Endpoint(t, bt, _nothing, _nothing, f"target {cfg.target}{mark}", cfg.tls_ca)
         return
-    with EchoServer.start(1) as echo, SinkServer.start() as sink:
-        proxy: ProxyProcess = start_skiffd(
-            cfg.workers, ("127.0.0.1", echo.port), ("127.0.0.1", sink.port)
-        )
-        try:
-            yield Endpoint(
-                ("127.0.0.1", proxy.echo_port),
-                ("127.0.0.1", proxy.sink_port),
-                proxy.cpu_s,
-                lambda: float(proxy.rss_kib()),
-                f"spawned skiffd pid {proxy.pid} ({cfg.workers} workers)",
+    tls_dir = Path(tempfile.mkdtemp(prefix="skiff-bench-tls-")) if cfg.tls else None
+    try:
+        tls = write_tls_files(tls_dir) if tls_dir is not None else None
+        with EchoServer.start(1) as echo, SinkServer.start() as sink:
+            proxy: ProxyProcess = start_skiffd(
+                cfg.workers, ("127.0.0.1", echo.port), ("127.0.0.1", sink.port), tls
             )
-        finally:
-            proxy.stop()
+            try:
+                yield Endpoint(
+                    ("127.0.0.1", proxy.echo_port),
+                    ("127.0.0.1", proxy.sink_port),
+                    proxy.cpu_s,
+                    lambda: float(proxy.rss_kib()),
+                    f"spawned skiffd pid {proxy.pid} ({cfg.workers} workers"
+                    + (", TLS sslProfile)" if tls else ")"),
+                    tls.ca_file if tls is not None else None,
+                )
+            finally:
+                proxy.stop()
+    finally:
+        if tls_dir is not None:
+            shutil.rmtree(tls_dir, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -182,6 +204,7 @@ async def _run(cfg: TargetConfig, ep: Endpoint, progress: Progress) -> TargetRes
         procs=cfg.procs,
         timeout_s=cfg.timeout_s,
         source_addrs=cfg.source_addrs,
+        tls_ca_file=ep.tls_ca,
     )
     cpu0 = ep.cpu_s()
     if cfg.workload == "storm":
@@ -196,7 +219,15 @@ async def _run(cfg: TargetConfig, ep: Endpoint, progress: Progress) -> TargetRes
     elif cfg.workload == "bulk":
         progress.phase(f"bulk x{cfg.streams} → {ep.description}")
         streams = await loop.run_in_executor(
-            None, run_streams, ep.sink[0], ep.sink[1], cfg.streams, cfg.duration_s, 1
+            None,
+            run_streams,
+            ep.sink[0],
+            ep.sink[1],
+            cfg.streams,
+            cfg.duration_s,
+            1,
+            0.3,
+            ep.tls_ca,
         )
         cpu1 = ep.cpu_s()
         _bulk_figures(
@@ -205,7 +236,9 @@ async def _run(cfg: TargetConfig, ep: Endpoint, progress: Progress) -> TargetRes
     elif cfg.workload == "idle":
         progress.phase(f"idle {cfg.idle_conns} → {ep.description}")
         mem0 = ep.rss_kib()
-        hold = IdleHold(ep.echo[0], ep.echo[1], cfg.idle_conns, min(cfg.procs, 4), cfg.source_addrs)
+        hold = IdleHold(
+            ep.echo[0], ep.echo[1], cfg.idle_conns, min(cfg.procs, 4), cfg.source_addrs, ep.tls_ca
+        )
         try:
             held = await loop.run_in_executor(None, hold.wait_held)
             await asyncio.sleep(cfg.hold_s)
@@ -236,6 +269,7 @@ async def _run(cfg: TargetConfig, ep: Endpoint, progress: Progress) -> TargetRes
                 cfg.duration_s + 1.0,
                 7,
                 0.0,
+                ep.tls_ca,
             )
             r = await _run_round(
                 scfg, _Addr("target", ep.echo), 0, pool, None, None, on_progress=progress.storm_tick
@@ -266,7 +300,7 @@ def run_target(cfg: TargetConfig, progress: Progress | None = None) -> TargetRes
 
 def format_target(res: TargetResult) -> str:
     cfg = res.config
-    lines = [f"skiff {cfg.workload}: {res.endpoint}"]
+    lines = [f"skiff {cfg.workload}{' --tls' if cfg.tls else ''}: {res.endpoint}"]
     st = res.figures.get("storm")
     if st:
         lat = st["latency_us"]

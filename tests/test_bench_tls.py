@@ -1,0 +1,99 @@
+"""The bench's TLS workloads: generated configurations and a verified run.
+
+Why: a TLS figure is only worth something if the proxy really terminated TLS
+with the generated profile and every byte still went through the bench's
+correctness check; both are cheap to show on a spawned skiffd.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.bulk import BulkFigures, SinkServer, run_streams
+from bench.echo import EchoServer
+from bench.pki import write_tls_files
+from bench.progress import Progress
+from bench.proxies import haproxy_binary, haproxy_config, skiffd_config, start_skiffd
+from bench.workloads import TargetConfig, run_target
+
+ECHO = ("127.0.0.1", 40001)
+SINK = ("127.0.0.1", 40002)
+
+
+def test_skiffd_config_with_tls_is_accepted_by_the_router(tmp_path: Path) -> None:
+    tls = write_tls_files(tmp_path / "tls")
+    text = skiffd_config(2, ECHO, SINK, 40011, 40012, tls)
+    assert "sslProfile {" in text
+    assert text.count("sslProfile: bench-tls") == 2  # both listeners terminate TLS
+    conf = tmp_path / "skiffd.conf"
+    conf.write_text(text)
+    done = subprocess.run(
+        [sys.executable, "-m", "router", "--check", "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_skiffd_config_without_tls_has_no_profile() -> None:
+    assert "sslProfile" not in skiffd_config(2, ECHO, SINK, 40011, 40012)
+
+
+def test_haproxy_config_with_tls_uses_the_same_certificate(tmp_path: Path) -> None:
+    tls = write_tls_files(tmp_path / "tls")
+    text = haproxy_config(2, ECHO, SINK, 40011, 40012, tls)
+    assert text.count(f"ssl crt {tls.combined} no-tls-tickets") == 2
+    assert tls.combined.read_bytes() == tls.cert.read_bytes() + tls.key.read_bytes()
+    binary = haproxy_binary()
+    if binary is None:
+        pytest.skip("haproxy not installed")
+    conf = tmp_path / "haproxy.cfg"
+    conf.write_text(text)
+    done = subprocess.run(
+        [binary, "-c", "-f", str(conf)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_tls_target_needs_a_ca() -> None:
+    with pytest.raises(ValueError, match="--tls-ca"):
+        TargetConfig(workload="bulk", target="127.0.0.1:1", tls=True).validate()
+    with pytest.raises(ValueError, match="--tls-ca needs --tls"):
+        TargetConfig(workload="bulk", target="127.0.0.1:1", tls_ca="ca.pem").validate()
+    TargetConfig(workload="bulk", target="127.0.0.1:1", tls=True, tls_ca="ca.pem").validate()
+
+
+def test_spawned_skiffd_bulk_over_tls_verifies_every_byte() -> None:
+    cfg = TargetConfig(workload="bulk", spawn=True, tls=True, duration_s=1.0, streams=1)
+    res = run_target(cfg, Progress.auto(quiet=True))
+    assert res.ok, res.failures
+    assert "TLS" in res.endpoint
+    bulk = res.figures["bulk"]
+    assert bulk["bytes"] > 1_000_000
+    assert bulk["router_cpu_s_per_gb"] is not None
+
+
+def test_spawned_skiffd_idle_over_tls_holds_connections() -> None:
+    cfg = TargetConfig(workload="idle", spawn=True, tls=True, idle_conns=50, hold_s=0.1, procs=1)
+    res = run_target(cfg, Progress.auto(quiet=True))
+    assert res.ok, res.failures
+    assert res.figures["idle"]["held"] == 50
+
+
+def test_corruption_behind_a_tls_listener_fails_the_stream(tmp_path: Path) -> None:
+    tls = write_tls_files(tmp_path / "tls")
+    with EchoServer.start(1) as echo, SinkServer.start(corrupt=True) as sink:
+        proxy = start_skiffd(1, ("127.0.0.1", echo.port), ("127.0.0.1", sink.port), tls)
+        try:
+            res = run_streams("127.0.0.1", proxy.sink_port, 1, 0.3, 5, 0.0, tls.ca_file)
+        finally:
+            proxy.stop()
+    figures = BulkFigures.of(res)
+    assert not figures.ok
+    assert "corrupted: first wrong byte at offset 0" in figures.failures[0]
