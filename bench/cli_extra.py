@@ -13,7 +13,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.compare import SUBJECTS, WORKLOADS, CompareConfig, format_compare, run_compare
+from bench.compare import (
+    SUBJECTS,
+    TLS_SUBJECTS,
+    WORKLOADS,
+    CompareConfig,
+    format_compare,
+    run_compare,
+)
 from bench.progress import Progress
 from bench.results import compare_json, envelope, write_result
 from bench.workloads import TargetConfig, format_target, run_target, target_json
@@ -36,7 +43,17 @@ def add_compare_parser(sub: Any) -> None:
         description="Interleaved rounds (A B A B …) of each workload against each subject; "
         "min/median/max per subject and the ratio of medians skiffd/haproxy.",
     )
-    p.add_argument("--subjects", default=",".join(d.subjects), help=f"among {','.join(SUBJECTS)}")
+    p.add_argument(
+        "--subjects",
+        default=None,
+        help=f"among {','.join(SUBJECTS)} (default: all; with --tls: {','.join(TLS_SUBJECTS)})",
+    )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS variant: skiffd with a generated sslProfile vs haproxy `bind ... ssl crt` "
+        "(same certificate, no-tls-tickets); storm = full handshakes",
+    )
     p.add_argument(
         "--workloads", default=",".join(d.workloads), help=f"among {','.join(WORKLOADS)}"
     )
@@ -65,7 +82,9 @@ def add_compare_parser(sub: Any) -> None:
 
 def _run_compare(args: argparse.Namespace) -> int:
     cfg = CompareConfig(
-        subjects=_csv(args.subjects),
+        subjects=_csv(args.subjects)
+        if args.subjects is not None
+        else (TLS_SUBJECTS if args.tls else SUBJECTS),
         workloads=_csv(args.workloads),
         rounds=args.rounds,
         workers=args.workers,
@@ -76,6 +95,8 @@ def _run_compare(args: argparse.Namespace) -> int:
         idle_conns=args.idle_conns,
         source_addrs=args.source_addrs,
         pause_s=max(0.0, args.pause),
+        idle_settle_s=max(0.0, args.idle_settle),
+        tls=args.tls,
     )
     try:
         cfg.validate()

@@ -14,10 +14,13 @@ and the engine's allocation counters for the in-process engine.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.bulk import BulkFigures, SinkServer, run_streams
@@ -25,6 +28,7 @@ from bench.client import ClientPool
 from bench.echo import EchoServer
 from bench.host import environment, raise_nofile_limit
 from bench.idle import IdleHold
+from bench.pki import TlsFiles, write_tls_files
 from bench.progress import Progress
 from bench.proxies import HAPROXY_MISSING, ProxyProcess, read_rss_kib, start_haproxy, start_skiffd
 from bench.storm import StormConfig, _run_round
@@ -33,6 +37,7 @@ from bench.verdict import client_bottleneck, port_pressure, time_wait_by_tuple
 from router.engine import RouteTarget
 
 SUBJECTS = ("skiffd", "haproxy", "engine", "direct")
+TLS_SUBJECTS = ("skiffd", "haproxy")  # the proxies that terminate TLS in a compare
 WORKLOADS = ("idle", "storm", "bulk1", "bulk4")
 SINK_ADDRESS_ID = ADDRESS_ID + 1
 IDLE_SETTLE_S = 0.5
@@ -67,10 +72,15 @@ class CompareConfig:
     timeout_s: float = 10.0
     pause_s: float = 0.3
     idle_settle_s: float = IDLE_SETTLE_S  # before and after opening: RSS settles
+    # clients speak TLS; skiffd (sslProfile) and haproxy (bind ... ssl crt) terminate
+    # it with the same certificate, no session tickets: a full handshake per connection
+    tls: bool = False
 
     def validate(self) -> None:
         if not self.subjects or set(self.subjects) - set(SUBJECTS):
             raise ValueError(f"subjects must be among {SUBJECTS}, got {self.subjects}")
+        if self.tls and set(self.subjects) - set(TLS_SUBJECTS):
+            raise ValueError(f"with --tls, subjects must be among {TLS_SUBJECTS}")
         if not self.workloads or set(self.workloads) - set(WORKLOADS):
             raise ValueError(f"workloads must be among {WORKLOADS}, got {self.workloads}")
         if min(self.rounds, self.workers, self.clients, self.procs, self.idle_conns) < 1:
@@ -104,6 +114,7 @@ class _Target:
     memory_kib: Callable[[], float | None]
     memory_source: str
     engine_counters: Callable[[], dict[str, int]] | None = None
+    tls_ca: str | None = None  # clients speak TLS, trusting this CA
 
 
 def _none() -> float | None:
@@ -116,7 +127,7 @@ def _self_rss() -> float | None:
     return float(read_rss_kib(os.getpid()))
 
 
-def _proxy_target(p: ProxyProcess) -> _Target:
+def _proxy_target(p: ProxyProcess, tls: TlsFiles | None = None) -> _Target:
     return _Target(
         p.name,
         ("127.0.0.1", p.echo_port),
@@ -124,6 +135,7 @@ def _proxy_target(p: ProxyProcess) -> _Target:
         p.cpu_s,
         lambda: float(p.rss_kib()),
         f"/proc/{p.pid}/status VmRSS",
+        tls_ca=tls.ca_file if tls is not None else None,
     )
 
 
@@ -220,6 +232,7 @@ class _Runner:
             workers=cfg.workers,
             timeout_s=cfg.timeout_s,
             source_addrs=cfg.source_addrs,
+            tls_ca_file=t.tls_ca,
         )
 
         @dataclass(frozen=True)
@@ -276,6 +289,8 @@ class _Runner:
             streams,
             self.cfg.bulk_duration_s,
             (rnd << 20) + streams * 1000,
+            0.3,
+            t.tls_ca,
         )
         cpu1 = t.cpu_s()
         f = BulkFigures.of(res)
@@ -306,6 +321,7 @@ class _Runner:
             n,
             procs=max(1, min(self.cfg.procs, 4, n // 1000)),  # a spawn costs ~0.3 s
             source_addrs=self.cfg.source_addrs,
+            tls_ca=t.tls_ca,
         )
         try:
             held = await loop.run_in_executor(None, hold.wait_held)
@@ -373,8 +389,6 @@ def format_sample(s: Sample) -> str:
 
 def run_compare(cfg: CompareConfig, progress: Progress | None = None) -> CompareReport:
     """Starts servers, proxies and the engine; runs every round; stops all."""
-    import uvloop
-
     cfg.validate()
     progress = progress or Progress.plain()
     raise_nofile_limit()
@@ -382,6 +396,27 @@ def run_compare(cfg: CompareConfig, progress: Progress | None = None) -> Compare
     skipped: dict[str, str] = {}
     versions: dict[str, str] = {}
     proxies: list[ProxyProcess] = []
+    tls_dir = Path(tempfile.mkdtemp(prefix="skiff-bench-tls-")) if cfg.tls else None
+    try:
+        tls = write_tls_files(tls_dir) if tls_dir is not None else None
+        samples = _run_subjects(cfg, progress, skipped, versions, proxies, tls)
+    finally:
+        if tls_dir is not None:
+            shutil.rmtree(tls_dir, ignore_errors=True)
+    cfg.subjects = tuple(s for s in cfg.subjects if s not in skipped)
+    return CompareReport(cfg, environment(), samples, skipped, versions, time.monotonic() - t0)
+
+
+def _run_subjects(
+    cfg: CompareConfig,
+    progress: Progress,
+    skipped: dict[str, str],
+    versions: dict[str, str],
+    proxies: list[ProxyProcess],
+    tls: TlsFiles | None,
+) -> list[Sample]:
+    import uvloop
+
     with EchoServer.start(1) as echo, SinkServer.start() as sink, ClientPool(cfg.procs) as pool:
         echo_addr, sink_addr = ("127.0.0.1", echo.port), ("127.0.0.1", sink.port)
         probe = EngineSubject(echo.port, cfg.workers, 0.01)
@@ -389,19 +424,19 @@ def run_compare(cfg: CompareConfig, progress: Progress | None = None) -> Compare
             targets: list[_Target] = []
             for name in cfg.subjects:
                 if name == "skiffd":
-                    p = start_skiffd(cfg.workers, echo_addr, sink_addr)
+                    p = start_skiffd(cfg.workers, echo_addr, sink_addr, tls)
                     proxies.append(p)
-                    targets.append(_proxy_target(p))
+                    targets.append(_proxy_target(p, tls))
                 elif name == "haproxy":
                     try:
-                        p = start_haproxy(cfg.workers, echo_addr, sink_addr)
+                        p = start_haproxy(cfg.workers, echo_addr, sink_addr, tls)
                     except FileNotFoundError:
                         progress.result(HAPROXY_MISSING)
                         skipped["haproxy"] = HAPROXY_MISSING
                         continue
                     versions["haproxy"] = p.version
                     proxies.append(p)
-                    targets.append(_proxy_target(p))
+                    targets.append(_proxy_target(p, tls))
                 elif name == "engine":
                     targets.append(_engine_target(probe, sink.port, echo.port))
                 else:
@@ -412,8 +447,7 @@ def run_compare(cfg: CompareConfig, progress: Progress | None = None) -> Compare
             for p in proxies:
                 p.stop()
             probe.stop()
-    cfg.subjects = tuple(s for s in cfg.subjects if s not in skipped)
-    return CompareReport(cfg, environment(), samples, skipped, versions, time.monotonic() - t0)
+    return samples
 
 
 def _fmt(v: float | None) -> str:
@@ -424,11 +458,19 @@ def _fmt(v: float | None) -> str:
     return f"{v:.3g}"
 
 
+def unit_label(unit: str, tls: bool) -> str:
+    """Under TLS every storm connection is one full handshake: say so."""
+    if not tls:
+        return unit
+    return unit.replace("conn/s", "handshakes/s").replace("CPU/conn", "CPU/handshake")
+
+
 def format_compare(report: CompareReport) -> str:
     cfg = report.config
     env = report.environment
     lines = [
-        f"skiff compare: {cfg.rounds} round(s), {cfg.workers} worker threads, "
+        ("skiff compare --tls (P-256, no session tickets): " if cfg.tls else "skiff compare: ")
+        + f"{cfg.rounds} round(s), {cfg.workers} worker threads, "
         f"storm {cfg.clients} clients x {cfg.storm_duration_s:g} s, "
         f"bulk {cfg.bulk_duration_s:g} s, "
         f"idle {cfg.idle_conns} conns, {cfg.procs} client procs, {env.get('cpu_count')} CPUs",
@@ -436,7 +478,8 @@ def format_compare(report: CompareReport) -> str:
     ]
     summ = report.summary()
     subj = list(cfg.subjects)
-    head = f"{'workload':<7} {'figure':<13} " + " ".join(f"{s:>22}" for s in subj)
+    uw = 17 if cfg.tls else 13
+    head = f"{'workload':<7} {'figure':<{uw}} " + " ".join(f"{s:>22}" for s in subj)
     has_ratio = "skiffd" in subj and "haproxy" in subj
     if has_ratio:
         head += f" {'skiffd/haproxy':>15}"
@@ -451,7 +494,8 @@ def format_compare(report: CompareReport) -> str:
                     if st is None
                     else f"{_fmt(st['median'])} [{_fmt(st['min'])}..{_fmt(st['max'])}]"
                 )
-            row = f"{wl:<7} {unit:<13} " + " ".join(f"{c:>22}" for c in cells)
+            label = unit_label(unit, cfg.tls)
+            row = f"{wl:<7} {label:<{uw}} " + " ".join(f"{c:>22}" for c in cells)
             if has_ratio:
                 r = report.ratio(wl, metric)
                 row += f" {'-' if r is None else f'{r:.2f}':>15}"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.bulk import BulkFigures, SinkServer, run_streams
+from bench.compare import CompareConfig, format_compare, run_compare, unit_label
 from bench.echo import EchoServer
 from bench.pki import write_tls_files
 from bench.progress import Progress
@@ -97,3 +98,29 @@ def test_corruption_behind_a_tls_listener_fails_the_stream(tmp_path: Path) -> No
     figures = BulkFigures.of(res)
     assert not figures.ok
     assert "corrupted: first wrong byte at offset 0" in figures.failures[0]
+
+
+def test_compare_tls_accepts_only_tls_proxies() -> None:
+    with pytest.raises(ValueError, match="with --tls"):
+        CompareConfig(subjects=("skiffd", "direct"), tls=True).validate()
+    CompareConfig(subjects=("skiffd", "haproxy"), tls=True).validate()
+    assert unit_label("µs CPU/conn", True) == "µs CPU/handshake"
+    assert unit_label("conn/s", False) == "conn/s"
+
+
+def test_compare_tls_bulk_round_against_both_proxies() -> None:
+    cfg = CompareConfig(
+        subjects=("skiffd", "haproxy"),
+        workloads=("bulk1",),
+        rounds=1,
+        workers=1,
+        procs=1,
+        bulk_duration_s=0.5,
+        pause_s=0.0,
+        tls=True,
+    )
+    report = run_compare(cfg, Progress.auto(quiet=True))
+    assert report.samples, report.skipped
+    assert all(s.ok for s in report.samples), [s.failures for s in report.samples]
+    assert all((s.figures["bytes"] or 0) > 0 for s in report.samples)
+    assert "compare --tls" in format_compare(report)
