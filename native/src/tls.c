@@ -24,6 +24,9 @@
 #include <unistd.h>
 
 #define SK_TLS_MAX_FILE (64u << 20)
+#ifndef SKIFF_TLS_TICKETS
+#define SKIFF_TLS_TICKETS 1
+#endif
 
 typedef struct blob {
     unsigned char *data;
@@ -319,8 +322,15 @@ static SSL_CTX *make_ctx(const SSL_METHOD *method, const sk_tls_load_params *p, 
     }
     SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE);
+    /* RELEASE_BUFFERS: an idle TLS connection holds no record buffers */
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
+    /* resumption uses stateless tickets: no shared session cache, whose
+     * inserts and evictions take a lock on every handshake */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    /* one TLS 1.3 ticket (OpenSSL sends two): each costs an encode, an
+     * encryption and a record on every handshake, and one resumes */
+    SSL_CTX_set_num_tickets(ctx, SKIFF_TLS_TICKETS);
     SSL_CTX_set_info_callback(ctx, sk_tls_info_cb);
     SSL_CTX_set_min_proto_version(ctx, min);
     SSL_CTX_set_max_proto_version(ctx, max);
