@@ -9,87 +9,13 @@ are counted and the gaps between arrivals reported.
 from __future__ import annotations
 
 import asyncio
-import select
-import socket
-import struct
-import threading
 import time
 from pathlib import Path
 
 import uvloop
 from daemon import Skiffd, free_port, skiffd_conf, tcp_connector, tcp_listener
-from proton import Connection, Endpoint, Transport
 
-
-class WireClient(threading.Thread):
-    """AMQP client (bare header) that records every frame the router sends."""
-
-    def __init__(self, port: int, idle_timeout: float) -> None:
-        super().__init__(daemon=True)
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.sock.setblocking(False)
-        self.transport = Transport()
-        self.transport.idle_timeout = idle_timeout
-        self.connection = Connection()
-        self.connection.container = "heartbeat-test"
-        self.transport.bind(self.connection)
-        self.connection.open()
-        self.stop = threading.Event()
-        self.arrivals: list[float] = []
-        self.empty_frames = 0
-        self.frames = 0
-        self.lost: str | None = None
-        self._wire = bytearray()
-        self._header_seen = False
-
-    def _count(self, data: bytes) -> None:
-        self._wire += data
-        if not self._header_seen:
-            if len(self._wire) < 8:
-                return
-            del self._wire[:8]
-            self._header_seen = True
-        while len(self._wire) >= 8:
-            (size,) = struct.unpack_from("!I", self._wire)
-            if len(self._wire) < size:
-                return
-            self.frames += 1
-            if size == 8:
-                self.empty_frames += 1
-            del self._wire[:size]
-
-    def run(self) -> None:
-        t = self.transport
-        while not self.stop.is_set():
-            now = time.monotonic()
-            deadline = t.tick(now)
-            pending = t.pending()
-            if pending > 0:
-                try:
-                    sent = self.sock.send(t.peek(pending))
-                    t.pop(sent)
-                except BlockingIOError:
-                    pass  # socket full; select waits for it
-            if t.condition is not None or self.connection.state & Endpoint.REMOTE_CLOSED:
-                self.lost = str(t.condition or self.connection.remote_condition)
-                return
-            wait = 0.05 if not deadline else max(0.0, min(0.05, deadline - now))
-            readable, _, _ = select.select([self.sock], [], [], wait)
-            if readable:
-                try:
-                    data = self.sock.recv(65536)
-                except BlockingIOError:
-                    continue
-                if not data:
-                    self.lost = "router closed the connection"
-                    return
-                self.arrivals.append(time.monotonic())
-                self._count(data)
-                t.push(data)
-
-    def max_gap(self) -> float:
-        gaps = [b - a for a, b in zip(self.arrivals, self.arrivals[1:], strict=False)]
-        return max(gaps, default=0.0)
+from router.tools.mgmt_bench import HeartbeatWatcher
 
 
 async def storm(port: int, clients: int, concurrency: int) -> int:
@@ -121,12 +47,12 @@ def test_heartbeat_connection_survives_connection_storm(tmp_path: Path) -> None:
         echo_port = server.sockets[0].getsockname()[1]
         tcp_port, mgmt = free_port(), free_port()
         conf = skiffd_conf(
-            tcp_listener(tcp_port, "storm"),
+            tcp_listener(tcp_port, "storm", backlog=1024),
             tcp_connector(echo_port, "storm"),
             f"listener {{\n    host: 127.0.0.1\n    port: {mgmt}\n}}\n",
         )
         d = Skiffd(tmp_path, conf)
-        client = WireClient(mgmt, idle_timeout=2.0)
+        client = HeartbeatWatcher(mgmt, idle_timeout=2.0)
         client.start()
         try:
             started = time.monotonic()

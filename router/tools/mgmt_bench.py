@@ -106,6 +106,7 @@ class HeartbeatWatcher(threading.Thread):
         self.stop = threading.Event()
         self.arrivals: list[float] = []
         self.empty_frames = 0
+        self.frames = 0
         self.lost: str | None = None
         self._wire = bytearray()
         self._skip = 8  # the protocol header
@@ -120,6 +121,7 @@ class HeartbeatWatcher(threading.Thread):
             (size,) = struct.unpack_from("!I", self._wire)
             if len(self._wire) < size:
                 return
+            self.frames += 1
             self.empty_frames += size == 8
             del self._wire[:size]
 
