@@ -84,6 +84,22 @@ def exchange_server(conn: socket.socket) -> None:
     conn.shutdown(socket.SHUT_WR)
 
 
+def exchange(conn: socket.socket, up: bytes, down_size: int, seed: int) -> tuple[bytes, bytes]:
+    """Client side of exchange_server: uploads `up` (from a thread, so both
+    directions flow at once) and returns (server's digest of it, download)."""
+
+    def writer() -> None:
+        conn.sendall(struct.pack("!QI", down_size, seed) + up)
+        conn.shutdown(socket.SHUT_WR)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    digest = recv_exact(conn, 32)
+    body = recv_all(conn)
+    t.join()
+    return digest, body
+
+
 def seeded_bytes(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)
 

@@ -8,10 +8,8 @@ import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -28,6 +26,7 @@ from daemon import (
 from servers import (
     ThreadedServer,
     echo,
+    exchange,
     exchange_server,
     recv_all,
     recv_exact,
@@ -81,16 +80,7 @@ def test_large_transfers_byte_exact(tmp_path: Path) -> None:
         size = 100 << 20
         up = seeded_bytes(11, size)
         c = socket.create_connection(("127.0.0.1", port))
-
-        def writer() -> None:
-            c.sendall(struct.pack("!QI", size, 12) + up)
-            c.shutdown(socket.SHUT_WR)
-
-        t = threading.Thread(target=writer)
-        t.start()
-        digest = recv_exact(c, 32)
-        body = recv_all(c)
-        t.join()
+        digest, body = exchange(c, up, size, 12)
         c.close()
         assert digest == hashlib.sha256(up).digest(), "100 MB upload corrupted"
         assert len(body) == size and body == seeded_bytes(12, size), "100 MB download corrupted"

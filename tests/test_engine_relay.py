@@ -11,7 +11,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 import uvloop
 from servers import (
     ThreadedServer,
+    exchange,
     exchange_server,
     recv_all,
     recv_exact,
@@ -109,16 +109,7 @@ def test_large_transfer_both_directions(engine: Engine) -> None:
     up = os.urandom(20 << 20)
     c = socket.create_connection(("127.0.0.1", lport))
     down_size = 20 << 20
-
-    def writer() -> None:
-        c.sendall(struct.pack("!QI", down_size, 7) + up)
-        c.shutdown(socket.SHUT_WR)
-
-    t = threading.Thread(target=writer)
-    t.start()
-    digest = recv_exact(c, 32)
-    body = recv_all(c)
-    t.join()
+    digest, body = exchange(c, up, down_size, 7)
     c.close()
     srv.close()
     assert digest == hashlib.sha256(up).digest()

@@ -724,26 +724,28 @@ void sk_engine_destroy(sk_engine *e)
 
 /* ----------------------------------------------------------------- stats */
 
-int sk_engine_timer_lateness(sk_engine *e, int prio, int worker, sk_hist *out)
+/* Sums one of the per-worker timer histograms (which: 0 lateness, 1 dispatch). */
+static int timer_hist(sk_engine *e, int which, int prio, int worker, sk_hist *out)
 {
     if ((prio != SK_PRIO_HIGH && prio != SK_PRIO_NORMAL) || worker >= e->nworkers)
         return -1;
     memset(out, 0, sizeof *out);
+    int cls = prio == SK_PRIO_HIGH ? 0 : 1;
     for (int i = 0; i < e->nworkers; i++)
         if (worker < 0 || worker == i)
-            sk_hist_accumulate(&e->workers[i].lateness[prio == SK_PRIO_HIGH ? 0 : 1], out);
+            sk_hist_accumulate(which ? &e->workers[i].dispatch[cls] : &e->workers[i].lateness[cls],
+                               out);
     return 0;
+}
+
+int sk_engine_timer_lateness(sk_engine *e, int prio, int worker, sk_hist *out)
+{
+    return timer_hist(e, 0, prio, worker, out);
 }
 
 int sk_engine_timer_dispatch_delay(sk_engine *e, int prio, int worker, sk_hist *out)
 {
-    if ((prio != SK_PRIO_HIGH && prio != SK_PRIO_NORMAL) || worker >= e->nworkers)
-        return -1;
-    memset(out, 0, sizeof *out);
-    for (int i = 0; i < e->nworkers; i++)
-        if (worker < 0 || worker == i)
-            sk_hist_accumulate(&e->workers[i].dispatch[prio == SK_PRIO_HIGH ? 0 : 1], out);
-    return 0;
+    return timer_hist(e, 1, prio, worker, out);
 }
 
 int sk_engine_worker_stats(sk_engine *e, int worker, sk_worker_stats *out)

@@ -422,8 +422,9 @@ struct sk_conn {
     char label[64];        /* remote "ip:port" */
 };
 
-/* Links a new connection into w's list; l (client side) is set first. */
-sk_conn *sk_conn_new(sk_worker *w, int fd, sk_listener *l);
+/* Links a new connection into w's list; the client side's listener and peer
+ * address are set first, so a concurrent listing never sees them half done. */
+sk_conn *sk_conn_new(sk_worker *w, int fd, sk_listener *l, const struct sockaddr *peer);
 void sk_conn_accepted(sk_worker *w, sk_listener *l, int fd, const struct sockaddr *sa,
                       socklen_t salen);
 void sk_conn_event(sk_worker *w, sk_conn *c, uint32_t events);

@@ -66,7 +66,7 @@ static void unlink_locked(sk_worker *w, sk_conn *c)
     c->next = c->prev = NULL;
 }
 
-sk_conn *sk_conn_new(sk_worker *w, int fd, sk_listener *l)
+sk_conn *sk_conn_new(sk_worker *w, int fd, sk_listener *l, const struct sockaddr *peer)
 {
     sk_conn *c = calloc(1, sizeof *c);
     if (!c)
@@ -80,6 +80,8 @@ sk_conn *sk_conn_new(sk_worker *w, int fd, sk_listener *l)
         c->listener = l;
         c->is_client = true;
     }
+    if (peer)
+        sk_format_addr(peer, c->label, sizeof c->label);
     c->id = sk_engine_next_id(w->engine);
     c->opened_ns = sk_now_ns();
     sk_timer_init(&c->tmo, connect_timeout);
@@ -594,7 +596,7 @@ static void start_connect(sk_worker *w, sk_conn *client)
             target_failed(w, t, client->last_err);
             continue;
         }
-        sk_conn *s = sk_conn_new(w, fd, NULL);
+        sk_conn *s = sk_conn_new(w, fd, NULL, NULL);
         if (!s) {
             close(fd);
             client->last_err = ENOMEM;
@@ -709,14 +711,11 @@ void sk_conn_accepted(sk_worker *w, sk_listener *l, int fd, const struct sockadd
 {
     SK_UNUSED(salen);
     sk_engine *e = w->engine;
-    sk_conn *c = sk_conn_new(w, fd, l);
+    sk_conn *c = sk_conn_new(w, fd, l, sa);
     if (!c) {
         close(fd);
         return;
     }
-    pthread_mutex_lock(&w->conn_lock);
-    sk_format_addr(sa, c->label, sizeof c->label);
-    pthread_mutex_unlock(&w->conn_lock);
     SK_ADD(&l->opened, 1);
     SK_ADD(&l->active, 1);
     SK_ADD(&e->accepted, 1); /* TCP_NODELAY, SO_KEEPALIVE: inherited from the listener */
