@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from router.configs import RouterConfig, TcpConnectorConfig, TcpListenerConfig
 from router.engine import Engine, EngineError, Event, EventType, FlowStats, Listener, RouteTarget
 from router.engine import Target as EngineTarget
 from router.log import get_logger
@@ -41,6 +42,7 @@ def _add(a: FlowStats, b: FlowStats) -> FlowStats:
 @dataclass
 class _ListenerState:
     entity: Entity
+    config: TcpListenerConfig
     address_id: int
     listener: Listener | None = None
     # counters of sockets closed earlier (a listener closes when its last
@@ -53,6 +55,7 @@ class _ListenerState:
 @dataclass
 class _ConnectorState:
     entity: Entity
+    config: TcpConnectorConfig
     address_id: int
     target: EngineTarget
     last_error: str | None = None
@@ -91,7 +94,7 @@ class TcpAdaptor:
 
     def _drop_flows(self) -> bool:
         router = self._registry.router
-        return bool(router.attributes.get("dropTcpConnections", True)) if router else True
+        return router.config_as(RouterConfig).drop_tcp_connections if router else True
 
     def _address_id(self, address: str) -> int:
         if address not in self._address_ids:
@@ -105,49 +108,45 @@ class TcpAdaptor:
         """Builds the route table from the connectors and swaps it in."""
         table: dict[int, list[RouteTarget]] = {aid: [] for aid in self._address_ids.values()}
         for c in self._connectors.values():
-            host = str(c.entity.attributes["host"])
-            addrs = self._resolver.addresses(host)
+            cfg = c.config
+            addrs = self._resolver.addresses(cfg.host)
             if not addrs:
                 continue
-            profile = self._profile_of(c.entity)
-            slot = self._tls.slot(profile) if (profile and self._tls) else None
+            slot = self._tls.slot(cfg.ssl_profile) if (cfg.ssl_profile and self._tls) else None
             table[c.address_id].append(
                 RouteTarget(
                     c.target,
                     addrs[0],
-                    int(str(c.entity.attributes["port"])),
-                    host,
+                    cfg.port,
+                    cfg.host,
                     tls_slot=-1 if slot is None else slot,
-                    verify_host=bool(c.entity.attributes.get("verifyHostname", True)),
+                    verify_host=cfg.verify_hostname,
                 )
             )
         self.routes_version = self._engine.publish_routes(table)
 
     # ------------------------------------------------------------ listeners
 
-    def _refuse_tls(self, entity: Entity) -> None:
+    def _refuse_tls(self, cfg: TcpListenerConfig | TcpConnectorConfig) -> None:
         # never serve plaintext where TLS was asked for
-        if entity.attributes.get("sslProfile") and self._tls is None:
+        if cfg.ssl_profile and self._tls is None:
             raise ValueError(
-                f"{entity.type} '{entity.name}': sslProfile "
-                f"'{entity.attributes['sslProfile']}' is set, but TLS is not enabled"
+                f"{cfg.entity_type} '{cfg.name}': sslProfile '{cfg.ssl_profile}' is set, but "
+                "TLS is not enabled"
             )
-
-    def _profile_of(self, entity: Entity) -> str | None:
-        p = entity.attributes.get("sslProfile")
-        return str(p) if p else None
 
     def _profile_published(self, profile: str) -> None:
         for ls in self._listeners.values():
-            if self._profile_of(ls.entity) == profile:
+            if ls.config.ssl_profile == profile:
                 self._sync_listener(ls)
-        if any(self._profile_of(c.entity) == profile for c in self._connectors.values()):
+        if any(c.config.ssl_profile == profile for c in self._connectors.values()):
             self.publish()
 
     def add_listener(self, entity: Entity) -> None:
-        self._refuse_tls(entity)
-        state = _ListenerState(entity, self._address_id(str(entity.attributes["address"])))
-        host = str(entity.attributes.get("host") or "")
+        cfg = entity.config_as(TcpListenerConfig)
+        self._refuse_tls(cfg)
+        state = _ListenerState(entity, cfg, self._address_id(cfg.address))
+        host = cfg.host
         if host in ("", "0.0.0.0", "::"):
             state.host_ip = "" if host in ("", "::") else host
         else:
@@ -174,7 +173,7 @@ class TcpAdaptor:
 
     def _tls_wait(self, state: _ListenerState) -> str | None:
         """Why a TLS listener cannot open yet (its profile never loaded)."""
-        profile = self._profile_of(state.entity)
+        profile = state.config.ssl_profile
         if profile is None or self._tls is None or self._tls.ready(profile):
             return None
         error = self._tls.error(profile)
@@ -188,18 +187,18 @@ class TcpAdaptor:
             state.last_error = waiting
             want = False
         if want and state.listener is None:
-            attrs = state.entity.attributes
-            profile = self._profile_of(state.entity)
+            cfg = state.config
+            profile = cfg.ssl_profile
             slot = self._tls.slot(profile) if (profile and self._tls) else None
             try:
                 listener = self._engine.listen(
                     state.host_ip or "",
-                    int(str(attrs["port"])),
+                    cfg.port,
                     address_id=state.address_id,
-                    backlog=int(str(attrs.get("backlog") or 50)),
-                    max_connections=int(str(attrs.get("maxConnections") or 0)),
+                    backlog=cfg.backlog,
+                    max_connections=cfg.max_connections,
                     tls_slot=-1 if slot is None else slot,
-                    authenticate_peer=bool(attrs.get("authenticatePeer")),
+                    authenticate_peer=cfg.authenticate_peer,
                 )
             except EngineError as e:
                 state.last_error = str(e)
@@ -213,13 +212,12 @@ class TcpAdaptor:
             self._by_listener_uid[listener.user_id] = state
             _log.info(
                 f"tcpListener '{state.entity.name}' listening on "
-                f"{state.host_ip or '*'}:{listener.port} for address "
-                f"'{attrs['address']}'"
+                f"{state.host_ip or '*'}:{listener.port} for address '{cfg.address}'"
             )
         elif not want and state.listener is not None:
             _log.info(
                 f"tcpListener '{state.entity.name}' closed: no tcpConnector for address "
-                f"'{state.entity.attributes['address']}'"
+                f"'{state.config.address}'"
             )
             self._close_listener(state, drop=False)
         if state.listener is None and waiting is not None:
@@ -246,12 +244,13 @@ class TcpAdaptor:
     # ------------------------------------------------------------ connectors
 
     def add_connector(self, entity: Entity) -> None:
-        self._refuse_tls(entity)
-        aid = self._address_id(str(entity.attributes["address"]))
-        state = _ConnectorState(entity, aid, self._engine.target())
+        cfg = entity.config_as(TcpConnectorConfig)
+        self._refuse_tls(cfg)
+        aid = self._address_id(cfg.address)
+        state = _ConnectorState(entity, cfg, aid, self._engine.target())
         self._connectors[entity.name] = state
         self._by_target[state.target.user_id] = state
-        self._resolver.watch(str(entity.attributes["host"]))
+        self._resolver.watch(cfg.host)
         self.publish()
         for ls in self._listeners.values():
             if ls.address_id == aid:
@@ -261,7 +260,7 @@ class TcpAdaptor:
         state = self._connectors.pop(entity.name, None)
         if state is None:
             return
-        self._resolver.unwatch(str(entity.attributes["host"]))
+        self._resolver.unwatch(state.config.host)
         self.publish()
         if self._drop_flows():
             self._engine.close_target_flows(state.target)
@@ -291,10 +290,9 @@ class TcpAdaptor:
                 reason = os.strerror(ev.a) if ev.a > 0 else "failed"
                 c.last_error = reason
                 _log.warning(
-                    f"tcpConnector '{c.entity.name}' ({c.entity.attributes['host']}:"
-                    f"{c.entity.attributes['port']}) is unreachable: {reason}; other "
-                    f"connectors of '{c.entity.attributes['address']}' are used, retry in "
-                    f"{ev.b} ms"
+                    f"tcpConnector '{c.entity.name}' ({c.config.host}:{c.config.port}) is "
+                    f"unreachable: {reason}; other connectors of '{c.config.address}' are "
+                    f"used, retry in {ev.b} ms"
                 )
         elif ev.type == EventType.TARGET_UP:
             c = self._by_target.get(ev.id)
@@ -329,8 +327,7 @@ class TcpAdaptor:
         state = self._connectors.get(entity.name)
         if state is None:
             return {}
-        host = str(entity.attributes["host"])
-        up = bool(self._resolver.addresses(host)) and not state.target.down
+        up = bool(self._resolver.addresses(state.config.host)) and not state.target.down
         return {"operStatus": "up" if up else "down", **_counters(state.target.stats())}
 
 

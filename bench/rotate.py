@@ -41,10 +41,10 @@ from bench.progress import Progress
 from bench.storm import RoundResult, StormConfig, _run_round
 from bench.subjects import ADDRESS_ID, EngineSubject, window_max_ns
 from bench.verdict import client_bottleneck
+from router.configs import RouterConfig
 from router.engine import PRIO_HIGH, TlsMaterial, tls_load
 from router.engine import Histogram as EngineHistogram
-from router.registry import Registry
-from router.tls import TlsManager
+from router.node import Node
 
 PROFILE = "bench"
 
@@ -226,8 +226,10 @@ async def _run(
     cert_pem, key_pem, _fp = ca.leaf(0)
     cert.write_bytes(cert_pem)
     key.write_bytes(key_pem)
-    registry = Registry()
-    tls = TlsManager(probe.engine, registry, loop, loader_threads=2)
+    router = RouterConfig.from_attributes("router", {"tlsLoaderThreads": 2})
+    node = Node(router, engine=probe.engine)
+    node.start(loop)
+    registry, tls = node.registry, node.tls
     published: list[tuple[float, str | None, int]] = []
 
     bundle_loads: list[float] = []
@@ -301,7 +303,7 @@ async def _run(
         await asyncio.sleep(0.3)  # the last write's debounce and load
         await tls.settle()
         failures = tls.profiles()[PROFILE].reload_failures
-        tls.close()
+        node.stop()  # the probe's engine stays up: its owner stops it
     _match_publications(loader.rotations, published)
     if loader.rotations and failures and not loader.rotations[-1].ok:
         loader.rotations[-1].error = f"{failures} loads failed; last: {tls.error(PROFILE)}"

@@ -12,20 +12,18 @@ import argparse
 import asyncio
 import signal
 import sys
-import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import uvloop
 
-from adaptors.amqp import AmqpAdaptor
-from adaptors.tcp import TcpAdaptor
 from router import schema
 from router.config import DEFAULT_CONFIG, ConfigError, ConfigFile, load_config, parse_config_text
-from router.engine import Engine, EngineError, EngineOptions
-from router.log import LogConfigObserver, configure_log, get_logger, start_background_writer
-from router.registry import Registry, RegistryError
-from router.tls import TlsManager
+from router.configs import ListenerConfig, RouterConfig, TcpConnectorConfig, TcpListenerConfig
+from router.engine import EngineError
+from router.log import configure_log, get_logger, start_background_writer
+from router.node import Node, router_config
+from router.registry import RegistryError
 
 _log = get_logger("ROUTER")
 
@@ -45,59 +43,33 @@ def read_config(path: str | None) -> ConfigFile:
     return load_config(path)
 
 
-def _router_attributes(config: ConfigFile) -> dict[str, object]:
-    for ce in config.entities:
-        if ce.type == "router":
-            return dict(ce.attributes)
-    return schema.complete(schema.entity_type("router"), {})
-
-
 class Daemon:
-    """A running router: registry, engine and adaptors on one event loop."""
+    """skiffd around one Node: start-up, signals, reload and drain."""
 
     def __init__(self, config: ConfigFile, path: str | None, log_level: str | None = None) -> None:
         self.config = config
         self.log_level = log_level
         self.path = path
-        self.registry = Registry()
-        self.registry.subscribe("log", LogConfigObserver())
-        attrs = _router_attributes(config)
-        self.workers = int(str(attrs.get("workerThreads") or 4))
-        self.grace = float(str(attrs.get("drainGraceSeconds") or 0))
-        self.engine = Engine(EngineOptions(worker_threads=self.workers))
-        self.adaptor: TcpAdaptor | None = None
-        self.tls: TlsManager | None = None
-        self.amqp: AmqpAdaptor | None = None
+        self.node = Node(router_config(config))
         self._stop = asyncio.Event()
         self._reloading = False
-        self.started = time.monotonic()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        self.engine.attach(loop)
-        loaders = int(str(_router_attributes(self.config).get("tlsLoaderThreads") or 2))
-        self.tls = TlsManager(self.engine, self.registry, loop, loaders)
-        self.adaptor = TcpAdaptor(self.engine, self.registry, loop, self.tls)
-        self.amqp = AmqpAdaptor(
-            self.engine, self.registry, loop, self.adaptor, self.started, tls=self.tls
-        )
+        node = self.node
+        node.start(loop)
         for warning in self.config.warnings:
             _log.warning(str(warning))
         try:
-            self.registry.apply_file(self.config.entities)
+            node.apply(self.config.entities)
         except RegistryError as e:
             _log.error(f"cannot start: {e}")
             print(f"skiffd: cannot start: {e}", file=sys.stderr)
-            self.adaptor.close()
-            self.amqp.close()
-            self.tls.close()
-            self.engine.stop()
+            node.stop()
             return 1
         self._apply_log_level()
         self._warn_unimplemented()
-        await self.tls.settle()
-        await self.adaptor.settle()
-        self.adaptor.publish()
+        await node.settle()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
@@ -112,7 +84,7 @@ class Daemon:
             configure_log("DEFAULT", f"{self.log_level}+")
 
     def _warn_unimplemented(self) -> None:
-        for entity in self.registry.entities():
+        for entity in self.node.registry.entities():
             if not entity.spec.implemented:
                 _log.warning(
                     f"{entity.type} '{entity.name}' is accepted but not served yet by this "
@@ -120,29 +92,29 @@ class Daemon:
                 )
 
     def _banner(self) -> None:
-        router = self.registry.router
-        rid = router.attributes.get("id") if router else None
-        mode = router.attributes.get("mode") if router else "standalone"
+        node = self.node
+        router = node.registry.router
+        rc = router.config_as(RouterConfig) if router else node.router
         lines = [
-            f"skiffd {skiff_version()}: router '{rid or 'skiff'}' ({mode}), "
-            f"{self.engine.workers} worker threads, "
+            f"skiffd {skiff_version()}: router '{rc.id or 'skiff'}' ({rc.mode}), "
+            f"{node.engine.workers} worker threads, "
             f"configuration {self.path or DEFAULT_CONFIG_NAME}",
         ]
-        assert self.adaptor is not None
-        listeners = self.registry.entities("tcpListener")
+        listeners = node.registry.entities("tcpListener")
         for entity in listeners:
-            port = self.adaptor.listener_port(entity.name)
+            lc = entity.config_as(TcpListenerConfig)
+            port = node.tcp.listener_port(entity.name)
             where = (
                 f"listening on port {port}" if port else "down (no tcpConnector for its address)"
             )
             lines.append(
-                f"  tcpListener '{entity.name}' ({entity.attributes.get('host') or '*'}:"
-                f"{entity.attributes['port']} -> address '{entity.attributes['address']}'): {where}"
+                f"  tcpListener '{entity.name}' ({lc.host or '*'}:{lc.port} -> address "
+                f"'{lc.address}'): {where}"
             )
-        for entity in self.registry.entities("tcpConnector"):
+        for entity in node.registry.entities("tcpConnector"):
+            cc = entity.config_as(TcpConnectorConfig)
             lines.append(
-                f"  tcpConnector '{entity.name}' -> {entity.attributes['host']}:"
-                f"{entity.attributes['port']} (address '{entity.attributes['address']}')"
+                f"  tcpConnector '{entity.name}' -> {cc.host}:{cc.port} (address '{cc.address}')"
             )
         if not listeners:
             lines += [
@@ -167,18 +139,18 @@ class Daemon:
 
     def _management_banner(self) -> list[str]:
         """Where management and metrics listen, and how to add a service."""
-        assert self.amqp is not None
         lines: list[str] = []
         amqp_url: str | None = None
-        for entity in self.registry.entities("listener"):
-            port, error = self.amqp.bound(entity.name)
-            host = str(entity.attributes.get("host") or "")
+        for entity in self.node.registry.entities("listener"):
+            lc = entity.config_as(ListenerConfig)
+            port, error = self.node.amqp.bound(entity.name)
+            host = lc.host
             shown = host or "*"
-            if entity.attributes.get("http"):
+            if lc.http:
                 if port is None:
                     lines.append(f"  metrics listener '{entity.name}': DOWN ({error})")
                     continue
-                scheme = "https" if entity.attributes.get("sslProfile") else "http"
+                scheme = "https" if lc.ssl_profile else "http"
                 base = f"{scheme}://{host or '127.0.0.1'}:{port}"
                 lines.append(
                     f"  metrics listener '{entity.name}': {base}/metrics, {base}/healthz, "
@@ -192,13 +164,12 @@ class Daemon:
                 continue
             access = (
                 "anonymous writes allowed"
-                if entity.attributes.get("allowAnonymousWrites")
+                if lc.allow_anonymous_writes
                 else "writes need a user with write access"
             )
-            tls = entity.attributes.get("sslProfile")
+            tls = lc.ssl_profile
             if tls:
-                required = entity.attributes.get("requireSsl")
-                access += ", TLS " + ("required" if required else "optional")
+                access += ", TLS " + ("required" if lc.require_ssl else "optional")
             lines.append(
                 f"  AMQP management listener '{entity.name}' on {shown}:{port} "
                 f"($management; {access})"
@@ -239,14 +210,12 @@ class Daemon:
             for warning in config.warnings:
                 _log.warning(str(warning))
             try:
-                result = self.registry.apply_file(config.entities)
+                result = self.node.apply(config.entities)
             except RegistryError as e:
                 _log.error(f"SIGHUP: configuration rejected, the running one stays: {e}")
                 return
             self._apply_log_level()
-            assert self.adaptor is not None and self.tls is not None
-            await self.tls.settle()
-            await self.adaptor.settle()
+            await self.node.settle()
             self.config = config
             _log.info(
                 f"SIGHUP: configuration reloaded: {len(result.added)} added, "
@@ -256,22 +225,13 @@ class Daemon:
             self._reloading = False
 
     async def _drain(self) -> None:
-        assert self.adaptor is not None
-        self.adaptor.close()  # stop accepting
-        if self.amqp is not None:
-            self.amqp.close()
-        if self.tls is not None:
-            self.tls.close()
-        _log.info(f"stopping: draining open connections for up to {self.grace:g} s")
-        deadline = time.monotonic() + self.grace
-        while time.monotonic() < deadline:
-            if self.engine.counters()["conns_live"] == 0:
-                break
-            await asyncio.sleep(0.05)
-        left = self.engine.counters()["conns_live"]
+        self.node.close()  # stop accepting
+        grace = self.node.router.drain_grace_seconds
+        _log.info(f"stopping: draining open connections for up to {grace:g} s")
+        left = await self.node.drain(grace)
         if left:
             _log.info(f"stopping: closing {left} connections still open")
-        self.engine.stop()
+        self.node.stop()
         _log.info("stopped")
 
 

@@ -10,6 +10,7 @@ over the calls in native/include/skiff.h.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import errno
 import os
@@ -264,18 +265,24 @@ def tls_load(
         lib.sk_tls_result_clear(r)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class EngineOptions:
-    worker_threads: int = 0
-    connect_timeout_ms: int = 5000
-    max_connect_attempts: int = 0
-    backoff_initial_ms: int = 500
-    backoff_max_ms: int = 30000
-    relay_buffer_bytes: int = 65536
-    keepalive: bool = True
-    event_ring_size: int = 4096
-    high_check_budget_us: int = 250
-    events_per_wakeup: int = 64
+    """What the caller sets; ``None`` keeps the engine's own default.
+
+    The defaults are written once, in ``sk_engine_options_init`` (C), and
+    documented beside ``sk_engine_options`` in ``native/include/skiff.h``.
+    """
+
+    worker_threads: int | None = None  # 0: one per CPU
+    connect_timeout_ms: int | None = None
+    max_connect_attempts: int | None = None
+    backoff_initial_ms: int | None = None
+    backoff_max_ms: int | None = None
+    relay_buffer_bytes: int | None = None
+    keepalive: bool | None = None
+    event_ring_size: int | None = None
+    high_check_budget_us: int | None = None
+    events_per_wakeup: int | None = None
 
 
 def _err() -> Any:
@@ -345,19 +352,10 @@ class Engine:
         o = options or EngineOptions()
         copts = ffi.new("sk_engine_options *")
         lib.sk_engine_options_init(copts)
-        for name in (
-            "worker_threads",
-            "connect_timeout_ms",
-            "max_connect_attempts",
-            "backoff_initial_ms",
-            "backoff_max_ms",
-            "relay_buffer_bytes",
-            "event_ring_size",
-            "high_check_budget_us",
-            "events_per_wakeup",
-        ):
-            setattr(copts, name, int(getattr(o, name)))
-        copts.keepalive = int(o.keepalive)
+        for f in dataclasses.fields(o):
+            value = getattr(o, f.name)
+            if value is not None:
+                setattr(copts, f.name, int(value))
         err = _err()
         ptr = lib.sk_engine_create(copts, err, lib.SK_ERRLEN)
         if ptr == ffi.NULL:
@@ -488,7 +486,7 @@ class Engine:
         port: int,
         *,
         address_id: int = 0,
-        backlog: int = 128,
+        backlog: int | None = None,
         app: bool = False,
         max_connections: int = 0,
         user_id: int | None = None,
@@ -502,7 +500,8 @@ class Engine:
         chost = ffi.new("char[]", host.encode())
         opts.host = chost
         opts.port = port
-        opts.backlog = backlog
+        if backlog is not None:
+            opts.backlog = backlog
         opts.address_id = address_id
         opts.app = int(app)
         opts.max_connections = max_connections

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from router.configs import LogConfig
 from router.schema import (
     LOG_LEVELS,
     LOG_MODULES,
@@ -321,6 +322,9 @@ def reset_logging() -> None:
 
 class _HasAttributes(Protocol):
     @property
+    def name(self) -> str: ...
+
+    @property
     def attributes(self) -> dict[str, object]: ...
 
 
@@ -338,20 +342,8 @@ class LogConfigObserver:
         self._apply(new)
 
     def on_delete(self, entity: _HasAttributes) -> None:
-        module = entity.attributes.get("module")
-        if isinstance(module, str):
-            configure_log(module)
+        configure_log(LogConfig.from_values(entity.name, entity.attributes).module)
 
     def _apply(self, entity: _HasAttributes) -> None:
-        a = entity.attributes
-        module = a.get("module")
-        enable = a.get("enable")
-        output = a.get("outputFile")
-        if not isinstance(module, str):
-            return
-        configure_log(
-            module,
-            enable if isinstance(enable, str) else None,
-            output if isinstance(output, str) else None,
-            a.get("includeTimestamp") is not False,
-        )
+        cfg = LogConfig.from_values(entity.name, entity.attributes)
+        configure_log(cfg.module, cfg.enable, cfg.output_file, cfg.include_timestamp)

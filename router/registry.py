@@ -12,18 +12,22 @@ its only caller, which keeps it lock-free.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import functools
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 from router import schema
 from router.config import ConfigEntity
+from router.configs import EntityConfig
 from router.log import get_logger
 
 Source = Literal["config", "management", "builtin"]
+
+C = TypeVar("C", bound=EntityConfig)
 
 # Creation order; deletion runs in reverse so references stay valid.
 _TYPE_ORDER = ("router", "log", "sslProfile", "listener", "tcpConnector", "tcpListener")
@@ -82,10 +86,19 @@ class Entity:
     source: Source
     file: str | None = None
     line: int | None = None
+    _config: EntityConfig | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def spec(self) -> schema.EntityTypeSpec:
         return schema.entity_type(self.type)
+
+    def config_as(self, kind: builtins.type[C]) -> C:
+        """The typed configuration, built once from the validated attributes."""
+        if kind.entity_type != self.type:
+            raise TypeError(f"{self.type} '{self.name}' has no {kind.__name__}")
+        if not isinstance(self._config, kind):
+            self._config = kind.from_values(self.name, self.attributes)
+        return self._config
 
     @property
     def origin(self) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from OpenSSL import crypto
 
+from router.configs import SslProfileConfig
 from router.engine import Engine, TlsConfig, TlsLoadResult, TlsMaterial, tls_load
 from router.log import get_logger
 from router.registry import Entity, Registry
@@ -184,13 +185,10 @@ class TlsManager:
         self._check(new)
         st = self._profiles[old.name]
         st.entity = new
-        a, b = old.attributes, new.attributes
-        if int(str(b.get("oldestValidOrdinal") or 0)) > int(str(a.get("oldestValidOrdinal") or 0)):
-            self._engine.tls_close_older(st.slot, int(str(b["oldestValidOrdinal"])))
-            _log.info(
-                f"sslProfile '{new.name}': closing connections older than ordinal "
-                f"{b['oldestValidOrdinal']}"
-            )
+        oldest = new.config_as(SslProfileConfig).oldest_valid_ordinal
+        if oldest > old.config_as(SslProfileConfig).oldest_valid_ordinal:
+            self._engine.tls_close_older(st.slot, oldest)
+            _log.info(f"sslProfile '{new.name}': closing connections older than ordinal {oldest}")
         self._arm_check(st)
         self.reload(new.name, force=True)
 
@@ -225,15 +223,13 @@ class TlsManager:
 
     @staticmethod
     def _check(entity: Entity) -> None:
-        a = entity.attributes
-        ordinal = int(str(a.get("ordinal") or 0))
-        oldest = int(str(a.get("oldestValidOrdinal") or 0))
-        if ordinal < oldest:
+        cfg = entity.config_as(SslProfileConfig)
+        if cfg.ordinal < cfg.oldest_valid_ordinal:
             raise ValueError(
-                f"sslProfile '{entity.name}': ordinal ({ordinal}) must be >= "
-                f"oldestValidOrdinal ({oldest})"
+                f"sslProfile '{entity.name}': ordinal ({cfg.ordinal}) must be >= "
+                f"oldestValidOrdinal ({cfg.oldest_valid_ordinal})"
             )
-        if bool(a.get("certFile")) != bool(a.get("privateKeyFile")):
+        if bool(cfg.cert_file) != bool(cfg.private_key_file):
             raise ValueError(
                 f"sslProfile '{entity.name}': certFile and privateKeyFile must be given together"
             )
@@ -251,19 +247,17 @@ class TlsManager:
             st.force = st.force or force
             return
         st.loading = True
-        a = st.entity.attributes
-        ordinal = int(str(a.get("ordinal") or 0))
-        if ordinal != st.published_ordinal:
+        cfg = st.entity.config_as(SslProfileConfig)
+        if cfg.ordinal != st.published_ordinal:
             force = True
-        material = _material(st.entity)
+        material = _material(cfg)
         unchanged_if = None if force else st.fingerprint
         previous = st.current
-        password_spec = a.get("password")
         fut = self._loop.run_in_executor(
             self._pool,
             _load_blocking,
             material,
-            password_spec if isinstance(password_spec, str) else None,
+            cfg.password,
             previous,
             unchanged_if,
         )
@@ -319,7 +313,7 @@ class TlsManager:
         st.loaded_at = datetime.now(UTC).isoformat()
         st.last_error = None
         st.warnings = result.warnings
-        st.published_ordinal = int(str(st.entity.attributes.get("ordinal") or 0))
+        st.published_ordinal = st.entity.config_as(SslProfileConfig).ordinal
         st.reloads += 1
         extra = f" (CA store reused, {result.reads} reads)" if result.ca_reused else ""
         _log.info(
@@ -355,7 +349,7 @@ class TlsManager:
         if st.check_handle:
             st.check_handle.cancel()
             st.check_handle = None
-        interval = int(str(st.entity.attributes.get("checkIntervalSeconds") or 0))
+        interval = st.entity.config_as(SslProfileConfig).check_interval_seconds
         if interval > 0 and not self._closed:
             st.check_handle = self._loop.call_later(interval, self._periodic, st.entity.name)
 
@@ -381,20 +375,14 @@ class TlsManager:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _material(entity: Entity) -> TlsMaterial:
-    a = entity.attributes
-
-    def s(key: str) -> str | None:
-        v = a.get(key)
-        return str(v) if v not in (None, "") else None
-
+def _material(cfg: SslProfileConfig) -> TlsMaterial:
     return TlsMaterial(
-        cert_file=s("certFile"),
-        key_file=s("privateKeyFile"),
-        ca_file=s("caCertFile"),
-        ciphers=s("ciphers"),
-        protocols=s("protocols"),
-        ordinal=int(str(a.get("ordinal") or 0)),
+        cert_file=cfg.cert_file or None,
+        key_file=cfg.private_key_file or None,
+        ca_file=cfg.ca_cert_file or None,
+        ciphers=cfg.ciphers or None,
+        protocols=cfg.protocols or None,
+        ordinal=cfg.ordinal,
     )
 
 

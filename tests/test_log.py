@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from router import log
+from router.registry import Entity
 from router.schema import InvalidValue
 
 LINE = re.compile(
@@ -134,18 +135,18 @@ def test_unopenable_output_file_keeps_previous_configuration(tmp_path: Path) -> 
 def test_log_config_observer_applies_entities(tmp_path: Path) -> None:
     out = tmp_path / "x.log"
 
-    class FakeEntity:
-        def __init__(self, attributes: dict[str, object]) -> None:
-            self.attributes = attributes
-
     observer = log.LogConfigObserver()
-    entity = FakeEntity(
+    entity = Entity(
+        "log",
+        "FLOW_LOG",
+        "log/1",
         {
             "module": "FLOW_LOG",
             "enable": "debug+",
             "outputFile": str(out),
             "includeTimestamp": False,
-        }
+        },
+        "config",
     )
     observer.on_update(entity, entity)
     log.get_logger("FLOW_LOG").debug("d")

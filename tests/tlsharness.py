@@ -1,5 +1,5 @@
-"""In-process router pieces (engine, registry, TLS manager, TCP adaptor) on a
-uvloop loop for TLS tests, plus blocking TLS clients run in threads."""
+"""In-process routers (``router.node.Node``) on a uvloop loop for TLS tests,
+plus blocking TLS clients run in threads."""
 
 from __future__ import annotations
 
@@ -13,22 +13,23 @@ from typing import TypeVar
 
 import uvloop
 
-from adaptors.tcp import TcpAdaptor
-from router.engine import Engine, EngineOptions
-from router.registry import Registry
-from router.tls import TlsManager
+from router.configs import RouterConfig
+from router.node import Node
 
 T = TypeVar("T")
 
 
 class Router:
+    """A Node with the shortcuts TLS tests use."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop, workers: int = 2) -> None:
         self.loop = loop
-        self.engine = Engine(EngineOptions(worker_threads=workers))
-        self.engine.attach(loop)
-        self.registry = Registry()
-        self.tls = TlsManager(self.engine, self.registry, loop)
-        self.tcp = TcpAdaptor(self.engine, self.registry, loop, self.tls)
+        self.node = Node(RouterConfig.from_attributes("router", {"workerThreads": workers}))
+        self.node.start(loop)
+        self.engine = self.node.engine
+        self.registry = self.node.registry
+        self.tls = self.node.tls
+        self.tcp = self.node.tcp
 
     def profile(self, name: str, **attrs: object) -> None:
         self.registry.create("sslProfile", {"name": name, **attrs}, check_operation=False)
@@ -76,13 +77,10 @@ class Router:
         return port
 
     async def settle(self) -> None:
-        await self.tls.settle()
-        await self.tcp.settle()
+        await self.node.settle()
 
     def close(self) -> None:
-        self.tls.close()
-        self.tcp.close()
-        self.engine.stop()
+        self.node.stop()
 
 
 def run(body: Callable[[Router], Awaitable[T]], workers: int = 2) -> T:

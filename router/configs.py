@@ -1,0 +1,171 @@
+"""Typed, frozen configuration of each entity type.
+
+The schema converts every attribute once (``router.schema``) and fills its
+defaults; this module turns the converted values into one frozen dataclass
+per entity type, so the code that uses a value reads ``cfg.port`` (an
+``int``) instead of re-casting ``attrs["port"]`` and restating its default.
+
+Defaults live in exactly one place, the schema's ``AttributeSpec``: the
+dataclasses here have none, and ``from_values`` refuses values that the
+schema did not complete.  Field names are the schema's camelCase attribute
+names in snake_case (``caCertFile`` -> ``ca_cert_file``); a test checks that
+every configurable attribute of the schema has its field and vice versa.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
+
+from router import schema
+
+_CAMEL = re.compile(r"_([a-z0-9])")
+
+C = TypeVar("C", bound="EntityConfig")
+
+
+def attribute_name(field_name: str) -> str:
+    """Schema attribute of a dataclass field: ``ca_cert_file`` -> ``caCertFile``."""
+    return _CAMEL.sub(lambda m: m.group(1).upper(), field_name)
+
+
+@dataclasses.dataclass(frozen=True)
+class EntityConfig:
+    """Base of the typed configs; ``entity_type`` is the schema's short name."""
+
+    entity_type: ClassVar[str] = ""
+
+    name: str
+
+    @classmethod
+    def from_values(cls: type[C], name: str, values: Mapping[str, object]) -> C:
+        """Builds the config from converted, completed schema values.
+
+        Raises KeyError naming the attribute when a value is missing: the
+        caller skipped ``schema.complete``, which is a bug, not bad input.
+        """
+        kwargs: dict[str, Any] = {"name": name}
+        for f in dataclasses.fields(cls):
+            if f.name == "name":
+                continue
+            attr = attribute_name(f.name)
+            if attr not in values:
+                raise KeyError(f"{cls.entity_type} attribute '{attr}' was not completed")
+            value = values[attr]
+            kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**kwargs)
+
+    def attributes(self) -> dict[str, object]:
+        """The schema attribute values this config was built from."""
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[attribute_name(f.name)] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_attributes(cls: type[C], name: str, raw: Mapping[str, object]) -> C:
+        """Validates raw attribute values through the schema, then builds the
+        config; raises ``schema.SchemaError`` for a bad value."""
+        spec = schema.entity_type(cls.entity_type)
+        return cls.from_values(name, schema.validate_attributes(spec, raw).values)
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterConfig(EntityConfig):
+    entity_type: ClassVar[str] = "router"
+
+    id: str | None
+    mode: str
+    worker_threads: int
+    drop_tcp_connections: bool
+    tls_loader_threads: int
+    drain_grace_seconds: int
+    metadata: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class LogConfig(EntityConfig):
+    entity_type: ClassVar[str] = "log"
+
+    module: str
+    enable: str
+    include_timestamp: bool
+    output_file: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SslProfileConfig(EntityConfig):
+    entity_type: ClassVar[str] = "sslProfile"
+
+    ca_cert_file: str | None
+    cert_file: str | None
+    private_key_file: str | None
+    password: str | None
+    ciphers: str | None
+    protocols: str | None
+    ordinal: int
+    oldest_valid_ordinal: int
+    check_interval_seconds: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ListenerConfig(EntityConfig):
+    """An AMQP (or, with ``http``, HTTP) listener of the control plane."""
+
+    entity_type: ClassVar[str] = "listener"
+
+    host: str
+    port: int
+    role: str
+    ssl_profile: str | None
+    authenticate_peer: bool
+    require_ssl: bool
+    sasl_mechanisms: tuple[str, ...] | None
+    idle_timeout_seconds: int
+    max_frame_size: int
+    http: bool
+    healthz: bool
+    metrics: bool
+    websockets: bool
+    users_file: str | None
+    allow_anonymous_writes: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class TcpListenerConfig(EntityConfig):
+    entity_type: ClassVar[str] = "tcpListener"
+
+    host: str
+    port: int
+    address: str
+    backlog: int
+    ssl_profile: str | None
+    authenticate_peer: bool
+    max_connections: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TcpConnectorConfig(EntityConfig):
+    entity_type: ClassVar[str] = "tcpConnector"
+
+    host: str
+    port: int
+    address: str
+    ssl_profile: str | None
+    verify_hostname: bool
+
+
+CONFIG_TYPES: Mapping[str, type[EntityConfig]] = {
+    c.entity_type: c
+    for c in (
+        RouterConfig,
+        LogConfig,
+        SslProfileConfig,
+        ListenerConfig,
+        TcpListenerConfig,
+        TcpConnectorConfig,
+    )
+}

@@ -1,0 +1,129 @@
+"""One router, wired in one place: engine, registry, TLS manager, adaptors
+and management.
+
+skiffd, the tests' in-process routers and the bench all build a router
+through ``Node``, so that a change to the wiring (a new adaptor, the router
+network's links) is made once and every user of a router gets it.  The life
+cycle has libuv's shape: construct (the engine's workers start), ``start``
+on the control loop (observers subscribe; nothing is configured yet),
+``apply`` entities, ``settle`` until loads and look-ups are done, ``close``
+to stop accepting, ``drain`` to let open flows finish, ``stop`` to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from adaptors.amqp import AmqpAdaptor
+from adaptors.tcp import TcpAdaptor
+from router.config import ConfigEntity, ConfigFile
+from router.configs import RouterConfig
+from router.engine import Engine, EngineOptions
+from router.log import LogConfigObserver, get_logger
+from router.registry import ApplyResult, Registry
+from router.tls import TlsManager
+
+_log = get_logger("ROUTER")
+
+DRAIN_POLL_S = 0.05
+
+
+def router_config(config: ConfigFile) -> RouterConfig:
+    """The file's router entity, or the schema's defaults when it has none."""
+    for ce in config.entities:
+        if ce.type == "router":
+            return RouterConfig.from_values(ce.name, ce.attributes)
+    return RouterConfig.from_attributes("router", {})
+
+
+class Node:
+    """A router on one control loop.
+
+    ``engine`` lets a caller that already runs an engine (the bench's
+    in-process subject) build the rest of the router on it; the node then
+    leaves stopping that engine to its owner.
+    """
+
+    def __init__(self, router: RouterConfig, *, engine: Engine | None = None) -> None:
+        self.router = router
+        self.started = time.monotonic()
+        self.registry = Registry()
+        self.registry.subscribe("log", LogConfigObserver())
+        # the router entity exists from the start, so that what adaptors read
+        # of it (dropTcpConnections) is this config until a file replaces it
+        self.registry.create("router", router.attributes(), source="builtin", check_operation=False)
+        self._owns_engine = engine is None
+        self.engine = engine or Engine(EngineOptions(worker_threads=router.worker_threads))
+        self._tls: TlsManager | None = None
+        self._tcp: TcpAdaptor | None = None
+        self._amqp: AmqpAdaptor | None = None
+        self._closed = False
+        self._stopped = False
+
+    # ------------------------------------------------------------ parts
+
+    @property
+    def tls(self) -> TlsManager:
+        assert self._tls is not None, "Node.start() has not run"
+        return self._tls
+
+    @property
+    def tcp(self) -> TcpAdaptor:
+        assert self._tcp is not None, "Node.start() has not run"
+        return self._tcp
+
+    @property
+    def amqp(self) -> AmqpAdaptor:
+        assert self._amqp is not None, "Node.start() has not run"
+        return self._amqp
+
+    # ------------------------------------------------------------ life cycle
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attaches the engine to ``loop`` and subscribes every observer."""
+        if self._owns_engine:
+            self.engine.attach(loop)
+        self._tls = TlsManager(self.engine, self.registry, loop, self.router.tls_loader_threads)
+        self._tcp = TcpAdaptor(self.engine, self.registry, loop, self._tls)
+        self._amqp = AmqpAdaptor(
+            self.engine, self.registry, loop, self._tcp, self.started, tls=self._tls
+        )
+
+    def apply(self, entities: Sequence[ConfigEntity]) -> ApplyResult:
+        """Makes the file-configured entities match ``entities`` (all or nothing)."""
+        return self.registry.apply_file(entities)
+
+    async def settle(self) -> None:
+        """Waits for TLS loads and DNS look-ups started so far, then publishes
+        the route table they complete."""
+        await self.tls.settle()
+        await self.tcp.settle()
+        self.tcp.publish()
+
+    def close(self) -> None:
+        """Stops accepting on every listener and stops loading; flows stay."""
+        if self._closed or self._tcp is None:
+            return
+        self._closed = True
+        self.tcp.close()
+        self.amqp.close()
+        self.tls.close()
+
+    async def drain(self, grace_s: float) -> int:
+        """Waits up to ``grace_s`` for open connections to finish; returns how
+        many are still open."""
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and self.engine.counters()["conns_live"]:
+            await asyncio.sleep(DRAIN_POLL_S)
+        return int(self.engine.counters()["conns_live"])
+
+    def stop(self) -> None:
+        """Closes everything; the engine too when this node started it."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.close()
+        if self._owns_engine:
+            self.engine.stop()
