@@ -123,7 +123,15 @@ class TcpAdaptor:
                     verify_host=cfg.verify_hostname,
                 )
             )
-        self.routes_version = self._engine.publish_routes(table)
+        self.routes_version = self._engine.publish_routes(table, self._route_refused)
+
+    def _route_refused(self, route: RouteTarget, reason: str) -> None:
+        # one connector the engine cannot use must not keep the others unpublished
+        c = self._by_target.get(route.target.user_id)
+        name = c.entity.name if c else str(route.target.user_id)
+        if c is not None:
+            c.last_error = reason
+        _log.error(f"tcpConnector '{name}' left out of the route table: {reason}")
 
     # ------------------------------------------------------------ listeners
 

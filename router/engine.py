@@ -523,9 +523,18 @@ class Engine:
     def target(self, user_id: int | None = None) -> Target:
         return Target(self, self.new_user_id() if user_id is None else user_id)
 
-    def publish_routes(self, table: Mapping[int, Iterable[RouteTarget]]) -> int:
+    def publish_routes(
+        self,
+        table: Mapping[int, Iterable[RouteTarget]],
+        on_refused: Callable[[RouteTarget, str], None] | None = None,
+    ) -> int:
         """Builds a route table (address id -> targets) and swaps it in
-        atomically; returns its version. Flows already relayed are untouched."""
+        atomically; returns its version. Flows already relayed are untouched.
+
+        A target the engine refuses raises EngineError and nothing is
+        published, unless ``on_refused`` is given: then that target is left
+        out, ``on_refused(target, reason)`` is told, and the others publish.
+        """
         size = max(table, default=-1) + 1
         routes = lib.sk_routes_create(size)
         if routes == ffi.NULL:
@@ -548,7 +557,10 @@ class Engine:
                         lib.SK_ERRLEN,
                     )
                     if rc != 0:
-                        raise EngineError(f"route to {rt.ip}:{rt.port}: {_str(err)}")
+                        reason = f"route to {rt.ip}:{rt.port}: {_str(err)}"
+                        if on_refused is None:
+                            raise EngineError(reason)
+                        on_refused(rt, reason)
         except BaseException:
             lib.sk_routes_free(routes)
             raise

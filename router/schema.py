@@ -166,7 +166,8 @@ class AttributeSpec:
             return "a list of strings (space or comma separated)"
         if self.type is AttrType.PORT:
             names = ", ".join(sorted(PORT_NAMES))
-            return f"a port number from 0 to 65535 or one of {names}"
+            low = 0 if self.minimum is None else self.minimum
+            return f"a port number from {low} to 65535 or one of {names}"
         return "a string"
 
 
@@ -259,8 +260,9 @@ _ROUTER = EntityTypeSpec(
             AttrType.INTEGER,
             default=4,
             minimum=1,
+            maximum=255,
             create_only=True,
-            description="Number of I/O worker threads of the engine.",
+            description="Number of I/O worker threads of the engine (1 to 255).",
         ),
         AttributeSpec(
             "dropTcpConnections",
@@ -273,15 +275,19 @@ _ROUTER = EntityTypeSpec(
             AttrType.INTEGER,
             default=2,
             minimum=1,
+            maximum=64,
             create_only=True,
-            description="Skiff: threads that read certificate files and build TLS contexts.",
+            description="Skiff: threads that read certificate files and build TLS contexts "
+            "(1 to 64).",
         ),
         AttributeSpec(
             "drainGraceSeconds",
             AttrType.INTEGER,
             default=5,
             minimum=0,
-            description="Skiff: seconds given to open connections to finish on shutdown.",
+            maximum=86400,
+            description="Skiff: seconds given to open connections to finish on shutdown "
+            "(0 to 86400).",
         ),
         AttributeSpec("metadata", description="Free text carried for management tools."),
         AttributeSpec("version", status=True, description="Skiff version."),
@@ -341,7 +347,8 @@ _TCP_LISTENER = EntityTypeSpec(
             AttrType.INTEGER,
             default=50,
             minimum=1,
-            description="listen() backlog.",
+            maximum=65535,
+            description="listen() backlog (1 to 65535; the kernel caps it at net.core.somaxconn).",
         ),
         AttributeSpec(
             "sslProfile",
@@ -359,7 +366,9 @@ _TCP_LISTENER = EntityTypeSpec(
             AttrType.INTEGER,
             default=0,
             minimum=0,
-            description="Skiff: concurrent client connections allowed; 0 means unlimited.",
+            maximum=1_000_000,
+            description="Skiff: concurrent client connections allowed; 0 means unlimited "
+            "(0 to 1000000).",
         ),
         AttributeSpec(
             "operStatus",
@@ -380,7 +389,13 @@ _TCP_CONNECTOR = EntityTypeSpec(
     description="Connects to the real service for flows arriving on its address.",
     attributes=_attrs(
         AttributeSpec("host", required=True, description="Host name or address of the service."),
-        AttributeSpec("port", AttrType.PORT, required=True, description="Port of the service."),
+        AttributeSpec(
+            "port",
+            AttrType.PORT,
+            required=True,
+            minimum=1,
+            description="Port of the service (1 to 65535).",
+        ),
         AttributeSpec(
             "address",
             required=True,
@@ -457,6 +472,7 @@ _SSL_PROFILE = EntityTypeSpec(
             AttrType.INTEGER,
             default=0,
             minimum=0,
+            maximum=2**63 - 1,
             description="Generation of the material; raise it to trigger a reload.",
         ),
         AttributeSpec(
@@ -464,6 +480,7 @@ _SSL_PROFILE = EntityTypeSpec(
             AttrType.INTEGER,
             default=0,
             minimum=0,
+            maximum=2**63 - 1,
             description="Connections made with an older ordinal are closed.",
         ),
         AttributeSpec(
@@ -471,8 +488,9 @@ _SSL_PROFILE = EntityTypeSpec(
             AttrType.INTEGER,
             default=10,
             minimum=0,
+            maximum=86400,
             description="Skiff: period of the content-hash check that backs up file watching "
-            "(0 = off).",
+            "(0 = off; at most 86400).",
         ),
         _counter("version", "Published TLS configuration version."),
         AttributeSpec(
@@ -524,14 +542,16 @@ _LISTENER = EntityTypeSpec(
             AttrType.INTEGER,
             default=16,
             minimum=0,
-            description="AMQP idle timeout advertised to peers.",
+            maximum=86400,
+            description="AMQP idle timeout advertised to peers (0 = none; at most 86400).",
         ),
         AttributeSpec(
             "maxFrameSize",
             AttrType.INTEGER,
             default=16384,
             minimum=512,
-            description="Largest AMQP frame.",
+            maximum=2**32 - 1,
+            description="Largest AMQP frame (512 to 4294967295, AMQP's uint).",
         ),
         AttributeSpec(
             "http",
@@ -879,7 +899,7 @@ def convert(spec: EntityTypeSpec, attr: AttributeSpec | str, raw: object) -> obj
         number = _to_int(raw)
         if number is None:
             raise _invalid(spec, a, raw)
-        if not 0 <= number <= 65535:
+        if not (0 if a.minimum is None else a.minimum) <= number <= 65535:
             raise _invalid(spec, a, raw, " (out of range)")
         return number
     if a.type is AttrType.ENUM:
@@ -899,12 +919,20 @@ def convert(spec: EntityTypeSpec, attr: AttributeSpec | str, raw: object) -> obj
     raise AssertionError(f"unhandled attribute type {a.type}")
 
 
+# Longer than any bound in the schema; stops int() from parsing (or refusing
+# with a traceback) thousands of digits.
+_MAX_DIGITS = 20
+
+
 def _to_int(raw: object) -> int | None:
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):
         return raw
     if isinstance(raw, str) and re.fullmatch(r"\s*[+-]?\d+\s*", raw):
+        digits = raw.strip().lstrip("+-").lstrip("0")
+        if len(digits) > _MAX_DIGITS:
+            return None
         return int(raw)
     return None
 

@@ -44,3 +44,14 @@ def test_bad_route_entries(engine: Engine) -> None:
     with pytest.raises(EngineError, match="port 0 out of range"):
         engine.publish_routes({0: [RouteTarget(t, "127.0.0.1", 0)]})
     assert engine.counters()["routes_version"] == 0  # nothing half-published
+
+
+def test_a_refused_route_entry_can_be_left_out_while_the_others_publish(engine: Engine) -> None:
+    bad, good = engine.target(), engine.target()
+    refused: list[str] = []
+    version = engine.publish_routes(
+        {0: [RouteTarget(bad, "127.0.0.1", 0), RouteTarget(good, "127.0.0.1", 80)]},
+        lambda rt, reason: refused.append(f"{rt.target.user_id}: {reason}"),
+    )
+    assert version == engine.counters()["routes_version"] == 1
+    assert refused == [f"{bad.user_id}: route to 127.0.0.1:0: port 0 out of range 1-65535"]

@@ -60,7 +60,8 @@ def test_integer_accepts_decimal_strings_and_checks_range() -> None:
     assert schema.convert(router, "workerThreads", 3) == 3
     with pytest.raises(
         schema.InvalidValue,
-        match=r"'workerThreads' has invalid value '0' \(out of range\): expected an integer >= 1",
+        match=r"'workerThreads' has invalid value '0' \(out of range\): expected an integer "
+        r"from 1 to 255",
     ):
         schema.convert(router, "workerThreads", "0")
     with pytest.raises(schema.InvalidValue, match="expected an integer"):
@@ -206,3 +207,47 @@ def test_generated_names_come_from_content() -> None:
 def test_did_you_mean() -> None:
     assert schema.did_you_mean("adress", ["address", "host"]) == " (did you mean 'address'?)"
     assert schema.did_you_mean("zzz", ["address"]) == ""
+
+
+def test_every_configurable_integer_has_explicit_bounds() -> None:
+    for spec in schema.ENTITY_TYPES.values():
+        for attr in spec.configurable():
+            if attr.type is schema.AttrType.INTEGER:
+                assert attr.minimum is not None and attr.maximum is not None, (
+                    f"{spec.short_name}.{attr.name} needs a documented range"
+                )
+
+
+@pytest.mark.parametrize(
+    ("type_name", "attr", "value"),
+    [
+        ("tcpConnector", "port", 0),
+        ("tcpConnector", "port", "0"),
+        ("tcpListener", "port", "9" * 5000),
+        ("tcpListener", "port", 65536),
+        ("tcpListener", "backlog", 2**62),
+        ("router", "workerThreads", 4294967297),
+        ("listener", "idleTimeoutSeconds", 2**40),
+        ("listener", "maxFrameSize", 2**33),
+        ("sslProfile", "ordinal", 2**64),
+    ],
+)
+def test_values_past_their_bounds_are_refused_naming_the_attribute(
+    type_name: str, attr: str, value: object
+) -> None:
+    spec = schema.entity_type(type_name)
+    with pytest.raises(schema.InvalidValue, match=f"attribute '{attr}'") as info:
+        schema.convert(spec, attr, value)
+    assert info.value.attribute == attr
+
+
+def test_values_at_their_bounds_are_accepted() -> None:
+    for spec in schema.ENTITY_TYPES.values():
+        for attr in spec.configurable():
+            if attr.type is schema.AttrType.INTEGER:
+                assert attr.minimum is not None and attr.maximum is not None
+                assert schema.convert(spec, attr, attr.minimum) == attr.minimum
+                assert schema.convert(spec, attr, str(attr.maximum)) == attr.maximum
+    connector = schema.entity_type("tcpConnector")
+    assert schema.convert(connector, "port", "1") == 1
+    assert schema.convert(schema.entity_type("tcpListener"), "port", 0) == 0

@@ -17,7 +17,7 @@ from adaptors.tcp import TcpAdaptor
 from router.configs import RouterConfig
 from router.engine import Engine, EngineOptions
 from router.node import Node
-from router.registry import ObserverFailed, Registry
+from router.registry import InvalidRequest, ObserverFailed, Registry
 
 
 def _run(body: Callable[[Node], Awaitable[None]], **router: object) -> None:
@@ -193,3 +193,24 @@ def test_deleting_a_connector_drops_its_flows_unless_told_not_to(drop: bool) -> 
     finally:
         server.close()
 
+
+def test_a_connector_port_that_cannot_be_used_is_refused_and_routing_goes_on(
+    echo_server: ThreadedServer,
+) -> None:
+    async def body(node: Node) -> None:
+        with pytest.raises(InvalidRequest, match="attribute 'port'") as info:
+            _connector(node, 0, name="zero")
+        assert info.value.status == 400
+        assert node.registry.find("tcpConnector", "zero") is None
+        # the router is not poisoned: later changes and re-resolves still publish
+        _connector(node, echo_server.port)
+        _listener(node)
+        await node.settle()
+        port = node.tcp.listener_port("l")
+        assert port
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, _roundtrip, port) == b"hello"
+        node.registry.delete("tcpConnector", "c")
+        assert node.tcp.listener_port("l") is None
+
+    _run(body)
