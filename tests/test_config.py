@@ -121,7 +121,7 @@ def test_wrong_type_names_attribute_value_and_expectation() -> None:
     assert message.startswith(
         "skrouterd.conf:2: router attribute 'workerThreads' has invalid value 'lots'"
     )
-    assert "expected an integer >= 1" in message
+    assert "expected an integer from 1 to 255" in message
 
 
 def test_missing_required_attribute_reports_entity_line() -> None:
