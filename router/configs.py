@@ -109,6 +109,7 @@ class SslProfileConfig(EntityConfig):
     ordinal: int
     oldest_valid_ordinal: int
     check_interval_seconds: int
+    allow_invalid_certificate_dates: bool
 
 
 @dataclasses.dataclass(frozen=True)

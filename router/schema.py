@@ -492,6 +492,13 @@ _SSL_PROFILE = EntityTypeSpec(
             description="Skiff: period of the content-hash check that backs up file watching "
             "(0 = off; at most 86400).",
         ),
+        AttributeSpec(
+            "allowInvalidCertificateDates",
+            AttrType.BOOLEAN,
+            default=False,
+            description="Skiff: publish a certificate that has expired or is not yet valid "
+            "(for testing only; otherwise such material is refused and the last good stays).",
+        ),
         _counter("version", "Published TLS configuration version."),
         AttributeSpec(
             "fingerprint",
@@ -504,6 +511,10 @@ _SSL_PROFILE = EntityTypeSpec(
         AttributeSpec("lastError", status=True, description="Last load failure, if any."),
         _counter("reloads", "Successful reloads."),
         _counter("reloadFailures", "Failed reloads."),
+        _counter(
+            "datesRefused",
+            "Skiff: loads refused because the certificate had expired or was not yet valid.",
+        ),
     ),
     unsupported=frozenset({"uidFormat", "uidNameMappingFile", "passwordFile"}),
 )

@@ -104,6 +104,7 @@ class ProfileState:
     warnings: str = ""
     reloads: int = 0
     reload_failures: int = 0
+    dates_refused: int = 0
     loading: bool = False
     dirty: bool = False
     force: bool = False
@@ -219,6 +220,7 @@ class TlsManager:
             "lastError": st.last_error,
             "reloads": st.reloads,
             "reloadFailures": st.reload_failures,
+            "datesRefused": st.dates_refused,
         }
 
     @staticmethod
@@ -300,6 +302,15 @@ class TlsManager:
             st.last_error = None
             return
         assert result.config is not None
+        dates = _date_problem(result)
+        if dates and not st.entity.config_as(SslProfileConfig).allow_invalid_certificate_dates:
+            result.config.free()
+            st.reload_failures += 1
+            st.dates_refused += 1
+            st.last_error = f"certificate {dates}; refused (allowInvalidCertificateDates is false)"
+            kept = f"version {st.version} stays" if st.version else "nothing is published yet"
+            _log.error(f"sslProfile '{name}': reload refused, {kept}: {st.last_error}")
+            return
         version = self._engine.tls_publish(st.slot, result.config)
         if st.current is not None:
             st.current.free()
@@ -397,6 +408,14 @@ def _watch_dirs(material: TlsMaterial) -> set[str]:
         if os.path.exists(real):
             dirs.add(os.path.dirname(real))
     return dirs
+
+
+def _date_problem(result: TlsLoadResult) -> str | None:
+    if result.expired:
+        return "has expired"
+    if result.not_yet_valid:
+        return "is not yet valid"
+    return None
 
 
 def _load_blocking(
