@@ -38,7 +38,7 @@ from bench.echo import EchoServer
 from bench.host import environment, raise_nofile_limit
 from bench.pki import BenchCA
 from bench.progress import Progress
-from bench.storm import RoundResult, StormConfig, _run_round
+from bench.storm import RoundResult, StormConfig, run_round
 from bench.subjects import ADDRESS_ID, EngineSubject, window_max_ns
 from bench.verdict import client_bottleneck
 from router.engine import PRIO_HIGH, TlsMaterial, tls_load
@@ -283,7 +283,7 @@ async def _run(
     name = "rotate" if cfg.interval_s is not None else "storm --tls"
     progress.phase(f"{name} → engine TLS listener :{listener.port}")
     try:
-        r = await _run_round(
+        r = await run_round(
             scfg,
             _Addr("engine-tls", ("127.0.0.1", listener.port)),
             0,

@@ -309,7 +309,7 @@ class StormReport:
         return e.cps / d.cps
 
 
-async def _run_round(
+async def run_round(
     cfg: StormConfig,
     subject: Subject,
     index: int,
@@ -390,7 +390,7 @@ async def _run_rounds(
     out: list[RoundResult] = []
     for r in range(cfg.rounds):
         for name in cfg.subjects:
-            out.append(await _run_round(cfg, by_name[name], r, pool, echo, probe))
+            out.append(await run_round(cfg, by_name[name], r, pool, echo, probe))
             await asyncio.sleep(cfg.pause_s)
     return out
 
