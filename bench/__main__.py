@@ -387,11 +387,7 @@ def run_target_command(args: argparse.Namespace, workload: str) -> int:
         return 2
     res = run_target(cfg, Progress.auto(args.quiet))
     print(format_target(res))
-    if args.json is not None:
-        data = envelope(f"{workload}/1", sys.argv, {}, {}, res.ok)
-        data.update(target_json(res))
-        write_result(data, args.json)
-        print(f"wrote {args.json}")
+    _write_result(args.json, f"{workload}/1", res.ok, target_json(res))
     return 0 if res.ok else 1
 
 
@@ -415,12 +411,18 @@ def run_tls(args: argparse.Namespace, interval: float | None) -> int:
         return 2
     res = run_rotate(cfg, Progress.auto(args.quiet))
     print(format_rotate(res))
-    if args.json is not None:
-        data = envelope("rotate/1" if interval else "storm-tls/1", sys.argv, {}, {}, res.ok)
-        data.update(rotate_json(res))
-        write_result(data, args.json)
-        print(f"wrote {args.json}")
+    schema = "rotate/1" if interval else "storm-tls/1"
+    _write_result(args.json, schema, res.ok, rotate_json(res))
     return 0 if res.ok else 1
+
+
+def _write_result(path: Path | None, schema: str, ok: bool, figures: dict[str, Any]) -> None:
+    """figures in the bench's result envelope, when --json was given."""
+    if path is not None:
+        data = envelope(schema, sys.argv, {}, {}, ok)
+        data.update(figures)
+        write_result(data, path)
+        print(f"wrote {path}")
 
 
 def _report(args: argparse.Namespace) -> int:
