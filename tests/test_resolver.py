@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvloop
+from tlsharness import wait_until
 
 from router.resolver import Resolver, numeric_host
 
@@ -59,15 +60,6 @@ def run_fake(
     asyncio.run(main())
 
 
-async def wait_until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 def test_numeric_host() -> None:
     assert numeric_host("127.0.0.1") == "127.0.0.1"
     assert numeric_host("[::1]") == "::1"
@@ -107,11 +99,11 @@ def test_periodic_refresh_reports_changes_only() -> None:
     async def body(r: Resolver, dns: FakeDns, changes: list[str]) -> None:
         dns.answers["svc"] = ["127.0.0.1"]
         r.watch("svc")
-        await wait_until(lambda: len(dns.calls) >= 3, "two refreshes")
+        await wait_until(lambda: len(dns.calls) >= 3, what="two refreshes")
         await r.settle()
         assert changes == ["svc"]  # the same answer is no change
         dns.answers["svc"] = ["127.0.0.3"]
-        await wait_until(lambda: r.addresses("svc") == ("127.0.0.3",), "the new answer")
+        await wait_until(lambda: r.addresses("svc") == ("127.0.0.3",), what="the new answer")
         assert changes == ["svc", "svc"]
 
     run_fake(body, refresh=0.02)
@@ -123,12 +115,12 @@ def test_failure_keeps_last_good_answer_until_recovery() -> None:
         r.watch("svc")
         await r.settle()
         dns.answers["svc"] = socket.gaierror(socket.EAI_AGAIN, "temporary failure")
-        await wait_until(lambda: r.error("svc") is not None, "the failure")
+        await wait_until(lambda: r.error("svc") is not None, what="the failure")
         assert "temporary failure" in (r.error("svc") or "")
         assert r.addresses("svc") == ("127.0.0.1",)
         assert changes == ["svc"]
         dns.answers["svc"] = ["127.0.0.1"]
-        await wait_until(lambda: r.error("svc") is None, "recovery")
+        await wait_until(lambda: r.error("svc") is None, what="recovery")
         assert r.addresses("svc") == ("127.0.0.1",) and changes == ["svc"]
 
     run_fake(body, refresh=0.02)
@@ -173,7 +165,7 @@ def test_unwatch_cancels_a_look_up_in_flight() -> None:
         dns.answers["slow"] = ["127.0.0.1"]
         gate = dns.gates["slow"] = asyncio.Event()
         r.watch("slow")
-        await wait_until(lambda: dns.calls == ["slow"], "the look-up to start")
+        await wait_until(lambda: dns.calls == ["slow"], what="the look-up to start")
         r.unwatch("slow")  # cancels the look-up in flight
         gate.set()
         await r.settle()
@@ -187,7 +179,7 @@ def test_no_refresh_once_nothing_is_watched() -> None:
     async def body(r: Resolver, dns: FakeDns, changes: list[str]) -> None:
         dns.answers["svc"] = ["127.0.0.1"]
         r.watch("svc")
-        await wait_until(lambda: len(dns.calls) >= 2, "a refresh")
+        await wait_until(lambda: len(dns.calls) >= 2, what="a refresh")
         r.unwatch("svc")
         calls = len(dns.calls)
         for _ in range(10):  # ten refresh periods
@@ -202,7 +194,7 @@ def test_close_cancels_look_ups_in_flight() -> None:
         dns.answers["slow"] = ["127.0.0.1"]
         dns.gates["slow"] = asyncio.Event()
         r.watch("slow")
-        await wait_until(lambda: dns.calls == ["slow"], "the look-up to start")
+        await wait_until(lambda: dns.calls == ["slow"], what="the look-up to start")
         r.close()
         await r.settle()  # nothing left in flight
         assert changes == [] and r.addresses("slow") == ()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import uvloop
+from tlsharness import wait_until
 
 from router.watch import DirectoryWatcher, InotifyUnavailable
 
@@ -40,15 +41,6 @@ def run(
     uvloop.run(main())
 
 
-async def wait_until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 def test_a_burst_of_writes_is_one_report(tmp_path: Path) -> None:
     d, other = tmp_path / "d", tmp_path / "other"
     d.mkdir()
@@ -65,9 +57,9 @@ def test_a_burst_of_writes_is_one_report(tmp_path: Path) -> None:
         (d / "f0").chmod(0o600)  # IN_ATTRIB
         (d / "f1").unlink()
         os.rename(d / "f2", d / "f3")
-        await wait_until(lambda: changes == [str(d)], "one report")
+        await wait_until(lambda: changes == [str(d)], what="one report")
         (other / "x").write_bytes(b"x")  # a later change elsewhere, reported after…
-        await wait_until(lambda: str(other) in changes, "the other directory")
+        await wait_until(lambda: str(other) in changes, what="the other directory")
         assert changes == [str(d), str(other)]  # …and no second report for the burst
 
     run(body, quiet=0.5, cap=LONG)
@@ -104,7 +96,7 @@ def test_unwatched_directory_is_not_reported(tmp_path: Path) -> None:
         assert w.watched() == {str(b)}
         (a / "x").write_bytes(b"x")  # first, so it would be reported first
         (b / "x").write_bytes(b"x")
-        await wait_until(lambda: bool(changes), "a report")
+        await wait_until(lambda: bool(changes), what="a report")
         assert changes == [str(b)]
 
     run(body)
@@ -119,9 +111,9 @@ def test_missing_directory_is_watched_once_it_exists(tmp_path: Path) -> None:
         w.rearm()  # still absent: nothing happens
         d.mkdir()
         w.rearm()  # now present: watched, and reported as changed
-        await wait_until(lambda: changes == [str(d)], "the report of the new directory")
+        await wait_until(lambda: changes == [str(d)], what="the report of the new directory")
         (d / "cert.pem").write_bytes(b"x")
-        await wait_until(lambda: changes == [str(d)] * 2, "a write in it")
+        await wait_until(lambda: changes == [str(d)] * 2, what="a write in it")
 
     run(body)
 
@@ -139,11 +131,11 @@ def test_replaced_directory_is_followed(tmp_path: Path) -> None:
         (new / "cert.pem").write_bytes(b"new")
         os.rename(d, tmp_path / "tls.old")
         os.rename(new, d)
-        await wait_until(lambda: len(changes) >= 1, "the replacement")
-        await wait_until(lambda: w.watched() == {str(d)}, "the path watched again")
+        await wait_until(lambda: len(changes) >= 1, what="the replacement")
+        await wait_until(lambda: w.watched() == {str(d)}, what="the path watched again")
         seen = len(changes)
         (d / "key.pem").write_bytes(b"x")  # in the new directory
-        await wait_until(lambda: len(changes) > seen, "a write in the new directory")
+        await wait_until(lambda: len(changes) > seen, what="a write in the new directory")
         assert set(changes) == {str(d)}
 
     run(body)
@@ -156,13 +148,13 @@ def test_deleted_then_recreated_directory(tmp_path: Path) -> None:
     async def body(w: DirectoryWatcher, changes: list[str]) -> None:
         w.watch(str(d))
         d.rmdir()
-        await wait_until(lambda: changes == [str(d)], "the deletion")
+        await wait_until(lambda: changes == [str(d)], what="the deletion")
         assert w.watched() == {str(d)}  # still wanted
         d.mkdir()
         w.rearm()  # what the TLS manager's periodic check does
-        await wait_until(lambda: changes == [str(d)] * 2, "the new directory")
+        await wait_until(lambda: changes == [str(d)] * 2, what="the new directory")
         (d / "cert.pem").write_bytes(b"x")
-        await wait_until(lambda: changes == [str(d)] * 3, "a write in it")
+        await wait_until(lambda: changes == [str(d)] * 3, what="a write in it")
 
     run(body)
 
@@ -181,7 +173,7 @@ def test_kubernetes_data_symlink_swap(tmp_path: Path) -> None:
         (tmp_path / "..2026_02" / "tls.crt").write_bytes(b"two")
         (tmp_path / "..data_tmp").symlink_to("..2026_02")
         os.rename(tmp_path / "..data_tmp", tmp_path / "..data")
-        await wait_until(lambda: changes == [str(tmp_path)], "the swap")
+        await wait_until(lambda: changes == [str(tmp_path)], what="the swap")
         assert (tmp_path / "tls.crt").read_bytes() == b"two"
 
     run(body, quiet=0.2, cap=LONG)
