@@ -1,26 +1,32 @@
 """``python -m bench`` / ``skiff-bench``: the command line of the load benches.
 
-Subcommands are added here as benches are added; each parses its options
-into that bench's config object and leaves the work to the bench's module.
+Every workload's parser is here: each parses its options into that bench's
+config object and leaves the work to the bench's module (rotate and the
+plots, the slow imports, only when their command runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from bench.cli_extra import (
-    add_compare_parser,
-    add_target_options,
-    add_workload_parsers,
-    run_extra,
-    run_target_command,
-    run_tls,
-)
+from bench import compare
+from bench.compare import CompareConfig, format_compare, run_compare
+from bench.mgmt import MgmtConfig, run_mgmt
+from bench.progress import Progress
 from bench.report import format_table, write_json
+from bench.results import compare_json, envelope, write_result
 from bench.storm import SUBJECTS, StormConfig, run_storm
+from bench.workloads import TargetConfig, format_target, run_target, target_json
+
+MGMT_HELP = (
+    "management QUERY round trips, idle and during a 500-client storm, with a "
+    "2 s heartbeat connection held open"
+)
 
 
 def _positive_int(text: str) -> int:
@@ -37,9 +43,21 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skiff-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_storm_parser(sub)
+    _add_compare_parser(sub)
+    _add_workload_parsers(sub)
+    _add_mgmt_parser(sub)
+    return parser
+
+
+def _add_storm_parser(sub: Any) -> None:
     d = StormConfig()
     storm = sub.add_parser(
         "storm",
@@ -101,16 +119,169 @@ def build_parser() -> argparse.ArgumentParser:
         help="TLS handshake storm: against the engine's TLS listener, or with --spawn a "
         "skiffd sslProfile listener, or with --target (and --tls-ca) any TLS relay",
     )
-    add_target_options(storm, storm=True)
-    add_compare_parser(sub)
-    add_workload_parsers(sub)
-    sub.add_parser(
-        "mgmt",
-        help="management QUERY round trips, idle and during a 500-client storm, with a "
-        "2 s heartbeat connection held open (options: mgmt --help)",
-        add_help=False,
+    _add_target_options(storm, storm=True)
+
+
+def _add_compare_parser(sub: Any) -> None:
+    d = CompareConfig()
+    p = sub.add_parser(
+        "compare",
+        help="the same workloads against skiffd, haproxy, the in-process engine and direct",
+        description="Interleaved rounds (A B A B …) of each workload against each subject; "
+        "min/median/max per subject and the ratio of medians skiffd/haproxy.",
     )
-    return parser
+    p.add_argument(
+        "--subjects",
+        default=None,
+        help=f"among {','.join(compare.SUBJECTS)} "
+        f"(default: all; with --tls: {','.join(compare.TLS_SUBJECTS)})",
+    )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS variant: skiffd with a generated sslProfile vs haproxy `bind ... ssl crt` "
+        "(same certificate, no-tls-tickets); storm = full handshakes",
+    )
+    p.add_argument(
+        "--workloads",
+        default=",".join(d.workloads),
+        help=f"among {','.join(compare.WORKLOADS)}",
+    )
+    p.add_argument("--rounds", type=int, default=d.rounds)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=d.workers,
+        help="worker threads of skiffd and the engine, nbthread of haproxy",
+    )
+    p.add_argument("--clients", type=int, default=d.clients, help="storm: concurrent clients")
+    p.add_argument("--procs", type=int, default=d.procs, help="client processes")
+    p.add_argument("--storm-duration", type=float, default=d.storm_duration_s)
+    p.add_argument("--bulk-duration", type=float, default=d.bulk_duration_s)
+    p.add_argument("--idle-conns", type=int, default=d.idle_conns)
+    p.add_argument("--source-addrs", type=int, default=d.source_addrs)
+    p.add_argument("--pause", type=float, default=d.pause_s)
+    p.add_argument(
+        "--idle-settle",
+        type=float,
+        default=d.idle_settle_s,
+        help="seconds before reading memory, before and after opening",
+    )
+    p.add_argument("--json", type=Path, default=None, help="write every figure here")
+    p.add_argument("--quiet", action="store_true", help="no progress, only the result table")
+
+
+def _add_target_options(p: argparse.ArgumentParser, storm: bool = False) -> None:
+    """--target/--spawn and the scale options shared by storm, bulk, idle, mixed."""
+    p.add_argument(
+        "--target",
+        default=None,
+        metavar="HOST:PORT",
+        help="load this address (a relay of a bench echo/sink server, or one)",
+    )
+    p.add_argument(
+        "--spawn",
+        action="store_true",
+        help="start a local skiffd (generated config) with echo and sink servers",
+    )
+    if not storm:
+        p.add_argument("--workers", type=int, default=2, help="--spawn: skiffd workerThreads")
+        p.add_argument("--procs", type=int, default=2, help="client processes")
+        p.add_argument("--duration", type=float, default=5.0, help="seconds")
+        p.add_argument("--timeout", type=float, default=10.0)
+        p.add_argument("--source-addrs", type=int, default=253)
+        p.add_argument(
+            "--tls",
+            action="store_true",
+            help="clients speak TLS (--spawn: skiffd terminates it with a generated "
+            "sslProfile; --target: give --tls-ca)",
+        )
+    p.add_argument(
+        "--tls-ca",
+        default=None,
+        metavar="FILE",
+        help="--tls --target: the CA certificate (PEM) the clients trust for 'localhost'",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress, only the result")
+
+
+def _add_workload_parsers(sub: Any) -> None:
+    bulk = sub.add_parser("bulk", help="long streams, every byte verified by the sink")
+    _add_target_options(bulk)
+    bulk.add_argument("--streams", type=int, default=1)
+    bulk.add_argument("--json", type=Path, default=None)
+    idle = sub.add_parser("idle", help="hold N idle relayed connections; router memory/conn")
+    _add_target_options(idle)
+    idle.add_argument("--conns", type=int, default=2000)
+    idle.add_argument("--hold", type=float, default=1.0, help="seconds to hold them")
+    idle.add_argument("--json", type=Path, default=None)
+    mixed = sub.add_parser("mixed", help="bulk streams and a storm at once")
+    _add_target_options(mixed)
+    mixed.add_argument(
+        "--bulk-target",
+        default=None,
+        metavar="HOST:PORT",
+        help="with --target: the sink side for the streams",
+    )
+    mixed.add_argument("--streams", type=int, default=2)
+    mixed.add_argument("--clients", type=int, default=100)
+    mixed.add_argument("--json", type=Path, default=None)
+    rot = sub.add_parser(
+        "rotate",
+        help="TLS storm on the engine while certificates are rewritten and republished",
+    )
+    rot.add_argument("--clients", type=int, default=100)
+    rot.add_argument("--duration", type=float, default=5.0)
+    rot.add_argument("--procs", type=int, default=2)
+    rot.add_argument("--workers", type=int, default=2)
+    rot.add_argument("--interval", type=float, default=0.1, help="seconds between rotations")
+    rot.add_argument(
+        "--slow-every",
+        type=int,
+        default=10,
+        help="every Nth rotation also rewrites a large CA bundle of a second profile (0: never)",
+    )
+    rot.add_argument(
+        "--slow", type=float, default=0.2, help="idle parse time the bundle is sized for (s)"
+    )
+    rot.add_argument("--json", type=Path, default=None)
+    rot.add_argument("--quiet", action="store_true")
+    report = sub.add_parser("report", help="draw PNG plots from result JSON files")
+    report.add_argument("results", type=Path, nargs="+", metavar="RESULT.json")
+    report.add_argument("--out", type=Path, default=Path("bench-plots"), help="directory")
+    report.add_argument(
+        "--small-bars",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="also write a small compare bar chart here (for the README)",
+    )
+    serve = sub.add_parser("serve", help="run the bench's echo and sink servers for --target")
+    serve.add_argument("--sink-port", type=int, default=0)
+    serve.add_argument("--duration", type=float, default=3600.0, help="stop after this long")
+
+
+def _add_mgmt_parser(sub: Any) -> None:
+    d = MgmtConfig()
+    p = sub.add_parser(
+        "mgmt",
+        help=MGMT_HELP,
+        description=f"{MGMT_HELP}; starts skiffd, the bench's echo server and storm clients.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--seconds", type=_positive_float, default=d.seconds, help="length of each phase"
+    )
+    p.add_argument(
+        "--clients", type=_positive_int, default=d.clients, help="concurrent storm clients"
+    )
+    p.add_argument("--workers", type=_positive_int, default=d.workers, help="router workerThreads")
+    p.add_argument(
+        "--heartbeat",
+        type=_positive_float,
+        default=d.heartbeat,
+        help="idle timeout of the watcher connection (s)",
+    )
 
 
 def storm_config(args: argparse.Namespace) -> StormConfig:
@@ -121,7 +292,7 @@ def storm_config(args: argparse.Namespace) -> StormConfig:
         procs=args.procs,
         workers=args.workers,
         rounds=args.rounds,
-        subjects=tuple(s.strip() for s in args.subjects.split(",") if s.strip()),
+        subjects=_csv(args.subjects),
         timeout_s=args.timeout,
         source_addrs=args.source_addrs,
         echo_procs=args.echo_procs,
@@ -131,34 +302,187 @@ def storm_config(args: argparse.Namespace) -> StormConfig:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    raw = list(sys.argv[1:] if argv is None else argv)
-    if raw[:1] == ["mgmt"]:
-        # the management workload lives with the management tools
-        from router.tools.mgmt_bench import main as mgmt_main
-
-        return mgmt_main(raw[1:])
-    args = build_parser().parse_args(raw)
-    if args.command == "storm" and args.tls and args.target is None and not args.spawn:
-        if args.duration is None:
-            args.duration = 5.0
+def _run_storm(args: argparse.Namespace) -> int:
+    if args.tls and args.target is None and not args.spawn:
         return run_tls(args, None)
-    if args.command == "storm" and (args.target is not None or args.spawn):
+    if args.target is not None or args.spawn:
         return run_target_command(args, "storm")
-    if args.command == "storm":
-        try:
-            cfg = storm_config(args)
-            cfg.validate()
-        except ValueError as exc:
-            print(f"skiff-bench storm: {exc}", file=sys.stderr)
+    try:
+        cfg = storm_config(args)
+        cfg.validate()
+    except ValueError as exc:
+        print(f"skiff-bench storm: {exc}", file=sys.stderr)
+        return 2
+    report = run_storm(cfg)
+    print(format_table(report))
+    if args.json is not None:
+        write_json(report, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    cfg = CompareConfig(
+        subjects=_csv(args.subjects)
+        if args.subjects is not None
+        else (compare.TLS_SUBJECTS if args.tls else compare.SUBJECTS),
+        workloads=_csv(args.workloads),
+        rounds=args.rounds,
+        workers=args.workers,
+        clients=args.clients,
+        procs=args.procs,
+        storm_duration_s=args.storm_duration,
+        bulk_duration_s=args.bulk_duration,
+        idle_conns=args.idle_conns,
+        source_addrs=args.source_addrs,
+        pause_s=max(0.0, args.pause),
+        idle_settle_s=max(0.0, args.idle_settle),
+        tls=args.tls,
+    )
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        print(f"skiff-bench compare: {exc}", file=sys.stderr)
+        return 2
+    report = run_compare(cfg, Progress.auto(args.quiet))
+    print(format_compare(report))
+    data = compare_json(report, sys.argv)
+    if args.json is not None:
+        write_result(data, args.json)
+        print(f"wrote {args.json}")
+    bad = any(not s.ok for s in report.samples)
+    return 1 if bad else 0
+
+
+def target_config(args: argparse.Namespace, workload: str) -> TargetConfig:
+    cfg = TargetConfig(
+        workload=workload,
+        target=args.target,
+        spawn=args.spawn,
+        workers=getattr(args, "workers", 2),
+        procs=getattr(args, "procs", 2),
+        timeout_s=getattr(args, "timeout", 10.0),
+        source_addrs=getattr(args, "source_addrs", 253),
+        tls=bool(getattr(args, "tls", False)),
+        tls_ca=getattr(args, "tls_ca", None),
+    )
+    if workload == "storm":
+        cfg.clients, cfg.count, cfg.duration_s = args.clients, args.count, args.duration
+    else:
+        cfg.duration_s = args.duration
+    cfg.streams = getattr(args, "streams", 1)
+    cfg.clients = getattr(args, "clients", cfg.clients)
+    cfg.idle_conns = getattr(args, "conns", cfg.idle_conns)
+    cfg.hold_s = getattr(args, "hold", cfg.hold_s)
+    cfg.bulk_target = getattr(args, "bulk_target", None)
+    return cfg
+
+
+def run_target_command(args: argparse.Namespace, workload: str) -> int:
+    try:
+        cfg = target_config(args, workload)
+        cfg.validate()
+    except ValueError as exc:
+        print(f"skiff-bench {workload}: {exc}", file=sys.stderr)
+        return 2
+    res = run_target(cfg, Progress.auto(args.quiet))
+    print(format_target(res))
+    _write_result(args.json, f"{workload}/1", res.ok, target_json(res))
+    return 0 if res.ok else 1
+
+
+def run_tls(args: argparse.Namespace, interval: float | None) -> int:
+    """rotate, or storm --tls (interval None: no rotation)."""
+    from bench.rotate import RotateConfig, format_rotate, rotate_json, run_rotate
+
+    cfg = RotateConfig(
+        clients=args.clients,
+        duration_s=args.duration,
+        procs=args.procs,
+        workers=args.workers,
+        interval_s=interval,
+        slow_every=getattr(args, "slow_every", 10),
+        slow_s=getattr(args, "slow", 0.2),
+    )
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        print(f"skiff-bench: {exc}", file=sys.stderr)
+        return 2
+    res = run_rotate(cfg, Progress.auto(args.quiet))
+    print(format_rotate(res))
+    schema = "rotate/1" if interval else "storm-tls/1"
+    _write_result(args.json, schema, res.ok, rotate_json(res))
+    return 0 if res.ok else 1
+
+
+def _write_result(path: Path | None, schema: str, ok: bool, figures: dict[str, Any]) -> None:
+    """figures in the bench's result envelope, when --json was given."""
+    if path is not None:
+        data = envelope(schema, sys.argv, {}, {}, ok)
+        data.update(figures)
+        write_result(data, path)
+        print(f"wrote {path}")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from bench.plots import draw, plot_compare_bars
+
+    for path in args.results:
+        if not path.is_file():
+            print(f"skiff-bench report: no such file {path}", file=sys.stderr)
             return 2
-        report = run_storm(cfg)
-        print(format_table(report))
-        if args.json is not None:
-            write_json(report, args.json)
-            print(f"wrote {args.json}")
-        return 0
-    return run_extra(args)
+    for path in draw(args.results, args.out):
+        print(f"wrote {path}")
+    if args.small_bars is not None:
+        data = json.loads(args.results[0].read_text())
+        if not isinstance(data, dict) or "summary" not in data:
+            print("skiff-bench report: --small-bars needs a compare result", file=sys.stderr)
+            return 2
+        plot_compare_bars(data, args.small_bars, small=True)
+        print(f"wrote {args.small_bars}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import time
+
+    from bench.bulk import SinkServer
+    from bench.echo import EchoServer
+
+    with SinkServer.start(port=args.sink_port) as sink, EchoServer.start(1) as echo:
+        print(
+            f"echo 127.0.0.1:{echo.port}  sink 127.0.0.1:{sink.port}  "
+            f"(for {args.duration:g} s; Ctrl-C stops)",
+            flush=True,
+        )
+        try:
+            time.sleep(max(0.0, args.duration))
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is the normal way to stop serving
+    return 0
+
+
+def _mgmt(args: argparse.Namespace) -> int:
+    return run_mgmt(MgmtConfig(args.seconds, args.clients, args.workers, args.heartbeat))
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "storm": _run_storm,
+    "compare": _run_compare,
+    "bulk": lambda args: run_target_command(args, "bulk"),
+    "idle": lambda args: run_target_command(args, "idle"),
+    "mixed": lambda args: run_target_command(args, "mixed"),
+    "rotate": lambda args: run_tls(args, args.interval),
+    "report": _report,
+    "serve": _serve,
+    "mgmt": _mgmt,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from typing import Protocol
 
 from bench.host import raise_nofile_limit, read_process_cpu_s
 
@@ -92,7 +93,7 @@ def _serve_stream(conn: socket.socket, corrupt: bool) -> None:
     """One stream: header, then verify until EOF, then the verdict."""
     with conn:
         try:
-            head = _recv_exact(conn, HEADER.size)
+            head = _recv_exact(conn, HEADER.size, "header")
             magic, seed, _ = HEADER.unpack(head)
             if magic != MAGIC:
                 conn.sendall(VERDICT.pack(0, 0))
@@ -110,14 +111,19 @@ def _serve_stream(conn: socket.socket, corrupt: bool) -> None:
             return  # the sender reports the broken stream
 
 
-def _recv_exact(conn: socket.socket, n: int) -> bytes:
+class _Receiver(Protocol):
+    def recv(self, n: int, /) -> bytes: ...
+
+
+def _recv_exact(conn: _Receiver, n: int, what: str) -> bytes:
+    """n bytes from a plain or TLS stream; EOFError names what was cut short."""
     buf = b""
     for _ in range(n):  # bounded: at least one byte per turn
         if len(buf) >= n:
             break
         part = conn.recv(n - len(buf))
         if not part:
-            raise EOFError("closed before the header")
+            raise EOFError(f"closed before the {what}")
         buf += part
     return buf
 
@@ -264,18 +270,6 @@ class TlsStream:
         return b""
 
 
-def _recv_exact_tls(conn: TlsStream, n: int) -> bytes:
-    buf = b""
-    for _ in range(n):  # bounded: at least one byte per turn
-        if len(buf) >= n:
-            break
-        part = conn.recv(n - len(buf))
-        if not part:
-            raise EOFError("closed before the verdict")
-        buf += part
-    return buf
-
-
 @dataclass(slots=True)
 class StreamResult:
     """What one sender saw."""
@@ -352,10 +346,9 @@ def send_stream(
             res.samples.append(res.sent - at_sample)
             if isinstance(s, TlsStream):
                 s.shutdown_write()
-                verdict = _recv_exact_tls(s, VERDICT.size)
             else:
                 s.shutdown(socket.SHUT_WR)
-                verdict = _recv_exact(s, VERDICT.size)
+            verdict = _recv_exact(s, VERDICT.size, "verdict")
             res.received_by_sink, res.first_bad = VERDICT.unpack(verdict)
     except (OSError, EOFError) as exc:
         res.error = f"{type(exc).__name__}: {exc}"

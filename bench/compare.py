@@ -31,7 +31,7 @@ from bench.idle import IdleHold
 from bench.pki import TlsFiles, write_tls_files
 from bench.progress import Progress
 from bench.proxies import HAPROXY_MISSING, ProxyProcess, read_rss_kib, start_haproxy, start_skiffd
-from bench.storm import StormConfig, _run_round
+from bench.storm import StormConfig, run_round
 from bench.subjects import ADDRESS_ID, EngineSubject
 from bench.verdict import client_bottleneck, port_pressure, time_wait_by_tuple
 from router.engine import RouteTarget
@@ -241,7 +241,7 @@ class _Runner:
             address: tuple[str, int]
 
         cpu0 = t.cpu_s()
-        r = await _run_round(
+        r = await run_round(
             scfg,
             _Addr(t.name, t.echo),
             rnd,

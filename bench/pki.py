@@ -1,14 +1,15 @@
-"""A throw-away PKI for the TLS benches (P-256 keys, made with `cryptography`).
+"""A throw-away PKI (P-256 keys, made with `cryptography`: no openssl binary
+needed) for the TLS benches and the tests.
 
-Why its own: the bench must run outside the test suite (tests/certs.py is
-test code), and rotation needs a fresh server certificate every 100 ms,
-cheaply: one CA, a new key and leaf per rotation.
+Why in the bench package: the bench must run outside the test suite, and
+the tests import the installed ``bench`` package, so one helper serves
+both. Rotation needs a fresh server certificate every 100 ms, cheaply: one
+CA, a new key and leaf per rotation.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import ipaddress
 import ssl
 from dataclasses import dataclass
@@ -24,56 +25,95 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-class BenchCA:
-    """A CA whose leaves name localhost and 127.0.0.1."""
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A certificate and its key, as objects and as PEM (the key encrypted
+    when issued with a password)."""
 
-    def __init__(self) -> None:
+    cert_pem: bytes
+    key_pem: bytes
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the certificate's DER, hex: what a client sees."""
+        return self.cert.fingerprint(hashes.SHA256()).hex()
+
+
+class CertAuthority:
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+    pem: bytes
+
+    def __init__(self, cn: str = "Skiff Test CA", parent: CertAuthority | None = None) -> None:
+        """A root CA, or with parent an intermediate CA signed by it."""
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
+        issuer = parent.cert.subject if parent else _name(cn)
+        signer = parent.key if parent else self.key
         self.cert = (
             x509.CertificateBuilder()
-            .subject_name(_name("skiff-bench CA"))
-            .issuer_name(_name("skiff-bench CA"))
+            .subject_name(_name(cn))
+            .issuer_name(issuer)
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=7))
+            .not_valid_after(now + datetime.timedelta(days=30))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
+            .sign(signer, hashes.SHA256())
         )
         self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def leaf(self, serial: int) -> tuple[bytes, bytes, str]:
-        """(certificate PEM, key PEM, SHA-256 of the certificate's DER)."""
+    def issue(
+        self,
+        cn: str,
+        dns: tuple[str, ...] = ("localhost",),
+        ips: tuple[str, ...] = ("127.0.0.1",),
+        days: float = 30,
+        password: bytes | None = None,
+    ) -> Issued:
+        """A leaf for dns and ips, valid from a day ago for days (negative:
+        already expired)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
+        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+        sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+        start = now - datetime.timedelta(days=1)
+        end = now + datetime.timedelta(days=days)
+        if end <= start:
+            start = end - datetime.timedelta(days=1)
         cert = (
             x509.CertificateBuilder()
-            .subject_name(_name(f"skiff-bench server {serial}"))
+            .subject_name(_name(cn))
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=7))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
-            )
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .sign(self.key, hashes.SHA256())
         )
-        der = cert.public_bytes(serialization.Encoding.DER)
+        enc: serialization.KeySerializationEncryption = (
+            serialization.BestAvailableEncryption(password)
+            if password
+            else serialization.NoEncryption()
+        )
         key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc
         )
-        return (
-            cert.public_bytes(serialization.Encoding.PEM),
-            key_pem,
-            hashlib.sha256(der).hexdigest(),
-        )
+        return Issued(cert.public_bytes(serialization.Encoding.PEM), key_pem, cert, key)
+
+    def leaf(self, serial: int) -> tuple[bytes, bytes, str]:
+        """The bench's server certificate number serial (localhost,
+        127.0.0.1): (certificate PEM, key PEM, fingerprint)."""
+        issued = self.issue(f"skiff-bench server {serial}")
+        return issued.cert_pem, issued.key_pem, issued.fingerprint
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +134,9 @@ class TlsFiles:
         return str(self.ca)
 
 
-def write_tls_files(directory: Path, ca: BenchCA | None = None) -> TlsFiles:
+def write_tls_files(directory: Path, ca: CertAuthority | None = None) -> TlsFiles:
     """A fresh CA (unless given) and a localhost/127.0.0.1 leaf in directory."""
-    ca = ca or BenchCA()
+    ca = ca or CertAuthority("skiff-bench CA")
     cert_pem, key_pem, fp = ca.leaf(1)
     directory.mkdir(parents=True, exist_ok=True)
     files = TlsFiles(
@@ -115,9 +155,15 @@ def write_tls_files(directory: Path, ca: BenchCA | None = None) -> TlsFiles:
     return files
 
 
-def client_context(ca_file: str) -> ssl.SSLContext:
-    """The bench's TLS client side: verifies the server against ca_file (name
-    "localhost"), no session tickets, so every connection is a full handshake."""
-    ctx = ssl.create_default_context(cafile=ca_file)
+def client_context(
+    ca_file: str | Path, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    """A TLS client that verifies the server against ca_file (name
+    "localhost" when the caller passes it) and keeps no session tickets, so
+    every connection is a full handshake that sees the live certificate;
+    with cert and key it presents that client certificate."""
+    ctx = ssl.create_default_context(cafile=str(ca_file))
     ctx.options |= ssl.OP_NO_TICKET
+    if cert and key:
+        ctx.load_cert_chain(str(cert), str(key))
     return ctx

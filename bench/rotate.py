@@ -36,9 +36,9 @@ from typing import Any
 from bench.client import ClientPool
 from bench.echo import EchoServer
 from bench.host import environment, raise_nofile_limit
-from bench.pki import BenchCA
+from bench.pki import CertAuthority
 from bench.progress import Progress
-from bench.storm import RoundResult, StormConfig, _run_round
+from bench.storm import RoundResult, StormConfig, run_round
 from bench.subjects import ADDRESS_ID, EngineSubject, window_max_ns
 from bench.verdict import client_bottleneck
 from router.configs import RouterConfig
@@ -91,7 +91,7 @@ class Loader(threading.Thread):
     def __init__(
         self,
         cfg: RotateConfig,
-        ca: BenchCA,
+        ca: CertAuthority,
         cert: Path,
         key: Path,
         bundle: Path,
@@ -217,7 +217,7 @@ async def _run(
 ) -> RotateResult:
     loop = asyncio.get_running_loop()
     probe.attach(loop)
-    ca = BenchCA()
+    ca = CertAuthority("skiff-bench CA")
     ca_file, cert, key = workdir / "ca.pem", workdir / "server.pem", workdir / "server.key"
     ca_file.write_bytes(ca.pem)
     bundle = workdir / "bundle.pem"
@@ -285,7 +285,7 @@ async def _run(
     name = "rotate" if cfg.interval_s is not None else "storm --tls"
     progress.phase(f"{name} → engine TLS listener :{listener.port}")
     try:
-        r = await _run_round(
+        r = await run_round(
             scfg,
             _Addr("engine-tls", ("127.0.0.1", listener.port)),
             0,

@@ -309,7 +309,38 @@ class StormReport:
         return e.cps / d.cps
 
 
-async def _run_round(
+def round_specs(
+    cfg: StormConfig, procs: int, address: tuple[str, int], index: int, start_at: float
+) -> list[RunSpec]:
+    """Round index of cfg's load split over procs client processes: each
+    its share of the clients (and of the count), its own stretch of the
+    source addresses and of the payload sequence numbers."""
+    host, port = address
+    clients = split(cfg.clients, procs)
+    counts: list[int | None] = (
+        [None] * procs if cfg.count is None else list(split(cfg.count, procs))
+    )
+    stride = max(1, cfg.source_addrs // procs)
+    return [
+        RunSpec(
+            host=host,
+            port=port,
+            clients=clients[i],
+            start_at=start_at,
+            duration_s=cfg.round_cap_s(),
+            count=counts[i],
+            timeout_s=cfg.timeout_s,
+            source_addrs=cfg.source_addrs,
+            source_offset=i * stride,
+            seq_base=(index * procs + i) << 40,
+            tls_ca_file=cfg.tls_ca_file,
+            tls_fingerprints=cfg.tls_fingerprints,
+        )
+        for i in range(procs)
+    ]
+
+
+async def run_round(
     cfg: StormConfig,
     subject: Subject,
     index: int,
@@ -321,30 +352,8 @@ async def _run_round(
     """One round against subject; probe and echo are None when the bench
     does not own them (a --target run), and their figures are left empty."""
     loop = asyncio.get_running_loop()
-    host, port = subject.address
     start_at = time.monotonic() + START_DELAY_S
-    clients = split(cfg.clients, pool.size)
-    counts: list[int | None] = (
-        [None] * pool.size if cfg.count is None else list(split(cfg.count, pool.size))
-    )
-    stride = max(1, cfg.source_addrs // pool.size)
-    specs = [
-        RunSpec(
-            host=host,
-            port=port,
-            clients=clients[i],
-            start_at=start_at,
-            duration_s=cfg.round_cap_s(),
-            count=counts[i],
-            timeout_s=cfg.timeout_s,
-            source_addrs=cfg.source_addrs,
-            source_offset=i * stride,
-            seq_base=(index * pool.size + i) << 40,
-            tls_ca_file=cfg.tls_ca_file,
-            tls_fingerprints=cfg.tls_fingerprints,
-        )
-        for i in range(pool.size)
-    ]
+    specs = round_specs(cfg, pool.size, subject.address, index, start_at)
     before: ProbeSnapshot | None = probe.snapshot() if probe is not None else None
     if probe is not None:
         probe.take_event_lateness()
@@ -390,7 +399,7 @@ async def _run_rounds(
     out: list[RoundResult] = []
     for r in range(cfg.rounds):
         for name in cfg.subjects:
-            out.append(await _run_round(cfg, by_name[name], r, pool, echo, probe))
+            out.append(await run_round(cfg, by_name[name], r, pool, echo, probe))
             await asyncio.sleep(cfg.pause_s)
     return out
 

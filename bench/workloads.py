@@ -30,7 +30,7 @@ from bench.idle import IdleHold
 from bench.pki import write_tls_files
 from bench.progress import Progress
 from bench.proxies import ProxyProcess, start_skiffd
-from bench.storm import RoundResult, StormConfig, _run_round
+from bench.storm import RoundResult, StormConfig, run_round
 from bench.verdict import client_bottleneck, port_pressure, time_wait_by_tuple
 
 WORKLOADS = ("storm", "bulk", "idle", "mixed")
@@ -211,7 +211,7 @@ async def _run(cfg: TargetConfig, ep: Endpoint, progress: Progress) -> TargetRes
         progress.phase(f"storm → {ep.description}")
         with ClientPool(cfg.procs) as pool:
             cpu0 = ep.cpu_s()
-            r = await _run_round(
+            r = await run_round(
                 scfg, _Addr("target", ep.echo), 0, pool, None, None, on_progress=progress.storm_tick
             )
             cpu1 = ep.cpu_s()
@@ -271,7 +271,7 @@ async def _run(cfg: TargetConfig, ep: Endpoint, progress: Progress) -> TargetRes
                 0.0,
                 ep.tls_ca,
             )
-            r = await _run_round(
+            r = await run_round(
                 scfg, _Addr("target", ep.echo), 0, pool, None, None, on_progress=progress.storm_tick
             )
             streams = await bulk_job

@@ -102,8 +102,7 @@ def test_app_unknown_id(engine: Engine) -> None:
 def test_app_connections_over_optional_tls(engine: Engine, tmp_path: Path) -> None:
     import ssl
 
-    from certs import CertAuthority, write
-
+    from bench.pki import CertAuthority, write
     from router.engine import TlsMaterial, tls_load
 
     ca = CertAuthority()

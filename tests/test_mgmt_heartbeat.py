@@ -15,7 +15,7 @@ from pathlib import Path
 import uvloop
 from daemon import Skiffd, free_port, skiffd_conf, tcp_connector, tcp_listener
 
-from router.tools.mgmt_bench import HeartbeatWatcher
+from bench.mgmt import HeartbeatWatcher
 
 
 async def storm(port: int, clients: int, concurrency: int) -> int:

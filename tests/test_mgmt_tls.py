@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from certs import CertAuthority, Issued, write
 from daemon import Skiffd, free_port, skiffd_conf
 from prometheus_client.parser import text_string_to_metric_families
 from proton import ConnectionException, SSLDomain
 from servers import wait_for
 
+from bench.pki import CertAuthority, Issued, write
 from router.management.sasl import hash_password
 from router.tools.client import ManagementClient
 

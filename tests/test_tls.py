@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from certs import CertAuthority, Issued, write
 from servers import ThreadedServer, echo
-from tlsharness import Router, client_context, fetch, run, wait_until
+from tlsharness import Router, fetch, run, wait_until
 
+from bench.pki import CertAuthority, Issued, client_context, write
 from router.engine import PRIO_HIGH, EventType, TlsMaterial, tls_load
 
 

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from certs import CertAuthority, write
 from daemon import Skiffd, free_port, skiffd_conf, wait_listening
 from servers import ThreadedServer
+
+from bench.pki import CertAuthority, write
 
 OPENSSL = shutil.which("openssl")
 CURL = shutil.which("curl")

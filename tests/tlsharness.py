@@ -8,7 +8,6 @@ import hashlib
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TypeVar
 
 import uvloop
@@ -92,14 +91,6 @@ def run(body: Callable[[Router], Awaitable[T]], workers: int = 2) -> T:
             r.close()
 
     return uvloop.run(main())
-
-
-def client_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(ca))
-    ctx.options |= ssl.OP_NO_TICKET  # no resumption: every handshake sees the live cert
-    if cert and key:
-        ctx.load_cert_chain(str(cert), str(key))
-    return ctx
 
 
 def fetch(port: int, ctx: ssl.SSLContext, payload: bytes = b"ping") -> tuple[str, bytes]:
