@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from certs import CertAuthority, Issued, write
 from servers import ThreadedServer
-from tlsharness import Router, client_context, fetch, run
+from tlsharness import Router, fetch, run
+
+from bench.pki import CertAuthority, Issued, client_context, write
 
 
 def _install(d: Path, issued: Issued) -> None:
