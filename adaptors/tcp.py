@@ -151,6 +151,38 @@ class TcpAdaptor:
             self.publish()
 
     def add_listener(self, entity: Entity) -> None:
+        state = self._listener_state(entity)
+        self._listeners[entity.name] = state
+        try:
+            self._sync_listener(state, raise_errors=True)
+        except BaseException:
+            del self._listeners[entity.name]
+            raise
+
+    def replace_listener(self, old: Entity, new: Entity) -> None:
+        """Swaps a changed listener in; when the new one cannot open, the old
+        one and its flows are left exactly as they were.
+
+        A different host or port opens before the old socket closes; the same
+        one has to close first, so only there a failure to reopen (another
+        process took the port in between) loses the old flows.
+        """
+        state = self._listener_state(new)
+        before = self._listeners[old.name]
+        same_socket = (before.host_ip, before.config.port) == (state.host_ip, state.config.port)
+        if same_socket and before.config.port != 0:
+            self._close_listener(before, drop=self._drop_flows())
+        self._listeners[new.name] = state
+        try:
+            self._sync_listener(state, raise_errors=True)
+        except BaseException:
+            self._listeners[old.name] = before
+            self._sync_listener(before)
+            raise
+        self._close_listener(before, drop=self._drop_flows())
+
+    def _listener_state(self, entity: Entity) -> _ListenerState:
+        """Checks everything about a listener that can be checked before it opens."""
         cfg = entity.config_as(TcpListenerConfig)
         self._refuse_tls(cfg)
         state = _ListenerState(entity, cfg, self._address_id(cfg.address))
@@ -167,12 +199,7 @@ class TcpAdaptor:
                         f"tcpListener '{entity.name}' host '{host}' must be a numeric address, "
                         "'localhost' or empty (all interfaces)"
                     )
-        self._listeners[entity.name] = state
-        try:
-            self._sync_listener(state, raise_errors=True)
-        except BaseException:
-            del self._listeners[entity.name]
-            raise
+        return state
 
     def remove_listener(self, entity: Entity) -> None:
         state = self._listeners.pop(entity.name, None)
@@ -250,6 +277,13 @@ class TcpAdaptor:
         return state.listener.port if state and state.listener else None
 
     # ------------------------------------------------------------ connectors
+
+    def replace_connector(self, old: Entity, new: Entity) -> None:
+        """Everything that can refuse the new connector is checked before the
+        old one (and, with dropTcpConnections, its flows) goes."""
+        self._refuse_tls(new.config_as(TcpConnectorConfig))
+        self.remove_connector(old)
+        self.add_connector(new)
 
     def add_connector(self, entity: Entity) -> None:
         cfg = entity.config_as(TcpConnectorConfig)
@@ -362,8 +396,10 @@ class _Side:
             self._a.add_connector(entity)
 
     def on_update(self, old: Entity, new: Entity) -> None:
-        self.on_delete(old)
-        self.on_create(new)
+        if self._listener:
+            self._a.replace_listener(old, new)
+        else:
+            self._a.replace_connector(old, new)
 
     def on_delete(self, entity: Entity) -> None:
         if self._listener:

@@ -23,7 +23,7 @@ from router.configs import ListenerConfig, RouterConfig, TcpConnectorConfig, Tcp
 from router.engine import EngineError
 from router.log import configure_log, get_logger, start_background_writer
 from router.node import Node, router_config
-from router.registry import RegistryError
+from router.registry import Registry, RegistryError
 
 _log = get_logger("ROUTER")
 
@@ -274,6 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         for warning in config.warnings:
             print(f"skiffd: warning: {warning}", file=sys.stderr)
+        try:
+            # what the file leads to as a whole: port owners, values that
+            # need the other entities (nothing is started)
+            Registry().apply_file(config.entities)
+        except RegistryError as e:
+            print(f"skiffd: {e}", file=sys.stderr)
+            return 1
         name = args.config or DEFAULT_CONFIG_NAME
         print(f"skiffd: {name}: configuration is valid ({len(config.entities)} entities)")
         return 0

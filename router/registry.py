@@ -31,6 +31,9 @@ C = TypeVar("C", bound=EntityConfig)
 
 # Creation order; deletion runs in reverse so references stay valid.
 _TYPE_ORDER = ("router", "log", "sslProfile", "listener", "tcpConnector", "tcpListener")
+# Updates that can be refused (a listener's new port in use) run before those
+# that cannot but drop flows (a connector moved elsewhere).
+_UPDATE_ORDER = ("router", "log", "sslProfile", "listener", "tcpListener", "tcpConnector")
 
 
 class RegistryError(Exception):
@@ -139,6 +142,31 @@ class ApplyResult:
         return not (self.added or self.removed or self.changed)
 
 
+# Entity types that own a listening port; a port belongs to one of them.
+_LISTENING_TYPES = ("listener", "tcpListener")
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})
+
+
+def port_key(type_name: str, values: Mapping[str, object]) -> tuple[str, int] | None:
+    """(host, port) a listening entity will own; None when it owns no fixed
+    port (other types, or port 0: the kernel picks a free one)."""
+    if type_name not in _LISTENING_TYPES:
+        return None
+    port = values.get("port")
+    if not isinstance(port, int) or port == 0:
+        return None
+    host = str(values.get("host") or "")
+    if host in _WILDCARD_HOSTS:
+        host = "*"
+    elif host == "localhost":
+        host = "127.0.0.1"
+    return host, port
+
+
+def _overlap(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    return a[1] == b[1] and (a[0] == b[0] or "*" in (a[0], b[0]))
+
+
 def _status_of(error: BaseException) -> int:
     if isinstance(error, RegistryError):
         return error.status
@@ -219,6 +247,7 @@ class Registry:
         *,
         source: Source = "management",
         check_operation: bool = True,
+        check_ports: bool = True,
         file: str | None = None,
         line: int | None = None,
     ) -> Entity:
@@ -238,6 +267,8 @@ class Registry:
                 f"{spec.short_name} '{name}' already exists (from {existing.origin})"
             )
         self._check_references(spec, name, values)
+        if check_ports:
+            self._check_port(spec.short_name, name, values)
         entity = Entity(
             spec.short_name,
             name,
@@ -260,6 +291,7 @@ class Registry:
         *,
         source: Source | None = None,
         check_operation: bool = True,
+        check_ports: bool = True,
         file: str | None = None,
         line: int | None = None,
     ) -> Entity:
@@ -268,6 +300,28 @@ class Registry:
         if check_operation and schema.UPDATE not in spec.operations:
             raise OperationNotAllowed(schema.UPDATE, spec)
         old = self.get(spec.short_name, key)
+        merged, warnings = self._merged(spec, old, attributes)
+        self._check_references(spec, old.name, merged)
+        if check_ports:
+            self._check_port(spec.short_name, old.name, merged)
+        new = old.copy(
+            attributes=merged,
+            source=source or old.source,
+            file=file if source else old.file,
+            line=line if source else old.line,
+        )
+        if merged != old.attributes:
+            self._replace(old, new)
+        else:
+            self._entities[spec.short_name][old.name] = new
+        for warning in warnings:
+            self._log.warning(warning)
+        return new
+
+    def _merged(
+        self, spec: schema.EntityTypeSpec, old: Entity, attributes: Mapping[str, object]
+    ) -> tuple[dict[str, object], list[str]]:
+        """The attributes ``old`` would have after an update; changes nothing."""
         validated = self._validate(spec, attributes, partial=True)
         changes = validated.values
         new_name = changes.pop("name", None)
@@ -291,20 +345,7 @@ class Registry:
                     f"(is {old.attributes.get(attr.name)!r}, requested {merged.get(attr.name)!r}); "
                     "a restart is required"
                 )
-        self._check_references(spec, old.name, merged)
-        new = old.copy(
-            attributes=merged,
-            source=source or old.source,
-            file=file if source else old.file,
-            line=line if source else old.line,
-        )
-        if merged != old.attributes:
-            self._replace(old, new)
-        else:
-            self._entities[spec.short_name][old.name] = new
-        for warning in validated.warnings:
-            self._log.warning(warning)
-        return new
+        return merged, validated.warnings
 
     def delete(self, type_name: str, key: str, *, check_operation: bool = True) -> Entity:
         spec = self._spec(type_name)
@@ -371,68 +412,156 @@ class Registry:
                 if name not in current:
                     plan_create.append((ce, "config"))
                 elif current[name].attributes != ce.attributes:
-                    if schema.UPDATE in spec.operations:
-                        plan_update.append(
-                            (
-                                current[name],
-                                {"name": name, **ce.attributes},
-                                "config",
-                                ce,
-                            )
-                        )
-                    else:
-                        plan_delete.append(current[name])
-                        plan_create.append((ce, "config"))
+                    # even for CREATE/DELETE-only types: observers replace
+                    # the running object in one step they can refuse whole
+                    plan_update.append(
+                        (current[name], {"name": name, **ce.attributes}, "config", ce)
+                    )
 
+        merged = self._check_final_state(plan_delete, plan_create, plan_update)
+        step: ConfigEntity | Entity | None = None
+        first, plan_delete = self._port_moves(plan_delete, plan_create, plan_update, merged)
         result = ApplyResult()
         undo: list[Callable[[], None]] = []
-        step: ConfigEntity | Entity | None = None
         try:
+            # 1. what must go before a create can take its port
+            for entity in first:
+                step = entity
+                removed = self.delete(entity.type, entity.name, check_operation=False)
+                undo.append(functools.partial(self._insert, removed))
+                result.removed.append(removed)
+            # 2. creates, then updates: the steps that can be refused (a port
+            # in use) run while nothing a client sees has changed yet
+            for ce, source in sorted(plan_create, key=lambda c: _TYPE_ORDER.index(c[0].type)):
+                step = ce
+                added = self.create(
+                    ce.type,
+                    {"name": ce.name, **ce.attributes},
+                    source=source,
+                    check_operation=False,
+                    check_ports=False,
+                    file=ce.file if source == "config" else None,
+                    line=ce.line if source == "config" else None,
+                )
+                undo.append(functools.partial(self._remove, added))
+                result.added.append(added)
+            for old, attrs, source, maybe_ce in sorted(
+                plan_update, key=lambda u: _UPDATE_ORDER.index(u[0].type)
+            ):
+                step = maybe_ce if maybe_ce is not None else old
+                new = self.update(
+                    old.type,
+                    old.name,
+                    attrs,
+                    source=source,
+                    check_operation=False,
+                    check_ports=False,
+                    file=maybe_ce.file if maybe_ce else None,
+                    line=maybe_ce.line if maybe_ce else None,
+                )
+                undo.append(functools.partial(self._replace, new, old))
+                if new.attributes != old.attributes:
+                    result.changed.append((old, new))
+            # 3. deletions last, users before what they use
             for entity in sorted(plan_delete, key=lambda e: -_TYPE_ORDER.index(e.type)):
                 step = entity
                 removed = self.delete(entity.type, entity.name, check_operation=False)
                 undo.append(functools.partial(self._insert, removed))
                 result.removed.append(removed)
-            for target, old, attrs, source in self._ordered_writes(plan_create, plan_update):
-                step = target if target is not None else old
-                if old is None:
-                    assert target is not None
-                    added = self.create(
-                        target.type,
-                        {"name": target.name, **target.attributes},
-                        source=source,
-                        check_operation=False,
-                        file=target.file if source == "config" else None,
-                        line=target.line if source == "config" else None,
-                    )
-                    undo.append(functools.partial(self._remove, added))
-                    result.added.append(added)
-                else:
-                    new = self.update(
-                        old.type,
-                        old.name,
-                        attrs,
-                        source=source,
-                        check_operation=False,
-                        file=target.file if target else None,
-                        line=target.line if target else None,
-                    )
-                    undo.append(functools.partial(self._replace, new, old))
-                    if new.attributes != old.attributes:
-                        result.changed.append((old, new))
         except (RegistryError, schema.SchemaError) as error:
             self._rollback(undo)
             raise ApplyError(self._locate(step, error), status=_status_of(error)) from error
-        # Replaced (delete + create) entities appear in both lists; report
-        # them as changed, which is what the operator did.
-        by_key = {(e.type, e.name): e for e in result.added}
-        for gone in list(result.removed):
-            replacement = by_key.get((gone.type, gone.name))
-            if replacement is not None:
-                result.removed.remove(gone)
-                result.added.remove(replacement)
-                result.changed.append((gone, replacement))
         return result
+
+    def _check_final_state(
+        self,
+        deletes: list[Entity],
+        creates: list[tuple[ConfigEntity, Source]],
+        updates: list[tuple[Entity, Mapping[str, object], Source, ConfigEntity | None]],
+    ) -> dict[tuple[str, str], dict[str, object]]:
+        """Validates the state a plan leads to before any of it runs: values,
+        attributes that need a restart, references and port owners.  Returns
+        the updated entities' merged attributes; raises ApplyError naming the
+        file and line of the offending entity."""
+        final: dict[tuple[str, str], tuple[dict[str, object], ConfigEntity | Entity]] = {}
+        for entity in self.entities():
+            final[(entity.type, entity.name)] = (entity.attributes, entity)
+        for entity in deletes:
+            final.pop((entity.type, entity.name), None)
+        merged: dict[tuple[str, str], dict[str, object]] = {}
+        for old, attrs, _source, maybe_ce in updates:
+            try:
+                values, _ = self._merged(old.spec, old, attrs)
+            except RegistryError as error:
+                where = maybe_ce if maybe_ce is not None else old
+                raise ApplyError(self._locate(where, error), status=error.status) from error
+            merged[(old.type, old.name)] = values
+            final[(old.type, old.name)] = (values, maybe_ce if maybe_ce is not None else old)
+        for ce, _source in creates:
+            spec = self._spec(ce.type)
+            try:
+                values = dict(self._validate(spec, ce.attributes, partial=False).values)
+            except RegistryError as error:
+                raise ApplyError(self._locate(ce, error), status=error.status) from error
+            final[(spec.short_name, ce.name)] = (values, ce)
+        owners: list[tuple[tuple[str, int], str, str, ConfigEntity | Entity]] = []
+        for (type_name, name), (values, where) in final.items():
+            spec = self._spec(type_name)
+            for attr in spec.configurable():
+                target = values.get(attr.name)
+                if attr.references is None or target is None:
+                    continue
+                if (attr.references, str(target)) not in final:
+                    raise ApplyError(
+                        self._locate(
+                            where,
+                            InvalidRequest(
+                                f"{type_name} '{name}' attribute '{attr.name}' names "
+                                f"{attr.references} '{target}', which would not exist"
+                            ),
+                        )
+                    )
+            key = port_key(type_name, values)
+            if key is None:
+                continue
+            for other_key, other_type, other_name, _ in owners:
+                if _overlap(key, other_key):
+                    raise ApplyError(
+                        self._locate(
+                            where,
+                            InvalidRequest(
+                                f"{type_name} '{name}' port {key[1]} is also used by "
+                                f"{other_type} '{other_name}'; a port belongs to one listener"
+                            ),
+                        )
+                    )
+            owners.append((key, type_name, name, where))
+        return merged
+
+    @staticmethod
+    def _port_moves(
+        deletes: list[Entity],
+        creates: list[tuple[ConfigEntity, Source]],
+        updates: list[tuple[Entity, Mapping[str, object], Source, ConfigEntity | None]],
+        merged: Mapping[tuple[str, str], Mapping[str, object]],
+    ) -> tuple[list[Entity], list[Entity]]:
+        """Splits deletions into those whose port another step takes (they
+        must run first) and the rest (they run last)."""
+        wanted = [k for ce, _ in creates if (k := port_key(ce.type, ce.attributes))]
+        wanted += [
+            k
+            for old, _a, _s, _c in updates
+            if (k := port_key(old.type, merged[(old.type, old.name)]))
+            and k != port_key(old.type, old.attributes)
+        ]
+        first, last = [], []
+        for entity in deletes:
+            key = port_key(entity.type, entity.attributes)
+            if key is not None and any(_overlap(key, w) for w in wanted):
+                first.append(entity)
+            else:
+                last.append(entity)
+        return first, last
 
     def _plan_precreated(
         self,
@@ -475,21 +604,6 @@ class Registry:
                 continue
             if attrs != entity.attributes or source != entity.source:
                 plan_update.append((entity, attrs, source, ce))
-
-    @staticmethod
-    def _ordered_writes(
-        creates: list[tuple[ConfigEntity, Source]],
-        updates: list[tuple[Entity, Mapping[str, object], Source, ConfigEntity | None]],
-    ) -> list[tuple[ConfigEntity | None, Entity | None, Mapping[str, object], Source]]:
-        rows: list[
-            tuple[int, ConfigEntity | None, Entity | None, Mapping[str, object], Source]
-        ] = []
-        for ce, source in creates:
-            rows.append((_TYPE_ORDER.index(ce.type), ce, None, {}, source))
-        for old, attrs, source, maybe_ce in updates:
-            rows.append((_TYPE_ORDER.index(old.type), maybe_ce, old, attrs, source))
-        rows.sort(key=lambda r: r[0])
-        return [(ce, old, attrs, source) for _, ce, old, attrs, source in rows]
 
     def _rollback(self, undo: list[Callable[[], None]]) -> None:
         for action in reversed(undo):
@@ -542,6 +656,23 @@ class Registry:
                     f"{spec.short_name} '{name}' attribute '{attr.name}' names {attr.references} "
                     f"'{target}', which does not exist{schema.did_you_mean(str(target), known)}"
                 )
+
+    def _check_port(self, type_name: str, name: str, values: Mapping[str, object]) -> None:
+        """Refuses a second owner of a listening port (every listening socket
+        sets SO_REUSEPORT, so the kernel would silently split clients)."""
+        key = port_key(type_name, values)
+        if key is None:
+            return
+        for other_type in _LISTENING_TYPES:
+            for other in self._entities[other_type].values():
+                if other_type == type_name and other.name == name:
+                    continue
+                other_key = port_key(other_type, other.attributes)
+                if other_key is not None and _overlap(key, other_key):
+                    raise InvalidRequest(
+                        f"{type_name} '{name}' port {key[1]} is already used by {other_type} "
+                        f"'{other.name}' (from {other.origin}); a port belongs to one listener"
+                    )
 
     def _users_of(self, entity: Entity) -> list[Entity]:
         users = []
