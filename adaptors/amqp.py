@@ -26,7 +26,6 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 
 from adaptors.tcp import TcpAdaptor
 from router.engine import Engine, EngineError, Event, EventType, Listener
@@ -43,8 +42,9 @@ from router.management.amqp import (
 from router.management.health import HealthMonitor
 from router.management.http import HttpConnection, HttpReply, Route
 from router.registry import Entity, Registry
-from router.resolver import numeric_host
+from router.resolver import listen_host
 from router.tls import TlsManager
+from router.version import skiff_version
 
 _log = get_logger("SERVER")
 
@@ -77,18 +77,10 @@ Conn = AmqpConnection | HttpConnection
 
 
 def _host_ip(entity: Entity) -> str:
-    host = str(entity.attributes.get("host") or "")
-    if host in ("", "::"):
-        return ""
-    if host == "localhost":
-        return "127.0.0.1"
-    ip = numeric_host(host)
-    if ip is None:
-        raise ValueError(
-            f"listener '{entity.name}' host '{host}' must be a numeric address, 'localhost' "
-            "or empty (all interfaces)"
-        )
-    return ip
+    try:
+        return listen_host(str(entity.attributes.get("host") or ""))
+    except ValueError as e:
+        raise ValueError(f"listener '{entity.name}' {e}") from None
 
 
 class AmqpAdaptor:
@@ -220,10 +212,9 @@ class AmqpAdaptor:
     def _tls_wait(self, state: _ListenerState) -> str | None:
         """Why a TLS listener cannot open yet (its profile never loaded)."""
         profile = state.profile
-        if profile is None or self.tls is None or self.tls.ready(profile):
+        if profile is None or self.tls is None:
             return None
-        error = self.tls.error(profile)
-        return f"sslProfile '{profile}' has not loaded" + (f": {error}" if error else " yet")
+        return self.tls.wait_reason(profile)
 
     def _profile_published(self, profile: str) -> None:
         for state in list(self._listeners.values()):
@@ -443,34 +434,21 @@ class AmqpAdaptor:
             )
         return rows
 
-    def _tcp_names(self) -> tuple[dict[int, str], dict[int, tuple[str, str]]]:
-        """Engine user ids -> tcpListener / tcpConnector names.
-
-        TcpAdaptor keeps these maps privately; reading them here avoids a
-        second copy that could drift. Missing maps yield bare ids.
-        """
-        listeners: dict[int, str] = {}
-        connectors: dict[int, tuple[str, str]] = {}
-        if self.tcp is None:
-            return listeners, connectors
-        for uid, ls in dict(getattr(self.tcp, "_by_listener_uid", {})).items():
-            listeners[int(uid)] = ls.entity.name
-        for uid, cs in dict(getattr(self.tcp, "_by_target", {})).items():
-            connectors[int(uid)] = (cs.entity.name, str(cs.entity.attributes.get("address")))
-        return listeners, connectors
-
     def _tcp_connection_rows(self) -> list[dict[str, object]]:
         now_ns = time.monotonic_ns()
-        listeners, connectors = self._tcp_names()
-        addresses = {
-            e.name: str(e.attributes.get("address")) for e in self.registry.entities("tcpListener")
-        }
+        listeners: dict[int, tuple[str, str]] = {}
+        connectors: dict[int, tuple[str, str]] = {}
+        if self.tcp is not None:
+            listeners = self.tcp.listeners_by_engine_id()
+            connectors = self.tcp.connectors_by_engine_id()
         rows: list[dict[str, object]] = []
         for info in self.engine.connections():
             if info.app:
                 continue
-            lname = listeners.get(info.listener_id, str(info.listener_id))
-            cname, address = connectors.get(info.target_id, (None, addresses.get(lname)))
+            lname, laddress = listeners.get(info.listener_id, (str(info.listener_id), None))
+            cname: str | None
+            address: str | None
+            cname, address = connectors.get(info.target_id, (None, laddress))
             rows.append(
                 {
                     "name": f"tcpConnection/{info.id}",
@@ -581,11 +559,8 @@ class AmqpAdaptor:
             if self.tcp is not None and self.tcp.listener_port(entity.name) is None:
                 error = self.tcp.listener_error(entity.name)
                 profile = entity.attributes.get("sslProfile")
-                if profile and self.tls is not None and not self.tls.ready(str(profile)):
-                    tls_error = self.tls.error(str(profile))
-                    error = f"sslProfile '{profile}' has not loaded" + (
-                        f": {tls_error}" if tls_error else " yet"
-                    )
+                if profile and self.tls is not None:
+                    error = self.tls.wait_reason(str(profile)) or error
                 reasons.append(
                     f"tcpListener '{entity.name}' is down although tcpConnectors serve "
                     f"address '{address}': {error or 'see the log for the bind error'}"
@@ -629,13 +604,6 @@ class _RouterStatus:
             "tcpListenerCount": len(a.registry.entities("tcpListener")),
             "tcpConnectorCount": len(a.registry.entities("tcpConnector")),
         }
-
-
-def skiff_version() -> str:
-    try:
-        return version("skiff")
-    except PackageNotFoundError:
-        return "0.0.0+unknown"
 
 
 class _ListenerObserver:
