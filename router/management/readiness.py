@@ -13,11 +13,16 @@ from typing import Protocol
 
 from router.management.sources import AppListeners, TcpFlows
 from router.registry import Registry
-from router.tls import TlsManager
 
 
 class Liveness(Protocol):
     def check(self) -> list[str]: ...
+
+
+class ProfileWaits(Protocol):
+    """The TlsManager's answer to "why is a listener on this profile down"."""
+
+    def wait_reason(self, name: str) -> str | None: ...
 
 
 class Readiness:
@@ -27,7 +32,7 @@ class Readiness:
         registry: Registry,
         listeners: AppListeners,
         tcp: TcpFlows | None = None,
-        tls: TlsManager | None = None,
+        tls: ProfileWaits | None = None,
     ) -> None:
         self._health = health
         self._registry = registry
