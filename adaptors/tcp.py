@@ -20,7 +20,7 @@ from router.engine import Engine, EngineError, Event, EventType, FlowStats, List
 from router.engine import Target as EngineTarget
 from router.log import get_logger
 from router.registry import Entity, Registry
-from router.resolver import Resolver, numeric_host
+from router.resolver import Resolver, listen_host
 from router.tls import TlsManager
 
 _log = get_logger("TCP_ADAPTOR")
@@ -186,19 +186,10 @@ class TcpAdaptor:
         cfg = entity.config_as(TcpListenerConfig)
         self._refuse_tls(cfg)
         state = _ListenerState(entity, cfg, self._address_id(cfg.address))
-        host = cfg.host
-        if host in ("", "0.0.0.0", "::"):
-            state.host_ip = "" if host in ("", "::") else host
-        else:
-            state.host_ip = numeric_host(host)
-            if state.host_ip is None:
-                if host == "localhost":
-                    state.host_ip = "127.0.0.1"
-                else:
-                    raise ValueError(
-                        f"tcpListener '{entity.name}' host '{host}' must be a numeric address, "
-                        "'localhost' or empty (all interfaces)"
-                    )
+        try:
+            state.host_ip = listen_host(cfg.host)
+        except ValueError as e:
+            raise ValueError(f"tcpListener '{entity.name}' {e}") from None
         return state
 
     def remove_listener(self, entity: Entity) -> None:
@@ -209,10 +200,9 @@ class TcpAdaptor:
     def _tls_wait(self, state: _ListenerState) -> str | None:
         """Why a TLS listener cannot open yet (its profile never loaded)."""
         profile = state.config.ssl_profile
-        if profile is None or self._tls is None or self._tls.ready(profile):
+        if profile is None or self._tls is None:
             return None
-        error = self._tls.error(profile)
-        return f"sslProfile '{profile}' has not loaded" + (f": {error}" if error else " yet")
+        return self._tls.wait_reason(profile)
 
     def _sync_listener(self, state: _ListenerState, raise_errors: bool = False) -> None:
         want = self._has_connector(state.address_id)
@@ -371,6 +361,20 @@ class TcpAdaptor:
             return {}
         up = bool(self._resolver.addresses(state.config.host)) and not state.target.down
         return {"operStatus": "up" if up else "down", **_counters(state.target.stats())}
+
+    # ------------------------------------------------------------ read-only view (management)
+
+    def listeners_by_engine_id(self) -> dict[int, tuple[str, str]]:
+        """(tcpListener name, address) by the engine user id of each open
+        listening socket, the ``listener_id`` of its flows' ConnInfo."""
+        return {
+            uid: (ls.entity.name, ls.config.address) for uid, ls in self._by_listener_uid.items()
+        }
+
+    def connectors_by_engine_id(self) -> dict[int, tuple[str, str]]:
+        """(tcpConnector name, address) by the engine user id of each
+        connector's target, the ``target_id`` of its flows' ConnInfo."""
+        return {uid: (cs.entity.name, cs.config.address) for uid, cs in self._by_target.items()}
 
 
 def _counters(s: FlowStats) -> dict[str, object]:

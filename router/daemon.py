@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import signal
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import uvloop
@@ -24,17 +23,11 @@ from router.engine import EngineError
 from router.log import configure_log, get_logger, start_background_writer
 from router.node import Node, router_config
 from router.registry import Registry, RegistryError
+from router.version import skiff_version
 
 _log = get_logger("ROUTER")
 
 DEFAULT_CONFIG_NAME = "<built-in default configuration>"
-
-
-def skiff_version() -> str:
-    try:
-        return version("skiff")
-    except PackageNotFoundError:
-        return "0.0.0+unknown"
 
 
 def read_config(path: str | None) -> ConfigFile:
@@ -143,7 +136,7 @@ class Daemon:
         amqp_url: str | None = None
         for entity in self.node.registry.entities("listener"):
             lc = entity.config_as(ListenerConfig)
-            port, error = self.node.amqp.bound(entity.name)
+            port, error = self.node.listeners.bound(entity.name)
             host = lc.host
             shown = host or "*"
             if lc.http:

@@ -16,12 +16,14 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-from adaptors.amqp import AmqpAdaptor
+from adaptors.app_listener import AppListenerAdaptor
 from adaptors.tcp import TcpAdaptor
 from router.config import ConfigEntity, ConfigFile
 from router.configs import RouterConfig
 from router.engine import Engine, EngineOptions
 from router.log import LogConfigObserver, get_logger
+from router.management.agent import Agent
+from router.management.service import Management
 from router.registry import ApplyResult, Registry
 from router.tls import TlsManager
 
@@ -58,7 +60,8 @@ class Node:
         self.engine = engine or Engine(EngineOptions(worker_threads=router.worker_threads))
         self._tls: TlsManager | None = None
         self._tcp: TcpAdaptor | None = None
-        self._amqp: AmqpAdaptor | None = None
+        self._listeners: AppListenerAdaptor | None = None
+        self._management: Management | None = None
         self._closed = False
         self._stopped = False
 
@@ -75,9 +78,15 @@ class Node:
         return self._tcp
 
     @property
-    def amqp(self) -> AmqpAdaptor:
-        assert self._amqp is not None, "Node.start() has not run"
-        return self._amqp
+    def listeners(self) -> AppListenerAdaptor:
+        """The adaptor of ``listener`` entities (AMQP management, HTTP pages)."""
+        assert self._listeners is not None, "Node.start() has not run"
+        return self._listeners
+
+    @property
+    def management(self) -> Management:
+        assert self._management is not None, "Node.start() has not run"
+        return self._management
 
     # ------------------------------------------------------------ life cycle
 
@@ -87,9 +96,20 @@ class Node:
             self.engine.attach(loop)
         self._tls = TlsManager(self.engine, self.registry, loop, self.router.tls_loader_threads)
         self._tcp = TcpAdaptor(self.engine, self.registry, loop, self._tls)
-        self._amqp = AmqpAdaptor(
-            self.engine, self.registry, loop, self._tcp, self.started, tls=self._tls
+        agent = Agent(self.registry)
+        self._listeners = AppListenerAdaptor(self.engine, self.registry, loop, agent, self._tls)
+        self._management = Management(
+            self.engine,
+            self.registry,
+            loop,
+            agent,
+            self._listeners,
+            self._tcp,
+            self._tls,
+            self.started,
         )
+        # the pages need the management views, which need the listeners
+        self._listeners.serve_pages(self._management.pages())
 
     def apply(self, entities: Sequence[ConfigEntity]) -> ApplyResult:
         """Makes the file-configured entities match ``entities`` (all or nothing)."""
@@ -108,7 +128,8 @@ class Node:
             return
         self._closed = True
         self.tcp.close()
-        self.amqp.close()
+        self.listeners.close()
+        self.management.close()
         self.tls.close()
 
     async def drain(self, grace_s: float) -> int:

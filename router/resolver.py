@@ -30,6 +30,25 @@ def numeric_host(host: str) -> str | None:
         return None
 
 
+def listen_host(host: str) -> str:
+    """The address a listening socket binds for a listener's ``host``.
+
+    Listeners never resolve names (a bind must not wait for DNS): '' or '::'
+    mean all interfaces (''), 'localhost' is 127.0.0.1, anything else must
+    be a numeric address. Raises ValueError naming the host otherwise.
+    """
+    if host in ("", "::"):
+        return ""
+    if host == "localhost":
+        return "127.0.0.1"
+    ip = numeric_host(host)
+    if ip is None:
+        raise ValueError(
+            f"host '{host}' must be a numeric address, 'localhost' or empty (all interfaces)"
+        )
+    return ip
+
+
 @dataclass
 class Resolution:
     host: str

@@ -160,6 +160,14 @@ class TlsManager:
         st = self._profiles.get(name)
         return st.last_error if st else None
 
+    def wait_reason(self, name: str) -> str | None:
+        """Why a listener on this profile must stay down (its profile has
+        never published a configuration), or None once it has."""
+        if self.ready(name):
+            return None
+        error = self.error(name)
+        return f"sslProfile '{name}' has not loaded" + (f": {error}" if error else " yet")
+
     def profiles(self) -> Mapping[str, ProfileState]:
         return self._profiles
 

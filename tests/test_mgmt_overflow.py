@@ -8,8 +8,10 @@ import socket
 
 import uvloop
 
-from adaptors.amqp import AmqpAdaptor
+from adaptors.app_listener import AppListenerAdaptor
 from router.engine import Engine, EngineOptions
+from router.management.agent import Agent
+from router.management.service import Management
 from router.registry import Registry
 
 
@@ -19,7 +21,10 @@ def test_ring_overflow_resync_serves_every_connection() -> None:
         # 16 events per worker ring: 60 clients at once overflow it
         engine = Engine(EngineOptions(worker_threads=1, event_ring_size=16))
         registry = Registry()
-        adaptor = AmqpAdaptor(engine, registry, loop)
+        agent = Agent(registry)
+        adaptor = AppListenerAdaptor(engine, registry, loop, agent)
+        management = Management(engine, registry, loop, agent, adaptor)
+        adaptor.serve_pages(management.pages())
         try:
             registry.create(
                 "listener",
@@ -49,6 +54,7 @@ def test_ring_overflow_resync_serves_every_connection() -> None:
             return list(replies)
         finally:
             adaptor.close()
+            management.close()
             engine.stop()
 
     replies = uvloop.run(main())

@@ -1,22 +1,33 @@
 """Prometheus text exposition (format 0.0.4) of the router's counters.
 
-Built by hand from the engine's counters and the registry's status
-attributes: the exposition is small, and the router then needs no
-monitoring library at run time. Every value is read on the control loop
-from atomics the workers keep, so scraping never stops a worker.
+A ``prometheus_client`` custom collector: each scrape builds the metric
+families from the engine's counters, the registry's status attributes and
+the adaptors' views, and the library writes the exposition, so escaping
+and the histogram shape (cumulative buckets ending in ``+Inf``, ``_count``
+equal to that bucket) are its, not ours. Nothing is kept between scrapes;
+every value is read on the control loop from atomics the workers keep, so
+scraping never stops a worker.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from router.engine import PRIO_HIGH, PRIO_NORMAL, Engine, Histogram
 from router.registry import Registry
 from router.tls import ProfileState
 
+# what generate_latest writes (spelt here: older clients have no constant for it)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _GAUGE_COUNTERS = frozenset({"conns_live", "bufs_live", "buf_bytes_live", "routes_version"})
@@ -30,47 +41,214 @@ _COUNTER_HELP = {
     "sslProfile's oldestValidOrdinal.",
 }
 
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))
-
-
-@dataclass
-class Exposition:
-    lines: list[str] = field(default_factory=list)
-
-    def family(self, name: str, kind: str, help_text: str) -> None:
-        self.lines.append(f"# HELP {name} {help_text}")
-        self.lines.append(f"# TYPE {name} {kind}")
-
-    def sample(self, metric: str, value: float, /, **labels: str) -> None:
-        if labels:
-            inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-            self.lines.append(f"{metric}{{{inner}}} {_number(value)}")
-        else:
-            self.lines.append(f"{metric} {_number(value)}")
-
-    def histogram(self, metric: str, hist: Histogram, /, **labels: str) -> None:
-        for bound, cumulative in zip(hist.bounds_ns, hist.cumulative, strict=True):
-            le = "+Inf" if math.isinf(bound) else repr(bound / 1e9)
-            self.sample(f"{metric}_bucket", cumulative, **labels, le=le)
-        self.sample(f"{metric}_sum", hist.sum_ns / 1e9, **labels)
-        self.sample(f"{metric}_count", hist.count, **labels)
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
+_TCP_COUNTERS = (
+    ("skiff_tcp_connections_opened_total", "connectionsOpened",
+     "Connections opened per tcpListener / tcpConnector."),
+    ("skiff_tcp_connections_closed_total", "connectionsClosed",
+     "Connections closed per tcpListener / tcpConnector."),
+    ("skiff_tcp_bytes_in_total", "bytesIn",
+     "Bytes received (from clients for a listener, from the service for a connector)."),
+    ("skiff_tcp_bytes_out_total", "bytesOut",
+     "Bytes sent (to clients for a listener, to the service for a connector)."),
+)  # fmt: skip
 
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _buckets(hist: Histogram) -> list[tuple[str, float]]:
+    """Cumulative buckets in seconds; the engine's last bound is +Inf."""
+    return [
+        ("+Inf" if math.isinf(bound) else repr(bound / 1e9), cumulative)
+        for bound, cumulative in zip(hist.bounds_ns, hist.cumulative, strict=True)
+    ]
+
+
+class RouterCollector:
+    """The metric families of one scrape (a ``prometheus_client`` collector).
+
+    ``amqp_open`` is (listener, open AMQP connections); ``listeners_up``
+    (listener, bound); ``tls_profiles`` the TlsManager's per-profile state;
+    ``now`` the Unix time certificate expiry is counted from.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        registry: Registry,
+        *,
+        started: float,
+        amqp_open: Iterable[tuple[str, int]],
+        listeners_up: Iterable[tuple[str, bool]],
+        management_requests: int,
+        tls_profiles: Mapping[str, ProfileState] | None = None,
+        now: float | None = None,
+    ) -> None:
+        self._engine = engine
+        self._registry = registry
+        self._started = started
+        self._amqp_open = list(amqp_open)
+        self._listeners_up = list(listeners_up)
+        self._management_requests = management_requests
+        self._tls_profiles = tls_profiles or {}
+        self._now = time.time() if now is None else now
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("skiff_up", "1 while the router runs.", value=1)
+        yield GaugeMetricFamily(
+            "skiff_uptime_seconds",
+            "Seconds since the router started.",
+            value=round(time.monotonic() - self._started, 3),
+        )
+        yield from self._entities()
+        amqp = GaugeMetricFamily(
+            "skiff_amqp_connections_open",
+            "Open AMQP connections per listener.",
+            labels=["listener"],
+        )
+        for name, count in self._amqp_open:
+            amqp.add_metric([name], count)
+        yield amqp
+        yield CounterMetricFamily(
+            "skiff_management_requests_total",
+            "Management requests answered.",
+            value=self._management_requests,
+        )
+        yield from self._tls()
+        yield self._lateness()
+        yield from self._workers()
+        yield from self._engine_counters()
+
+    def _entities(self) -> Iterator[Metric]:
+        rows = [
+            (kind, row)
+            for kind in ("tcpListener", "tcpConnector")
+            for row in self._registry.query(kind)
+        ]
+        for metric, attr, help_text in _TCP_COUNTERS:
+            counter = CounterMetricFamily(metric, help_text, labels=["kind", "name"])
+            for kind, row in rows:
+                counter.add_metric([kind, str(row["name"])], _int(row.get(attr)))
+            yield counter
+        open_ = GaugeMetricFamily(
+            "skiff_tcp_connections_open",
+            "Open connections per tcpListener / tcpConnector.",
+            labels=["kind", "name"],
+        )
+        for kind, row in rows:
+            opened, closed = _int(row.get("connectionsOpened")), _int(row.get("connectionsClosed"))
+            open_.add_metric([kind, str(row["name"])], max(0, opened - closed))
+        yield open_
+        up = GaugeMetricFamily(
+            "skiff_entity_up",
+            "1 when a listener or connector is operational.",
+            labels=["kind", "name"],
+        )
+        for kind, row in rows:
+            up.add_metric([kind, str(row["name"])], 1 if row.get("operStatus") == "up" else 0)
+        for name, bound in self._listeners_up:
+            up.add_metric(["listener", name], 1 if bound else 0)
+        yield up
+
+    def _tls(self) -> Iterator[Metric]:
+        """Per-sslProfile series (handshake counts are the engine's)."""
+        items = sorted(self._tls_profiles.items())
+        loaded = [(name, st) for name, st in items if st.version]
+        expiring = [(name, st) for name, st in loaded if st.not_after_unix]
+
+        def gauge(name: str, help_text: str, values: Iterable[tuple[str, float]]) -> Metric:
+            family = GaugeMetricFamily(name, help_text, labels=["profile"])
+            for profile, value in values:
+                family.add_metric([profile], value)
+            return family
+
+        def counter(name: str, help_text: str, values: Iterable[tuple[str, float]]) -> Metric:
+            family = CounterMetricFamily(name, help_text, labels=["profile"])
+            for profile, value in values:
+                family.add_metric([profile], value)
+            return family
+
+        yield gauge(
+            "skiff_tls_profile_version",
+            "Published TLS configuration version per sslProfile (0: never loaded).",
+            ((n, st.version) for n, st in items),
+        )
+        yield gauge(
+            "skiff_tls_profile_ordinal",
+            "Ordinal of the published material per sslProfile.",
+            ((n, st.published_ordinal) for n, st in loaded),
+        )
+        yield gauge(
+            "skiff_tls_certificate_expiry_seconds",
+            "Seconds until the published certificate of an sslProfile expires (negative: expired).",
+            ((n, round(st.not_after_unix - self._now)) for n, st in expiring),
+        )
+        yield gauge(
+            "skiff_tls_certificate_not_after_timestamp_seconds",
+            "Expiry (Unix time) of the published certificate of an sslProfile.",
+            ((n, st.not_after_unix) for n, st in expiring),
+        )
+        yield counter(
+            "skiff_tls_reloads_total",
+            "Successful loads per sslProfile.",
+            ((n, st.reloads) for n, st in items),
+        )
+        yield counter(
+            "skiff_tls_reload_failures_total",
+            "Failed loads per sslProfile.",
+            ((n, st.reload_failures) for n, st in items),
+        )
+        yield gauge(
+            "skiff_tls_profile_error",
+            "1 while the last load of an sslProfile failed (the previous version stays).",
+            ((n, 1 if st.last_error else 0) for n, st in items),
+        )
+
+    def _lateness(self) -> Metric:
+        family = HistogramMetricFamily(
+            "skiff_timer_lateness_seconds",
+            "How late engine timers fired (actual minus scheduled), per priority class.",
+            labels=["priority"],
+        )
+        for prio, label in ((PRIO_HIGH, "high"), (PRIO_NORMAL, "normal")):
+            hist = self._engine.lateness(prio)
+            family.add_metric([label], _buckets(hist), hist.sum_ns / 1e9)
+        return family
+
+    def _workers(self) -> Iterator[Metric]:
+        stats = [self._engine.worker_stats(i) for i in range(self._engine.workers)]
+        busy = CounterMetricFamily(
+            "skiff_worker_busy_seconds_total",
+            "Time each I/O worker spent outside epoll.",
+            labels=["worker"],
+        )
+        cpu = CounterMetricFamily(
+            "skiff_worker_cpu_seconds_total",
+            "CPU time of each I/O worker thread.",
+            labels=["worker"],
+        )
+        conns = GaugeMetricFamily(
+            "skiff_worker_connections", "Connections owned by each I/O worker.", labels=["worker"]
+        )
+        for i, s in enumerate(stats):
+            busy.add_metric([str(i)], s.busy_ns / 1e9)
+            cpu.add_metric([str(i)], s.cpu_ns / 1e9)
+            conns.add_metric([str(i)], s.connections)
+        yield from (busy, cpu, conns)
+
+    def _engine_counters(self) -> Iterator[Metric]:
+        for name, value in sorted(self._engine.counters().items()):
+            if name in _GAUGE_COUNTERS:
+                yield GaugeMetricFamily(
+                    f"skiff_engine_{name}", f"Engine gauge {name}.", value=value
+                )
+            else:
+                yield CounterMetricFamily(
+                    f"skiff_engine_{name}_total",
+                    _COUNTER_HELP.get(name, f"Engine counter {name}."),
+                    value=value,
+                )
 
 
 def render(
@@ -84,142 +262,15 @@ def render(
     tls_profiles: Mapping[str, ProfileState] | None = None,
     now: float | None = None,
 ) -> str:
-    """The whole exposition; ``amqp_open`` is (listener, open connections);
-    ``tls_profiles`` the TlsManager's per-profile state; ``now`` the Unix
-    time certificate expiry is counted from (default: the clock)."""
-    out = Exposition()
-    out.family("skiff_up", "gauge", "1 while the router runs.")
-    out.sample("skiff_up", 1)
-    out.family("skiff_uptime_seconds", "gauge", "Seconds since the router started.")
-    out.sample("skiff_uptime_seconds", round(time.monotonic() - started, 3))
-
-    rows = [(kind, r) for kind in ("tcpListener", "tcpConnector") for r in registry.query(kind)]
-    series = (
-        ("skiff_tcp_connections_opened_total", "counter", "connectionsOpened",
-         "Connections opened per tcpListener / tcpConnector."),
-        ("skiff_tcp_connections_closed_total", "counter", "connectionsClosed",
-         "Connections closed per tcpListener / tcpConnector."),
-        ("skiff_tcp_bytes_in_total", "counter", "bytesIn",
-         "Bytes received (from clients for a listener, from the service for a connector)."),
-        ("skiff_tcp_bytes_out_total", "counter", "bytesOut",
-         "Bytes sent (to clients for a listener, to the service for a connector)."),
-    )  # fmt: skip
-    for metric, kind, attr, help_text in series:
-        out.family(metric, kind, help_text)
-        for entity_kind, row in rows:
-            out.sample(metric, _int(row.get(attr)), kind=entity_kind, name=str(row["name"]))
-    out.family(
-        "skiff_tcp_connections_open", "gauge", "Open connections per tcpListener / tcpConnector."
+    """The whole exposition of one scrape (see ``RouterCollector``)."""
+    collector = RouterCollector(
+        engine,
+        registry,
+        started=started,
+        amqp_open=amqp_open,
+        listeners_up=listeners_up,
+        management_requests=management_requests,
+        tls_profiles=tls_profiles,
+        now=now,
     )
-    for entity_kind, row in rows:
-        opened, closed = _int(row.get("connectionsOpened")), _int(row.get("connectionsClosed"))
-        out.sample(
-            "skiff_tcp_connections_open",
-            max(0, opened - closed),
-            kind=entity_kind,
-            name=str(row["name"]),
-        )
-    out.family("skiff_entity_up", "gauge", "1 when a listener or connector is operational.")
-    for entity_kind, row in rows:
-        out.sample(
-            "skiff_entity_up",
-            1 if row.get("operStatus") == "up" else 0,
-            kind=entity_kind,
-            name=str(row["name"]),
-        )
-    for name, up in listeners_up:
-        out.sample("skiff_entity_up", 1 if up else 0, kind="listener", name=name)
-
-    out.family("skiff_amqp_connections_open", "gauge", "Open AMQP connections per listener.")
-    for name, count in amqp_open:
-        out.sample("skiff_amqp_connections_open", count, listener=name)
-    out.family("skiff_management_requests_total", "counter", "Management requests answered.")
-    out.sample("skiff_management_requests_total", management_requests)
-
-    _tls(out, tls_profiles or {}, time.time() if now is None else now)
-
-    out.family(
-        "skiff_timer_lateness_seconds",
-        "histogram",
-        "How late engine timers fired (actual minus scheduled), per priority class.",
-    )
-    for prio, label in ((PRIO_HIGH, "high"), (PRIO_NORMAL, "normal")):
-        out.histogram("skiff_timer_lateness_seconds", engine.lateness(prio), priority=label)
-
-    stats = [engine.worker_stats(i) for i in range(engine.workers)]
-    out.family(
-        "skiff_worker_busy_seconds_total", "counter", "Time each I/O worker spent outside epoll."
-    )
-    for i, s in enumerate(stats):
-        out.sample("skiff_worker_busy_seconds_total", s.busy_ns / 1e9, worker=str(i))
-    out.family("skiff_worker_cpu_seconds_total", "counter", "CPU time of each I/O worker thread.")
-    for i, s in enumerate(stats):
-        out.sample("skiff_worker_cpu_seconds_total", s.cpu_ns / 1e9, worker=str(i))
-    out.family("skiff_worker_connections", "gauge", "Connections owned by each I/O worker.")
-    for i, s in enumerate(stats):
-        out.sample("skiff_worker_connections", s.connections, worker=str(i))
-
-    for name, value in sorted(engine.counters().items()):
-        if name in _GAUGE_COUNTERS:
-            metric = f"skiff_engine_{name}"
-            out.family(metric, "gauge", f"Engine gauge {name}.")
-        else:
-            metric = f"skiff_engine_{name}_total"
-            out.family(metric, "counter", _COUNTER_HELP.get(name, f"Engine counter {name}."))
-        out.sample(metric, value)
-    return out.text()
-
-
-def _tls(out: Exposition, profiles: Mapping[str, ProfileState], now: float) -> None:
-    """Per-sslProfile series (handshake counts are the engine's, below)."""
-    items = sorted(profiles.items())
-    out.family(
-        "skiff_tls_profile_version",
-        "gauge",
-        "Published TLS configuration version per sslProfile (0: never loaded).",
-    )
-    for name, st in items:
-        out.sample("skiff_tls_profile_version", st.version, profile=name)
-    out.family(
-        "skiff_tls_profile_ordinal", "gauge", "Ordinal of the published material per sslProfile."
-    )
-    for name, st in items:
-        if st.version:
-            out.sample("skiff_tls_profile_ordinal", st.published_ordinal, profile=name)
-    out.family(
-        "skiff_tls_certificate_expiry_seconds",
-        "gauge",
-        "Seconds until the published certificate of an sslProfile expires (negative: expired).",
-    )
-    for name, st in items:
-        if st.version and st.not_after_unix:
-            out.sample(
-                "skiff_tls_certificate_expiry_seconds",
-                round(st.not_after_unix - now),
-                profile=name,
-            )
-    out.family(
-        "skiff_tls_certificate_not_after_timestamp_seconds",
-        "gauge",
-        "Expiry (Unix time) of the published certificate of an sslProfile.",
-    )
-    for name, st in items:
-        if st.version and st.not_after_unix:
-            out.sample(
-                "skiff_tls_certificate_not_after_timestamp_seconds",
-                st.not_after_unix,
-                profile=name,
-            )
-    out.family("skiff_tls_reloads_total", "counter", "Successful loads per sslProfile.")
-    for name, st in items:
-        out.sample("skiff_tls_reloads_total", st.reloads, profile=name)
-    out.family("skiff_tls_reload_failures_total", "counter", "Failed loads per sslProfile.")
-    for name, st in items:
-        out.sample("skiff_tls_reload_failures_total", st.reload_failures, profile=name)
-    out.family(
-        "skiff_tls_profile_error",
-        "gauge",
-        "1 while the last load of an sslProfile failed (the previous version stays).",
-    )
-    for name, st in items:
-        out.sample("skiff_tls_profile_error", 1 if st.last_error else 0, profile=name)
+    return generate_latest(collector).decode()

@@ -1,0 +1,437 @@
+"""App-connection listener adaptor: ``listener`` entities -> engine app
+listeners, and each accepted connection -> its protocol driver.
+
+A listener's socket is an engine listener opened with ``app=True``: the
+engine accepts and reads, and hands the bytes to the control loop, where
+each connection is an ``AmqpConnection`` (proton engine layer, SASL run by
+Skiff) serving the management agent or, for ``http: true``, an
+``HttpConnection`` serving the pages it is given (``/metrics``,
+``/healthz``, ``/readyz``; see ``router/management/service.py``).
+Keep-alive frames are the engine's job.
+
+A listener with an ``sslProfile`` is a TLS listener of the engine: the
+engine terminates TLS (optional TLS, told by the first byte, unless
+``requireSsl``) and the control loop sees plaintext only. It stays down
+until its profile has published a first configuration, then opens; later
+versions of the profile apply to new connections without reopening.
+
+A listener from the configuration file that cannot bind (port in use) does
+not stop the router: it stays ``down`` with ``lastError``, readiness
+reports it, and binding is retried every few seconds. Management CREATE of
+such a listener is refused instead, so the client sees the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from router.configs import ListenerConfig, RouterConfig
+from router.engine import Engine, EngineError, Event, EventType, Listener
+from router.log import get_logger
+from router.management.agent import Agent
+from router.management.amqp_connection import (
+    EMPTY_FRAME,
+    PLAINTEXT,
+    AmqpConnection,
+    AmqpSettings,
+    TlsInfo,
+)
+from router.management.http import HttpConnection, Route
+from router.management.sources import AppListenerInfo
+from router.registry import Entity, Registry
+from router.resolver import listen_host
+from router.tls import TlsManager
+
+_log = get_logger("SERVER")
+
+RETRY_BIND_S = 5.0
+HOUSEKEEPING_S = 1.0
+
+
+@dataclass
+class _ListenerState:
+    entity: Entity
+    config: ListenerConfig
+    host_ip: str
+    settings: AmqpSettings
+    listener: Listener | None = None
+    last_error: str | None = None
+    next_retry: float = 0.0
+    connections: set[int] = field(default_factory=set)
+    waiting_tls: bool = False  # down until its sslProfile publishes a config
+
+    @property
+    def http(self) -> bool:
+        return self.config.http
+
+    @property
+    def profile(self) -> str | None:
+        return self.config.ssl_profile or None
+
+
+Conn = AmqpConnection | HttpConnection
+
+
+def _host_ip(cfg: ListenerConfig) -> str:
+    try:
+        return listen_host(cfg.host)
+    except ValueError as e:
+        raise ValueError(f"listener '{cfg.name}' {e}") from None
+
+
+class AppListenerAdaptor:
+    """Registry observer for ``listener``; the host of every app connection."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        registry: Registry,
+        loop: asyncio.AbstractEventLoop,
+        agent: Agent,
+        tls: TlsManager | None = None,
+    ) -> None:
+        self.engine = engine
+        self.tls = tls
+        self.registry = registry
+        self.loop = loop
+        self.agent = agent
+        self.auth_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="skiff-sasl")
+        self._pages: dict[str, Route] = {}
+        self._listeners: dict[str, _ListenerState] = {}
+        self._by_uid: dict[int, _ListenerState] = {}
+        self._conns: dict[int, tuple[Conn, _ListenerState]] = {}
+        self._closing = False
+        if tls is not None:
+            tls.on_published(self._profile_published)
+        registry.subscribe("listener", _ListenerObserver(self))
+        engine.on_event(self._on_event)
+        engine.on_overflow(self._resync)
+        self._housekeeping = loop.call_later(HOUSEKEEPING_S, self._tick)
+
+    def serve_pages(self, pages: Mapping[str, Route]) -> None:
+        """The pages ``http: true`` listeners answer (path -> page). Given
+        once at start-up, before any listener entity exists."""
+        self._pages = dict(pages)
+
+    # ------------------------------------------------------------ Host protocol
+
+    def conn_write(self, conn_id: int, data: bytes) -> bool:
+        try:
+            self.engine.app_write(conn_id, data)
+        except EngineError as e:
+            _log.debug(f"connection {conn_id}: write dropped: {e}")
+            return False
+        return True
+
+    def conn_close(self, conn_id: int, abort: bool = False) -> None:
+        self.engine.app_close(conn_id, abort)
+
+    def conn_keepalive(self, conn_id: int, interval_s: float) -> None:
+        try:
+            self.engine.app_set_keepalive(conn_id, EMPTY_FRAME, interval_s)
+        except EngineError as e:
+            _log.warning(f"connection {conn_id}: engine keep-alive not set: {e}")
+
+    # ------------------------------------------------------------ entities
+
+    def _router_id(self) -> str:
+        router = self.registry.router
+        rid = router.config_as(RouterConfig).id if router else None
+        return rid or "skiff"
+
+    def add(self, entity: Entity) -> None:
+        cfg = entity.config_as(ListenerConfig)
+        role = cfg.role
+        if role != "normal":
+            raise ValueError(
+                f"listener '{entity.name}': role '{role}' is not available in this version of "
+                "Skiff (only 'normal')"
+            )
+        profile = cfg.ssl_profile or None
+        authenticate = cfg.authenticate_peer
+        if profile is not None and self.tls is None:
+            # never serve in plaintext what was asked to be protected
+            raise ValueError(
+                f"listener '{entity.name}': sslProfile '{profile}' is set, but TLS is not "
+                "enabled in this router"
+            )
+        if cfg.require_ssl and profile is None:
+            raise ValueError(
+                f"listener '{entity.name}': requireSsl is true but no sslProfile is set"
+            )
+        if cfg.sasl_mechanisms:
+            mechs = tuple(m.upper() for m in cfg.sasl_mechanisms)
+        else:
+            mechs = ("ANONYMOUS", "PLAIN")
+        for mech in mechs:
+            if mech not in ("ANONYMOUS", "PLAIN", "EXTERNAL"):
+                raise ValueError(
+                    f"listener '{entity.name}': SASL mechanism '{mech}' is not available; "
+                    "supported: ANONYMOUS, PLAIN, EXTERNAL"
+                )
+        if "EXTERNAL" in mechs and (profile is None or not authenticate):
+            raise ValueError(
+                f"listener '{entity.name}': SASL EXTERNAL needs an sslProfile and "
+                "authenticatePeer: true (the client certificate is requested only then)"
+            )
+        if authenticate and mechs == ("ANONYMOUS",):
+            raise ValueError(
+                f"listener '{entity.name}': authenticatePeer is true but only ANONYMOUS is allowed"
+            )
+        if "PLAIN" in mechs and authenticate and not cfg.users_file:
+            raise ValueError(
+                f"listener '{entity.name}': authenticatePeer needs a usersFile for PLAIN"
+            )
+        settings = AmqpSettings(
+            listener=entity.name,
+            container_id=self._router_id(),
+            idle_timeout_s=cfg.idle_timeout_seconds,
+            max_frame_size=cfg.max_frame_size,
+            authenticate_peer=authenticate,
+            mechanisms=mechs,
+            users_file=cfg.users_file or None,
+            allow_anonymous_writes=cfg.allow_anonymous_writes,
+        )
+        state = _ListenerState(entity, cfg, _host_ip(cfg), settings)
+        self._listeners[entity.name] = state
+        if not self._bind(state) and entity.source == "management" and not state.waiting_tls:
+            # waiting for TLS material is not an error of the request: the
+            # listener opens once its profile loads (as a tcpListener does)
+            del self._listeners[entity.name]
+            raise ValueError(f"listener '{entity.name}': {state.last_error}")
+
+    def _tls_wait(self, state: _ListenerState) -> str | None:
+        """Why a TLS listener cannot open yet (its profile never loaded)."""
+        profile = state.profile
+        if profile is None or self.tls is None:
+            return None
+        return self.tls.wait_reason(profile)
+
+    def _profile_published(self, profile: str) -> None:
+        for state in list(self._listeners.values()):
+            if state.profile == profile and state.listener is None:
+                self._bind(state)
+
+    def _bind(self, state: _ListenerState) -> bool:
+        cfg = state.config
+        waiting = self._tls_wait(state)
+        if waiting is not None:
+            # never accept plaintext in place of TLS: stay down until loaded
+            if not state.waiting_tls or waiting != state.last_error:
+                # a first load is normal at start-up; a failed one is not
+                log = _log.warning if self.tls and self.tls.error(str(state.profile)) else _log.info
+                log(f"listener '{state.entity.name}' stays down: {waiting}")
+            state.waiting_tls = True
+            state.last_error = waiting
+            return False
+        was_waiting, state.waiting_tls = state.waiting_tls, False
+        profile = state.profile
+        slot = self.tls.slot(profile) if (profile and self.tls) else None
+        try:
+            listener = self.engine.listen(
+                state.host_ip,
+                cfg.port,
+                app=True,
+                tls_slot=-1 if slot is None else slot,
+                tls_optional=slot is not None and not cfg.require_ssl,
+                authenticate_peer=slot is not None and cfg.authenticate_peer,
+            )
+        except EngineError as e:
+            first = state.last_error is None
+            state.last_error = str(e)
+            state.next_retry = time.monotonic() + RETRY_BIND_S
+            if first:
+                _log.error(
+                    f"listener '{state.entity.name}' cannot listen on {state.host_ip or '*'}:"
+                    f"{cfg.port}: {e}; retrying every {RETRY_BIND_S:g} s"
+                )
+            return False
+        state.listener = listener
+        if state.last_error is not None and not was_waiting:
+            _log.info(f"listener '{state.entity.name}' could bind after all")
+        state.last_error = None
+        self._by_uid[listener.user_id] = state
+        if slot is None:
+            security = ""
+        else:
+            security = (
+                f" with TLS (sslProfile '{profile}'"
+                + (", required" if cfg.require_ssl else ", optional")
+                + (", client certificate required" if cfg.authenticate_peer else "")
+                + ")"
+            )
+        _log.info(
+            f"listener '{state.entity.name}' serving {'HTTP' if state.http else 'AMQP'} on "
+            f"{state.host_ip or '*'}:{listener.port}{security}"
+        )
+        return True
+
+    def remove(self, entity: Entity) -> None:
+        state = self._listeners.pop(entity.name, None)
+        if state is None or state.listener is None:
+            return
+        self._by_uid.pop(state.listener.user_id, None)
+        state.listener.close()
+        state.listener = None
+        _log.info(f"listener '{entity.name}' closed; its open connections stay")
+
+    def status(self, entity: Entity) -> Mapping[str, object]:
+        state = self._listeners.get(entity.name)
+        if state is None:
+            return {}
+        return {
+            "operStatus": "up" if state.listener is not None else "down",
+            "boundPort": state.listener.port if state.listener is not None else None,
+            "lastError": self._error(state),
+            "connectionCount": len(state.connections),
+        }
+
+    def _error(self, state: _ListenerState) -> str | None:
+        if state.waiting_tls:
+            return self._tls_wait(state) or state.last_error  # the profile's error of now
+        return state.last_error
+
+    def bound(self, name: str) -> tuple[int | None, str | None]:
+        """(port, last error) of a listener, for the daemon's banner."""
+        state = self._listeners.get(name)
+        if state is None:
+            return None, None
+        return (state.listener.port if state.listener else None), state.last_error
+
+    # ------------------------------------------------------------ engine events
+
+    def _on_event(self, ev: Event) -> None:
+        if ev.type == EventType.APP_READABLE:
+            self._readable(ev.id)
+        elif ev.type == EventType.APP_OPEN:
+            self._opened(ev.id, ev.a)
+        elif ev.type == EventType.APP_CLOSED:
+            entry = self._conns.pop(ev.id, None)
+            if entry is not None:
+                conn, state = entry
+                state.connections.discard(ev.id)
+                conn.closed()
+
+    def _resync(self) -> None:
+        """Some engine events were dropped (a ring overflowed while the loop was
+        busy): rebuild the set of connections from the engine itself."""
+        live = {c.id: c for c in self.engine.connections() if c.app}
+        for conn_id in [cid for cid in self._conns if cid not in live]:
+            conn, state = self._conns.pop(conn_id)
+            state.connections.discard(conn_id)
+            conn.closed()
+        for conn_id, info in live.items():
+            if conn_id not in self._conns:
+                self._opened(conn_id, info.listener_id)
+            self._readable(conn_id)
+
+    def _opened(self, conn_id: int, listener_uid: int) -> None:
+        state = self._by_uid.get(listener_uid)
+        if state is None or self._closing:
+            self.engine.app_close(conn_id, abort=True)
+            return
+        conn: Conn
+        if state.http:
+            conn = HttpConnection(conn_id, self._pages, self)
+        else:
+            info = self.engine.conn_info(conn_id)
+            if info is None:
+                return  # gone already; APP_CLOSED follows
+            tls = PLAINTEXT
+            if info.tls_protocol:
+                tls = TlsInfo(
+                    info.tls_protocol,
+                    info.tls_cipher,
+                    info.tls_version,
+                    info.tls_ordinal,
+                    info.peer_subject,
+                )
+            conn = AmqpConnection(conn_id, info.peer, state.settings, self, tls)
+        self._conns[conn_id] = (conn, state)
+        state.connections.add(conn_id)
+
+    def _readable(self, conn_id: int) -> None:
+        entry = self._conns.get(conn_id)
+        if entry is None:
+            return
+        conn = entry[0]
+        while True:
+            try:
+                data = self.engine.app_read(conn_id)
+            except EngineError:
+                return  # already gone; APP_CLOSED follows
+            if data is None:
+                conn.eof()
+                return
+            if not data:
+                return
+            conn.feed(data)
+
+    # ------------------------------------------------------------ housekeeping
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for conn, _state in list(self._conns.values()):
+            if isinstance(conn, AmqpConnection):
+                conn_id = conn.id
+                if now - conn.last_input > conn.settings.idle_timeout_s > 0:
+                    # bytes may wait in the engine while the loop was busy
+                    self._readable(conn_id)
+                conn.idle_check(now)
+        for state in self._listeners.values():
+            if state.listener is None and not state.waiting_tls and now >= state.next_retry:
+                self._bind(state)
+        self._housekeeping = self.loop.call_later(HOUSEKEEPING_S, self._tick)
+
+    def close(self) -> None:
+        """Stops accepting; connections end with the engine."""
+        self._closing = True
+        self._housekeeping.cancel()
+        for state in self._listeners.values():
+            if state.listener is not None:
+                state.listener.close()
+                state.listener = None
+        self.auth_pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------ read-only view (management)
+
+    def listener_infos(self) -> list[AppListenerInfo]:
+        """Every configured listener, sorted by name."""
+        return [
+            AppListenerInfo(
+                name,
+                state.http,
+                state.listener is not None,
+                state.listener.port if state.listener is not None else None,
+                self._error(state),
+            )
+            for name, state in sorted(self._listeners.items())
+        ]
+
+    def amqp_connections(self) -> list[AmqpConnection]:
+        """Open AMQP connections, including those of listeners deleted since."""
+        return [conn for conn, _ in self._conns.values() if isinstance(conn, AmqpConnection)]
+
+
+class _ListenerObserver:
+    """The registry's observer protocol for ``listener``."""
+
+    def __init__(self, adaptor: AppListenerAdaptor) -> None:
+        self._a = adaptor
+
+    def on_create(self, entity: Entity) -> None:
+        self._a.add(entity)
+
+    def on_update(self, old: Entity, new: Entity) -> None:
+        self._a.remove(old)
+        self._a.add(new)
+
+    def on_delete(self, entity: Entity) -> None:
+        self._a.remove(entity)
+
+    def status(self, entity: Entity) -> Mapping[str, object]:
+        return self._a.status(entity)
