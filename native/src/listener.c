@@ -119,6 +119,7 @@ static int open_socket(const struct sockaddr_storage *ss, socklen_t len, int any
 }
 
 static void resume_accept(sk_worker *w, sk_timer *t, uint64_t now);
+static void lsock_io(sk_worker *w, sk_handle *h, uint32_t events);
 
 sk_listener *sk_listener_open(sk_engine *e, const sk_listener_options *opts, char *err,
                               size_t errlen)
@@ -201,7 +202,7 @@ sk_listener *sk_listener_open(sk_engine *e, const sk_listener_options *opts, cha
     l->opts.host = l->host;
     atomic_init(&l->pending_workers, n);
     for (int i = 0; i < n; i++) {
-        ls[i]->h.kind = SK_H_LSOCK;
+        ls[i]->h.on_io = lsock_io;
         ls[i]->fd = fds[i];
         ls[i]->listener = l;
         ls[i]->worker = &e->workers[i];
@@ -288,8 +289,11 @@ void sk_worker_pause_listener(sk_worker *w, sk_listener *l, int err)
         }
 }
 
-void sk_lsock_readable(sk_worker *w, sk_lsock *ls)
+/* on_io of a listening socket: accepts a bounded number per event. */
+static void lsock_io(sk_worker *w, sk_handle *h, uint32_t events)
 {
+    SK_UNUSED(events);
+    sk_lsock *ls = SK_CONTAINER_OF(h, sk_lsock, h);
     sk_listener *l = ls->listener;
     for (int i = 0; i < SK_ACCEPTS_PER_EVENT && !ls->paused; i++) {
         if (i > 0)
