@@ -1,4 +1,11 @@
-/* listener.c -- listening sockets: one SO_REUSEPORT socket per worker. */
+/* listener.c -- listening sockets: one SO_REUSEPORT socket per worker.
+ *
+ * The kernel spreads new connections over the workers' sockets, so accepting
+ * needs no lock and no hand-off between threads. Each socket's on_io accepts
+ * a bounded number per event and hands every client to conn.c; running out
+ * of descriptors pauses the socket on a back-off timer instead of spinning.
+ * Opening and closing run on the control thread and reach the workers through
+ * their mailboxes. */
 #include "internal.h"
 
 #include <arpa/inet.h>
