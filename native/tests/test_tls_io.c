@@ -315,8 +315,10 @@ static int test_tls_close_older(void)
     close(fd);
     CHECK(wait_until(no_conns_live, NULL));
     sk_engine_counters_get(E, &c1);
-    /* the originating side and the terminating side, on the same worker or not */
-    CHECK_EQ_U(c1.tls_closed_old - c0.tls_closed_old, 2);
+    /* the originating side for sure; the terminating side too unless it was
+     * on another worker that saw the first close's EOF before its message */
+    CHECK_OP_U(c1.tls_closed_old - c0.tls_closed_old, >=, 1);
+    CHECK_OP_U(c1.tls_closed_old - c0.tls_closed_old, <=, 2);
     fd = connect_to(sk_listener_port(L_ORIG));
     REQUIRE(fd >= 0);
     CHECK(ping(fd, "after-rotation") == 0);
