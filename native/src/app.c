@@ -13,7 +13,6 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <openssl/ssl.h>
 #include <unistd.h>
 
 #define SK_APP_BUCKETS 256
@@ -111,6 +110,7 @@ void sk_app_accepted(sk_worker *w, sk_conn *c, sk_listener *l)
     sk_timer_init(&a->ka_timer, ka_fire);
     a->last_write_ns = sk_now_ns();
     c->app = a;
+    c->h.on_io = sk_app_io;
     pthread_mutex_lock(&e->app_lock);
     sk_app **b = bucket(e, a->id);
     a->hnext = *b;
@@ -131,14 +131,8 @@ static void app_interest(sk_worker *w, sk_conn *c)
         ev |= EPOLLIN;
     if (a->woff < a->wlen)
         ev |= EPOLLOUT;
-    if (c->ssl) {
-        if (c->tls_rd_wants_out)
-            ev |= EPOLLOUT;
-        if (c->tls_wr_wants_in)
-            ev |= EPOLLIN;
-        if ((ev & EPOLLIN) && !c->rd_eof && !paused && SSL_pending(c->ssl) > 0)
-            sk_ready_push(w, c);
-    }
+    if (c->ssl)
+        ev = sk_tls_io_interest(w, c, ev, !c->rd_eof && !paused);
     sk_conn_set_interest(w, c, ev);
 }
 
@@ -241,10 +235,25 @@ static bool pump(sk_worker *w, sk_conn *c)
     return true;
 }
 
-void sk_app_conn_writable(sk_worker *w, sk_conn *c)
+static void app_conn_writable(sk_worker *w, sk_conn *c)
 {
     if (pump(w, c))
         app_interest(w, c);
+}
+
+void sk_app_io(sk_worker *w, sk_handle *h, uint32_t ev)
+{
+    sk_conn *c = SK_CONTAINER_OF(h, sk_conn, h);
+    bool ard = (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0;
+    bool awr = (ev & EPOLLOUT) != 0;
+    if (c->ssl && c->tls_wr_wants_in && (ev & EPOLLIN))
+        awr = true;
+    if (c->ssl && c->tls_rd_wants_out && (ev & EPOLLOUT))
+        ard = true;
+    if (ard)
+        sk_app_conn_readable(w, c);
+    if (c->state == SK_C_OPEN && awr)
+        app_conn_writable(w, c);
 }
 
 void sk_app_kick(sk_worker *w, sk_app *a)

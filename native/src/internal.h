@@ -4,7 +4,12 @@
  * Conventions: sk_<file>_<verb>. "Worker-owned" data is touched only by its
  * worker thread; everything another thread may read is _Atomic (relaxed
  * unless stated) or behind a lock that is never held across a syscall that
- * can wait.
+ * can wait. Every fd in a worker's epoll set belongs to an object embedding
+ * an sk_handle: the worker calls its on_io and knows no object kinds. One
+ * section below per source file, lower layers first: data structures (heap,
+ * hist, ring, snapshot, routes), then the engine and its workers (engine,
+ * worker, mailbox, event, timer, buf), then the network objects (listener,
+ * conn, connect, tls_io, relay, tls, app).
  */
 #ifndef SKIFF_INTERNAL_H
 #define SKIFF_INTERNAL_H
@@ -180,68 +185,58 @@ struct sk_routes {
 };
 
 void sk_target_ref(sk_target *t);
+/* ------------------------------------------------------------ types */
 
-/* ------------------------------------------------------------ engine.c */
-
-enum sk_handle_kind { SK_H_WAKE = 1, SK_H_LSOCK, SK_H_CONN };
-
-typedef struct sk_handle {
-    int kind;
-} sk_handle;
-
+/* Declared here because the worker holds lists of them; each is defined in
+ * the section of the file that owns it. */
+typedef struct sk_handle sk_handle;
+typedef struct sk_msg sk_msg;
+typedef struct sk_utimer sk_utimer;
+typedef struct sk_buf sk_buf;
 typedef struct sk_conn sk_conn;
 typedef struct sk_lsock sk_lsock;
 typedef struct sk_app sk_app;
 
-enum sk_msg_kind {
-    SK_MSG_ADD_LSOCK = 1,
-    SK_MSG_CLOSE_LISTENER,
-    SK_MSG_TIMER_START,
-    SK_MSG_TIMER_CANCEL,
-    SK_MSG_APP_KICK,
-    SK_MSG_CLOSE_TARGET_FLOWS,
-    SK_MSG_TLS_CLOSE_OLDER,
+/* ------------------------------------------------------------ engine.c */
+
+struct sk_engine {
+    sk_engine_options opts;
+    int nworkers;
+    sk_worker *workers;
+    int eventfd;
+    _Atomic int event_signalled;
+    _Atomic int stopping;
+    bool stopped;
+    pthread_mutex_t drain_lock;
+
+    sk_slot routes;
+    sk_slot tls[SK_TLS_SLOTS];
+    _Atomic uint32_t tls_nslots;
+    _Atomic uint64_t next_id;
+    _Atomic uint32_t next_worker;
+
+    pthread_mutex_t app_lock;
+    sk_app *app_table[256]; /* chained by id */
+
+    _Atomic uint64_t conns_live, bufs_live, buf_bytes_live, accepted, connects_failed,
+        flows_failed, accept_paused, limit_rejected, tls_handshakes, tls_failures,
+        tls_unexpected_eof, tls_closed_old;
 };
 
-typedef struct sk_close_req {
-    _Atomic int remaining;
-    uint64_t id;
-    sk_target *target;
-} sk_close_req;
+uint64_t sk_engine_next_id(sk_engine *e);
 
-typedef struct sk_utimer {
-    sk_timer t;
-    uint64_t id;
-    uint64_t period;
-    int prio;
-    struct sk_utimer *next;
-} sk_utimer;
+/* ------------------------------------------------------------ worker.c */
 
-typedef struct sk_msg {
-    struct sk_msg *next;
-    int kind;
-    union {
-        sk_lsock *lsock;
-        struct {
-            sk_listener *listener;
-            int drop;
-        } close;
-        sk_utimer *timer;
-        uint64_t timer_id;
-        sk_app *app;
-        sk_close_req *req;
-        struct {
-            int slot;
-            uint64_t ordinal;
-        } older;
-    } u;
-} sk_msg;
+/* Called by the worker loop for each epoll event of a registered fd. */
+typedef void (*sk_io_cb)(sk_worker *w, sk_handle *h, uint32_t events);
 
-typedef struct sk_buf {
-    uint32_t start, end, cap;
-    struct sk_buf *next; /* free list */
-    char data[];
-} sk_buf;
+/* What epoll hands back: the owner of every registered fd embeds one and
+ * points on_io at the code for its current phase (a connection changes it as
+ * it goes from connecting to TLS handshake to relaying, and to a no-op once
+ * closed), so the loop makes one indirect call and no switch. */
+struct sk_handle {
+    sk_io_cb on_io;
+};
 
 struct sk_worker {
     sk_engine *engine;
@@ -286,43 +281,97 @@ struct sk_worker {
     _Atomic uint64_t busy_ns, wakeups, io_events, timers_fired, high_rechecks, nconns;
 };
 
-struct sk_engine {
-    sk_engine_options opts;
-    int nworkers;
-    sk_worker *workers;
-    int eventfd;
-    _Atomic int event_signalled;
-    _Atomic int stopping;
-    bool stopped;
-    pthread_mutex_t drain_lock;
+int sk_worker_init(sk_engine *e, sk_worker *w, int index, char *err, size_t errlen);
+void sk_worker_fini(sk_worker *w);
+/* The thread body (pthread_create): runs until the engine stops, then closes
+ * everything the worker owns. */
+void *sk_worker_main(void *arg);
+/* Adds or changes epoll interest for fd; h->on_io gets its events. */
+int sk_worker_epoll(sk_worker *w, int op, int fd, uint32_t events, sk_handle *h);
 
-    sk_slot routes;
-    sk_slot tls[SK_TLS_SLOTS];
-    _Atomic uint32_t tls_nslots;
-    _Atomic uint64_t next_id;
-    _Atomic uint32_t next_worker;
+/* ------------------------------------------------------------ mailbox.c */
 
-    pthread_mutex_t app_lock;
-    sk_app *app_table[256]; /* chained by id */
-
-    _Atomic uint64_t conns_live, bufs_live, buf_bytes_live, accepted, connects_failed,
-        flows_failed, accept_paused, limit_rejected, tls_handshakes, tls_failures,
-        tls_unexpected_eof, tls_closed_old;
+enum sk_msg_kind {
+    SK_MSG_ADD_LSOCK = 1,
+    SK_MSG_CLOSE_LISTENER,
+    SK_MSG_TIMER_START,
+    SK_MSG_TIMER_CANCEL,
+    SK_MSG_APP_KICK,
+    SK_MSG_CLOSE_TARGET_FLOWS,
+    SK_MSG_TLS_CLOSE_OLDER,
 };
 
-uint64_t sk_engine_next_id(sk_engine *e);
+typedef struct sk_close_req sk_close_req;
+
+struct sk_msg {
+    struct sk_msg *next;
+    int kind;
+    union {
+        sk_lsock *lsock;
+        struct {
+            sk_listener *listener;
+            int drop;
+        } close;
+        sk_utimer *timer;
+        uint64_t timer_id;
+        sk_app *app;
+        sk_close_req *req;
+        struct {
+            int slot;
+            uint64_t ordinal;
+        } older;
+    } u;
+};
+
+/* Any thread: queues m for w (which then owns it) and wakes w. */
 void sk_worker_post(sk_worker *w, sk_msg *m);
+/* The wake eventfd's on_io: runs every queued message. */
+void sk_mbox_io(sk_worker *w, sk_handle *h, uint32_t events);
+/* Frees messages left when a worker stopped, releasing what they hold.
+ * Caller holds mbox_lock. */
+void sk_mbox_discard(sk_worker *w);
+
+/* ------------------------------------------------------------ event.c */
+
 /* Queues an event for the control thread (worker context). */
 void sk_worker_emit(sk_worker *w, int prio, uint32_t type, uint64_t id, int64_t a, int64_t b);
-/* Updates epoll interest; fd must be registered already when add is false. */
-int sk_worker_epoll(sk_worker *w, int op, int fd, uint32_t events, sk_handle *h);
-sk_buf *sk_buf_get(sk_worker *w);
-void sk_buf_put(sk_worker *w, sk_buf *b);
+
+/* ------------------------------------------------------------ timer.c */
+
+/* A timer started by the control plane (sk_timer_start). */
+struct sk_utimer {
+    sk_timer t;
+    uint64_t id;
+    uint64_t period;
+    int prio;
+    struct sk_utimer *next;
+};
+
 void sk_worker_schedule(sk_worker *w, int prio, sk_timer *t, uint64_t deadline);
 void sk_worker_cancel(sk_worker *w, int prio, sk_timer *t);
+/* Runs the due timers of class cls (0 high, 1 normal), recording lateness. */
+void sk_timer_run_due(sk_worker *w, int cls, uint64_t now);
 /* Runs due high-priority timers when the in-batch budget has passed: call it
  * between units of work inside any loop that can run long. */
 void sk_worker_high_check(sk_worker *w);
+/* Mailbox side of sk_timer_start / sk_timer_cancel. */
+void sk_utimer_add(sk_worker *w, sk_utimer *ut);
+void sk_utimer_cancel(sk_worker *w, uint64_t timer_id);
+/* Worker shutdown, after the heaps were emptied. */
+void sk_utimer_free_all(sk_worker *w);
+
+/* ------------------------------------------------------------ buf.c */
+
+struct sk_buf {
+    uint32_t start, end, cap;
+    struct sk_buf *next; /* free list */
+    char data[];
+};
+
+sk_buf *sk_buf_get(sk_worker *w);
+void sk_buf_put(sk_worker *w, sk_buf *b);
+/* Frees the worker's cached buffers (shutdown). */
+void sk_buf_free_all(sk_worker *w);
 
 /* ------------------------------------------------------------ listener.c */
 
@@ -350,36 +399,24 @@ struct sk_lsock {
 
 void sk_listener_ref(sk_listener *l);
 void sk_lsock_attach(sk_worker *w, sk_lsock *ls);
-void sk_lsock_readable(sk_worker *w, sk_lsock *ls);
 void sk_worker_close_listener(sk_worker *w, sk_listener *l, int drop);
 void sk_lsock_destroy(sk_worker *w, sk_lsock *ls);
 /* Out of descriptors while serving l's client: stop accepting for a while. */
 void sk_worker_pause_listener(sk_worker *w, sk_listener *l, int err);
 
-/* ------------------------------------------------------------ relay.c */
+/* ------------------------------------------------------------ conn.c */
 
 enum sk_conn_state { SK_C_CONNECTING = 1, SK_C_HANDSHAKE, SK_C_OPEN, SK_C_CLOSED };
+
+/* Targets one client may try before its flow fails. */
+#define SK_MAX_TRIES 8
 
 typedef struct ssl_st SSL;
 typedef struct ssl_ctx_st SSL_CTX;
 typedef struct x509_store_st X509_STORE;
 
-/* An immutable TLS config: one per published version of an sslProfile. */
-struct sk_tls_config {
-    sk_snap snap; /* snap.version is the profile's config version */
-    SSL_CTX *server; /* NULL without certificate and key */
-    SSL_CTX *client;
-    X509_STORE *store; /* shared by both contexts */
-    unsigned char ca_hash[32];
-    bool has_ca;
-    uint64_t ordinal;
-    char fingerprint[65];
-};
-
-sk_tls_config *sk_tls_current(sk_worker *w, int slot);
-/* SSL info callback (relay.c): notes a received close_notify. */
-void sk_tls_info_cb(const SSL *ssl, int where, int ret);
-
+/* One socket of a flow: the client side (accepted) or the target side
+ * (connected). c->h.on_io follows c->state; change both together. */
 struct sk_conn {
     sk_handle h;
     sk_worker *worker;
@@ -416,31 +453,110 @@ struct sk_conn {
     /* connect attempts of the client this server conn belongs to */
     uint32_t attempts;
     int last_err;
-    sk_target *tried[8];
+    sk_target *tried[SK_MAX_TRIES];
     uint64_t opened_ns;
     _Atomic uint64_t bytes_in, bytes_out; /* read from / written to fd */
     char label[64];        /* remote "ip:port" */
 };
 
+static inline void sk_conn_enter(sk_conn *c, int state, sk_io_cb on_io)
+{
+    c->state = state;
+    c->h.on_io = on_io;
+}
+
 /* Links a new connection into w's list; the client side's listener and peer
  * address are set first, so a concurrent listing never sees them half done. */
 sk_conn *sk_conn_new(sk_worker *w, int fd, sk_listener *l, const struct sockaddr *peer);
+/* A client accepted by l's socket on w: TLS handshake, app or target. */
 void sk_conn_accepted(sk_worker *w, sk_listener *l, int fd, const struct sockaddr *sa,
                       socklen_t salen);
-void sk_conn_event(sk_worker *w, sk_conn *c, uint32_t events);
+/* The client side is ready (TCP, and TLS when configured): hand it to the
+ * control plane (app listener) or go and connect a target. */
+void sk_conn_open_client(sk_worker *w, sk_conn *c);
 /* Closes c (and its relay partner). abortive: RST instead of FIN. */
 void sk_conn_close(sk_worker *w, sk_conn *c, bool abortive);
-void sk_conn_free(sk_worker *w, sk_conn *c);
+/* Frees the connections closed during this batch. */
+void sk_conn_reap(sk_worker *w);
 void sk_conn_set_interest(sk_worker *w, sk_conn *c, uint32_t events);
-void sk_worker_run_ready(sk_worker *w);
 /* Plain or TLS I/O: >0 bytes, 0 end of stream (recv), -1 try later, -2 error. */
 ssize_t sk_io_recv(sk_worker *w, sk_conn *c, void *buf, size_t len);
 ssize_t sk_io_send(sk_conn *c, const void *buf, size_t len);
-void sk_ready_push(sk_worker *w, sk_conn *c);
-void sk_worker_close_tls_older(sk_worker *w, int slot, uint64_t ordinal);
+typedef bool (*sk_conn_pred)(const sk_conn *c, const void *a, uint64_t b);
+/* Closes every connection of w matching pred, with its partner. Returns how
+ * many matched. */
+size_t sk_conn_close_matching(sk_worker *w, sk_conn_pred pred, const void *a, uint64_t b);
 /* Closes every open flow accepted by l or served by t (either may be NULL). */
 void sk_worker_close_flows(sk_worker *w, const sk_listener *l, const sk_target *t);
+/* Mailbox side of sk_engine_close_target_flows; done() alone when discarded. */
+void sk_close_req_run(sk_worker *w, sk_close_req *req);
+void sk_close_req_done(sk_worker *w, sk_close_req *req);
 void sk_format_addr(const struct sockaddr *sa, char *out, size_t outlen);
+
+/* ------------------------------------------------------------ connect.c */
+
+/* Picks a target for client c and connects to it, trying others (and
+ * recording back-off) as attempts fail; closes c when none is left. */
+void sk_connect_start(sk_worker *w, sk_conn *client);
+/* Target side s failed before relaying (connect or TLS): back off its
+ * target and try another for its client. */
+void sk_connect_failed(sk_worker *w, sk_conn *s, int err);
+/* Target side s is ready (TCP, and TLS when configured): start relaying. */
+void sk_connect_established(sk_worker *w, sk_conn *s);
+/* Gives up on client's flow (counted as failed) and closes it. */
+void sk_connect_fail_flow(sk_worker *w, sk_conn *client);
+
+/* ------------------------------------------------------------ tls_io.c */
+
+/* Pin the slot's current config and make the SSL object. Client side of a
+ * TLS listener l: its client-certificate and optional-TLS settings. */
+bool sk_tls_io_attach_server(sk_worker *w, sk_conn *c, const sk_listener *l);
+/* Target side: SNI and peer verification as rt asks. */
+bool sk_tls_io_attach_client(sk_worker *w, sk_conn *s, const sk_route_target *rt);
+/* Enters the handshake phase (time-out armed) and runs its first step. */
+void sk_tls_io_handshake_start(sk_worker *w, sk_conn *c);
+ssize_t sk_tls_io_recv(sk_worker *w, sk_conn *c, void *buf, size_t len);
+ssize_t sk_tls_io_send(sk_conn *c, const void *buf, size_t len);
+/* Adds the readiness OpenSSL waits for to ev; queues c on the ready list when
+ * it may read and OpenSSL holds decrypted bytes (they wake no epoll). */
+uint32_t sk_tls_io_interest(sk_worker *w, sk_conn *c, uint32_t ev, bool may_read);
+/* Sends close_notify (never waits). */
+void sk_tls_io_shutdown(sk_conn *c);
+/* Closing c: close_notify unless abortive, then frees the SSL object. */
+void sk_tls_io_close(sk_worker *w, sk_conn *c, bool abortive);
+void sk_ready_push(sk_worker *w, sk_conn *c);
+void sk_ready_remove(sk_worker *w, sk_conn *c);
+/* Reads from the ready connections (end of every batch). */
+void sk_worker_run_ready(sk_worker *w);
+void sk_worker_close_tls_older(sk_worker *w, int slot, uint64_t ordinal);
+/* SSL info callback: notes a received close_notify. */
+void sk_tls_info_cb(const SSL *ssl, int where, int ret);
+
+/* ------------------------------------------------------------ relay.c */
+
+/* Both sides of s's flow are ready: set their interest and relay. */
+void sk_relay_start(sk_worker *w, sk_conn *s);
+/* on_io of a relaying connection. */
+void sk_relay_io(sk_worker *w, sk_handle *h, uint32_t events);
+/* Moves what c has to read to its partner (ready list). */
+void sk_relay_read(sk_worker *w, sk_conn *c);
+
+/* ------------------------------------------------------------ tls.c */
+
+/* An immutable TLS config: one per published version of an sslProfile. */
+struct sk_tls_config {
+    sk_snap snap; /* snap.version is the profile's config version */
+    SSL_CTX *server; /* NULL without certificate and key */
+    SSL_CTX *client;
+    X509_STORE *store; /* shared by both contexts */
+    unsigned char ca_hash[32];
+    bool has_ca;
+    uint64_t ordinal;
+    char fingerprint[65];
+};
+
+/* Worker side: the current config of a slot, from the worker's cache. */
+sk_tls_config *sk_tls_current(sk_worker *w, int slot);
 
 /* ------------------------------------------------------------ app.c */
 
@@ -475,9 +591,10 @@ struct sk_app {
     struct sk_app *hnext; /* engine table chain, under engine->app_lock */
 };
 
+/* Makes c an app connection (its on_io becomes sk_app_io). */
 void sk_app_accepted(sk_worker *w, sk_conn *c, sk_listener *l);
+void sk_app_io(sk_worker *w, sk_handle *h, uint32_t events);
 void sk_app_conn_readable(sk_worker *w, sk_conn *c);
-void sk_app_conn_writable(sk_worker *w, sk_conn *c);
 void sk_app_kick(sk_worker *w, sk_app *a);
 void sk_app_conn_closed(sk_worker *w, sk_conn *c, int err);
 void sk_app_unref(sk_app *a);

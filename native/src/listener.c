@@ -1,4 +1,11 @@
-/* listener.c -- listening sockets: one SO_REUSEPORT socket per worker. */
+/* listener.c -- listening sockets: one SO_REUSEPORT socket per worker.
+ *
+ * The kernel spreads new connections over the workers' sockets, so accepting
+ * needs no lock and no hand-off between threads. Each socket's on_io accepts
+ * a bounded number per event and hands every client to conn.c; running out
+ * of descriptors pauses the socket on a back-off timer instead of spinning.
+ * Opening and closing run on the control thread and reach the workers through
+ * their mailboxes. */
 #include "internal.h"
 
 #include <arpa/inet.h>
@@ -119,6 +126,7 @@ static int open_socket(const struct sockaddr_storage *ss, socklen_t len, int any
 }
 
 static void resume_accept(sk_worker *w, sk_timer *t, uint64_t now);
+static void lsock_io(sk_worker *w, sk_handle *h, uint32_t events);
 
 sk_listener *sk_listener_open(sk_engine *e, const sk_listener_options *opts, char *err,
                               size_t errlen)
@@ -201,7 +209,7 @@ sk_listener *sk_listener_open(sk_engine *e, const sk_listener_options *opts, cha
     l->opts.host = l->host;
     atomic_init(&l->pending_workers, n);
     for (int i = 0; i < n; i++) {
-        ls[i]->h.kind = SK_H_LSOCK;
+        ls[i]->h.on_io = lsock_io;
         ls[i]->fd = fds[i];
         ls[i]->listener = l;
         ls[i]->worker = &e->workers[i];
@@ -288,8 +296,11 @@ void sk_worker_pause_listener(sk_worker *w, sk_listener *l, int err)
         }
 }
 
-void sk_lsock_readable(sk_worker *w, sk_lsock *ls)
+/* on_io of a listening socket: accepts a bounded number per event. */
+static void lsock_io(sk_worker *w, sk_handle *h, uint32_t events)
 {
+    SK_UNUSED(events);
+    sk_lsock *ls = SK_CONTAINER_OF(h, sk_lsock, h);
     sk_listener *l = ls->listener;
     for (int i = 0; i < SK_ACCEPTS_PER_EVENT && !ls->paused; i++) {
         if (i > 0)

@@ -1,4 +1,10 @@
-/* routes.c -- route table snapshots and the shared per-target state. */
+/* routes.c -- route table snapshots and the shared per-target state.
+ *
+ * The control thread builds a table (address -> targets with their resolved
+ * socket address and TLS settings) and publishes it as an immutable snapshot;
+ * workers read it lock-free when they choose a target (connect.c). A target
+ * outlives the tables that name it: its counters and back-off state are
+ * shared by every worker and every table version. */
 #include "internal.h"
 
 #include <arpa/inet.h>

@@ -5,7 +5,8 @@
  * until two consecutive reads hash equal, and checks everything that decides
  * publication with this library's OpenSSL on the very bytes it hashed: PEM
  * parses, the password decrypts the key, the key matches the certificate.
- * Only then does it build the server and client SSL_CTX of the config. */
+ * Only then does it build the server and client SSL_CTX of the config.
+ * Using a config on a connection (handshake, records) is tls_io.c's. */
 #include "internal.h"
 
 #include <errno.h>

@@ -23,6 +23,9 @@
  *                         drain could return the cancellation before an earlier
  *                         TIMER (a race)
  *
+ * File names are those of the fix; since the split worker_shutdown is in
+ * worker.c, close_one and sk_conn_accepted in conn.c.
+ *
  * The racy ones run for a bounded time: they can only miss a regression, never
  * fail a correct engine.
  */

@@ -1,0 +1,236 @@
+/* connect.c -- the target side of a flow: target choice, outbound connect,
+ * retry on another target, and per-target back-off.
+ *
+ * Choice: fewest open flows among the targets that are up, ties round-robin;
+ * when every untried target is backing off, probe the one whose back-off
+ * ends first. A failed attempt (refused, timed out, TLS handshake failed)
+ * backs its target off exponentially and tries the next one, up to
+ * SK_MAX_TRIES targets per client; a success resets the back-off. The
+ * per-target state is shared by every worker (relaxed atomics). Once the
+ * target side is ready the flow is relay.c's. Runs on an I/O worker: connect()
+ * is non-blocking and its completion arrives as an epoll event. */
+#include "internal.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+static void set_sockopts(sk_engine *e, int fd)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (e->opts.keepalive)
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+}
+
+/* ------------------------------------------------------------ back-off */
+
+static void target_failed(sk_worker *w, sk_target *t, int err)
+{
+    sk_engine *e = w->engine;
+    SK_ADD(&t->failed, 1);
+    SK_ADD(&e->connects_failed, 1);
+    uint32_t step = SK_LOAD(&t->backoff_step);
+    if (step < 16)
+        step++;
+    SK_STORE(&t->backoff_step, step);
+    uint64_t ms = (uint64_t)e->opts.backoff_initial_ms << (step - 1);
+    if (ms > (uint64_t)e->opts.backoff_max_ms)
+        ms = (uint64_t)e->opts.backoff_max_ms;
+    SK_STORE(&t->down_until, sk_now_ns() + ms * 1000000u);
+    if (atomic_exchange(&t->down, 1) == 0)
+        sk_worker_emit(w, SK_PRIO_NORMAL, SK_EV_TARGET_DOWN, t->user_id, err, (int64_t)ms);
+}
+
+static void target_up(sk_worker *w, sk_target *t)
+{
+    if (SK_LOAD(&t->backoff_step) == 0)
+        return;
+    SK_STORE(&t->backoff_step, 0);
+    SK_STORE(&t->down_until, 0);
+    if (atomic_exchange(&t->down, 0) == 1)
+        sk_worker_emit(w, SK_PRIO_NORMAL, SK_EV_TARGET_UP, t->user_id, 0, 0);
+}
+
+/* ------------------------------------------------------------ choice */
+
+static bool tried(const sk_conn *client, const sk_target *t)
+{
+    for (uint32_t i = 0; i < client->attempts && i < SK_MAX_TRIES; i++)
+        if (client->tried[i] == t)
+            return true;
+    return false;
+}
+
+static const sk_route_target *pick_target(sk_worker *w, const sk_route_entry *en,
+                                          const sk_conn *client)
+{
+    if (!en || en->n == 0)
+        return NULL;
+    uint64_t now = sk_now_ns();
+    uint32_t start = w->rr++;
+    const sk_route_target *best = NULL, *probe = NULL;
+    int64_t best_open = INT64_MAX;
+    uint64_t probe_until = UINT64_MAX;
+    for (uint32_t k = 0; k < en->n; k++) {
+        const sk_route_target *rt = &en->v[(start + k) % en->n];
+        if (tried(client, rt->target))
+            continue;
+        uint64_t until = SK_LOAD(&rt->target->down_until);
+        if (until > now) {
+            if (until < probe_until) {
+                probe_until = until;
+                probe = rt;
+            }
+            continue;
+        }
+        int64_t open = SK_LOAD(&rt->target->open);
+        if (open < best_open) {
+            best_open = open;
+            best = rt;
+        }
+    }
+    return best ? best : probe;
+}
+
+/* ------------------------------------------------------------ connect */
+
+void sk_connect_fail_flow(sk_worker *w, sk_conn *client)
+{
+    SK_ADD(&w->engine->flows_failed, 1);
+    if (client->listener)
+        SK_ADD(&client->listener->failed, 1);
+    sk_conn_close(w, client, false);
+}
+
+static void connect_timeout(sk_worker *w, sk_timer *t, uint64_t now)
+{
+    SK_UNUSED(now);
+    sk_conn *s = SK_CONTAINER_OF(t, sk_conn, tmo);
+    if (s->state == SK_C_CONNECTING)
+        sk_connect_failed(w, s, ETIMEDOUT);
+}
+
+static void connected(sk_worker *w, sk_conn *s)
+{
+    sk_worker_cancel(w, SK_PRIO_NORMAL, &s->tmo);
+    if (s->ssl) {
+        sk_tls_io_handshake_start(w, s);
+        return;
+    }
+    sk_conn_enter(s, SK_C_OPEN, sk_relay_io);
+    sk_connect_established(w, s);
+}
+
+/* on_io while connecting. */
+static void connect_io(sk_worker *w, sk_handle *h, uint32_t ev)
+{
+    sk_conn *c = SK_CONTAINER_OF(h, sk_conn, h);
+    /* a failed connect always raises EPOLLERR: ask for the error only then */
+    int err = 0;
+    if (ev & (EPOLLERR | EPOLLHUP)) {
+        socklen_t len = sizeof err;
+        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+            err = errno;
+        if (!err && !(ev & EPOLLOUT))
+            err = ECONNRESET;
+    }
+    if (err)
+        sk_connect_failed(w, c, err);
+    else if (ev & EPOLLOUT)
+        connected(w, c);
+}
+
+void sk_connect_start(sk_worker *w, sk_conn *client)
+{
+    sk_engine *e = w->engine;
+    uint32_t limit = SK_MAX_TRIES;
+    if (e->opts.max_connect_attempts > 0 && (uint32_t)e->opts.max_connect_attempts < limit)
+        limit = (uint32_t)e->opts.max_connect_attempts;
+    while (client->attempts < limit) {
+        sk_routes *rt = (sk_routes *)sk_slot_cached(&e->routes, &w->routes_cache);
+        uint32_t aid = client->listener->opts.address_id;
+        const sk_route_entry *en = rt && aid < rt->n ? &rt->addr[aid] : NULL;
+        const sk_route_target *pick = pick_target(w, en, client);
+        if (!pick)
+            break;
+        sk_target *t = pick->target;
+        client->tried[client->attempts++] = t;
+        int fd = socket(pick->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            client->last_err = errno;
+            /* out of descriptors: another target will not help, and accepting
+             * more clients that cannot be served would only spin */
+            if (errno == EMFILE || errno == ENFILE)
+                sk_worker_pause_listener(w, client->listener, errno);
+            break;
+        }
+        set_sockopts(e, fd);
+        int rc = connect(fd, (const struct sockaddr *)&pick->sa, pick->salen);
+        if (rc != 0 && errno != EINPROGRESS) {
+            client->last_err = errno;
+            close(fd);
+            target_failed(w, t, client->last_err);
+            continue;
+        }
+        sk_conn *s = sk_conn_new(w, fd, NULL, NULL);
+        if (!s) {
+            close(fd);
+            client->last_err = ENOMEM;
+            break;
+        }
+        sk_target_ref(t);
+        s->target = t;
+        SK_ADD(&t->open, 1);
+        memcpy(s->label, pick->label, sizeof s->label);
+        if (pick->tls_slot >= 0 && !sk_tls_io_attach_client(w, s, pick)) {
+            client->last_err = EPROTO;
+            sk_conn_close(w, s, false);
+            target_failed(w, t, EPROTO);
+            continue;
+        }
+        pthread_mutex_lock(&w->conn_lock);
+        s->peer = client;
+        client->peer = s;
+        pthread_mutex_unlock(&w->conn_lock);
+        if (rc == 0) {
+            connected(w, s);
+            return;
+        }
+        sk_conn_enter(s, SK_C_CONNECTING, connect_io);
+        sk_conn_set_interest(w, s, EPOLLOUT);
+        if (s->state == SK_C_CLOSED)
+            return;
+        s->tmo.cb = connect_timeout;
+        sk_worker_schedule(w, SK_PRIO_NORMAL, &s->tmo,
+                           sk_now_ns() + (uint64_t)e->opts.connect_timeout_ms * 1000000u);
+        return;
+    }
+    sk_connect_fail_flow(w, client);
+}
+
+void sk_connect_failed(sk_worker *w, sk_conn *s, int err)
+{
+    sk_conn *client = s->peer;
+    target_failed(w, s->target, err);
+    pthread_mutex_lock(&w->conn_lock);
+    s->peer = NULL;
+    if (client)
+        client->peer = NULL;
+    pthread_mutex_unlock(&w->conn_lock);
+    sk_conn_close(w, s, false);
+    if (client) {
+        client->last_err = err;
+        sk_connect_start(w, client);
+    }
+}
+
+void sk_connect_established(sk_worker *w, sk_conn *s)
+{
+    SK_ADD(&s->target->opened, 1);
+    target_up(w, s->target);
+    sk_relay_start(w, s);
+}

@@ -1,0 +1,180 @@
+/* timer.c -- the worker's two timer classes and the control plane's timers.
+ *
+ * Each worker has a heap per class: high (heartbeats) and normal (time-outs,
+ * back-off). Due high timers run before the next I/O event of every batch
+ * and again whenever a long loop calls sk_worker_high_check, so a storm of
+ * connection events cannot starve them; how late each timer ran goes into a
+ * histogram per class (lateness, and the part of it the worker itself
+ * caused). Timers the control plane starts (sk_timer_start) are owned by one
+ * worker, reached through its mailbox, and report through its event rings. */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void sk_worker_schedule(sk_worker *w, int prio, sk_timer *t, uint64_t deadline)
+{
+    /* Out of memory here would lose a timer; the heap grows by doubling and
+     * keeps its array, so this only fails when the process cannot allocate. */
+    if (sk_heap_push(&w->heap[prio == SK_PRIO_HIGH ? 0 : 1], t, deadline) != 0)
+        abort();
+}
+
+void sk_worker_cancel(sk_worker *w, int prio, sk_timer *t)
+{
+    sk_heap_remove(&w->heap[prio == SK_PRIO_HIGH ? 0 : 1], t);
+}
+
+void sk_timer_run_due(sk_worker *w, int cls, uint64_t now)
+{
+    sk_heap *h = &w->heap[cls];
+    sk_timer *t;
+    /* timers scheduled while running with a deadline <= now run in this pass
+     * too; a periodic timer always moves its deadline forward */
+    while ((t = sk_heap_pop_due(h, now)) != NULL) {
+        sk_hist_record(&w->lateness[cls], now - t->deadline);
+        uint64_t ready = t->deadline > w->wake_ns ? t->deadline : w->wake_ns;
+        sk_hist_record(&w->dispatch[cls], now > ready ? now - ready : 0);
+        SK_BUMP(&w->timers_fired, 1);
+        t->cb(w, t, now);
+        now = sk_now_ns();
+    }
+}
+
+void sk_worker_high_check(sk_worker *w)
+{
+    uint64_t t = sk_now_ns();
+    if (t - w->last_high_check >= w->high_budget_ns) {
+        SK_BUMP(&w->high_rechecks, 1);
+        sk_timer_run_due(w, 0, t);
+        w->last_high_check = t;
+    }
+}
+
+/* ------------------------------------------------------------ user timers */
+
+static void utimer_fire(sk_worker *w, sk_timer *t, uint64_t now)
+{
+    sk_utimer *ut = SK_CONTAINER_OF(t, sk_utimer, t);
+    uint64_t late = now > t->deadline ? now - t->deadline : 0;
+    sk_worker_emit(w, ut->prio, SK_EV_TIMER, ut->id, (int64_t)late, 0);
+    if (ut->period) {
+        uint64_t next = t->deadline + ut->period;
+        if (next <= now) /* fell behind: skip missed periods, keep the phase */
+            next += ((now - next) / ut->period + 1) * ut->period;
+        sk_worker_schedule(w, ut->prio, t, next);
+        return;
+    }
+    sk_utimer **pp = &w->utimers;
+    while (*pp && *pp != ut)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = ut->next;
+    free(ut);
+}
+
+void sk_utimer_add(sk_worker *w, sk_utimer *ut)
+{
+    ut->next = w->utimers;
+    w->utimers = ut;
+    sk_worker_schedule(w, ut->prio, &ut->t, ut->t.deadline);
+}
+
+void sk_utimer_cancel(sk_worker *w, uint64_t timer_id)
+{
+    sk_utimer **pp = &w->utimers;
+    int found = 0;
+    while (*pp) {
+        if ((*pp)->id == timer_id) {
+            sk_utimer *ut = *pp;
+            *pp = ut->next;
+            sk_worker_cancel(w, ut->prio, &ut->t);
+            free(ut);
+            found = 1;
+            break;
+        }
+        pp = &(*pp)->next;
+    }
+    /* same ring as the timer's own events, so none can overtake this one */
+    int prio = (int)((timer_id >> 8) & 1);
+    sk_worker_emit(w, prio, SK_EV_TIMER_CANCELLED, timer_id, found, 0);
+}
+
+void sk_utimer_free_all(sk_worker *w)
+{
+    while (w->utimers) {
+        sk_utimer *ut = w->utimers;
+        w->utimers = ut->next;
+        free(ut);
+    }
+}
+
+uint64_t sk_timer_start(sk_engine *e, int worker, int prio, uint64_t delay_ns,
+                        uint64_t period_ns)
+{
+    if (prio != SK_PRIO_HIGH && prio != SK_PRIO_NORMAL)
+        return 0;
+    if (worker >= e->nworkers || atomic_load(&e->stopping))
+        return 0;
+    if (worker < 0)
+        worker = (int)(SK_ADD(&e->next_worker, 1) % (uint32_t)e->nworkers);
+    sk_utimer *ut = calloc(1, sizeof *ut);
+    sk_msg *m = calloc(1, sizeof *m);
+    if (!ut || !m) {
+        free(ut);
+        free(m);
+        return 0;
+    }
+    sk_timer_init(&ut->t, utimer_fire);
+    ut->t.deadline = sk_now_ns() + delay_ns;
+    ut->period = period_ns;
+    ut->prio = prio;
+    /* the low byte names the owning worker and bit 8 the class, so a cancel
+     * finds the worker and reports in the timer's own ring */
+    ut->id = (sk_engine_next_id(e) << 9) | ((uint64_t)prio << 8) | (uint64_t)worker;
+    uint64_t id = ut->id;
+    m->kind = SK_MSG_TIMER_START;
+    m->u.timer = ut;
+    sk_worker_post(&e->workers[worker], m);
+    return id;
+}
+
+int sk_timer_cancel(sk_engine *e, uint64_t timer_id)
+{
+    int worker = (int)(timer_id & 0xff);
+    if (timer_id == 0 || worker >= e->nworkers || atomic_load(&e->stopping))
+        return -1;
+    sk_msg *m = calloc(1, sizeof *m);
+    if (!m)
+        return -1;
+    m->kind = SK_MSG_TIMER_CANCEL;
+    m->u.timer_id = timer_id;
+    sk_worker_post(&e->workers[worker], m);
+    return 0;
+}
+
+/* ------------------------------------------------------------ histograms */
+
+/* Sums one of the per-worker timer histograms (which: 0 lateness, 1 dispatch). */
+static int timer_hist(sk_engine *e, int which, int prio, int worker, sk_hist *out)
+{
+    if ((prio != SK_PRIO_HIGH && prio != SK_PRIO_NORMAL) || worker >= e->nworkers)
+        return -1;
+    memset(out, 0, sizeof *out);
+    int cls = prio == SK_PRIO_HIGH ? 0 : 1;
+    for (int i = 0; i < e->nworkers; i++)
+        if (worker < 0 || worker == i)
+            sk_hist_accumulate(which ? &e->workers[i].dispatch[cls] : &e->workers[i].lateness[cls],
+                               out);
+    return 0;
+}
+
+int sk_engine_timer_lateness(sk_engine *e, int prio, int worker, sk_hist *out)
+{
+    return timer_hist(e, 0, prio, worker, out);
+}
+
+int sk_engine_timer_dispatch_delay(sk_engine *e, int prio, int worker, sk_hist *out)
+{
+    return timer_hist(e, 1, prio, worker, out);
+}

@@ -1,0 +1,336 @@
+/* tls_io.c -- TLS on a connection: attaching a pinned config, the handshake
+ * phase, record I/O, and the ready list.
+ *
+ * Loading TLS material is tls.c's (a loader thread); everything here runs on
+ * an I/O worker. A connection pins the slot's config version it started with
+ * (sk_tls_close_older later closes those on a retired version). The handshake
+ * is a phase of its own (on_io and time-out) between accept or connect and
+ * the relay. OpenSSL may need the other readiness than the data does
+ * (tls_rd_wants_out, tls_wr_wants_in) and may hold decrypted bytes that wake
+ * no epoll: those connections go on the worker's ready list, read at the end
+ * of the batch. Plain I/O stays in conn.c and never calls in here. */
+#include "internal.h"
+
+#include <errno.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+
+#define SK_HANDSHAKE_TIMEOUT_MS 10000
+
+/* ------------------------------------------------------------ attach */
+
+static bool tls_attach(sk_worker *w, sk_conn *c, int slot, bool server)
+{
+    sk_tls_config *cfg = sk_tls_current(w, slot);
+    SSL_CTX *ctx = cfg ? (server ? cfg->server : cfg->client) : NULL;
+    if (!ctx)
+        return false; /* never loaded: refuse rather than fall back to plaintext */
+    SSL *ssl = SSL_new(ctx);
+    if (!ssl || SSL_set_fd(ssl, c->fd) != 1) {
+        SSL_free(ssl);
+        ERR_clear_error();
+        return false;
+    }
+    sk_snap_ref(&cfg->snap);
+    pthread_mutex_lock(&w->conn_lock);
+    c->tls = cfg;
+    pthread_mutex_unlock(&w->conn_lock);
+    c->ssl = ssl;
+    c->tls_slot = slot;
+    SSL_set_app_data(ssl, c);
+    if (server)
+        SSL_set_accept_state(ssl);
+    else
+        SSL_set_connect_state(ssl);
+    return true;
+}
+
+bool sk_tls_io_attach_server(sk_worker *w, sk_conn *c, const sk_listener *l)
+{
+    if (!tls_attach(w, c, l->opts.tls_slot, true))
+        return false;
+    if (l->opts.authenticate_peer)
+        SSL_set_verify(c->ssl, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    c->tls_sniff = l->opts.tls_optional != 0;
+    return true;
+}
+
+bool sk_tls_io_attach_client(sk_worker *w, sk_conn *s, const sk_route_target *rt)
+{
+    if (!tls_attach(w, s, rt->tls_slot, false))
+        return false;
+    if (!rt->host_is_ip)
+        SSL_set_tlsext_host_name(s->ssl, rt->host);
+    if (!s->tls->has_ca)
+        return true; /* no trust store: the peer is not verified */
+    SSL_set_verify(s->ssl, SSL_VERIFY_PEER, NULL);
+    if (!rt->verify_host)
+        return true;
+    const char *h = rt->host[0] ? rt->host : NULL;
+    if (!h || rt->host_is_ip) {
+        char ip[300];
+        snprintf(ip, sizeof ip, "%s", h ? h : rt->label);
+        if (!h) /* label is ip:port or [ip]:port */
+            *strrchr(ip, ':') = '\0';
+        char *v6 = ip[0] == '[' ? ip + 1 : ip;
+        char *end = strchr(v6, ']');
+        if (end)
+            *end = '\0';
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), v6);
+    } else {
+        SSL_set1_host(s->ssl, h);
+    }
+    return true;
+}
+
+void sk_tls_info_cb(const SSL *ssl, int where, int ret)
+{
+    if ((where & SSL_CB_READ_ALERT) && (ret & 0xff) == SSL3_AD_CLOSE_NOTIFY) {
+        sk_conn *c = SSL_get_app_data(ssl);
+        if (c)
+            c->tls_close_notify = true;
+    }
+}
+
+/* ------------------------------------------------------------ handshake */
+
+static void tls_record_peer(sk_worker *w, sk_conn *c)
+{
+    const SSL_CIPHER *cipher = SSL_get_current_cipher(c->ssl);
+    pthread_mutex_lock(&w->conn_lock);
+    c->tls_proto = SSL_get_version(c->ssl);
+    c->tls_cipher = cipher ? SSL_CIPHER_get_name(cipher) : NULL;
+    pthread_mutex_unlock(&w->conn_lock);
+    X509 *pc = SSL_get0_peer_certificate(c->ssl);
+    if (!pc)
+        return;
+    char buf[256];
+    X509_NAME_oneline(X509_get_subject_name(pc), buf, sizeof buf);
+    char *subject = strdup(buf);
+    pthread_mutex_lock(&w->conn_lock);
+    c->peer_subject = subject;
+    pthread_mutex_unlock(&w->conn_lock);
+}
+
+static void tls_failed(sk_worker *w, sk_conn *c)
+{
+    SK_ADD(&w->engine->tls_failures, 1);
+    ERR_clear_error();
+    if (c->is_client)
+        sk_conn_close(w, c, true);
+    else
+        sk_connect_failed(w, c, EPROTO); /* try another target */
+}
+
+static void handshake_timeout(sk_worker *w, sk_timer *t, uint64_t now)
+{
+    SK_UNUSED(now);
+    sk_conn *c = SK_CONTAINER_OF(t, sk_conn, tmo);
+    if (c->state == SK_C_HANDSHAKE)
+        tls_failed(w, c);
+}
+
+static void tls_handshake(sk_worker *w, sk_conn *c)
+{
+    if (c->tls_sniff) {
+        /* optional TLS: a TLS client starts with a handshake record (0x16) */
+        unsigned char first;
+        ssize_t n = recv(c->fd, &first, 1, MSG_PEEK);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            sk_conn_set_interest(w, c, EPOLLIN);
+            return;
+        }
+        c->tls_sniff = false;
+        if (n == 1 && first != 0x16) {
+            sk_worker_cancel(w, SK_PRIO_NORMAL, &c->tmo);
+            SSL_free(c->ssl);
+            c->ssl = NULL;
+            pthread_mutex_lock(&w->conn_lock);
+            sk_tls_config *cfg = c->tls;
+            c->tls = NULL;
+            pthread_mutex_unlock(&w->conn_lock);
+            sk_snap_release(&cfg->snap);
+            sk_conn_open_client(w, c);
+            return;
+        }
+    }
+    ERR_clear_error();
+    int rc = SSL_do_handshake(c->ssl);
+    if (rc == 1) {
+        sk_worker_cancel(w, SK_PRIO_NORMAL, &c->tmo);
+        c->tls_done = true;
+        c->tls_want = 0;
+        SK_ADD(&w->engine->tls_handshakes, 1);
+        tls_record_peer(w, c);
+        if (c->is_client) {
+            sk_conn_open_client(w, c);
+        } else {
+            sk_conn_enter(c, SK_C_OPEN, sk_relay_io);
+            sk_connect_established(w, c);
+        }
+        return;
+    }
+    switch (SSL_get_error(c->ssl, rc)) {
+    case SSL_ERROR_WANT_READ:
+        c->tls_want = EPOLLIN;
+        sk_conn_set_interest(w, c, EPOLLIN);
+        return;
+    case SSL_ERROR_WANT_WRITE:
+        c->tls_want = EPOLLOUT;
+        sk_conn_set_interest(w, c, EPOLLOUT);
+        return;
+    default:
+        tls_failed(w, c);
+    }
+}
+
+/* on_io during the handshake. */
+static void handshake_io(sk_worker *w, sk_handle *h, uint32_t events)
+{
+    SK_UNUSED(events);
+    tls_handshake(w, SK_CONTAINER_OF(h, sk_conn, h));
+}
+
+void sk_tls_io_handshake_start(sk_worker *w, sk_conn *c)
+{
+    sk_conn_enter(c, SK_C_HANDSHAKE, handshake_io);
+    uint64_t ms = (uint64_t)w->engine->opts.connect_timeout_ms;
+    if (ms < SK_HANDSHAKE_TIMEOUT_MS)
+        ms = SK_HANDSHAKE_TIMEOUT_MS;
+    c->tmo.cb = handshake_timeout;
+    sk_worker_schedule(w, SK_PRIO_NORMAL, &c->tmo, sk_now_ns() + ms * 1000000u);
+    tls_handshake(w, c);
+}
+
+/* ------------------------------------------------------------ records */
+
+ssize_t sk_tls_io_recv(sk_worker *w, sk_conn *c, void *buf, size_t len)
+{
+    size_t got = 0;
+    c->tls_rd_wants_out = false;
+    ERR_clear_error();
+    int rc = SSL_read_ex(c->ssl, buf, len, &got);
+    if (rc == 1)
+        return (ssize_t)got;
+    switch (SSL_get_error(c->ssl, rc)) {
+    case SSL_ERROR_WANT_READ:
+        return -1;
+    case SSL_ERROR_WANT_WRITE:
+        c->tls_rd_wants_out = true;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        /* with SSL_OP_IGNORE_UNEXPECTED_EOF a bare TCP close lands here too,
+         * looking like close_notify: only the alert callback tells them apart */
+        if (!c->tls_close_notify)
+            SK_ADD(&w->engine->tls_unexpected_eof, 1);
+        return 0;
+    default:
+        ERR_clear_error();
+        return -2;
+    }
+}
+
+ssize_t sk_tls_io_send(sk_conn *c, const void *buf, size_t len)
+{
+    size_t put = 0;
+    c->tls_wr_wants_in = false;
+    ERR_clear_error();
+    int rc = SSL_write_ex(c->ssl, buf, len, &put);
+    if (rc == 1)
+        return (ssize_t)put;
+    switch (SSL_get_error(c->ssl, rc)) {
+    case SSL_ERROR_WANT_WRITE:
+        return -1;
+    case SSL_ERROR_WANT_READ:
+        c->tls_wr_wants_in = true;
+        return -1;
+    default:
+        ERR_clear_error();
+        return -2;
+    }
+}
+
+uint32_t sk_tls_io_interest(sk_worker *w, sk_conn *c, uint32_t ev, bool may_read)
+{
+    if (c->tls_rd_wants_out)
+        ev |= EPOLLOUT;
+    if (c->tls_wr_wants_in)
+        ev |= EPOLLIN;
+    /* decrypted bytes inside OpenSSL wake no epoll: queue another read */
+    if ((ev & EPOLLIN) && may_read && SSL_pending(c->ssl) > 0)
+        sk_ready_push(w, c);
+    return ev;
+}
+
+void sk_tls_io_shutdown(sk_conn *c)
+{
+    SSL_shutdown(c->ssl);
+    ERR_clear_error();
+}
+
+void sk_tls_io_close(sk_worker *w, sk_conn *c, bool abortive)
+{
+    SK_UNUSED(w);
+    if (!abortive && c->tls_done && !c->wr_shut)
+        SSL_shutdown(c->ssl); /* best effort close_notify: never waits */
+    SSL_free(c->ssl);
+    c->ssl = NULL;
+    ERR_clear_error();
+}
+
+/* ------------------------------------------------------------ ready list */
+
+void sk_ready_push(sk_worker *w, sk_conn *c)
+{
+    if (c->in_ready)
+        return;
+    c->in_ready = true;
+    c->ready_next = w->ready;
+    w->ready = c;
+}
+
+void sk_ready_remove(sk_worker *w, sk_conn *c)
+{
+    for (sk_conn **pp = &w->ready; *pp; pp = &(*pp)->ready_next)
+        if (*pp == c) {
+            *pp = c->ready_next;
+            break;
+        }
+    c->in_ready = false;
+}
+
+void sk_worker_run_ready(sk_worker *w)
+{
+    sk_conn *list = w->ready;
+    w->ready = NULL;
+    while (list) {
+        sk_conn *c = list;
+        list = c->ready_next;
+        c->in_ready = false;
+        sk_worker_high_check(w);
+        if (c->state != SK_C_OPEN || c->rd_eof)
+            continue;
+        if (c->app)
+            sk_app_conn_readable(w, c);
+        else if (c->peer)
+            sk_relay_read(w, c);
+    }
+}
+
+/* ------------------------------------------------------------ rotation */
+
+static bool tls_older(const sk_conn *c, const void *a, uint64_t ordinal)
+{
+    return c->tls && c->tls_slot == *(const int *)a && c->tls->ordinal < ordinal;
+}
+
+void sk_worker_close_tls_older(sk_worker *w, int slot, uint64_t ordinal)
+{
+    size_t n = sk_conn_close_matching(w, tls_older, &slot, ordinal);
+    SK_ADD(&w->engine->tls_closed_old, n);
+}

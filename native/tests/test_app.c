@@ -1,0 +1,216 @@
+/* test_app.c -- app connections (app.c): bytes to and from the control
+ * thread, keep-alive frames sent by the worker alone, half-close, close after
+ * the queue drains, and read back-pressure far beyond the credit. */
+#include "engine_fixture.h"
+
+/* Reads what the app connection has into out (appending); returns -1 at
+ * EOF, else the bytes read now. Waits for APP_READABLE when nothing is
+ * buffered. */
+static int64_t app_read_some(uint64_t id, char *out, size_t cap, size_t *len)
+{
+    for (;;) {
+        int64_t n = sk_app_read(E, id, out + *len, cap - *len);
+        if (n > 0) {
+            *len += (size_t)n;
+            return n;
+        }
+        if (n == -1)
+            return -1;
+        if (n != 0)
+            return n; /* -2: unknown */
+        if (wait_event(SK_EV_APP_READABLE, id, WAIT_MS, NULL) < 0)
+            return -9;
+    }
+}
+
+static int test_app(void)
+{
+    REQUIRE(settle() == 0);
+    char err[SK_ERRLEN];
+    sk_listener_options lo;
+    sk_listener_options_init(&lo);
+    lo.host = "127.0.0.1";
+    lo.app = 1;
+    lo.user_id = UID_L_APP;
+    L_APP = sk_listener_open(E, &lo, err, sizeof err);
+    REQUIRE_MSG(L_APP != NULL, "%s", err);
+
+    int fd = connect_to(sk_listener_port(L_APP));
+    REQUIRE(fd >= 0);
+    REQUIRE(send_all(fd, "hello", 5) == 0);
+    sk_event ev;
+    long io = wait_event(SK_EV_APP_OPEN, ANY_ID, WAIT_MS, &ev);
+    REQUIRE(io >= 0);
+    uint64_t id = ev.id;
+    CHECK_EQ_I(ev.a, UID_L_APP);
+    long ir = wait_event(SK_EV_APP_READABLE, id, WAIT_MS, NULL);
+    REQUIRE(ir >= 0);
+    CHECK_OP_I(io, <, ir);
+
+    char in[256];
+    size_t inlen = 0;
+    while (inlen < 5) {
+        int64_t n = app_read_some(id, in, 5, &inlen);
+        REQUIRE_MSG(n > 0, "sk_app_read gave %" PRId64, n);
+    }
+    CHECK(memcmp(in, "hello", 5) == 0);
+    CHECK_EQ_I(sk_app_read(E, id, in, sizeof in), 0); /* nothing buffered */
+
+    sk_conn_info info[4];
+    int total = sk_engine_list_connections(E, info, 4);
+    CHECK_EQ_I(total, 1);
+    if (total == 1) {
+        CHECK_EQ_U(info[0].id, id);
+        CHECK_EQ_U(info[0].app, 1);
+        CHECK_EQ_U(info[0].listener_id, UID_L_APP);
+        CHECK_EQ_U(info[0].target_id, 0);
+    }
+
+    /* echo back through the worker */
+    size_t client_got = 0;
+    CHECK_EQ_I(sk_app_write(E, id, "hello", 5), 0);
+    char back[64];
+    CHECK_EQ_U(recv_exact(fd, back, 5), 5);
+    CHECK(memcmp(back, "hello", 5) == 0);
+    client_got += 5;
+    CHECK_OP_I(sk_app_pending(E, id), >=, 0);
+
+    /* keep-alive: "KA" while idle, repeatedly, with no Python involved */
+    CHECK_EQ_I(sk_app_set_keepalive(E, id, "KA", 2, 50), 0);
+    char ka[6];
+    CHECK_EQ_U(recv_exact(fd, ka, 6), 6);
+    CHECK(memcmp(ka, "KAKAKA", 6) == 0);
+    client_got += 6;
+    /* off again; a frame written after switching it off is the last byte */
+    CHECK_EQ_I(sk_app_set_keepalive(E, id, NULL, 0, 0), 0);
+    CHECK_EQ_I(sk_app_write(E, id, "END", 3), 0);
+    char tail[4096];
+    size_t tl = 0;
+    while (tl < 3 || memcmp(tail + tl - 3, "END", 3) != 0) {
+        ssize_t n = recv(fd, tail + tl, sizeof tail - tl, 0);
+        if (n <= 0)
+            break;
+        tl += (size_t)n;
+    }
+    REQUIRE(tl >= 3 && memcmp(tail + tl - 3, "END", 3) == 0);
+    /* only whole keep-alive frames came before it */
+    CHECK_EQ_U((tl - 3) % 2, 0);
+    for (size_t i = 0; i + 3 < tl; i += 2)
+        CHECK(tail[i] == 'K' && tail[i + 1] == 'A');
+    client_got += tl;
+    CHECK(!readable_within(fd, 200)); /* keep-alive really off */
+
+    /* the client half-closes: the app reads its last bytes, then EOF */
+    REQUIRE(send_all(fd, "bye", 3) == 0);
+    shutdown(fd, SHUT_WR);
+    inlen = 0;
+    int64_t n;
+    while ((n = app_read_some(id, in, sizeof in, &inlen)) > 0) {
+    }
+    CHECK_EQ_I(n, -1);
+    CHECK_EQ_U(inlen, 3);
+    CHECK(memcmp(in, "bye", 3) == 0);
+    CHECK_EQ_I(sk_app_read(E, id, in, sizeof in), -1);
+    /* half-closed: writing still works */
+    CHECK_EQ_I(sk_app_write(E, id, "ciao", 4), 0);
+    CHECK_EQ_U(recv_exact(fd, back, 4), 4);
+    CHECK(memcmp(back, "ciao", 4) == 0);
+    client_got += 4;
+
+    /* close after the queue drains: the client sees the bytes, then EOF */
+    CHECK_EQ_I(sk_app_write(E, id, "last", 4), 0);
+    CHECK_EQ_I(sk_app_close(E, id, 0), 0);
+    CHECK_EQ_U(recv_exact(fd, back, 4), 4);
+    CHECK(memcmp(back, "last", 4) == 0);
+    client_got += 4;
+    CHECK(recv_eof(fd));
+    close(fd);
+    REQUIRE(wait_event(SK_EV_APP_CLOSED, id, WAIT_MS, &ev) >= 0);
+    CHECK_EQ_I(ev.a, 0);
+    CHECK_EQ_I(sk_app_read(E, id, in, sizeof in), -2);
+    CHECK_EQ_I(sk_app_write(E, id, "x", 1), -2);
+    CHECK_EQ_I(sk_app_pending(E, id), -2);
+    CHECK_EQ_I(sk_app_close(E, id, 0), -2);
+    CHECK_EQ_I(sk_app_set_keepalive(E, id, "KA", 2, 10), -2);
+
+    sk_flow_stats s;
+    void *arg[2] = {L_APP, (void *)(uintptr_t)1};
+    CHECK(wait_until(listener_closed_n, arg));
+    sk_listener_stats(L_APP, &s);
+    CHECK_EQ_U(s.opened, 1);
+    CHECK_EQ_U(s.closed, 1);
+    CHECK_EQ_U(s.active, 0);
+    CHECK_EQ_U(s.bytes_in, 8); /* "hello" + "bye" */
+    CHECK_EQ_U(s.bytes_out, client_got);
+    return 0;
+}
+
+typedef struct app_writer {
+    int fd;
+    size_t len;
+} app_writer;
+
+static void *app_writer_main(void *arg)
+{
+    app_writer *aw = arg;
+    static char chunk[8192];
+    for (size_t off = 0; off < aw->len;) {
+        size_t n = aw->len - off < sizeof chunk ? aw->len - off : sizeof chunk;
+        for (size_t i = 0; i < n; i++)
+            chunk[i] = (char)pattern(off + i);
+        if (send_all(aw->fd, chunk, n) != 0)
+            break;
+        off += n;
+    }
+    shutdown(aw->fd, SHUT_WR);
+    return NULL;
+}
+
+/* Much more than the read credit (relay_buffer_bytes): the worker must stop
+ * and resume reading as the app consumes, losing nothing. */
+static int test_app_backpressure(void)
+{
+    REQUIRE(settle() == 0);
+    enum { LEN = 300000 };
+    int fd = connect_to(sk_listener_port(L_APP));
+    REQUIRE(fd >= 0);
+    sk_event ev;
+    REQUIRE(wait_event(SK_EV_APP_OPEN, ANY_ID, WAIT_MS, &ev) >= 0);
+    uint64_t id = ev.id;
+    app_writer aw = {.fd = fd, .len = LEN};
+    pthread_t th;
+    REQUIRE(pthread_create(&th, NULL, app_writer_main, &aw) == 0);
+    static char in[LEN + 16];
+    size_t len = 0, max_chunk = 0;
+    int64_t n;
+    for (;;) {
+        size_t before = len;
+        size_t room = sizeof in - len < 5000 ? sizeof in - len : 5000;
+        n = app_read_some(id, in, len + room, &len);
+        if (n <= 0)
+            break;
+        if (len - before > max_chunk)
+            max_chunk = len - before;
+    }
+    pthread_join(th, NULL);
+    CHECK_EQ_I(n, -1);
+    CHECK_EQ_U(len, LEN);
+    size_t bad = 0;
+    for (size_t i = 0; i < len; i++)
+        bad += (uint8_t)in[i] != pattern(i);
+    CHECK_EQ_U(bad, 0);
+    /* abortive close: the client sees a reset or EOF, the app its close */
+    CHECK_EQ_I(sk_app_close(E, id, 1), 0);
+    CHECK(recv_eof(fd));
+    close(fd);
+    REQUIRE(wait_event(SK_EV_APP_CLOSED, id, WAIT_MS, NULL) >= 0);
+    return 0;
+}
+
+int main(void)
+{
+    fx_engine_start();
+    RUN(test_app);
+    RUN(test_app_backpressure);
+    return fx_finish("test_app");
+}
