@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router._native import ffi, lib
+from router.log import get_logger
+
+_log = get_logger("ENGINE")
 
 PRIO_HIGH = 0
 PRIO_NORMAL = 1
@@ -370,6 +373,7 @@ class Engine:
         self._drain_scheduled = False
         self._stopped = False
         self.final_counters: dict[str, int] = {}
+        self.handler_errors = 0  # event handlers that raised (logged, contained)
         self._events = ffi.new("sk_event[]", DRAIN_BATCH)
         self._overflow = ffi.new("int *")
 
@@ -447,7 +451,13 @@ class Engine:
         if ev.type == EventType.LISTENER_CLOSED:
             self._listeners.pop(ev.id, None)
         for handler in self._handlers:
-            handler(ev)
+            try:
+                handler(ev)
+            # Handlers are the control plane's code: one that raises must not
+            # cost the other handlers, or the rest of the batch, their events.
+            except Exception:  # noqa: BLE001 - logged with its traceback and counted
+                self.handler_errors += 1
+                _log.exception(f"engine event {ev.type.name} (id {ev.id}): handler failed")
 
     def drain(self, max_events: int = DRAIN_BATCH) -> list[Event]:
         """One bounded batch of pending events (high priority first)."""
@@ -459,7 +469,11 @@ class Engine:
             out.append(Event(EventType(e.type), e.worker, e.id, e.a, e.b))
         if self._overflow[0]:
             for handler in self._overflow_handlers:
-                handler()
+                try:
+                    handler()
+                except Exception:  # noqa: BLE001 - as in _dispatch
+                    self.handler_errors += 1
+                    _log.exception("engine event ring overflow: resynchronisation failed")
         return out
 
     # ------------------------------------------------------------ timers

@@ -55,3 +55,40 @@ def test_a_refused_route_entry_can_be_left_out_while_the_others_publish(engine: 
     )
     assert version == engine.counters()["routes_version"] == 1
     assert refused == [f"{bad.user_id}: route to 127.0.0.1:0: port 0 out of range 1-65535"]
+
+
+def test_a_raising_event_handler_costs_no_other_handler_or_event(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One handler's bug is logged and counted; the rest of the batch and
+    the other handlers still get every event (issue 14, finding 5)."""
+    import asyncio
+
+    import uvloop
+
+    from router.engine import EngineOptions, EventType
+
+    eng = Engine(EngineOptions(worker_threads=1))
+    seen: list[int] = []
+
+    def broken(ev: object) -> None:
+        raise OverflowError("a handler bug")
+
+    async def main() -> None:
+        eng.attach(asyncio.get_running_loop())
+        eng.on_event(broken)
+        eng.on_event(lambda ev: seen.append(ev.id) if ev.type == EventType.TIMER else None)
+        for _ in range(300):  # more than one drain batch
+            eng.timer_start(0.0)
+        for _ in range(500):
+            if len(seen) >= 300:
+                break
+            await asyncio.sleep(0.01)
+
+    try:
+        uvloop.run(main())
+    finally:
+        eng.stop()
+    assert len(seen) == 300
+    assert eng.handler_errors >= 300
+    assert "handler failed" in caplog.text and "OverflowError: a handler bug" in caplog.text
