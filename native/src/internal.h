@@ -265,6 +265,7 @@ struct sk_worker {
     sk_conn *graveyard; /* closed during this batch; freed after it */
 
     sk_lsock *lsocks;
+    sk_lsock *lsock_graveyard; /* closed during this batch; freed after it */
     sk_utimer *utimers;
     sk_slot_cache routes_cache;
     sk_slot_cache tls_cache[SK_TLS_SLOTS];
@@ -401,6 +402,9 @@ void sk_listener_ref(sk_listener *l);
 void sk_lsock_attach(sk_worker *w, sk_lsock *ls);
 void sk_worker_close_listener(sk_worker *w, sk_listener *l, int drop);
 void sk_lsock_destroy(sk_worker *w, sk_lsock *ls);
+/* Frees the listening sockets closed during this batch: an event for one may
+ * still wait in the batch, so they live (inert) until the batch ends. */
+void sk_lsock_reap(sk_worker *w);
 /* Out of descriptors while serving l's client: stop accepting for a while. */
 void sk_worker_pause_listener(sk_worker *w, sk_listener *l, int err);
 

@@ -326,13 +326,39 @@ static void lsock_io(sk_worker *w, sk_handle *h, uint32_t events)
     }
 }
 
+/* on_io of a listening socket closed earlier in this batch: its fd is gone,
+ * an event already fetched for it is ignored. */
+static void lsock_closed_io(sk_worker *w, sk_handle *h, uint32_t events)
+{
+    SK_UNUSED(w);
+    SK_UNUSED(h);
+    SK_UNUSED(events);
+}
+
+void sk_lsock_reap(sk_worker *w)
+{
+    while (w->lsock_graveyard) {
+        sk_lsock *ls = w->lsock_graveyard;
+        w->lsock_graveyard = ls->next;
+        sk_listener_release(ls->listener);
+        free(ls);
+    }
+}
+
 void sk_worker_close_listener(sk_worker *w, sk_listener *l, int drop)
 {
     for (sk_lsock **pp = &w->lsocks; *pp; pp = &(*pp)->next) {
         if ((*pp)->listener == l) {
             sk_lsock *ls = *pp;
             *pp = ls->next;
-            sk_lsock_destroy(w, ls);
+            /* closed now (no new events), freed after the batch: the mailbox
+             * runs before the batch's events, one of which may be for ls */
+            sk_worker_cancel(w, SK_PRIO_NORMAL, &ls->resume);
+            close(ls->fd);
+            ls->fd = -1;
+            ls->h.on_io = lsock_closed_io;
+            ls->next = w->lsock_graveyard;
+            w->lsock_graveyard = ls;
             break;
         }
     }

@@ -38,6 +38,7 @@ static void worker_shutdown(sk_worker *w)
         w->lsocks = ls->next;
         sk_lsock_destroy(w, ls);
     }
+    sk_lsock_reap(w);
     pthread_mutex_lock(&w->mbox_lock);
     sk_mbox_discard(w);
     pthread_mutex_unlock(&w->mbox_lock);
@@ -115,6 +116,7 @@ void *sk_worker_main(void *arg)
         sk_timer_run_due(w, 0, t);
         sk_timer_run_due(w, 1, t);
         sk_conn_reap(w);
+        sk_lsock_reap(w);
         SK_BUMP(&w->busy_ns, sk_now_ns() - start);
     }
     free(evs);
