@@ -279,3 +279,11 @@ def test_parse_time_is_linear(suffix: str, make: Callable[[int], str]) -> None:
     t_large = _cpu_seconds(lambda: parse_config_text(large, filename), 2)
     ratio = t_large / max(t_small, 1e-3)
     assert ratio < 24, f"{t_small=:.3f} s {t_large=:.3f} s ratio {ratio:.1f}"
+
+
+def test_nested_braces_in_conf() -> None:
+    e = error("router {\n" * 100_000)
+    assert str(e) == (
+        "x.conf:2: router entity opened at line 1 is not terminated with '}' before 'router {'"
+    )
+    assert error("{" * 100_000 + "\n").line == 1
