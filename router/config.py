@@ -4,6 +4,12 @@ The loader only parses and validates; it never touches the running router.
 That split lets a reload (SIGHUP) reject a bad file as a whole before the
 registry changes anything.  Every value is checked through ``router.schema``
 so messages match those of management requests, prefixed with ``FILE:LINE``.
+
+Bad input never escapes as anything but :class:`ConfigError`: a file is read
+up to :data:`MAX_CONFIG_BYTES` only (``/dev/zero`` or a pipe cannot exhaust
+memory), text must be UTF-8 without control characters, numbers, names and
+values have length caps, and JSON nesting too deep for the decoder is reported
+at its line.  Both parsers run in time linear in the size of the file.
 """
 
 from __future__ import annotations
@@ -62,10 +68,26 @@ listener {
 """
 
 
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+"""Largest configuration file accepted (16 MiB); reading stops there.
+
+A router configuration of 40,000 entities is about 5 MiB of JSON.
+"""
+
+# Limits that keep every error message short and every conversion cheap.
+_MAX_NUMBER_DIGITS = 100  # far above any 64-bit value; Python refuses 4,300
+_MAX_VALUE_CHARS = 65536  # an attribute value (paths, passwords, log specs)
+_MAX_NAME_CHARS = 256  # an entity type or attribute name
+_MAX_JSON_DEPTH = 100  # reported when the JSON decoder runs out of stack
+_MAX_MESSAGE_CHARS = 1000
+
+
 class ConfigError(ValueError):
     """A configuration file that cannot be used; the message names the spot."""
 
     def __init__(self, message: str, *, file: str, line: int | None = None) -> None:
+        if len(message) > _MAX_MESSAGE_CHARS:
+            message = f"{message[:_MAX_MESSAGE_CHARS]}... ({len(message)} characters in all)"
         self.file = file
         self.line = line
         self.problem = message
@@ -117,20 +139,71 @@ class _RawEntity:
 _OPEN = re.compile(r"([A-Za-z_][\w.\-]*)\s*\{")
 _KEY = re.compile(r"([A-Za-z_][\w.\-]*)\s*:(.*)")
 _TRAILING_COMMENT = re.compile(r"\s#.*$")
+# Characters no configuration text may hold: C0 controls but tab (and the
+# newline that ends a line), DEL, and unpaired UTF-16 surrogates, which a
+# JSON \u escape can produce and no encoder can write out again.
+_BAD_IN_FILE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
+_BAD_IN_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
+_DIGITS = re.compile(r"\s*[+-]?\d+\s*")
+_MIB = 1024 * 1024
 
 
 def load_config(path: str | Path) -> ConfigFile:
     p = Path(path)
     name = str(path)
+    text = _decode(_read_capped(p, name), name)
+    return parse_config_text(text, name, json_format=p.suffix.lower() == ".json")
+
+
+def _read_capped(p: Path, name: str) -> bytes:
+    """Reads at most one byte past the cap, so /dev/zero or a pipe cannot run on."""
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError("cannot read configuration file: no such file", file=name) from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"configuration file is not UTF-8 text ({e.reason})", file=name) from None
+    except IsADirectoryError:
+        raise ConfigError("cannot read configuration file: it is a directory", file=name) from None
     except OSError as e:
         raise ConfigError(f"cannot read configuration file: {e.strerror or e}", file=name) from None
-    return parse_config_text(text, name, json_format=p.suffix.lower() == ".json")
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"configuration file is larger than the {MAX_CONFIG_BYTES // _MIB} MiB cap "
+            f"({MAX_CONFIG_BYTES} bytes); not read further",
+            file=name,
+        )
+    return data
+
+
+def _decode(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        before = _normalize_newlines(data[: e.start].decode("utf-8"))
+        line = before.count("\n") + 1
+        column = len(before) - before.rfind("\n")
+        raise ConfigError(
+            f"configuration file is not UTF-8 text: byte 0x{data[e.start]:02x} at column "
+            f"{column} ({e.reason})",
+            file=name,
+            line=line,
+        ) from None
+
+
+def _normalize_newlines(text: str) -> str:
+    """CRLF and lone CR become LF, as when a file is read in text mode."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
+def _line_at(text: str, index: int) -> int:
+    return text.count("\n", 0, index) + 1
+
+
+def _char_name(char: str) -> str:
+    kind = "unpaired surrogate" if "\ud800" <= char <= "\udfff" else "control character"
+    return f"{kind} U+{ord(char):04X}"
 
 
 def parse_config_text(
@@ -139,10 +212,12 @@ def parse_config_text(
     """Parses ``text`` as if read from ``filename``.
 
     The format follows the file name (``.json`` means JSON) unless
-    ``json_format`` says otherwise.
+    ``json_format`` says otherwise.  A leading byte order mark is skipped and
+    line ends may be LF, CRLF or CR.
     """
     if json_format is None:
         json_format = filename.lower().endswith(".json")
+    text = _normalize_newlines(text.removeprefix("\ufeff"))
     raw = _parse_json(text, filename) if json_format else _parse_conf(text, filename)
     result = ConfigFile(path=filename)
     for entity in raw:
@@ -151,6 +226,10 @@ def parse_config_text(
             result.entities.append(converted)
     _cross_check(result)
     return result
+
+
+def _strip_comment(text: str) -> str:
+    return _TRAILING_COMMENT.sub("", text).strip() if "#" in text else text
 
 
 def _parse_value(value: str, filename: str, line: int) -> str:
@@ -165,18 +244,25 @@ def _parse_value(value: str, filename: str, line: int) -> str:
                 f"unexpected text {rest!r} after quoted value", file=filename, line=line
             )
         return v[1:end]
-    return _TRAILING_COMMENT.sub("", v).strip()
+    return _strip_comment(v)
 
 
 def _parse_conf(text: str, filename: str) -> list[_RawEntity]:
+    bad = _BAD_IN_FILE.search(text)
+    if bad is not None:
+        raise ConfigError(
+            f"{_char_name(bad.group())} in the configuration (is it a text file?)",
+            file=filename,
+            line=_line_at(text, bad.start()),
+        )
     entities: list[_RawEntity] = []
     current: _RawEntity | None = None
-    for lineno, raw_line in enumerate(text.splitlines(), start=1):
+    for lineno, raw_line in enumerate(text.split("\n"), start=1):
         stripped = raw_line.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        structural = _TRAILING_COMMENT.sub("", stripped).strip()
-        opened = _OPEN.fullmatch(structural)
+        structural = _strip_comment(stripped)
+        opened = _OPEN.fullmatch(structural) if structural.endswith("{") else None
         if current is None:
             if opened:
                 current = _RawEntity(opened.group(1), lineno)
@@ -242,6 +328,23 @@ def _pairs_hook(pairs: list[tuple[str, object]]) -> _Pairs:
     return obj
 
 
+class _LongNumber:
+    """A JSON integer literal too long to convert; rejected where it is used."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, literal: str) -> None:
+        self.digits = len(literal.lstrip("-"))
+
+    def __repr__(self) -> str:
+        return f"<number of {self.digits} digits>"
+
+
+def _parse_int(literal: str) -> int | _LongNumber:
+    # int() of a long literal is slow and refuses 4,301 digits with ValueError.
+    return int(literal) if len(literal) <= _MAX_NUMBER_DIGITS else _LongNumber(literal)
+
+
 def _json_kind(value: object) -> str:
     if isinstance(value, dict):
         return "object"
@@ -249,36 +352,107 @@ def _json_kind(value: object) -> str:
         return "string"
     if isinstance(value, bool):
         return "boolean"
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float, _LongNumber)):
         return "number"
     return "null" if value is None else type(value).__name__
 
 
+def _preview(value: object, size: int = 60) -> str:
+    try:
+        return json.dumps(value, default=repr)[:size]
+    except (RecursionError, ValueError):
+        return f"a JSON {_json_kind(value)}"
+
+
 _SHAPE = 'expected a JSON list of ["entityType", {attributes}] pairs'
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_JSON_NESTING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def _skip_space(text: str, pos: int) -> int:
+    match = _JSON_SPACE.match(text, pos)
+    return pos if match is None else match.end()
+
+
+def _json_entries(text: str, decoder: json.JSONDecoder) -> list[tuple[object, int]] | None:
+    """Decodes a top-level JSON list element by element, with each one's line.
+
+    Lines are counted incrementally, so the whole pass is linear in the size
+    of the text.  None means the text is not a well-formed JSON list; the
+    caller then decodes it whole for the decoder's precise message.
+    """
+    pos = _skip_space(text, 0)
+    if not text.startswith("[", pos):
+        return None
+    pos = _skip_space(text, pos + 1)
+    entries: list[tuple[object, int]] = []
+    line, counted = 1, 0
+    if text.startswith("]", pos):
+        pos += 1
+    else:
+        while True:
+            line += text.count("\n", counted, pos)
+            counted = pos
+            try:
+                item, pos = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError:
+                return None
+            entries.append((item, line))
+            pos = _skip_space(text, pos)
+            if text.startswith(",", pos):
+                pos = _skip_space(text, pos + 1)
+            elif text.startswith("]", pos):
+                pos += 1
+                break
+            else:
+                return None
+    if _skip_space(text, pos) != len(text):
+        return None
+    return entries
+
+
+def _too_deep(text: str, filename: str) -> ConfigError:
+    """The error for JSON nested beyond the decoder's stack, at its line."""
+    depth = deepest = where = 0
+    for match in _JSON_NESTING.finditer(text):
+        char = text[match.start()]
+        if char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, where = depth, match.start()
+                if depth > _MAX_JSON_DEPTH:
+                    break
+        elif char in "]}":
+            depth -= 1
+    return ConfigError(
+        f"invalid JSON: nested too deeply (more than {min(deepest - 1, _MAX_JSON_DEPTH)} levels)",
+        file=filename,
+        line=_line_at(text, where),
+    )
 
 
 def _parse_json(text: str, filename: str) -> list[_RawEntity]:
-    decoder = json.JSONDecoder(object_pairs_hook=_pairs_hook)
+    decoder = json.JSONDecoder(object_pairs_hook=_pairs_hook, parse_int=_parse_int)
     try:
-        document = decoder.decode(text)
+        entries = _json_entries(text, decoder)
+        if entries is None:
+            document = decoder.decode(text)  # raises with the precise message
+            first = _skip_space(text, 0)
+            if not isinstance(document, list):
+                raise ConfigError(
+                    f"{_SHAPE}, got a JSON {_json_kind(document)}",
+                    file=filename,
+                    line=_line_at(text, first),
+                )
+            entries = [(item, 1) for item in document]
     except json.JSONDecodeError as e:
         raise ConfigError(
             f"invalid JSON: {e.msg} (column {e.colno})", file=filename, line=e.lineno
         ) from None
-    if not isinstance(document, list):
-        raise ConfigError(f"{_SHAPE}, got a JSON {_json_kind(document)}", file=filename, line=1)
-    # Decode again element by element to learn where each entry starts;
-    # the whole text is known to be valid JSON at this point.
-    starts: list[int] = []
-    pos = text.index("[") + 1
-    ws = re.compile(r"[\s,]*")
-    for _ in document:
-        match = ws.match(text, pos)
-        pos = match.end() if match else pos
-        starts.append(text.count("\n", 0, pos) + 1)
-        _, pos = decoder.raw_decode(text, pos)
+    except RecursionError:
+        raise _too_deep(text, filename) from None
     entities: list[_RawEntity] = []
-    for index, (item, line) in enumerate(zip(document, starts, strict=True), start=1):
+    for index, (item, line) in enumerate(entries, start=1):
         if (
             not isinstance(item, list)
             or len(item) != 2
@@ -286,7 +460,7 @@ def _parse_json(text: str, filename: str) -> list[_RawEntity]:
             or not isinstance(item[1], dict)
         ):
             raise ConfigError(
-                f"entry {index}: {_SHAPE}, got {json.dumps(item)[:60]}",
+                f"entry {index}: {_SHAPE}, got {_preview(item)}",
                 file=filename,
                 line=line,
             )
@@ -305,7 +479,39 @@ def _parse_json(text: str, filename: str) -> list[_RawEntity]:
     return entities
 
 
+def _value_problem(value: object, *, in_list: bool = False) -> str | None:
+    """Why a value is refused before conversion, or None; never recurses deeply."""
+    if isinstance(value, str):
+        if len(value) > _MAX_VALUE_CHARS:
+            return f"a value of {len(value)} characters (at most {_MAX_VALUE_CHARS})"
+        # isprintable() is False for every character refused (and a few more)
+        bad = None if value.isprintable() else _BAD_IN_VALUE.search(value)
+        return None if bad is None else f"a value with {_char_name(bad.group())}"
+    if isinstance(value, _LongNumber):
+        return f"a number of {value.digits} digits (at most {_MAX_NUMBER_DIGITS})"
+    if isinstance(value, dict):
+        return "invalid value (a JSON object)"
+    if isinstance(value, list):
+        if in_list:
+            return "invalid value (a nested JSON list)"
+        for element in value:
+            problem = _value_problem(element, in_list=True)
+            if problem is not None:
+                return problem
+    return None
+
+
+def _name_problem(name: str) -> str | None:
+    if len(name) > _MAX_NAME_CHARS:
+        return f"a name of {len(name)} characters (at most {_MAX_NAME_CHARS})"
+    bad = None if name.isprintable() else _BAD_IN_VALUE.search(name)
+    return None if bad is None else f"a name with {_char_name(bad.group())}"
+
+
 def _validate(raw: _RawEntity, filename: str, warnings: list[ConfigWarning]) -> ConfigEntity | None:
+    problem = _name_problem(raw.type)
+    if problem is not None:
+        raise ConfigError(f"invalid entity type: {problem}", file=filename, line=raw.line)
     if schema.is_unsupported_type(raw.type):
         warnings.append(
             ConfigWarning(
@@ -322,6 +528,11 @@ def _validate(raw: _RawEntity, filename: str, warnings: list[ConfigWarning]) -> 
     values: dict[str, object] = {}
     seen: dict[str, tuple[str, int]] = {}
     for key, value, line in raw.attributes:
+        problem = _name_problem(key)
+        if problem is not None:
+            raise ConfigError(
+                f"invalid {spec.short_name} attribute: {problem}", file=filename, line=line
+            )
         try:
             resolved = schema.resolve_attribute(spec, key)
             if resolved.warning:
@@ -339,9 +550,36 @@ def _validate(raw: _RawEntity, filename: str, warnings: list[ConfigWarning]) -> 
                     line=line,
                 )
             seen[name] = (key, line)
-            values[name] = schema.convert(spec, spec.attributes[name], value)
+            attr = spec.attributes[name]
+            problem = _value_problem(value)
+            if (
+                problem is None
+                and isinstance(value, str)
+                and len(value) > _MAX_NUMBER_DIGITS
+                and attr.type in (schema.AttrType.INTEGER, schema.AttrType.PORT)
+                and _DIGITS.fullmatch(value)
+            ):
+                problem = f"a number of {len(value.strip())} digits (at most {_MAX_NUMBER_DIGITS})"
+            if problem is not None:
+                raise ConfigError(
+                    f"{spec.short_name} attribute '{name}' has {problem}: expected "
+                    f"{attr.expected()}",
+                    file=filename,
+                    line=line,
+                )
+            values[name] = schema.convert(spec, attr, value)
+        except ConfigError:
+            raise
         except schema.SchemaError as e:
             raise ConfigError(e.message, file=filename, line=line) from None
+        except (ValueError, TypeError, OverflowError, RecursionError) as e:
+            # schema.convert raises SchemaError only; anything else is a bug
+            # there, but still this file's fault and reported as such.
+            raise ConfigError(
+                f"{spec.short_name} attribute '{key}' has a value that cannot be used ({e})",
+                file=filename,
+                line=line,
+            ) from None
     try:
         schema.complete(spec, values)
     except schema.SchemaError as e:
@@ -382,17 +620,20 @@ def _cross_check(config: ConfigFile) -> None:
                 line=entity.line,
             )
         first[key] = entity
-    names: dict[str, list[str]] = {}
-    for type_name, name in first:
-        names.setdefault(type_name, []).append(name)
+    references: dict[str, list[schema.AttributeSpec]] = {}
     for entity in config.entities:
-        spec = schema.entity_type(entity.type)
-        for attr in spec.configurable():
+        if entity.type not in references:
+            references[entity.type] = [
+                a
+                for a in schema.entity_type(entity.type).configurable()
+                if a.references is not None
+            ]
+        for attr in references[entity.type]:
             target = entity.attributes.get(attr.name)
-            if attr.references is None or target is None:
+            if target is None or attr.references is None:
                 continue
-            defined = names.get(attr.references, [])
-            if str(target) not in defined:
+            if (attr.references, str(target)) not in first:
+                defined = [name for type_name, name in first if type_name == attr.references]
                 raise ConfigError(
                     f"{entity.type} attribute '{attr.name}' names {attr.references} '{target}', "
                     f"which is not defined{schema.did_you_mean(str(target), defined)}",
