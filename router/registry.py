@@ -213,9 +213,13 @@ class Registry:
         table = self._entities[spec.short_name]
         if key in table:
             return table[key]
-        for entity in table.values():
-            if entity.identity == key:
-                return entity
+        suffix = key.removeprefix(f"{spec.short_name}/")
+        if suffix != key and suffix.isdigit():
+            # only an identity's shape is worth a scan: a reload that adds N
+            # entities to M must not cost N x M
+            for entity in table.values():
+                if entity.identity == key:
+                    return entity
         if spec.short_name == "log" and f"log/{key}" in table:
             return table[f"log/{key}"]
         if spec.singleton and table and key in ("", spec.short_name):

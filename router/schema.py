@@ -857,8 +857,11 @@ def resolve_attribute(
 def _invalid(
     spec: EntityTypeSpec, attr: AttributeSpec, raw: object, extra: str = ""
 ) -> InvalidValue:
+    shown = repr(raw)
+    if len(shown) > 80:  # a hostile value must not make a hostile message
+        shown = f"{shown[:60]}… ({len(shown)} characters)"
     return InvalidValue(
-        f"{spec.short_name} attribute '{attr.name}' has invalid value {raw!r}{extra}: expected "
+        f"{spec.short_name} attribute '{attr.name}' has invalid value {shown}{extra}: expected "
         f"{attr.expected()}",
         entity_type=spec.short_name,
         attribute=attr.name,

@@ -234,7 +234,12 @@ def configurations(draw: st.DrawFn) -> list[Entity]:
             attributes: dict[str, object] = {
                 "name": name,
                 "host": draw(VALUE_TEXT),
-                "port": draw(st.integers(0, 65535)),
+                # the schema's range: a listener may ask for 0, a connector not
+                "port": draw(
+                    st.integers(
+                        schema.entity_type(type_name).attributes["port"].minimum or 0, 65535
+                    )
+                ),
                 "address": draw(VALUE_TEXT),
             }
             if profiles and draw(st.booleans()):
