@@ -508,7 +508,7 @@ class Registry:
             except RegistryError as error:
                 raise ApplyError(self._locate(ce, error), status=error.status) from error
             final[(spec.short_name, ce.name)] = (values, ce)
-        owners: list[tuple[tuple[str, int], str, str, ConfigEntity | Entity]] = []
+        owners: dict[int, list[tuple[str, str, str]]] = {}  # port -> (host, type, name)
         for (type_name, name), (values, where) in final.items():
             spec = self._spec(type_name)
             for attr in spec.configurable():
@@ -528,8 +528,9 @@ class Registry:
             key = port_key(type_name, values)
             if key is None:
                 continue
-            for other_key, other_type, other_name, _ in owners:
-                if _overlap(key, other_key):
+            same_port = owners.setdefault(key[1], [])
+            for other_host, other_type, other_name in same_port:
+                if _overlap(key, (other_host, key[1])):
                     raise ApplyError(
                         self._locate(
                             where,
@@ -539,7 +540,7 @@ class Registry:
                             ),
                         )
                     )
-            owners.append((key, type_name, name, where))
+            same_port.append((key[0], type_name, name))
         return merged
 
     @staticmethod
@@ -551,17 +552,20 @@ class Registry:
     ) -> tuple[list[Entity], list[Entity]]:
         """Splits deletions into those whose port another step takes (they
         must run first) and the rest (they run last)."""
-        wanted = [k for ce, _ in creates if (k := port_key(ce.type, ce.attributes))]
-        wanted += [
-            k
-            for old, _a, _s, _c in updates
-            if (k := port_key(old.type, merged[(old.type, old.name)]))
-            and k != port_key(old.type, old.attributes)
-        ]
+        wanted: dict[int, set[str]] = {}  # port -> hosts that will take it
+        keys = [port_key(ce.type, ce.attributes) for ce, _ in creates]
+        for old, _a, _s, _c in updates:
+            key = port_key(old.type, merged[(old.type, old.name)])
+            if key != port_key(old.type, old.attributes):
+                keys.append(key)
+        for key in keys:
+            if key is not None:
+                wanted.setdefault(key[1], set()).add(key[0])
         first, last = [], []
         for entity in deletes:
             key = port_key(entity.type, entity.attributes)
-            if key is not None and any(_overlap(key, w) for w in wanted):
+            hosts = wanted.get(key[1], set()) if key is not None else set()
+            if key is not None and any(_overlap(key, (h, key[1])) for h in hosts):
                 first.append(entity)
             else:
                 last.append(entity)
