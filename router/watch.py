@@ -145,6 +145,10 @@ class DirectoryWatcher:
                 # path again (now, or when it reappears)
                 self._wd_dir.pop(wd, None)
                 self._dir_wd.pop(directory, None)
+                if mask & IN_MOVE_SELF:
+                    # a moved directory lives on elsewhere, and so would its
+                    # watch (IN_IGNORED comes only when it is deleted)
+                    self._libc.rm_watch(self._fd, wd)
                 self._missing.add(directory)
                 self.rearm()
             self._changed(directory)

@@ -198,3 +198,26 @@ def test_close_stops_reports(tmp_path: Path) -> None:
         await body(w, changes)
 
     uvloop.run(main())
+
+
+def _kernel_watches(w: DirectoryWatcher) -> int:
+    """Watches the kernel holds for the watcher's inotify fd."""
+    info = Path(f"/proc/self/fdinfo/{w._fd}").read_text()
+    return sum(1 for line in info.splitlines() if line.startswith("inotify wd:"))
+
+
+def test_a_moved_away_directory_leaves_no_watch_behind(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+
+    async def body(w: DirectoryWatcher, changes: list[str]) -> None:
+        w.watch(str(d))
+        assert _kernel_watches(w) == 1
+        os.rename(d, tmp_path / "elsewhere")
+        await wait_until(lambda: str(d) in changes, what="the move to be reported")
+        assert _kernel_watches(w) == 0  # the moved directory is not watched any more
+        d.mkdir()
+        w.rearm()
+        await wait_until(lambda: _kernel_watches(w) == 1, what="the new directory's watch")
+
+    run(body)
