@@ -15,6 +15,7 @@ whose reason names both ends; the wiring closes that link and nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from router.network.messages import Hello
@@ -69,6 +70,7 @@ class _Link:
     peer_instance: int | None = None
     last_heard: float | None = None
     two_way: bool = False
+    reply_due: bool = False  # a new peer was heard: answer at once, not next interval
 
     @property
     def name(self) -> str:
@@ -129,11 +131,16 @@ class HelloProtocol:
                     events.append(
                         NeighbourLost(link.link_id, link.peer_id, f"silent for {silent:.1f} s")
                     )
-            if link.last_sent is None or now - link.last_sent >= self.hello_interval:
-                if link.last_sent is not None:
+            if (
+                link.last_sent is None
+                or now - link.last_sent >= self.hello_interval
+                or link.reply_due
+            ):
+                if link.last_sent is not None and not link.reply_due:
                     late = now - link.last_sent - self.hello_interval
                     self.max_lateness = max(self.max_lateness, late)
                 link.last_sent = now
+                link.reply_due = False
                 seen = (link.peer_id,) if link.peer_id and link.last_heard is not None else ()
                 sends.append((link.link_id, Hello(self.router_id, self.instance, seen)))
         return sends, events
@@ -142,7 +149,10 @@ class HelloProtocol:
         """The earliest time ``tick`` has something to do, for a timer."""
         times: list[float] = []
         for link in self._links.values():
-            times.append(0.0 if link.last_sent is None else link.last_sent + self.hello_interval)
+            if link.last_sent is None or link.reply_due:
+                times.append(0.0)
+            else:
+                times.append(link.last_sent + self.hello_interval)
             if link.last_heard is not None:
                 times.append(link.last_heard + self.hello_max_age)
         return min(times) if times else None
@@ -160,6 +170,8 @@ class HelloProtocol:
             # the neighbour restarted between two HELLOs: a new neighbour
             link.two_way = False
             events.append(NeighbourLost(link_id, msg.id, "restarted (new instance)"))
+        if link.last_heard is None or link.peer_instance != msg.instance:
+            link.reply_due = True  # so that it hears us name it without waiting
         link.peer_id = msg.id
         link.peer_instance = msg.instance
         link.last_heard = now
@@ -205,10 +217,13 @@ class HelloProtocol:
 
     # -- views
 
-    def neighbours(self) -> dict[str, Neighbour]:
-        """Two-way neighbours, each over its cheapest link (then lowest link id)."""
+    def neighbours(self, links: Collection[int] | None = None) -> dict[str, Neighbour]:
+        """Two-way neighbours, each over its cheapest link (then lowest link
+        id); only over ``links`` when given."""
         best: dict[str, Neighbour] = {}
         for link in sorted(self._links.values(), key=lambda lk: (lk.cost, lk.link_id)):
+            if links is not None and link.link_id not in links:
+                continue
             if link.two_way and link.peer_id is not None and link.peer_instance is not None:
                 best.setdefault(
                     link.peer_id,

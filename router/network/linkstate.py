@@ -97,6 +97,7 @@ class LinkStateDB:
         self.routers: dict[str, RouterEntry] = {}
         self.paths = Paths({}, {})
         self.refused_full = 0
+        self.last_refused: float | None = None
         self.recomputations = 0
         self.last_topology_change: float | None = None
         self._dirty_since: float | None = None
@@ -111,7 +112,7 @@ class LinkStateDB:
         self.peers = dict(peers)
         self.ls_seq += 1
         for peer in self.peers:
-            self._learn(peer, now)
+            self.note_router(peer, now)  # a neighbour beyond the bound stays unknown
         self._changed(now)
         return self.own_lsu()
 
@@ -133,7 +134,7 @@ class LinkStateDB:
             return LsuResult.STALE
         new_ids = {msg.id, *msg.peers} - self.routers.keys() - {self.router_id}
         if len(self.routers) + 1 + len(new_ids) > self.max_routers:
-            self.refused_full += 1
+            self._refuse(now)
             return LsuResult.REFUSED_FULL
         entry = self._learn(msg.id, now)
         entry.instance = msg.instance
@@ -155,7 +156,7 @@ class LinkStateDB:
         entry = self.routers.get(msg.id)
         if entry is None:
             if len(self.routers) + 1 >= self.max_routers:
-                self.refused_full += 1
+                self._refuse(now)
                 return None
             entry = self._learn(msg.id, now)
         if entry.instance is not None and msg.instance < entry.instance:
@@ -192,10 +193,19 @@ class LinkStateDB:
         if router_id == self.router_id or router_id in self.routers:
             return True
         if len(self.routers) + 1 >= self.max_routers:
-            self.refused_full += 1
+            self._refuse(now)
             return False
         self._learn(router_id, now)
         return True
+
+    def _refuse(self, now: float) -> None:
+        self.refused_full += 1
+        self.last_refused = now
+
+    def full_recently(self, now: float) -> bool:
+        """A router was refused for want of room within remoteLsMaxAgeSeconds:
+        the network is larger than the database may hold."""
+        return self.last_refused is not None and now - self.last_refused < self.remote_ls_max_age
 
     def _learn(self, router_id: str, now: float) -> RouterEntry:
         entry = self.routers.get(router_id)
