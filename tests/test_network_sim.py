@@ -9,6 +9,7 @@ import pytest
 
 from router.network.messages import LSU
 from router.network.simulation import SimNet
+from router.network.views import address_rows, node_rows
 
 HELLO_MAX_AGE = 3.0
 
@@ -338,3 +339,33 @@ def test_lost_update_recovered_through_ra() -> None:
     assert net.routes_to("R1", "db") == []
     took = net.until(lambda: net.routes_to("R1", "db") == [("R3", 2, "R2")], limit=31.0)
     assert took <= 30.5
+
+
+def test_same_id_elsewhere_in_the_network_is_logged() -> None:
+    net = _line(3)
+    net.run(1.0)
+    twin = SimNet().add("R1", instance=5)  # another router also called R1, beside R3
+    net.routers["R1-twin"] = twin
+    net.connect("R1-twin", "R3")
+    net.run(0.5)
+    assert any(
+        rid == "R1" and "duplicate router id 'R1'" in text and "instance 5, ours 1" in text
+        for rid, _, text in net.logs
+    )
+
+
+def test_management_rows() -> None:
+    net = _line(3)
+    net.set_addresses("R3", {"db": 2})
+    net.set_addresses("R1", {"db": 1})
+    net.run(1.0)
+    rows = {row["id"]: row for row in node_rows(net.routers["R1"])}
+    assert rows["R1"]["nextHop"] == "(self)" and rows["R1"]["linkState"] == ["R2"]
+    assert rows["R2"]["nextHop"] is None and rows["R2"]["routerLink"] is not None
+    assert rows["R3"]["nextHop"] == "R2" and rows["R3"]["cost"] == 2
+    assert rows["R3"]["linkState"] == ["R2"]
+    (addr,) = address_rows(net.routers["R1"])
+    assert addr["key"] == "db" and addr["subscriberCount"] == 1
+    assert addr["remoteCount"] == 1 and addr["remoteHostRouters"] == ["R3"]
+    metrics = net.routers["R2"].metrics()
+    assert metrics["neighbours"] == 2 and metrics["lsdbRouters"] == 2

@@ -152,6 +152,7 @@ class RouterCore:
         self._links: dict[int, _Link] = {}
         self._ra_forwarded: dict[str, tuple[tuple[int, int, int], float]] = {}
         self._full_logged: set[str] = set()
+        self._impostors: set[int] = set()
         self._routes: RouteTable | None = None
         self._routes_dirty = True
         self._routes_version = 0
@@ -267,9 +268,20 @@ class RouterCore:
             return self._on_mau(link_id, msg, now)
         return []
 
+    def _own_id(self, link_id: int, opcode: str, instance: int) -> list[Action]:
+        """A flooded message under our id.  A lower instance is our previous
+        life still travelling; a higher one is another router using our id."""
+        if instance <= self.instance or instance in self._impostors:
+            return []
+        self._impostors.add(instance)
+        peer = self.hello.peer_of(link_id)
+        return [Log("error", f"duplicate router id {self.router_id!r}: a {opcode} of another "
+                             f"router with this id (instance {instance}, ours {self.instance}) "
+                             f"arrived on link {link_id} from {peer!r}")]
+
     def _on_ra(self, link_id: int, msg: RA, now: float) -> list[Action]:
         if msg.id == self.router_id:
-            return []
+            return self._own_id(link_id, "RA", msg.instance)
         behind = self.lsdb.receive_ra(msg, now)
         if behind is None:
             return self._full(msg.id)
@@ -287,6 +299,8 @@ class RouterCore:
         return actions
 
     def _on_lsu(self, link_id: int, msg: LSU, now: float) -> list[Action]:
+        if msg.id == self.router_id:
+            return self._own_id(link_id, "LSU", msg.instance)
         result = self.lsdb.receive_lsu(msg, now)
         if result is LsuResult.ACCEPTED:
             return self._flood(msg, exclude=link_id)
@@ -296,7 +310,7 @@ class RouterCore:
 
     def _on_mau(self, link_id: int, msg: MAU, now: float) -> list[Action]:
         if msg.id == self.router_id:
-            return []
+            return self._own_id(link_id, "MAU", msg.instance)
         if not self.lsdb.note_router(msg.id, now):
             return self._full(msg.id)
         result = self.remote.receive(msg)
@@ -508,6 +522,21 @@ class RouterCore:
             )
             self._routes = table
         return self._routes
+
+    def metrics(self) -> dict[str, float | int | None]:
+        """Counters and gauges for the metrics page."""
+        return {
+            "linksUp": len(self.hello.two_way_links()),
+            "neighbours": len(self.interior_neighbours()),
+            "edges": len(self.edge_neighbours()) if self.mode == "interior" else 0,
+            "lsdbRouters": len(self.lsdb.routers),
+            "routeRecomputations": self.lsdb.recomputations,
+            "lastTopoChange": self.lsdb.last_topology_change,
+            "lsdbRefusals": self.lsdb.refused_full,
+            "protocolErrors": self.protocol_errors,
+            "linksRefused": self.links_refused,
+            "helloMaxLatenessSeconds": self.hello.max_lateness,
+        }
 
     def sync_status(self, now: float) -> SyncStatus:
         if self.mode == "edge":
