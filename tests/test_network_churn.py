@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from router.network.linkstate import shortest_paths
+from router.network.linkstate import Paths
 from router.network.simulation import SimNet
 
 SEEDS = int(os.environ.get("SKIFF_CHURN_SEEDS", "12"))  # more for a longer hunt
@@ -24,10 +24,31 @@ def _truth(net: SimNet) -> dict[str, dict[str, int]]:
     return graph
 
 
+def _reference_paths(source: str, graph: dict[str, dict[str, int]]) -> Paths:
+    """Independent of the code under test: Floyd-Warshall distances; the next
+    hop is the lowest-id neighbour on some least-cost path."""
+    inf = float("inf")
+    nodes = sorted(graph)
+    d = {(u, v): (0 if u == v else graph[u].get(v, inf)) for u in nodes for v in nodes}
+    for k in nodes:
+        for u in nodes:
+            for v in nodes:
+                if d[u, k] + d[k, v] < d[u, v]:
+                    d[u, v] = d[u, k] + d[k, v]
+    cost: dict[str, int] = {}
+    hop: dict[str, str] = {}
+    for t in nodes:
+        if t == source or d[source, t] == inf:
+            continue
+        cost[t] = int(d[source, t])
+        hop[t] = min(n for n, c in graph[source].items() if c + d[n, t] == d[source, t])
+    return Paths(hop, cost)
+
+
 def _check(net: SimNet, owned: dict[str, dict[str, int]]) -> None:
     graph = _truth(net)
     for rid, core in net.routers.items():
-        want = shortest_paths(rid, graph)
+        want = _reference_paths(rid, graph)
         assert dict(core.lsdb.paths.cost) == dict(want.cost), rid
         assert dict(core.lsdb.paths.next_hop) == dict(want.next_hop), rid
         expected: dict[str, set[tuple[str, int]]] = {}
