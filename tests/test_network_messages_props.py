@@ -52,7 +52,7 @@ def test_property_round_trip(msg: m.Message) -> None:
     assert decode(opcode, body) == msg
 
 
-@hypothesis.settings(max_examples=500, deadline=None)
+@hypothesis.settings(max_examples=200, deadline=None)
 @hypothesis.given(st.sampled_from([*m.OPCODES, "X"]) | _any, _any)
 def test_property_junk_raises_only_protocol_error(opcode: Any, body: Any) -> None:
     try:
@@ -61,7 +61,7 @@ def test_property_junk_raises_only_protocol_error(opcode: Any, body: Any) -> Non
         pass
 
 
-@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.settings(max_examples=150, deadline=None)
 @hypothesis.given(_messages, st.data())
 def test_property_mutated_field_raises_only_protocol_error(msg: m.Message, data: Any) -> None:
     opcode, body = encode(msg)
