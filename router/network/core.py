@@ -466,10 +466,11 @@ class RouterCore:
         for rid in dropped:
             actions.append(Log("info", f"router {rid!r} dropped: not heard of for "
                                        f"{self.lsdb.remote_ls_max_age:g} s"))
-        for rid in list(self.remote.routers):
-            if rid not in self.lsdb.routers:
-                self.remote.forget(rid)
-                self._ra_forwarded.pop(rid, None)
+        if dropped:
+            for rid in list(self.remote.routers):
+                if rid not in self.lsdb.routers:
+                    self.remote.forget(rid)
+                    self._ra_forwarded.pop(rid, None)
         if self.lsdb.recompute_due(now):
             self.lsdb.compute()
             self._routes_dirty = True

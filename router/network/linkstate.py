@@ -102,6 +102,7 @@ class LinkStateDB:
         self.last_topology_change: float | None = None
         self._dirty_since: float | None = None
         self._last_ra: float | None = None
+        self._next_expiry: float | None = None  # no entry can expire before
 
     # -- our own link state
 
@@ -224,6 +225,8 @@ class LinkStateDB:
         """Drop entries older than remoteLsMaxAgeSeconds; the ids dropped.
         A router only named by others (no RA or LSU of its own yet) is kept
         while someone names it, and as long as an entry would be otherwise."""
+        if self._next_expiry is not None and now < self._next_expiry:
+            return []  # entries only ever get fresher, new ones expire later
         named = set(self.peers)
         for entry in self.routers.values():
             named.update(entry.peers)
@@ -237,6 +240,13 @@ class LinkStateDB:
                 del self.routers[rid]
         if dropped:
             self._changed(now)
+        self._next_expiry = min(
+            (
+                (e.last_seen if e.last_seen is not None else e.learned) + self.remote_ls_max_age
+                for e in self.routers.values()
+            ),
+            default=None,
+        )
         return dropped
 
     def in_flux(self, now: float) -> bool:

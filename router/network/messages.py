@@ -29,6 +29,7 @@ wrong.  It raises nothing else, whatever the input.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -45,6 +46,7 @@ MAX_COUNT = 2**31 - 1
 MAX_KEYS = 32  # keys in one map: known fields plus room to grow
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024  # bytes, as encoded (estimated when not given)
 
+_SPACE = re.compile(r"\s")
 _INT_SIZE = 9  # an encoded long: constructor and 8 bytes
 _STR_OVERHEAD = 5  # constructor and 32-bit length
 
@@ -224,7 +226,7 @@ class _Reader:
             raise self.fail(name, f"empty {what}")
         if len(value) > max_len:
             raise self.fail(name, f"{what} longer than {max_len} characters")
-        if not value.isprintable() or any(c.isspace() for c in value):
+        if not value.isprintable() or _SPACE.search(value):
             raise self.fail(name, f"{what} has unprintable or space characters")
         self.charge(name, _STR_OVERHEAD + len(value.encode("utf-8", "surrogatepass")))
         return str(value)
