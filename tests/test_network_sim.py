@@ -121,7 +121,7 @@ def test_edge_may_not_send_link_state() -> None:
     link = net.link_id(conn, "I1")
     net.inject("I1", link, "LSU", {"id": "E1", "instance": 1, "ls_seq": 9,
                                    "ls": {"id": "E1", "ls_seq": 9, "peers": {"I1": 1}}})
-    assert any("LSU from 'E1'" in reason and "not allowed on a edge link" in reason
+    assert any("LSU from 'E1'" in reason and "not allowed on an edge link" in reason
                for _, _, reason in net.closed)
     assert "E1" not in net.routers["I1"].lsdb.routers
 
@@ -374,3 +374,20 @@ def test_management_rows() -> None:
     assert addr["remoteCount"] == 1 and addr["remoteHostRouters"] == ["R3"]
     metrics = net.routers["R2"].metrics()
     assert metrics["neighbours"] == 2 and metrics["lsdbRouters"] == 2
+
+
+def test_timers_at_next_due_are_enough() -> None:
+    """Driven only at each router's next_due (no fixed tick), the network
+    converges, detects a silent link in time, and idles cheaply."""
+    net = _ring4()
+    net.set_addresses("R3", {"db": 1})
+    net.run_timers(2.0)
+    assert net.routes_to("R1", "db") == [("R3", 2, "R2")] and net.all_ready()
+    net.drop = lambda a, b, op, body: {a, b} == {"R1", "R2"}
+    start = net.now
+    while net.routes_to("R1", "db") != [("R3", 2, "R4")]:
+        net.run_timers(0.25)
+        assert net.now - start <= HELLO_MAX_AGE + 1.0
+    net.drop = None
+    ticks = net.run_timers(60.0)
+    assert ticks / 4 / 60.0 < 3  # about one tick a second per router when idle

@@ -244,7 +244,7 @@ class RouterCore:
         allowed = _EDGE_OPCODES if link.role == "edge" else _INTERIOR_OPCODES
         if msg.OPCODE not in allowed:
             self.protocol_errors += 1
-            return self._drop(link_id, f"{msg.OPCODE} from {who} is not allowed on a "
+            return self._drop(link_id, f"{msg.OPCODE} from {who} is not allowed on an "
                                        f"{link.role} link", now)
         if link.role == "edge" and isinstance(msg, MAU) and msg.id != peer:
             self.protocol_errors += 1

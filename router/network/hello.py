@@ -123,7 +123,7 @@ class HelloProtocol:
         events: list[HelloEvent] = []
         sends: list[tuple[int, Hello]] = []
         for link in self._links.values():
-            if link.last_heard is not None and now - link.last_heard > self.hello_max_age:
+            if link.last_heard is not None and now >= link.last_heard + self.hello_max_age:
                 silent = now - link.last_heard
                 link.last_heard = None
                 if link.two_way and link.peer_id is not None:
@@ -133,7 +133,7 @@ class HelloProtocol:
                     )
             if (
                 link.last_sent is None
-                or now - link.last_sent >= self.hello_interval
+                or now >= link.last_sent + self.hello_interval
                 or link.reply_due
             ):
                 if link.last_sent is not None and not link.reply_due:

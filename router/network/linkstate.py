@@ -233,7 +233,7 @@ class LinkStateDB:
         dropped = []
         for rid, entry in list(self.routers.items()):
             seen = entry.last_seen if entry.last_seen is not None else entry.learned
-            if now - seen > self.remote_ls_max_age and (
+            if now >= seen + self.remote_ls_max_age and (
                 entry.last_seen is not None or rid not in named
             ):
                 dropped.append(rid)
@@ -257,7 +257,7 @@ class LinkStateDB:
         if self._last_ra is None:
             return True
         interval = self.ra_interval_flux if self.in_flux(now) else self.ra_interval
-        return now - self._last_ra >= interval
+        return now >= self._last_ra + interval
 
     def ra_sent(self, now: float) -> None:
         self._last_ra = now
