@@ -391,3 +391,44 @@ def test_timers_at_next_due_are_enough() -> None:
     net.drop = None
     ticks = net.run_timers(60.0)
     assert ticks / 4 / 60.0 < 3  # about one tick a second per router when idle
+
+
+def test_parallel_links_cheapest_used_and_the_other_takes_over() -> None:
+    net = _line(3)
+    extra = net.connect("R1", "R2", cost=4)  # a second, dearer link R1-R2
+    net.set_addresses("R3", {"db": 1})
+    net.run(1.0)
+    cheap = next(c for c, lk in net.conns.items() if {lk.a, lk.b} == {"R1", "R2"} and c != extra)
+    r1 = net.routers["R1"]
+    assert r1.interior_neighbours()["R2"] == net.link_id(cheap, "R1")
+    assert net.routes_to("R1", "db") == [("R3", 2, "R2")]
+    net.cut(cheap)
+    net.run(0.1)
+    assert r1.interior_neighbours()["R2"] == net.link_id(extra, "R1")
+    assert net.routes_to("R1", "db") == [("R3", 5, "R2")]
+    assert net.all_ready()
+
+
+def test_edge_with_two_uplinks_fails_over() -> None:
+    net = SimNet()
+    net.add("I1")
+    net.add("I2")
+    net.add("E1", mode="edge")
+    net.connect("I1", "I2")
+    first = net.connect("E1", "I1", role="edge", cost=1)
+    net.connect("E1", "I2", role="edge", cost=3)
+    net.set_addresses("I1", {"db": 1})
+    net.set_addresses("E1", {"svc": 1})
+    net.run(1.0)
+    edge = net.routers["E1"]
+    assert edge.uplink() == "I1"
+    assert net.routes_to("E1", "db") == [("I1", 1, "I1")]
+    # both interiors advertise the edge's addresses: I2 sees two holders, the
+    # edge itself over its own link (cost 3) and I1 (cost 1), which relays
+    assert sorted(net.routes_to("I2", "svc")) == [("E1", 3, "E1"), ("I1", 1, "I1")]
+    net.cut(first)
+    net.run(0.1)
+    assert edge.uplink() == "I2"
+    assert net.routes_to("E1", "db") == [("I2", 3, "I2")]
+    assert net.routes_to("I2", "svc") == [("E1", 3, "E1")]
+    net.until(net.all_ready, limit=1.0)
