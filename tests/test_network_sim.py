@@ -3,6 +3,7 @@ propagation, link cuts, restarts, duplicate ids, garbage, bounds, readiness."""
 
 from __future__ import annotations
 
+import collections
 import itertools
 
 import pytest
@@ -150,12 +151,16 @@ def test_full_mesh_of_nine() -> None:
         assert set(routes.routes) == {f"a{i}" for i in range(1, 10)} | {"shared"}
         assert routes.route("shared").remote_targets == 8  # type: ignore[union-attr]
         assert all(c == 1 for c in routes.costs.values()) and len(routes.costs) == 8
-    # a quiet network stays quiet: periodic RAs only
-    net.run(5.0)
-    before = net.delivered
-    net.run(30.0)
-    per_router_per_s = (net.delivered - before) / 9 / 30.0
-    assert per_router_per_s < 20  # HELLOs to 8 neighbours, RAs every 30 s
+    # a quiet network stays quiet: HELLOs, and RAs every 30 s down each
+    # origin's shortest-path tree (8 deliveries per RA, not 2 per link)
+    net.run(10.0)
+    sent: collections.Counter[str] = collections.Counter()
+    net.drop = lambda a, b, op, body: bool(sent.update([op]))
+    net.run(60.0)
+    net.drop = None
+    assert set(sent) == {"HELLO", "RA"}
+    assert sent["HELLO"] == 9 * 8 * 60
+    assert sent["RA"] == 9 * 2 * 8
 
 
 def test_readiness_while_joining_a_running_network() -> None:

@@ -17,12 +17,13 @@ results are read with ``routes()`` (the engine's snapshot), ``sync_status``
 (readiness), and the public tables (``hello``, ``lsdb``, ``remote``,
 ``edges``) for management views.
 
-Distribution: control messages travel hop by hop.  A router's own LSU, MAU
-and RA go to each two-way interior neighbour; a received LSU or MAU that
-moves our copy forward is flooded on to the other neighbours (a stale one
-stops); a received RA is flooded on once per origin and sequence pair within
-half the flux RA interval, so periodic RAs reach every router and a copy
-circling a loop dies.  When a neighbour becomes two-way both sides send it
+Distribution: control messages travel hop by hop.  A router's own LSU and
+MAU go to each two-way interior neighbour; a received LSU or MAU that moves
+our copy forward is flooded on to the other neighbours (a stale one stops).
+RAs go down the origin's shortest-path tree (to the neighbours that reach
+the origin through us, or to all while that is unknown), at most once per
+origin and sequences within half the flux RA interval, so a copy circling a
+loop while paths disagree dies.  When a neighbour becomes two-way both sides send it
 their whole database (every LSU and full address set they hold), so a router
 starting into a running network is synchronised after one exchange.  LSR and
 MAR are answered by the neighbour they are sent to, from its copy.
@@ -295,7 +296,7 @@ class RouterCore:
         last = self._ra_forwarded.get(msg.id)
         if last is None or last[0] != key or now - last[1] >= self.config.ra_interval_flux / 2:
             self._ra_forwarded[msg.id] = (key, now)
-            actions += self._flood(msg, exclude=link_id)
+            actions += self._ra_down_tree(msg, exclude=link_id)
         return actions
 
     def _on_lsu(self, link_id: int, msg: LSU, now: float) -> list[Action]:
@@ -476,7 +477,7 @@ class RouterCore:
             self._routes_dirty = True
         if self.lsdb.ra_due(now):
             self.lsdb.ra_sent(now)
-            actions += self._flood(self.lsdb.ra(self.advertised.seq))
+            actions += self._ra_down_tree(self.lsdb.ra(self.advertised.seq))
         for lid, view in self.edge_views.items():
             peer = self.hello.peer_of(lid)
             if peer is not None:
@@ -552,6 +553,15 @@ class RouterCore:
     def _send(self, link_id: int, msg: Message) -> Send:
         opcode, body = encode(msg)
         return Send(link_id, opcode, body)
+
+    def _ra_down_tree(self, msg: RA, exclude: int | None = None) -> list[Action]:
+        """RAs go only to the neighbours that reach their origin through us
+        (N-1 deliveries per RA once paths agree, rather than two per link)."""
+        return [
+            self._send(lid, msg)
+            for rid, lid in sorted(self.interior_neighbours().items(), key=lambda kv: kv[1])
+            if lid != exclude and self.lsdb.on_tree(rid, msg.id)
+        ]
 
     def _flood(self, msg: Message, exclude: int | None = None) -> list[Action]:
         return [

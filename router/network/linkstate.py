@@ -103,6 +103,7 @@ class LinkStateDB:
         self._dirty_since: float | None = None
         self._last_ra: float | None = None
         self._next_expiry: float | None = None  # no entry can expire before
+        self._neighbour_hops: dict[str, Mapping[str, str]] = {}
 
     # -- our own link state
 
@@ -288,8 +289,23 @@ class LinkStateDB:
         """Recompute least-cost paths from the database as it is now."""
         self._dirty_since = None
         self.recomputations += 1
-        self.paths = shortest_paths(self.router_id, self.graph())
+        graph = self.graph()
+        self.paths = shortest_paths(self.router_id, graph)
+        # each neighbour's own next hops: who receives an origin's RA from us
+        self._neighbour_hops = {
+            n: shortest_paths(n, graph).next_hop for n in self.peers if n in self.routers
+        }
         return self.paths
+
+    def on_tree(self, neighbour: str, origin: str) -> bool:
+        """Whether ``neighbour`` reaches ``origin`` through us, i.e. whether
+        we are on the shortest-path tree that carries origin's RAs to it.
+        Unknown (no path computed yet) counts as yes: a duplicate RA is
+        harmless, a missing one only delays a refresh."""
+        hops = self._neighbour_hops.get(neighbour)
+        if hops is None or origin not in hops:
+            return True
+        return hops[origin] == self.router_id
 
     def graph(self) -> dict[str, dict[str, int]]:
         """Usable links: those both of whose ends list each other."""
