@@ -17,6 +17,8 @@ Modules, in the order they build on each other:
 * ``routes``    -- the route table snapshot handed to the engine.
 * ``sync``      -- "readiness means fully synchronised".
 * ``core``      -- one router's control plane composed from the above.
+* ``views``     -- ``router.node`` / ``router.address`` management rows.
+* ``simulation``-- N cores linked in process on a fake clock (tests, bench).
 
 docs/network.md describes the protocol and what the wiring has to do.
 """
