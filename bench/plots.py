@@ -142,7 +142,14 @@ def plot_compare_bars(data: dict[str, Any], path: Path, small: bool = False) -> 
     cols = min(3, len(panels)) or 1
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.5 * rows), squeeze=False)
-    colors = {"skiffd": "#1f77b4", "haproxy": "#d62728", "engine": "#2ca02c", "direct": "#7f7f7f"}
+    colors = {
+        "skiffd": "#1f77b4",
+        "haproxy": "#d62728",
+        "minrelay": "#ff7f0e",
+        "minrelay-splice": "#ffbb78",
+        "engine": "#2ca02c",
+        "direct": "#7f7f7f",
+    }
     for k, (wl, metric) in enumerate(panels):
         ax = axes[k // cols][k % cols]
         cells = summary[wl][metric]
