@@ -254,6 +254,26 @@ def _add_workload_parsers(sub: Any) -> None:
     rot.add_argument(
         "--slow", type=float, default=0.2, help="idle parse time the bundle is sized for (s)"
     )
+    rot.add_argument(
+        "--bundle-same-profile",
+        action="store_true",
+        help="the bundle is the rotating profile's own caCertFile (the original failure: "
+        "with --interval 0.1 --slow-every 10 it is rewritten every second)",
+    )
+    rot.add_argument(
+        "--bundle-certs",
+        type=_positive_int,
+        default=None,
+        help="the bundle holds this many distinct CA certificates (4000: the original "
+        "failure; 1: its control) instead of being sized by --slow",
+    )
+    rot.add_argument(
+        "--stale-after",
+        type=_positive_float,
+        default=0.5,
+        help="a handshake presenting a certificate this long (s) after a newer one was "
+        "written counts as stale",
+    )
     rot.add_argument("--json", type=Path, default=None)
     rot.add_argument("--quiet", action="store_true")
     report = sub.add_parser("report", help="draw PNG plots from result JSON files")
@@ -414,6 +434,9 @@ def run_tls(args: argparse.Namespace, interval: float | None) -> int:
         interval_s=interval,
         slow_every=getattr(args, "slow_every", 10),
         slow_s=getattr(args, "slow", 0.2),
+        bundle_same_profile=getattr(args, "bundle_same_profile", False),
+        bundle_certs=getattr(args, "bundle_certs", None),
+        stale_after_s=getattr(args, "stale_after", 0.5),
     )
     try:
         cfg.validate()
