@@ -22,8 +22,10 @@ connection, the time from a file write to the first client handshake that
 presented the new certificate (clients read the peer certificate's SHA-256),
 rotations never presented to any client, stale handshakes (ones that
 presented a certificate although a newer one had been written at least
-``stale_after_s`` before), and the engine's high-priority timer lateness
-sampled every 100 ms.
+``stale_after_s`` before), the engine's high-priority timer lateness
+sampled every 100 ms, and the control loop's lag (how late a 10 ms sleep of
+the asyncio loop wakes: what a management request would wait, since the
+TlsManager and the agent share that loop and the GIL with the loader pool).
 
 Why the engine in-process: the engine's own counters (worker CPU, timer
 lateness) are read directly, and the loader runs on a thread of the same
@@ -43,6 +45,7 @@ from typing import Any
 
 from bench.client import PRESENTED_BIN_S, ClientPool
 from bench.echo import EchoServer
+from bench.histogram import Histogram
 from bench.host import environment, raise_nofile_limit
 from bench.pki import CertAuthority, ca_bundle
 from bench.progress import Progress
@@ -57,6 +60,7 @@ from router.node import Node
 PROFILE = "bench"
 
 SAMPLE_S = 0.1
+LOOP_TICK_S = 0.01  # the control loop's own lag is sampled this often
 MAX_ROTATIONS = 5_000
 
 
@@ -176,6 +180,7 @@ class RotateResult:
     environment: dict[str, Any] = field(default_factory=dict)
     t0: float = 0.0
     bundle_load_ms: list[float] = field(default_factory=list)  # write → published
+    loop_lag_ns: Histogram = field(default_factory=Histogram)  # control loop wake-up lag
     initial_fingerprint: str = ""  # the certificate before the first rotation
 
     @property
@@ -246,6 +251,16 @@ def _lateness_point(t: float, h: EngineHistogram) -> dict[str, float]:
         "p99_us": h.quantile(0.99) / 1e3 if h.count else 0.0,
         "max_us": window_max_ns(h) / 1e3,
     }
+
+
+async def _sample_loop_lag(out: Histogram, stop: asyncio.Event) -> None:
+    """How late the control loop wakes from a LOOP_TICK_S sleep."""
+    for _ in range(1 << 30):  # bounded by stop
+        t = time.perf_counter_ns()
+        await asyncio.sleep(LOOP_TICK_S)
+        out.record(max(0, time.perf_counter_ns() - t - int(LOOP_TICK_S * 1e9)))
+        if stop.is_set():
+            return
 
 
 async def _sample_lateness(
@@ -340,6 +355,8 @@ async def _run(
     timeline: list[dict[str, float]] = []
     stop = asyncio.Event()
     sampler = asyncio.ensure_future(_sample_lateness(probe, t0, timeline, stop))
+    loop_lag = Histogram()
+    lag_sampler = asyncio.ensure_future(_sample_loop_lag(loop_lag, stop))
     if cfg.interval_s is not None:
         loader.start()
     name = "rotate" if cfg.interval_s is not None else "storm --tls"
@@ -358,6 +375,7 @@ async def _run(
         loader.stop_event.set()
         stop.set()
         await sampler
+        await lag_sampler
         if loader.is_alive():
             await loop.run_in_executor(None, loader.join, 10.0)
         await asyncio.sleep(0.3)  # the last write's debounce and load
@@ -388,6 +406,7 @@ async def _run(
         t0=t0,
         bundle_load_ms=bundle_ms,
         initial_fingerprint=fp0,
+        loop_lag_ns=loop_lag,
     )
 
 
@@ -449,6 +468,7 @@ def rotate_json(res: RotateResult) -> dict[str, Any]:
             "stale_handshakes": res.stale(),
             "slowest_connection_ms": r.latency_ns.max / 1e6 if r.ok else None,
             "timer_lateness": res.lateness_total,
+            "control_loop_lag_us": res.loop_lag_ns.summary(1e3),
             "client_bottleneck": client_bottleneck(r.proc_utilisation, r.client_cpu_s, r.elapsed_s),
         },
         "rotations": [
@@ -533,6 +553,12 @@ def format_rotate(res: RotateResult) -> str:
         f"max {lat['max_us'] / 1e3:.2f} ms (bucket upper bounds; worst 100 ms window "
         f"{worst / 1e3:.2f} ms)"
     )
+    lag = d["control_loop_lag_us"]
+    if lag["count"]:
+        lines.append(
+            f"  control loop lag (a {LOOP_TICK_S * 1e3:.0f} ms sleep's late wake-up): "
+            f"p99 {lag['p99'] / 1e3:.1f} ms, max {lag['max'] / 1e3:.1f} ms"
+        )
     lines.append(f"  note: {d['client_bottleneck']['verdict']}")
     lines += [f"  {e}" for e in res.round.error_samples[:6]]
     lines.append("  result: " + ("OK" if res.ok else "FAILED"))

@@ -100,3 +100,4 @@ def test_rotate_same_profile_bundle_short_run() -> None:
     assert figures["slowest_connection_ms"] > 0
     assert any(r.slow for r in res.rotations)
     assert res.bundle_load_ms  # the profile was republished after bundle rewrites
+    assert figures["control_loop_lag_us"]["count"] > 10
