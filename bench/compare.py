@@ -379,7 +379,8 @@ class _Runner:
         )
         cpu1 = t.cpu_s()
         cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
-        tw = time_wait_by_tuple()
+        # storm_fresh: the fresh echo port's own pairs, not the host's worst
+        tw = time_wait_by_tuple(remote_port=echo.port if workload == "storm_fresh" else None)
         failures = [f"{k}: {v}" for k, v in r.failures.items() if v]
         per_proc = r.proc_utilisation
         return Sample(
