@@ -126,9 +126,12 @@ def _add_compare_parser(sub: Any) -> None:
     d = CompareConfig()
     p = sub.add_parser(
         "compare",
-        help="the same workloads against skiffd, haproxy, the in-process engine and direct",
+        help="the same workloads against skiffd, haproxy, minrelay (the physical limit "
+        "of a relay, built from ../shared/minrelay), the in-process engine and direct",
         description="Interleaved rounds (A B A B …) of each workload against each subject; "
-        "min/median/max per subject and the ratio of medians skiffd/haproxy.",
+        "min/median/max per subject and the ratios of medians skiffd/haproxy, "
+        "skiffd/minrelay, haproxy/minrelay and skiffd/minrelay-splice. storm is the "
+        "TIME_WAIT-heavy default, storm_fresh the same on fresh 4-tuples.",
     )
     p.add_argument(
         "--subjects",
@@ -159,6 +162,13 @@ def _add_compare_parser(sub: Any) -> None:
     p.add_argument("--storm-duration", type=float, default=d.storm_duration_s)
     p.add_argument("--bulk-duration", type=float, default=d.bulk_duration_s)
     p.add_argument("--idle-conns", type=int, default=d.idle_conns)
+    p.add_argument(
+        "--fresh-conns",
+        type=int,
+        default=d.fresh_conns,
+        help="storm_fresh: connections per sample, each sample on a fresh echo port "
+        "through a fresh relay instance",
+    )
     p.add_argument("--source-addrs", type=int, default=d.source_addrs)
     p.add_argument("--pause", type=float, default=d.pause_s)
     p.add_argument(
@@ -243,6 +253,26 @@ def _add_workload_parsers(sub: Any) -> None:
     )
     rot.add_argument(
         "--slow", type=float, default=0.2, help="idle parse time the bundle is sized for (s)"
+    )
+    rot.add_argument(
+        "--bundle-same-profile",
+        action="store_true",
+        help="the bundle is the rotating profile's own caCertFile (the original failure: "
+        "with --interval 0.1 --slow-every 10 it is rewritten every second)",
+    )
+    rot.add_argument(
+        "--bundle-certs",
+        type=_positive_int,
+        default=None,
+        help="the bundle holds this many distinct CA certificates (4000: the original "
+        "failure; 1: its control) instead of being sized by --slow",
+    )
+    rot.add_argument(
+        "--stale-after",
+        type=_positive_float,
+        default=0.5,
+        help="a handshake presenting a certificate this long (s) after a newer one was "
+        "written counts as stale",
     )
     rot.add_argument("--json", type=Path, default=None)
     rot.add_argument("--quiet", action="store_true")
@@ -334,6 +364,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         storm_duration_s=args.storm_duration,
         bulk_duration_s=args.bulk_duration,
         idle_conns=args.idle_conns,
+        fresh_conns=args.fresh_conns,
         source_addrs=args.source_addrs,
         pause_s=max(0.0, args.pause),
         idle_settle_s=max(0.0, args.idle_settle),
@@ -403,6 +434,9 @@ def run_tls(args: argparse.Namespace, interval: float | None) -> int:
         interval_s=interval,
         slow_every=getattr(args, "slow_every", 10),
         slow_s=getattr(args, "slow", 0.2),
+        bundle_same_profile=getattr(args, "bundle_same_profile", False),
+        bundle_certs=getattr(args, "bundle_certs", None),
+        stale_after_s=getattr(args, "stale_after", 0.5),
     )
     try:
         cfg.validate()

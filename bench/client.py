@@ -33,6 +33,7 @@ from bench.histogram import Histogram
 from bench.host import raise_nofile_limit
 
 PAYLOAD_SIZE = 64
+PRESENTED_BIN_S = 0.1  # TLS: handshakes per certificate are counted per bin of this
 _PREFIX = bytes(range(32, 32 + PAYLOAD_SIZE - 8))
 MAX_ERROR_SAMPLES = 8
 START_TIMEOUT_S = 30.0
@@ -96,6 +97,15 @@ class ClientResult:
     error_samples: list[str] = field(default_factory=list)
     # TLS: server certificate SHA-256 -> time.monotonic() of its first handshake
     first_seen: dict[str, float] = field(default_factory=dict)
+    # TLS: certificate SHA-256 -> {int(time.monotonic() / PRESENTED_BIN_S): handshakes}
+    presented: dict[str, dict[int, int]] = field(default_factory=dict)
+
+    def note_presented(self, fp: str, now: float) -> None:
+        if fp not in self.first_seen:
+            self.first_seen[fp] = now
+        bins = self.presented.setdefault(fp, {})
+        b = int(now / PRESENTED_BIN_S)
+        bins[b] = bins.get(b, 0) + 1
 
     @property
     def failed(self) -> int:
@@ -129,7 +139,7 @@ class _EchoCheck(asyncio.Protocol):
     __slots__ = ("_buf", "_done", "_payload", "_seen")
 
     def __init__(
-        self, payload: bytes, done: asyncio.Future[Outcome], seen: dict[str, float] | None = None
+        self, payload: bytes, done: asyncio.Future[Outcome], seen: ClientResult | None = None
     ) -> None:
         self._payload = payload
         self._done = done
@@ -141,9 +151,7 @@ class _EchoCheck(asyncio.Protocol):
             obj = transport.get_extra_info("ssl_object")
             der = obj.getpeercert(binary_form=True) if obj is not None else None
             if der:
-                fp = hashlib.sha256(der).hexdigest()
-                if fp not in self._seen:
-                    self._seen[fp] = time.monotonic()
+                self._seen.note_presented(hashlib.sha256(der).hexdigest(), time.monotonic())
         # uvloop's transports are not asyncio.Transport subclasses
         cast(asyncio.Transport, transport).write(self._payload)
 
@@ -183,7 +191,7 @@ class _Storm:
             # unless given one, and tickets are not kept
             self.ssl = ssl.create_default_context(cafile=spec.tls_ca_file)
             self.ssl.options |= ssl.OP_NO_TICKET
-        self.seen = self.result.first_seen if spec.tls_fingerprints else None
+        self.seen = self.result if spec.tls_fingerprints else None
 
     def claim(self) -> int | None:
         """The next connection's sequence number, or None when the round is over."""

@@ -4,11 +4,24 @@ Why interleaved round by round (A B A B …): the machine drifts (TIME_WAIT
 build-up, thermal state, neighbours), so each round runs every subject once
 and the figures compared are medians over rounds, with min and max shown so
 that a noisy run is visible as such. The ratio Skiff/HAProxy of medians is
-the headline; ``direct`` (no proxy) is the physical limit of the machine.
+the headline; ``minrelay`` (the simplest correct C relay, built from
+../shared/minrelay at run time, see bench/minrelay.py) is the physical limit
+of a relay on this machine, ``minrelay-splice`` its splice() variant, and
+``direct`` (no relay at all) the limit of the machine and the clients.
 
-Costs come from each proxy's own accounting: /proc/<pid>/stat utime+stime
-and VmRSS for processes (skiffd, haproxy), the worker threads' own CPU clock
-and the engine's allocation counters for the in-process engine.
+Two short-connection storms: ``storm`` is the TIME_WAIT-heavy default (one
+long-lived relay per subject, every relayed connection leaves a TIME_WAIT
+entry on the relay→echo 4-tuple, and past ~14,000 of them connect() scans
+for a free port); ``storm_fresh`` gives every sample a fresh echo port and a
+fresh relay instance and stops after ``fresh_conns`` connections, so no
+4-tuple it uses has TIME_WAIT history: the difference is the kernel's
+port search, the rest the relay's own work.
+
+Costs come from each proxy's own accounting: the schedstat CPU time of its
+threads (/proc/<pid>/task/*/schedstat, ns; ticks of /proc/<pid>/stat where
+missing) and VmRSS for processes (skiffd, haproxy, minrelay), the worker
+threads' own CPU clock and the engine's allocation counters for the
+in-process engine.
 """
 
 from __future__ import annotations
@@ -21,8 +34,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from bench import minrelay
 from bench.bulk import BulkFigures, SinkServer, run_streams
 from bench.client import ClientPool
 from bench.echo import EchoServer
@@ -30,25 +44,42 @@ from bench.host import environment, raise_nofile_limit
 from bench.idle import IdleHold
 from bench.pki import TlsFiles, write_tls_files
 from bench.progress import Progress
-from bench.proxies import HAPROXY_MISSING, ProxyProcess, read_rss_kib, start_haproxy, start_skiffd
+from bench.proxies import (
+    HAPROXY_MISSING,
+    ProxyProcess,
+    haproxy_binary,
+    read_rss_kib,
+    start_haproxy,
+    start_skiffd,
+)
 from bench.storm import StormConfig, run_round
 from bench.subjects import ADDRESS_ID, EngineSubject
 from bench.verdict import client_bottleneck, port_pressure, time_wait_by_tuple
 from router.engine import RouteTarget
 
-SUBJECTS = ("skiffd", "haproxy", "engine", "direct")
+SUBJECTS = ("skiffd", "haproxy", "minrelay", "minrelay-splice", "engine", "direct")
 TLS_SUBJECTS = ("skiffd", "haproxy")  # the proxies that terminate TLS in a compare
-WORKLOADS = ("idle", "storm", "bulk1", "bulk4")
+WORKLOADS = ("idle", "storm", "storm_fresh", "bulk1", "bulk4")
+STORMS = ("storm", "storm_fresh")
+# ratio columns shown when both subjects ran: (numerator, denominator)
+RATIOS = (
+    ("skiffd", "haproxy"),
+    ("skiffd", "minrelay"),
+    ("haproxy", "minrelay"),
+    ("skiffd", "minrelay-splice"),
+)
 SINK_ADDRESS_ID = ADDRESS_ID + 1
 IDLE_SETTLE_S = 0.5
 
 # per workload: (metric, unit, lower is better)
+_STORM_METRICS = [
+    ("connections_per_s", "conn/s", False),
+    ("cpu_us_per_conn", "µs CPU/conn", True),
+    ("latency_p99_ms", "p99 ms", True),
+]
 METRICS: dict[str, list[tuple[str, str, bool]]] = {
-    "storm": [
-        ("connections_per_s", "conn/s", False),
-        ("cpu_us_per_conn", "µs CPU/conn", True),
-        ("latency_p99_ms", "p99 ms", True),
-    ],
+    "storm": _STORM_METRICS,
+    "storm_fresh": _STORM_METRICS,
     "bulk1": [("gbit_s", "Gbit/s", False), ("cpu_s_per_gb", "CPU s/GB", True)],
     "bulk4": [("gbit_s", "Gbit/s", False), ("cpu_s_per_gb", "CPU s/GB", True)],
     "idle": [("kib_per_conn", "KiB/conn", True)],
@@ -68,6 +99,9 @@ class CompareConfig:
     storm_duration_s: float = 3.0
     bulk_duration_s: float = 3.0
     idle_conns: int = 2000
+    # storm_fresh: connections per sample after a warm-up of a tenth (at most
+    # 500); far under the ~14,000 TIME_WAIT entries where the port scan starts
+    fresh_conns: int = 5000
     source_addrs: int = 253
     timeout_s: float = 10.0
     pause_s: float = 0.3
@@ -83,8 +117,13 @@ class CompareConfig:
             raise ValueError(f"with --tls, subjects must be among {TLS_SUBJECTS}")
         if not self.workloads or set(self.workloads) - set(WORKLOADS):
             raise ValueError(f"workloads must be among {WORKLOADS}, got {self.workloads}")
-        if min(self.rounds, self.workers, self.clients, self.procs, self.idle_conns) < 1:
-            raise ValueError("rounds, workers, clients, procs and idle conns must be >= 1")
+        if (
+            min(self.rounds, self.workers, self.clients, self.procs, self.idle_conns) < 1
+            or self.fresh_conns < 1
+        ):
+            raise ValueError(
+                "rounds, workers, clients, procs, idle conns and fresh conns must be >= 1"
+            )
 
 
 @dataclass(slots=True)
@@ -115,6 +154,30 @@ class _Target:
     memory_source: str
     engine_counters: Callable[[], dict[str, int]] | None = None
     tls_ca: str | None = None  # clients speak TLS, trusting this CA
+    # storm_fresh: a fresh instance relaying to this echo address, and its stop
+    fresh: Callable[[tuple[str, int]], tuple[_Target, Callable[[], None]]] | None = None
+
+
+class _Relay(Protocol):
+    """A relay running as processes of its own (ProxyProcess, MinrelayPair)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def echo_port(self) -> int: ...
+
+    @property
+    def sink_port(self) -> int: ...
+
+    @property
+    def memory_source(self) -> str: ...
+
+    def cpu_s(self) -> float: ...
+
+    def rss_kib(self) -> int: ...
+
+    def stop(self) -> None: ...
 
 
 def _none() -> float | None:
@@ -127,30 +190,61 @@ def _self_rss() -> float | None:
     return float(read_rss_kib(os.getpid()))
 
 
-def _proxy_target(p: ProxyProcess, tls: TlsFiles | None = None) -> _Target:
+def _noop() -> None:
+    return None
+
+
+def _proxy_target(
+    p: _Relay,
+    tls: TlsFiles | None = None,
+    restart: Callable[[tuple[str, int]], _Relay] | None = None,
+) -> _Target:
+    """restart(echo address): a new instance of the same relay for storm_fresh."""
+
+    def fresh(echo: tuple[str, int]) -> tuple[_Target, Callable[[], None]]:
+        assert restart is not None
+        q = restart(echo)
+        return _proxy_target(q, tls), q.stop
+
     return _Target(
         p.name,
         ("127.0.0.1", p.echo_port),
         ("127.0.0.1", p.sink_port),
         p.cpu_s,
         lambda: float(p.rss_kib()),
-        f"/proc/{p.pid}/status VmRSS",
+        p.memory_source,
         tls_ca=tls.ca_file if tls is not None else None,
+        fresh=fresh if restart is not None else None,
     )
+
+
+def _direct_target(echo: tuple[str, int], sink: tuple[str, int]) -> _Target:
+    def fresh(new_echo: tuple[str, int]) -> tuple[_Target, Callable[[], None]]:
+        return _direct_target(new_echo, sink), _noop
+
+    return _Target("direct", echo, sink, _none, _none, "-", fresh=fresh)
 
 
 def _engine_target(probe: EngineSubject, sink_port: int, echo_port: int) -> _Target:
     """The bench's in-process engine, with a second listener to the sink."""
     eng = probe.engine
     sink_target = eng.target()
-    eng.publish_routes(
-        {
-            ADDRESS_ID: [RouteTarget(t, "127.0.0.1", echo_port) for t in probe.targets[:1]],
-            SINK_ADDRESS_ID: [RouteTarget(sink_target, "127.0.0.1", sink_port)],
-        }
-    )
+    routes = {
+        ADDRESS_ID: [RouteTarget(t, "127.0.0.1", echo_port) for t in probe.targets[:1]],
+        SINK_ADDRESS_ID: [RouteTarget(sink_target, "127.0.0.1", sink_port)],
+    }
+    eng.publish_routes(routes)
     sink_listener = eng.listen("127.0.0.1", 0, address_id=SINK_ADDRESS_ID, backlog=4096)
-    return _Target(
+
+    def restore() -> None:
+        eng.publish_routes(routes)
+
+    def fresh(echo: tuple[str, int]) -> tuple[_Target, Callable[[], None]]:
+        # the same engine and listener, a new target: only the echo side is fresh
+        eng.publish_routes({**routes, ADDRESS_ID: [RouteTarget(eng.target(), *echo)]})
+        return target, restore
+
+    target = _Target(
         "engine",
         probe.address,
         ("127.0.0.1", sink_listener.port),
@@ -158,7 +252,9 @@ def _engine_target(probe: EngineSubject, sink_port: int, echo_port: int) -> _Tar
         _self_rss,
         "bench process VmRSS (engine in-process) and engine counters",
         eng.counters,
+        fresh=fresh,
     )
+    return target
 
 
 def _stats(values: list[float]) -> dict[str, float] | None:
@@ -221,13 +317,44 @@ class _Runner:
         self.cfg = cfg
         self.progress = progress
 
+    async def storm_fresh(
+        self, t: _Target, rnd: int, pool: ClientPool, probe: EngineSubject
+    ) -> Sample:
+        """A storm of fresh_conns to a fresh echo port through a fresh instance."""
+        loop = asyncio.get_running_loop()
+        if t.fresh is None:
+            return Sample("storm_fresh", t.name, rnd, {}, ["no fresh instance for this subject"])
+        echo = await loop.run_in_executor(None, EchoServer.start, 1)
+        try:
+            ft, stop = await loop.run_in_executor(None, t.fresh, ("127.0.0.1", echo.port))
+            try:
+                # a short warm-up first: a fresh process pays its first touches
+                # (allocator, pools) there, not in the figure
+                warm = max(1, min(500, self.cfg.fresh_conns // 10))
+                await self.storm(ft, rnd, pool, echo, probe, "storm_fresh", warm)
+                return await self.storm(
+                    ft, rnd, pool, echo, probe, "storm_fresh", self.cfg.fresh_conns
+                )
+            finally:
+                await loop.run_in_executor(None, stop)
+        finally:
+            await loop.run_in_executor(None, echo.stop)
+
     async def storm(
-        self, t: _Target, rnd: int, pool: ClientPool, echo: EchoServer, probe: EngineSubject
+        self,
+        t: _Target,
+        rnd: int,
+        pool: ClientPool,
+        echo: EchoServer,
+        probe: EngineSubject,
+        workload: str = "storm",
+        count: int | None = None,
     ) -> Sample:
         cfg = self.cfg
         scfg = StormConfig(
             clients=cfg.clients,
             duration_s=cfg.storm_duration_s,
+            count=count,
             procs=cfg.procs,
             workers=cfg.workers,
             timeout_s=cfg.timeout_s,
@@ -252,11 +379,12 @@ class _Runner:
         )
         cpu1 = t.cpu_s()
         cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
-        tw = time_wait_by_tuple()
+        # storm_fresh: the fresh echo port's own pairs, not the host's worst
+        tw = time_wait_by_tuple(remote_port=echo.port if workload == "storm_fresh" else None)
         failures = [f"{k}: {v}" for k, v in r.failures.items() if v]
         per_proc = r.proc_utilisation
         return Sample(
-            "storm",
+            workload,
             t.name,
             rnd,
             {
@@ -367,6 +495,8 @@ async def _run_all(
                 progress.phase(f"round {rnd + 1}/{cfg.rounds} {wl} → {t.name}")
                 if wl == "storm":
                     s = await runner.storm(t, rnd, pool, echo, probe)
+                elif wl == "storm_fresh":
+                    s = await runner.storm_fresh(t, rnd, pool, probe)
                 elif wl == "idle":
                     s = await runner.idle(t, rnd)
                 else:
@@ -395,16 +525,24 @@ def run_compare(cfg: CompareConfig, progress: Progress | None = None) -> Compare
     t0 = time.monotonic()
     skipped: dict[str, str] = {}
     versions: dict[str, str] = {}
-    proxies: list[ProxyProcess] = []
+    proxies: list[_Relay] = []
     tls_dir = Path(tempfile.mkdtemp(prefix="skiff-bench-tls-")) if cfg.tls else None
+    build_dir = Path(tempfile.mkdtemp(prefix="skiff-bench-build-"))
     try:
         tls = write_tls_files(tls_dir) if tls_dir is not None else None
-        samples = _run_subjects(cfg, progress, skipped, versions, proxies, tls)
+        samples = _run_subjects(cfg, progress, skipped, versions, proxies, tls, build_dir)
     finally:
         if tls_dir is not None:
             shutil.rmtree(tls_dir, ignore_errors=True)
+        shutil.rmtree(build_dir, ignore_errors=True)
     cfg.subjects = tuple(s for s in cfg.subjects if s not in skipped)
     return CompareReport(cfg, environment(), samples, skipped, versions, time.monotonic() - t0)
+
+
+def _minrelay_binary(build_dir: Path) -> Path:
+    """minrelay built once per run (MinrelayUnavailable says why not)."""
+    binary = build_dir / "minrelay"
+    return binary if binary.is_file() else minrelay.build(build_dir)
 
 
 def _run_subjects(
@@ -412,35 +550,57 @@ def _run_subjects(
     progress: Progress,
     skipped: dict[str, str],
     versions: dict[str, str],
-    proxies: list[ProxyProcess],
+    proxies: list[_Relay],
     tls: TlsFiles | None,
+    build_dir: Path,
 ) -> list[Sample]:
     import uvloop
 
     with EchoServer.start(1) as echo, SinkServer.start() as sink, ClientPool(cfg.procs) as pool:
         echo_addr, sink_addr = ("127.0.0.1", echo.port), ("127.0.0.1", sink.port)
         probe = EngineSubject(echo.port, cfg.workers, 0.01)
+        w = cfg.workers
         try:
             targets: list[_Target] = []
             for name in cfg.subjects:
+                restart: Callable[[tuple[str, int]], _Relay]
                 if name == "skiffd":
-                    p = start_skiffd(cfg.workers, echo_addr, sink_addr, tls)
-                    proxies.append(p)
-                    targets.append(_proxy_target(p, tls))
+
+                    def restart(e: tuple[str, int]) -> _Relay:
+                        return start_skiffd(w, e, sink_addr, tls)
+
                 elif name == "haproxy":
-                    try:
-                        p = start_haproxy(cfg.workers, echo_addr, sink_addr, tls)
-                    except FileNotFoundError:
+                    if haproxy_binary() is None:
                         progress.result(HAPROXY_MISSING)
                         skipped["haproxy"] = HAPROXY_MISSING
                         continue
-                    versions["haproxy"] = p.version
-                    proxies.append(p)
-                    targets.append(_proxy_target(p, tls))
+
+                    def restart(e: tuple[str, int]) -> _Relay:
+                        return start_haproxy(w, e, sink_addr, tls)
+
+                elif name in minrelay.NAMES:
+                    try:
+                        binary = _minrelay_binary(build_dir)
+                    except minrelay.MinrelayUnavailable as exc:
+                        progress.result(f"skipping {name}: {exc}")
+                        skipped[name] = str(exc)
+                        continue
+                    splice = name == "minrelay-splice"
+
+                    def restart(e: tuple[str, int], b: Path = binary, sp: bool = splice) -> _Relay:
+                        return minrelay.start(b, w, e, sink_addr, sp)
+
                 elif name == "engine":
                     targets.append(_engine_target(probe, sink.port, echo.port))
+                    continue
                 else:
-                    targets.append(_Target("direct", echo_addr, sink_addr, _none, _none, "-"))
+                    targets.append(_direct_target(echo_addr, sink_addr))
+                    continue
+                p = restart(echo_addr)
+                proxies.append(p)
+                if isinstance(p, ProxyProcess) and p.version:
+                    versions[name] = p.version
+                targets.append(_proxy_target(p, tls, restart))
             with progress:
                 samples = uvloop.run(_run_all(cfg, targets, pool, echo, probe, progress))
         finally:
@@ -465,6 +625,51 @@ def unit_label(unit: str, tls: bool) -> str:
     return unit.replace("conn/s", "handshakes/s").replace("CPU/conn", "CPU/handshake")
 
 
+def ratio_pairs(subjects: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+    """The RATIOS whose two subjects both ran."""
+    return [(a, b) for a, b in RATIOS if a in subjects and b in subjects]
+
+
+def time_wait_effect(report: CompareReport) -> list[str]:
+    """Which dominates a short connection's CPU: the relay's own work, or the
+    kernel's port search that a TIME_WAIT-heavy 4-tuple causes (storm vs
+    storm_fresh, per subject)."""
+    if not set(STORMS) <= set(report.config.workloads):
+        return []
+    summ = report.summary()
+    out = []
+    for subj in report.config.subjects:
+        tw = summ["storm"]["cpu_us_per_conn"].get(subj)
+        fresh = summ["storm_fresh"]["cpu_us_per_conn"].get(subj)
+        if tw is None or fresh is None or tw["median"] <= 0:
+            continue
+        extra = tw["median"] - fresh["median"]
+        share = extra / tw["median"]
+        if share >= 0.5:
+            verdict = "the port search dominates"
+        elif share >= 0.2:
+            verdict = "the port search is a large share"
+        elif share > -0.2:
+            verdict = "no difference beyond noise (~20 %): the relay's own work dominates"
+        else:
+            verdict = "fresh costs more: noise, or the fresh instance's first touches"
+        out.append(
+            f"  {subj}: {tw['median']:.1f} µs with TIME_WAIT build-up vs {fresh['median']:.1f} "
+            f"µs on fresh 4-tuples ({share:+.0%} of the default figure): {verdict}"
+        )
+    worst = [
+        int(s.detail["ports"].get("time_wait_max_per_tuple", 0))
+        for s in report.samples
+        if s.workload == "storm" and "ports" in s.detail
+    ]
+    if not out:
+        return []
+    head = "storm vs storm_fresh, CPU per connection (median)"
+    if worst:
+        head += f"; TIME_WAIT on one address pair after storm rounds: up to {max(worst):,}"
+    return [head + ":", *out]
+
+
 def format_compare(report: CompareReport) -> str:
     cfg = report.config
     env = report.environment
@@ -473,16 +678,16 @@ def format_compare(report: CompareReport) -> str:
         + f"{cfg.rounds} round(s), {cfg.workers} worker threads, "
         f"storm {cfg.clients} clients x {cfg.storm_duration_s:g} s, "
         f"bulk {cfg.bulk_duration_s:g} s, "
-        f"idle {cfg.idle_conns} conns, {cfg.procs} client procs, {env.get('cpu_count')} CPUs",
+        f"idle {cfg.idle_conns} conns, storm_fresh {cfg.fresh_conns} conns, "
+        f"{cfg.procs} client procs, {env.get('cpu_count')} CPUs",
         "",
     ]
     summ = report.summary()
     subj = list(cfg.subjects)
     uw = 17 if cfg.tls else 13
-    head = f"{'workload':<7} {'figure':<{uw}} " + " ".join(f"{s:>22}" for s in subj)
-    has_ratio = "skiffd" in subj and "haproxy" in subj
-    if has_ratio:
-        head += f" {'skiffd/haproxy':>15}"
+    pairs = ratio_pairs(subj)
+    head = f"{'workload':<11} {'figure':<{uw}} " + " ".join(f"{s:>22}" for s in subj)
+    head += "".join(f" {f'{a}/{b}':>{max(15, len(a) + len(b) + 1)}}" for a, b in pairs)
     lines += [head, "-" * len(head)]
     for wl in cfg.workloads:
         for metric, unit, _ in METRICS[wl]:
@@ -495,13 +700,14 @@ def format_compare(report: CompareReport) -> str:
                     else f"{_fmt(st['median'])} [{_fmt(st['min'])}..{_fmt(st['max'])}]"
                 )
             label = unit_label(unit, cfg.tls)
-            row = f"{wl:<7} {label:<{uw}} " + " ".join(f"{c:>22}" for c in cells)
-            if has_ratio:
-                r = report.ratio(wl, metric)
-                row += f" {'-' if r is None else f'{r:.2f}':>15}"
+            row = f"{wl:<11} {label:<{uw}} " + " ".join(f"{c:>22}" for c in cells)
+            for a, b in pairs:
+                r = report.ratio(wl, metric, a, b)
+                row += f" {'-' if r is None else f'{r:.2f}':>{max(15, len(a) + len(b) + 1)}}"
             lines.append(row)
     lines.append("")
     lines.append("cells: median [min..max] over rounds; idle: max over rounds (first-touch growth)")
+    lines += time_wait_effect(report)
     bad = [s for s in report.samples if not s.ok]
     if bad:
         lines.append(f"FAILED samples ({len(bad)}): correctness or errors, excluded from figures:")

@@ -157,4 +157,3 @@ class EchoServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-

@@ -111,6 +111,30 @@ class CertAuthority:
         return issued.cert_pem, issued.key_pem, issued.fingerprint
 
 
+def ca_bundle(count: int, tag: str = "bundle") -> list[bytes]:
+    """count distinct self-signed CA certificates (PEM), as in a system trust
+    bundle: each has its own subject, so a trust store keeps every one.
+    One key signs them all: key generation is not what a bundle costs."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    out = []
+    for i in range(count):
+        name = _name(f"skiff-bench {tag} CA {i}")
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(i + 1)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        out.append(cert.public_bytes(serialization.Encoding.PEM))
+    return out
+
+
 def write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path

@@ -142,7 +142,14 @@ def plot_compare_bars(data: dict[str, Any], path: Path, small: bool = False) -> 
     cols = min(3, len(panels)) or 1
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.5 * rows), squeeze=False)
-    colors = {"skiffd": "#1f77b4", "haproxy": "#d62728", "engine": "#2ca02c", "direct": "#7f7f7f"}
+    colors = {
+        "skiffd": "#1f77b4",
+        "haproxy": "#d62728",
+        "minrelay": "#ff7f0e",
+        "minrelay-splice": "#ffbb78",
+        "engine": "#2ca02c",
+        "direct": "#7f7f7f",
+    }
     for k, (wl, metric) in enumerate(panels):
         ax = axes[k // cols][k % cols]
         cells = summary[wl][metric]
@@ -154,7 +161,8 @@ def plot_compare_bars(data: dict[str, Any], path: Path, small: bool = False) -> 
             names, med, yerr=[lo, hi], capsize=3, color=[colors.get(n, "#9467bd") for n in names]
         )
         ax.set_title(f"{wl}: {units.get(wl, {}).get(metric, metric)}", fontsize=9)
-        ax.tick_params(axis="x", labelsize=8)
+        # six subjects' names overlap unless slanted
+        ax.tick_params(axis="x", labelsize=7, labelrotation=35 if len(names) > 4 else 0)
         ax.tick_params(axis="y", labelsize=7)
         ax.grid(True, axis="y", alpha=0.3)
     for k in range(len(panels), rows * cols):

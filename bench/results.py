@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.compare import METRICS, CompareReport
+from bench.compare import METRICS, RATIOS, CompareReport
 
 SCHEMA_PREFIX = "skiff-bench/"
 REQUIRED_KEYS = ("schema", "command", "params", "environment", "ok")
@@ -49,6 +49,11 @@ def compare_json(report: CompareReport, argv: Sequence[str]) -> dict[str, Any]:
             ratios[wl][f"{metric}_skiffd_over_direct"] = report.ratio(
                 wl, metric, "skiffd", "direct"
             )
+            # against the physical limit of a relay (None when minrelay was skipped)
+            pairs = {*RATIOS, ("engine", "minrelay"), ("engine", "minrelay-splice")}
+            for a, b in sorted(pairs):
+                if b.startswith("minrelay"):
+                    ratios[wl][f"{metric}_{a}_over_{b}"] = report.ratio(wl, metric, a, b)
     out.update(
         {
             "units": {wl: {m: u for m, u, _ in METRICS[wl]} for wl in report.config.workloads},

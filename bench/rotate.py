@@ -12,10 +12,20 @@ directory, debounce, a native load on its loader pool, publication). Every
 certificates that parsing it takes about ``slow_s`` on the loader — the
 original failure's large bundle — in a second sslProfile, so that its
 slow load runs on the loader pool beside the ordinary profile's loads, as
-in a router with several profiles. Reported: handshakes/s, failed handshakes,
-the time from a file write to the first client handshake that presented the
-new certificate (clients read the peer certificate's SHA-256), and the
-engine's high-priority timer lateness sampled every 100 ms.
+in a router with several profiles. With ``bundle_same_profile`` the bundle is
+instead the ``caCertFile`` of the rotating profile itself (the original
+failure: every second the profile's own 4,000-CA bundle is rewritten, so
+every load of the profile after that parses all of it), and
+``bundle_certs`` makes it that many distinct CA certificates (1: the
+control run). Reported: handshakes/s, failed handshakes, the slowest
+connection, the time from a file write to the first client handshake that
+presented the new certificate (clients read the peer certificate's SHA-256),
+rotations never presented to any client, stale handshakes (ones that
+presented a certificate although a newer one had been written at least
+``stale_after_s`` before), the engine's high-priority timer lateness
+sampled every 100 ms, and the control loop's lag (how late a 10 ms sleep of
+the asyncio loop wakes: what a management request would wait, since the
+TlsManager and the agent share that loop and the GIL with the loader pool).
 
 Why the engine in-process: the engine's own counters (worker CPU, timer
 lateness) are read directly, and the loader runs on a thread of the same
@@ -33,10 +43,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.client import ClientPool
+from bench.client import PRESENTED_BIN_S, ClientPool
 from bench.echo import EchoServer
+from bench.histogram import Histogram
 from bench.host import environment, raise_nofile_limit
-from bench.pki import CertAuthority
+from bench.pki import CertAuthority, ca_bundle
 from bench.progress import Progress
 from bench.storm import RoundResult, StormConfig, run_round
 from bench.subjects import ADDRESS_ID, EngineSubject, window_max_ns
@@ -49,6 +60,7 @@ from router.node import Node
 PROFILE = "bench"
 
 SAMPLE_S = 0.1
+LOOP_TICK_S = 0.01  # the control loop's own lag is sampled this often
 MAX_ROTATIONS = 5_000
 
 
@@ -63,10 +75,19 @@ class RotateConfig:
     slow_s: float = 0.2
     timeout_s: float = 10.0
     source_addrs: int = 253
+    bundle_same_profile: bool = False  # the bundle is the rotating profile's caCertFile
+    bundle_certs: int | None = None  # distinct CAs in the bundle (None: sized for slow_s)
+    stale_after_s: float = 0.5  # a handshake this long after a newer write is stale
 
     def validate(self) -> None:
         if min(self.clients, self.procs, self.workers) < 1 or self.duration_s <= 0:
             raise ValueError("clients, procs, workers must be >= 1 and duration > 0")
+        if self.bundle_certs is not None and self.bundle_certs < 1:
+            raise ValueError("bundle certs must be >= 1")
+        if self.bundle_same_profile and self.slow_every < 1:
+            raise ValueError("--bundle-same-profile rewrites the bundle every --slow-every")
+        if self.stale_after_s <= 0:
+            raise ValueError("stale-after must be > 0")
         if self.interval_s is not None and self.interval_s < 0.01:
             raise ValueError("interval must be >= 0.01 s")
 
@@ -125,6 +146,17 @@ class Loader(threading.Thread):
             nxt = max(nxt, time.monotonic())
 
 
+def _distinct_bundles(ca_pem: bytes, count: int) -> tuple[bytes, bytes]:
+    """Two bundles of count distinct CAs, the server's own CA first (so the
+    certificate chains to it), that differ in content: in one certificate,
+    or for a single CA in a blank line."""
+    others = ca_bundle(count)
+    return (
+        ca_pem + b"".join(others[: count - 1]),
+        ca_pem + b"\n" + b"".join(others[1:count]),
+    )
+
+
 def _bundle(ca_pem: bytes, target_s: float) -> tuple[bytes, bytes]:
     """Two different CA bundles whose parse takes about target_s each."""
     probe = ca_pem * 200
@@ -148,6 +180,8 @@ class RotateResult:
     environment: dict[str, Any] = field(default_factory=dict)
     t0: float = 0.0
     bundle_load_ms: list[float] = field(default_factory=list)  # write → published
+    loop_lag_ns: Histogram = field(default_factory=Histogram)  # control loop wake-up lag
+    initial_fingerprint: str = ""  # the certificate before the first rotation
 
     @property
     def handshakes_per_s(self) -> float:
@@ -167,6 +201,33 @@ class RotateResult:
             "never_seen": len(chosen) - len(delays),
             "p50": statistics.median(delays) if delays else None,
             "max": max(delays) if delays else None,
+        }
+
+    def stale(self) -> dict[str, float | int]:
+        """Handshakes that presented a certificate when a newer one had been
+        written at least stale_after_s before (counted per PRESENTED_BIN_S
+        bin, from the bin's start: a lower bound), and the longest such wait."""
+        order = [(self.t0 - 1.0, self.initial_fingerprint)]
+        order += [(r.t_write, r.fingerprint) for r in self.rotations]
+        index = {fp: i for i, (_, fp) in enumerate(order)}
+        stale = total = 0
+        longest = 0.0
+        for fp, bins in self.round.presented.items():
+            k = index.get(fp)
+            for b, n in bins.items():
+                total += n
+                if k is None or k + 1 >= len(order):
+                    continue  # unknown certificate, or the newest: never stale
+                age = b * PRESENTED_BIN_S - order[k + 1][0]  # since the next write
+                if age >= self.config.stale_after_s:
+                    stale += n
+                    longest = max(longest, age)
+        return {
+            "handshakes": total,
+            "stale": stale,
+            "share": stale / total if total else 0.0,
+            "longest_s": longest,
+            "threshold_s": self.config.stale_after_s,
         }
 
     @property
@@ -190,6 +251,16 @@ def _lateness_point(t: float, h: EngineHistogram) -> dict[str, float]:
         "p99_us": h.quantile(0.99) / 1e3 if h.count else 0.0,
         "max_us": window_max_ns(h) / 1e3,
     }
+
+
+async def _sample_loop_lag(out: Histogram, stop: asyncio.Event) -> None:
+    """How late the control loop wakes from a LOOP_TICK_S sleep."""
+    for _ in range(1 << 30):  # bounded by stop
+        t = time.perf_counter_ns()
+        await asyncio.sleep(LOOP_TICK_S)
+        out.record(max(0, time.perf_counter_ns() - t - int(LOOP_TICK_S * 1e9)))
+        if stop.is_set():
+            return
 
 
 async def _sample_lateness(
@@ -221,9 +292,12 @@ async def _run(
     ca_file, cert, key = workdir / "ca.pem", workdir / "server.pem", workdir / "server.key"
     ca_file.write_bytes(ca.pem)
     bundle = workdir / "bundle.pem"
-    bundles = await loop.run_in_executor(None, _bundle, ca.pem, cfg.slow_s)
+    if cfg.bundle_certs is not None:
+        bundles = await loop.run_in_executor(None, _distinct_bundles, ca.pem, cfg.bundle_certs)
+    else:
+        bundles = await loop.run_in_executor(None, _bundle, ca.pem, cfg.slow_s)
     bundle.write_bytes(bundles[1])
-    cert_pem, key_pem, _fp = ca.leaf(0)
+    cert_pem, key_pem, fp0 = ca.leaf(0)
     cert.write_bytes(cert_pem)
     key.write_bytes(key_pem)
     router = RouterConfig.from_attributes("router", {"tlsLoaderThreads": 2})
@@ -242,15 +316,16 @@ async def _run(
             bundle_loads.append(time.monotonic())
 
     tls.on_published(on_published)
-    registry.create(
-        "sslProfile",
-        {"name": PROFILE, "certFile": str(cert), "privateKeyFile": str(key)},
-        check_operation=False,
-    )
-    # the large trust bundle of another profile: reloaded on the same pool
-    registry.create(
-        "sslProfile", {"name": "bundle", "caCertFile": str(bundle)}, check_operation=False
-    )
+    attrs = {"name": PROFILE, "certFile": str(cert), "privateKeyFile": str(key)}
+    if cfg.bundle_same_profile:
+        # the profile's own trust bundle: a load after each rewrite parses all of it
+        attrs["caCertFile"] = str(bundle)
+    registry.create("sslProfile", attrs, check_operation=False)
+    if not cfg.bundle_same_profile:
+        # the large trust bundle of another profile: reloaded on the same pool
+        registry.create(
+            "sslProfile", {"name": "bundle", "caCertFile": str(bundle)}, check_operation=False
+        )
     await tls.settle()
     slot = tls.slot(PROFILE)
     if slot is None or not tls.ready(PROFILE):
@@ -280,6 +355,8 @@ async def _run(
     timeline: list[dict[str, float]] = []
     stop = asyncio.Event()
     sampler = asyncio.ensure_future(_sample_lateness(probe, t0, timeline, stop))
+    loop_lag = Histogram()
+    lag_sampler = asyncio.ensure_future(_sample_loop_lag(loop_lag, stop))
     if cfg.interval_s is not None:
         loader.start()
     name = "rotate" if cfg.interval_s is not None else "storm --tls"
@@ -298,6 +375,7 @@ async def _run(
         loader.stop_event.set()
         stop.set()
         await sampler
+        await lag_sampler
         if loader.is_alive():
             await loop.run_in_executor(None, loader.join, 10.0)
         await asyncio.sleep(0.3)  # the last write's debounce and load
@@ -310,7 +388,12 @@ async def _run(
     total = probe.engine.lateness(PRIO_HIGH).minus(lat_before)
     bundle_ms = []
     for rot in loader.rotations:
-        if rot.slow:
+        if rot.slow and cfg.bundle_same_profile:
+            # the profile's next publication after the bundle write carries it
+            after = [t for t, _, _ in published if t >= rot.t_write]
+            if after:
+                bundle_ms.append((after[0] - rot.t_write) * 1e3)
+        elif rot.slow:
             after = [t for t in bundle_loads if t >= rot.t_write]
             if after:
                 bundle_ms.append((after[0] - rot.t_write) * 1e3)
@@ -322,6 +405,8 @@ async def _run(
         _lateness_point(0.0, total),
         t0=t0,
         bundle_load_ms=bundle_ms,
+        initial_fingerprint=fp0,
+        loop_lag_ns=loop_lag,
     )
 
 
@@ -379,7 +464,11 @@ def rotate_json(res: RotateResult) -> dict[str, Any]:
             "pickup_ms_normal": res.pickup_ms(False),
             "pickup_ms_slow": res.pickup_ms(True),
             "bundle_load_ms": res.bundle_load_ms,
+            "rotations_never_presented": res.pickup_ms()["never_seen"],
+            "stale_handshakes": res.stale(),
+            "slowest_connection_ms": r.latency_ns.max / 1e6 if r.ok else None,
             "timer_lateness": res.lateness_total,
+            "control_loop_lag_us": res.loop_lag_ns.summary(1e3),
             "client_bottleneck": client_bottleneck(r.proc_utilisation, r.client_cpu_s, r.elapsed_s),
         },
         "rotations": [
@@ -396,19 +485,32 @@ def rotate_json(res: RotateResult) -> dict[str, Any]:
 def format_rotate(res: RotateResult) -> str:
     d = rotate_json(res)["figures"]
     cfg = res.config
+    size = (
+        f"{cfg.bundle_certs:,} distinct CA certificates"
+        if cfg.bundle_certs is not None
+        else f"~{cfg.slow_s * 1e3:.0f} ms to parse on an idle machine"
+    )
+    whose = "the same profile's caCertFile" if cfg.bundle_same_profile else "another profile's"
     lines = [
         f"skiff {'rotate' if cfg.interval_s else 'storm --tls'}: engine TLS listener, "
         f"{cfg.clients} clients, {cfg.duration_s:g} s, {cfg.workers} workers"
         + (
             f", rotation every {cfg.interval_s * 1e3:.0f} ms; every {cfg.slow_every}th "
-            f"rotation also rewrites another profile's CA bundle (~{cfg.slow_s * 1e3:.0f} ms "
-            "to parse on an idle machine)"
+            f"rotation also rewrites {whose} CA bundle ({size})"
+            if cfg.interval_s and cfg.slow_every
+            else f", rotation every {cfg.interval_s * 1e3:.0f} ms"
             if cfg.interval_s
             else ""
         ),
         f"  handshakes: {d['handshakes']:,} ok = {d['handshakes_per_s']:,.0f}/s, "
         f"failed {d['failed_handshakes']}",
     ]
+    if d["slowest_connection_ms"] is not None:
+        lat = d["latency_us"]
+        lines.append(
+            f"  connection (connect + handshake + echo): p99 {lat['p99'] / 1e3:.1f} ms, "
+            f"slowest {d['slowest_connection_ms']:.1f} ms"
+        )
     cpu = d["engine_cpu_us_per_handshake"]
     if cpu is not None:
         lines.append(f"  engine worker CPU per handshake: {cpu:.0f} µs")
@@ -429,9 +531,17 @@ def format_rotate(res: RotateResult) -> str:
                     f"p50 {p['p50']:.1f} ms, max {p['max']:.1f} ms "
                     f"({p['seen']} seen, {p['never_seen']} replaced before any handshake)"
                 )
+        st = d["stale_handshakes"]
+        lines.append(
+            f"  rotations never presented to any client: {d['rotations_never_presented']} "
+            f"of {len(res.rotations)}; stale handshakes (a newer certificate written "
+            f">= {st['threshold_s'] * 1e3:.0f} ms before): {st['stale']:,} of "
+            f"{st['handshakes']:,} ({st['share']:.1%}), longest wait {st['longest_s']:.2f} s"
+        )
         if res.bundle_load_ms:
             lines.append(
-                f"  large CA bundle (other profile) write → published: "
+                f"  CA bundle ({'same' if cfg.bundle_same_profile else 'other'} profile) "
+                "write → published: "
                 f"p50 {statistics.median(res.bundle_load_ms):.0f} ms, "
                 f"max {max(res.bundle_load_ms):.0f} ms over {len(res.bundle_load_ms)} loads"
             )
@@ -443,6 +553,12 @@ def format_rotate(res: RotateResult) -> str:
         f"max {lat['max_us'] / 1e3:.2f} ms (bucket upper bounds; worst 100 ms window "
         f"{worst / 1e3:.2f} ms)"
     )
+    lag = d["control_loop_lag_us"]
+    if lag["count"]:
+        lines.append(
+            f"  control loop lag (a {LOOP_TICK_S * 1e3:.0f} ms sleep's late wake-up): "
+            f"p99 {lag['p99'] / 1e3:.1f} ms, max {lag['max'] / 1e3:.1f} ms"
+        )
     lines.append(f"  note: {d['client_bottleneck']['verdict']}")
     lines += [f"  {e}" for e in res.round.error_samples[:6]]
     lines.append("  result: " + ("OK" if res.ok else "FAILED"))

@@ -161,6 +161,16 @@ def _earliest(maps: Iterable[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def _added(maps: Iterable[dict[str, dict[int, int]]]) -> dict[str, dict[int, int]]:
+    out: dict[str, dict[int, int]] = {}
+    for m in maps:
+        for k, bins in m.items():
+            mine = out.setdefault(k, {})
+            for b, n in bins.items():
+                mine[b] = mine.get(b, 0) + n
+    return out
+
+
 @dataclass(slots=True)
 class RoundResult:
     """One subject's round: client-side counts plus the engine's window."""
@@ -179,6 +189,8 @@ class RoundResult:
     proc_cpu_s: list[float] = field(default_factory=list)  # per client process
     timeline: list[dict[str, float]] = field(default_factory=list)  # per TICK_S
     first_seen: dict[str, float] = field(default_factory=dict)  # TLS cert -> first use
+    # TLS cert -> {time bin (client.PRESENTED_BIN_S): handshakes presenting it}
+    presented: dict[str, dict[int, int]] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -224,6 +236,7 @@ class RoundResult:
             error_samples=samples,
             proc_cpu_s=[p.cpu_s for p in parts],
             first_seen=_earliest(p.first_seen for p in parts),
+            presented=_added(p.presented for p in parts),
         )
 
 

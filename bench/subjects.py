@@ -92,9 +92,7 @@ def window_max_ns(window: EngineHistogram) -> float:
 
 def sum_flows(stats: list[FlowStats]) -> FlowStats:
     """Several targets' counters as one."""
-    return FlowStats(
-        *(sum(getattr(s, f) for s in stats) for f in FlowStats.__dataclass_fields__)
-    )
+    return FlowStats(*(sum(getattr(s, f) for s in stats) for f in FlowStats.__dataclass_fields__))
 
 
 def flow_delta(after: FlowStats, before: FlowStats) -> dict[str, int]:

@@ -67,10 +67,13 @@ def local_port_range() -> tuple[int, int]:
 
 def time_wait_by_tuple(
     paths: tuple[str, ...] = ("/proc/net/tcp", "/proc/net/tcp6"),
+    remote_port: int | None = None,
 ) -> dict[str, int]:
     """TIME_WAIT sockets now: total and the largest count sharing one
     (local address, remote address:port) — the set an ephemeral port is
-    picked from."""
+    picked from. With remote_port, only pairs towards that port count
+    towards the largest (a fresh echo port's own history)."""
+    want = f"{remote_port:04X}" if remote_port is not None else None
     per: Counter[tuple[str, str]] = Counter()
     total = 0
     for path in paths:
@@ -81,7 +84,8 @@ def time_wait_by_tuple(
                     parts = line.split()
                     if len(parts) > 3 and parts[3] == TCP_TIME_WAIT:
                         total += 1
-                        per[(parts[1].split(":")[0], parts[2])] += 1
+                        if want is None or parts[2].endswith(":" + want):
+                            per[(parts[1].split(":")[0], parts[2])] += 1
         except OSError:
             continue
     return {"time_wait": total, "max_per_tuple": max(per.values(), default=0)}

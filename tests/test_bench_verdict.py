@@ -7,10 +7,12 @@ decide it, so their thresholds are pinned here.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bench.client import TICK_S, Tick
 from bench.histogram import Histogram
 from bench.storm import Timeline
-from bench.verdict import SATURATED, client_bottleneck, port_pressure
+from bench.verdict import SATURATED, client_bottleneck, port_pressure, time_wait_by_tuple
 
 
 def test_one_saturated_process_makes_the_run_client_bound() -> None:
@@ -69,3 +71,22 @@ def test_timeline_reports_an_interval_once_every_process_sent_it() -> None:
     points = tl.points()
     assert [x["ok"] for x in points] == [15, 4]
     assert points[0]["connections_per_s"] == 15 / TICK_S
+
+
+def test_time_wait_by_tuple_can_count_one_remote_port(tmp_path: Path) -> None:
+    head = "  sl  local_address rem_address   st\n"
+    rows = [
+        # two TIME_WAIT (06) towards port 0x1F90 (8080), three towards 0x0050 (80)
+        "0: 0100007F:8000 0100007F:1F90 06\n",
+        "1: 0100007F:8001 0100007F:1F90 06\n",
+        "2: 0100007F:8002 0100007F:0050 06\n",
+        "3: 0100007F:8003 0100007F:0050 06\n",
+        "4: 0100007F:8004 0100007F:0050 06\n",
+        "5: 0100007F:8005 0100007F:1F90 01\n",  # established: not counted
+    ]
+    table = tmp_path / "tcp"
+    table.write_text(head + "".join(rows))
+    assert time_wait_by_tuple((str(table),)) == {"time_wait": 5, "max_per_tuple": 3}
+    only = time_wait_by_tuple((str(table),), remote_port=8080)
+    assert only == {"time_wait": 5, "max_per_tuple": 2}
+    assert time_wait_by_tuple((str(table),), remote_port=9)["max_per_tuple"] == 0

@@ -1,0 +1,103 @@
+"""``rotate``'s rewritten-bundle case and its stale/never-presented figures.
+
+Why: these figures are the measure of the original failure (a profile's own
+large CA bundle rewritten every second); a miscount would hide it or invent
+it. The arithmetic is pinned with hand-made results, and one short run of
+the same-profile case shows the figures are produced end to end.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.client import PRESENTED_BIN_S
+from bench.histogram import Histogram
+from bench.rotate import (
+    RotateConfig,
+    RotateResult,
+    Rotation,
+    _distinct_bundles,
+    rotate_json,
+    run_rotate,
+)
+from bench.storm import RoundResult
+
+
+def _result(presented: dict[str, dict[int, int]], stale_after: float = 0.5) -> RotateResult:
+    rnd = RoundResult(
+        subject="engine-tls",
+        index=0,
+        elapsed_s=1.0,
+        ok=sum(sum(b.values()) for b in presented.values()),
+        failures={},
+        latency_ns=Histogram(),
+        client_cpu_s=0.0,
+        echo_cpu_s=0.0,
+        engine={},
+        event_lateness_ns=Histogram(),
+        error_samples=[],
+        presented=presented,
+        first_seen={},
+    )
+    rots = [Rotation(1, "fp1", t_write=10.0), Rotation(2, "fp2", t_write=11.0)]
+    cfg = RotateConfig(stale_after_s=stale_after)
+    return RotateResult(cfg, rnd, rots, [], {}, t0=9.0, initial_fingerprint="fp0")
+
+
+def bin_at(t: float) -> int:
+    return round(t / PRESENTED_BIN_S)
+
+
+def test_stale_counts_handshakes_after_a_newer_write() -> None:
+    res = _result(
+        {
+            # the initial certificate: fine before 10.5, stale from 10.5 (rotation 1 at 10.0)
+            "fp0": {bin_at(9.5): 3, bin_at(10.2): 4, bin_at(10.5): 5, bin_at(10.9): 6},
+            # rotation 1: stale from 11.5 (rotation 2 written at 11.0)
+            "fp1": {bin_at(11.2): 7, bin_at(11.7): 8},
+            # the newest certificate is never stale
+            "fp2": {bin_at(30.0): 9},
+        }
+    )
+    st = res.stale()
+    assert st["handshakes"] == 3 + 4 + 5 + 6 + 7 + 8 + 9
+    assert st["stale"] == 5 + 6 + 8
+    assert st["longest_s"] == pytest.approx(0.9)
+    assert _result(res.round.presented, stale_after=2.0).stale()["stale"] == 0
+
+
+def test_never_presented_counts_rotations_no_client_saw() -> None:
+    res = _result({"fp2": {bin_at(12.0): 1}})
+    res.round.first_seen = {"fp2": 11.05}
+    assert res.pickup_ms()["never_seen"] == 1
+    figures = rotate_json(res)["figures"]
+    assert figures["rotations_never_presented"] == 1
+
+
+def test_distinct_bundles_differ_and_start_with_the_ca() -> None:
+    ca = b"-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n"
+    for n in (1, 3):
+        a, b = _distinct_bundles(ca, n)
+        assert a != b and a.startswith(ca) and b.startswith(ca)
+        assert a.count(b"BEGIN CERTIFICATE") == n == b.count(b"BEGIN CERTIFICATE")
+
+
+def test_rotate_same_profile_bundle_short_run() -> None:
+    cfg = RotateConfig(
+        clients=8,
+        duration_s=1.5,
+        procs=1,
+        interval_s=0.1,
+        slow_every=5,
+        bundle_same_profile=True,
+        bundle_certs=50,
+    )
+    res = run_rotate(cfg)
+    figures = rotate_json(res)["figures"]
+    assert res.round.failed == 0 and res.ok
+    assert figures["stale_handshakes"]["handshakes"] == res.round.ok
+    assert 0 <= figures["rotations_never_presented"] <= len(res.rotations)
+    assert figures["slowest_connection_ms"] > 0
+    assert any(r.slow for r in res.rotations)
+    assert res.bundle_load_ms  # the profile was republished after bundle rewrites
+    assert figures["control_loop_lag_us"]["count"] > 10
