@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -116,29 +115,6 @@ class ProfileState:
     last_change: float = 0.0
 
 
-_priority_warned = threading.Event()
-
-
-def lower_loader_priority() -> str:
-    """Runs first on each loader thread: a multi-second parse must never take
-    CPU from an I/O worker or the control loop, so the thread drops to
-    SCHED_IDLE, or failing that to nice 19. Both are per-task on Linux (they
-    act on the calling thread only). Returns what it applied."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        return "SCHED_IDLE"
-    except (AttributeError, OSError):
-        pass  # not Linux, or refused by a seccomp/container policy
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        return "nice 19"
-    except (AttributeError, OSError) as e:
-        if not _priority_warned.is_set():
-            _priority_warned.set()
-            _log.debug(f"loader threads keep the normal priority: {e}")
-        return "unchanged"
-
-
 Listener = Callable[[str], None]
 
 
@@ -157,7 +133,6 @@ class TlsManager:
         self._pool = ThreadPoolExecutor(
             max_workers=loader_threads,
             thread_name_prefix="tls-load",
-            initializer=lower_loader_priority,
         )
         self._profiles: dict[str, ProfileState] = {}
         self._published: list[Listener] = []

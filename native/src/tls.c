@@ -6,7 +6,12 @@
  * publication with this library's OpenSSL on the very bytes it hashed: PEM
  * parses, the password decrypts the key, the key matches the certificate.
  * Only then does it build the server and client SSL_CTX of the config.
- * Using a config on a connection (handshake, records) is tls_io.c's. */
+ * Using a config on a connection (handshake, records) is tls_io.c's.
+ *
+ * A load can take seconds (a bundle of thousands of CAs): it runs on a thread
+ * at SCHED_IDLE (or nice 19), so it never takes CPU from a worker or the
+ * control loop. The priority is set in C, on a thread that never holds the
+ * GIL: a loader preempted while holding the GIL made the control loop wait. */
 #include "internal.h"
 
 #include <errno.h>
@@ -20,7 +25,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -404,7 +412,40 @@ static void hex(const unsigned char *h, char out[65])
         snprintf(out + 2 * i, 3, "%02x", h[i]);
 }
 
+/* Each load runs on a short-lived thread of its own at the lowest priority:
+ * lowering the caller instead would need raising it back afterwards, which an
+ * unprivileged process may not do (RLIMIT_NICE), leaving a Python thread
+ * that later holds the GIL at SCHED_IDLE. A thread per load costs tens of
+ * microseconds against loads of milliseconds to seconds. */
+typedef struct {
+    const sk_tls_load_params *p;
+    sk_tls_load_result *r;
+} load_job;
+
+static void tls_load(const sk_tls_load_params *p, sk_tls_load_result *r);
+
+static void *load_main(void *arg)
+{
+    load_job *job = arg;
+    struct sched_param idle = {.sched_priority = 0};
+    if (sched_setscheduler(0, SCHED_IDLE, &idle) != 0) /* 0: this thread */
+        (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
+    tls_load(job->p, job->r);
+    return NULL;
+}
+
 void sk_tls_load(const sk_tls_load_params *p, sk_tls_load_result *r)
+{
+    load_job job = {p, r};
+    pthread_t th;
+    if (pthread_create(&th, NULL, load_main, &job) != 0) {
+        tls_load(p, r); /* no thread to be had: load here, at our priority */
+        return;
+    }
+    pthread_join(th, NULL);
+}
+
+static void tls_load(const sk_tls_load_params *p, sk_tls_load_result *r)
 {
     memset(r, 0, sizeof *r);
     r->status = SK_TLS_ERROR;
