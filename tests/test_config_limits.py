@@ -234,7 +234,7 @@ def test_huge_line_name_and_value() -> None:
 def test_error_messages_are_capped() -> None:
     e = error("router {\n    mode: " + "x" * 60_000 + "\n}\n")
     assert len(str(e)) < 1100
-    assert str(e).endswith("characters in all)")
+    assert "(60002 characters)" in str(e)
 
 
 # -- linear time --------------------------------------------------------------

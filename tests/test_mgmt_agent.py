@@ -65,7 +65,8 @@ class Router:
         self.blocked = self.blocker.getsockname()[1]
         conf = skiffd_conf(
             self._listener("anon", self.anon, "    allowAnonymousWrites: true\n"),
-            self._listener("ro", self.ro, ""),
+            # loopback listeners allow anonymous writes unless told otherwise
+            self._listener("ro", self.ro, "    allowAnonymousWrites: false\n"),
             self._listener(
                 "secure",
                 self.secure,
