@@ -77,7 +77,7 @@ def test_skiff_manage_operations(env: Env) -> None:
             "host=127.0.0.1", f"port={srv.port}", "address=web",
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
-        assert json.loads(out.stdout)["port"] == srv.port
+        assert json.loads(out.stdout)["port"] == str(srv.port)
         out = env.manage(
             "create", "--stdin", stdin=json.dumps(
                 {"type": "tcpListener", "name": "web", "host": "127.0.0.1", "port": str(port),
@@ -91,7 +91,7 @@ def test_skiff_manage_operations(env: Env) -> None:
         assert recv_exact(s, 2) == b"hi"
         s.close()
         rows = json.loads(env.manage("query", "--type", "tcpListener", "name", "port").stdout)
-        assert rows == [{"name": "web", "port": port}]
+        assert rows == [{"name": "web", "port": str(port)}]
         read = json.loads(env.manage("read", "--type", "tcpListener", "--name", "web").stdout)
         assert read["address"] == "web" and read["connectionsOpened"] >= 1
         types = json.loads(env.manage("get-types").stdout)
