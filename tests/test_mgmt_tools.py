@@ -138,9 +138,9 @@ def test_skiff_stat_views(env: Env) -> None:
                "address=a1")  # fmt: skip
     env.manage("create", "--type", "tcpConnector", "--name", "s2", "host=127.0.0.1", "port=2",
                "address=a2")  # fmt: skip
-    links = tool("stat", *bus, "-l")
+    links = tool("stat", *bus, "--services")
     assert links.returncode == 0 and "s1" in links.stdout and "s2" in links.stdout
-    limited = tool("stat", *bus, "-l", "--csv", "--limit", "1")
+    limited = tool("stat", *bus, "--services", "--csv", "--limit", "1")
     assert len(limited.stdout.strip().splitlines()) == 2
     addresses = tool("stat", *bus, "-a")
     assert "a1" in addresses.stdout and "a2" in addresses.stdout
