@@ -941,7 +941,7 @@ def resolve_attribute(
         return resolve_attribute(spec, camel, allow_status=allow_status)
     candidates = (
         [a.name for a in spec.configurable()] if not allow_status else list(spec.attributes)
-    )
+    ) + sorted(spec.unsupported)
     raise UnknownAttribute(
         f"{spec.short_name} attribute '{name}' is unknown{did_you_mean(name, candidates)}",
         entity_type=spec.short_name,

@@ -71,7 +71,9 @@ def test_parses_entities_with_converted_values_and_defaults() -> None:
     assert connector.attributes["port"] == 8080
     assert [str(w) for w in config.warnings] == [
         "skrouterd.conf:17: attribute 'port': the quotes are removed, but skrouterd refuses a "
-        "double-quoted value (write it without quotes)"
+        "double-quoted value (write it without quotes)",
+        "skrouterd.conf:2: router mode 'interior': Skiff runs as a standalone router (it does "
+        "not link with other routers)",
     ]
 
 
