@@ -274,3 +274,23 @@ def test_writes_on_unimplemented_types_and_missing_entities() -> None:
     assert status == 404 and "not implemented by Skiff" in desc
     status, _, _ = call(a, {"operation": "READ", "type": "policy", "name": "policy"})
     assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("address", "served"),
+    [
+        ("$management", True),
+        ("amqp:/$management", True),
+        ("_local/$management", True),
+        ("_topo/0/R/$management", True),  # skstat -r R
+        ("amqp:/_topo/0/R/$management", True),
+        ("_topo/0/Other/$management", False),  # another router: not answered here
+        ("_edge/E/$management", False),
+        ("$management2", False),
+        ("queue", False),
+    ],
+)
+def test_which_management_addresses_this_router_answers(address: str, served: bool) -> None:
+    from router.management.agent import serves_address
+
+    assert serves_address(address, "R") is served

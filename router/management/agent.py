@@ -98,6 +98,20 @@ class Response:
     body: object = None
 
 
+def serves_address(address: str, router_id: str) -> bool:
+    """Whether a request sent to ``address`` is this router's to answer:
+    ``$management`` (also as ``amqp:/$management`` or ``_local/$management``)
+    and ``_topo/0/<this router's id>/$management``, which ``skstat -r`` sends.
+    Another router's node is not (a router network is another issue's)."""
+    path = address.removeprefix("amqp:").lstrip("/")
+    parts = path.split("/")
+    if parts[-1] != "$management":
+        return False
+    if len(parts) == 1 or parts[:-1] == ["_local"]:
+        return True
+    return len(parts) == 4 and parts[0] == "_topo" and parts[2] == router_id
+
+
 def _text(props: Mapping[object, object], key: str) -> str | None:
     value = props.get(key)
     if value is None:
