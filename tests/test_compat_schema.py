@@ -294,3 +294,13 @@ def test_which_management_addresses_this_router_answers(address: str, served: bo
     from router.management.agent import serves_address
 
     assert serves_address(address, "R") is served
+
+
+def test_operations_advertised_are_answered() -> None:
+    a = agent()
+    ops = call(a, {**NODE, "operation": "GET-OPERATIONS"})[2]
+    assert "UPDATE" in ops[T + "tcpListener"]  # Skupper's; Skiff answers it
+    assert "UPDATE" not in ops[T + "network"]  # readable only
+    assert ops[T + "vhost"] == ["READ"]
+    status, _, _ = call(a, {"operation": "UPDATE", "type": "network", "name": "network"}, {})
+    assert status == 501

@@ -526,8 +526,10 @@ class Agent:
         if kind.short in self._updaters:
             ops.add(schema.UPDATE)
         facts = schema.skupper_type_facts(kind.short) or {}
-        if schema.UPDATE in (facts.get("operations") or []):  # type: ignore[operator]
-            ops.add(schema.UPDATE)  # where Skupper allows it, Skiff answers it
+        if kind.short in schema.ENTITY_TYPES and schema.UPDATE in (
+            facts.get("operations") or []  # type: ignore[operator]
+        ):
+            ops.add(schema.UPDATE)  # tcpListener: Skupper's UPDATE of what Skiff ignores
         return sorted(ops)
 
     @staticmethod
