@@ -833,6 +833,11 @@ _LEGACY_TYPES = frozenset(
         "console",
         "httpRequestInfo",
         "routerStats",
+        # Qpid Dispatch, before the Skupper fork
+        "container",
+        "waypoint",
+        "fixedAddress",
+        "linkRoutePattern",
     }
 )
 
