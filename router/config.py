@@ -293,52 +293,46 @@ def _parse_value(
     return v
 
 
+_SPARE_COMMA = re.compile(r",\s*([\]}])")
+_CONF_ITEM = re.compile(r"([\w-]+)[ \t]*:[ \t]*([^ \t{]+.*)")
+
+
 def _parse_map(
     key: str, lines: list[tuple[int, str]], filename: str, line: int
 ) -> dict[str, object]:
-    """A nested map attribute (``openProperties: {`` ... ``}``).
-
-    Skupper reads ``openProperties`` and ``groups`` as JSON and any other map
-    in this file's own syntax; Skiff implements none of them, so the value
-    only has to be readable.
+    """A nested map attribute (``openProperties: {`` ... ``}``), read as
+    Skupper reads it: ``openProperties`` and ``groups`` hold JSON lines;
+    other maps may mix ``name: value`` lines (made JSON) with JSON lines.
+    Spare commas before a closing brace are dropped.  Skiff implements none
+    of these attributes, so the value only has to be readable.
     """
-    body = [text for _, text in lines if text and not text.startswith("#")]
-    if key in _JSON_MAPS:
-        try:
-            value = json.loads("{" + "\n".join(body))
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise ConfigError(
-                f"attribute '{key}': invalid JSON map ({getattr(e, 'msg', e)})",
-                file=filename,
-                line=line,
-            ) from None
-        if not isinstance(value, dict):
-            raise ConfigError(f"attribute '{key}': expected a JSON map", file=filename, line=line)
-        return value
-    out: dict[str, object] = {}
-    stack: list[dict[str, object]] = [out]
-    for lineno, text in lines:
-        structural = _strip_comment(text)
-        if structural == "}":
-            stack.pop()
-            if not stack:
-                break
+    body: list[str] = []
+    for _, text in lines:
+        if not text or text.startswith("#"):
             continue
-        opened = _MAP_OPEN.fullmatch(structural)
-        if opened:
-            child: dict[str, object] = {}
-            stack[-1][opened.group(1)] = child
-            stack.append(child)
-            continue
-        keyed = _KEY.fullmatch(structural)
-        if not keyed:
-            raise ConfigError(
-                f"expected 'attribute: value' or '}}' in map attribute '{key}', got {structural!r}",
-                file=filename,
-                line=lineno,
-            )
-        stack[-1][keyed.group(1)] = keyed.group(2).strip()
-    return out
+        if key not in _JSON_MAPS:
+            structural = text.split("#", 1)[0].strip()
+            opened = _MAP_OPEN.fullmatch(structural)
+            item = _CONF_ITEM.fullmatch(structural)
+            if opened:
+                text = json.dumps(opened.group(1)) + ": {"
+            elif item and not structural.startswith('"'):
+                text = f"{json.dumps(item.group(1))}: {json.dumps(item.group(2).strip())},"
+            elif structural == "}":
+                text = "},"
+        body.append(text)
+    document = _SPARE_COMMA.sub(r"\1", "{" + "\n".join(body)).rstrip().rstrip(",")
+    try:
+        value = json.loads(document)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ConfigError(
+            f"attribute '{key}': invalid map ({getattr(e, 'msg', e)})",
+            file=filename,
+            line=line,
+        ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"attribute '{key}': expected a map", file=filename, line=line)
+    return value
 
 
 def _parse_conf(

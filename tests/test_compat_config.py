@@ -188,6 +188,32 @@ def test_map_attributes_in_file_syntax_are_read_and_ignored() -> None:
     assert "listener attribute 'openProperties' is not supported" in " ".join(warnings(config))
 
 
+def test_map_attributes_as_skuppers_test_harness_writes_them() -> None:
+    # one "key": value line each, JSON values on one line, trailing commas
+    config = parse(
+        """\
+        listener {
+            port: 0
+            openProperties: {
+                "vendor": "x",
+                "nested": {"a": [1, 2]},
+            }
+        }
+        dummy {
+            arg1: {
+                plain: word   # a comment
+                "quoted": 1,
+                inner: {
+                    deep: value
+                }
+            }
+        }
+        """
+    )
+    assert only(config, "listener")["port"] == 0
+    assert len(config.warnings) == 2
+
+
 def test_an_unterminated_map_attribute_is_an_error() -> None:
     with pytest.raises(ConfigError, match=r":2: map attribute 'openProperties' is not terminated"):
         parse('listener {\n    openProperties: {\n        "a": 1\n')
