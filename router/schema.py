@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import enum
 import re
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -172,7 +173,7 @@ class AttributeSpec:
         if self.type is AttrType.PORT:
             names = ", ".join(sorted(PORT_NAMES))
             low = 0 if self.minimum is None else self.minimum
-            return f"a port number from {low} to 65535 or one of {names}"
+            return f"a port number from {low} to 65535, one of {names} or a TCP service name"
         return "a string"
 
 
@@ -1011,6 +1012,8 @@ def convert(spec: EntityTypeSpec, attr: AttributeSpec | str, raw: object) -> obj
         if isinstance(raw, str) and raw.strip().lower() in PORT_NAMES:
             return PORT_NAMES[raw.strip().lower()]
         number = _to_int(raw)
+        if number is None and isinstance(raw, str):
+            number = _service_port(raw.strip())
         if number is None:
             raise _invalid(spec, a, raw)
         if not (0 if a.minimum is None else a.minimum) <= number <= 65535:
@@ -1036,6 +1039,17 @@ def convert(spec: EntityTypeSpec, attr: AttributeSpec | str, raw: object) -> obj
 # Longer than any bound in the schema; stops int() from parsing (or refusing
 # with a traceback) thousands of digits.
 _MAX_DIGITS = 20
+
+
+def _service_port(name: str) -> int | None:
+    """A TCP service name's port from the system's services database, as
+    Skupper resolves a port string (``http`` is 80); None when unknown."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.+-]{0,31}", name):
+        return None
+    try:
+        return socket.getservbyname(name, "tcp")
+    except OSError:
+        return None
 
 
 def _to_int(raw: object) -> int | None:

@@ -80,7 +80,17 @@ def test_port_accepts_numbers_and_service_names() -> None:
     ):
         schema.convert(spec("tcpListener"), "port", "70000")
     with pytest.raises(schema.InvalidValue, match="expected a port number"):
-        schema.convert(spec("tcpListener"), "port", "http")
+        schema.convert(spec("tcpListener"), "port", "no-such-service-name")
+
+
+def test_port_accepts_a_tcp_service_name_as_skupper_does() -> None:
+    import socket
+
+    try:
+        http = socket.getservbyname("http", "tcp")
+    except OSError:
+        pytest.skip("this system has no services database (/etc/services)")
+    assert schema.convert(spec("tcpListener"), "port", "http") == http
 
 
 def test_enum_checks_choices_and_hints_at_case() -> None:
