@@ -194,7 +194,7 @@ class AppListenerAdaptor:
             authenticate_peer=authenticate,
             mechanisms=mechs,
             users_file=cfg.users_file or None,
-            allow_anonymous_writes=cfg.allow_anonymous_writes,
+            allow_anonymous_writes=cfg.anonymous_writes,
         )
         state = _ListenerState(entity, cfg, _host_ip(cfg), settings)
         self._listeners[entity.name] = state
@@ -267,6 +267,7 @@ class AppListenerAdaptor:
         _log.info(
             f"listener '{state.entity.name}' serving {'HTTP' if state.http else 'AMQP'} on "
             f"{state.host_ip or '*'}:{listener.port}{security}"
+            + ("" if state.http else f"; {cfg.anonymous_writes_policy()}")
         )
         return True
 

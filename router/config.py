@@ -218,8 +218,10 @@ def parse_config_text(
     if json_format is None:
         json_format = filename.lower().endswith(".json")
     text = _normalize_newlines(text.removeprefix("\ufeff"))
-    raw = _parse_json(text, filename) if json_format else _parse_conf(text, filename)
     result = ConfigFile(path=filename)
+    raw = (
+        _parse_json(text, filename) if json_format else _parse_conf(text, filename, result.warnings)
+    )
     for entity in raw:
         converted = _validate(entity, filename, result.warnings)
         if converted is not None:
@@ -232,10 +234,27 @@ def _strip_comment(text: str) -> str:
     return _TRAILING_COMMENT.sub("", text).strip() if "#" in text else text
 
 
-def _parse_value(value: str, filename: str, line: int) -> str:
+# Attributes whose values may hold '#' (Skupper reads the first word whole).
+_HASH_OK = frozenset({"pattern", "bindingKey", "hostname"})
+# Map attributes whose nested lines Skupper reads as raw JSON.
+_JSON_MAPS = frozenset({"openProperties", "groups"})
+_MAP_OPEN = re.compile(r"(\$*[A-Za-z_][\w\-]*)\s*:\s*\{")
+
+
+def _parse_value(
+    key: str, value: str, filename: str, line: int, warnings: list[ConfigWarning]
+) -> str:
+    """Reads a value as skrouterd does, warning where a reader could differ.
+
+    skrouterd ends a value at its first '#' (except for ``pattern``,
+    ``bindingKey`` and ``hostname``, whose first word is read whole): Skiff
+    does the same.  skrouterd keeps single quotes as part of the value and
+    refuses double quotes; Skiff removes either and warns.
+    """
     v = value.strip()
     if v[:1] in ('"', "'"):
-        end = v.find(v[0], 1)
+        quote = v[0]
+        end = v.find(quote, 1)
         if end == -1:
             raise ConfigError(f"unterminated quoted value {v!r}", file=filename, line=line)
         rest = v[end + 1 :].strip()
@@ -243,11 +262,84 @@ def _parse_value(value: str, filename: str, line: int) -> str:
             raise ConfigError(
                 f"unexpected text {rest!r} after quoted value", file=filename, line=line
             )
+        skrouterd = (
+            "skrouterd refuses a double-quoted value"
+            if quote == '"'
+            else "skrouterd keeps single quotes as part of the value"
+        )
+        warnings.append(
+            ConfigWarning(
+                filename,
+                line,
+                f"attribute '{key}': the quotes are removed, but {skrouterd} (write it "
+                "without quotes)",
+            )
+        )
         return v[1:end]
-    return _strip_comment(v)
+    if key in _HASH_OK:
+        return v.split()[0] if v else v
+    if "#" in v:
+        read = v.split("#", 1)[0].strip()
+        if read != _strip_comment(v):
+            warnings.append(
+                ConfigWarning(
+                    filename,
+                    line,
+                    f"attribute '{key}': value {v!r} is read as {read!r}, as skrouterd "
+                    "reads it ('#' starts a comment anywhere in a value)",
+                )
+            )
+        v = read
+    return v
 
 
-def _parse_conf(text: str, filename: str) -> list[_RawEntity]:
+_SPARE_COMMA = re.compile(r",\s*([\]}])")
+_CONF_ITEM = re.compile(r"([\w-]+)[ \t]*:[ \t]*([^ \t{]+.*)")
+
+
+def _parse_map(
+    key: str, lines: list[tuple[int, str]], filename: str, line: int
+) -> dict[str, object]:
+    """A nested map attribute (``openProperties: {`` ... ``}``), read as
+    Skupper reads it: ``openProperties`` and ``groups`` hold JSON lines;
+    other maps may mix ``name: value`` lines (made JSON) with JSON lines.
+    Spare commas before a closing brace are dropped.  Skiff implements none
+    of these attributes, so the value only has to be readable.
+    """
+    body: list[str] = []
+    for _, text in lines:
+        if not text or text.startswith("#"):
+            continue
+        if key not in _JSON_MAPS:
+            structural = text.split("#", 1)[0].strip()
+            opened = _MAP_OPEN.fullmatch(structural)
+            item = _CONF_ITEM.fullmatch(structural)
+            if opened:
+                text = json.dumps(opened.group(1)) + ": {"
+            elif item and not structural.startswith('"'):
+                text = f"{json.dumps(item.group(1))}: {json.dumps(item.group(2).strip())},"
+            elif structural == "}":
+                text = "},"
+        body.append(text)
+    document = _SPARE_COMMA.sub(r"\1", "{" + "\n".join(body)).rstrip().rstrip(",")
+    try:
+        value = json.loads(document)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ConfigError(
+            f"attribute '{key}': invalid map ({getattr(e, 'msg', e)})",
+            file=filename,
+            line=line,
+        ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"attribute '{key}': expected a map", file=filename, line=line)
+    return value
+
+
+def _parse_conf(
+    text: str, filename: str, warnings: list[ConfigWarning] | None = None
+) -> list[_RawEntity]:
+    if warnings is None:
+        warnings = []
     bad = _BAD_IN_FILE.search(text)
     if bad is not None:
         raise ConfigError(
@@ -257,11 +349,27 @@ def _parse_conf(text: str, filename: str) -> list[_RawEntity]:
         )
     entities: list[_RawEntity] = []
     current: _RawEntity | None = None
+    nested: tuple[str, int, list[tuple[int, str]]] | None = None
+    depth = 0
     for lineno, raw_line in enumerate(text.split("\n"), start=1):
         stripped = raw_line.strip()
+        if nested is not None:
+            # inside a map attribute: collect until its braces balance
+            key, start, lines = nested
+            structural = _strip_comment(stripped) if not stripped.startswith("#") else ""
+            if structural.endswith("{"):
+                depth += 1
+            elif structural.endswith("}"):
+                depth -= 1
+            lines.append((lineno, stripped))
+            if depth == 0 and current is not None:
+                current.attributes.append((key, _parse_map(key, lines, filename, start), start))
+                nested = None
+            continue
         if not stripped or stripped.startswith("#"):
             continue
-        structural = _strip_comment(stripped)
+        # as in skrouterd, '#' anywhere starts a comment on a structural line
+        structural = stripped.split("#", 1)[0].strip()
         opened = _OPEN.fullmatch(structural) if structural.endswith("{") else None
         if current is None:
             if opened:
@@ -282,9 +390,13 @@ def _parse_conf(text: str, filename: str) -> list[_RawEntity]:
                     line=lineno,
                 )
             continue
+        map_open = _MAP_OPEN.fullmatch(structural)
         if structural == "}":
             entities.append(current)
             current = None
+        elif map_open:
+            nested = (map_open.group(1), lineno, [])
+            depth = 1
         elif opened:
             raise ConfigError(
                 f"{current.type} entity opened at line {current.line} is not terminated with '}}' "
@@ -301,8 +413,14 @@ def _parse_conf(text: str, filename: str) -> list[_RawEntity]:
                     file=filename,
                     line=lineno,
                 )
-            value = _parse_value(keyed.group(2), filename, lineno)
+            value = _parse_value(keyed.group(1), keyed.group(2), filename, lineno, warnings)
             current.attributes.append((keyed.group(1), value, lineno))
+    if nested is not None:
+        raise ConfigError(
+            f"map attribute '{nested[0]}' is not terminated ('}}' missing before end of file)",
+            file=filename,
+            line=nested[1],
+        )
     if current is not None:
         raise ConfigError(
             f"{current.type} entity is not terminated ('}}' missing before end of file)",
@@ -431,7 +549,14 @@ def _too_deep(text: str, filename: str) -> ConfigError:
     )
 
 
+_JSON_COMMENT_LINE = re.compile(r"^[ \t]*#.*$", re.MULTILINE)
+
+
 def _parse_json(text: str, filename: str) -> list[_RawEntity]:
+    # Skupper ignores lines whose first non-blank character is '#'; they are
+    # blanked, not removed, so line numbers stay right.
+    if "#" in text:
+        text = _JSON_COMMENT_LINE.sub("", text)
     decoder = json.JSONDecoder(object_pairs_hook=_pairs_hook, parse_int=_parse_int)
     try:
         entries = _json_entries(text, decoder)
@@ -513,6 +638,11 @@ def _validate(raw: _RawEntity, filename: str, warnings: list[ConfigWarning]) -> 
     if problem is not None:
         raise ConfigError(f"invalid entity type: {problem}", file=filename, line=raw.line)
     if schema.is_unsupported_type(raw.type):
+        for key, _value, line in raw.attributes:
+            try:
+                schema.check_skupper_attribute(raw.type, key)
+            except schema.SchemaError as e:
+                raise ConfigError(e.message, file=filename, line=line) from None
         warnings.append(
             ConfigWarning(
                 filename,
@@ -584,6 +714,27 @@ def _validate(raw: _RawEntity, filename: str, warnings: list[ConfigWarning]) -> 
         schema.complete(spec, values)
     except schema.SchemaError as e:
         raise ConfigError(e.message, file=filename, line=raw.line) from None
+    if spec.short_name == "listener" and values.get("role") != "normal":
+        # inter-router, edge and route-container listeners belong to a router
+        # network, which Skiff does not join yet: the file still starts
+        warnings.append(
+            ConfigWarning(
+                filename,
+                raw.line,
+                f"listener role '{values.get('role')}' is not supported by Skiff; this listener "
+                "is ignored",
+            )
+        )
+        return None
+    if spec.short_name == "router" and values.get("mode") != "standalone":
+        warnings.append(
+            ConfigWarning(
+                filename,
+                raw.line,
+                f"router mode '{values.get('mode')}': Skiff runs as a standalone router (it does "
+                "not link with other routers)",
+            )
+        )
     given = values.pop("name", None)
     name = str(given) if given not in (None, "") else spec.default_name(values)
     return ConfigEntity(

@@ -15,6 +15,7 @@ every configurable attribute of the schema has its field and vice versa.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
@@ -132,7 +133,32 @@ class ListenerConfig(EntityConfig):
     metrics: bool
     websockets: bool
     users_file: str | None
-    allow_anonymous_writes: bool
+    allow_anonymous_writes: bool | None
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether ``host`` binds loopback addresses only (127.0.0.0/8, ::1,
+        localhost); an empty host means every interface."""
+        return is_loopback_host(self.host)
+
+    @property
+    def anonymous_writes(self) -> bool:
+        """The effective policy: ``allowAnonymousWrites`` when given, else
+        allowed on a loopback-only listener and refused on any other."""
+        if self.allow_anonymous_writes is not None:
+            return self.allow_anonymous_writes
+        return self.loopback_only
+
+    def anonymous_writes_policy(self) -> str:
+        """One phrase for the start-up log: the policy and why."""
+        allowed = "anonymous writes " + ("allowed" if self.anonymous_writes else "refused")
+        if self.allow_anonymous_writes is not None:
+            why = f"allowAnonymousWrites: {str(self.allow_anonymous_writes).lower()}"
+        elif self.loopback_only:
+            why = "loopback-only listener"
+        else:
+            why = "not loopback-only; set allowAnonymousWrites: true to allow"
+        return f"{allowed} ({why})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +183,18 @@ class TcpConnectorConfig(EntityConfig):
     address: str
     ssl_profile: str | None
     verify_hostname: bool
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and literal loopback addresses; a host name
+    other than ``localhost`` could resolve anywhere and is not loopback."""
+    name = host.strip().strip("[]").lower()
+    if name in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 CONFIG_TYPES: Mapping[str, type[EntityConfig]] = {

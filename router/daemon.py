@@ -155,11 +155,7 @@ class Daemon:
                     f"  AMQP management listener '{entity.name}' ({shown}): DOWN ({error})"
                 )
                 continue
-            access = (
-                "anonymous writes allowed"
-                if lc.allow_anonymous_writes
-                else "writes need a user with write access"
-            )
+            access = lc.anonymous_writes_policy()
             tls = lc.ssl_profile
             if tls:
                 access += ", TLS " + ("required" if lc.require_ssl else "optional")

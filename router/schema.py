@@ -12,8 +12,11 @@ from __future__ import annotations
 import difflib
 import enum
 import re
+import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from router import skupper_facts
 
 TYPE_PREFIX = "io.skupper.router."
 
@@ -61,6 +64,9 @@ LOG_MODULES: tuple[str, ...] = (
     "IO",
     "ENGINE",
     "TLS",
+    "HTTP1_OBSERVER",
+    "HTTP2_OBSERVER",
+    "HTTP2_DECODER",
 )
 
 # Service names accepted where the Skupper schema accepts a port string.
@@ -167,7 +173,7 @@ class AttributeSpec:
         if self.type is AttrType.PORT:
             names = ", ".join(sorted(PORT_NAMES))
             low = 0 if self.minimum is None else self.minimum
-            return f"a port number from {low} to 65535 or one of {names}"
+            return f"a port number from {low} to 65535, one of {names} or a TCP service name"
         return "a string"
 
 
@@ -345,10 +351,11 @@ _TCP_LISTENER = EntityTypeSpec(
         AttributeSpec(
             "backlog",
             AttrType.INTEGER,
-            default=50,
-            minimum=1,
+            default=0,
+            minimum=0,
             maximum=65535,
-            description="listen() backlog (1 to 65535; the kernel caps it at net.core.somaxconn).",
+            description="listen() backlog (0 to 65535; 0, Skupper's default, means the engine's "
+            "default of 128; the kernel caps it at net.core.somaxconn).",
         ),
         AttributeSpec(
             "sslProfile",
@@ -388,7 +395,11 @@ _TCP_CONNECTOR = EntityTypeSpec(
     name_key=("host", "port", "address"),
     description="Connects to the real service for flows arriving on its address.",
     attributes=_attrs(
-        AttributeSpec("host", required=True, description="Host name or address of the service."),
+        AttributeSpec(
+            "host",
+            default="127.0.0.1",
+            description="Host name or address of the service (Skupper's default 127.0.0.1).",
+        ),
         AttributeSpec(
             "port",
             AttrType.PORT,
@@ -596,9 +607,10 @@ _LISTENER = EntityTypeSpec(
         AttributeSpec(
             "allowAnonymousWrites",
             AttrType.BOOLEAN,
-            default=False,
-            description="Skiff: clients that did not authenticate (bare AMQP or ANONYMOUS) may "
-            "create, update and delete entities; meant for a listener on 127.0.0.1 only.",
+            description="Skiff: whether clients that did not authenticate (bare AMQP or "
+            "ANONYMOUS) may create, update and delete entities. When absent, a listener bound "
+            "only to loopback (127.0.0.0/8, ::1, localhost) allows them and any other refuses "
+            "them.",
         ),
         AttributeSpec(
             "operStatus",
@@ -630,9 +642,7 @@ _LISTENER = EntityTypeSpec(
     ),
 )
 
-ENTITY_TYPES: Mapping[str, EntityTypeSpec] = {
-    s.short_name: s for s in (_ROUTER, _SSL_PROFILE, _LISTENER, _TCP_LISTENER, _TCP_CONNECTOR, _LOG)
-}
+_IMPLEMENTED_CONFIG_TYPES = (_ROUTER, _SSL_PROFILE, _LISTENER, _TCP_LISTENER, _TCP_CONNECTOR, _LOG)
 
 
 def _status(name: str, description: str, kind: AttrType = AttrType.STRING) -> AttributeSpec:
@@ -720,6 +730,75 @@ _NETWORK = EntityTypeSpec(
     ),
 )
 
+
+# ------------------------------------------------------------------ Skupper's schema
+#
+# ``router.skupper_facts`` is Skupper's own schema as data.  Every entity type
+# and attribute in it is *known* to Skiff: a configuration file naming one
+# that Skiff does not implement gets a warning, never an error, and the
+# management agent answers for every Skupper type (an empty QUERY, a 501 on
+# CREATE) and every Skupper attribute (its default or null).
+
+SKUPPER_BASE_TYPES: frozenset[str] = frozenset(
+    {"entity", "org.amqp.management", "management", "configurationEntity", "operationalEntity"}
+)
+# Names Skupper's loader maps to other types before validating.
+SKUPPER_TYPE_ALIASES: Mapping[str, str] = {
+    "address": "router.config.address",
+    "autoLink": "router.config.autoLink",
+}
+
+
+def short_type_name(name: str) -> str:
+    return name.removeprefix(TYPE_PREFIX)
+
+
+def skupper_type_facts(name: str) -> Mapping[str, object] | None:
+    """Skupper's facts of a concrete entity type (short, full or alias name)."""
+    short = short_type_name(name)
+    short = SKUPPER_TYPE_ALIASES.get(short, short)
+    if short in SKUPPER_BASE_TYPES:
+        return None
+    return skupper_facts.TYPES.get(short)
+
+
+def skupper_attributes(name: str) -> dict[str, Mapping[str, object]]:
+    """Skupper's attributes of a type, the inherited ``name``, ``identity``,
+    ``type`` first; empty for a type Skupper does not have."""
+    facts = skupper_type_facts(name)
+    if facts is None:
+        return {}
+    attributes = facts["attributes"]
+    assert isinstance(attributes, dict)
+    return {**skupper_facts.TYPES["entity"]["attributes"], **attributes}
+
+
+def skupper_type_names() -> list[str]:
+    """Every concrete entity type of Skupper's schema, in its order."""
+    return [t for t in skupper_facts.TYPES if t not in SKUPPER_BASE_TYPES]
+
+
+def skupper_default(facts: Mapping[str, object]) -> object:
+    """An attribute's default in Skupper's wire type (None when it has none)."""
+    if "default" not in facts:
+        return None
+    value = facts["default"]
+    kind = facts.get("type")
+    if kind in ("string", "path") and value is not None and not isinstance(value, str):
+        return str(value)
+    return value
+
+
+def _with_skupper(spec: EntityTypeSpec) -> EntityTypeSpec:
+    """``spec`` with every Skupper attribute Skiff lacks marked as ignored."""
+    extra = frozenset(skupper_attributes(spec.short_name)) - frozenset(spec.attributes)
+    return replace(spec, unsupported=spec.unsupported | extra)
+
+
+ENTITY_TYPES: Mapping[str, EntityTypeSpec] = {
+    s.short_name: _with_skupper(s) for s in _IMPLEMENTED_CONFIG_TYPES
+}
+
 OPERATIONAL_TYPES: Mapping[str, EntityTypeSpec] = {
     s.short_name: s for s in (_CONNECTION, _TCP_CONNECTION, _ROUTER_METRICS, _NETWORK)
 }
@@ -735,9 +814,9 @@ def management_types() -> list[EntityTypeSpec]:
     return [*ENTITY_TYPES.values(), *OPERATIONAL_TYPES.values()]
 
 
-# Skupper entity types Skiff does not implement; configured ones are ignored
-# with a warning so that a Skupper configuration file still starts.
-UNSUPPORTED_ENTITY_TYPES: frozenset[str] = frozenset(
+# Types of older Skupper (and Qpid Dispatch) releases that Skupper's current
+# schema has dropped; still ignored with a warning so old files start.
+_LEGACY_TYPES = frozenset(
     {
         "connector",
         "address",
@@ -745,41 +824,46 @@ UNSUPPORTED_ENTITY_TYPES: frozenset[str] = frozenset(
         "autoLink",
         "httpListener",
         "httpConnector",
-        "vhost",
-        "vhostUserGroupSettings",
-        "vhostStats",
-        "policy",
-        "site",
         "addressWatch",
         "authServicePlugin",
         "exchange",
         "binding",
+        "router.config.exchange",
+        "router.config.binding",
+        "router.config.linkRoute",
         "console",
-        "tcpConnection",
         "httpRequestInfo",
-        "connection",
-        "allocator",
         "routerStats",
-        "management",
-        "configurationEntity",
-        "operationalEntity",
-        "entity",
-        "dummy",
+        # Qpid Dispatch, before the Skupper fork
+        "container",
+        "waypoint",
+        "fixedAddress",
+        "linkRoutePattern",
     }
 )
 
+# Skupper entity types Skiff does not implement; configured ones are ignored
+# with a warning so that a Skupper configuration file still starts.
+UNSUPPORTED_ENTITY_TYPES: frozenset[str] = (
+    _LEGACY_TYPES | frozenset(skupper_type_names()) | SKUPPER_BASE_TYPES
+) - frozenset(ENTITY_TYPES)
 
-def short_type_name(name: str) -> str:
-    return name.removeprefix(TYPE_PREFIX)
+
+def skupper_type_name(name: str) -> str | None:
+    """The type a spelling names: exact, full, alias or dashed (``ssl-profile``)."""
+    for candidate in (short_type_name(name), camel_case(short_type_name(name))):
+        if candidate in ENTITY_TYPES or candidate in UNSUPPORTED_ENTITY_TYPES:
+            return candidate
+    return None
 
 
 def is_unsupported_type(name: str) -> bool:
-    return short_type_name(name) in UNSUPPORTED_ENTITY_TYPES
+    return skupper_type_name(name) in UNSUPPORTED_ENTITY_TYPES
 
 
 def entity_type(name: str) -> EntityTypeSpec:
-    """Accepts short or fully qualified names, as Skupper's tools do."""
-    short = short_type_name(name)
+    """Accepts short, fully qualified or dashed names, as Skupper's tools do."""
+    short = skupper_type_name(name) or short_type_name(name)
     spec = ENTITY_TYPES.get(short)
     if spec is not None:
         return spec
@@ -794,11 +878,34 @@ def entity_type(name: str) -> EntityTypeSpec:
     )
 
 
-_DASH = re.compile(r"-([a-z0-9])")
+def check_skupper_attribute(type_name: str, name: str) -> str:
+    """The Skupper attribute ``name`` spells for a type Skiff ignores; raises
+    :class:`UnknownAttribute` (with a hint) for one Skupper does not have
+    either.  Types of older releases have no facts and accept any name."""
+    short = skupper_type_name(type_name) or short_type_name(type_name)
+    known = skupper_attributes(short)
+    if not known:
+        return name
+    for candidate in (name, camel_case(name)):
+        if candidate in known:
+            return candidate
+    raise UnknownAttribute(
+        f"{short} attribute '{name}' is unknown{did_you_mean(name, known)}",
+        entity_type=short,
+        attribute=name,
+    )
+
+
+_SEPARATORS = re.compile(r"[ _.\-]")
 
 
 def camel_case(name: str) -> str:
-    return _DASH.sub(lambda m: m.group(1).upper(), name)
+    """Skupper's spelling rule: words split at ``-``, ``_``, ``.`` or space
+    are joined in camelCase (``worker-threads`` -> ``workerThreads``)."""
+    if not _SEPARATORS.search(name):
+        return name
+    first, *rest = _SEPARATORS.split(name)
+    return first + "".join(w.capitalize() for w in rest)
 
 
 @dataclass(frozen=True)
@@ -834,19 +941,13 @@ def resolve_attribute(
             None,
             f"{spec.short_name} attribute '{name}' is not supported by Skiff and is ignored",
         )
-    if "-" in name:
-        camel = camel_case(name)
-        if camel in spec.attributes or camel in spec.unsupported:
-            resolved = resolve_attribute(spec, camel, allow_status=allow_status)
-            if resolved.canonical is None:
-                return resolved
-            return AttributeName(
-                resolved.canonical,
-                f"{spec.short_name} attribute '{name}' is a deprecated spelling; use '{camel}'",
-            )
+    camel = camel_case(name)
+    if camel != name and (camel in spec.attributes or camel in spec.unsupported):
+        # Skupper's loader reads every name in this form, silently
+        return resolve_attribute(spec, camel, allow_status=allow_status)
     candidates = (
         [a.name for a in spec.configurable()] if not allow_status else list(spec.attributes)
-    )
+    ) + sorted(spec.unsupported)
     raise UnknownAttribute(
         f"{spec.short_name} attribute '{name}' is unknown{did_you_mean(name, candidates)}",
         entity_type=spec.short_name,
@@ -911,6 +1012,8 @@ def convert(spec: EntityTypeSpec, attr: AttributeSpec | str, raw: object) -> obj
         if isinstance(raw, str) and raw.strip().lower() in PORT_NAMES:
             return PORT_NAMES[raw.strip().lower()]
         number = _to_int(raw)
+        if number is None and isinstance(raw, str):
+            number = _service_port(raw.strip())
         if number is None:
             raise _invalid(spec, a, raw)
         if not (0 if a.minimum is None else a.minimum) <= number <= 65535:
@@ -936,6 +1039,17 @@ def convert(spec: EntityTypeSpec, attr: AttributeSpec | str, raw: object) -> obj
 # Longer than any bound in the schema; stops int() from parsing (or refusing
 # with a traceback) thousands of digits.
 _MAX_DIGITS = 20
+
+
+def _service_port(name: str) -> int | None:
+    """A TCP service name's port from the system's services database, as
+    Skupper resolves a port string (``http`` is 80); None when unknown."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.+-]{0,31}", name):
+        return None
+    try:
+        return socket.getservbyname(name, "tcp")
+    except OSError:
+        return None
 
 
 def _to_int(raw: object) -> int | None:
@@ -1036,10 +1150,41 @@ class EnableSpec:
         return self.levels is None
 
 
+# Level names in the order Skupper matches a prefix against them ("n" is
+# none, "d" default), then the two levels Skiff adds.
+_ENABLE_WORDS: tuple[str, ...] = (
+    "default",
+    "none",
+    "debug",
+    "info",
+    "warning",
+    "error",
+    "critical",
+    "trace",
+    "notice",
+)
+_ENABLE_SEPARATORS = re.compile(r"[,;: ]+")
+
+
+def _enable_word(token: str) -> str | None:
+    """The level a token names: Skupper matches a case-insensitive prefix
+    (``warn``, ``Info``), the first in its order winning."""
+    low = token.lower()
+    for word in _ENABLE_WORDS:
+        if word.startswith(low):
+            return word
+    return None
+
+
 def parse_enable(text: str, *, entity_type: str = "log") -> EnableSpec:
-    """Parses Skupper's ``enable`` syntax: ``debug,warning+``, ``none``, ``default``."""
-    tokens = [t.strip() for t in text.split(",")]
-    if not text.strip():
+    """Parses Skupper's ``enable`` syntax: ``debug,warning+``, ``none``, ``default``.
+
+    As in Skupper, tokens are separated by commas, semicolons, colons or
+    spaces, a level may be any case-insensitive prefix of its name, ``none``
+    adds nothing and ``default`` anywhere means follow the DEFAULT module.
+    """
+    tokens = [t for t in _ENABLE_SEPARATORS.split(text.strip()) if t]
+    if not tokens:
         raise InvalidValue(
             f"{entity_type} attribute 'enable' is empty: expected levels such as 'info+', "
             "'none' or 'default'",
@@ -1048,31 +1193,26 @@ def parse_enable(text: str, *, entity_type: str = "log") -> EnableSpec:
             value=text,
         )
     levels: set[str] = set()
+    inherits = False
     for token in tokens:
-        low = token.lower()
-        if low in ("default", "none"):
-            if len(tokens) > 1:
-                raise InvalidValue(
-                    f"{entity_type} attribute 'enable' has '{token}' in {text!r}: '{low}' must "
-                    "stand alone",
-                    entity_type=entity_type,
-                    attribute="enable",
-                    value=text,
-                )
-            return EnableSpec(None if low == "default" else frozenset())
-        base = low.removesuffix("+")
-        if base not in LOG_LEVELS:
-            hint = did_you_mean(base, LOG_LEVELS) if base else ""
+        base = token.removesuffix("+")
+        word = _enable_word(base) if base else None
+        if word is None:
+            hint = did_you_mean(base.lower(), LOG_LEVELS) if base else ""
             raise InvalidValue(
                 f"{entity_type} attribute 'enable' has unknown level '{token}' in {text!r}{hint}: "
-                f"expected comma separated levels from {', '.join(LOG_LEVELS)}, "
+                f"expected levels from {', '.join(LOG_LEVELS)} (or a prefix such as 'warn'), "
                 "each optionally followed by '+', or 'none' or 'default'",
                 entity_type=entity_type,
                 attribute="enable",
                 value=text,
             )
-        if low.endswith("+"):
-            levels.update(LOG_LEVELS[LOG_LEVELS.index(base) :])
+        if word == "default":
+            inherits = True
+        elif word == "none":
+            continue
+        elif token.endswith("+"):
+            levels.update(LOG_LEVELS[LOG_LEVELS.index(word) :])
         else:
-            levels.add(base)
-    return EnableSpec(frozenset(levels))
+            levels.add(word)
+    return EnableSpec(None if inherits else frozenset(levels))

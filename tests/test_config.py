@@ -60,7 +60,7 @@ def test_parses_entities_with_converted_values_and_defaults() -> None:
         "host": "127.0.0.1",
         "port": 9000,
         "address": "web",
-        "backlog": 50,
+        "backlog": 0,
         "sslProfile": None,
         "authenticatePeer": False,
         "maxConnections": 0,
@@ -69,7 +69,12 @@ def test_parses_entities_with_converted_values_and_defaults() -> None:
     assert listener.line == 8
     assert connector.name == "backend"
     assert connector.attributes["port"] == 8080
-    assert config.warnings == []
+    assert [str(w) for w in config.warnings] == [
+        "skrouterd.conf:17: attribute 'port': the quotes are removed, but skrouterd refuses a "
+        "double-quoted value (write it without quotes)",
+        "skrouterd.conf:2: router mode 'interior': Skiff runs as a standalone router (it does "
+        "not link with other routers)",
+    ]
 
 
 def test_default_config_is_valid() -> None:
@@ -90,8 +95,15 @@ def test_hash_inside_value_is_kept_unless_after_whitespace() -> None:
         """
     )
     attrs = config.entities[0].attributes
-    assert attrs["password"] == "pa#ss"
+    # skrouterd ends a value at its first '#': Skiff follows, and says so
+    assert attrs["password"] == "pa"
     assert attrs["ciphers"] == "A #B"
+    warnings = [str(w) for w in config.warnings]
+    assert (
+        "skrouterd.conf:3: attribute 'password': value 'pa#ss # comment' is read as 'pa'"
+        in (warnings[0])
+    )
+    assert "the quotes are removed, but skrouterd refuses a double-quoted value" in warnings[1]
 
 
 def test_unknown_attribute_names_file_line_and_suggestion() -> None:
@@ -203,7 +215,7 @@ def test_unterminated_quote() -> None:
     assert "skrouterd.conf:2: unterminated quoted value" in error('router {\n id: "abc\n}\n')
 
 
-def test_dashed_spelling_and_unsupported_attribute_warn_and_are_ignored() -> None:
+def test_dashed_spelling_is_read_and_unsupported_attribute_warns() -> None:
     config = parse(
         """\
         router {
@@ -227,8 +239,6 @@ def test_dashed_spelling_and_unsupported_attribute_warn_and_are_ignored() -> Non
     assert "siteId" not in connector.attributes
     warnings = [str(w) for w in config.warnings]
     assert warnings == [
-        "skrouterd.conf:2: router attribute 'worker-threads' is a deprecated spelling; use "
-        "'workerThreads'",
         "skrouterd.conf:3: router attribute 'helloMaxAgeSeconds' is not supported by Skiff and "
         "is ignored",
         "skrouterd.conf:9: tcpConnector attribute 'siteId' is not supported by Skiff and is "

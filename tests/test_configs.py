@@ -60,7 +60,7 @@ def test_defaults_come_from_the_schema() -> None:
         host="",
         port=5672,
         address="a",
-        backlog=50,
+        backlog=0,
         ssl_profile=None,
         authenticate_peer=False,
         max_connections=0,

@@ -77,7 +77,7 @@ def test_skiff_manage_operations(env: Env) -> None:
             "host=127.0.0.1", f"port={srv.port}", "address=web",
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
-        assert json.loads(out.stdout)["port"] == srv.port
+        assert json.loads(out.stdout)["port"] == str(srv.port)
         out = env.manage(
             "create", "--stdin", stdin=json.dumps(
                 {"type": "tcpListener", "name": "web", "host": "127.0.0.1", "port": str(port),
@@ -91,7 +91,7 @@ def test_skiff_manage_operations(env: Env) -> None:
         assert recv_exact(s, 2) == b"hi"
         s.close()
         rows = json.loads(env.manage("query", "--type", "tcpListener", "name", "port").stdout)
-        assert rows == [{"name": "web", "port": port}]
+        assert rows == [{"name": "web", "port": str(port)}]
         read = json.loads(env.manage("read", "--type", "tcpListener", "--name", "web").stdout)
         assert read["address"] == "web" and read["connectionsOpened"] >= 1
         types = json.loads(env.manage("get-types").stdout)
@@ -138,9 +138,9 @@ def test_skiff_stat_views(env: Env) -> None:
                "address=a1")  # fmt: skip
     env.manage("create", "--type", "tcpConnector", "--name", "s2", "host=127.0.0.1", "port=2",
                "address=a2")  # fmt: skip
-    links = tool("stat", *bus, "-l")
+    links = tool("stat", *bus, "--services")
     assert links.returncode == 0 and "s1" in links.stdout and "s2" in links.stdout
-    limited = tool("stat", *bus, "-l", "--csv", "--limit", "1")
+    limited = tool("stat", *bus, "--services", "--csv", "--limit", "1")
     assert len(limited.stdout.strip().splitlines()) == 2
     addresses = tool("stat", *bus, "-a")
     assert "a1" in addresses.stdout and "a2" in addresses.stdout

@@ -24,7 +24,7 @@ def test_a_stale_reference_is_reported_and_rewritten(tmp_path: Path) -> None:
     assert reference.main(["--write", str(doc)]) == 0
     text = doc.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n")
-    assert "`backlog` | an integer from 1 to 65535 | `50`" in text
+    assert "`backlog` | an integer from 0 to 65535 | `0`" in text
     assert reference.main(["--check", str(doc)]) == 0
 
 

@@ -12,11 +12,13 @@ status code, so a bad request never costs a client its connection.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from router import schema
-from router.log import get_logger
+from router.log import LEVEL_NUMBERS, get_logger
+from router.management import log_ring
 from router.registry import Registry, RegistryError
 
 _log = get_logger("AGENT")
@@ -26,11 +28,17 @@ SELF = "self"
 NODE_OPERATIONS = (
     "QUERY",
     "GET-TYPES",
+    "GET-ANNOTATIONS",
     "GET-ATTRIBUTES",
     "GET-OPERATIONS",
     "GET-MGMT-NODES",
     "GET-SCHEMA",
+    "GET-JSON-SCHEMA",
+    "GET-LOG",
 )
+# Types a node operation may name: the AMQP management node and Skupper's
+# ``management`` entity, which carries GET-SCHEMA, GET-JSON-SCHEMA, GET-LOG.
+NODE_TYPES = frozenset({MANAGEMENT_TYPE, schema.TYPE_PREFIX + "management", "management", ""})
 ENTITY_OPERATIONS = ("CREATE", "READ", "UPDATE", "DELETE")
 WRITES = frozenset({"CREATE", "UPDATE", "DELETE"})
 
@@ -46,7 +54,23 @@ STATUS_TEXT = {
     501: "Not Implemented",
 }
 
+# Types Skupper's core (C) agent answers: a QUERY naming an attribute they do
+# not have gets a null column there, not an error (skstat -l asks for
+# router.link adminStatus); every other type answers 404 "Unknown attributes".
+C_AGENT_TYPES = frozenset(
+    {
+        "router.config.address",
+        "router.config.autoLink",
+        "router.address",
+        "router.link",
+        "routerMetrics",
+        "connection",
+    }
+)
+
 Rows = Callable[[], list[dict[str, object]]]
+Augment = Callable[[Mapping[str, object]], Mapping[str, object]]
+Updater = Callable[[Mapping[str, object], Mapping[str, object]], None]
 
 
 class ManagementError(Exception):
@@ -72,6 +96,20 @@ class Response:
     status: int
     description: str
     body: object = None
+
+
+def serves_address(address: str, router_id: str) -> bool:
+    """Whether a request sent to ``address`` is this router's to answer:
+    ``$management`` (also as ``amqp:/$management`` or ``_local/$management``)
+    and ``_topo/0/<this router's id>/$management``, which ``skstat -r`` sends.
+    Another router's node is not (a router network is another issue's)."""
+    path = address.removeprefix("amqp:").lstrip("/")
+    parts = path.split("/")
+    if parts[-1] != "$management":
+        return False
+    if len(parts) == 1 or parts[:-1] == ["_local"]:
+        return True
+    return len(parts) == 4 and parts[0] == "_topo" and parts[2] == router_id
 
 
 def _text(props: Mapping[object, object], key: str) -> str | None:
@@ -117,17 +155,78 @@ def _attributes_body(body: object, operation: str) -> dict[str, object]:
     return out
 
 
+@dataclass(frozen=True)
+class EntityKind:
+    """A type a request names: Skiff's spec, or None for a type of Skupper's
+    schema that Skiff does not implement (known, never instantiated)."""
+
+    short: str
+    spec: schema.EntityTypeSpec | None
+
+    @property
+    def full(self) -> str:
+        return schema.TYPE_PREFIX + self.short
+
+
+_SKUPPER_TYPE_NAMES = {
+    "boolean": "boolean",
+    "integer": "integer",
+    "enum": "enum",
+    "list": "list",
+    "string": "string",
+    "port": "string",  # Skupper types ports as strings ("amqp" works)
+}
+
+
+def _fill(name: str, facts: Mapping[str, object]) -> object:
+    """The value of an attribute Skiff does not keep: Skupper's default, 0 for
+    a counter of something Skiff never has (links, deliveries), else null."""
+    value = schema.skupper_default(facts)
+    if value is not None:
+        return value
+    if facts.get("graph") and facts.get("type") == "integer" and not name.endswith("Seconds"):
+        return 0
+    return None
+
+
+def _wire(facts: Mapping[str, object] | None, value: object) -> object:
+    """A value in Skupper's wire type: a number Skupper types as a string
+    (ports) goes out as a string."""
+    if (
+        facts is not None
+        and facts.get("type") in ("string", "path")
+        and isinstance(value, int)
+        and not isinstance(value, bool)
+    ):
+        return str(value)
+    return value
+
+
 class Agent:
     """Answers management requests against the registry and live state."""
 
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
         self._providers: dict[str, Rows] = {}
+        self._augments: dict[str, Augment] = {}
+        self._updaters: dict[str, Updater] = {}
+        self._log_ring = log_ring.install()
         self.requests = 0
 
     def provide(self, type_name: str, rows: Rows) -> None:
         """Registers the source of a read-only type's entities."""
         self._providers[schema.management_type(type_name).short_name] = rows
+
+    def augment(self, type_name: str, extra: Augment) -> None:
+        """Registers values of Skupper attributes that a registry type's rows
+        lack (the router's ``hostName``); ``extra`` gets the row so far."""
+        self._augments[schema.management_type(type_name).short_name] = extra
+
+    def on_update(self, type_name: str, updater: Updater) -> None:
+        """Registers what UPDATE of a read-only type does (``connection``
+        ``adminStatus: deleted`` closes it); ``updater`` gets the row and the
+        requested attributes and raises ManagementError to refuse."""
+        self._updaters[schema.management_type(type_name).short_name] = updater
 
     # ------------------------------------------------------------ dispatch
 
@@ -153,7 +252,7 @@ class Agent:
         operation = operation.upper()
         type_name = _text(props, "type")
         if operation in NODE_OPERATIONS:
-            if type_name not in (None, MANAGEMENT_TYPE):
+            if type_name is not None and type_name not in NODE_TYPES:
                 raise ManagementError(
                     400,
                     f"{operation} is an operation of type '{MANAGEMENT_TYPE}', not '{type_name}'",
@@ -168,11 +267,29 @@ class Agent:
         name = _text(props, "name")
         identity = _text(props, "identity")
         attrs = _attributes_body(body, operation)
+        if type_name is None and isinstance(attrs.get("type"), str):
+            type_name = str(attrs["type"])
+        if type_name in NODE_TYPES and operation == "READ" and not name and not identity:
+            return Response(200, "OK", self._self_row())
         if type_name is None:
-            type_name = attrs.get("type") if isinstance(attrs.get("type"), str) else None  # type: ignore[assignment]
-        if type_name is None:
-            raise ManagementError(400, f"{operation} needs a 'type' application property")
-        spec = self._spec(type_name)
+            if operation == "CREATE":
+                raise ManagementError(400, "CREATE needs a 'type' application property")
+            kind, row = self._find_anywhere(operation, name, identity)
+            # READ, UPDATE and DELETE by name or identity alone, as Skupper allows
+            if operation == "READ":
+                return Response(200, "OK", row)
+            key = str(row.get("name") or row.get("identity"))
+            name, identity = key, None
+        else:
+            kind = self._kind(type_name)
+        if operation in WRITES and kind.spec is None:
+            raise ManagementError(
+                501 if operation == "CREATE" else 404,
+                f"entity type '{kind.full}' is not implemented by Skiff"
+                if operation == "CREATE"
+                else f"No entity with {self._ids(name, identity)} ({kind.full} is not "
+                "implemented by Skiff)",
+            )
         if operation in WRITES and not caller.can_write:
             who = f"user '{caller.user}'" if caller.user else "an anonymous client"
             raise ManagementError(
@@ -180,14 +297,26 @@ class Agent:
                 f"{operation} needs write access and {who} does not have it on this listener "
                 "(see docs/management.md, users file and allowAnonymousWrites)",
             )
-        if spec.short_name in schema.OPERATIONAL_TYPES:
-            if operation != "READ":
-                raise ManagementError(
-                    400,
-                    f"operation {operation} is not allowed on {spec.full_name}; "
-                    "allowed: QUERY, READ",
+        spec = kind.spec
+        if spec is None or spec.short_name in schema.OPERATIONAL_TYPES:
+            if operation == "READ":
+                return Response(200, "OK", self._read_row(kind, name, identity))
+            if operation == "UPDATE" and spec is not None and spec.short_name in self._updaters:
+                row = self._read_row(kind, name, identity)
+                attrs.pop("type", None)
+                attrs.pop("identity", None)
+                attrs.pop("name", None)
+                self._updaters[spec.short_name](row, attrs)
+                _log.info(
+                    f"management: {self._who(caller)} updated {spec.short_name} "
+                    f"'{row.get('name')}' ({', '.join(f'{k}={v}' for k, v in attrs.items())})"
                 )
-            return Response(200, "OK", self._read_operational(spec, name, identity))
+                return Response(200, "OK", row)
+            raise ManagementError(
+                501,
+                f"operation {operation} is not implemented on {kind.full}; allowed: "
+                + ", ".join(self._operations(kind)),
+            )
         body_type = attrs.pop("type", None)
         if body_type is not None and schema.short_type_name(str(body_type)) != spec.short_name:
             raise ManagementError(
@@ -199,21 +328,57 @@ class Agent:
                 attrs["name"] = name
             entity = self._registry.create(spec.short_name, attrs)
             _log.info(f"management: {self._who(caller)} created {spec.short_name} '{entity.name}'")
-            return Response(201, "Created", self._registry.read(spec.short_name, entity.name))
+            return Response(201, "Created", self._registry_row(kind, entity.name))
         key = self._key(operation, name, identity)
         if operation == "READ":
-            return Response(200, "OK", self._registry.read(spec.short_name, key))
+            return Response(200, "OK", self._registry_row(kind, key))
         if operation == "UPDATE":
+            if schema.UPDATE not in spec.operations:
+                return Response(200, "OK", self._update_ignored(kind, key, attrs))
             entity = self._registry.update(spec.short_name, key, attrs)
             _log.info(f"management: {self._who(caller)} updated {spec.short_name} '{entity.name}'")
-            return Response(200, "OK", self._registry.read(spec.short_name, entity.name))
+            return Response(200, "OK", self._registry_row(kind, entity.name))
         entity = self._registry.delete(spec.short_name, key)
         _log.info(f"management: {self._who(caller)} deleted {spec.short_name} '{entity.name}'")
         return Response(204, "No Content")
 
+    def _update_ignored(
+        self, kind: EntityKind, key: str, attrs: Mapping[str, object]
+    ) -> dict[str, object]:
+        """UPDATE of a type Skiff cannot update: allowed only where Skupper
+        allows it (``tcpListener``) and only for attributes Skiff ignores
+        (its ``observer``); the entity is answered unchanged."""
+        assert kind.spec is not None
+        skupper_ops = schema.skupper_type_facts(kind.short) or {}
+        operations = skupper_ops.get("operations") or []
+        if schema.UPDATE not in operations:  # type: ignore[operator]
+            raise ManagementError(
+                501,
+                f"operation UPDATE is not implemented on {kind.full}; allowed: "
+                + ", ".join(self._operations(kind)),
+            )
+        row = self._registry_row(kind, key)
+        skupper = schema.skupper_attributes(kind.short)
+        for attr, value in attrs.items():
+            if attr in ("name", "identity", "type") and value in (row.get(attr), kind.full):
+                continue
+            resolved = schema.resolve_attribute(kind.spec, attr)
+            facts = skupper.get(resolved.canonical or attr, {})
+            if resolved.canonical is not None or not facts.get("update"):
+                raise ManagementError(
+                    400,
+                    f"{kind.short} attribute '{attr}' cannot be updated; delete and create the "
+                    f"{kind.short} instead",
+                )
+        return row
+
     @staticmethod
     def _who(caller: Caller) -> str:
         return f"user '{caller.user}'" if caller.user else "anonymous client"
+
+    @staticmethod
+    def _ids(name: str | None, identity: str | None) -> str:
+        return f"identity={identity}" if identity else f"name={name}"
 
     @staticmethod
     def _key(operation: str, name: str | None, identity: str | None) -> str:
@@ -225,42 +390,158 @@ class Agent:
 
     @staticmethod
     def _spec(type_name: str) -> schema.EntityTypeSpec:
+        kind = Agent._kind(type_name)
+        if kind.spec is None:
+            raise ManagementError(501, f"entity type '{kind.full}' is not implemented by Skiff")
+        return kind.spec
+
+    @staticmethod
+    def _kind(type_name: str) -> EntityKind:
         try:
-            return schema.management_type(type_name)
-        except schema.SchemaError as e:
-            known = [s.short_name for s in schema.management_types()]
-            short = schema.short_type_name(type_name)
-            if short in schema.UNSUPPORTED_ENTITY_TYPES:
-                raise ManagementError(400, e.message) from e
-            raise ManagementError(
-                400, f"unknown entity type '{type_name}'{schema.did_you_mean(short, known)}"
-            ) from e
+            spec = schema.management_type(type_name)
+            return EntityKind(spec.short_name, spec)
+        except schema.SchemaError:
+            pass
+        short = schema.skupper_type_name(type_name)
+        if short is None:
+            alias = schema.SKUPPER_TYPE_ALIASES.get(schema.short_type_name(type_name))
+            short = alias
+        if short is not None and (
+            schema.skupper_type_facts(short) is not None or short in schema.UNSUPPORTED_ENTITY_TYPES
+        ):
+            return EntityKind(schema.SKUPPER_TYPE_ALIASES.get(short, short), None)
+        known = [s.short_name for s in schema.management_types()] + schema.skupper_type_names()
+        bare = schema.short_type_name(type_name)
+        raise ManagementError(
+            400, f"unknown entity type '{type_name}'{schema.did_you_mean(bare, known)}"
+        )
 
-    # ------------------------------------------------------------ read-only types
+    # ------------------------------------------------------------ rows
 
-    def _rows(self, spec: schema.EntityTypeSpec) -> list[dict[str, object]]:
+    @staticmethod
+    def _kinds() -> list[EntityKind]:
+        """Every type answered for: Skiff's, then Skupper's other types."""
+        out = [EntityKind(s.short_name, s) for s in schema.management_types()]
+        have = {k.short for k in out}
+        out += [EntityKind(t, None) for t in schema.skupper_type_names() if t not in have]
+        return out
+
+    @staticmethod
+    def _columns(kind: EntityKind, *, secrets: bool = False) -> list[str]:
+        """Attribute names of a type: Skiff's, then Skupper's others."""
+        names: dict[str, None] = {}
+        if kind.spec is not None:
+            for a in kind.spec.attributes.values():
+                if secrets or not a.secret:
+                    names.setdefault(a.name)
+        for attr, facts in schema.skupper_attributes(kind.short).items():
+            if secrets or not facts.get("hidden"):
+                names.setdefault(attr)
+        return list(names)
+
+    def _complete(self, kind: EntityKind, row: Mapping[str, object]) -> dict[str, object]:
+        """A row with every attribute of the type, in Skupper's wire types."""
+        skupper = schema.skupper_attributes(kind.short)
+        secret = {a.name for a in kind.spec.attributes.values() if a.secret} if kind.spec else set()
+        extra = self._augments.get(kind.short)
+        merged: Mapping[str, object] = row
+        if extra is not None:
+            merged = {**row, **extra(row)}
+        out: dict[str, object] = {}
+        for name in self._columns(kind):
+            if name in secret:
+                continue
+            facts = skupper.get(name)
+            if name in merged:
+                value = merged[name]
+            elif facts is not None:
+                value = _fill(name, facts)
+            else:
+                value = None
+            out[name] = _wire(facts, value)
+        out["type"] = kind.full
+        return out
+
+    def _rows(self, kind: EntityKind) -> list[dict[str, object]]:
+        spec = kind.spec
+        if spec is None:
+            facts = schema.skupper_type_facts(kind.short)
+            if facts is not None and facts.get("singleton"):
+                # Skupper always has its singletons (policy): one row of defaults
+                return [self._complete(kind, {"name": kind.short, "identity": kind.short})]
+            return []
         if spec.short_name in schema.OPERATIONAL_TYPES:
             provider = self._providers.get(spec.short_name)
             rows = provider() if provider is not None else []
-            return [{"type": spec.full_name, **row} for row in rows]
-        return self._registry.query(spec.short_name)
+        else:
+            rows = self._registry.query(spec.short_name)
+        return [self._complete(kind, row) for row in rows]
 
-    def _read_operational(
-        self, spec: schema.EntityTypeSpec, name: str | None, identity: str | None
+    def _registry_row(self, kind: EntityKind, key: str) -> dict[str, object]:
+        return self._complete(kind, self._registry.read(kind.short, key))
+
+    def _read_row(
+        self, kind: EntityKind, name: str | None, identity: str | None
     ) -> dict[str, object]:
         key = self._key("READ", name, identity)
-        for row in self._rows(spec):
+        for row in self._rows(kind):
             if key in (row.get("name"), row.get("identity")):
                 return row
-        raise ManagementError(404, f"{spec.short_name} '{key}' not found")
+        raise ManagementError(404, f"{kind.short} '{key}' not found")
+
+    def _find_anywhere(
+        self, operation: str, name: str | None, identity: str | None
+    ) -> tuple[EntityKind, dict[str, object]]:
+        """The entity a request names by name or identity alone."""
+        key = self._key(operation, name, identity)
+        field = "name" if name else "identity"
+        for kind in self._kinds():
+            if kind.spec is not None and kind.short in schema.ENTITY_TYPES:
+                entity = self._registry.find(kind.short, key)
+                if entity is not None and key in (entity.name, entity.identity):
+                    return kind, self._registry_row(kind, entity.name)
+                continue
+            for row in self._rows(kind):
+                if row.get(field) == key:
+                    return kind, row
+        raise ManagementError(404, f"No entity with {field}={key}")
+
+    def _self_row(self) -> dict[str, object]:
+        return {"name": SELF, "identity": SELF, "type": MANAGEMENT_TYPE}
 
     # ------------------------------------------------------------ node operations
 
-    def _types_filter(self, props: Mapping[object, object]) -> list[schema.EntityTypeSpec]:
+    def _types_filter(self, props: Mapping[object, object]) -> list[EntityKind]:
         entity_type = _text(props, "entityType")
         if entity_type:
-            return [self._spec(entity_type)]
-        return schema.management_types()
+            return [self._kind(entity_type)]
+        return self._kinds()
+
+    def _operations(self, kind: EntityKind) -> list[str]:
+        if kind.spec is None:
+            return ["READ"]
+        ops = set(kind.spec.allowed_operations)
+        if kind.spec.short_name in schema.OPERATIONAL_TYPES:
+            ops -= {schema.CREATE, schema.DELETE}
+        if kind.short in self._updaters:
+            ops.add(schema.UPDATE)
+        facts = schema.skupper_type_facts(kind.short) or {}
+        if kind.short in schema.ENTITY_TYPES and schema.UPDATE in (
+            facts.get("operations") or []  # type: ignore[operator]
+        ):
+            ops.add(schema.UPDATE)  # tcpListener: Skupper's UPDATE of what Skiff ignores
+        return sorted(ops)
+
+    @staticmethod
+    def _bases(kind: EntityKind) -> list[str]:
+        if kind.spec is not None:
+            base = (
+                "configurationEntity" if kind.short in schema.ENTITY_TYPES else "operationalEntity"
+            )
+        else:
+            facts = schema.skupper_type_facts(kind.short) or {}
+            base = str(facts.get("extends") or "configurationEntity")
+        return [schema.TYPE_PREFIX + base, schema.TYPE_PREFIX + "entity"]
 
     def _node_operation(
         self, operation: str, props: Mapping[object, object], body: object
@@ -271,30 +552,42 @@ class Agent:
         if operation == "QUERY":
             return Response(200, "OK", self._query(props, body))
         if operation == "GET-TYPES":
-            return Response(
-                200,
-                "OK",
-                {
-                    s.full_name: [MANAGEMENT_TYPE, TYPE_BASE[s.short_name in schema.ENTITY_TYPES]]
-                    for s in self._types_filter(props)
-                },
-            )
+            return Response(200, "OK", {k.full: self._bases(k) for k in self._types_filter(props)})
+        if operation == "GET-ANNOTATIONS":
+            return Response(200, "OK", {})
         if operation == "GET-ATTRIBUTES":
             return Response(
                 200,
                 "OK",
-                {s.full_name: list(s.attributes) for s in self._types_filter(props)},
+                {k.full: self._columns(k, secrets=True) for k in self._types_filter(props)},
             )
         if operation == "GET-OPERATIONS":
             return Response(
-                200,
-                "OK",
-                {s.full_name: sorted(s.allowed_operations) for s in self._types_filter(props)},
+                200, "OK", {k.full: self._operations(k) for k in self._types_filter(props)}
             )
         if operation == "GET-MGMT-NODES":
             # a standalone router knows no other management nodes
             return Response(200, "OK", [])
+        if operation == "GET-LOG":
+            return Response(200, "OK", self._get_log(props))
+        if operation == "GET-JSON-SCHEMA":
+            indent = _int(props, "indent")
+            return Response(200, "OK", json.dumps(self._schema(), indent=indent))
         return Response(200, "OK", self._schema())
+
+    def _get_log(self, props: Mapping[object, object]) -> list[list[object]]:
+        limit = _int(props, "limit")
+        level = _text(props, "level")
+        if level is not None:
+            word = level.lower().removesuffix("+")
+            if word not in LEVEL_NUMBERS:
+                raise ManagementError(
+                    400,
+                    f"GET-LOG level '{level}' is unknown{schema.did_you_mean(word, LEVEL_NUMBERS)}"
+                    f": expected one of {', '.join(LEVEL_NUMBERS)}",
+                )
+            level = word
+        return self._log_ring.recent(limit or None, level)
 
     def _query(self, props: Mapping[object, object], body: object) -> dict[str, object]:
         request = _attributes_body(body, "QUERY")
@@ -310,63 +603,91 @@ class Agent:
         )
         offset = _int(props, "offset") or 0
         count = _int(props, "count")
-        specs = [self._spec(str(entity_type))] if entity_type else schema.management_types()
+        kinds = (
+            [self._kind(str(entity_type))]
+            if entity_type
+            else [k for k in self._kinds() if k.spec is not None]
+        )
         if names:
-            known = {a for s in specs for a in s.attributes}
-            for attr in names:
-                if attr not in known:
-                    candidates = sorted(known)
-                    where = specs[0].short_name if len(specs) == 1 else "any entity type"
-                    raise ManagementError(
-                        400,
-                        f"attribute '{attr}' is unknown for {where}"
-                        f"{schema.did_you_mean(attr, candidates)}",
-                    )
+            known: dict[str, None] = {}
+            for k in kinds:
+                known.update(dict.fromkeys(self._columns(k, secrets=True)))
+            unknown = [n for n in names if n not in known]
+            if unknown and not (entity_type and kinds[0].short in C_AGENT_TYPES):
+                # Skupper's answer: 404 "Unknown attributes [...] for type T."
+                where = f" for type {kinds[0].full}" if entity_type else ""
+                raise ManagementError(
+                    404,
+                    f"Unknown attributes {unknown}{where}.{schema.did_you_mean(unknown[0], known)}",
+                )
         else:
             seen: dict[str, None] = {}
-            for s in specs:
-                for a in s.attributes.values():
-                    if not a.secret:
-                        seen.setdefault(a.name)
+            for k in kinds:
+                seen.update(dict.fromkeys(self._columns(k)))
             names = list(seen)
-        secret = {a.name for s in specs for a in s.attributes.values() if a.secret}
-        rows: list[dict[str, object]] = []
-        for s in specs:
-            rows.extend(self._rows(s))
-        selected = rows[offset:] if count is None else rows[offset : offset + count]
-        results = [[None if n in secret else row.get(n) for n in names] for row in selected]
-        return {"attributeNames": names, "results": results}
+        results: list[list[object]] = []
+        for k in kinds:
+            for row in self._rows(k):
+                values = [row.get(n) for n in names]
+                if any(v is not None for v in values):  # as Skupper: no all-null rows
+                    results.append(values)
+        selected = results[offset:] if count is None else results[offset : offset + count]
+        return {"attributeNames": names, "results": selected}
 
     def _schema(self) -> dict[str, object]:
+        """The schema in Skupper's GET-SCHEMA shape (short type names as keys)."""
         types: dict[str, object] = {}
-        for s in schema.management_types():
+        for kind in self._kinds():
+            skupper = schema.skupper_attributes(kind.short)
             attributes: dict[str, object] = {}
-            for a in s.attributes.values():
-                entry: dict[str, object] = {
-                    "type": a.type.value,
-                    "description": a.description,
-                    "required": a.required,
-                    "graph": False,
-                }
-                if a.default is not None:
-                    entry["default"] = a.default
-                if a.choices:
-                    entry["choices"] = list(a.choices)
-                if a.status:
-                    entry["readOnly"] = True
-                if a.create_only:
-                    entry["create"] = True
-                attributes[a.name] = entry
-            types[s.full_name] = {
-                "description": s.description,
-                "operations": sorted(s.allowed_operations),
+            for attr in self._columns(kind, secrets=True):
+                if attr == "type":
+                    continue  # Skupper dumps it separately
+                facts = skupper.get(attr)
+                spec = kind.spec
+                spec_attr = spec.attributes.get(attr) if spec is not None else None
+                entry: dict[str, object] = {}
+                if spec is not None and spec_attr is not None:
+                    entry["type"] = (
+                        list(spec_attr.choices)
+                        if spec_attr.choices
+                        else _SKUPPER_TYPE_NAMES[spec_attr.type.value]
+                    )
+                    if facts is not None and facts.get("type") != "string":
+                        entry["type"] = facts.get("type")
+                    default = schema.default_value(spec, spec_attr, {})
+                    if default is not None:
+                        entry["default"] = _wire(facts, default)
+                    entry["required"] = spec_attr.required
+                    entry["description"] = spec_attr.description
+                    if spec_attr.status:
+                        entry["readOnly"] = True
+                    if spec_attr.create_only:
+                        entry["create"] = True
+                else:
+                    assert facts is not None
+                    entry["type"] = facts.get("type")
+                    if "default" in facts:
+                        entry["default"] = schema.skupper_default(facts)
+                    entry["required"] = bool(facts.get("required"))
+                    entry["description"] = "Skupper attribute; not kept by Skiff."
+                if attr in ("name", "identity"):
+                    entry["unique"] = True
+                entry["deprecated"] = False
+                entry["graph"] = bool(facts.get("graph")) if facts is not None else False
+                attributes[attr] = entry
+            facts_type = schema.skupper_type_facts(kind.short) or {}
+            types[kind.short] = {
                 "attributes": attributes,
-                "singleton": s.singleton,
+                "operations": self._operations(kind),
+                "description": kind.spec.description
+                if kind.spec is not None
+                else "Skupper entity type; not implemented by Skiff.",
+                "fullyQualifiedType": kind.full,
+                "references": [],
+                "deprecated": False,
+                "singleton": bool(kind.spec.singleton)
+                if kind.spec is not None
+                else bool(facts_type.get("singleton")),
             }
-        return {"prefix": schema.TYPE_PREFIX, "entityTypes": types}
-
-
-TYPE_BASE = {
-    True: schema.TYPE_PREFIX + "configurationEntity",
-    False: schema.TYPE_PREFIX + "operationalEntity",
-}
+        return {"prefix": schema.TYPE_PREFIX.rstrip("."), "entityTypes": types}

@@ -38,7 +38,7 @@ from proton import (
 
 from router.log import get_logger
 from router.management import sasl
-from router.management.agent import Agent, Caller
+from router.management.agent import Agent, Caller, serves_address
 
 _log = get_logger("PROTOCOL")
 
@@ -447,7 +447,7 @@ class AmqpConnection:
             link.open()
             return
         target = link.remote_target.address
-        if target is not None and not target.endswith(MANAGEMENT_SUFFIX):
+        if target is not None and not serves_address(target, self.settings.container_id):
             link.target.address = target
             link.condition = Condition(
                 "amqp:not-found",
@@ -499,7 +499,7 @@ class AmqpConnection:
             )
             return
         target = link.remote_target.address or request.address or ""
-        if not str(target).endswith(MANAGEMENT_SUFFIX):
+        if not serves_address(str(target), self.settings.container_id):
             _log.info(f"AMQP connection {self.id}: request for '{target}' has no node; ignored")
             return
         caller = Caller(self.user, self.can_write, self.id)

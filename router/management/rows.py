@@ -9,12 +9,14 @@ could drift from what it describes.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Mapping
 
 from router.configs import RouterConfig
 from router.engine import Engine
-from router.management.agent import Agent
+from router.management.agent import Agent, ManagementError
 from router.management.sources import AppListeners, TcpFlows
 from router.registry import Entity, Registry
 from router.version import skiff_version
@@ -46,19 +48,27 @@ class ManagementRows:
         self._agent.provide("tcpConnection", self.tcp_connections)
         self._agent.provide("routerMetrics", self.router_metrics)
         self._agent.provide("network", self.network)
+        self._agent.augment("router", self.router_extra)
+        self._agent.on_update("connection", self.update_connection)
 
     def connections(self) -> list[Row]:
+        """AMQP connections, then relayed TCP flows (protocol ``tcp``), as
+        Skupper lists its adaptors' connections with its own."""
         now = time.monotonic()
-        return [
+        rows: list[Row] = [
             {
                 "name": f"connection/{conn.id}",
                 "identity": str(conn.id),
                 "id": conn.id,
                 "role": conn.settings.role,
                 "dir": "in",
+                "protocol": "amqp",
+                "opened": True,
+                "adminStatus": "enabled",
                 "host": conn.peer,
                 "container": conn.container,
                 "isEncrypted": conn.tls.encrypted,
+                "ssl": conn.tls.encrypted,
                 "sslProto": conn.tls.protocol or None,
                 "sslCipher": conn.tls.cipher or None,
                 "tlsOrdinal": conn.tls.ordinal if conn.tls.encrypted else None,
@@ -71,6 +81,58 @@ class ManagementRows:
             }
             for conn in self._listeners.amqp_connections()
         ]
+        for flow in self.tcp_connections():
+            encrypted = bool(flow.get("tlsConfigVersion"))
+            rows.append(
+                {
+                    "name": f"connection/{flow['connectionId']}",
+                    "identity": flow["identity"],
+                    "id": flow["connectionId"],
+                    "role": "normal",
+                    "dir": "in",
+                    "protocol": "tcp",
+                    "opened": True,
+                    "adminStatus": "enabled",
+                    "host": flow["host"],
+                    "container": None,
+                    "isEncrypted": encrypted,
+                    "ssl": encrypted,
+                    "sslProto": flow.get("sslProto"),
+                    "sslCipher": flow.get("sslCipher"),
+                    "tlsOrdinal": flow["tlsOrdinal"] if encrypted else None,
+                    "isAuthenticated": bool(flow.get("peerSubject")),
+                    "user": flow.get("peerSubject"),
+                    "sasl": None,
+                    "operStatus": "up",
+                    "listener": flow["listener"],
+                    "uptimeSeconds": flow["uptimeSeconds"],
+                }
+            )
+        return rows
+
+    def update_connection(self, row: Mapping[str, object], attrs: Mapping[str, object]) -> None:
+        """UPDATE of a connection: ``adminStatus: deleted`` closes an AMQP
+        connection, as in Skupper; nothing else can change."""
+        for key, value in attrs.items():
+            if key != "adminStatus":
+                raise ManagementError(
+                    400, f"connection attribute '{key}' cannot be updated (only adminStatus)"
+                )
+            if value not in ("deleted", "enabled"):
+                raise ManagementError(
+                    400,
+                    f"connection attribute 'adminStatus' has invalid value {value!r}: expected "
+                    "one of enabled, deleted",
+                )
+        if attrs.get("adminStatus") != "deleted":
+            return
+        if row.get("protocol") != "amqp":
+            raise ManagementError(
+                501,
+                f"closing a {row.get('protocol')} connection is not implemented by Skiff (delete "
+                "its tcpListener with dropTcpConnections, or close the client)",
+            )
+        self._engine.app_close(int(str(row["id"])))
 
     def tcp_connections(self) -> list[Row]:
         now_ns = time.monotonic_ns()
@@ -93,6 +155,7 @@ class ManagementRows:
                     "name": f"tcpConnection/{info.id}",
                     "identity": str(info.id),
                     "connectionId": info.id,
+                    "direction": "in",
                     "listener": lname,
                     "connector": cname,
                     "address": address,
@@ -104,6 +167,8 @@ class ManagementRows:
                     "tlsConfigVersion": info.tls_version,
                     "tlsOrdinal": info.tls_ordinal,
                     "peerSubject": info.peer_subject or None,
+                    "sslProto": info.tls_protocol or None,
+                    "sslCipher": info.tls_cipher or None,
                     "uptimeSeconds": max(0, (now_ns - info.opened_ns) // 1_000_000_000),
                 }
             )
@@ -118,10 +183,18 @@ class ManagementRows:
             bytes_out += int(str(row.get("bytesOut") or 0))
         counters = self._engine.counters()
         amqp = len(self._listeners.amqp_connections())
+        tcp = max(0, opened - closed)
+        vm, rss = _memory()
         return [
             {
                 "name": "routerMetrics",
                 "identity": "routerMetrics",
+                "id": self._router_id(),
+                "version": skiff_version(),
+                "connectionCount": tcp + amqp,
+                "connectionCounters": {"tcp": tcp, "amqp": amqp},
+                "memoryUsage": vm,
+                "residentMemoryUsage": rss,
                 "connectionCounts": f"tcp: {max(0, opened - closed)}, amqp: {amqp}",
                 "tcpConnectionsOpened": opened,
                 "tcpConnectionsClosed": closed,
@@ -139,17 +212,24 @@ class ManagementRows:
             }
         ]
 
-    def network(self) -> list[Row]:
+    def _router_id(self) -> str:
         router = self._registry.router
         rid = router.config_as(RouterConfig).id if router else None
+        return str(rid or "skiff")
+
+    def network(self) -> list[Row]:
         return [
             {
                 "name": "network",
                 "identity": "network",
                 "tenantId": "",
-                "networkId": str(rid or "skiff"),
+                "networkId": self._router_id(),
             }
         ]
+
+    def router_extra(self, row: Mapping[str, object]) -> Mapping[str, object]:
+        """Skupper attributes of ``router`` that the registry does not keep."""
+        return {"hostName": socket.gethostname()}
 
     def router_status(self) -> Mapping[str, object]:
         """Status attributes of the ``router`` entity."""
@@ -160,6 +240,17 @@ class ManagementRows:
             "tcpListenerCount": len(self._registry.entities("tcpListener")),
             "tcpConnectorCount": len(self._registry.entities("tcpConnector")),
         }
+
+
+def _memory() -> tuple[int | None, int | None]:
+    """Virtual and resident size of this process in bytes, where /proc has them."""
+    try:
+        with open("/proc/self/statm") as f:
+            size, resident = (int(v) for v in f.read().split()[:2])
+    except (OSError, ValueError):
+        return None, None
+    page = os.sysconf("SC_PAGE_SIZE")
+    return size * page, resident * page
 
 
 class RouterStatus:

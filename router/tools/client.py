@@ -68,6 +68,28 @@ def add_connection_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sasl-username", metavar="USER", help="SASL user name")
     g.add_argument("--sasl-password", metavar="PW", help="SASL password")
     g.add_argument("--sasl-password-file", metavar="FILE", help="file holding the SASL password")
+    t = p.add_argument_group("target", "which router's management node to ask (as skstat)")
+    t.add_argument(
+        "-r",
+        "--router",
+        metavar="ROUTER-ID",
+        help="router to query, by id (sent to _topo/0/ROUTER-ID/$management)",
+    )
+    t.add_argument(
+        "-d",
+        "--edge-router",
+        metavar="EDGE-ROUTER-ID",
+        help="edge router to query, by id (sent to _edge/EDGE-ROUTER-ID/$management)",
+    )
+
+
+def management_address(router: str | None = None, edge_router: str | None = None) -> str:
+    """The management node address, as Skupper's tools build it."""
+    if router:
+        return f"_topo/0/{router}/{MANAGEMENT_ADDRESS}"
+    if edge_router:
+        return f"_edge/{edge_router}/{MANAGEMENT_ADDRESS}"
+    return MANAGEMENT_ADDRESS
 
 
 def _read_secret(path: str) -> str:
@@ -133,6 +155,7 @@ class ManagementClient:
         mechanisms: str | None = None,
         user: str | None = None,
         password: str | None = None,
+        address: str = MANAGEMENT_ADDRESS,
     ) -> None:
         kwargs: dict[str, Any] = {"sasl_enabled": True, "allow_insecure_mechs": True}
         if mechanisms:
@@ -144,7 +167,7 @@ class ManagementClient:
         self.connection = BlockingConnection(
             url, timeout=timeout, ssl_domain=ssl_domain, heartbeat=heartbeat, **kwargs
         )
-        self._rr = SyncRequestResponse(self.connection, MANAGEMENT_ADDRESS)
+        self._rr = SyncRequestResponse(self.connection, address)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ManagementClient:
@@ -159,6 +182,9 @@ class ManagementClient:
             mechanisms=args.sasl_mechanisms,
             user=args.sasl_username,
             password=password,
+            address=management_address(
+                getattr(args, "router", None), getattr(args, "edge_router", None)
+            ),
         )
 
     def call(self, properties: dict[str, object], body: object = None) -> Reply:
@@ -213,10 +239,19 @@ class ManagementClient:
         self.connection.close()
 
 
+# Short names skmanage expands to other types.
+_TYPE_SHORTHANDS = {
+    "link": "router.link",
+    "node": "router.node",
+    "address": "router.config.address",
+    "autoLink": "router.config.autoLink",
+}
+
+
 def full_type(name: str) -> str:
     if name.startswith("io.skupper.router.") or name == "org.amqp.management":
         return name
-    return "io.skupper.router." + name
+    return "io.skupper.router." + _TYPE_SHORTHANDS.get(name, name)
 
 
 def fail(tool: str, message: str) -> int:

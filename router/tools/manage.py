@@ -7,13 +7,22 @@ Examples::
     skiff-manage query --type listener name port operStatus
     skiff-manage create --type tcpConnector --name web host=127.0.0.1 port=8080 address=web
     skiff-manage read --type tcpConnector --name web
+    skiff-manage read --name web                      # by name alone, any type
     skiff-manage delete --type tcpConnector --name web
+    skiff-manage get-log --limit 20 --level warning
+    skiff-manage -r Router.A query --type connection  # one router of a network
+    skiff-manage SOME-OPERATION --type T --properties '{"k": 1}' --body '[1]'
+
+An operation that is none of the above is sent as it is (a custom operation,
+as skmanage does): ATTR=VALUE arguments and ``--properties`` become request
+properties, ``--body`` the body.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Any
 
@@ -36,10 +45,13 @@ OPERATIONS = (
     "update",
     "delete",
     "get-types",
+    "get-annotations",
     "get-attributes",
     "get-operations",
     "get-mgmt-nodes",
     "get-schema",
+    "get-json-schema",
+    "get-log",
 )
 
 
@@ -50,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="attr=value arguments give attributes for create/update; for query they are "
         "attribute names to show.",
     )
-    p.add_argument("operation", choices=OPERATIONS, metavar="OPERATION", help=", ".join(OPERATIONS))
+    p.add_argument(
+        "operation",
+        metavar="OPERATION",
+        help=", ".join(OPERATIONS) + ", or any other (sent as a custom operation)",
+    )
     p.add_argument("args", nargs="*", metavar="ATTR=VALUE", help="attributes, or names for query")
     p.add_argument("--type", help="entity type, short (tcpListener) or full")
     p.add_argument("--name", help="entity name")
@@ -63,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--offset", type=int, help="query: first result")
     p.add_argument("--count", type=int, help="query: number of results")
+    p.add_argument("--limit", type=int, help="get-log: the newest this many records")
+    p.add_argument("--level", help="get-log: records at this level and above (Skiff)")
+    p.add_argument("--body", help="JSON value to send as the body of a custom operation")
+    p.add_argument("--properties", help="JSON map of request properties for a custom operation")
     add_connection_options(p)
     return p
 
@@ -81,14 +101,51 @@ def _dump(value: Any, indent: int) -> str:
     return json.dumps(value, indent=None if indent < 0 else indent, sort_keys=False, default=str)
 
 
+def _json_arg(value: str, what: str) -> Any:
+    """A JSON value; a plain word that is not JSON stays a string (skmanage's rule)."""
+    try:
+        return json.loads(value)
+    except ValueError as e:
+        if not re.search(r'["{}\[\]]', value):
+            return value
+        raise ValueError(f"{what}: invalid JSON {value!r}: {e}") from None
+
+
+def _custom(args: argparse.Namespace, client: ManagementClient, etype: str | None) -> Any:
+    """An operation the tool does not know, sent as it is."""
+    props: dict[str, object] = dict(_attributes(args.args))
+    if args.properties:
+        extra = _json_arg(args.properties, "--properties")
+        if not isinstance(extra, dict):
+            raise ValueError("--properties must be a JSON map")
+        props.update(extra)
+    body = _json_arg(args.body, "--body") if args.body is not None else None
+    props.setdefault("type", etype)
+    props.setdefault("name", args.name)
+    props.setdefault("identity", args.identity)
+    return client.request(args.operation.upper(), body=body, **props)
+
+
 def run(args: argparse.Namespace, client: ManagementClient) -> Any:
-    op = args.operation
+    op = args.operation.lower()
     etype = full_type(args.type) if args.type else None
+    if op not in OPERATIONS:
+        return _custom(args, client, etype)
     if op == "query":
         names = [a for a in args.args if "=" not in a]
         attr_names, rows = client.query(etype, names, args.offset, args.count)
         return [dict(zip(attr_names, r, strict=True)) for r in rows]
+    if op == "get-log":
+        return client.node("GET-LOG", limit=args.limit, level=args.level)
+    if op == "get-json-schema":
+        return json.loads(client.node("GET-JSON-SCHEMA"))
     if op.startswith("get-"):
+        if (
+            etype is None
+            and args.args
+            and op in ("get-types", "get-attributes", "get-operations", "get-annotations")
+        ):
+            etype = full_type(args.args[0])  # skmanage takes the type as an argument too
         return client.node(op.upper(), entityType=etype)
     attrs = _attributes(args.args)
     if args.stdin:
@@ -116,8 +173,7 @@ def _one(
         attrs["name"] = args.name
     if op in ("read", "delete"):
         attrs = {}
-    result = client.request(op.upper(), type=etype, name=name, identity=identity, body=attrs)
-    return result
+    return client.request(op.upper(), type=etype, name=name, identity=identity, body=attrs)
 
 
 def main(argv: list[str] | None = None) -> int:

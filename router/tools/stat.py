@@ -1,11 +1,14 @@
-"""skiff-stat: the views of Skupper's ``skstat`` that apply to Skiff.
+"""skiff-stat: Skupper's ``skstat`` views, for Skiff.
 
-``-g`` general router statistics, ``-c`` AMQP connections, ``-l`` TCP
-listeners and connectors (Skiff has no router links; these are its
-"links" to services), ``-a`` service addresses, ``--tcp`` relayed flows,
+``-g`` general router statistics, ``-c`` connections (AMQP and relayed
+TCP), ``-l`` router links and ``-n`` router nodes (none on a standalone
+router), ``-e`` edge connections, ``-a`` service addresses, ``-m`` memory,
+``-p`` policy, ``--log`` recent log records; Skiff's own views:
+``--services`` tcpListeners and tcpConnectors, ``--tcp`` relayed flows,
 ``--tls`` each sslProfile's published material (version, ordinal,
 fingerprint, certificate expiry, last error).
-``--csv`` prints comma separated values, ``--limit`` caps the rows.
+``--csv`` prints comma separated values, ``--limit`` caps the rows;
+``-r ROUTER-ID`` asks that router's management node.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -36,9 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     views = p.add_mutually_exclusive_group()
     views.add_argument("-g", "--general", action="store_true", help="router statistics (default)")
-    views.add_argument("-c", "--connections", action="store_true", help="AMQP connections")
-    views.add_argument("-l", "--links", action="store_true", help="tcpListeners and tcpConnectors")
+    views.add_argument(
+        "-c", "--connections", action="store_true", help="connections (AMQP and TCP)"
+    )
+    views.add_argument("-l", "--links", action="store_true", help="router links")
+    views.add_argument("-n", "--nodes", action="store_true", help="routers of the network")
+    views.add_argument("-e", "--edge", action="store_true", help="edge router connections")
     views.add_argument("-a", "--address", action="store_true", help="service addresses")
+    views.add_argument("-m", "--memory", action="store_true", help="memory use")
+    views.add_argument("-p", "--policy", action="store_true", help="policy")
+    views.add_argument("--log", action="store_true", help="recent log records")
+    views.add_argument(
+        "--services", action="store_true", help="tcpListeners and tcpConnectors (Skiff)"
+    )
     views.add_argument("--tcp", action="store_true", help="relayed TCP connections")
     views.add_argument(
         "--tls",
@@ -162,6 +176,97 @@ def tls_view(client: ManagementClient, as_csv: bool, limit: int | None) -> str:
     return render("TLS Profiles", heads, out, as_csv)
 
 
+LINK_ATTRIBUTES = ["linkType", "linkDir", "connectionId", "identity", "owningAddr",
+                   "capacity", "undeliveredCount", "unsettledCount", "deliveryCount"]  # fmt: skip
+NODE_ATTRIBUTES = ["id", "protocolVersion", "nextHop", "routerLink", "cost", "validOrigins"]
+
+
+def links_view(client: ManagementClient, as_csv: bool, limit: int | None) -> str:
+    rows = _rows(client, "router.link", LINK_ATTRIBUTES, limit)
+    heads = ["type", "dir", "conn id", "id", "addr", "cap", "undel", "unsett", "deliv"]
+    return render("Router Links", heads, rows, as_csv)
+
+
+def nodes_view(client: ManagementClient, as_csv: bool, limit: int | None) -> str:
+    rows = _rows(client, "router.node", NODE_ATTRIBUTES, limit)
+    if not rows:
+        router = client.request("READ", type="io.skupper.router.router", name="router")
+        if router.get("mode") == "standalone":
+            return "Router is Standalone - No Router List\n"
+    heads = ["router id", "version", "next hop", "link", "cost", "neighbors"]
+    return render("Routers in the Network", heads, rows, as_csv)
+
+
+CONNECTION_ATTRIBUTES = ["id", "host", "container", "role", "dir", "isEncrypted",
+                         "isAuthenticated", "user", "sasl", "uptimeSeconds",
+                         "protocol"]  # fmt: skip
+CONNECTION_HEADS = ["id", "host", "container", "role", "dir", "security", "authenticated",
+                    "user", "sasl", "uptime", "proto"]  # fmt: skip
+
+
+def edge_view(client: ManagementClient, as_csv: bool, limit: int | None) -> str:
+    rows = [r for r in _rows(client, "connection", CONNECTION_ATTRIBUTES, None) if r[3] == "edge"]
+    if not rows:
+        return "No Edge Router Connections\n"
+    return render("Connections", CONNECTION_HEADS, rows[:limit], as_csv)
+
+
+def _size(value: object) -> str:
+    if not isinstance(value, int):
+        return ""
+    amount = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if amount < 1024 or unit == "GiB":
+            return f"{amount:.1f} {unit}" if unit != "B" else f"{value} B"
+        amount /= 1024
+    return str(value)
+
+
+def memory_view(client: ManagementClient, as_csv: bool) -> str:
+    metrics = client.request("READ", type="io.skupper.router.routerMetrics", name="routerMetrics")
+    rows: list[list[Any]] = [
+        ["VmSize", _size(metrics.get("memoryUsage"))],
+        ["RSS", _size(metrics.get("residentMemoryUsage"))],
+    ]
+    note = "" if as_csv else "(Skiff has no memory pools; these are the process's sizes)\n"
+    return render("Memory Summary", ["attr", "value"], rows, as_csv) + note
+
+
+POLICY_ATTRIBUTES = ["maxConnections", "maxMessageSize", "enableVhostPolicy",
+                     "enableVhostNamePatterns", "policyDir", "defaultVhost"]  # fmt: skip
+
+
+def policy_view(client: ManagementClient, as_csv: bool) -> str:
+    rows = _rows(client, "policy", POLICY_ATTRIBUTES, 1)
+    values = rows[0] if rows else [None] * len(POLICY_ATTRIBUTES)
+    heads = ["Maximum Concurrent Connections", "Maximum Message Size", "Enable Vhost Policy",
+             "Enable Vhost Name Patterns", "Policy Directory", "Default Vhost"]  # fmt: skip
+    pairs = [[h, v] for h, v in zip(heads, values, strict=True)]
+    note = "" if as_csv else "(Skiff enforces no policy; Skupper's defaults are shown)\n"
+    return render("Policy Configuration", ["attr", "value"], pairs, as_csv) + note
+
+
+def log_view(client: ManagementClient, limit: int | None) -> str:
+    records = client.node("GET-LOG", limit=limit)
+    lines = [
+        f"{time.ctime(float(r[5]))} {r[0]} ({r[1]}) {r[2]}"
+        for r in records
+        if isinstance(r, list) and len(r) >= 6
+    ]
+    return "".join(line + "\n" for line in lines)
+
+
+def services_view(client: ManagementClient, as_csv: bool, limit: int | None) -> str:
+    names = ["type", "name", "host", "port", "address", "operStatus", "connectionsOpened",
+             "connectionsClosed", "bytesIn", "bytesOut"]  # fmt: skip
+    rows = _rows(client, "tcpListener", names, limit) + _rows(client, "tcpConnector", names, limit)
+    for r in rows:
+        r[0] = str(r[0]).rsplit(".", 1)[-1]
+    heads = ["type", "name", "host", "port", "address", "status", "opened", "closed",
+             "bytes in", "bytes out"]  # fmt: skip
+    return render("TCP Listeners and Connectors", heads, rows[:limit], as_csv)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -170,24 +275,26 @@ def main(argv: list[str] | None = None) -> int:
         return fail(TOOL, f"cannot connect to {args.bus}: {e}")
     try:
         if args.connections:
-            names = ["id", "host", "container", "role", "dir", "isEncrypted", "isAuthenticated",
-                     "user", "sasl", "uptimeSeconds"]  # fmt: skip
-            heads = ["id", "host", "container", "role", "dir", "security", "authenticated",
-                     "user", "sasl", "uptime"]  # fmt: skip
             text = render(
-                "Connections", heads, _rows(client, "connection", names, args.limit), args.csv
+                "Connections",
+                CONNECTION_HEADS,
+                _rows(client, "connection", CONNECTION_ATTRIBUTES, args.limit),
+                args.csv,
             )
         elif args.links:
-            names = ["type", "name", "host", "port", "address", "operStatus", "connectionsOpened",
-                     "connectionsClosed", "bytesIn", "bytesOut"]  # fmt: skip
-            rows = _rows(client, "tcpListener", names, args.limit) + _rows(
-                client, "tcpConnector", names, args.limit
-            )
-            for r in rows:
-                r[0] = str(r[0]).rsplit(".", 1)[-1]
-            heads = ["type", "name", "host", "port", "address", "status", "opened", "closed",
-                     "bytes in", "bytes out"]  # fmt: skip
-            text = render("TCP Listeners and Connectors", heads, rows[: args.limit], args.csv)
+            text = links_view(client, args.csv, args.limit)
+        elif args.nodes:
+            text = nodes_view(client, args.csv, args.limit)
+        elif args.edge:
+            text = edge_view(client, args.csv, args.limit)
+        elif args.memory:
+            text = memory_view(client, args.csv)
+        elif args.policy:
+            text = policy_view(client, args.csv)
+        elif args.log:
+            text = log_view(client, args.limit)
+        elif args.services:
+            text = services_view(client, args.csv, args.limit)
         elif args.address:
             listeners = _rows(client, "tcpListener", ["address"], None)
             connectors = _rows(client, "tcpConnector", ["address", "connectionsOpened"], None)
