@@ -354,16 +354,23 @@ static int set_str_len(sk_flow_parser *p, int f, uint64_t n)
     return n == 0 ? SK_FLOW_E_EMPTY : 0; /* u8 lengths cannot exceed SK_FLOW_ID_MAX */
 }
 
-/* Moves to the field after the current one; returns the new state. */
+/* Moves to the field after the current one. A field (or a string's length
+ * prefix) that would end past the declared length is refused here, at its
+ * first offset, without waiting for bytes the sender will not send. */
 static int next_field(sk_flow_parser *p, const prog *pr)
 {
     p->field++;
     p->n = 0;
     p->acc = 0;
-    if (p->field == pr->n)
-        return p->pos == p->len ? ST_DONE : ST_SKIP;
+    if (p->field == pr->n) {
+        p->state = p->pos == p->len ? ST_DONE : ST_SKIP;
+        return 0;
+    }
     int k = kind_of[pr->f[p->field]];
-    return k == K_STR8 || k == K_STR16 ? ST_SLEN : ST_INT;
+    bool str = k == K_STR8 || k == K_STR16;
+    unsigned size = k == K_STR8 ? 1 : k == K_STR16 ? 2 : int_size(k);
+    p->state = str ? ST_SLEN : ST_INT;
+    return (unsigned)p->pos + size > p->len ? SK_FLOW_E_LENGTH : 0;
 }
 
 static int parse_fail(sk_flow_parser *p, int err, size_t *consumed, size_t used)
@@ -391,8 +398,6 @@ int sk_flow_parse(sk_flow_parser *p, const void *data, size_t len, size_t *consu
     while (i < len && p->state != ST_DONE) {
         uint8_t b = d[i];
         int e = 0;
-        if ((p->state == ST_INT || p->state == ST_SLEN) && p->pos >= p->len)
-            return parse_fail(p, SK_FLOW_E_LENGTH, consumed, i);
         switch (p->state) {
         case ST_PRE:
             switch (p->pos) {
@@ -421,7 +426,8 @@ int sk_flow_parse(sk_flow_parser *p, const void *data, size_t len, size_t *consu
             i++;
             if (p->pos == SK_FLOW_PREAMBLE) {
                 p->field = (uint8_t)-1;
-                p->state = (uint8_t)next_field(p, &pr);
+                if ((e = next_field(p, &pr))) /* not reached: len >= the minimum */
+                    return parse_fail(p, e, consumed, i);
             }
             break;
         case ST_INT: {
@@ -432,8 +438,8 @@ int sk_flow_parse(sk_flow_parser *p, const void *data, size_t len, size_t *consu
                 return parse_fail(p, e, consumed, i + 1);
             p->pos++;
             i++;
-            if (p->n == int_size(kind_of[f]))
-                p->state = (uint8_t)next_field(p, &pr);
+            if (p->n == int_size(kind_of[f]) && (e = next_field(p, &pr)))
+                return parse_fail(p, e, consumed, i);
             break;
         }
         case ST_SLEN: {
@@ -463,7 +469,8 @@ int sk_flow_parse(sk_flow_parser *p, const void *data, size_t len, size_t *consu
                 p->state = ST_STR;
             } else {
                 str_dst(p, f)[0] = '\0';
-                p->state = (uint8_t)next_field(p, &pr);
+                if ((e = next_field(p, &pr)))
+                    return parse_fail(p, e, consumed, i);
             }
             break;
         }
@@ -478,7 +485,8 @@ int sk_flow_parse(sk_flow_parser *p, const void *data, size_t len, size_t *consu
             i++;
             if (p->n == p->str_len) {
                 dst[p->n] = '\0';
-                p->state = (uint8_t)next_field(p, &pr);
+                if ((e = next_field(p, &pr)))
+                    return parse_fail(p, e, consumed, i);
             }
             break;
         }

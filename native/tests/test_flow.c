@@ -477,6 +477,9 @@ static int test_refusals_preamble(void)
     n = good_hdr(b);
     b[O_LEN + 1] = (uint8_t)(n - 1); /* dest length byte is past the end */
     expect_err(SK_FLOW_T_HDR, false, b, n, SK_FLOW_E_LENGTH, n - 1, "len cuts dest length");
+    /* ... refused as soon as the declared bytes are in: a sender that wrote
+     * only those and waits for its verdict is not left hanging */
+    expect_err(SK_FLOW_T_HDR, false, b, n - 1, SK_FLOW_E_LENGTH, n - 1, "len cuts, no more");
     b[O_LEN + 1] = (uint8_t)(n - 2); /* origin's last byte is past the end */
     expect_err(SK_FLOW_T_HDR, false, b, n, SK_FLOW_E_LENGTH, O_OLEN, "len cuts origin");
     n = good_hdr(b);
