@@ -604,4 +604,181 @@ void sk_app_conn_closed(sk_worker *w, sk_conn *c, int err);
 void sk_app_unref(sk_app *a);
 void sk_app_table_free(sk_engine *e);
 
+/* ------------------------------------------------------------ flow.c */
+
+/* The data plane's wire format: the first bytes of a data connection between
+ * two routers (docs/dataplane.md has the byte tables). Three messages, each
+ * a 6-byte preamble ("SK", version, type, total length u16) and a body:
+ *   HELLO    the dialler's first bytes on a pooled data connection: pool
+ *            role, link, instance and TLS config version, both router ids;
+ *   FLOW     written by whichever side claims the connection for a flow,
+ *            before any client byte: flow id, hops left, flags, address,
+ *            origin router, destination router (empty: any);
+ *   VERDICT  the far end's answer to a HELLO (flow id 0) or a FLOW, before
+ *            any client byte is relayed.
+ * Integers are big-endian. Strings are length-prefixed UTF-8 without NUL or
+ * control characters. A body may grow at its end (later fields, skipped by
+ * older readers) within the type's bound; the version changes only for an
+ * incompatible format. Nothing here allocates, blocks or keeps pointers into
+ * the caller's bytes; a parse call does at most one message's worth of work. */
+
+#define SK_FLOW_VERSION 1
+#define SK_FLOW_PREAMBLE 6
+#define SK_FLOW_ADDR_MAX 1024 /* address bytes (u16 on the wire) */
+#define SK_FLOW_ID_MAX 255    /* router id bytes (u8 on the wire) */
+#define SK_FLOW_MAX_HOPS 32   /* hops a header may grant */
+#define SK_FLOW_HDR_MAX 2048  /* bounds of the declared lengths, per type */
+#define SK_FLOW_HELLO_MAX 1024
+#define SK_FLOW_VERDICT_MAX 64
+#define SK_FLOW_HDR_MIN 22 /* the fixed fields and the shortest strings */
+#define SK_FLOW_HELLO_MIN 36
+#define SK_FLOW_VERDICT_LEN 16 /* what version 1 writes (and the minimum) */
+
+enum sk_flow_type { SK_FLOW_T_HELLO = 'H', SK_FLOW_T_HDR = 'F', SK_FLOW_T_VERDICT = 'V' };
+
+/* FLOW flags. REVERSE: the accepting router sends this flow to the dialler
+ * on one of the dialler's SK_FLOW_ROLE_INBOUND connections. */
+#define SK_FLOW_F_REVERSE 0x01
+#define SK_FLOW_F_KNOWN 0x01
+
+/* HELLO roles: who may claim the pooled connection for a flow. */
+enum sk_flow_role {
+    SK_FLOW_ROLE_OUTBOUND = 1, /* the dialler writes FLOW headers on it */
+    SK_FLOW_ROLE_INBOUND = 2,  /* the accepting router does (SK_FLOW_F_REVERSE) */
+};
+
+enum sk_flow_verdict_code {
+    SK_FLOW_V_OK = 0,         /* connected (FLOW) or pooled (HELLO): relay */
+    SK_FLOW_V_NO_ROUTE,       /* no target and no next hop for the address */
+    SK_FLOW_V_REFUSED,        /* the target or next hop refused or did not answer;
+                               * HELLO: unknown neighbour or wrong router */
+    SK_FLOW_V_HOP_LIMIT,      /* hops ran out: a loop, or routes converging */
+    SK_FLOW_V_BAD_HEADER,     /* the message was invalid; detail = sk_flow_err */
+    SK_FLOW_V_OVERLOADED,     /* no pooled connection onwards (cap reached), or
+                               * HELLO: the pool is full */
+    SK_FLOW_V__COUNT
+};
+
+/* Why a message was refused. Each closes only its connection and is counted
+ * (sk_flow_errors); sk_flow_err_name gives the metric label. */
+enum sk_flow_err {
+    SK_FLOW_E_NONE = 0,
+    SK_FLOW_E_MAGIC,      /* not "SK": not a Skiff data connection */
+    SK_FLOW_E_VERSION,    /* a version this router does not speak */
+    SK_FLOW_E_TYPE,       /* another message than the one expected here */
+    SK_FLOW_E_LENGTH,     /* declared length below the minimum, or a field runs past it */
+    SK_FLOW_E_TOO_LARGE,  /* declared length above the type's bound */
+    SK_FLOW_E_FLOW_ID,    /* flow id 0 in a FLOW */
+    SK_FLOW_E_HOP_LIMIT,  /* no hop left (0) */
+    SK_FLOW_E_HOPS,       /* more hops than SK_FLOW_MAX_HOPS */
+    SK_FLOW_E_FLAGS,      /* unknown flag bits */
+    SK_FLOW_E_DIRECTION,  /* REVERSE does not match the connection's role */
+    SK_FLOW_E_ROLE,       /* unknown HELLO role */
+    SK_FLOW_E_VERDICT,    /* unknown verdict code */
+    SK_FLOW_E_EMPTY,      /* empty address or router id */
+    SK_FLOW_E_ADDR_LEN,   /* address longer than SK_FLOW_ADDR_MAX */
+    SK_FLOW_E_UTF8,       /* malformed UTF-8 (overlong, surrogate, cut short...) */
+    SK_FLOW_E_CONTROL,    /* NUL or another control character */
+    SK_FLOW_E_TRUNCATED,  /* the stream ended inside a message */
+    SK_FLOW_E_NOSPACE,    /* encode: the caller's buffer is too small */
+    SK_FLOW_E__COUNT
+};
+
+typedef struct sk_flow_hdr {
+    uint64_t flow_id; /* chosen by the origin, never 0 */
+    uint8_t hops;     /* hops the receiver may still use, 1..SK_FLOW_MAX_HOPS */
+    uint8_t flags;
+    uint16_t addr_len;
+    uint8_t origin_len, dest_len;
+    char addr[SK_FLOW_ADDR_MAX + 1]; /* parsed strings are NUL-terminated */
+    char origin[SK_FLOW_ID_MAX + 1];
+    char dest[SK_FLOW_ID_MAX + 1]; /* empty: the receiver picks from its table */
+} sk_flow_hdr;
+
+typedef struct sk_flow_hello {
+    uint8_t role; /* sk_flow_role */
+    uint8_t flags; /* none defined: 0 */
+    uint8_t from_len, to_len;
+    uint64_t instance;    /* the dialler's router instance (its HELLO's) */
+    uint64_t link_id;     /* the dialler's connector link, for counters and logs */
+    uint64_t tls_version; /* TLS config version it was made with; 0: plain */
+    char from[SK_FLOW_ID_MAX + 1]; /* the dialler */
+    char to[SK_FLOW_ID_MAX + 1];   /* the router it meant to reach */
+} sk_flow_hello;
+
+typedef struct sk_flow_verdict {
+    uint8_t code;     /* sk_flow_verdict_code */
+    uint8_t detail;   /* BAD_HEADER, HOP_LIMIT: an sk_flow_err; REFUSED: errno, capped */
+    uint64_t flow_id; /* the FLOW answered, 0 for a HELLO */
+} sk_flow_verdict;
+
+/* What to encode: strings by pointer and length (need no NUL). */
+typedef struct sk_flow_str {
+    const char *p;
+    size_t n;
+} sk_flow_str;
+
+/* Encoders check what the parser checks, so a router never writes what its
+ * neighbour would refuse. They return the bytes written, or -sk_flow_err
+ * (SK_FLOW_E_NOSPACE when cap is too small; nothing useful is in buf then). */
+int sk_flow_encode_hdr(void *buf, size_t cap, uint64_t flow_id, uint8_t hops, uint8_t flags,
+                       sk_flow_str addr, sk_flow_str origin, sk_flow_str dest);
+int sk_flow_encode_hello(void *buf, size_t cap, uint8_t role, uint64_t instance,
+                         uint64_t link_id, uint64_t tls_version, sk_flow_str from,
+                         sk_flow_str to);
+int sk_flow_encode_verdict(void *buf, size_t cap, uint8_t code, uint8_t detail,
+                           uint64_t flow_id);
+
+enum sk_flow_status { SK_FLOW_NEED_MORE = 0, SK_FLOW_DONE = 1, SK_FLOW_ERROR = -1 };
+
+/* An incremental parser for one message of an expected type, fed chunks of
+ * any size (one byte works). Worker-owned; about 1.6 KiB (the FLOW strings),
+ * so a connection should hold one only while a message is due. */
+typedef struct sk_flow_parser {
+    uint8_t type;        /* sk_flow_type expected */
+    uint8_t state;       /* private */
+    uint8_t field;       /* private: index of the field being read */
+    uint8_t want_reverse; /* FLOW: 1 if SK_FLOW_F_REVERSE must be set, else clear */
+    uint8_t err;         /* sk_flow_err once SK_FLOW_ERROR was returned */
+    uint8_t u8_need, u8_lo, u8_hi, u8_c1; /* private: UTF-8 decoder */
+    uint16_t len;        /* declared length (once the preamble is in) */
+    uint16_t pos;        /* bytes of the message consumed so far */
+    uint16_t err_at;     /* offset in the message of the offending byte */
+    uint16_t n;          /* private: bytes of the current field read */
+    uint16_t str_len;    /* private */
+    uint64_t acc;        /* private: the integer being assembled */
+    union {
+        sk_flow_hdr hdr;
+        sk_flow_hello hello;
+        sk_flow_verdict verdict;
+    } out; /* valid on SK_FLOW_DONE; hdr.flow_id as soon as it was read */
+} sk_flow_parser;
+
+/* (Re)arms p for a message of type (sk_flow_type). want_reverse: FLOW only. */
+void sk_flow_parser_init(sk_flow_parser *p, int type, bool want_reverse);
+/* Feeds a chunk. *consumed gets the bytes of data used: on SK_FLOW_DONE the
+ * rest of data (client bytes, or the next message) is the caller's. Once
+ * DONE or ERROR, further calls return the same and consume nothing. */
+int sk_flow_parse(sk_flow_parser *p, const void *data, size_t len, size_t *consumed);
+/* The stream ended: SK_FLOW_E_NONE if no message was started (an idle
+ * pooled connection closing) or it was complete, else SK_FLOW_E_TRUNCATED,
+ * and p is put in the error state. */
+int sk_flow_parse_eof(sk_flow_parser *p);
+
+/* The verdict that answers a refused message: HOP_LIMIT or BAD_HEADER. */
+int sk_flow_err_verdict(int err);
+const char *sk_flow_err_name(int err);         /* "bad_magic", ... ; "?" if unknown */
+const char *sk_flow_verdict_name(int code);    /* "ok", "no_route", ... */
+
+/* Refusals by reason, for /metrics (any writer: atomic adds). */
+typedef struct sk_flow_errors {
+    _Atomic uint64_t n[SK_FLOW_E__COUNT];
+} sk_flow_errors;
+
+static inline void sk_flow_errors_count(sk_flow_errors *c, int err)
+{
+    if (err > SK_FLOW_E_NONE && err < SK_FLOW_E__COUNT)
+        SK_ADD(&c->n[err], 1);
+}
+
 #endif /* SKIFF_INTERNAL_H */
