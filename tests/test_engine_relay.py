@@ -404,6 +404,12 @@ def test_connection_listing(engine: Engine, echo_server: ThreadedServer) -> None
     c = socket.create_connection(("127.0.0.1", lport))
     c.sendall(b"12345")
     assert recv_exact(c, 5) == b"12345"
+    # the worker counts bytes after send() returns, which may be just after
+    # the client has them: wait for the count rather than race it
+    wait_for(
+        lambda: [(r.bytes_in, r.bytes_out) for r in engine.connections()] == [(5, 5)],
+        what="the flow's byte counts",
+    )
     rows = engine.connections()
     assert len(rows) == 1
     row = rows[0]
