@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from router.configs import ListenerConfig, RouterConfig
@@ -49,6 +48,7 @@ from router.management.amqp_connection import (
     AmqpSettings,
     TlsInfo,
 )
+from router.management.auth_gate import AuthGate
 from router.management.http import HttpConnection, Route
 from router.management.sources import AppListenerInfo
 from router.registry import Entity, Registry
@@ -108,7 +108,6 @@ class AppListenerAdaptor:
         self.registry = registry
         self.loop = loop
         self.agent = agent
-        self.auth_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="skiff-sasl")
         self._pages: dict[str, Route] = {}
         self._listeners: dict[str, _ListenerState] = {}
         self._by_uid: dict[int, _ListenerState] = {}
@@ -117,6 +116,7 @@ class AppListenerAdaptor:
         budget = limits.app_budget()
         self.limits = limits.LimitStats(budget, limits.listener_cap(budget))
         self._refusals = limits.RateLimitedLog(_log)
+        self.auth_gate = AuthGate(loop, get_logger("AUTHSERVICE"), self.limits)
         if tls is not None:
             tls.on_published(self._profile_published)
         registry.subscribe("listener", _ListenerObserver(self))
@@ -470,7 +470,7 @@ class AppListenerAdaptor:
             if state.listener is not None:
                 state.listener.close()
                 state.listener = None
-        self.auth_pool.shutdown(wait=False, cancel_futures=True)
+        self.auth_gate.close()
 
     # ------------------------------------------------------------ read-only view (management)
 

@@ -23,10 +23,10 @@ only; an exception of the agent answers the request with status 500.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections import deque
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -45,6 +45,7 @@ from proton import (
 from router.log import get_logger
 from router.management import sasl
 from router.management.agent import Agent, Caller, Response
+from router.management.auth_gate import AuthGate, AuthJob, Check
 from router.management.limits import HANDSHAKE_TIMEOUT_S
 
 _log = get_logger("PROTOCOL")
@@ -102,7 +103,7 @@ class Host(Protocol):
     def agent(self) -> Agent: ...
 
     @property
-    def auth_pool(self) -> Executor: ...
+    def auth_gate(self) -> AuthGate: ...
 
     def conn_write(self, conn_id: int, data: bytes) -> bool: ...
 
@@ -148,6 +149,7 @@ class AmqpConnection:
         self._tag = itertools.count(1)
         self.requests = 0
         self.open_received = False  # the peer's open frame arrived: handshake done
+        self._auth_job: AuthJob | None = None  # the gate's job while a check is pending
 
     # ------------------------------------------------------------ input
 
@@ -190,6 +192,7 @@ class AmqpConnection:
     def closed(self) -> None:
         """The engine reports the socket gone: drop everything."""
         self._state = "closed"
+        self._cancel_check()
         self._replies.clear()
         self._transport = self._connection = self._collector = None
 
@@ -312,15 +315,19 @@ class AmqpConnection:
             _log.info(f"AMQP connection {self.id} from {self.peer}: {e}")
             self._outcome(sasl.OUTCOME_AUTH)
             return
-        self._state = "auth"
-        future = self._host.loop.run_in_executor(
-            self._host.auth_pool,
-            sasl.verify_plain,
-            self.settings.users_file,
-            authcid,
-            password,
+        self._check(
+            functools.partial(sasl.verify_plain, self.settings.users_file, authcid, password)
         )
-        future.add_done_callback(self._verified)
+
+    def _check(self, check: Check) -> None:
+        """Hands a credential check to the gate; a refusal fails at once."""
+        self._state = "auth"
+        job = self._host.auth_gate.submit(self.peer, check, self._verified)
+        if isinstance(job, str):
+            _log.info(f"AMQP connection {self.id} from {self.peer}: SASL refused: {job}")
+            self._outcome(sasl.OUTCOME_SYS_TEMP)
+            return
+        self._auth_job = job
 
     def _external(self, response: bytes | None) -> None:
         subject = self.tls.peer_subject
@@ -332,26 +339,18 @@ class AmqpConnection:
             )
             self._outcome(sasl.OUTCOME_AUTH)
             return
-        self._state = "auth"
-        future = self._host.loop.run_in_executor(
-            self._host.auth_pool, sasl.verify_external, self.settings.users_file, subject
-        )
-        future.add_done_callback(self._verified)
+        self._check(functools.partial(sasl.verify_external, self.settings.users_file, subject))
 
-    def _verified(self, future: asyncio.Future[sasl.AuthResult]) -> None:
+    def _verified(self, result: sasl.AuthResult) -> None:
+        self._auth_job = None
         if self._state != "auth":
             return  # closed meanwhile
         try:
-            self._authenticated(future)
+            self._authenticated(result)
         except Exception:  # noqa: BLE001 - one connection's failure stays its own
             self._crashed("finishing SASL")
 
-    def _authenticated(self, future: asyncio.Future[sasl.AuthResult]) -> None:
-        try:
-            result = future.result()
-        except Exception as e:  # noqa: BLE001 - a broken users file line, a bug
-            _log.exception(f"AMQP connection {self.id} from {self.peer}: authentication error")
-            result = sasl.AuthResult(False, reason=f"authentication error: {e}")
+    def _authenticated(self, result: sasl.AuthResult) -> None:
         if not result.ok:
             _log.warning(
                 f"AMQP connection {self.id} from {self.peer}: authentication failed: "
@@ -618,8 +617,14 @@ class AmqpConnection:
 
     # ------------------------------------------------------------ close
 
+    def _cancel_check(self) -> None:
+        job, self._auth_job = self._auth_job, None
+        if job is not None:
+            job.cancel()  # a queued check is dropped; a running one's answer is ignored
+
     def _close(self, abort: bool) -> None:
         if self._state == "closed":
             return
         self._state = "closed"
+        self._cancel_check()
         self._host.conn_close(self.id, abort)

@@ -1,0 +1,196 @@
+"""SASL credential checks are bounded (issue 14, finding 7): a bounded queue,
+back-off per source address, checks of clean sources first, and an
+immediate ``sys-temp`` outcome when a check is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import uvloop
+from test_limits_app import InProcess, run
+
+from bench.sasl import PASSWORD, USER, login
+from router.log import get_logger
+from router.management import auth_gate
+from router.management.auth_gate import AuthGate, source_of
+from router.management.limits import LimitStats
+from router.management.sasl import AuthResult, hash_password
+
+_log = get_logger("AUTHSERVICE")
+
+
+class Blocking:
+    """Checks that finish when the test says so; records the order they ran in."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+        self.release: dict[str, threading.Event] = {}
+
+    def check(self, name: str, ok: bool) -> Callable[[], AuthResult]:
+        event = self.release[name] = threading.Event()
+
+        def run() -> AuthResult:
+            self.ran.append(name)
+            assert event.wait(20), f"{name} never released"
+            return AuthResult(ok, user=name if ok else None, reason="" if ok else "wrong")
+
+        return run
+
+
+def gate_run(body: Callable[[AuthGate, Blocking, LimitStats], object]) -> None:
+    async def main() -> None:
+        stats = LimitStats(100, 10)
+        pool = ThreadPoolExecutor(2)
+        gate = AuthGate(asyncio.get_running_loop(), _log, stats, threads=2, pool=pool)
+        try:
+            result = body(gate, Blocking(), stats)
+            if asyncio.iscoroutine(result):
+                await result
+        finally:
+            gate.close()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    uvloop.run(main())
+
+
+async def settle(cond: Callable[[], bool]) -> None:
+    for _ in range(2000):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
+
+
+def test_source_of_peers() -> None:
+    assert source_of("127.0.0.2:4567") == "127.0.0.2"
+    assert source_of("[2001:db8:1:2:3:4:5:6]:443") == "2001:db8:1:2::/64"
+    assert source_of("[::ffff:10.1.2.3]:80") == "10.1.2.3"
+
+
+def test_failure_backs_the_source_off_and_success_clears_it() -> None:
+    async def body(gate: AuthGate, checks: Blocking, stats: LimitStats) -> None:
+        results: list[AuthResult] = []
+        job = gate.submit("10.0.0.1:1000", checks.check("bad", False), results.append)
+        assert not isinstance(job, str)
+        checks.release["bad"].set()
+        await settle(lambda: len(results) == 1)
+        refused = gate.submit("10.0.0.1:1001", checks.check("again", True), results.append)
+        assert isinstance(refused, str) and "1 failed logins in a row from 10.0.0.1" in refused
+        assert "may try again in" in refused
+        # another source is not affected
+        other = gate.submit("10.0.0.2:1000", checks.check("other", True), results.append)
+        assert not isinstance(other, str)
+        checks.release["other"].set()
+        await settle(lambda: len(results) == 2)
+        assert stats.sasl == {"auth": 1, "throttled": 1, "ok": 1}
+
+    gate_run(body)
+
+
+def test_bounded_queue_and_per_source_limit_fail_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth_gate, "MAX_PENDING", 4)
+
+    async def body(gate: AuthGate, checks: Blocking, stats: LimitStats) -> None:
+        done: list[AuthResult] = []
+        for i in range(2):
+            assert not isinstance(
+                gate.submit("10.0.0.1:1", checks.check(f"a{i}", True), done.append), str
+            )
+        per_source = gate.submit("10.0.0.1:2", checks.check("a2", True), done.append)
+        assert isinstance(per_source, str) and "limit per source address" in per_source
+        for i in range(2):
+            assert not isinstance(
+                gate.submit(f"10.0.1.{i}:1", checks.check(f"b{i}", True), done.append), str
+            )
+        full = gate.submit("10.0.2.1:1", checks.check("c", True), done.append)
+        assert isinstance(full, str) and "4 credential checks are waiting already" in full
+        assert stats.sasl["saturated"] == 2
+        for event in checks.release.values():
+            event.set()
+        await settle(lambda: len(done) == 4)
+        # room again
+        assert not isinstance(gate.submit("10.0.2.1:1", checks.check("d", True), done.append), str)
+        checks.release["d"].set()
+        await settle(lambda: len(done) == 5)
+
+    gate_run(body)
+
+
+def test_clean_sources_run_first_and_suspects_keep_a_thread_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(auth_gate, "BACKOFF_BASE_S", 0.0)  # failures mark, never block
+
+    async def body(gate: AuthGate, checks: Blocking, stats: LimitStats) -> None:
+        done: list[AuthResult] = []
+        # three attacker sources fail once: they are suspects from then on
+        for i in range(3):
+            gate.submit(f"10.9.0.{i}:1", checks.check(f"first{i}", False), done.append)
+            checks.release[f"first{i}"].set()
+        await settle(lambda: len(done) == 3)
+        for i in range(3):
+            gate.submit(f"10.9.0.{i}:2", checks.check(f"bad{i}", False), done.append)
+        await settle(lambda: len(checks.ran) == 4)
+        assert checks.ran[3:] == ["bad0"]  # one thread for suspects; one stays free
+        gate.submit("10.1.1.1:5", checks.check("legit", True), done.append)
+        await settle(lambda: "legit" in checks.ran)
+        assert checks.ran[3:] == ["bad0", "legit"]  # ahead of bad1 and bad2
+        for event in checks.release.values():
+            event.set()
+        await settle(lambda: len(done) == 7)
+        assert [r.user for r in done if r.ok] == ["legit"]
+
+    gate_run(body)
+
+
+def test_cancelled_and_raising_checks_free_their_slot() -> None:
+    async def body(gate: AuthGate, checks: Blocking, stats: LimitStats) -> None:
+        done: list[AuthResult] = []
+        gate.submit("10.0.0.1:1", checks.check("x", True), done.append)
+        gate.submit("10.0.0.2:1", checks.check("y", True), done.append)
+        queued = gate.submit("10.0.0.3:1", checks.check("z", True), done.append)
+        assert not isinstance(queued, str)
+        queued.cancel()
+
+        def broken() -> AuthResult:
+            raise ValueError("n must be a power of 2")
+
+        gate.submit("10.0.0.4:1", broken, done.append)
+        checks.release["x"].set()
+        checks.release["y"].set()
+        await settle(lambda: len(done) == 3)
+        assert "z" not in checks.ran
+        assert not done[2].ok and "n must be a power of 2" in done[2].reason
+
+    gate_run(body)
+
+
+def test_wrong_password_storm_gets_sys_temp_and_a_real_login_succeeds(tmp_path: Path) -> None:
+    """Thirty concurrent wrong-password logins from one address: a couple
+    are checked, the rest fail at once with sys-temp; the legitimate
+    client from another address logs in meanwhile."""
+    users = tmp_path / "users"
+    users.write_text(f"{USER}:write:{hash_password(PASSWORD, n=1024)}\n")
+
+    async def body(node: InProcess) -> None:
+        port = node.listener(
+            "s", authenticatePeer=True, saslMechanisms="PLAIN", usersFile=str(users)
+        )
+        attack = [login(port, "127.0.0.2", "wrong") for _ in range(30)]
+        outcomes = await asyncio.gather(*attack, login(port, "127.0.0.1", PASSWORD))
+        assert outcomes[-1] == "ok"
+        wrong = outcomes[:-1]
+        assert set(wrong) <= {"auth", "sys-temp"}, wrong
+        assert wrong.count("auth") <= auth_gate.MAX_PENDING_PER_SOURCE
+        # the address backs off now: even one attempt is refused at once
+        assert await login(port, "127.0.0.2", PASSWORD) == "sys-temp"
+        stats = node.adaptor.limits.sasl
+        assert stats["ok"] == 1 and stats["auth"] == wrong.count("auth")
+        assert stats["saturated"] + stats["throttled"] == 31 - wrong.count("auth")
+
+    run(body)
