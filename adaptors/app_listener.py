@@ -250,6 +250,7 @@ class AppListenerAdaptor:
                 cfg.port,
                 app=True,
                 max_connections=self.limits.cap,
+                backlog=limits.LISTEN_BACKLOG,
                 tls_slot=-1 if slot is None else slot,
                 tls_optional=slot is not None and not cfg.require_ssl,
                 authenticate_peer=slot is not None and cfg.authenticate_peer,

@@ -219,7 +219,7 @@ def run_sasl(cfg: SaslBenchConfig) -> int:
         f"router {{\n    id: bench\n    workerThreads: {cfg.workers}\n}}\n"
         f"listener {{\n    host: 127.0.0.1\n    port: {port}\n    authenticatePeer: true\n"
         f"    saslMechanisms: PLAIN\n    usersFile: {users}\n}}\n"
-        "log {\n    module: DEFAULT\n    enable: error+\n}\n"
+        "log {\n    module: DEFAULT\n    enable: warning+\n}\n"
     )
     log = (tmp / "skiffd.log").open("wb")
     router = subprocess.Popen(

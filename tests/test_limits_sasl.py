@@ -79,21 +79,54 @@ def test_failure_backs_the_source_off_and_success_clears_it() -> None:
         assert not isinstance(job, str)
         checks.release["bad"].set()
         await settle(lambda: len(results) == 1)
-        refused = gate.submit("10.0.0.1:1001", checks.check("again", True), results.append)
-        assert isinstance(refused, str) and "1 failed logins in a row from 10.0.0.1" in refused
-        assert "may try again in" in refused
+        # refused without a check, answered when the back-off is over (tarpit)
+        held = gate.submit("10.0.0.1:1001", checks.check("again", True), results.append)
+        assert not isinstance(held, str)
+        await settle(lambda: len(results) == 2)
+        assert "again" not in checks.ran
+        assert results[1].temporary and not results[1].ok
+        assert "1 failed logins in a row from 10.0.0.1; it may try again in" in results[1].reason
         # another source is not affected
         other = gate.submit("10.0.0.2:1000", checks.check("other", True), results.append)
         assert not isinstance(other, str)
         checks.release["other"].set()
-        await settle(lambda: len(results) == 2)
+        await settle(lambda: len(results) == 3)
+        assert results[2].ok
         assert stats.sasl == {"auth": 1, "throttled": 1, "ok": 1}
+
+
+def test_tarpit_holds_a_bounded_number_then_answers_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(auth_gate, "MAX_TARPITTED", 2)
+    monkeypatch.setattr(auth_gate, "BACKOFF_BASE_S", 30.0)
+
+    async def body(gate: AuthGate, checks: Blocking, stats: LimitStats) -> None:
+        results: list[AuthResult] = []
+        gate.submit("10.0.0.1:1", checks.check("bad", False), results.append)
+        checks.release["bad"].set()
+        await settle(lambda: len(results) == 1)
+        held = [
+            gate.submit("10.0.0.1:2", checks.check(f"h{i}", True), results.append) for i in range(2)
+        ]
+        assert not any(isinstance(h, str) for h in held)
+        now = gate.submit("10.0.0.1:3", checks.check("now", True), results.append)
+        assert isinstance(now, str) and "may try again in 30.0 s" in now
+        for h in held:
+            assert not isinstance(h, str)
+            h.cancel()  # their connections went away: nothing is answered
+        assert stats.sasl["throttled"] == 3
+
+    gate_run(body)
 
     gate_run(body)
 
 
-def test_bounded_queue_and_per_source_limit_fail_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bounded_queue_fails_fast_and_per_source_limit_is_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(auth_gate, "MAX_PENDING", 4)
+    monkeypatch.setattr(auth_gate, "BACKOFF_BASE_S", 0.05)
 
     async def body(gate: AuthGate, checks: Blocking, stats: LimitStats) -> None:
         done: list[AuthResult] = []
@@ -101,8 +134,13 @@ def test_bounded_queue_and_per_source_limit_fail_fast(monkeypatch: pytest.Monkey
             assert not isinstance(
                 gate.submit("10.0.0.1:1", checks.check(f"a{i}", True), done.append), str
             )
+        # the source's share is taken: refused without a check, answered a bit later
         per_source = gate.submit("10.0.0.1:2", checks.check("a2", True), done.append)
-        assert isinstance(per_source, str) and "limit per source address" in per_source
+        assert not isinstance(per_source, str)
+        await settle(lambda: len(done) == 1)
+        assert done[0].temporary and "limit per source address" in done[0].reason
+        assert "a2" not in checks.ran
+        del done[0]
         for i in range(2):
             assert not isinstance(
                 gate.submit(f"10.0.1.{i}:1", checks.check(f"b{i}", True), done.append), str

@@ -351,6 +351,10 @@ class AmqpConnection:
             self._crashed("finishing SASL")
 
     def _authenticated(self, result: sasl.AuthResult) -> None:
+        if result.temporary:
+            _log.info(f"AMQP connection {self.id} from {self.peer}: SASL refused: {result.reason}")
+            self._outcome(sasl.OUTCOME_SYS_TEMP)
+            return
         if not result.ok:
             _log.warning(
                 f"AMQP connection {self.id} from {self.peer}: authentication failed: "

@@ -9,14 +9,18 @@ work:
   a failure ends it (``amqp_connection.py``);
 * **a bounded queue**: at most ``MAX_PENDING`` checks wait or run at once,
   at most ``MAX_PENDING_PER_SOURCE`` of them from one source address (an
-  IPv6 source counts by its /64); beyond that the attempt fails at once
-  with the SASL outcome ``sys-temp`` (temporary failure: retry later)
-  and no hash is computed;
+  IPv6 source counts by its /64); beyond that the attempt fails with the
+  SASL outcome ``sys-temp`` (temporary failure: retry later) and no hash
+  is computed: at once when the whole queue is full, after
+  ``BACKOFF_BASE_S`` (tarpit, below) when the source's share is;
 * **back-off per source**: each failed check makes its source wait
   ``BACKOFF_BASE_S`` doubled per failure in a row (at most
   ``BACKOFF_MAX_S``) before its next check; attempts during the wait fail
-  at once with ``sys-temp``. A success, or ``FORGET_S`` without failures,
-  clears the source's record;
+  with ``sys-temp`` without a check, answered after the rest of the wait
+  (at most ``TARPIT_MAX_S``, and for at most ``MAX_TARPITTED`` connections
+  at once, then at once) so that a client retrying in a loop is slowed to
+  its back-off. A success, or ``FORGET_S`` without failures, clears the
+  source's record;
 * **fair scheduling**: checks of sources without recent failures run
   first, and sources with failures may use at most all threads but one,
   so a legitimate client never waits behind an attacker's queue.
@@ -50,6 +54,8 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 30.0
 FORGET_S = 2 * BACKOFF_MAX_S
 MAX_SOURCES = 4096  # records kept; the oldest go first
+TARPIT_MAX_S = 1.0
+MAX_TARPITTED = 64  # half a listener's default connection cap
 
 OUTCOME_OK = "ok"
 OUTCOME_AUTH = "auth"
@@ -130,6 +136,7 @@ class AuthGate:
         self._running = 0
         self._running_suspect = 0
         self._pending = 0
+        self._tarpitted = 0
         _fixed_mmap_threshold()
 
     # ------------------------------------------------------------ admission
@@ -144,11 +151,12 @@ class AuthGate:
         if now < record.blocked_until:
             self._count(OUTCOME_THROTTLED)
             wait = record.blocked_until - now
-            return self._refused(
+            why = self._refused(
                 source,
                 f"{record.failures} failed logins in a row from {source}; it may try again "
                 f"in {wait:.1f} s",
             )
+            return self._tarpit(source, check, done, min(wait, TARPIT_MAX_S), why)
         if self._pending >= MAX_PENDING:
             self._count(OUTCOME_SATURATED)
             return self._refused(
@@ -156,11 +164,12 @@ class AuthGate:
             )
         if record.pending >= MAX_PENDING_PER_SOURCE:
             self._count(OUTCOME_SATURATED)
-            return self._refused(
+            why = self._refused(
                 source,
                 f"{record.pending} credential checks from {source} are waiting already "
                 "(the limit per source address)",
             )
+            return self._tarpit(source, check, done, BACKOFF_BASE_S, why)
         job = AuthJob(source, check, done)
         record.pending += 1
         self._pending += 1
@@ -186,8 +195,26 @@ class AuthGate:
         return record
 
     def _refused(self, key: str, why: str) -> str:
-        self._log.warning(f"sasl:{key}", f"SASL attempt refused at once (sys-temp): {why}")
+        self._log.warning(f"sasl:{key}", f"SASL attempt refused (sys-temp): {why}")
         return why
+
+    def _tarpit(
+        self, source: str, check: Check, done: Done, delay: float, why: str
+    ) -> AuthJob | str:
+        """Answers a refusal after ``delay`` (the connection is held, no check
+        runs), or at once when too many are held already."""
+        if self._tarpitted >= MAX_TARPITTED or delay <= 0:
+            return why
+        self._tarpitted += 1
+        job = AuthJob(source, check, done)
+        result = AuthResult(False, reason=why, temporary=True)
+        self._loop.call_later(delay, self._tarpit_over, job, result)
+        return job
+
+    def _tarpit_over(self, job: AuthJob, result: AuthResult) -> None:
+        self._tarpitted -= 1
+        if not job.cancelled:
+            job.done(result)
 
     def _count(self, outcome: str) -> None:
         if self._stats is not None:

@@ -38,6 +38,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 HANDSHAKE_TIMEOUT_S = 10.0
 HTTP_REQUEST_TIMEOUT_S = 10.0
 LISTENER_MAX_CONNECTIONS = 128
+LISTEN_BACKLOG = 1024  # a burst of connects waits in the kernel instead of SYN retries
 APP_FD_SHARE = 4  # app connections together use at most 1/APP_FD_SHARE of the fd limit
 MIN_APP_BUDGET = 4
 REFUSAL_LOG_INTERVAL_S = 10.0

@@ -250,6 +250,7 @@ class AuthResult:
     user: str | None = None
     can_write: bool = False
     reason: str = ""
+    temporary: bool = False  # refused by a limit, not by the credentials: sys-temp
 
 
 def verify_plain(users_file: str | None, authcid: str, password: str) -> AuthResult:
