@@ -432,36 +432,49 @@ class AppListenerAdaptor:
     # ------------------------------------------------------------ housekeeping
 
     def _tick(self) -> None:
-        now = time.monotonic()
-        for conn, state in list(self._conns.values()):
-            name = state.entity.name
-            if isinstance(conn, AmqpConnection):
-                conn_id = conn.id
-                if now - conn.last_input > conn.settings.idle_timeout_s > 0 or (
-                    not conn.open_received and now - conn.opened > conn.settings.handshake_timeout_s
-                ):
-                    # bytes may wait in the engine while the loop was busy
-                    self._readable(conn_id)
-                conn.idle_check(now)
-                stuck = conn.handshake_check(now)
-                if stuck is not None:
-                    self.limits.timeouts[(name, limits.TIMEOUT_AMQP)] += 1
-                    self._refusals.warning(
-                        f"timeout:{name}",
-                        f"listener '{name}': AMQP client {conn.peer} did not open within "
-                        f"{conn.settings.handshake_timeout_s:g} s (stuck in {stuck}); closed",
+        """Time-outs of every connection, then bind retries; a failure on one
+        connection closes it and never stops the housekeeping."""
+        try:
+            now = time.monotonic()
+            for conn, state in list(self._conns.values()):
+                try:
+                    self._check_times(conn, state.entity.name, now)
+                except Exception:  # noqa: BLE001 - one connection's failure stays its own
+                    _log.exception(
+                        f"connection {conn.id} of listener '{state.entity.name}': internal "
+                        "error in its time-out checks; closing this connection"
                     )
-            elif conn.expired(now):
+                    self.engine.app_close(conn.id, abort=True)
+            for state in self._listeners.values():
+                if state.listener is None and not state.waiting_tls and now >= state.next_retry:
+                    self._bind(state)
+        finally:
+            self._housekeeping = self.loop.call_later(HOUSEKEEPING_S, self._tick)
+
+    def _check_times(self, conn: Conn, name: str, now: float) -> None:
+        if isinstance(conn, HttpConnection):
+            if conn.expired(now):
                 self.limits.timeouts[(name, limits.TIMEOUT_HTTP)] += 1
                 self._refusals.warning(
                     f"timeout:{name}",
                     f"listener '{name}': HTTP client {conn.peer} sent no complete request "
                     f"within {conn.request_timeout_s:g} s; answered 408 and closed",
                 )
-        for state in self._listeners.values():
-            if state.listener is None and not state.waiting_tls and now >= state.next_retry:
-                self._bind(state)
-        self._housekeeping = self.loop.call_later(HOUSEKEEPING_S, self._tick)
+            return
+        if now - conn.last_input > conn.settings.idle_timeout_s > 0 or (
+            not conn.open_received and now - conn.opened > conn.settings.handshake_timeout_s
+        ):
+            # bytes may wait in the engine while the loop was busy
+            self._readable(conn.id)
+        conn.idle_check(now)
+        stuck = conn.handshake_check(now)
+        if stuck is not None:
+            self.limits.timeouts[(name, limits.TIMEOUT_AMQP)] += 1
+            self._refusals.warning(
+                f"timeout:{name}",
+                f"listener '{name}': AMQP client {conn.peer} did not open within "
+                f"{conn.settings.handshake_timeout_s:g} s (stuck in {stuck}); closed",
+            )
 
     def close(self) -> None:
         """Stops accepting; connections end with the engine."""

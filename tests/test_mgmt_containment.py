@@ -5,6 +5,7 @@ is closed; the listener, the loop and every other client go on."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import proton
@@ -12,9 +13,10 @@ import pytest
 from proton import Link, Message
 from proton.reactor import Container
 from proton.utils import BlockingConnection, SyncRequestResponse
-from test_limits_app import WAIT_S, InProcess, http_get, run
+from test_limits_app import WAIT_S, InProcess, http_get, read_until_closed, run
 
-from router.management import amqp_connection
+import adaptors.app_listener as app_listener
+from router.management import amqp_connection, limits
 from router.management.agent import Agent, Caller, Response
 
 NODE = {"type": "org.amqp.management", "name": "self"}
@@ -123,3 +125,33 @@ def test_page_exception_answers_500_and_the_listener_serves_on(
 
     run(body)
     assert "ZeroDivisionError: page bug" in caplog.text
+
+
+def test_time_out_check_failure_closes_that_connection_and_housekeeping_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in one AMQP connection's time-out check closes that connection;
+    the next ticks still time out an idle HTTP client (408)."""
+    monkeypatch.setattr(limits, "HTTP_REQUEST_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(app_listener, "HOUSEKEEPING_S", 0.1)
+
+    def broken(self: amqp_connection.AmqpConnection, now: float) -> None:
+        raise RuntimeError("bug in idle_check")
+
+    monkeypatch.setattr(amqp_connection.AmqpConnection, "idle_check", broken)
+
+    async def body(node: InProcess) -> None:
+        amqp = node.listener("m")
+        http = node.listener("h", http=True)
+        victim = socket.create_connection(("127.0.0.1", amqp), timeout=WAIT_S)
+        idle = socket.create_connection(("127.0.0.1", http), timeout=WAIT_S)
+        closed, timed_out = await asyncio.gather(
+            asyncio.to_thread(read_until_closed, victim),
+            asyncio.to_thread(read_until_closed, idle),
+        )
+        assert closed == b""
+        assert timed_out.startswith(b"HTTP/1.1 408 "), timed_out
+
+    run(body)
+    assert "internal error in its time-out checks; closing this connection" in caplog.text
+    assert "RuntimeError: bug in idle_check" in caplog.text
