@@ -88,8 +88,16 @@ def read_until_closed(s: socket.socket) -> bytes:
 
 
 def http_get(port: int, path: str) -> bytes:
-    s = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    """The whole answer; b"" when the router refused (reset) the connection."""
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+    except ConnectionResetError:
+        return b""
+    try:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    except (BrokenPipeError, ConnectionResetError):
+        s.close()
+        return b""
     return read_until_closed(s)
 
 
