@@ -449,6 +449,13 @@ class AmqpConnection:
             if out:
                 self._host.conn_write(self.id, bytes(out))
         if pending < 0 or transport.closed:
+            condition = transport.condition
+            if condition is not None and self._state != "closed":
+                # proton refused the input (framing, protocol): say what
+                _log.info(
+                    f"AMQP connection {self.id} from {self.peer}: closing: {condition.name}: "
+                    f"{condition.description}"
+                )
             self._close(abort=False)
 
     def _on_event(self, event: Event) -> None:
