@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -232,3 +233,67 @@ def test_wrong_password_storm_gets_sys_temp_and_a_real_login_succeeds(tmp_path: 
         assert stats["saturated"] + stats["throttled"] == 31 - wrong.count("auth")
 
     run(body)
+
+
+def test_full_queue_of_failing_sources_makes_room_for_a_known_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attackers cannot fill the queue against a legitimate client: a full
+    queue drops its worst-ranked check (answered sys-temp) for a better one."""
+    monkeypatch.setattr(auth_gate, "MAX_PENDING", 3)
+    monkeypatch.setattr(auth_gate, "BACKOFF_BASE_S", 0.0)
+
+    async def body(gate: AuthGate, checks: Blocking, stats: LimitStats) -> None:
+        done: list[AuthResult] = []
+        gate.submit("10.1.1.1:1", checks.check("known", True), done.append)  # logs in once
+        checks.release["known"].set()
+        await settle(lambda: len(done) == 1)
+        for i in range(3):
+            gate.submit(f"10.9.0.{i}:1", checks.check(f"first{i}", False), done.append)
+            checks.release[f"first{i}"].set()
+            await settle(lambda i=i: len(done) == 2 + i)
+        # three failing sources fill the queue (one runs, two wait)
+        for i in range(3):
+            gate.submit(f"10.9.0.{i}:2", checks.check(f"bad{i}", False), done.append)
+        await settle(lambda: "bad0" in checks.ran)
+        again = gate.submit("10.1.1.1:2", checks.check("known2", True), done.append)
+        assert not isinstance(again, str)
+        await settle(lambda: "known2" in checks.ran)
+        displaced = [r for r in done[4:] if r.temporary]
+        assert len(displaced) == 1 and "took its place" in displaced[0].reason
+        assert "bad2" not in checks.ran  # the latest of the worst rank went
+        for event in checks.release.values():
+            event.set()
+        await settle(lambda: sum(r.ok for r in done) == 2)
+
+    gate_run(body)
+
+
+def test_failing_sources_wait_for_other_checks_and_their_rate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(auth_gate, "BACKOFF_BASE_S", 0.0)
+    monkeypatch.setattr(auth_gate, "SUSPECT_CHECKS_PER_S", 1.0)
+
+    async def body(gate: AuthGate, checks: Blocking, stats: LimitStats) -> None:
+        done: list[AuthResult] = []
+        for i in range(2):
+            gate.submit(f"10.9.0.{i}:1", checks.check(f"first{i}", False), done.append)
+            checks.release[f"first{i}"].set()
+        await settle(lambda: len(done) == 2)
+        gate.submit("10.1.1.1:1", checks.check("legit", True), done.append)
+        gate.submit("10.9.0.0:2", checks.check("bad0", False), done.append)
+        gate.submit("10.9.0.1:2", checks.check("bad1", False), done.append)
+        await settle(lambda: "legit" in checks.ran)
+        await asyncio.sleep(0.1)
+        assert "bad0" not in checks.ran  # a free thread, but a check of another class runs
+        checks.release["legit"].set()
+        await settle(lambda: "bad0" in checks.ran)
+        checks.release["bad0"].set()
+        started = time.monotonic()
+        await settle(lambda: "bad1" in checks.ran)
+        assert time.monotonic() - started > 0.5  # one token a second (about)
+        checks.release["bad1"].set()
+        await settle(lambda: len(done) == 5)
+
+    gate_run(body)

@@ -7,7 +7,9 @@ work:
 
 * **one attempt per connection**: a connection sends one ``sasl-init``;
   a failure ends it (``amqp_connection.py``);
-* **a bounded queue**: at most ``MAX_PENDING`` checks wait or run at once,
+* **a bounded queue**: at most ``MAX_PENDING`` checks wait or run at once
+  (when it is full, a check of a better class, below, takes the place of
+  the worst queued one, which is answered ``sys-temp``),
   at most ``MAX_PENDING_PER_SOURCE`` of them from one source address (an
   IPv6 source counts by its /64); beyond that the attempt fails with the
   SASL outcome ``sys-temp`` (temporary failure: retry later) and no hash
@@ -21,9 +23,13 @@ work:
   at once, then at once) so that a client retrying in a loop is slowed to
   its back-off. A success, or ``FORGET_S`` without failures, clears the
   source's record;
-* **fair scheduling**: checks of sources without recent failures run
-  first, and sources with failures may use at most all threads but one,
-  so a legitimate client never waits behind an attacker's queue.
+* **priorities**: checks run in three classes: sources that logged in
+  before (within ``KNOWN_FOR_S``) first, then sources seen for the first
+  time, then sources with failures (fewest failures first). Checks of the
+  last class run only while no other check runs, on one thread, and at
+  most ``SUSPECT_CHECKS_PER_S`` a second: scrypt is memory-hard, and two
+  at once on a small machine slow each other down, so a legitimate login
+  must not share the CPU with an attacker's.
 
 The hash runs on the gate's thread pool, never on the control loop; the
 gate itself runs on the loop. Outcomes are counted for ``/metrics`` and
@@ -36,9 +42,11 @@ import asyncio
 import ctypes
 import ctypes.util
 import functools
+import heapq
 import ipaddress
+import itertools
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,6 +64,8 @@ FORGET_S = 2 * BACKOFF_MAX_S
 MAX_SOURCES = 4096  # records kept; the oldest go first
 TARPIT_MAX_S = 1.0
 MAX_TARPITTED = 64  # half a listener's default connection cap
+KNOWN_FOR_S = 24 * 3600.0  # a source that logged in is known for this long
+SUSPECT_CHECKS_PER_S = 2.0  # checks of failing sources, all together
 
 OUTCOME_OK = "ok"
 OUTCOME_AUTH = "auth"
@@ -85,7 +95,15 @@ class _Source:
     failures: int = 0
     blocked_until: float = 0.0
     last_failure: float = 0.0
+    last_success: float | None = None
     pending: int = 0
+
+    def rank(self, now: float) -> int:
+        """0: logged in before; 1: new; 2 and up: 1 + failures in a row."""
+        if self.failures:
+            return 1 + self.failures
+        known = self.last_success is not None and now - self.last_success < KNOWN_FOR_S
+        return 0 if known else 1
 
 
 @dataclass
@@ -94,6 +112,7 @@ class AuthJob:
     check: Check
     done: Done
     cancelled: bool = False
+    rank: int = 1
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -131,10 +150,13 @@ class AuthGate:
         self._owns_pool = pool is None
         self._log = RateLimitedLog(log)
         self._sources: OrderedDict[str, _Source] = OrderedDict()
-        self._clean: deque[AuthJob] = deque()
-        self._suspect: deque[AuthJob] = deque()
+        self._queue: list[tuple[int, int, AuthJob]] = []  # heap: (rank, arrival, job)
+        self._arrivals = itertools.count()
         self._running = 0
         self._running_suspect = 0
+        self._tokens = SUSPECT_CHECKS_PER_S  # a bucket of suspect checks, refilled per second
+        self._refilled = time.monotonic()
+        self._wakeup: asyncio.TimerHandle | None = None
         self._pending = 0
         self._tarpitted = 0
         _fixed_mmap_threshold()
@@ -157,7 +179,7 @@ class AuthGate:
                 f"in {wait:.1f} s",
             )
             return self._tarpit(source, check, done, min(wait, TARPIT_MAX_S), why)
-        if self._pending >= MAX_PENDING:
+        if self._pending >= MAX_PENDING and not self._displace(record.rank(now)):
             self._count(OUTCOME_SATURATED)
             return self._refused(
                 "*", f"{self._pending} credential checks are waiting already (the limit)"
@@ -170,12 +192,36 @@ class AuthGate:
                 "(the limit per source address)",
             )
             return self._tarpit(source, check, done, BACKOFF_BASE_S, why)
-        job = AuthJob(source, check, done)
+        job = AuthJob(source, check, done, rank=record.rank(now))
         record.pending += 1
         self._pending += 1
-        (self._suspect if record.failures else self._clean).append(job)
+        heapq.heappush(self._queue, (job.rank, next(self._arrivals), job))
         self._dispatch()
         return job
+
+    def _displace(self, rank: int) -> bool:
+        """Makes room in a full queue for a check of ``rank`` by dropping the
+        worst queued one (a cancelled one, or one of a worse rank): that one
+        is answered sys-temp. False if there is none."""
+        if not self._queue:
+            return False
+        worst = max(self._queue, key=lambda e: (not e[2].cancelled, e[0], e[1]))
+        if not worst[2].cancelled and worst[0] <= rank:
+            return False
+        self._queue.remove(worst)
+        heapq.heapify(self._queue)
+        job = worst[2]
+        if job.cancelled:
+            self._finished(job, None)
+            return True
+        self._count(OUTCOME_SATURATED)
+        why = self._refused(
+            job.source,
+            "the queue of credential checks is full and a check of a source with a better "
+            "record took its place",
+        )
+        self._finished(job, AuthResult(False, reason=why, temporary=True))
+        return True
 
     def _record(self, source: str, now: float) -> _Source:
         record = self._sources.get(source)
@@ -223,22 +269,41 @@ class AuthGate:
     # ------------------------------------------------------------ scheduling
 
     def _dispatch(self) -> None:
-        suspect_slots = self._threads - 1 if self._threads > 1 else 1
-        while self._running < self._threads:
-            if self._clean:
-                job = self._clean.popleft()
-            elif self._suspect and self._running_suspect < suspect_slots:
-                job = self._suspect.popleft()
-            else:
-                return
+        while self._running < self._threads and self._queue:
+            rank, _, job = self._queue[0]
             if job.cancelled:
+                heapq.heappop(self._queue)
                 self._finished(job, None)
                 continue
-            suspect = bool(self._sources.get(job.source, _Source()).failures)
+            suspect = rank >= 2
+            if suspect and not self._suspect_may_run():
+                return
+            heapq.heappop(self._queue)
             self._running += 1
             self._running_suspect += suspect
             future = self._loop.run_in_executor(self._pool, job.check)
             future.add_done_callback(functools.partial(self._ran, job, suspect))
+
+    def _suspect_may_run(self) -> bool:
+        """Alone, and within the rate; else a wake-up is set for the rate."""
+        if self._running:
+            return False  # after the others (they run, or the pool is busy)
+        now = time.monotonic()
+        self._tokens = min(
+            SUSPECT_CHECKS_PER_S, self._tokens + (now - self._refilled) * SUSPECT_CHECKS_PER_S
+        )
+        self._refilled = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        if self._wakeup is None:
+            delay = (1 - self._tokens) / SUSPECT_CHECKS_PER_S
+            self._wakeup = self._loop.call_later(delay, self._woken)
+        return False
+
+    def _woken(self) -> None:
+        self._wakeup = None
+        self._dispatch()
 
     def _ran(self, job: AuthJob, suspect: bool, future: asyncio.Future[AuthResult]) -> None:
         self._running -= 1
@@ -259,10 +324,15 @@ class AuthGate:
         if result is None:
             return
         now = time.monotonic()
+        if result.temporary:
+            if not job.cancelled:
+                job.done(result)
+            return
         if record is not None:
             if result.ok:
                 record.failures = 0
                 record.blocked_until = 0.0
+                record.last_success = now
             else:
                 record.failures += 1
                 record.last_failure = now
@@ -273,5 +343,8 @@ class AuthGate:
             job.done(result)
 
     def close(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+            self._wakeup = None
         if self._owns_pool:
             self._pool.shutdown(wait=False, cancel_futures=True)
