@@ -19,6 +19,14 @@ A listener from the configuration file that cannot bind (port in use) does
 not stop the router: it stays ``down`` with ``lastError``, readiness
 reports it, and binding is retried every few seconds. Management CREATE of
 such a listener is refused instead, so the client sees the error.
+
+Limits (``router/management/limits.py``): each listener holds at most
+``listener_cap`` connections (the engine refuses more at accept), all of
+them together at most a share of the descriptor limit (refused here, at
+open), HTTP requests and AMQP handshakes have a time-out (checked by the
+housekeeping tick). Refusals are logged at most once per interval and
+counted for ``/metrics``. An exception while handling one connection
+closes that connection, with its traceback in the log.
 """
 
 from __future__ import annotations
@@ -26,12 +34,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from router.configs import ListenerConfig, RouterConfig
 from router.engine import Engine, EngineError, Event, EventType, Listener
 from router.log import get_logger
+from router.management import limits
 from router.management.agent import Agent
 from router.management.amqp_connection import (
     EMPTY_FRAME,
@@ -40,6 +48,7 @@ from router.management.amqp_connection import (
     AmqpSettings,
     TlsInfo,
 )
+from router.management.auth_gate import AuthGate
 from router.management.http import HttpConnection, Route
 from router.management.sources import AppListenerInfo
 from router.registry import Entity, Registry
@@ -99,12 +108,15 @@ class AppListenerAdaptor:
         self.registry = registry
         self.loop = loop
         self.agent = agent
-        self.auth_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="skiff-sasl")
         self._pages: dict[str, Route] = {}
         self._listeners: dict[str, _ListenerState] = {}
         self._by_uid: dict[int, _ListenerState] = {}
         self._conns: dict[int, tuple[Conn, _ListenerState]] = {}
         self._closing = False
+        budget = limits.app_budget()
+        self.limits = limits.LimitStats(budget, limits.listener_cap(budget))
+        self._refusals = limits.RateLimitedLog(_log)
+        self.auth_gate = AuthGate(loop, get_logger("AUTHSERVICE"), self.limits)
         if tls is not None:
             tls.on_published(self._profile_published)
         registry.subscribe("listener", _ListenerObserver(self))
@@ -195,6 +207,7 @@ class AppListenerAdaptor:
             mechanisms=mechs,
             users_file=cfg.users_file or None,
             allow_anonymous_writes=cfg.anonymous_writes,
+            handshake_timeout_s=limits.HANDSHAKE_TIMEOUT_S,
         )
         state = _ListenerState(entity, cfg, _host_ip(cfg), settings)
         self._listeners[entity.name] = state
@@ -236,6 +249,8 @@ class AppListenerAdaptor:
                 state.host_ip,
                 cfg.port,
                 app=True,
+                max_connections=self.limits.cap,
+                backlog=limits.LISTEN_BACKLOG,
                 tls_slot=-1 if slot is None else slot,
                 tls_optional=slot is not None and not cfg.require_ssl,
                 authenticate_peer=slot is not None and cfg.authenticate_peer,
@@ -330,18 +345,54 @@ class AppListenerAdaptor:
                 self._opened(conn_id, info.listener_id)
             self._readable(conn_id)
 
+    def _refuse(self, conn_id: int, state: _ListenerState, reason: str, why: str) -> None:
+        self.engine.app_close(conn_id, abort=True)
+        name = state.entity.name
+        self.limits.refused[(name, reason)] += 1
+        self._refusals.warning(
+            f"refused:{name}:{reason}", f"listener '{name}': connection refused: {why}"
+        )
+
     def _opened(self, conn_id: int, listener_uid: int) -> None:
         state = self._by_uid.get(listener_uid)
         if state is None or self._closing:
             self.engine.app_close(conn_id, abort=True)
             return
+        if len(self._conns) >= self.limits.budget:
+            self._refuse(
+                conn_id,
+                state,
+                limits.REFUSED_BUDGET,
+                f"the app listeners hold {len(self._conns)} connections, their share "
+                f"(1/{limits.APP_FD_SHARE}) of the descriptor limit; the rest is kept "
+                "for relayed connections",
+            )
+            return
+        if len(state.connections) >= self.limits.cap:
+            # normally the engine refuses these at accept already
+            self._refuse(
+                conn_id,
+                state,
+                limits.REFUSED_CAP,
+                f"it holds {len(state.connections)} connections, its cap",
+            )
+            return
+        if len(state.connections) + 1 == self.limits.cap:
+            self._refusals.warning(
+                f"cap:{state.entity.name}",
+                f"listener '{state.entity.name}' reached its cap of {self.limits.cap} "
+                "connections; the engine refuses further clients until some close "
+                "(skiff_engine_limit_rejected_total)",
+            )
+        info = self.engine.conn_info(conn_id)
+        if info is None:
+            return  # gone already; APP_CLOSED follows
         conn: Conn
         if state.http:
-            conn = HttpConnection(conn_id, self._pages, self)
+            conn = HttpConnection(
+                conn_id, self._pages, self, limits.HTTP_REQUEST_TIMEOUT_S, info.peer
+            )
         else:
-            info = self.engine.conn_info(conn_id)
-            if info is None:
-                return  # gone already; APP_CLOSED follows
             tls = PLAINTEXT
             if info.tls_protocol:
                 tls = TlsInfo(
@@ -360,33 +411,71 @@ class AppListenerAdaptor:
         if entry is None:
             return
         conn = entry[0]
-        while True:
-            try:
-                data = self.engine.app_read(conn_id)
-            except EngineError:
-                return  # already gone; APP_CLOSED follows
-            if data is None:
-                conn.eof()
-                return
-            if not data:
-                return
-            conn.feed(data)
+        try:
+            while True:
+                try:
+                    data = self.engine.app_read(conn_id)
+                except EngineError:
+                    return  # already gone; APP_CLOSED follows
+                if data is None:
+                    conn.eof()
+                    return
+                if not data:
+                    return
+                conn.feed(data)
+        except Exception:  # noqa: BLE001 - one connection's failure stays its own
+            _log.exception(
+                f"connection {conn_id} of listener '{entry[1].entity.name}': internal error; "
+                "closing this connection"
+            )
+            self.engine.app_close(conn_id, abort=True)
 
     # ------------------------------------------------------------ housekeeping
 
     def _tick(self) -> None:
-        now = time.monotonic()
-        for conn, _state in list(self._conns.values()):
-            if isinstance(conn, AmqpConnection):
-                conn_id = conn.id
-                if now - conn.last_input > conn.settings.idle_timeout_s > 0:
-                    # bytes may wait in the engine while the loop was busy
-                    self._readable(conn_id)
-                conn.idle_check(now)
-        for state in self._listeners.values():
-            if state.listener is None and not state.waiting_tls and now >= state.next_retry:
-                self._bind(state)
-        self._housekeeping = self.loop.call_later(HOUSEKEEPING_S, self._tick)
+        """Time-outs of every connection, then bind retries; a failure on one
+        connection closes it and never stops the housekeeping."""
+        try:
+            now = time.monotonic()
+            for conn, state in list(self._conns.values()):
+                try:
+                    self._check_times(conn, state.entity.name, now)
+                except Exception:  # noqa: BLE001 - one connection's failure stays its own
+                    _log.exception(
+                        f"connection {conn.id} of listener '{state.entity.name}': internal "
+                        "error in its time-out checks; closing this connection"
+                    )
+                    self.engine.app_close(conn.id, abort=True)
+            for state in self._listeners.values():
+                if state.listener is None and not state.waiting_tls and now >= state.next_retry:
+                    self._bind(state)
+        finally:
+            self._housekeeping = self.loop.call_later(HOUSEKEEPING_S, self._tick)
+
+    def _check_times(self, conn: Conn, name: str, now: float) -> None:
+        if isinstance(conn, HttpConnection):
+            if conn.expired(now):
+                self.limits.timeouts[(name, limits.TIMEOUT_HTTP)] += 1
+                self._refusals.warning(
+                    f"timeout:{name}",
+                    f"listener '{name}': HTTP client {conn.peer} sent no complete request "
+                    f"within {conn.request_timeout_s:g} s; answered 408 and closed",
+                )
+            return
+        if now - conn.last_input > conn.settings.idle_timeout_s > 0 or (
+            not conn.open_received and now - conn.opened > conn.settings.handshake_timeout_s
+        ):
+            # bytes may wait in the engine while the loop was busy
+            self._readable(conn.id)
+        conn.idle_check(now)
+        stuck = conn.handshake_check(now)
+        if stuck is not None:
+            self.limits.timeouts[(name, limits.TIMEOUT_AMQP)] += 1
+            self._refusals.warning(
+                f"timeout:{name}",
+                f"listener '{name}': AMQP client {conn.peer} did not open within "
+                f"{conn.settings.handshake_timeout_s:g} s (stuck in {stuck}); closed",
+            )
 
     def close(self) -> None:
         """Stops accepting; connections end with the engine."""
@@ -396,7 +485,7 @@ class AppListenerAdaptor:
             if state.listener is not None:
                 state.listener.close()
                 state.listener = None
-        self.auth_pool.shutdown(wait=False, cancel_futures=True)
+        self.auth_gate.close()
 
     # ------------------------------------------------------------ read-only view (management)
 

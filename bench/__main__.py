@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import compare
+from bench import sasl as sasl_bench
 from bench.compare import CompareConfig, format_compare, run_compare
 from bench.mgmt import MgmtConfig, run_mgmt
 from bench.progress import Progress
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_parser(sub)
     _add_workload_parsers(sub)
     _add_mgmt_parser(sub)
+    sasl_bench.add_parser(sub)
     return parser
 
 
@@ -511,6 +513,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": _report,
     "serve": _serve,
     "mgmt": _mgmt,
+    "sasl": lambda args: sasl_bench.run_args(args),
 }
 
 

@@ -12,15 +12,21 @@ Heartbeats never depend on this loop: once the peer's open frame tells its
 idle timeout, the engine is asked to send the empty frame whenever the
 connection was silent for half of it. Proton is never ticked, so it never
 emits heartbeats of its own; a silent peer is detected by ``idle_check``.
+
+A client must complete the protocol header, SASL and its ``open`` frame
+within ``handshake_timeout_s`` of connecting (``handshake_check``). An
+exception raised while handling one connection's bytes (a bug, or input
+proton rejects) is logged with its traceback and closes that connection
+only; an exception of the agent answers the request with status 500.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections import deque
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -38,7 +44,9 @@ from proton import (
 
 from router.log import get_logger
 from router.management import sasl
-from router.management.agent import Agent, Caller, serves_address
+from router.management.agent import Agent, Caller, Response, serves_address
+from router.management.auth_gate import AuthGate, AuthJob, Check
+from router.management.limits import HANDSHAKE_TIMEOUT_S
 
 _log = get_logger("PROTOCOL")
 
@@ -64,6 +72,7 @@ class AmqpSettings:
     mechanisms: tuple[str, ...] = ("ANONYMOUS", "PLAIN")
     users_file: str | None = None
     allow_anonymous_writes: bool = False
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,7 @@ class Host(Protocol):
     def agent(self) -> Agent: ...
 
     @property
-    def auth_pool(self) -> Executor: ...
+    def auth_gate(self) -> AuthGate: ...
 
     def conn_write(self, conn_id: int, data: bytes) -> bool: ...
 
@@ -139,6 +148,8 @@ class AmqpConnection:
         self._replies: dict[str, _ReplyLink] = {}
         self._tag = itertools.count(1)
         self.requests = 0
+        self.open_received = False  # the peer's open frame arrived: handshake done
+        self._auth_job: AuthJob | None = None  # the gate's job while a check is pending
 
     # ------------------------------------------------------------ input
 
@@ -146,6 +157,19 @@ class AmqpConnection:
         self.last_input = time.monotonic()
         if self._state == "closed":
             return
+        try:
+            self._feed(data)
+        except Exception:  # noqa: BLE001 - one connection's failure stays its own
+            self._crashed("handling input")
+
+    def _crashed(self, doing: str) -> None:
+        _log.exception(
+            f"AMQP connection {self.id} from {self.peer}: internal error while {doing}; "
+            "closing this connection"
+        )
+        self._close(abort=True)
+
+    def _feed(self, data: bytes) -> None:
         if self._state == "amqp":
             self._amqp_input(data)
             return
@@ -158,13 +182,17 @@ class AmqpConnection:
     def eof(self) -> None:
         """The peer closed its side: let proton see it, then close ours."""
         if self._state == "amqp" and self._transport is not None:
-            self._transport.close_tail()
-            self._pump()
+            try:
+                self._transport.close_tail()
+                self._pump()
+            except Exception:  # noqa: BLE001 - one connection's failure stays its own
+                self._crashed("closing")
         self._close(abort=False)
 
     def closed(self) -> None:
         """The engine reports the socket gone: drop everything."""
         self._state = "closed"
+        self._cancel_check()
         self._replies.clear()
         self._transport = self._connection = self._collector = None
 
@@ -176,6 +204,25 @@ class AmqpConnection:
                 f"AMQP connection {self.id} from {self.peer}: no frame for {limit} s; closing"
             )
             self._close(abort=True)
+
+    def handshake_check(self, now: float) -> str | None:
+        """Closes a client that has not sent its open frame in time; then
+        returns where it was stuck (the caller logs, rate-limited)."""
+        limit = self.settings.handshake_timeout_s
+        if self.open_received or self._state == "closed" or not limit:
+            return None
+        if now - self.opened <= limit:
+            return None
+        phase = self._phase()
+        self._close(abort=True)
+        return phase
+
+    def _phase(self) -> str:
+        return {
+            "header": "the protocol header",
+            "sasl": "SASL",
+            "auth": "SASL authentication",
+        }.get(self._state, "the AMQP open")
 
     # ------------------------------------------------------------ headers and SASL
 
@@ -268,15 +315,19 @@ class AmqpConnection:
             _log.info(f"AMQP connection {self.id} from {self.peer}: {e}")
             self._outcome(sasl.OUTCOME_AUTH)
             return
-        self._state = "auth"
-        future = self._host.loop.run_in_executor(
-            self._host.auth_pool,
-            sasl.verify_plain,
-            self.settings.users_file,
-            authcid,
-            password,
+        self._check(
+            functools.partial(sasl.verify_plain, self.settings.users_file, authcid, password)
         )
-        future.add_done_callback(self._verified)
+
+    def _check(self, check: Check) -> None:
+        """Hands a credential check to the gate; a refusal fails at once."""
+        self._state = "auth"
+        job = self._host.auth_gate.submit(self.peer, check, self._verified)
+        if isinstance(job, str):
+            _log.info(f"AMQP connection {self.id} from {self.peer}: SASL refused: {job}")
+            self._outcome(sasl.OUTCOME_SYS_TEMP)
+            return
+        self._auth_job = job
 
     def _external(self, response: bytes | None) -> None:
         subject = self.tls.peer_subject
@@ -288,16 +339,22 @@ class AmqpConnection:
             )
             self._outcome(sasl.OUTCOME_AUTH)
             return
-        self._state = "auth"
-        future = self._host.loop.run_in_executor(
-            self._host.auth_pool, sasl.verify_external, self.settings.users_file, subject
-        )
-        future.add_done_callback(self._verified)
+        self._check(functools.partial(sasl.verify_external, self.settings.users_file, subject))
 
-    def _verified(self, future: asyncio.Future[sasl.AuthResult]) -> None:
+    def _verified(self, result: sasl.AuthResult) -> None:
+        self._auth_job = None
         if self._state != "auth":
             return  # closed meanwhile
-        result = future.result()
+        try:
+            self._authenticated(result)
+        except Exception:  # noqa: BLE001 - one connection's failure stays its own
+            self._crashed("finishing SASL")
+
+    def _authenticated(self, result: sasl.AuthResult) -> None:
+        if result.temporary:
+            _log.info(f"AMQP connection {self.id} from {self.peer}: SASL refused: {result.reason}")
+            self._outcome(sasl.OUTCOME_SYS_TEMP)
+            return
         if not result.ok:
             _log.warning(
                 f"AMQP connection {self.id} from {self.peer}: authentication failed: "
@@ -392,12 +449,20 @@ class AmqpConnection:
             if out:
                 self._host.conn_write(self.id, bytes(out))
         if pending < 0 or transport.closed:
+            condition = transport.condition
+            if condition is not None and self._state != "closed":
+                # proton refused the input (framing, protocol): say what
+                _log.info(
+                    f"AMQP connection {self.id} from {self.peer}: closing: {condition.name}: "
+                    f"{condition.description}"
+                )
             self._close(abort=False)
 
     def _on_event(self, event: Event) -> None:
         kind = event.type
         connection, session, link = event.connection, event.session, event.link
         if kind == Event.CONNECTION_REMOTE_OPEN and connection is not None:
+            self.open_received = True
             self.container = connection.remote_container
             connection.open()
             assert self._transport is not None
@@ -503,19 +568,35 @@ class AmqpConnection:
             _log.info(f"AMQP connection {self.id}: request for '{target}' has no node; ignored")
             return
         caller = Caller(self.user, self.can_write, self.id)
-        response = self._host.agent.handle(request.properties, request.body, caller)
+        try:
+            response = self._host.agent.handle(request.properties, request.body, caller)
+        except Exception as e:  # noqa: BLE001 - a bug answers 500; the connection serves on
+            _log.exception(f"AMQP connection {self.id}: management request failed")
+            response = Response(500, f"Internal Server Error: {type(e).__name__}: {e}")
+        correlation = request.correlation_id if request.correlation_id is not None else request.id
+        try:
+            encoded = self._reply(reply_to, correlation, response)
+        except Exception as e:  # noqa: BLE001 - an unencodable answer is the router's bug
+            _log.exception(f"AMQP connection {self.id}: management response not encodable")
+            encoded = self._reply(
+                reply_to,
+                correlation,
+                Response(500, f"Internal Server Error: response not encodable: {e}"),
+            )
+        self._send(reply_to, encoded)
+
+    @staticmethod
+    def _reply(reply_to: str, correlation: object, response: Response) -> bytes:
         reply = Message(
             address=reply_to,
-            correlation_id=(
-                request.correlation_id if request.correlation_id is not None else request.id
-            ),
+            correlation_id=cast(Any, correlation),
             properties={
                 "statusCode": response.status,
                 "statusDescription": response.description,
             },
             body=cast(Any, response.body),
         )
-        self._send(reply_to, reply.encode())
+        return bytes(reply.encode())
 
     def _send(self, address: str, encoded: bytes) -> None:
         reply = self._replies.get(address)
@@ -547,8 +628,14 @@ class AmqpConnection:
 
     # ------------------------------------------------------------ close
 
+    def _cancel_check(self) -> None:
+        job, self._auth_job = self._auth_job, None
+        if job is not None:
+            job.cancel()  # a queued check is dropped; a running one's answer is ignored
+
     def _close(self, abort: bool) -> None:
         if self._state == "closed":
             return
         self._state = "closed"
+        self._cancel_check()
         self._host.conn_close(self.id, abort)

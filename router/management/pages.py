@@ -11,6 +11,7 @@ from router.engine import Engine
 from router.management import metrics
 from router.management.agent import Agent
 from router.management.http import HttpReply, Route
+from router.management.limits import LimitStats
 from router.management.readiness import Liveness, Readiness
 from router.management.sources import AppListeners
 from router.registry import Registry
@@ -28,6 +29,7 @@ class MonitoringPages:
         listeners: AppListeners,
         started: float,
         tls: TlsManager | None = None,
+        limits: LimitStats | None = None,
     ) -> None:
         self._engine = engine
         self._registry = registry
@@ -37,6 +39,7 @@ class MonitoringPages:
         self._listeners = listeners
         self._started = started
         self._tls = tls
+        self._limits = limits
 
     def routes(self) -> dict[str, Route]:
         return {"/metrics": self.metrics, "/healthz": self.healthz, "/readyz": self.readyz}
@@ -56,6 +59,8 @@ class MonitoringPages:
             management_requests=self._agent.requests,
             tls_profiles=self._tls.profiles() if self._tls is not None else None,
         )
+        if self._limits is not None:
+            text += self._limits.render([info.name for info in infos])
         return HttpReply(200, text.encode(), metrics.CONTENT_TYPE)
 
     def healthz(self) -> HttpReply:

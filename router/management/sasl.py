@@ -39,6 +39,8 @@ SASL_OUTCOME = 0x44
 OUTCOME_OK = 0
 OUTCOME_AUTH = 1
 OUTCOME_SYS = 2
+OUTCOME_SYS_PERM = 3
+OUTCOME_SYS_TEMP = 4  # a temporary failure: the check was refused (limits); retry later
 
 FRAME_TYPE_SASL = 1
 MAX_SASL_FRAME = 65536
@@ -248,6 +250,7 @@ class AuthResult:
     user: str | None = None
     can_write: bool = False
     reason: str = ""
+    temporary: bool = False  # refused by a limit, not by the credentials: sys-temp
 
 
 def verify_plain(users_file: str | None, authcid: str, password: str) -> AuthResult:

@@ -21,6 +21,7 @@ from router.engine import Engine
 from router.management.agent import Agent
 from router.management.health import HealthMonitor
 from router.management.http import Route
+from router.management.limits import LimitStats
 from router.management.pages import MonitoringPages
 from router.management.readiness import Readiness
 from router.management.rows import ManagementRows, RouterStatus
@@ -48,8 +49,18 @@ class Management:
         self.rows.provide()
         registry.subscribe("router", RouterStatus(self.rows))
         self.readiness = Readiness(self.health, registry, listeners, tcp, tls)
+        # the app listener adaptor counts what its limits refused
+        limits = getattr(listeners, "limits", None)
         self._pages = MonitoringPages(
-            engine, registry, agent, self.health, self.readiness, listeners, self.started, tls
+            engine,
+            registry,
+            agent,
+            self.health,
+            self.readiness,
+            listeners,
+            self.started,
+            tls,
+            limits if isinstance(limits, LimitStats) else None,
         )
 
     def pages(self) -> dict[str, Route]:
