@@ -339,7 +339,8 @@ class Listener:
         return _flow(out)
 
     def close(self, drop_flows: bool = False) -> None:
-        """Stops accepting now; LISTENER_CLOSED follows when every worker let go."""
+        """Stops accepting and frees the port now; LISTENER_CLOSED follows when
+        every worker let go."""
         if not self.closed:
             self.closed = True
             lib.sk_listener_close(self._ptr, int(drop_flows))

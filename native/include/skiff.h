@@ -190,13 +190,16 @@ typedef struct sk_listener_options {
 
 void sk_listener_options_init(sk_listener_options *opts);
 
-/* Binds one SO_REUSEPORT socket per worker and starts accepting. */
+/* Binds one SO_REUSEPORT socket per worker and starts accepting. A fixed
+ * port must be free of any other socket first (a bind without SO_REUSEPORT
+ * is tried): another process's SO_REUSEPORT listener is never joined. */
 sk_listener *sk_listener_open(sk_engine *e, const sk_listener_options *opts,
                               char *err, size_t errlen);
 int sk_listener_port(const sk_listener *l);
 void sk_listener_stats(const sk_listener *l, sk_flow_stats *out);
 
-/* Asynchronous: stops accepting at once (sockets closed by their workers),
+/* Asynchronous: stops accepting at once, and leaves the port at once (the
+ * sockets stop listening here; their workers close them later),
  * optionally closes the listener's open flows, and reports
  * SK_EV_LISTENER_CLOSED when every worker has let go. */
 void sk_listener_close(sk_listener *l, int drop_flows);

@@ -163,6 +163,7 @@ void sk_engine_stop(sk_engine *e)
         pthread_mutex_lock(&e->workers[i].mbox_lock);
         sk_mbox_discard(&e->workers[i]);
         pthread_mutex_unlock(&e->workers[i].mbox_lock);
+        sk_lsock_reap(&e->workers[i]);
     }
     /* free what the slots hold now; keep their version numbers readable */
     uint64_t routes_version = atomic_load(&e->routes.version);

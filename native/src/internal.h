@@ -265,6 +265,7 @@ struct sk_worker {
     sk_conn *graveyard; /* closed during this batch; freed after it */
 
     sk_lsock *lsocks;
+    sk_lsock *lsock_grave; /* closed during this batch; freed after it */
     sk_utimer *utimers;
     sk_slot_cache routes_cache;
     sk_slot_cache tls_cache[SK_TLS_SLOTS];
@@ -383,6 +384,7 @@ struct sk_listener {
     int port;
     _Atomic int closing;
     _Atomic int pending_workers; /* lsocks not yet closed */
+    int *fds; /* the lsocks' fds, one per worker: shut down by sk_listener_close */
     _Atomic uint64_t opened, closed, bytes_in, bytes_out, failed, active;
 };
 
@@ -400,7 +402,9 @@ struct sk_lsock {
 void sk_listener_ref(sk_listener *l);
 void sk_lsock_attach(sk_worker *w, sk_lsock *ls);
 void sk_worker_close_listener(sk_worker *w, sk_listener *l, int drop);
+/* Closes ls; its memory goes after the batch (sk_lsock_reap). */
 void sk_lsock_destroy(sk_worker *w, sk_lsock *ls);
+void sk_lsock_reap(sk_worker *w);
 /* Out of descriptors while serving l's client: stop accepting for a while. */
 void sk_worker_pause_listener(sk_worker *w, sk_listener *l, int err);
 

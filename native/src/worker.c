@@ -42,6 +42,7 @@ static void worker_shutdown(sk_worker *w)
     sk_mbox_discard(w);
     pthread_mutex_unlock(&w->mbox_lock);
     sk_conn_reap(w);
+    sk_lsock_reap(w);
     /* empty the heaps before freeing the timers they point to */
     sk_heap_free(&w->heap[0]);
     sk_heap_free(&w->heap[1]);
@@ -115,6 +116,7 @@ void *sk_worker_main(void *arg)
         sk_timer_run_due(w, 0, t);
         sk_timer_run_due(w, 1, t);
         sk_conn_reap(w);
+        sk_lsock_reap(w);
         SK_BUMP(&w->busy_ns, sk_now_ns() - start);
     }
     free(evs);
