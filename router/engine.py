@@ -286,6 +286,7 @@ class EngineOptions:
     event_ring_size: int | None = None
     high_check_budget_us: int | None = None
     events_per_wakeup: int | None = None
+    splice_pipes: int | None = None  # 0: plain relays copy instead of splice(2)
 
 
 def _err() -> Any:
@@ -354,6 +355,7 @@ class Engine:
 
     def __init__(self, options: EngineOptions | None = None) -> None:
         o = options or EngineOptions()
+        self.options = o
         copts = ffi.new("sk_engine_options *")
         lib.sk_engine_options_init(copts)
         for f in dataclasses.fields(o):

@@ -45,6 +45,10 @@ typedef struct sk_engine_options {
     int event_ring_size;       /* events per worker per priority, 2^n (4096) */
     int high_check_budget_us;  /* re-check high timers within a batch (250) */
     int events_per_wakeup;     /* epoll batch size (64) */
+    int splice_pipes;          /* plain relays move bytes with splice(2) through at
+                                  most this many pipes per worker, held only while
+                                  bytes wait; beyond that, and with TLS, they copy.
+                                  0: always copy (32) */
 } sk_engine_options;
 
 void sk_engine_options_init(sk_engine_options *opts);
@@ -158,6 +162,9 @@ typedef struct sk_engine_counters {
     uint64_t tls_failures;      /* failed or timed out handshakes */
     uint64_t tls_unexpected_eof; /* peers that closed TCP without close_notify */
     uint64_t tls_closed_old;    /* closed by sk_tls_close_older */
+    uint64_t pipes_live;        /* splice pipes open, pooled ones included */
+    uint64_t pipes_in_use;      /* splice pipes holding bytes of a flow */
+    uint64_t splice_fallbacks;  /* reads copied because every pipe was in use */
 } sk_engine_counters;
 
 void sk_engine_counters_get(sk_engine *e, sk_engine_counters *out);

@@ -8,7 +8,7 @@
  * an sk_handle: the worker calls its on_io and knows no object kinds. One
  * section below per source file, lower layers first: data structures (heap,
  * hist, ring, snapshot, routes), then the engine and its workers (engine,
- * worker, mailbox, event, timer, buf), then the network objects (listener,
+ * worker, mailbox, event, timer, buf, pipe), then the network objects (listener,
  * conn, connect, tls_io, relay, tls, app).
  */
 #ifndef SKIFF_INTERNAL_H
@@ -193,6 +193,7 @@ typedef struct sk_handle sk_handle;
 typedef struct sk_msg sk_msg;
 typedef struct sk_utimer sk_utimer;
 typedef struct sk_buf sk_buf;
+typedef struct sk_pipe sk_pipe;
 typedef struct sk_conn sk_conn;
 typedef struct sk_lsock sk_lsock;
 typedef struct sk_app sk_app;
@@ -218,6 +219,7 @@ struct sk_engine {
     pthread_mutex_t app_lock;
     sk_app *app_table[256]; /* chained by id */
 
+    _Atomic uint64_t pipes_live, pipes_in_use, splice_fallbacks;
     _Atomic uint64_t conns_live, bufs_live, buf_bytes_live, accepted, connects_failed,
         flows_failed, accept_paused, limit_rejected, tls_handshakes, tls_failures,
         tls_unexpected_eof, tls_closed_old;
@@ -273,6 +275,8 @@ struct sk_worker {
     uint32_t rr;
     sk_buf *buf_free;
     int buf_free_n;
+    sk_pipe *pipe_free; /* empty splice pipes */
+    int pipes_open;     /* pipes of this worker, in use or free */
     uint64_t last_high_check;
     uint64_t high_budget_ns;
 
@@ -374,6 +378,22 @@ void sk_buf_put(sk_worker *w, sk_buf *b);
 /* Frees the worker's cached buffers (shutdown). */
 void sk_buf_free_all(sk_worker *w);
 
+/* ------------------------------------------------------------ pipe.c */
+
+/* A kernel pipe holding len bytes on their way from one socket to another. */
+struct sk_pipe {
+    int rfd, wfd;
+    uint32_t len;
+    struct sk_pipe *next; /* free list */
+};
+
+/* An empty pipe from w's pool, or NULL when splice_pipes are all in use. */
+sk_pipe *sk_pipe_get(sk_worker *w);
+/* Back to the pool; a pipe with bytes inside is closed. NULL is ignored. */
+void sk_pipe_put(sk_worker *w, sk_pipe *p);
+/* Closes the worker's pooled pipes (shutdown). */
+void sk_pipe_free_all(sk_worker *w);
+
 /* ------------------------------------------------------------ listener.c */
 
 struct sk_listener {
@@ -433,6 +453,7 @@ struct sk_conn {
     sk_target *target;     /* server side: target in use (ref) */
     sk_app *app;           /* delivered to Python */
     sk_buf *out;           /* bytes waiting to be written to fd */
+    sk_pipe *pipe;         /* or: bytes waiting in a splice pipe (never both) */
     uint32_t events;       /* current epoll interest */
     bool registered;
     bool rd_eof;           /* read side saw EOF */

@@ -51,6 +51,7 @@ static void worker_shutdown(sk_worker *w)
     for (int i = 0; i < SK_TLS_SLOTS; i++)
         sk_slot_cache_clear(&w->tls_cache[i]);
     sk_buf_free_all(w);
+    sk_pipe_free_all(w);
 }
 
 static uint64_t thread_cpu_ns(clockid_t clk)
