@@ -3,9 +3,10 @@
  * Runs on an I/O worker: nothing here may block. Each readable event reads
  * at most SK_EVENT_QUANTUM bytes; each direction holds its waiting bytes in
  * one bounded place, the partner's c->out buffer (relay_buffer_bytes) or,
- * when neither side has TLS, a splice pipe (c->pipe, pipe.c) filled only
- * while empty and with at most relay_buffer_bytes: the bytes then go socket
- * to pipe to socket without a copy into user space. A direction uses one of
+ * when neither side has TLS and the direction carried a buffer's worth
+ * already (bulk), a splice pipe (c->pipe, pipe.c) filled only while empty
+ * and with at most relay_buffer_bytes: the bytes then go socket to pipe to
+ * socket without a copy into user space. A direction uses one of
  * the two at a time (it fills one only when the other is empty), so order is
  * kept when it falls back to copying because every pipe is in use. A side
  * stops being read while its partner has bytes it cannot take (buffer full,
@@ -134,21 +135,28 @@ static bool flush(sk_worker *w, sk_conn *c)
  * buffers and gets a few rounds, a short message gets one read. */
 #define SK_EVENT_QUANTUM (256u * 1024u)
 
-/* splice(2) moves bytes between a socket and a pipe only: TLS must copy. */
+/* splice(2) moves bytes between a socket and a pipe only: TLS must copy.
+ * A direction starts on the copy path and splices once it carried a buffer's
+ * worth: for a short message a copy is cheaper than moving page references
+ * through a pipe, and a short-lived flow never touches the pool. */
 static bool may_splice(const sk_worker *w, const sk_conn *c)
 {
-    return w->engine->opts.splice_pipes > 0 && !c->ssl && !c->peer->ssl;
+    return w->engine->opts.splice_pipes > 0 && !c->ssl && !c->peer->ssl &&
+           SK_LOAD(&c->bytes_in) >= (uint64_t)w->engine->opts.relay_buffer_bytes;
 }
 
 /* The splice path of sk_relay_read: socket -> pipe -> partner's socket.
  * Returns false when it handled the event (the pair may be closed), true
- * when the caller should copy instead (every pipe is in use). */
+ * when the caller should copy instead (every pipe is in use, or copied bytes
+ * still wait in the partner's buffer). */
 static bool read_splice(sk_worker *w, sk_conn *c, size_t *budget)
 {
     for (;;) {
         sk_conn *p = c->peer;
-        if (p->pipe || p->out) {
-            update_interest(w, c); /* the partner still has bytes to take */
+        if (p->out)
+            return true; /* copied bytes wait: copy on behind them (keeps order) */
+        if (p->pipe) {
+            update_interest(w, c); /* not read until the pipe is empty */
             return false;
         }
         p->pipe = sk_pipe_get(w);
