@@ -626,6 +626,13 @@ class Engine:
         once the worker was awake); the rest is the OS scheduler's."""
         return self._hist(lib.sk_engine_timer_dispatch_delay, prio, worker)
 
+    def dispatch_cpu(self, prio: int = PRIO_HIGH, worker: int = -1) -> Histogram:
+        """The worker's own CPU time over the dispatch delay (its thread CPU
+        clock): what the engine's work before the timer cost, which the OS
+        preempting the worker cannot inflate. An upper bound when the timer
+        came due mid-batch (counted from the last in-batch check)."""
+        return self._hist(lib.sk_engine_timer_dispatch_cpu, prio, worker)
+
     def _hist(self, fn: Any, prio: int, worker: int) -> Histogram:
         out = ffi.new("sk_hist *")
         if fn(self._ptr, prio, worker, out) != 0:

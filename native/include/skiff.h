@@ -135,6 +135,13 @@ int sk_engine_timer_lateness(sk_engine *e, int prio, int worker, sk_hist *out);
  * first. Lateness minus this is the operating system's scheduling delay. */
 int sk_engine_timer_dispatch_delay(sk_engine *e, int prio, int worker, sk_hist *out);
 
+/* The worker's own CPU time (its thread CPU clock) over that same span: what
+ * the engine's work cost, which preemption cannot inflate. When a timer came
+ * due in the middle of a batch the span starts at the last in-batch check
+ * before its deadline (at most one unit of work plus high_check_budget_us
+ * early), so this is an upper bound. */
+int sk_engine_timer_dispatch_cpu(sk_engine *e, int prio, int worker, sk_hist *out);
+
 typedef struct sk_worker_stats {
     uint64_t busy_ns;      /* wall time spent outside epoll_wait */
     uint64_t cpu_ns;       /* the thread's CPU time */

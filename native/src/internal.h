@@ -253,7 +253,13 @@ struct sk_worker {
     sk_heap heap[2];
     sk_hist_atomic lateness[2];
     sk_hist_atomic dispatch[2]; /* lateness caused by the worker's own work */
+    sk_hist_atomic dispatch_cpu[2]; /* the worker's CPU time over that span */
     uint64_t wake_ns;           /* when epoll_pwait2 last returned */
+    /* thread CPU time samples of this batch, the bases of dispatch_cpu: the
+     * first (at the wake-up, or when the batch scheduled its first timer)
+     * and the last (the last high check) */
+    bool cpu_sampled;
+    uint64_t first_cpu_ns, mark_ns, mark_cpu_ns;
     sk_ring ring[2];
 
     pthread_mutex_t mbox_lock;
@@ -354,8 +360,16 @@ struct sk_utimer {
 
 void sk_worker_schedule(sk_worker *w, int prio, sk_timer *t, uint64_t deadline);
 void sk_worker_cancel(sk_worker *w, int prio, sk_timer *t);
-/* Runs the due timers of class cls (0 high, 1 normal), recording lateness. */
+/* Runs the due timers of class cls (0 high, 1 normal), recording lateness,
+ * dispatch delay and dispatch CPU. */
 void sk_timer_run_due(sk_worker *w, int cls, uint64_t now);
+/* The calling thread's CPU time (ns). */
+uint64_t sk_thread_cpu_ns(void);
+/* After epoll returns at now: notes the thread's CPU time if a timer may
+ * come due in this batch (the base of the dispatch CPU figures). */
+void sk_timer_mark_wake(sk_worker *w, uint64_t now);
+/* Notes the thread's CPU time as of now (wall time now). */
+void sk_timer_mark(sk_worker *w, uint64_t now);
 /* Runs due high-priority timers when the in-batch budget has passed: call it
  * between units of work inside any loop that can run long. */
 void sk_worker_high_check(sk_worker *w);

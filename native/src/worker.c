@@ -8,6 +8,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -72,6 +73,10 @@ void *sk_worker_main(void *arg)
     pthread_getcpuclockid(pthread_self(), &w->cpu_clock);
     /* the default 50 us timer slack would make every timer that late */
     prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+    /* named for top -H, perf and /proc/PID/task/TID/comm */
+    char name[16];
+    snprintf(name, sizeof name, "skiff-w%d", w->index);
+    prctl(PR_SET_NAME, name, 0UL, 0UL, 0UL);
     atomic_store(&w->running, 1);
 
     while (evs && !atomic_load_explicit(&e->stopping, memory_order_acquire)) {
@@ -95,6 +100,7 @@ void *sk_worker_main(void *arg)
         int n = epoll_pwait2(w->epfd, evs, maxev, tsp, NULL);
         uint64_t start = sk_now_ns();
         w->wake_ns = start;
+        sk_timer_mark_wake(w, start);
         SK_BUMP(&w->wakeups, 1);
         if (n < 0 && errno != EINTR)
             break;
