@@ -175,7 +175,8 @@ def test_dispatch_cpu_is_not_inflated_by_preemption() -> None:
         # bounded by one unit of relay work plus the check budget, whatever
         # the hog took
         assert cpu_h.max_ns < 5_000_000, cpu_h
-        assert eng.dispatch_cpu(PRIO_NORMAL).count == eng.lateness(PRIO_NORMAL).count
+        # normal timers are counted unless they came due 10 ms into one batch
+        assert eng.dispatch_cpu(PRIO_NORMAL).count <= eng.lateness(PRIO_NORMAL).count
     finally:
         hog.kill()
         hog.wait()

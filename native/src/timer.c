@@ -14,10 +14,16 @@
 #include <string.h>
 #include <time.h>
 
+/* Normal timers due this much after a wake-up get no CPU sample at it: a
+ * batch is far shorter, and the connect time-outs every storm keeps pending
+ * would otherwise cost a system call per wake-up. */
+#define SK_CPU_HORIZON_NS (10u * 1000000u)
+
 void sk_worker_schedule(sk_worker *w, int prio, sk_timer *t, uint64_t deadline)
 {
-    /* the batch's first timer: its dispatch CPU counts from here at most */
-    if (!w->cpu_sampled)
+    /* the batch's first timer that may come due in it: its dispatch CPU
+     * counts from here at most */
+    if (!w->cpu_sampled && (prio == SK_PRIO_HIGH || deadline <= w->wake_ns + SK_CPU_HORIZON_NS))
         sk_timer_mark(w, sk_now_ns());
     /* Out of memory here would lose a timer; the heap grows by doubling and
      * keeps its array, so this only fails when the process cannot allocate. */
@@ -50,25 +56,25 @@ void sk_timer_mark(sk_worker *w, uint64_t now)
 
 void sk_timer_mark_wake(sk_worker *w, uint64_t now)
 {
-    /* one clock read per wake-up, and only while a timer is pending: a
-     * thread CPU clock is a system call, not a vDSO read */
+    /* a thread CPU clock is a system call, not a vDSO read: one per wake-up,
+     * and only while a high timer is pending or a normal one may come due
+     * in this batch (not for the connect time-outs a storm keeps pending) */
     w->cpu_sampled = false;
-    if (w->heap[0].n || w->heap[1].n)
+    const sk_timer *t = sk_heap_top(&w->heap[1]);
+    if (w->heap[0].n || (t && t->deadline <= now + SK_CPU_HORIZON_NS))
         sk_timer_mark(w, now);
 }
 
 /* The worker's CPU time when a timer due at deadline became ready (the
  * later of its deadline and the wake-up): the last sample taken by then,
  * else the batch's first (taken when the timer was scheduled, if it was
- * scheduled during the batch). A timer that came due in the middle of a
+ * scheduled during the batch). Only called when a sample was taken. A timer that came due in the middle of a
  * batch became ready between two checks, so the figure is an upper bound, by
  * at most the CPU of one unit of work plus the check budget; the wall-clock
  * dispatch delay has the same bound but also grows with every preemption,
  * which this cannot. */
-static uint64_t ready_cpu(const sk_worker *w, uint64_t deadline, uint64_t cpu_now)
+static uint64_t ready_cpu(const sk_worker *w, uint64_t deadline)
 {
-    if (!w->cpu_sampled)
-        return cpu_now;
     uint64_t ready = deadline > w->wake_ns ? deadline : w->wake_ns;
     return w->mark_ns <= ready ? w->mark_cpu_ns : w->first_cpu_ns;
 }
@@ -83,8 +89,10 @@ void sk_timer_run_due(sk_worker *w, int cls, uint64_t now)
         sk_hist_record(&w->lateness[cls], now - t->deadline);
         uint64_t ready = t->deadline > w->wake_ns ? t->deadline : w->wake_ns;
         sk_hist_record(&w->dispatch[cls], now > ready ? now - ready : 0);
-        uint64_t cpu = sk_thread_cpu_ns(), base = ready_cpu(w, t->deadline, cpu);
-        sk_hist_record(&w->dispatch_cpu[cls], cpu > base ? cpu - base : 0);
+        if (w->cpu_sampled) {
+            uint64_t cpu = sk_thread_cpu_ns(), base = ready_cpu(w, t->deadline);
+            sk_hist_record(&w->dispatch_cpu[cls], cpu > base ? cpu - base : 0);
+        } /* else a normal timer that came due after SK_CPU_HORIZON_NS of one batch */
         SK_BUMP(&w->timers_fired, 1);
         t->cb(w, t, now);
         now = sk_now_ns();
@@ -93,6 +101,10 @@ void sk_timer_run_due(sk_worker *w, int cls, uint64_t now)
 
 void sk_worker_high_check(sk_worker *w)
 {
+    /* runs between every two events: without a high timer there is nothing
+     * to check, and no clock to read (a storm's profile showed the reads) */
+    if (!w->heap[0].n)
+        return;
     uint64_t t = sk_now_ns();
     if (t - w->last_high_check >= w->high_budget_ns) {
         SK_BUMP(&w->high_rechecks, 1);

@@ -221,9 +221,10 @@ static int test_dispatch_cpu(void)
             REQUIRE(sk_engine_timer_dispatch_cpu(E, prio, worker, &cpu) == 0);
             REQUIRE(sk_engine_timer_dispatch_delay(E, prio, worker, &wall) == 0);
             REQUIRE(sk_engine_timer_lateness(E, prio, worker, &late) == 0);
-            CHECK_EQ_U(cpu.count, late.count);
+            CHECK_EQ_U(cpu.count, late.count); /* no batch here lasts 10 ms */
             CHECK_EQ_U(cpu.cumulative[SK_HIST_BUCKETS - 1], cpu.count);
-            CHECK_MSG(cpu.sum_ns <= wall.sum_ns + cpu.count * 50000u,
+            /* the slack is the clock reads and the recording (slow under TSan) */
+            CHECK_MSG(cpu.sum_ns <= wall.sum_ns + cpu.count * 500000u,
                       "prio %d worker %d: cpu %" PRIu64 " ns over wall %" PRIu64 " ns", prio,
                       worker, cpu.sum_ns, wall.sum_ns);
             /* an idle engine's timers run at once: microseconds of CPU */
