@@ -190,7 +190,7 @@ def test_an_idle_flow_holds_no_pipe_and_no_buffer(
     """Pipes and buffers are held only while bytes wait (memory per idle flow)."""
     lport, _keep = relay_to(engine, echo_server.port)
     clients = [socket.create_connection(("127.0.0.1", lport)) for _ in range(20)]
-    data = [os.urandom(100_000) for _ in clients]
+    data = [os.urandom(300_000) for _ in clients]
     for c, d in zip(clients, data, strict=True):
         c.sendall(d)
     for c, d in zip(clients, data, strict=True):

@@ -22,6 +22,16 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
+/* splice(2) moves bytes between a socket and a pipe only: TLS must copy.
+ * A direction starts on the copy path and splices once it carried a buffer's
+ * worth: for a short message a copy is cheaper than moving page references
+ * through a pipe, and a short-lived flow never touches the pool. */
+static bool may_splice(const sk_worker *w, const sk_conn *c)
+{
+    return w->engine->opts.splice_pipes > 0 && !c->ssl && !c->peer->ssl &&
+           SK_LOAD(&c->bytes_in) >= (uint64_t)w->engine->opts.relay_buffer_bytes;
+}
+
 static bool buf_full(const sk_buf *b)
 {
     return b && b->end - b->start == b->cap;
@@ -33,7 +43,10 @@ static void update_interest(sk_worker *w, sk_conn *c)
         return;
     uint32_t ev = 0;
     sk_conn *p = c->peer;
-    if (p && p->state == SK_C_OPEN && !c->rd_eof && !buf_full(p->out) && !p->pipe)
+    /* a direction that splices lets copied bytes drain before it reads on:
+     * copying behind them would keep it on the copy path for good */
+    if (p && p->state == SK_C_OPEN && !c->rd_eof && !buf_full(p->out) && !p->pipe &&
+        !(p->out && p->out->start < p->out->end && may_splice(w, c)))
         ev |= EPOLLIN;
     if ((c->out && c->out->start < c->out->end) || c->pipe)
         ev |= EPOLLOUT;
@@ -135,28 +148,16 @@ static bool flush(sk_worker *w, sk_conn *c)
  * buffers and gets a few rounds, a short message gets one read. */
 #define SK_EVENT_QUANTUM (256u * 1024u)
 
-/* splice(2) moves bytes between a socket and a pipe only: TLS must copy.
- * A direction starts on the copy path and splices once it carried a buffer's
- * worth: for a short message a copy is cheaper than moving page references
- * through a pipe, and a short-lived flow never touches the pool. */
-static bool may_splice(const sk_worker *w, const sk_conn *c)
-{
-    return w->engine->opts.splice_pipes > 0 && !c->ssl && !c->peer->ssl &&
-           SK_LOAD(&c->bytes_in) >= (uint64_t)w->engine->opts.relay_buffer_bytes;
-}
 
 /* The splice path of sk_relay_read: socket -> pipe -> partner's socket.
  * Returns false when it handled the event (the pair may be closed), true
- * when the caller should copy instead (every pipe is in use, or copied bytes
- * still wait in the partner's buffer). */
+ * when the caller should copy instead (every pipe is in use). */
 static bool read_splice(sk_worker *w, sk_conn *c, size_t *budget)
 {
     for (;;) {
         sk_conn *p = c->peer;
-        if (p->out)
-            return true; /* copied bytes wait: copy on behind them (keeps order) */
-        if (p->pipe) {
-            update_interest(w, c); /* not read until the pipe is empty */
+        if ((p->out && p->out->start < p->out->end) || p->pipe) {
+            update_interest(w, c); /* not read until they drained (keeps order) */
             return false;
         }
         p->pipe = sk_pipe_get(w);
@@ -187,9 +188,11 @@ static bool read_splice(sk_worker *w, sk_conn *c, size_t *budget)
         if (!flush(w, p))
             return false;
         *budget -= (size_t)n < *budget ? (size_t)n : *budget;
-        /* as in the copy path: on only while the partner keeps up and the
-         * read was full (a short one most likely drained the socket) */
-        if (!(n > 0 && !p->pipe && *budget > 0 && (size_t)n == want)) {
+        /* on while the partner keeps up, until the socket is drained (an
+         * EAGAIN) or the quantum is spent: a bulk sender refills the socket
+         * while the pipe empties, and one more splice is cheaper than a
+         * sleep and a wake-up in epoll */
+        if (!(n > 0 && !p->pipe && *budget > 0)) {
             update_interest(w, c);
             return false;
         }
@@ -247,7 +250,8 @@ void sk_relay_read(sk_worker *w, sk_conn *c)
         budget -= (size_t)n < budget ? (size_t)n : budget;
         /* go on only while the partner keeps up and more is likely waiting:
          * a full read (plain) or any record (TLS reads one record per call) */
-        bool more = n > 0 && !p->out && budget > 0 && ((size_t)n == space || c->ssl);
+        bool more = n > 0 && !p->out && budget > 0 && ((size_t)n == space || c->ssl) &&
+                    !may_splice(w, c); /* a bulk direction goes on with splice */
         if (!more) {
             update_interest(w, c);
             return;
