@@ -139,8 +139,9 @@ int sk_engine_timer_dispatch_delay(sk_engine *e, int prio, int worker, sk_hist *
  * the engine's work cost, which preemption cannot inflate. When a timer came
  * due in the middle of a batch the span starts at the last in-batch check
  * before its deadline (at most one unit of work plus high_check_budget_us
- * early), so this is an upper bound. A normal timer that came due more than
- * 10 ms into one batch is not counted here (no sample was taken for it). */
+ * early), so this is an upper bound. A timer that came due more than 10 ms
+ * into one batch without an in-batch check in its last 10 ms (a normal
+ * timer while no high one is pending) is not counted here. */
 int sk_engine_timer_dispatch_cpu(sk_engine *e, int prio, int worker, sk_hist *out);
 
 typedef struct sk_worker_stats {

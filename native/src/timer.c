@@ -14,16 +14,18 @@
 #include <string.h>
 #include <time.h>
 
-/* Normal timers due this much after a wake-up get no CPU sample at it: a
- * batch is far shorter, and the connect time-outs every storm keeps pending
- * would otherwise cost a system call per wake-up. */
+/* Timers due more than this after a wake-up (or an in-batch check) get no
+ * CPU sample there: a batch is far shorter, and heartbeats and the connect
+ * time-outs a storm keeps pending would otherwise cost a system call per
+ * wake-up. A timer that comes due with no sample taken in its batch (more
+ * than this into one batch, past every check) is not counted. */
 #define SK_CPU_HORIZON_NS (10u * 1000000u)
 
 void sk_worker_schedule(sk_worker *w, int prio, sk_timer *t, uint64_t deadline)
 {
     /* the batch's first timer that may come due in it: its dispatch CPU
      * counts from here at most */
-    if (!w->cpu_sampled && (prio == SK_PRIO_HIGH || deadline <= w->wake_ns + SK_CPU_HORIZON_NS))
+    if (!w->cpu_sampled && deadline <= w->wake_ns + SK_CPU_HORIZON_NS)
         sk_timer_mark(w, sk_now_ns());
     /* Out of memory here would lose a timer; the heap grows by doubling and
      * keeps its array, so this only fails when the process cannot allocate. */
@@ -44,6 +46,17 @@ uint64_t sk_thread_cpu_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Whether a timer of either class may come due within the horizon. */
+static bool timer_near(const sk_worker *w, uint64_t now)
+{
+    for (int cls = 0; cls < 2; cls++) {
+        const sk_timer *t = sk_heap_top(&w->heap[cls]);
+        if (t && t->deadline <= now + SK_CPU_HORIZON_NS)
+            return true;
+    }
+    return false;
+}
+
 void sk_timer_mark(sk_worker *w, uint64_t now)
 {
     w->mark_ns = now;
@@ -56,12 +69,11 @@ void sk_timer_mark(sk_worker *w, uint64_t now)
 
 void sk_timer_mark_wake(sk_worker *w, uint64_t now)
 {
-    /* a thread CPU clock is a system call, not a vDSO read: one per wake-up,
-     * and only while a high timer is pending or a normal one may come due
-     * in this batch (not for the connect time-outs a storm keeps pending) */
+    /* a thread CPU clock is a system call, not a vDSO read: one per wake-up
+     * only while a timer may come due in this batch (not for heartbeats
+     * seconds away, nor the connect time-outs a storm keeps pending) */
     w->cpu_sampled = false;
-    const sk_timer *t = sk_heap_top(&w->heap[1]);
-    if (w->heap[0].n || (t && t->deadline <= now + SK_CPU_HORIZON_NS))
+    if (timer_near(w, now))
         sk_timer_mark(w, now);
 }
 
@@ -92,7 +104,7 @@ void sk_timer_run_due(sk_worker *w, int cls, uint64_t now)
         if (w->cpu_sampled) {
             uint64_t cpu = sk_thread_cpu_ns(), base = ready_cpu(w, t->deadline);
             sk_hist_record(&w->dispatch_cpu[cls], cpu > base ? cpu - base : 0);
-        } /* else a normal timer that came due after SK_CPU_HORIZON_NS of one batch */
+        } /* else it came due SK_CPU_HORIZON_NS into a batch, past every check */
         SK_BUMP(&w->timers_fired, 1);
         t->cb(w, t, now);
         now = sk_now_ns();
@@ -112,7 +124,7 @@ void sk_worker_high_check(sk_worker *w)
         w->last_high_check = t;
         /* the base of timers that come due before the next check: one CPU
          * clock read per budget period of busy time */
-        if (w->heap[0].n || w->heap[1].n)
+        if (timer_near(w, t))
             sk_timer_mark(w, sk_now_ns());
     }
 }
