@@ -286,6 +286,7 @@ class EngineOptions:
     event_ring_size: int | None = None
     high_check_budget_us: int | None = None
     events_per_wakeup: int | None = None
+    splice_pipes: int | None = None  # 0: plain relays copy instead of splice(2)
 
 
 def _err() -> Any:
@@ -339,7 +340,8 @@ class Listener:
         return _flow(out)
 
     def close(self, drop_flows: bool = False) -> None:
-        """Stops accepting now; LISTENER_CLOSED follows when every worker let go."""
+        """Stops accepting and frees the port now; LISTENER_CLOSED follows when
+        every worker let go."""
         if not self.closed:
             self.closed = True
             lib.sk_listener_close(self._ptr, int(drop_flows))
@@ -353,6 +355,7 @@ class Engine:
 
     def __init__(self, options: EngineOptions | None = None) -> None:
         o = options or EngineOptions()
+        self.options = o
         copts = ffi.new("sk_engine_options *")
         lib.sk_engine_options_init(copts)
         for f in dataclasses.fields(o):
@@ -622,6 +625,13 @@ class Engine:
         """The engine's own part of the lateness (work done before the timer
         once the worker was awake); the rest is the OS scheduler's."""
         return self._hist(lib.sk_engine_timer_dispatch_delay, prio, worker)
+
+    def dispatch_cpu(self, prio: int = PRIO_HIGH, worker: int = -1) -> Histogram:
+        """The worker's own CPU time over the dispatch delay (its thread CPU
+        clock): what the engine's work before the timer cost, which the OS
+        preempting the worker cannot inflate. An upper bound when the timer
+        came due mid-batch (counted from the last in-batch check)."""
+        return self._hist(lib.sk_engine_timer_dispatch_cpu, prio, worker)
 
     def _hist(self, fn: Any, prio: int, worker: int) -> Histogram:
         out = ffi.new("sk_hist *")

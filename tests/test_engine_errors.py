@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 
 import pytest
@@ -27,6 +28,39 @@ def test_listen_port_in_use(engine: Engine) -> None:
     with pytest.raises(EngineError, match=f"cannot bind 127.0.0.1:{port}: Address already in use"):
         engine.listen("127.0.0.1", port)
     s.close()
+
+
+def test_listen_refuses_a_port_another_reuseport_socket_listens_on(engine: Engine) -> None:
+    """The engine's sockets set SO_REUSEPORT; another process of the same user
+    listening with it would be joined silently and get half the clients."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    port = s.getsockname()[1]
+    try:
+        for host, shown in (("127.0.0.1", "127.0.0.1"), ("", "*")):
+            with pytest.raises(
+                EngineError,
+                match=f"port {port} on {re.escape(shown)} is already in use by another socket "
+                "or process",
+            ):
+                engine.listen(host, port)
+    finally:
+        s.close()
+    # once the other socket is gone the port is the router's
+    listener = engine.listen("127.0.0.1", port)
+    assert listener.port == port
+
+
+def test_a_closed_listener_frees_its_port_at_once(engine: Engine) -> None:
+    listener = engine.listen("127.0.0.1", 0)
+    port = listener.port
+    for _ in range(5):
+        listener.close()
+        listener = engine.listen("127.0.0.1", port)
+    assert listener.port == port
 
 
 def test_listen_ipv6_and_any(engine: Engine) -> None:

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
 import uvloop
-from servers import wait_for
+from servers import ThreadedServer, exchange, exchange_server, wait_for
 
-from router.engine import PRIO_HIGH, PRIO_NORMAL, Engine, EngineError, EngineOptions, EventType
+from router.engine import (
+    PRIO_HIGH,
+    PRIO_NORMAL,
+    Engine,
+    EngineError,
+    EngineOptions,
+    EventType,
+    RouteTarget,
+)
 
 
 def collect(engine: Engine, seconds: float) -> list:  # type: ignore[type-arg]
@@ -129,3 +141,45 @@ def test_worker_stats(engine: Engine) -> None:
     assert s.cpu_ns >= 0 and s.busy_ns >= 0
     with pytest.raises(EngineError):
         engine.worker_stats(5)
+
+
+def test_dispatch_cpu_is_not_inflated_by_preemption() -> None:
+    """A busy worker shares its CPU with a hog: its timers' dispatch delay
+    (wall clock) includes the time the hog ran, the dispatch CPU figure (the
+    worker's thread CPU clock) only the worker's own work."""
+    cpu = min(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})  # the worker threads inherit it
+    try:
+        eng = Engine(EngineOptions(worker_threads=1))
+    finally:
+        os.sched_setaffinity(0, before)
+    hog = subprocess.Popen(
+        [sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"]
+    )
+    srv = ThreadedServer(exchange_server)
+    try:
+        target = eng.target()
+        eng.publish_routes({0: [RouteTarget(target, "127.0.0.1", srv.port)]})
+        listener = eng.listen("127.0.0.1", 0)
+        tid = eng.timer_start(0.002, 0.002, PRIO_HIGH, worker=0)
+        c = socket.create_connection(("127.0.0.1", listener.port))
+        _digest, body = exchange(c, b"", 64 << 20, 5)  # keeps the worker busy
+        c.close()
+        assert len(body) == 64 << 20
+        eng.timer_cancel(tid)
+        cpu_h, wall_h = eng.dispatch_cpu(PRIO_HIGH), eng.dispatch_delay(PRIO_HIGH)
+        # every high timer is counted: the in-batch checks sample in time
+        assert cpu_h.count == wall_h.count == eng.lateness(PRIO_HIGH).count > 0
+        # CPU time over a span never exceeds its wall time (clock reads aside)
+        assert cpu_h.sum_ns <= wall_h.sum_ns + cpu_h.count * 50_000, (cpu_h, wall_h)
+        # bounded by one unit of relay work plus the check budget, whatever
+        # the hog took
+        assert cpu_h.max_ns < 5_000_000, cpu_h
+        # normal timers are counted unless they came due 10 ms into one batch
+        assert eng.dispatch_cpu(PRIO_NORMAL).count <= eng.lateness(PRIO_NORMAL).count
+    finally:
+        hog.kill()
+        hog.wait()
+        srv.close()
+        eng.stop()

@@ -45,6 +45,10 @@ typedef struct sk_engine_options {
     int event_ring_size;       /* events per worker per priority, 2^n (4096) */
     int high_check_budget_us;  /* re-check high timers within a batch (250) */
     int events_per_wakeup;     /* epoll batch size (64) */
+    int splice_pipes;          /* plain relays move bytes with splice(2) through at
+                                  most this many pipes per worker, held only while
+                                  bytes wait; beyond that, and with TLS, they copy.
+                                  0: always copy (32) */
 } sk_engine_options;
 
 void sk_engine_options_init(sk_engine_options *opts);
@@ -131,6 +135,15 @@ int sk_engine_timer_lateness(sk_engine *e, int prio, int worker, sk_hist *out);
  * first. Lateness minus this is the operating system's scheduling delay. */
 int sk_engine_timer_dispatch_delay(sk_engine *e, int prio, int worker, sk_hist *out);
 
+/* The worker's own CPU time (its thread CPU clock) over that same span: what
+ * the engine's work cost, which preemption cannot inflate. When a timer came
+ * due in the middle of a batch the span starts at the last in-batch check
+ * before its deadline (at most one unit of work plus high_check_budget_us
+ * early), so this is an upper bound. A timer that came due more than 10 ms
+ * into one batch without an in-batch check in its last 10 ms (a normal
+ * timer while no high one is pending) is not counted here. */
+int sk_engine_timer_dispatch_cpu(sk_engine *e, int prio, int worker, sk_hist *out);
+
 typedef struct sk_worker_stats {
     uint64_t busy_ns;      /* wall time spent outside epoll_wait */
     uint64_t cpu_ns;       /* the thread's CPU time */
@@ -158,6 +171,9 @@ typedef struct sk_engine_counters {
     uint64_t tls_failures;      /* failed or timed out handshakes */
     uint64_t tls_unexpected_eof; /* peers that closed TCP without close_notify */
     uint64_t tls_closed_old;    /* closed by sk_tls_close_older */
+    uint64_t pipes_live;        /* splice pipes open, pooled ones included */
+    uint64_t pipes_in_use;      /* splice pipes holding bytes of a flow */
+    uint64_t splice_fallbacks;  /* reads copied because every pipe was in use */
 } sk_engine_counters;
 
 void sk_engine_counters_get(sk_engine *e, sk_engine_counters *out);
@@ -190,13 +206,16 @@ typedef struct sk_listener_options {
 
 void sk_listener_options_init(sk_listener_options *opts);
 
-/* Binds one SO_REUSEPORT socket per worker and starts accepting. */
+/* Binds one SO_REUSEPORT socket per worker and starts accepting. A fixed
+ * port must be free of any other socket first (a bind without SO_REUSEPORT
+ * is tried): another process's SO_REUSEPORT listener is never joined. */
 sk_listener *sk_listener_open(sk_engine *e, const sk_listener_options *opts,
                               char *err, size_t errlen);
 int sk_listener_port(const sk_listener *l);
 void sk_listener_stats(const sk_listener *l, sk_flow_stats *out);
 
-/* Asynchronous: stops accepting at once (sockets closed by their workers),
+/* Asynchronous: stops accepting at once, and leaves the port at once (the
+ * sockets stop listening here; their workers close them later),
  * optionally closes the listener's open flows, and reports
  * SK_EV_LISTENER_CLOSED when every worker has let go. */
 void sk_listener_close(sk_listener *l, int drop_flows);

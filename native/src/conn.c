@@ -201,6 +201,8 @@ static void close_one(sk_worker *w, sk_conn *c, bool abortive)
     c->registered = false;
     sk_buf_put(w, c->out);
     c->out = NULL;
+    sk_pipe_put(w, c->pipe);
+    c->pipe = NULL;
     if (c->app)
         sk_app_conn_closed(w, c, 0);
     /* the references themselves go in conn_free, after the connection is

@@ -39,6 +39,7 @@ void sk_engine_options_init(sk_engine_options *o)
     o->event_ring_size = 4096;
     o->high_check_budget_us = 250;
     o->events_per_wakeup = 64;
+    o->splice_pipes = 32;
 }
 
 uint64_t sk_engine_next_id(sk_engine *e)
@@ -74,6 +75,10 @@ sk_engine *sk_engine_create(const sk_engine_options *opts, char *err, size_t err
     if (o.relay_buffer_bytes < 1024 || o.relay_buffer_bytes > (64 << 20)) {
         sk_set_err(err, errlen, "relay_buffer_bytes %d out of range 1024-64M",
                    o.relay_buffer_bytes);
+        return NULL;
+    }
+    if (o.splice_pipes < 0 || o.splice_pipes > 4096) {
+        sk_set_err(err, errlen, "splice_pipes %d out of range 0-4096", o.splice_pipes);
         return NULL;
     }
     if (o.events_per_wakeup < 1)
@@ -163,6 +168,7 @@ void sk_engine_stop(sk_engine *e)
         pthread_mutex_lock(&e->workers[i].mbox_lock);
         sk_mbox_discard(&e->workers[i]);
         pthread_mutex_unlock(&e->workers[i].mbox_lock);
+        sk_lsock_reap(&e->workers[i]);
     }
     /* free what the slots hold now; keep their version numbers readable */
     uint64_t routes_version = atomic_load(&e->routes.version);
@@ -220,6 +226,9 @@ void sk_engine_counters_get(sk_engine *e, sk_engine_counters *out)
     out->tls_failures = SK_LOAD(&e->tls_failures);
     out->tls_unexpected_eof = SK_LOAD(&e->tls_unexpected_eof);
     out->tls_closed_old = SK_LOAD(&e->tls_closed_old);
+    out->pipes_live = SK_LOAD(&e->pipes_live);
+    out->pipes_in_use = SK_LOAD(&e->pipes_in_use);
+    out->splice_fallbacks = SK_LOAD(&e->splice_fallbacks);
 }
 
 uint64_t sk_engine_publish_routes(sk_engine *e, sk_routes *r)

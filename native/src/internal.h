@@ -8,7 +8,7 @@
  * an sk_handle: the worker calls its on_io and knows no object kinds. One
  * section below per source file, lower layers first: data structures (heap,
  * hist, ring, snapshot, routes), then the engine and its workers (engine,
- * worker, mailbox, event, timer, buf), then the network objects (listener,
+ * worker, mailbox, event, timer, buf, pipe), then the network objects (listener,
  * conn, connect, tls_io, relay, tls, app).
  */
 #ifndef SKIFF_INTERNAL_H
@@ -193,6 +193,7 @@ typedef struct sk_handle sk_handle;
 typedef struct sk_msg sk_msg;
 typedef struct sk_utimer sk_utimer;
 typedef struct sk_buf sk_buf;
+typedef struct sk_pipe sk_pipe;
 typedef struct sk_conn sk_conn;
 typedef struct sk_lsock sk_lsock;
 typedef struct sk_app sk_app;
@@ -218,6 +219,7 @@ struct sk_engine {
     pthread_mutex_t app_lock;
     sk_app *app_table[256]; /* chained by id */
 
+    _Atomic uint64_t pipes_live, pipes_in_use, splice_fallbacks;
     _Atomic uint64_t conns_live, bufs_live, buf_bytes_live, accepted, connects_failed,
         flows_failed, accept_paused, limit_rejected, tls_handshakes, tls_failures,
         tls_unexpected_eof, tls_closed_old;
@@ -251,7 +253,13 @@ struct sk_worker {
     sk_heap heap[2];
     sk_hist_atomic lateness[2];
     sk_hist_atomic dispatch[2]; /* lateness caused by the worker's own work */
+    sk_hist_atomic dispatch_cpu[2]; /* the worker's CPU time over that span */
     uint64_t wake_ns;           /* when epoll_pwait2 last returned */
+    /* thread CPU time samples of this batch, the bases of dispatch_cpu: the
+     * first (at the wake-up, or when the batch scheduled its first timer)
+     * and the last (the last high check) */
+    bool cpu_sampled;
+    uint64_t first_cpu_ns, mark_ns, mark_cpu_ns;
     sk_ring ring[2];
 
     pthread_mutex_t mbox_lock;
@@ -265,7 +273,7 @@ struct sk_worker {
     sk_conn *graveyard; /* closed during this batch; freed after it */
 
     sk_lsock *lsocks;
-    sk_lsock *lsock_graveyard; /* closed during this batch; freed after it */
+    sk_lsock *lsock_grave; /* closed during this batch; freed after it */
     sk_utimer *utimers;
     sk_slot_cache routes_cache;
     sk_slot_cache tls_cache[SK_TLS_SLOTS];
@@ -273,6 +281,8 @@ struct sk_worker {
     uint32_t rr;
     sk_buf *buf_free;
     int buf_free_n;
+    sk_pipe *pipe_free; /* empty splice pipes */
+    int pipes_open;     /* pipes of this worker, in use or free */
     uint64_t last_high_check;
     uint64_t high_budget_ns;
 
@@ -350,8 +360,16 @@ struct sk_utimer {
 
 void sk_worker_schedule(sk_worker *w, int prio, sk_timer *t, uint64_t deadline);
 void sk_worker_cancel(sk_worker *w, int prio, sk_timer *t);
-/* Runs the due timers of class cls (0 high, 1 normal), recording lateness. */
+/* Runs the due timers of class cls (0 high, 1 normal), recording lateness,
+ * dispatch delay and dispatch CPU. */
 void sk_timer_run_due(sk_worker *w, int cls, uint64_t now);
+/* The calling thread's CPU time (ns). */
+uint64_t sk_thread_cpu_ns(void);
+/* After epoll returns at now: notes the thread's CPU time if a timer may
+ * come due in this batch (the base of the dispatch CPU figures). */
+void sk_timer_mark_wake(sk_worker *w, uint64_t now);
+/* Notes the thread's CPU time as of now (wall time now). */
+void sk_timer_mark(sk_worker *w, uint64_t now);
 /* Runs due high-priority timers when the in-batch budget has passed: call it
  * between units of work inside any loop that can run long. */
 void sk_worker_high_check(sk_worker *w);
@@ -374,6 +392,22 @@ void sk_buf_put(sk_worker *w, sk_buf *b);
 /* Frees the worker's cached buffers (shutdown). */
 void sk_buf_free_all(sk_worker *w);
 
+/* ------------------------------------------------------------ pipe.c */
+
+/* A kernel pipe holding len bytes on their way from one socket to another. */
+struct sk_pipe {
+    int rfd, wfd;
+    uint32_t len;
+    struct sk_pipe *next; /* free list */
+};
+
+/* An empty pipe from w's pool, or NULL when splice_pipes are all in use. */
+sk_pipe *sk_pipe_get(sk_worker *w);
+/* Back to the pool; a pipe with bytes inside is closed. NULL is ignored. */
+void sk_pipe_put(sk_worker *w, sk_pipe *p);
+/* Closes the worker's pooled pipes (shutdown). */
+void sk_pipe_free_all(sk_worker *w);
+
 /* ------------------------------------------------------------ listener.c */
 
 struct sk_listener {
@@ -384,6 +418,7 @@ struct sk_listener {
     int port;
     _Atomic int closing;
     _Atomic int pending_workers; /* lsocks not yet closed */
+    int *fds; /* the lsocks' fds, one per worker: shut down by sk_listener_close */
     _Atomic uint64_t opened, closed, bytes_in, bytes_out, failed, active;
 };
 
@@ -401,9 +436,8 @@ struct sk_lsock {
 void sk_listener_ref(sk_listener *l);
 void sk_lsock_attach(sk_worker *w, sk_lsock *ls);
 void sk_worker_close_listener(sk_worker *w, sk_listener *l, int drop);
+/* Closes ls; its memory goes after the batch (sk_lsock_reap). */
 void sk_lsock_destroy(sk_worker *w, sk_lsock *ls);
-/* Frees the listening sockets closed during this batch: an event for one may
- * still wait in the batch, so they live (inert) until the batch ends. */
 void sk_lsock_reap(sk_worker *w);
 /* Out of descriptors while serving l's client: stop accepting for a while. */
 void sk_worker_pause_listener(sk_worker *w, sk_listener *l, int err);
@@ -433,6 +467,7 @@ struct sk_conn {
     sk_target *target;     /* server side: target in use (ref) */
     sk_app *app;           /* delivered to Python */
     sk_buf *out;           /* bytes waiting to be written to fd */
+    sk_pipe *pipe;         /* or: bytes waiting in a splice pipe (never both) */
     uint32_t events;       /* current epoll interest */
     bool registered;
     bool rd_eof;           /* read side saw EOF */

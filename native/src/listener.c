@@ -37,8 +37,10 @@ void sk_listener_ref(sk_listener *l)
 
 void sk_listener_release(sk_listener *l)
 {
-    if (l && atomic_fetch_sub_explicit(&l->refs, 1, memory_order_acq_rel) == 1)
+    if (l && atomic_fetch_sub_explicit(&l->refs, 1, memory_order_acq_rel) == 1) {
+        free(l->fds);
         free(l);
+    }
 }
 
 int sk_listener_port(const sk_listener *l)
@@ -92,9 +94,56 @@ static int parse_bind_addr(const char *host, int port, int family_any,
     return -1;
 }
 
-static int open_socket(const struct sockaddr_storage *ss, socklen_t len, int any6, int backlog,
-                       int keepalive, char *err, size_t errlen, const char *what)
+/* Fails when any other socket holds the port: a bind without SO_REUSEPORT
+ * conflicts with every listening socket there (SO_REUSEADDR only lets it
+ * past connections in TIME_WAIT and sockets that bound but never listened).
+ * Without this check a process of the same user that listens with
+ * SO_REUSEPORT would silently share the port with the router's group, and
+ * the kernel would split clients between the two. Returns 0, -2 when the
+ * port is taken, -1 on another error (err filled). */
+static int probe_port(const struct sockaddr_storage *ss, socklen_t len, int any6, char *err,
+                      size_t errlen, const char *what)
 {
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        sk_set_err(err, errlen, "socket for %s: %s", what, strerror(errno));
+        return -1;
+    }
+    int one = 1, zero = 0;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (any6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+    int rc = bind(fd, (const struct sockaddr *)ss, len);
+    int bind_errno = errno;
+    close(fd);
+    if (rc == 0)
+        return 0;
+    if (bind_errno == EADDRINUSE) {
+        /* keeps "cannot bind H:P: Address already in use" first: callers
+         * and operators match on it */
+        const char *colon = strrchr(what, ':');
+        sk_set_err(err, errlen,
+                   "cannot bind %s: %s: port %s on %.*s is already in use by another socket "
+                   "or process",
+                   what, strerror(bind_errno), colon ? colon + 1 : what,
+                   colon ? (int)(colon - what) : 0, what);
+        return -2;
+    }
+    sk_set_err(err, errlen, "cannot bind %s: %s", what, strerror(bind_errno));
+    return -1;
+}
+
+/* Returns the listening fd, -2 when the port is held by another socket, -1
+ * on any other failure (err filled either way). probe: check first that no
+ * other socket holds the port (a fixed port's first socket). */
+static int open_socket(const struct sockaddr_storage *ss, socklen_t len, int any6, int backlog,
+                       int keepalive, bool probe, char *err, size_t errlen, const char *what)
+{
+    if (probe) {
+        int rc = probe_port(ss, len, any6, err, errlen, what);
+        if (rc != 0)
+            return rc;
+    }
     int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         sk_set_err(err, errlen, "socket for %s: %s", what, strerror(errno));
@@ -113,9 +162,10 @@ static int open_socket(const struct sockaddr_storage *ss, socklen_t len, int any
     if (keepalive)
         setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
     if (bind(fd, (const struct sockaddr *)ss, len) != 0) {
+        int in_use = errno == EADDRINUSE;
         sk_set_err(err, errlen, "cannot bind %s: %s", what, strerror(errno));
         close(fd);
-        return -1;
+        return in_use ? -2 : -1;
     }
     if (listen(fd, backlog) != 0) {
         sk_set_err(err, errlen, "cannot listen on %s: %s", what, strerror(errno));
@@ -172,15 +222,20 @@ sk_listener *sk_listener_open(sk_engine *e, const sk_listener_options *opts, cha
     for (int i = 0; i < n; i++)
         fds[i] = -1;
     for (int i = 0; i < n; i++) {
-        fds[i] = open_socket(&ss, len, any6, backlog, e->opts.keepalive, err, errlen, what);
-        if (fds[i] < 0 && i == 0 && any6) {
-            /* no IPv6 on this host: every IPv4 address instead */
+        /* a fixed port must be free of other sockets before the group
+         * forms; the rest of the group joins the first socket on purpose */
+        bool probe = i == 0 && opts->port != 0;
+        int fd = open_socket(&ss, len, any6, backlog, e->opts.keepalive, probe, err, errlen, what);
+        if (fd == -1 && i == 0 && any6) {
+            /* no IPv6 on this host: every IPv4 address instead (not when the
+             * port is taken: IPv4 alone would hide that) */
             any6 = 0;
             parse_bind_addr("", opts->port, AF_INET, &ss, &len);
-            fds[i] = open_socket(&ss, len, 0, backlog, e->opts.keepalive, err, errlen, what);
+            fd = open_socket(&ss, len, 0, backlog, e->opts.keepalive, probe, err, errlen, what);
         }
-        if (fds[i] < 0)
+        if (fd < 0)
             goto fail;
+        fds[i] = fd;
         if (i == 0) {
             /* the rest of the group binds the port the first one got */
             struct sockaddr_storage got;
@@ -221,7 +276,7 @@ sk_listener *sk_listener_open(sk_engine *e, const sk_listener_options *opts, cha
         m->u.lsock = ls[i];
         sk_worker_post(&e->workers[i], m);
     }
-    free(fds);
+    l->fds = fds;
     free(ls);
     return l;
 
@@ -251,12 +306,35 @@ void sk_lsock_attach(sk_worker *w, sk_lsock *ls)
     }
 }
 
+/* on_io of a closed listening socket: events already collected in this batch. */
+static void lsock_closed_io(sk_worker *w, sk_handle *h, uint32_t events)
+{
+    SK_UNUSED(w);
+    SK_UNUSED(h);
+    SK_UNUSED(events);
+}
+
 void sk_lsock_destroy(sk_worker *w, sk_lsock *ls)
 {
     sk_worker_cancel(w, SK_PRIO_NORMAL, &ls->resume);
     close(ls->fd); /* also leaves the epoll set */
+    ls->fd = -1;
     sk_listener_release(ls->listener);
-    free(ls);
+    ls->listener = NULL;
+    /* an event for it may still wait later in this batch (the mailbox runs
+     * first): freed after the batch, like connections */
+    ls->h.on_io = lsock_closed_io;
+    ls->next = w->lsock_grave;
+    w->lsock_grave = ls;
+}
+
+void sk_lsock_reap(sk_worker *w)
+{
+    while (w->lsock_grave) {
+        sk_lsock *ls = w->lsock_grave;
+        w->lsock_grave = ls->next;
+        free(ls);
+    }
 }
 
 static void resume_accept(sk_worker *w, sk_timer *t, uint64_t now)
@@ -309,10 +387,17 @@ static void lsock_io(sk_worker *w, sk_handle *h, uint32_t events)
         socklen_t salen = sizeof sa;
         int fd = accept4(ls->fd, (struct sockaddr *)&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
-                pause_accept(w, ls, errno);
-            else if (errno == ECONNABORTED || errno == EINTR || errno == EPROTO)
+            int e = errno;
+            if (e == ECONNABORTED || e == EINTR || e == EPROTO)
                 continue;
+            if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+                pause_accept(w, ls, e);
+            } else if (e == EINVAL) {
+                /* shut down by sk_listener_close (no longer listening): its
+                 * level-triggered HUP would spin until the close message */
+                epoll_ctl(w->epfd, EPOLL_CTL_DEL, ls->fd, NULL);
+                ls->paused = true;
+            }
             return; /* EAGAIN: drained */
         }
         ls->backoff_ms = 0;
@@ -326,39 +411,13 @@ static void lsock_io(sk_worker *w, sk_handle *h, uint32_t events)
     }
 }
 
-/* on_io of a listening socket closed earlier in this batch: its fd is gone,
- * an event already fetched for it is ignored. */
-static void lsock_closed_io(sk_worker *w, sk_handle *h, uint32_t events)
-{
-    SK_UNUSED(w);
-    SK_UNUSED(h);
-    SK_UNUSED(events);
-}
-
-void sk_lsock_reap(sk_worker *w)
-{
-    while (w->lsock_graveyard) {
-        sk_lsock *ls = w->lsock_graveyard;
-        w->lsock_graveyard = ls->next;
-        sk_listener_release(ls->listener);
-        free(ls);
-    }
-}
-
 void sk_worker_close_listener(sk_worker *w, sk_listener *l, int drop)
 {
     for (sk_lsock **pp = &w->lsocks; *pp; pp = &(*pp)->next) {
         if ((*pp)->listener == l) {
             sk_lsock *ls = *pp;
             *pp = ls->next;
-            /* closed now (no new events), freed after the batch: the mailbox
-             * runs before the batch's events, one of which may be for ls */
-            sk_worker_cancel(w, SK_PRIO_NORMAL, &ls->resume);
-            close(ls->fd);
-            ls->fd = -1;
-            ls->h.on_io = lsock_closed_io;
-            ls->next = w->lsock_graveyard;
-            w->lsock_graveyard = ls;
+            sk_lsock_destroy(w, ls);
             break;
         }
     }
@@ -376,6 +435,13 @@ void sk_listener_close(sk_listener *l, int drop_flows)
     sk_engine *e = l->engine;
     if (atomic_load(&e->stopping))
         return; /* the workers closed every socket when they stopped */
+    /* Leave the port now, not when each worker gets to its message: a
+     * listener reopened on the same port at once must find it free (see
+     * probe_port). A shut-down listening socket stops listening but stays
+     * open (its fd cannot be reused under the worker) until the worker
+     * closes it; clients waiting in its queue are reset, as close() would. */
+    for (int i = 0; i < e->nworkers; i++)
+        shutdown(l->fds[i], SHUT_RDWR);
     for (int i = 0; i < e->nworkers; i++) {
         sk_msg *m = calloc(1, sizeof *m);
         if (!m)

@@ -1,17 +1,36 @@
 /* relay.c -- moving bytes between the two sides of an open flow.
  *
  * Runs on an I/O worker: nothing here may block. Each readable event reads
- * at most SK_EVENT_QUANTUM bytes; each direction has one bounded buffer
- * (relay_buffer_bytes, the partner's c->out), and a side stops being read
- * while its partner's buffer is full. A half-close is passed on (FIN after
- * the buffered bytes) and the flow closes once both directions finished. How
+ * at most SK_EVENT_QUANTUM bytes; each direction holds its waiting bytes in
+ * one bounded place, the partner's c->out buffer (relay_buffer_bytes) or,
+ * when neither side has TLS and the direction carried a buffer's worth
+ * already (bulk), a splice pipe (c->pipe, pipe.c) filled only while empty
+ * and with at most relay_buffer_bytes: the bytes then go socket to pipe to
+ * socket without a copy into user space. A direction uses one of
+ * the two at a time (it fills one only when the other is empty), so order is
+ * kept when it falls back to copying because every pipe is in use. A side
+ * stops being read while its partner has bytes it cannot take (buffer full,
+ * or any bytes in the pipe). A half-close is passed on (FIN after the
+ * waiting bytes) and the flow closes once both directions finished. How
  * the two sides got here (accept, target choice, connect, TLS handshake) is
  * conn.c's, connect.c's and tls_io.c's; TLS records go through sk_io_*. */
 #include "internal.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+
+/* splice(2) moves bytes between a socket and a pipe only: TLS must copy.
+ * A direction starts on the copy path and splices once it carried a buffer's
+ * worth: for a short message a copy is cheaper than moving page references
+ * through a pipe, and a short-lived flow never touches the pool. */
+static bool may_splice(const sk_worker *w, const sk_conn *c)
+{
+    return w->engine->opts.splice_pipes > 0 && !c->ssl && !c->peer->ssl &&
+           SK_LOAD(&c->bytes_in) >= (uint64_t)w->engine->opts.relay_buffer_bytes;
+}
 
 static bool buf_full(const sk_buf *b)
 {
@@ -24,9 +43,12 @@ static void update_interest(sk_worker *w, sk_conn *c)
         return;
     uint32_t ev = 0;
     sk_conn *p = c->peer;
-    if (p && p->state == SK_C_OPEN && !c->rd_eof && !buf_full(p->out))
+    /* a direction that splices lets copied bytes drain before it reads on:
+     * copying behind them would keep it on the copy path for good */
+    if (p && p->state == SK_C_OPEN && !c->rd_eof && !buf_full(p->out) && !p->pipe &&
+        !(p->out && p->out->start < p->out->end && may_splice(w, c)))
         ev |= EPOLLIN;
-    if (c->out && c->out->start < c->out->end)
+    if ((c->out && c->out->start < c->out->end) || c->pipe)
         ev |= EPOLLOUT;
     if (c->ssl)
         ev = sk_tls_io_interest(w, c, ev, !c->rd_eof);
@@ -85,8 +107,25 @@ static bool flush(sk_worker *w, sk_conn *c)
         sk_buf_put(w, b);
         c->out = NULL;
     }
+    sk_pipe *pp = c->pipe;
+    while (pp && pp->len) {
+        ssize_t n = splice(pp->rfd, NULL, c->fd, NULL, pp->len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) {
+            pp->len -= (uint32_t)n;
+            count_out(c, (uint64_t)n);
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            break;
+        sk_conn_close(w, c, true); /* EPIPE/ECONNRESET: abort the pair */
+        return false;
+    }
+    if (pp && !pp->len) {
+        sk_pipe_put(w, pp); /* empty: back to the pool, the flow holds none */
+        c->pipe = NULL;
+    }
     sk_conn *p = c->peer;
-    if (!c->out && p->rd_eof && !c->wr_shut) {
+    if (!c->out && !c->pipe && p->rd_eof && !c->wr_shut) {
         if (c->ssl)
             sk_tls_io_shutdown(c); /* close_notify, then FIN */
         c->wr_shut = true;
@@ -109,11 +148,68 @@ static bool flush(sk_worker *w, sk_conn *c)
  * buffers and gets a few rounds, a short message gets one read. */
 #define SK_EVENT_QUANTUM (256u * 1024u)
 
+
+/* The splice path of sk_relay_read: socket -> pipe -> partner's socket.
+ * Returns false when it handled the event (the pair may be closed), true
+ * when the caller should copy instead (every pipe is in use). */
+static bool read_splice(sk_worker *w, sk_conn *c, size_t *budget)
+{
+    for (;;) {
+        sk_conn *p = c->peer;
+        if ((p->out && p->out->start < p->out->end) || p->pipe) {
+            update_interest(w, c); /* not read until they drained (keeps order) */
+            return false;
+        }
+        p->pipe = sk_pipe_get(w);
+        if (!p->pipe) {
+            SK_ADD(&w->engine->splice_fallbacks, 1);
+            return true;
+        }
+        /* fill only an empty pipe, with at most the direction's bound: an
+         * EAGAIN then always means the socket is drained */
+        size_t want = (size_t)w->engine->opts.relay_buffer_bytes;
+        if (want > *budget)
+            want = *budget;
+        ssize_t n = splice(c->fd, NULL, p->pipe->wfd, NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) {
+            p->pipe->len = (uint32_t)n;
+            count_in(c, (uint64_t)n);
+        } else if (n == 0) {
+            c->rd_eof = true;
+        } else if (errno == EAGAIN || errno == EINTR) {
+            sk_pipe_put(w, p->pipe);
+            p->pipe = NULL;
+            update_interest(w, c);
+            return false;
+        } else {
+            sk_conn_close(w, c, true); /* reset by the peer: reset the other side */
+            return false;
+        }
+        if (!flush(w, p))
+            return false;
+        *budget -= (size_t)n < *budget ? (size_t)n : *budget;
+        /* on while the partner keeps up, until the socket is drained (an
+         * EAGAIN) or the quantum is spent: a bulk sender refills the socket
+         * while the pipe empties, and one more splice is cheaper than a
+         * sleep and a wake-up in epoll */
+        if (!(n > 0 && !p->pipe && *budget > 0)) {
+            update_interest(w, c);
+            return false;
+        }
+    }
+}
+
 void sk_relay_read(sk_worker *w, sk_conn *c)
 {
     size_t budget = SK_EVENT_QUANTUM;
+    if (may_splice(w, c) && !read_splice(w, c, &budget))
+        return;
     for (;;) {
         sk_conn *p = c->peer;
+        if (p->pipe) {
+            update_interest(w, c); /* wait until the pipe is empty: keeps order */
+            return;
+        }
         if (!p->out) {
             p->out = sk_buf_get(w);
             if (!p->out) {
@@ -154,7 +250,8 @@ void sk_relay_read(sk_worker *w, sk_conn *c)
         budget -= (size_t)n < budget ? (size_t)n : budget;
         /* go on only while the partner keeps up and more is likely waiting:
          * a full read (plain) or any record (TLS reads one record per call) */
-        bool more = n > 0 && !p->out && budget > 0 && ((size_t)n == space || c->ssl);
+        bool more = n > 0 && !p->out && budget > 0 && ((size_t)n == space || c->ssl) &&
+                    !may_splice(w, c); /* a bulk direction goes on with splice */
         if (!more) {
             update_interest(w, c);
             return;

@@ -4,16 +4,29 @@
  * back-off). Due high timers run before the next I/O event of every batch
  * and again whenever a long loop calls sk_worker_high_check, so a storm of
  * connection events cannot starve them; how late each timer ran goes into a
- * histogram per class (lateness, and the part of it the worker itself
- * caused). Timers the control plane starts (sk_timer_start) are owned by one
+ * histogram per class (lateness; the part of it after the worker was awake,
+ * the dispatch delay; and the worker's own CPU time over that part, which
+ * preemption cannot inflate). Timers the control plane starts (sk_timer_start) are owned by one
  * worker, reached through its mailbox, and report through its event rings. */
 #include "internal.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+/* Timers due more than this after a wake-up (or an in-batch check) get no
+ * CPU sample there: a batch is far shorter, and heartbeats and the connect
+ * time-outs a storm keeps pending would otherwise cost a system call per
+ * wake-up. A timer that comes due with no sample taken in its batch (more
+ * than this into one batch, past every check) is not counted. */
+#define SK_CPU_HORIZON_NS (10u * 1000000u)
 
 void sk_worker_schedule(sk_worker *w, int prio, sk_timer *t, uint64_t deadline)
 {
+    /* the batch's first timer that may come due in it: its dispatch CPU
+     * counts from here at most */
+    if (!w->cpu_sampled && deadline <= w->wake_ns + SK_CPU_HORIZON_NS)
+        sk_timer_mark(w, sk_now_ns());
     /* Out of memory here would lose a timer; the heap grows by doubling and
      * keeps its array, so this only fails when the process cannot allocate. */
     if (sk_heap_push(&w->heap[prio == SK_PRIO_HIGH ? 0 : 1], t, deadline) != 0)
@@ -23,6 +36,59 @@ void sk_worker_schedule(sk_worker *w, int prio, sk_timer *t, uint64_t deadline)
 void sk_worker_cancel(sk_worker *w, int prio, sk_timer *t)
 {
     sk_heap_remove(&w->heap[prio == SK_PRIO_HIGH ? 0 : 1], t);
+}
+
+uint64_t sk_thread_cpu_ns(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Whether a timer of either class may come due within the horizon. */
+static bool timer_near(const sk_worker *w, uint64_t now)
+{
+    for (int cls = 0; cls < 2; cls++) {
+        const sk_timer *t = sk_heap_top(&w->heap[cls]);
+        if (t && t->deadline <= now + SK_CPU_HORIZON_NS)
+            return true;
+    }
+    return false;
+}
+
+void sk_timer_mark(sk_worker *w, uint64_t now)
+{
+    w->mark_ns = now;
+    w->mark_cpu_ns = sk_thread_cpu_ns();
+    if (!w->cpu_sampled) {
+        w->first_cpu_ns = w->mark_cpu_ns;
+        w->cpu_sampled = true;
+    }
+}
+
+void sk_timer_mark_wake(sk_worker *w, uint64_t now)
+{
+    /* a thread CPU clock is a system call, not a vDSO read: one per wake-up
+     * only while a timer may come due in this batch (not for heartbeats
+     * seconds away, nor the connect time-outs a storm keeps pending) */
+    w->cpu_sampled = false;
+    if (timer_near(w, now))
+        sk_timer_mark(w, now);
+}
+
+/* The worker's CPU time when a timer due at deadline became ready (the
+ * later of its deadline and the wake-up): the last sample taken by then,
+ * else the batch's first (taken when the timer was scheduled, if it was
+ * scheduled during the batch). Only called when a sample was taken. A timer that came due in the middle of a
+ * batch became ready between two checks, so the figure is an upper bound, by
+ * at most the CPU of one unit of work plus the check budget; the wall-clock
+ * dispatch delay has the same bound but also grows with every preemption,
+ * which this cannot. */
+static uint64_t ready_cpu(const sk_worker *w, uint64_t deadline)
+{
+    uint64_t ready = deadline > w->wake_ns ? deadline : w->wake_ns;
+    return w->mark_ns <= ready ? w->mark_cpu_ns : w->first_cpu_ns;
 }
 
 void sk_timer_run_due(sk_worker *w, int cls, uint64_t now)
@@ -35,6 +101,10 @@ void sk_timer_run_due(sk_worker *w, int cls, uint64_t now)
         sk_hist_record(&w->lateness[cls], now - t->deadline);
         uint64_t ready = t->deadline > w->wake_ns ? t->deadline : w->wake_ns;
         sk_hist_record(&w->dispatch[cls], now > ready ? now - ready : 0);
+        if (w->cpu_sampled) {
+            uint64_t cpu = sk_thread_cpu_ns(), base = ready_cpu(w, t->deadline);
+            sk_hist_record(&w->dispatch_cpu[cls], cpu > base ? cpu - base : 0);
+        } /* else it came due SK_CPU_HORIZON_NS into a batch, past every check */
         SK_BUMP(&w->timers_fired, 1);
         t->cb(w, t, now);
         now = sk_now_ns();
@@ -43,11 +113,19 @@ void sk_timer_run_due(sk_worker *w, int cls, uint64_t now)
 
 void sk_worker_high_check(sk_worker *w)
 {
+    /* runs between every two events: without a high timer there is nothing
+     * to check, and no clock to read (a storm's profile showed the reads) */
+    if (!w->heap[0].n)
+        return;
     uint64_t t = sk_now_ns();
     if (t - w->last_high_check >= w->high_budget_ns) {
         SK_BUMP(&w->high_rechecks, 1);
         sk_timer_run_due(w, 0, t);
         w->last_high_check = t;
+        /* the base of timers that come due before the next check: one CPU
+         * clock read per budget period of busy time */
+        if (timer_near(w, t))
+            sk_timer_mark(w, sk_now_ns());
     }
 }
 
@@ -155,26 +233,38 @@ int sk_timer_cancel(sk_engine *e, uint64_t timer_id)
 
 /* ------------------------------------------------------------ histograms */
 
-/* Sums one of the per-worker timer histograms (which: 0 lateness, 1 dispatch). */
+enum { HIST_LATENESS, HIST_DISPATCH, HIST_DISPATCH_CPU };
+
+/* Sums one of the per-worker timer histograms. */
 static int timer_hist(sk_engine *e, int which, int prio, int worker, sk_hist *out)
 {
     if ((prio != SK_PRIO_HIGH && prio != SK_PRIO_NORMAL) || worker >= e->nworkers)
         return -1;
     memset(out, 0, sizeof *out);
     int cls = prio == SK_PRIO_HIGH ? 0 : 1;
-    for (int i = 0; i < e->nworkers; i++)
-        if (worker < 0 || worker == i)
-            sk_hist_accumulate(which ? &e->workers[i].dispatch[cls] : &e->workers[i].lateness[cls],
-                               out);
+    for (int i = 0; i < e->nworkers; i++) {
+        if (worker >= 0 && worker != i)
+            continue;
+        sk_worker *w = &e->workers[i];
+        sk_hist_accumulate(which == HIST_LATENESS   ? &w->lateness[cls]
+                           : which == HIST_DISPATCH ? &w->dispatch[cls]
+                                                    : &w->dispatch_cpu[cls],
+                           out);
+    }
     return 0;
 }
 
 int sk_engine_timer_lateness(sk_engine *e, int prio, int worker, sk_hist *out)
 {
-    return timer_hist(e, 0, prio, worker, out);
+    return timer_hist(e, HIST_LATENESS, prio, worker, out);
 }
 
 int sk_engine_timer_dispatch_delay(sk_engine *e, int prio, int worker, sk_hist *out)
 {
-    return timer_hist(e, 1, prio, worker, out);
+    return timer_hist(e, HIST_DISPATCH, prio, worker, out);
+}
+
+int sk_engine_timer_dispatch_cpu(sk_engine *e, int prio, int worker, sk_hist *out)
+{
+    return timer_hist(e, HIST_DISPATCH_CPU, prio, worker, out);
 }

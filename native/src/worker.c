@@ -8,6 +8,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -38,11 +39,11 @@ static void worker_shutdown(sk_worker *w)
         w->lsocks = ls->next;
         sk_lsock_destroy(w, ls);
     }
-    sk_lsock_reap(w);
     pthread_mutex_lock(&w->mbox_lock);
     sk_mbox_discard(w);
     pthread_mutex_unlock(&w->mbox_lock);
     sk_conn_reap(w);
+    sk_lsock_reap(w);
     /* empty the heaps before freeing the timers they point to */
     sk_heap_free(&w->heap[0]);
     sk_heap_free(&w->heap[1]);
@@ -51,6 +52,7 @@ static void worker_shutdown(sk_worker *w)
     for (int i = 0; i < SK_TLS_SLOTS; i++)
         sk_slot_cache_clear(&w->tls_cache[i]);
     sk_buf_free_all(w);
+    sk_pipe_free_all(w);
 }
 
 static uint64_t thread_cpu_ns(clockid_t clk)
@@ -71,6 +73,10 @@ void *sk_worker_main(void *arg)
     pthread_getcpuclockid(pthread_self(), &w->cpu_clock);
     /* the default 50 us timer slack would make every timer that late */
     prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+    /* named for top -H, perf and /proc/PID/task/TID/comm */
+    char name[16];
+    snprintf(name, sizeof name, "skiff-w%d", w->index);
+    prctl(PR_SET_NAME, name, 0UL, 0UL, 0UL);
     atomic_store(&w->running, 1);
 
     while (evs && !atomic_load_explicit(&e->stopping, memory_order_acquire)) {
@@ -94,6 +100,7 @@ void *sk_worker_main(void *arg)
         int n = epoll_pwait2(w->epfd, evs, maxev, tsp, NULL);
         uint64_t start = sk_now_ns();
         w->wake_ns = start;
+        sk_timer_mark_wake(w, start);
         SK_BUMP(&w->wakeups, 1);
         if (n < 0 && errno != EINTR)
             break;

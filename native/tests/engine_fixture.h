@@ -463,6 +463,10 @@ static __attribute__((unused)) int ping(int fd, const char *msg)
 
 /* ------------------------------------------------------------ program */
 
+/* splice_pipes of the shared engine: -1 keeps the engine's default (a test
+ * program may run its tests again with the copy path: 0). */
+static int FX_SPLICE_PIPES = -1;
+
 /* The shared engine; exits the program when it cannot be created. */
 static __attribute__((unused)) void fx_engine_start(void)
 {
@@ -472,6 +476,8 @@ static __attribute__((unused)) void fx_engine_start(void)
     sk_engine_options_init(&o);
     o.worker_threads = 2;
     o.relay_buffer_bytes = 16384;
+    if (FX_SPLICE_PIPES >= 0)
+        o.splice_pipes = FX_SPLICE_PIPES;
     char err[SK_ERRLEN] = "";
     E = sk_engine_create(&o, err, sizeof err);
     if (!E) {

@@ -1,7 +1,16 @@
 /* test_relay.c -- a relayed flow end to end (relay.c): a megabyte through
  * a listener to the echo target with ragged writes, byte exact both ways with
- * half-close, listed while open, counted and freed once both sides finished. */
+ * half-close, listed while open, counted and freed once both sides finished;
+ * the target half-closing first; a reset from either side; flows that stall
+ * while every splice pipe is taken. The program runs in one of three modes
+ * (argument): splice (the default engine), copy (splice_pipes 0) and pipes1
+ * (one pipe per worker, so the relay must fall back to copying). */
 #include "engine_fixture.h"
+
+#include <netinet/tcp.h>
+
+enum { MODE_SPLICE, MODE_COPY, MODE_PIPES1 };
+static int MODE = MODE_SPLICE;
 
 typedef struct writer_arg {
     int fd;
@@ -39,10 +48,33 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
+/* A short exchange is copied: it never takes a pipe (runs first, so no
+ * pipe exists yet in any mode). */
+static int test_short_flow_takes_no_pipe(void)
+{
+    REQUIRE(settle() == 0);
+    int fd = connect_to(sk_listener_port(L_RELAY));
+    REQUIRE(fd >= 0);
+    for (int i = 0; i < 10; i++)
+        CHECK(ping(fd, "a short request, a short answer") == 0);
+    sk_engine_counters c;
+    sk_engine_counters_get(E, &c);
+    CHECK_EQ_U(c.pipes_live, 0);
+    close(fd);
+    return 0;
+}
+
 static int test_relay_1mb(void)
 {
     REQUIRE(settle() == 0);
     enum { LEN = 1 << 20 };
+    /* what earlier tests left in the counters */
+    sk_flow_stats ls0, ts0;
+    sk_listener_stats(L_RELAY, &ls0);
+    sk_target_stats(T_LIVE, &ts0);
+    sk_engine_counters c0;
+    sk_engine_counters_get(E, &c0);
+    uint64_t echo0 = atomic_load(&ECHO.bytes);
     int port = sk_listener_port(L_RELAY);
     int fd = connect_to(port);
     REQUIRE_MSG(fd >= 0, "connect to listener: %s", strerror(-fd));
@@ -94,41 +126,384 @@ static int test_relay_1mb(void)
     close(fd);
 
     /* the flow closes itself once both directions finished */
-    void *arg[2] = {L_RELAY, (void *)(uintptr_t)1};
+    void *arg[2] = {L_RELAY, (void *)(uintptr_t)(ls0.closed + 1)};
     CHECK(wait_until(listener_closed_n, arg));
     /* both connections of the pair are freed at the end of the worker's batch */
     CHECK(wait_until(no_conns_live, NULL));
     sk_flow_stats ls, ts;
     sk_listener_stats(L_RELAY, &ls);
-    CHECK_EQ_U(ls.opened, 1);
-    CHECK_EQ_U(ls.closed, 1);
+    CHECK_EQ_U(ls.opened - ls0.opened, 1);
+    CHECK_EQ_U(ls.closed - ls0.closed, 1);
     CHECK_EQ_U(ls.active, 0);
-    CHECK_EQ_U(ls.failed, 0);
-    CHECK_EQ_U(ls.bytes_in, LEN);
-    CHECK_EQ_U(ls.bytes_out, LEN);
+    CHECK_EQ_U(ls.failed - ls0.failed, 0);
+    CHECK_EQ_U(ls.bytes_in - ls0.bytes_in, LEN);
+    CHECK_EQ_U(ls.bytes_out - ls0.bytes_out, LEN);
     sk_target_stats(T_LIVE, &ts);
-    CHECK_EQ_U(ts.opened, 1);
-    CHECK_EQ_U(ts.closed, 1);
+    CHECK_EQ_U(ts.opened - ts0.opened, 1);
+    CHECK_EQ_U(ts.closed - ts0.closed, 1);
     CHECK_EQ_U(ts.active, 0);
-    CHECK_EQ_U(ts.failed, 0);
-    CHECK_EQ_U(ts.bytes_in, LEN);
-    CHECK_EQ_U(ts.bytes_out, LEN);
-    CHECK_EQ_U(atomic_load(&ECHO.bytes), LEN);
+    CHECK_EQ_U(ts.failed - ts0.failed, 0);
+    CHECK_EQ_U(ts.bytes_in - ts0.bytes_in, LEN);
+    CHECK_EQ_U(ts.bytes_out - ts0.bytes_out, LEN);
+    CHECK_EQ_U(atomic_load(&ECHO.bytes) - echo0, LEN);
     sk_engine_counters c;
     sk_engine_counters_get(E, &c);
-    CHECK_EQ_U(c.accepted, 1);
-    CHECK_EQ_U(c.connects_failed, 0);
-    CHECK_EQ_U(c.flows_failed, 0);
+    CHECK_EQ_U(c.accepted - c0.accepted, 1);
+    CHECK_EQ_U(c.connects_failed - c0.connects_failed, 0);
+    CHECK_EQ_U(c.flows_failed - c0.flows_failed, 0);
     CHECK_EQ_U(c.conns_live, 0);
     sk_conn_info info[2];
     CHECK_EQ_I(sk_engine_list_connections(E, info, 2), 0);
+    /* the splice path was taken (or not); a finished flow holds no pipe */
+    if (MODE == MODE_COPY)
+        CHECK_EQ_U(c.pipes_live, 0);
+    else
+        CHECK_OP_U(c.pipes_live, >, 0);
+    CHECK_EQ_U(c.pipes_in_use, 0);
     return 0;
 }
 
-int main(void)
+/* ------------------------------------------------------------ a scripted target */
+
+enum { SRV_HALF_FIRST = 1, SRV_EXPECT_RESET, SRV_RESET_EARLY, SRV_SEND_BIG };
+
+typedef struct script_server {
+    int lfd, port, mode;
+    size_t send_len;         /* SRV_HALF_FIRST, SRV_SEND_BIG: bytes to send first */
+    pthread_t th[8];
+    int n;
+    _Atomic size_t got[8];   /* bytes received, pattern-checked */
+    _Atomic int bad[8];      /* pattern mismatches */
+    _Atomic int last_err[8]; /* errno of the read that ended, 0 for EOF */
+    _Atomic int done[8];
+} script_server;
+
+typedef struct script_conn {
+    script_server *s;
+    int fd, i;
+} script_conn;
+
+static script_conn SCONN[8];
+
+static void *script_conn_main(void *arg)
 {
+    script_conn *sc = arg;
+    script_server *s = sc->s;
+    int fd = sc->fd, i = sc->i;
+    static _Thread_local char buf[65536];
+    if (s->mode == SRV_HALF_FIRST || s->mode == SRV_SEND_BIG) {
+        for (size_t off = 0; off < s->send_len;) {
+            size_t n = s->send_len - off < sizeof buf ? s->send_len - off : sizeof buf;
+            for (size_t k = 0; k < n; k++)
+                buf[k] = (char)pattern(off + k);
+            if (send_all(fd, buf, n) != 0)
+                break;
+            off += n;
+        }
+        shutdown(fd, SHUT_WR); /* the target's half-close comes first */
+    }
+    size_t got = 0;
+    int err = 0;
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            err = errno;
+            break;
+        }
+        if (n == 0)
+            break;
+        for (ssize_t k = 0; k < n; k++)
+            if ((uint8_t)buf[k] != pattern(got + (size_t)k))
+                atomic_fetch_add(&s->bad[i], 1);
+        got += (size_t)n;
+        atomic_store(&s->got[i], got);
+        if (s->mode == SRV_RESET_EARLY && got >= 10000) {
+            struct linger lg = {.l_onoff = 1, .l_linger = 0};
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+            break;
+        }
+    }
+    atomic_store(&s->last_err[i], err);
+    close(fd);
+    atomic_store(&s->done[i], 1);
+    return NULL;
+}
+
+/* Accepts n clients and runs each in its own thread; returns 0 when started. */
+static void *script_accept_main(void *arg)
+{
+    script_server *s = arg;
+    for (int i = 0; i < s->n; i++) {
+        int fd = accept(s->lfd, NULL, NULL);
+        if (fd < 0)
+            break;
+        set_timeouts(fd, WAIT_MS);
+        SCONN[i] = (script_conn){.s = s, .fd = fd, .i = i};
+        pthread_create(&s->th[i], NULL, script_conn_main, &SCONN[i]);
+    }
+    return NULL;
+}
+
+static sk_target *T_SCRIPT;
+static sk_listener *L_SCRIPT; /* address 1 -> the scripted target */
+#define UID_SCRIPT 201
+#define UID_L_SCRIPT 202
+
+/* Routes address 1 to a fresh scripted target expecting n clients. */
+static int script_start(script_server *s, pthread_t *acceptor, int mode, int n, size_t send_len)
+{
+    memset(s, 0, sizeof *s);
+    s->mode = mode;
+    s->n = n;
+    s->send_len = send_len;
+    s->lfd = bound_socket(1, &s->port);
+    REQUIRE(s->lfd >= 0);
+    if (!T_SCRIPT)
+        T_SCRIPT = sk_target_create(E, UID_SCRIPT);
+    char err[SK_ERRLEN];
+    sk_routes *r = sk_routes_create(2);
+    REQUIRE(r != NULL);
+    REQUIRE(sk_routes_add(r, 0, T_LIVE, "127.0.0.1", ECHO.port, "echo", 1, -1, 0, err,
+                          sizeof err) == 0);
+    REQUIRE(sk_routes_add(r, 1, T_SCRIPT, "127.0.0.1", s->port, "script", 1, -1, 0, err,
+                          sizeof err) == 0);
+    sk_engine_publish_routes(E, r);
+    if (!L_SCRIPT) {
+        sk_listener_options lo;
+        sk_listener_options_init(&lo);
+        lo.host = "127.0.0.1";
+        lo.address_id = 1;
+        lo.user_id = UID_L_SCRIPT;
+        L_SCRIPT = sk_listener_open(E, &lo, err, sizeof err);
+        REQUIRE_MSG(L_SCRIPT != NULL, "%s", err);
+    }
+    REQUIRE(pthread_create(acceptor, NULL, script_accept_main, s) == 0);
+    return 0;
+}
+
+static void script_stop(script_server *s, pthread_t acceptor)
+{
+    shutdown(s->lfd, SHUT_RDWR);
+    pthread_join(acceptor, NULL);
+    for (int i = 0; i < s->n; i++)
+        if (s->th[i])
+            pthread_join(s->th[i], NULL);
+    close(s->lfd);
+}
+
+/* Bytes of the pattern until EOF; returns the count, mismatches in *bad. */
+static size_t recv_pattern(int fd, size_t *bad)
+{
+    static char buf[65536];
+    size_t got = 0;
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return got;
+        for (ssize_t k = 0; k < n; k++)
+            if ((uint8_t)buf[k] != pattern(got + (size_t)k))
+                (*bad)++;
+        got += (size_t)n;
+    }
+}
+
+static int send_pattern(int fd, size_t len)
+{
+    static char buf[65536];
+    for (size_t off = 0; off < len;) {
+        size_t n = len - off < sizeof buf ? len - off : sizeof buf;
+        for (size_t k = 0; k < n; k++)
+            buf[k] = (char)pattern(off + k);
+        if (send_all(fd, buf, n) != 0)
+            return -1;
+        off += n;
+    }
+    return 0;
+}
+
+static int settled_pipes(void *arg)
+{
+    SK_UNUSED_ARG(arg);
+    sk_engine_counters c;
+    sk_engine_counters_get(E, &c);
+    return c.conns_live == 0 && c.pipes_in_use == 0;
+}
+
+/* The target sends 600 KB and half-closes first; the client reads it all,
+ * then sends 400 KB the other way and half-closes: byte exact both ways. */
+static int test_half_close_target_first(void)
+{
+    REQUIRE(settle() == 0);
+    script_server s;
+    pthread_t acc;
+    REQUIRE(script_start(&s, &acc, SRV_HALF_FIRST, 1, 600000) == 0);
+    int fd = connect_to(sk_listener_port(L_SCRIPT));
+    REQUIRE(fd >= 0);
+    size_t bad = 0;
+    CHECK_EQ_U(recv_pattern(fd, &bad), 600000); /* then EOF: the half-close passed on */
+    CHECK_EQ_U(bad, 0);
+    CHECK_EQ_I(send_pattern(fd, 400000), 0); /* the other direction still flows */
+    shutdown(fd, SHUT_WR);
+    CHECK(recv_eof(fd));
+    script_stop(&s, acc);
+    CHECK_EQ_U(atomic_load(&s.got[0]), 400000);
+    CHECK_EQ_I(atomic_load(&s.bad[0]), 0);
+    CHECK_EQ_I(atomic_load(&s.last_err[0]), 0); /* an orderly EOF, no reset */
+    close(fd);
+    CHECK(wait_until(settled_pipes, NULL));
+    sk_flow_stats ts;
+    sk_target_stats(T_SCRIPT, &ts);
+    CHECK_EQ_U(ts.bytes_in, 600000);
+    CHECK_EQ_U(ts.bytes_out, 400000);
+    return 0;
+}
+
+/* A client that resets: the target's side is reset too, and the bytes sent
+ * before arrive in order. */
+static int test_client_reset_resets_target(void)
+{
+    REQUIRE(settle() == 0);
+    script_server s;
+    pthread_t acc;
+    REQUIRE(script_start(&s, &acc, SRV_EXPECT_RESET, 1, 0) == 0);
+    int fd = connect_to(sk_listener_port(L_SCRIPT));
+    REQUIRE(fd >= 0);
+    CHECK_EQ_I(send_pattern(fd, 300000), 0);
+    /* wait until the target has it all, then reset */
+    for (int k = 0; k < WAIT_MS && atomic_load(&s.got[0]) < 300000; k++)
+        usleep(1000);
+    CHECK_EQ_U(atomic_load(&s.got[0]), 300000);
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(fd);
+    script_stop(&s, acc);
+    CHECK_EQ_I(atomic_load(&s.bad[0]), 0);
+    CHECK_EQ_I(atomic_load(&s.last_err[0]), ECONNRESET);
+    CHECK(wait_until(settled_pipes, NULL));
+    return 0;
+}
+
+/* A target that resets while the client is still sending: the client's
+ * sends fail soon (reset), nothing hangs, nothing leaks. */
+static int test_target_reset_resets_client(void)
+{
+    REQUIRE(settle() == 0);
+    script_server s;
+    pthread_t acc;
+    REQUIRE(script_start(&s, &acc, SRV_RESET_EARLY, 1, 0) == 0);
+    int fd = connect_to(sk_listener_port(L_SCRIPT));
+    REQUIRE(fd >= 0);
+    int rc = send_pattern(fd, 64u << 20); /* far more than any buffer on the way */
+    CHECK_EQ_I(rc, -1);
+    CHECK(recv_eof(fd)); /* reset (or EOF), no data */
+    script_stop(&s, acc);
+    CHECK_EQ_I(atomic_load(&s.bad[0]), 0);
+    close(fd);
+    CHECK(wait_until(settled_pipes, NULL));
+    return 0;
+}
+
+/* A client with a small receive buffer (fixed before connecting, so the
+ * kernel does not grow it): a non-reading client stalls the relay soon. */
+static int connect_small_rcvbuf(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int sz = 16384;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        return -1;
+    }
+    set_timeouts(fd, WAIT_MS);
+    return fd;
+}
+
+static int stalled_in_pipes(void *arg)
+{
+    const sk_engine_counters *c0 = arg;
+    sk_engine_counters c;
+    sk_engine_counters_get(E, &c);
+    return c.pipes_in_use > 0 &&
+           (MODE != MODE_PIPES1 || c.splice_fallbacks > c0->splice_fallbacks);
+}
+
+/* Four targets send 8 MB each to clients that do not read yet, so every
+ * direction stalls with bytes waiting; with one pipe per worker the others
+ * must copy. Everything then arrives byte exact. */
+static int test_stalled_flows_when_pipes_run_out(void)
+{
+    enum { N = 4, LEN = 8 << 20 }; /* more than the kernel's send buffer (4 MB) */
+    REQUIRE(settle() == 0);
+    sk_engine_counters c0, c1;
+    sk_engine_counters_get(E, &c0);
+    script_server s;
+    pthread_t acc;
+    REQUIRE(script_start(&s, &acc, SRV_SEND_BIG, N, LEN) == 0);
+    int fds[N];
+    for (int i = 0; i < N; i++) {
+        fds[i] = connect_small_rcvbuf(sk_listener_port(L_SCRIPT));
+        REQUIRE(fds[i] >= 0);
+    }
+    /* every direction fills up and stalls (slowly under TSan) */
+    if (MODE == MODE_COPY)
+        usleep(300 * 1000);
+    else
+        CHECK(wait_until(stalled_in_pipes, &c0));
+    sk_engine_counters_get(E, &c1);
+    if (MODE == MODE_COPY) {
+        CHECK_EQ_U(c1.pipes_in_use, 0);
+    } else {
+        CHECK_OP_U(c1.pipes_in_use, >, 0);
+        CHECK_OP_U(c1.pipes_in_use, <=, MODE == MODE_PIPES1 ? 2 : N);
+    }
+    if (MODE == MODE_PIPES1)
+        CHECK_OP_U(c1.splice_fallbacks, >, c0.splice_fallbacks);
+    if (MODE == MODE_SPLICE) /* a pipe for every stalled direction */
+        CHECK_EQ_U(c1.splice_fallbacks, c0.splice_fallbacks);
+    for (int i = 0; i < N; i++) {
+        size_t bad = 0;
+        CHECK_EQ_U(recv_pattern(fds[i], &bad), LEN);
+        CHECK_EQ_U(bad, 0);
+        close(fds[i]);
+    }
+    script_stop(&s, acc);
+    CHECK(wait_until(settled_pipes, NULL));
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *mode = argc > 1 ? argv[1] : "splice";
+    if (strcmp(mode, "copy") == 0) {
+        MODE = MODE_COPY;
+        FX_SPLICE_PIPES = 0;
+    } else if (strcmp(mode, "pipes1") == 0) {
+        MODE = MODE_PIPES1;
+        FX_SPLICE_PIPES = 1;
+    }
     fx_engine_start();
-    if (fx_setup_relay() == 0)
+    if (fx_setup_relay() == 0) {
+        RUN(test_short_flow_takes_no_pipe);
         RUN(test_relay_1mb);
-    return fx_finish("test_relay");
+        RUN(test_half_close_target_first);
+        RUN(test_client_reset_resets_target);
+        RUN(test_target_reset_resets_client);
+        RUN(test_stalled_flows_when_pipes_run_out);
+    }
+    if (L_SCRIPT) {
+        sk_listener_close(L_SCRIPT, 1);
+        sk_listener_release(L_SCRIPT);
+    }
+    sk_target_release(T_SCRIPT);
+    char name[64];
+    snprintf(name, sizeof name, "test_relay (%s)", mode);
+    return fx_finish(name);
 }

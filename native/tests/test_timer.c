@@ -1,7 +1,8 @@
 /* test_timer.c -- timers through the public API: one-shot and periodic
  * timers of both classes on chosen and round-robin workers, deadline order,
- * cancellation (pending, fired, unknown), the event fd, and the lateness
- * histograms matched against the drained events (timer.c, event.c). */
+ * cancellation (pending, fired, unknown), the event fd, the lateness
+ * histograms matched against the drained events, and the dispatch CPU
+ * histograms beside them (timer.c, event.c). */
 #include "engine_fixture.h"
 
 /* The priority of a timer is not in its events: test_timers notes the ids
@@ -207,10 +208,39 @@ static int test_lateness(void)
     return 0;
 }
 
+/* The dispatch CPU histograms count the same timers as lateness, and a
+ * worker's CPU time over a span never exceeds the wall time of that span
+ * (the dispatch delay), give or take the clock reads themselves. */
+static int test_dispatch_cpu(void)
+{
+    sk_hist cpu, wall, late;
+    CHECK_EQ_I(sk_engine_timer_dispatch_cpu(E, 5, -1, &cpu), -1);
+    CHECK_EQ_I(sk_engine_timer_dispatch_cpu(E, SK_PRIO_HIGH, 2, &cpu), -1);
+    for (int prio = 0; prio < 2; prio++) {
+        for (int worker = -1; worker < 2; worker++) {
+            REQUIRE(sk_engine_timer_dispatch_cpu(E, prio, worker, &cpu) == 0);
+            REQUIRE(sk_engine_timer_dispatch_delay(E, prio, worker, &wall) == 0);
+            REQUIRE(sk_engine_timer_lateness(E, prio, worker, &late) == 0);
+            CHECK_EQ_U(cpu.count, late.count); /* no batch here lasts 10 ms */
+            CHECK_EQ_U(cpu.cumulative[SK_HIST_BUCKETS - 1], cpu.count);
+            /* the slack is the clock reads and the recording (slow under TSan) */
+            CHECK_MSG(cpu.sum_ns <= wall.sum_ns + cpu.count * 500000u,
+                      "prio %d worker %d: cpu %" PRIu64 " ns over wall %" PRIu64 " ns", prio,
+                      worker, cpu.sum_ns, wall.sum_ns);
+            /* an idle engine's timers run at once: microseconds of CPU */
+            CHECK_OP_U(cpu.max_ns, <, 5000000u);
+            if (worker < 0)
+                CHECK_OP_U(cpu.count, >, 0);
+        }
+    }
+    return 0;
+}
+
 int main(void)
 {
     fx_engine_start();
     RUN(test_timers);
     RUN(test_lateness);
+    RUN(test_dispatch_cpu);
     return fx_finish("test_timer");
 }
