@@ -141,6 +141,10 @@ class ListenerConfig(EntityConfig):
     sasl_mechanisms: tuple[str, ...] | None
     idle_timeout_seconds: int
     max_frame_size: int
+    max_connections: int
+    initial_handshake_timeout_seconds: int
+    request_timeout_seconds: int
+    backlog: int
     http: bool
     healthz: bool
     metrics: bool

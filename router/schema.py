@@ -607,6 +607,45 @@ _LISTENER = EntityTypeSpec(
             description="Largest AMQP frame (512 to 4294967295, AMQP's uint).",
         ),
         AttributeSpec(
+            "maxConnections",
+            AttrType.INTEGER,
+            default=0,
+            minimum=0,
+            maximum=1_000_000,
+            description="Skiff: connections this listener may hold at once; the engine refuses "
+            "more at accept. 0 means the default cap: min(128, half the app connection budget), "
+            "the budget being a quarter of the descriptor limit (0 to 1000000; the budget still "
+            "bounds all app listeners together).",
+        ),
+        AttributeSpec(
+            "initialHandshakeTimeoutSeconds",
+            AttrType.INTEGER,
+            default=10,
+            minimum=0,
+            maximum=3600,
+            description="Seconds an AMQP client has from connecting to finish the protocol "
+            "header, SASL and its open, or it is closed (0 = none, Skupper's default; Skiff's "
+            "default is 10; at most 3600).",
+        ),
+        AttributeSpec(
+            "requestTimeoutSeconds",
+            AttrType.INTEGER,
+            default=10,
+            minimum=1,
+            maximum=3600,
+            description="Skiff: with http, seconds a client has from connecting to send its "
+            "whole request head, or it is answered 408 and closed (1 to 3600).",
+        ),
+        AttributeSpec(
+            "backlog",
+            AttrType.INTEGER,
+            default=1024,
+            minimum=1,
+            maximum=65535,
+            description="Skiff: listen() backlog (1 to 65535; the kernel caps it at "
+            "net.core.somaxconn).",
+        ),
+        AttributeSpec(
             "http",
             AttrType.BOOLEAN,
             default=False,
@@ -663,7 +702,6 @@ _LISTENER = EntityTypeSpec(
             "maxSessionFrames",
             "linkCapacity",
             "policyVhost",
-            "initialHandshakeTimeoutSeconds",
             "messageLoggingComponents",
             "multiTenant",
             "stripAnnotations",
