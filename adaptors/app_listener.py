@@ -20,11 +20,12 @@ not stop the router: it stays ``down`` with ``lastError``, readiness
 reports it, and binding is retried every few seconds. Management CREATE of
 such a listener is refused instead, so the client sees the error.
 
-Limits (``router/management/limits.py``): each listener holds at most
-``listener_cap`` connections (the engine refuses more at accept), all of
-them together at most a share of the descriptor limit (refused here, at
-open), HTTP requests and AMQP handshakes have a time-out (checked by the
-housekeeping tick). Refusals are logged at most once per interval and
+Limits (``router/management/limits.py``): each listener holds at most its
+``maxConnections`` (0: ``listener_cap``) connections (the engine refuses
+more at accept), all of them together at most a share of the descriptor
+limit (refused here, at open), HTTP requests (``requestTimeoutSeconds``)
+and AMQP handshakes (``initialHandshakeTimeoutSeconds``) have a time-out
+(checked by the housekeeping tick). Refusals are logged at most once per interval and
 counted for ``/metrics``. An exception while handling one connection
 closes that connection, with its traceback in the log.
 """
@@ -67,6 +68,7 @@ class _ListenerState:
     config: ListenerConfig
     host_ip: str
     settings: AmqpSettings
+    cap: int  # connections it may hold: maxConnections, or the default cap
     listener: Listener | None = None
     last_error: str | None = None
     next_retry: float = 0.0
@@ -207,14 +209,17 @@ class AppListenerAdaptor:
             mechanisms=mechs,
             users_file=cfg.users_file or None,
             allow_anonymous_writes=cfg.anonymous_writes,
-            handshake_timeout_s=limits.HANDSHAKE_TIMEOUT_S,
+            handshake_timeout_s=float(cfg.initial_handshake_timeout_seconds),
         )
-        state = _ListenerState(entity, cfg, _host_ip(cfg), settings)
+        cap = limits.listener_cap(self.limits.budget, cfg.max_connections)
+        state = _ListenerState(entity, cfg, _host_ip(cfg), settings, cap)
         self._listeners[entity.name] = state
+        self.limits.caps[entity.name] = cap
         if not self._bind(state) and entity.source == "management" and not state.waiting_tls:
             # waiting for TLS material is not an error of the request: the
             # listener opens once its profile loads (as a tcpListener does)
             del self._listeners[entity.name]
+            self.limits.caps.pop(entity.name, None)
             raise ValueError(f"listener '{entity.name}': {state.last_error}")
 
     def _tls_wait(self, state: _ListenerState) -> str | None:
@@ -249,8 +254,8 @@ class AppListenerAdaptor:
                 state.host_ip,
                 cfg.port,
                 app=True,
-                max_connections=self.limits.cap,
-                backlog=limits.LISTEN_BACKLOG,
+                max_connections=state.cap,
+                backlog=cfg.backlog,
                 tls_slot=-1 if slot is None else slot,
                 tls_optional=slot is not None and not cfg.require_ssl,
                 authenticate_peer=slot is not None and cfg.authenticate_peer,
@@ -288,6 +293,8 @@ class AppListenerAdaptor:
 
     def remove(self, entity: Entity) -> None:
         state = self._listeners.pop(entity.name, None)
+        if state is not None:
+            self.limits.caps.pop(entity.name, None)
         if state is None or state.listener is None:
             return
         self._by_uid.pop(state.listener.user_id, None)
@@ -368,7 +375,7 @@ class AppListenerAdaptor:
                 "for relayed connections",
             )
             return
-        if len(state.connections) >= self.limits.cap:
+        if len(state.connections) >= state.cap:
             # normally the engine refuses these at accept already
             self._refuse(
                 conn_id,
@@ -377,10 +384,10 @@ class AppListenerAdaptor:
                 f"it holds {len(state.connections)} connections, its cap",
             )
             return
-        if len(state.connections) + 1 == self.limits.cap:
+        if len(state.connections) + 1 == state.cap:
             self._refusals.warning(
                 f"cap:{state.entity.name}",
-                f"listener '{state.entity.name}' reached its cap of {self.limits.cap} "
+                f"listener '{state.entity.name}' reached its cap of {state.cap} "
                 "connections; the engine refuses further clients until some close "
                 "(skiff_engine_limit_rejected_total)",
             )
@@ -390,7 +397,11 @@ class AppListenerAdaptor:
         conn: Conn
         if state.http:
             conn = HttpConnection(
-                conn_id, self._pages, self, limits.HTTP_REQUEST_TIMEOUT_S, info.peer
+                conn_id,
+                self._pages,
+                self,
+                float(state.config.request_timeout_seconds),
+                info.peer,
             )
         else:
             tls = PLAINTEXT
@@ -462,8 +473,9 @@ class AppListenerAdaptor:
                     f"within {conn.request_timeout_s:g} s; answered 408 and closed",
                 )
             return
+        handshake = conn.settings.handshake_timeout_s
         if now - conn.last_input > conn.settings.idle_timeout_s > 0 or (
-            not conn.open_received and now - conn.opened > conn.settings.handshake_timeout_s
+            not conn.open_received and now - conn.opened > handshake > 0
         ):
             # bytes may wait in the engine while the loop was busy
             self._readable(conn.id)

@@ -37,6 +37,15 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _cpu_list(text: str) -> tuple[int, ...]:
+    from router.schema import parse_cpu_list
+
+    try:
+        return parse_cpu_list(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _positive_float(text: str) -> float:
     v = float(text)
     if v <= 0:
@@ -81,6 +90,13 @@ def _add_storm_parser(sub: Any) -> None:
     storm.add_argument("--procs", type=_positive_int, default=d.procs, help="client processes")
     storm.add_argument(
         "--workers", type=int, default=d.workers, help="engine worker threads (0: per CPU)"
+    )
+    storm.add_argument(
+        "--worker-cpus",
+        type=_cpu_list,
+        default=(),
+        metavar="LIST",
+        help="pin the engine's workers, one CPU each, round robin (as workerCpus: '0-1')",
     )
     storm.add_argument("--rounds", type=_positive_int, default=d.rounds)
     storm.add_argument(
@@ -323,6 +339,7 @@ def storm_config(args: argparse.Namespace) -> StormConfig:
         count=args.count,
         procs=args.procs,
         workers=args.workers,
+        worker_cpus=args.worker_cpus,
         rounds=args.rounds,
         subjects=_csv(args.subjects),
         timeout_s=args.timeout,

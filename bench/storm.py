@@ -45,6 +45,7 @@ class StormConfig:
     count: int | None = None
     procs: int = 2
     workers: int = 2
+    worker_cpus: tuple[int, ...] = ()  # pin the engine's workers (round robin); (): no
     rounds: int = 1
     subjects: tuple[str, ...] = SUBJECTS
     timeout_s: float = 10.0
@@ -428,7 +429,9 @@ def run_storm(cfg: StormConfig) -> StormReport:
         EchoServer.start(cfg.echo_procs, corrupt=cfg.corrupt_echo, addrs=cfg.echo_addrs) as echo,
         ClientPool(cfg.procs) as pool,
     ):
-        probe = EngineSubject(echo.port, cfg.workers, cfg.timer_period_s, tuple(echo.addresses))
+        probe = EngineSubject(
+            echo.port, cfg.workers, cfg.timer_period_s, tuple(echo.addresses), cfg.worker_cpus
+        )
         try:
             rounds = uvloop.run(_run_rounds(cfg, pool, echo, probe))
         finally:

@@ -121,8 +121,9 @@ class EngineSubject:
         worker_threads: int = 2,
         timer_period_s: float = 0.01,
         echo_hosts: tuple[str, ...] = ("127.0.0.1",),
+        worker_cpus: tuple[int, ...] = (),
     ) -> None:
-        self.engine = Engine(EngineOptions(worker_threads=worker_threads))
+        self.engine = Engine(EngineOptions(worker_threads=worker_threads, worker_cpus=worker_cpus))
         try:
             # one target per echo address (all the same service)
             self.targets = [self.engine.target() for _ in echo_hosts]

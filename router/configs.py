@@ -81,10 +81,23 @@ class RouterConfig(EntityConfig):
     id: str | None
     mode: str
     worker_threads: int
+    worker_cpus: str
+    control_cpus: str
     drop_tcp_connections: bool
     tls_loader_threads: int
     drain_grace_seconds: int
     metadata: str | None
+
+
+    @property
+    def worker_cpu_list(self) -> tuple[int, ...]:
+        """``workerCpus`` as CPU numbers; empty when the workers are not pinned."""
+        return schema.parse_cpu_list(self.worker_cpus)
+
+    @property
+    def control_cpu_list(self) -> tuple[int, ...]:
+        """``controlCpus`` as CPU numbers; empty when the loop is not pinned."""
+        return schema.parse_cpu_list(self.control_cpus)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +141,10 @@ class ListenerConfig(EntityConfig):
     sasl_mechanisms: tuple[str, ...] | None
     idle_timeout_seconds: int
     max_frame_size: int
+    max_connections: int
+    initial_handshake_timeout_seconds: int
+    request_timeout_seconds: int
+    backlog: int
     http: bool
     healthz: bool
     metrics: bool

@@ -21,7 +21,7 @@ from router.config import DEFAULT_CONFIG, ConfigError, ConfigFile, load_config, 
 from router.configs import ListenerConfig, RouterConfig, TcpConnectorConfig, TcpListenerConfig
 from router.engine import EngineError
 from router.log import configure_log, get_logger, start_background_writer
-from router.node import Node, router_config
+from router.node import Node, check_cpus, router_config
 from router.registry import Registry, RegistryError
 from router.version import skiff_version
 
@@ -88,10 +88,14 @@ class Daemon:
         node = self.node
         router = node.registry.router
         rc = router.config_as(RouterConfig) if router else node.router
+        workers = f"{node.engine.workers} worker threads"
+        if node.router.worker_cpus:
+            workers += f" on CPUs {node.router.worker_cpus}"
+        if node.router.control_cpus:
+            workers += f", control loop on CPUs {node.router.control_cpus}"
         lines = [
             f"skiffd {skiff_version()}: router '{rc.id or 'skiff'}' ({rc.mode}), "
-            f"{node.engine.workers} worker threads, "
-            f"configuration {self.path or DEFAULT_CONFIG_NAME}",
+            f"{workers}, configuration {self.path or DEFAULT_CONFIG_NAME}",
         ]
         listeners = node.registry.entities("tcpListener")
         for entity in listeners:
@@ -267,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
             # what the file leads to as a whole: port owners, values that
             # need the other entities (nothing is started)
             Registry().apply_file(config.entities)
-        except RegistryError as e:
+            rc = router_config(config)
+            check_cpus("workerCpus", rc.worker_cpu_list)
+            check_cpus("controlCpus", rc.control_cpu_list)
+        except (RegistryError, EngineError) as e:
             print(f"skiffd: {e}", file=sys.stderr)
             return 1
         name = args.config or DEFAULT_CONFIG_NAME

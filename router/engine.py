@@ -287,6 +287,8 @@ class EngineOptions:
     high_check_budget_us: int | None = None
     events_per_wakeup: int | None = None
     splice_pipes: int | None = None  # 0: plain relays copy instead of splice(2)
+    # worker i runs on worker_cpus[i % len]; () or None: no pinning
+    worker_cpus: tuple[int, ...] | None = None
 
 
 def _err() -> Any:
@@ -360,7 +362,12 @@ class Engine:
         lib.sk_engine_options_init(copts)
         for f in dataclasses.fields(o):
             value = getattr(o, f.name)
-            if value is not None:
+            if f.name == "worker_cpus":
+                for cpu in value or ():
+                    if not 0 <= cpu < lib.SK_CPU_WORDS * 64:
+                        raise EngineError(f"cannot start the engine: worker_cpus: no CPU {cpu}")
+                    copts.worker_cpus[cpu // 64] |= 1 << (cpu % 64)
+            elif value is not None:
                 setattr(copts, f.name, int(value))
         err = _err()
         ptr = lib.sk_engine_create(copts, err, lib.SK_ERRLEN)
@@ -379,6 +386,19 @@ class Engine:
         self.handler_errors = 0  # event handlers that raised (logged, contained)
         self._events = ffi.new("sk_event[]", DRAIN_BATCH)
         self._overflow = ffi.new("int *")
+
+    def worker_cpu(self, worker: int) -> int | None:
+        """The CPU ``worker`` was pinned to at start, or None."""
+        cpu = int(lib.sk_engine_worker_cpu(self._ptr, worker))
+        return None if cpu < 0 else cpu
+
+    def worker_affinity(self, worker: int) -> tuple[int, ...]:
+        """The CPUs ``worker`` may run on, as the kernel reports them now."""
+        words = lib.SK_CPU_WORDS
+        mask = ffi.new("uint64_t[]", words)
+        if lib.sk_engine_worker_affinity(self._ptr, worker, mask, words) < 0:
+            raise EngineError(f"no affinity for worker {worker}")
+        return tuple(c for c in range(words * 64) if (mask[c // 64] >> (c % 64)) & 1)
 
     # ------------------------------------------------------------ lifecycle
 

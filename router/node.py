@@ -13,6 +13,8 @@ to stop accepting, ``drain`` to let open flows finish, ``stop`` to end.
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from collections.abc import Sequence
 
@@ -20,16 +22,29 @@ from adaptors.app_listener import AppListenerAdaptor
 from adaptors.tcp import TcpAdaptor
 from router.config import ConfigEntity, ConfigFile
 from router.configs import RouterConfig
-from router.engine import Engine, EngineOptions
+from router.engine import Engine, EngineError, EngineOptions
 from router.log import LogConfigObserver, get_logger
 from router.management.agent import Agent
 from router.management.service import Management
 from router.registry import ApplyResult, Registry
+from router.schema import format_cpu_list
 from router.tls import TlsManager
 
 _log = get_logger("ROUTER")
 
 DRAIN_POLL_S = 0.05
+
+
+def check_cpus(attribute: str, cpus: Sequence[int]) -> None:
+    """Refuses CPUs this process may not use (its affinity, a cgroup cpuset),
+    naming the attribute: pinning to them would fail or silently shrink."""
+    allowed = os.sched_getaffinity(0)
+    outside = [c for c in cpus if c not in allowed]
+    if outside:
+        raise EngineError(
+            f"router attribute '{attribute}': CPU {format_cpu_list(outside)} is not in this "
+            f"process's allowed set ({format_cpu_list(allowed)})"
+        )
 
 
 def router_config(config: ConfigFile) -> RouterConfig:
@@ -57,7 +72,19 @@ class Node:
         # of it (dropTcpConnections) is this config until a file replaces it
         self.registry.create("router", router.attributes(), source="builtin", check_operation=False)
         self._owns_engine = engine is None
-        self.engine = engine or Engine(EngineOptions(worker_threads=router.worker_threads))
+        # before the engine: its workers inherit this thread's set
+        check_cpus("controlCpus", router.control_cpu_list)
+        if engine is None:
+            check_cpus("workerCpus", router.worker_cpu_list)
+            engine = Engine(
+                EngineOptions(
+                    worker_threads=router.worker_threads,
+                    worker_cpus=router.worker_cpu_list,
+                )
+            )
+        self.engine = engine
+        # (thread id, its set before) while the control loop's thread is pinned
+        self._control_pinned: tuple[int, set[int]] | None = None
         self._tls: TlsManager | None = None
         self._tcp: TcpAdaptor | None = None
         self._listeners: AppListenerAdaptor | None = None
@@ -94,6 +121,7 @@ class Node:
         """Attaches the engine to ``loop`` and subscribes every observer."""
         if self._owns_engine:
             self.engine.attach(loop)
+        self._pin_control()
         self._tls = TlsManager(self.engine, self.registry, loop, self.router.tls_loader_threads)
         self._tcp = TcpAdaptor(self.engine, self.registry, loop, self._tls)
         agent = Agent(self.registry)
@@ -110,6 +138,18 @@ class Node:
         )
         # the pages need the management views, which need the listeners
         self._listeners.serve_pages(self._management.pages())
+
+    def _pin_control(self) -> None:
+        """Pins the calling thread (the control loop's) to ``controlCpus``;
+        ``stop`` gives it back its set, so a test's loop is not left pinned."""
+        cpus = self.router.control_cpu_list
+        if not cpus or self._control_pinned is not None:
+            return
+        tid = threading.get_native_id()
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(tid, cpus)
+        self._control_pinned = (tid, before)
+        _log.info(f"control loop pinned to CPUs {format_cpu_list(cpus)}")
 
     def apply(self, entities: Sequence[ConfigEntity]) -> ApplyResult:
         """Makes the file-configured entities match ``entities`` (all or nothing)."""
@@ -148,3 +188,10 @@ class Node:
         self.close()
         if self._owns_engine:
             self.engine.stop()
+        if self._control_pinned is not None:
+            tid, before = self._control_pinned
+            self._control_pinned = None
+            try:
+                os.sched_setaffinity(tid, before)
+            except OSError:  # that thread is gone
+                pass

@@ -72,6 +72,10 @@ LOG_MODULES: tuple[str, ...] = (
 # Service names accepted where the Skupper schema accepts a port string.
 PORT_NAMES: Mapping[str, int] = {"amqp": 5672, "amqps": 5671}
 
+# Largest CPU number a CPU list may name: the engine's mask holds 1024
+# (SK_CPU_WORDS * 64, glibc's CPU_SETSIZE).
+MAX_CPU = 1023
+
 _TRUE = frozenset({"true", "yes", "1", "on"})
 _FALSE = frozenset({"false", "no", "0", "off"})
 
@@ -151,6 +155,9 @@ class AttributeSpec:
     create_only: bool = False
     # Name of the entity type this attribute names an instance of.
     references: str | None = None
+    # A string with its own syntax, checked by convert: "cpulist" (Linux's
+    # CPU list, "0-1,4", parsed by parse_cpu_list).
+    syntax: str = ""
 
     @property
     def read_only(self) -> bool:
@@ -164,6 +171,10 @@ class AttributeSpec:
             if self.minimum is not None:
                 return f"an integer >= {self.minimum}"
             return "an integer"
+        if self.syntax == "cpulist":
+            return (
+                f"a CPU list such as '0-1' or '0,2' (CPUs 0 to {MAX_CPU}; empty: no pinning)"
+            )
         if self.type is AttrType.BOOLEAN:
             return "a boolean (true/false, yes/no, 1/0)"
         if self.type is AttrType.ENUM:
@@ -269,6 +280,26 @@ _ROUTER = EntityTypeSpec(
             maximum=255,
             create_only=True,
             description="Number of I/O worker threads of the engine (1 to 255).",
+        ),
+        AttributeSpec(
+            "workerCpus",
+            default="",
+            create_only=True,
+            syntax="cpulist",
+            description="Skiff: CPUs the I/O workers are pinned to, as HAProxy's "
+            "`cpu-map auto:1/1-N`: worker i runs on the i-th CPU of the list (round robin "
+            "when the list is shorter than workerThreads). Every CPU must be one the process "
+            "may use (its affinity or cgroup cpuset), or the router does not start. Empty: no "
+            "pinning; the workers may run on any CPU the process may use.",
+        ),
+        AttributeSpec(
+            "controlCpus",
+            default="",
+            create_only=True,
+            syntax="cpulist",
+            description="Skiff: CPUs the control loop's thread (management, configuration, "
+            "engine events) is pinned to when the router starts; threads it starts later (TLS "
+            "loaders) inherit the set. Empty: no pinning.",
         ),
         AttributeSpec(
             "dropTcpConnections",
@@ -576,6 +607,45 @@ _LISTENER = EntityTypeSpec(
             description="Largest AMQP frame (512 to 4294967295, AMQP's uint).",
         ),
         AttributeSpec(
+            "maxConnections",
+            AttrType.INTEGER,
+            default=0,
+            minimum=0,
+            maximum=1_000_000,
+            description="Skiff: connections this listener may hold at once; the engine refuses "
+            "more at accept. 0 means the default cap: min(128, half the app connection budget), "
+            "the budget being a quarter of the descriptor limit (0 to 1000000; the budget still "
+            "bounds all app listeners together).",
+        ),
+        AttributeSpec(
+            "initialHandshakeTimeoutSeconds",
+            AttrType.INTEGER,
+            default=10,
+            minimum=0,
+            maximum=3600,
+            description="Seconds an AMQP client has from connecting to finish the protocol "
+            "header, SASL and its open, or it is closed (0 = none, Skupper's default; Skiff's "
+            "default is 10; at most 3600).",
+        ),
+        AttributeSpec(
+            "requestTimeoutSeconds",
+            AttrType.INTEGER,
+            default=10,
+            minimum=1,
+            maximum=3600,
+            description="Skiff: with http, seconds a client has from connecting to send its "
+            "whole request head, or it is answered 408 and closed (1 to 3600).",
+        ),
+        AttributeSpec(
+            "backlog",
+            AttrType.INTEGER,
+            default=1024,
+            minimum=1,
+            maximum=65535,
+            description="Skiff: listen() backlog (1 to 65535; the kernel caps it at "
+            "net.core.somaxconn).",
+        ),
+        AttributeSpec(
             "http",
             AttrType.BOOLEAN,
             default=False,
@@ -632,7 +702,6 @@ _LISTENER = EntityTypeSpec(
             "maxSessionFrames",
             "linkCapacity",
             "policyVhost",
-            "initialHandshakeTimeoutSeconds",
             "messageLoggingComponents",
             "multiTenant",
             "stripAnnotations",
@@ -986,6 +1055,11 @@ def convert(spec: EntityTypeSpec, attr: AttributeSpec | str, raw: object) -> obj
             raise _invalid(spec, a, raw)
         if spec.short_name == "log" and a.name == "enable":
             parse_enable(str(value), entity_type=spec.short_name)
+        if a.syntax == "cpulist":
+            try:
+                return format_cpu_list(parse_cpu_list(str(value)))
+            except ValueError as e:
+                raise _invalid(spec, a, raw, f" ({e})") from None
         return value
     if a.type is AttrType.BOOLEAN:
         if isinstance(raw, bool):
@@ -1137,6 +1211,48 @@ def complete(spec: EntityTypeSpec, values: dict[str, object]) -> dict[str, objec
                 )
             values[attr.name] = default_value(spec, attr, values)
     return values
+
+
+_CPU_RANGE = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?")
+
+
+def parse_cpu_list(text: str) -> tuple[int, ...]:
+    """Parses Linux's CPU list syntax (``taskset -c``, ``Cpus_allowed_list``):
+    comma separated CPUs and inclusive ranges, ``0-1,4``; empty is no CPU.
+
+    Returns the CPUs sorted, each once; raises ValueError saying what is wrong.
+    """
+    cpus: set[int] = set()
+    if not text.strip():
+        return ()
+    for item in text.split(","):
+        item = item.strip()
+        m = _CPU_RANGE.fullmatch(item)
+        if not m:
+            what = "an empty item" if not item else f"'{item[:20]}'"
+            raise ValueError(f"{what} is not a CPU number or a range such as 2-3")
+        low = int(m.group(1))
+        high = low if m.group(2) is None else int(m.group(2))
+        if high < low:
+            raise ValueError(f"range '{item}' runs backwards")
+        if high > MAX_CPU:
+            raise ValueError(f"CPU {high} is past {MAX_CPU}")
+        cpus.update(range(low, high + 1))
+    return tuple(sorted(cpus))
+
+
+def format_cpu_list(cpus: Iterable[int]) -> str:
+    """The canonical CPU list of ``cpus``: ``(0, 1, 2, 5)`` -> ``0-2,5``."""
+    out: list[str] = []
+    ordered = sorted(set(cpus))
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        out.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(out)
 
 
 @dataclass(frozen=True)

@@ -112,14 +112,12 @@ def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
 
 @pytest.fixture
 def fast_limits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(limits, "HTTP_REQUEST_TIMEOUT_S", 0.3)
-    monkeypatch.setattr(limits, "HANDSHAKE_TIMEOUT_S", 0.3)
     monkeypatch.setattr(app_listener, "HOUSEKEEPING_S", 0.1)
 
 
 def test_http_client_without_a_complete_request_gets_408(fast_limits: None) -> None:
     async def body(node: InProcess) -> None:
-        port = node.listener("h", http=True)
+        port = node.listener("h", http=True, requestTimeoutSeconds=1)
         silent = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
         partial = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
         partial.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # no blank line
@@ -129,7 +127,7 @@ def test_http_client_without_a_complete_request_gets_408(fast_limits: None) -> N
         )
         for reply in got:
             assert reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), reply
-            assert b"no complete request head within 0.3 s" in reply
+            assert b"no complete request head within 1 s" in reply
         # a client that asks in time is answered, and the time-outs are counted
         page = await asyncio.to_thread(http_get, port, "/metrics")
         assert page.startswith(b"HTTP/1.1 200 OK\r\n"), page[:100]
@@ -161,7 +159,7 @@ def test_amqp_handshake_time_out_closes_stalled_clients(fast_limits: None) -> No
         return read_until_closed(s)
 
     async def body(node: InProcess) -> None:
-        port = node.listener("m", idleTimeoutSeconds=0)
+        port = node.listener("m", idleTimeoutSeconds=0, initialHandshakeTimeoutSeconds=1)
         silent = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
         in_sasl = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
         in_sasl.sendall(sasl.SASL_HEADER)
@@ -202,9 +200,11 @@ def test_budget_refuses_connections_beyond_the_fd_share(
 
     async def body(node: InProcess) -> None:
         node.adaptor.limits.budget = 3
-        monkeypatch.setattr(limits, "HANDSHAKE_TIMEOUT_S", 60.0)  # the held ones stay
-        a = node.listener("a", idleTimeoutSeconds=0)
-        b = node.listener("b", http=True)
+        # the held ones stay; the caps are above the budget
+        a = node.listener(
+            "a", idleTimeoutSeconds=0, initialHandshakeTimeoutSeconds=60, maxConnections=10
+        )
+        b = node.listener("b", http=True, maxConnections=10)
         held = [socket.create_connection(("127.0.0.1", a), timeout=WAIT_S) for _ in range(3)]
         await until(lambda: len(node.adaptor.amqp_connections()) == 3, "three open")
         refused = await asyncio.to_thread(http_get, b, "/healthz")
@@ -219,6 +219,46 @@ def test_budget_refuses_connections_beyond_the_fd_share(
                 break
             await asyncio.sleep(0.1)
         assert reply.startswith(b"HTTP/1.1 200 OK"), reply
+        for s in held:
+            s.close()
+
+    run(body)
+
+
+def test_listener_attributes_set_the_cap_and_the_backlog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """maxConnections and backlog reach the engine's listen(); 0 keeps the
+    default cap; the cap of each listener is in /metrics; the engine refuses
+    the client past a configured cap."""
+
+    async def body(node: InProcess) -> None:
+        calls: list[dict[str, Any]] = []
+        listen = node.engine.listen
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            calls.append(kwargs)
+            return listen(*args, **kwargs)
+
+        monkeypatch.setattr(node.engine, "listen", spy)
+        small = node.listener(
+            "small", maxConnections=2, backlog=7, initialHandshakeTimeoutSeconds=0
+        )
+        node.listener("plain", http=True)
+        default_cap = limits.listener_cap(node.adaptor.limits.budget)
+        assert [(c["max_connections"], c["backlog"]) for c in calls] == [
+            (2, 7),
+            (default_cap, 1024),
+        ]
+        held = [socket.create_connection(("127.0.0.1", small), timeout=WAIT_S) for _ in range(2)]
+        await until(lambda: len(node.adaptor.amqp_connections()) == 2, "two open")
+        # the third is accepted by the kernel and closed by the engine at once
+        third = socket.create_connection(("127.0.0.1", small), timeout=WAIT_S)
+        assert await asyncio.to_thread(read_until_closed, third) == b""
+        await until(lambda: node.engine.counters()["limit_rejected"] >= 1, "a refusal")
+        # initialHandshakeTimeoutSeconds: 0, as in Skupper: no time-out
+        assert all(c.settings.handshake_timeout_s == 0 for c in node.adaptor.amqp_connections())
+        text = node.adaptor.limits.render(["plain", "small"])
+        caps = samples(text, "skiff_listener_connection_limit")
+        assert caps == {(("listener", "plain"),): default_cap, (("listener", "small"),): 2}
         for s in held:
             s.close()
 

@@ -16,7 +16,7 @@ from proton.utils import BlockingConnection, SyncRequestResponse
 from test_limits_app import WAIT_S, InProcess, http_get, read_until_closed, run
 
 import adaptors.app_listener as app_listener
-from router.management import amqp_connection, limits
+from router.management import amqp_connection
 from router.management.agent import Agent, Caller, Response
 
 NODE = {"type": "org.amqp.management", "name": "self"}
@@ -132,7 +132,6 @@ def test_time_out_check_failure_closes_that_connection_and_housekeeping_goes_on(
 ) -> None:
     """A bug in one AMQP connection's time-out check closes that connection;
     the next ticks still time out an idle HTTP client (408)."""
-    monkeypatch.setattr(limits, "HTTP_REQUEST_TIMEOUT_S", 0.3)
     monkeypatch.setattr(app_listener, "HOUSEKEEPING_S", 0.1)
 
     def broken(self: amqp_connection.AmqpConnection, now: float) -> None:
@@ -142,7 +141,7 @@ def test_time_out_check_failure_closes_that_connection_and_housekeeping_goes_on(
 
     async def body(node: InProcess) -> None:
         amqp = node.listener("m")
-        http = node.listener("h", http=True)
+        http = node.listener("h", http=True, requestTimeoutSeconds=1)
         victim = socket.create_connection(("127.0.0.1", amqp), timeout=WAIT_S)
         idle = socket.create_connection(("127.0.0.1", http), timeout=WAIT_S)
         closed, timed_out = await asyncio.gather(

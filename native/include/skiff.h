@@ -25,6 +25,7 @@
 #define SK_HIST_BUCKETS 24 /* bucket i counts lateness <= 1us << i; last is +Inf */
 #define SK_PRIO_HIGH 0
 #define SK_PRIO_NORMAL 1
+#define SK_CPU_WORDS 16 /* sk_engine_options.worker_cpus: CPUs 0-1023, 64 per word */
 
 typedef struct sk_engine sk_engine;
 typedef struct sk_listener sk_listener;
@@ -49,6 +50,13 @@ typedef struct sk_engine_options {
                                   most this many pipes per worker, held only while
                                   bytes wait; beyond that, and with TLS, they copy.
                                   0: always copy (32) */
+    uint64_t worker_cpus[SK_CPU_WORDS]; /* CPU affinity (HAProxy's cpu-map auto:
+                                  one CPU per thread): bit c of word c/64 set
+                                  for each CPU; worker i runs on the i-th set CPU
+                                  (round robin when fewer CPUs than workers).
+                                  Every CPU must be in the creating thread's
+                                  allowed set. All zero (default): no pinning,
+                                  workers inherit the creating thread's set */
 } sk_engine_options;
 
 void sk_engine_options_init(sk_engine_options *opts);
@@ -65,6 +73,14 @@ void sk_engine_stop(sk_engine *e);
 void sk_engine_destroy(sk_engine *e);
 
 int sk_engine_worker_count(const sk_engine *e);
+
+/* The CPUs worker may run on, as the kernel reports them now
+ * (pthread_getaffinity_np): fills mask[0..words) like worker_cpus and
+ * returns how many CPUs are set, or -1 (bad worker, not started, error). */
+int sk_engine_worker_affinity(sk_engine *e, int worker, uint64_t *mask, int words);
+
+/* The CPU worker was pinned to at create, or -1 when it was not pinned. */
+int sk_engine_worker_cpu(const sk_engine *e, int worker);
 
 /* Readable (eventfd semantics) when events are pending. */
 int sk_engine_event_fd(const sk_engine *e);

@@ -7,6 +7,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -50,6 +51,109 @@ uint64_t sk_engine_next_id(sk_engine *e)
 int sk_engine_worker_count(const sk_engine *e)
 {
     return e->nworkers;
+}
+
+static bool cpu_bit(const uint64_t *mask, int cpu)
+{
+    return (mask[cpu / 64] >> (cpu % 64)) & 1u;
+}
+
+/* "0-3,6": the set CPUs of a cpu_set_t, for an error message */
+static void format_cpus(const cpu_set_t *set, char *out, size_t outlen)
+{
+    size_t used = 0;
+    out[0] = 0;
+    for (int c = 0; c < CPU_SETSIZE && used < outlen; c++) {
+        if (!CPU_ISSET(c, set))
+            continue;
+        int last = c;
+        while (last + 1 < CPU_SETSIZE && CPU_ISSET(last + 1, set))
+            last++;
+        int n = last > c ? snprintf(out + used, outlen - used, "%s%d-%d", used ? "," : "", c, last)
+                         : snprintf(out + used, outlen - used, "%s%d", used ? "," : "", c);
+        if (n < 0)
+            break;
+        used += (size_t)n;
+        c = last;
+    }
+}
+
+/* Assigns each worker its CPU (the i-th set CPU, round robin) after checking
+ * that every CPU given is one this thread may use. */
+static int assign_cpus(sk_engine *e, char *err, size_t errlen)
+{
+    const uint64_t *mask = e->opts.worker_cpus;
+    int cpus[SK_CPU_WORDS * 64];
+    int n = 0;
+    for (int c = 0; c < SK_CPU_WORDS * 64; c++)
+        if (cpu_bit(mask, c))
+            cpus[n++] = c;
+    for (int i = 0; i < e->nworkers; i++)
+        e->workers[i].cpu = n ? cpus[i % n] : -1;
+    if (!n)
+        return 0;
+    cpu_set_t allowed;
+    CPU_ZERO(&allowed);
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) {
+        sk_set_err(err, errlen, "worker_cpus: sched_getaffinity: %s", strerror(errno));
+        return -1;
+    }
+    for (int k = 0; k < n; k++)
+        if (cpus[k] >= CPU_SETSIZE || !CPU_ISSET(cpus[k], &allowed)) {
+            char have[128];
+            format_cpus(&allowed, have, sizeof have);
+            sk_set_err(err, errlen,
+                       "worker_cpus: CPU %d is not in this process's allowed set (%s)",
+                       cpus[k], have);
+            return -1;
+        }
+    return 0;
+}
+
+/* pthread_create with the worker's CPU set in its attributes: the thread
+ * starts pinned (pthread_setaffinity_np before it runs any code) */
+static int start_worker(sk_worker *w)
+{
+    if (w->cpu < 0)
+        return pthread_create(&w->thread, NULL, sk_worker_main, w);
+    pthread_attr_t attr;
+    int rc = pthread_attr_init(&attr);
+    if (rc != 0)
+        return rc;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(w->cpu, &set);
+    rc = pthread_attr_setaffinity_np(&attr, sizeof set, &set);
+    if (rc == 0)
+        rc = pthread_create(&w->thread, &attr, sk_worker_main, w);
+    pthread_attr_destroy(&attr);
+    return rc;
+}
+
+int sk_engine_worker_cpu(const sk_engine *e, int worker)
+{
+    if (worker < 0 || worker >= e->nworkers)
+        return -1;
+    return e->workers[worker].cpu;
+}
+
+int sk_engine_worker_affinity(sk_engine *e, int worker, uint64_t *mask, int words)
+{
+    if (worker < 0 || worker >= e->nworkers || !e->workers[worker].started || words < 0)
+        return -1;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (pthread_getaffinity_np(e->workers[worker].thread, sizeof set, &set) != 0)
+        return -1;
+    memset(mask, 0, (size_t)words * sizeof *mask);
+    int n = 0;
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &set)) {
+            n++;
+            if (c / 64 < words)
+                mask[c / 64] |= (uint64_t)1 << (c % 64);
+        }
+    return n;
 }
 
 static void raise_fd_limit(void)
@@ -115,6 +219,8 @@ sk_engine *sk_engine_create(const sk_engine_options *opts, char *err, size_t err
     }
     for (int i = 0; i < e->nworkers; i++)
         e->workers[i].epfd = e->workers[i].wakefd = -1; /* not 0: that is stdin */
+    if (assign_cpus(e, err, errlen) != 0)
+        goto fail;
     for (int i = 0; i < e->nworkers; i++)
         if (sk_worker_init(e, &e->workers[i], i, err, errlen) != 0)
             goto fail;
@@ -125,7 +231,7 @@ sk_engine *sk_engine_create(const sk_engine_options *opts, char *err, size_t err
     pthread_sigmask(SIG_SETMASK, &all, &old);
     int rc = 0;
     for (int i = 0; i < e->nworkers && rc == 0; i++) {
-        rc = pthread_create(&e->workers[i].thread, NULL, sk_worker_main, &e->workers[i]);
+        rc = start_worker(&e->workers[i]);
         if (rc == 0)
             e->workers[i].started = true;
     }

@@ -243,6 +243,7 @@ struct sk_handle {
 struct sk_worker {
     sk_engine *engine;
     int index;
+    int cpu; /* pinned to this CPU at start; -1: not pinned */
     pthread_t thread;
     bool initialized;
     bool started;

@@ -39,6 +39,72 @@ static int test_create_errors(void)
     return 0;
 }
 
+/* worker_cpus: each worker starts pinned to its CPU of the set (round robin)
+ * and the kernel reports that set; a CPU this process may not use is an
+ * error at create naming it. */
+static int test_worker_cpus(void)
+{
+    cpu_set_t allowed;
+    CPU_ZERO(&allowed);
+    REQUIRE(sched_getaffinity(0, sizeof allowed, &allowed) == 0);
+    int cpus[2], n = 0;
+    for (int c = 0; c < CPU_SETSIZE && n < 2; c++)
+        if (CPU_ISSET(c, &allowed))
+            cpus[n++] = c;
+    REQUIRE(n >= 1);
+
+    char err[SK_ERRLEN] = "";
+    sk_engine_options o;
+    sk_engine_options_init(&o);
+    for (int i = 0; i < SK_CPU_WORDS; i++)
+        CHECK_EQ_U(o.worker_cpus[i], 0);
+    o.worker_threads = 3;
+    for (int k = 0; k < n; k++)
+        o.worker_cpus[cpus[k] / 64] |= (uint64_t)1 << (cpus[k] % 64);
+    sk_engine *e = sk_engine_create(&o, err, sizeof err);
+    REQUIRE_MSG(e != NULL, "%s", err);
+    for (int i = 0; i < 3; i++) {
+        int want = cpus[i % n];
+        CHECK_EQ_I(sk_engine_worker_cpu(e, i), want);
+        uint64_t mask[SK_CPU_WORDS];
+        CHECK_EQ_I(sk_engine_worker_affinity(e, i, mask, SK_CPU_WORDS), 1);
+        CHECK((mask[want / 64] >> (want % 64)) & 1u);
+    }
+    CHECK_EQ_I(sk_engine_worker_cpu(e, 3), -1);
+    CHECK_EQ_I(sk_engine_worker_affinity(e, 3, NULL, 0), -1);
+    sk_engine_stop(e);
+    sk_engine_destroy(e);
+
+    /* no pinning: the workers keep the creating thread's whole set */
+    sk_engine_options_init(&o);
+    o.worker_threads = 1;
+    e = sk_engine_create(&o, err, sizeof err);
+    REQUIRE_MSG(e != NULL, "%s", err);
+    CHECK_EQ_I(sk_engine_worker_cpu(e, 0), -1);
+    uint64_t mask[SK_CPU_WORDS];
+    CHECK_EQ_I(sk_engine_worker_affinity(e, 0, mask, SK_CPU_WORDS), CPU_COUNT(&allowed));
+    sk_engine_stop(e);
+    sk_engine_destroy(e);
+
+    /* the first CPU this process may not use */
+    int bad = -1;
+    for (int c = 0; c < SK_CPU_WORDS * 64 && bad < 0; c++)
+        if (!CPU_ISSET(c, &allowed))
+            bad = c;
+    REQUIRE(bad >= 0);
+    sk_engine_options_init(&o);
+    o.worker_threads = 1;
+    o.worker_cpus[cpus[0] / 64] |= (uint64_t)1 << (cpus[0] % 64);
+    o.worker_cpus[bad / 64] |= (uint64_t)1 << (bad % 64);
+    err[0] = 0;
+    CHECK(sk_engine_create(&o, err, sizeof err) == NULL);
+    CHECK_STR_CONTAINS(err, "worker_cpus");
+    char num[16];
+    snprintf(num, sizeof num, "CPU %d ", bad);
+    CHECK_STR_CONTAINS(err, num);
+    return 0;
+}
+
 /* A ring that fills up drops what does not fit, says so once in the next
  * drain, and counts the loss. */
 static int test_event_overflow(void)
@@ -190,6 +256,7 @@ int main(void)
     alarm(110); /* a hang fails instead of stalling ctest */
     RUN(test_create_errors);
     RUN(test_event_overflow);
+    RUN(test_worker_cpus);
     fx_engine_start();
     if (fx_setup_relay() == 0 && setup_app() == 0)
         RUN(test_stop);

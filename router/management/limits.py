@@ -7,20 +7,22 @@ to starve the relay (which needs descriptors for both its sides) or the
 other listeners. Three rules bound them:
 
 * **time-outs**: an HTTP client must send its whole request head within
-  ``HTTP_REQUEST_TIMEOUT_S`` of connecting (it is answered ``408`` and
-  closed otherwise); an AMQP client must finish the protocol header, SASL
-  and its ``open`` frame within ``HANDSHAKE_TIMEOUT_S`` (Skupper's
-  ``initialHandshakeTimeoutSeconds``), or it is closed;
-* **a per-listener cap**: ``listener_cap`` connections at once; the engine
-  itself refuses the next ones at ``accept`` (closed at once, counted in
-  ``limit_rejected``), so a flood costs no Python and holds no descriptor;
+  the listener's ``requestTimeoutSeconds`` of connecting (it is answered
+  ``408`` and closed otherwise); an AMQP client must finish the protocol
+  header, SASL and its ``open`` frame within ``initialHandshakeTimeoutSeconds``
+  (Skupper's name), or it is closed;
+* **a per-listener cap**: the listener's ``maxConnections``, or when that is
+  0 ``listener_cap`` connections at once; the engine itself refuses the next
+  ones at ``accept`` (closed at once, counted in ``limit_rejected``), so a
+  flood costs no Python and holds no descriptor;
 * **a budget for all of them**: the app listeners together hold at most a
   quarter of ``RLIMIT_NOFILE`` (``APP_FD_SHARE``); the rest stays for the
-  relay. One listener's cap is at most half the budget, so a flood on the
-  metrics port leaves room on the management port.
+  relay. The default cap of one listener is at most half the budget, so a
+  flood on the metrics port leaves room on the management port.
 
-The values are module constants until the ``listener`` entity has
-attributes for them (see docs/operations.md).
+The listener's values are ``listener`` attributes (defaults in
+``router/schema.py``; see docs/operations.md); the budget's share is a
+constant here.
 """
 
 from __future__ import annotations
@@ -35,10 +37,14 @@ from logging import Logger
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-HANDSHAKE_TIMEOUT_S = 10.0
-HTTP_REQUEST_TIMEOUT_S = 10.0
-LISTENER_MAX_CONNECTIONS = 128
-LISTEN_BACKLOG = 1024  # a burst of connects waits in the kernel instead of SYN retries
+from router import schema
+
+_LISTENER = schema.entity_type("listener").attributes
+# The schema's defaults, for connections built without a listener entity
+# (the listeners themselves take their entity's values).
+HANDSHAKE_TIMEOUT_S = float(_LISTENER["initialHandshakeTimeoutSeconds"].default)  # type: ignore[arg-type]
+HTTP_REQUEST_TIMEOUT_S = float(_LISTENER["requestTimeoutSeconds"].default)  # type: ignore[arg-type]
+LISTENER_MAX_CONNECTIONS = 128  # ceiling of the default cap (maxConnections: 0)
 APP_FD_SHARE = 4  # app connections together use at most 1/APP_FD_SHARE of the fd limit
 MIN_APP_BUDGET = 4
 REFUSAL_LOG_INTERVAL_S = 10.0
@@ -61,8 +67,11 @@ def app_budget(nofile: int | None = None) -> int:
     return max(MIN_APP_BUDGET, limit // APP_FD_SHARE)
 
 
-def listener_cap(budget: int) -> int:
-    """How many connections one listener may hold (the engine enforces it)."""
+def listener_cap(budget: int, configured: int = 0) -> int:
+    """How many connections one listener may hold (the engine enforces it):
+    its ``maxConnections`` when set, else the default cap."""
+    if configured > 0:
+        return configured
     return max(1, min(LISTENER_MAX_CONNECTIONS, budget // 2))
 
 
@@ -95,7 +104,8 @@ class LimitStats:
     """What the limits refused or closed, for ``/metrics``."""
 
     budget: int
-    cap: int
+    cap: int  # the default cap (maxConnections: 0)
+    caps: dict[str, int] = field(default_factory=dict)  # listener -> its cap
     refused: Counter[tuple[str, str]] = field(default_factory=Counter)  # (listener, reason)
     timeouts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (listener, phase)
     sasl: Counter[str] = field(default_factory=Counter)  # outcome
@@ -114,7 +124,7 @@ class LimitStats:
             labels=["listener"],
         )
         for name in listeners:
-            cap.add_metric([name], self.cap)
+            cap.add_metric([name], self.caps.get(name, self.cap))
         yield cap
         refused = CounterMetricFamily(
             "skiff_listener_connections_refused_total",
