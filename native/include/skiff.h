@@ -379,8 +379,9 @@ sk_tls_config *sk_tls_config_ref(sk_tls_config *c);
 const char *sk_tls_config_fingerprint(const sk_tls_config *c);
 
 /* Reads p->ca_file (until two reads agree; a FIFO once) and parses it, on a
- * thread of its own at SCHED_IDLE like sk_tls_load. p->unchanged_if is
- * compared with the bundle's fingerprint; the other files are not read. */
+ * thread of its own at SCHED_IDLE. p->unchanged_if is compared with the
+ * bundle's fingerprint; the other files are not read. (sk_tls_load runs at
+ * SCHED_IDLE too when it reads a CA file, else at nice 10: it is cheap.) */
 void sk_tls_store_load(const sk_tls_load_params *p, sk_tls_store_result *out);
 void sk_tls_store_result_clear(sk_tls_store_result *r);
 sk_tls_store *sk_tls_store_ref(sk_tls_store *s);

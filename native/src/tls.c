@@ -10,7 +10,9 @@
  *
  * A load can take seconds (a bundle of thousands of CAs): it runs on a thread
  * at SCHED_IDLE (or nice 19), so it never takes CPU from a worker or the
- * control loop. The priority is set in C, on a thread that never holds the
+ * control loop; a certificate and key load with a given trust store (the
+ * bundle not read, sk_tls_store_load parses it apart) is cheap and runs at
+ * nice 10, so it is not starved either. The priority is set in C, on a thread that never holds the
  * GIL: a loader preempted while holding the GIL made the control loop wait. */
 #include "internal.h"
 
@@ -475,29 +477,40 @@ static void hex(const unsigned char *h, char out[65])
         snprintf(out + 2 * i, 3, "%02x", h[i]);
 }
 
-/* Each load runs on a short-lived thread of its own at the lowest priority:
+/* Each load runs on a short-lived thread of its own at a low priority:
  * lowering the caller instead would need raising it back afterwards, which an
  * unprivileged process may not do (RLIMIT_NICE), leaving a Python thread
  * that later holds the GIL at SCHED_IDLE. A thread per load costs tens of
- * microseconds against loads of milliseconds to seconds. */
+ * microseconds against loads of milliseconds to seconds.
+ *
+ * A load that reads a CA bundle (sk_tls_store_load, or sk_tls_load without a
+ * given store) runs at SCHED_IDLE (nice 19 as fallback): a bundle of
+ * thousands of CAs is seconds of CPU. A certificate and key load with a
+ * given store (or no CA file) is a millisecond of CPU and runs at nice 10:
+ * at SCHED_IDLE on busy cores it waited up to 0.7 s for an idle moment, and
+ * new material must be on the wire within 200 ms of its write (issue 13). */
 typedef struct {
     void (*fn)(void *);
     void *arg;
+    bool idle;
 } load_job;
 
 static void *load_main(void *arg)
 {
     load_job *job = arg;
     struct sched_param idle = {.sched_priority = 0};
-    if (sched_setscheduler(0, SCHED_IDLE, &idle) != 0) /* 0: this thread */
-        (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
+    id_t tid = (id_t)syscall(SYS_gettid);
+    if (!job->idle)
+        (void)setpriority(PRIO_PROCESS, tid, 10);
+    else if (sched_setscheduler(0, SCHED_IDLE, &idle) != 0) /* 0: this thread */
+        (void)setpriority(PRIO_PROCESS, tid, 19);
     job->fn(job->arg);
     return NULL;
 }
 
-static void run_idle(void (*fn)(void *), void *arg)
+static void run_low(bool idle, void (*fn)(void *), void *arg)
 {
-    load_job job = {fn, arg};
+    load_job job = {fn, arg, idle};
     pthread_t th;
     if (pthread_create(&th, NULL, load_main, &job) != 0) {
         fn(arg); /* no thread to be had: load here, at our priority */
@@ -534,13 +547,13 @@ static void store_job_run(void *arg)
 void sk_tls_load(const sk_tls_load_params *p, sk_tls_load_result *r)
 {
     config_job j = {p, r};
-    run_idle(config_job_run, &j);
+    run_low(!p->ca_store && p->ca_file && *p->ca_file, config_job_run, &j);
 }
 
 void sk_tls_store_load(const sk_tls_load_params *p, sk_tls_store_result *r)
 {
     store_job j = {p, r};
-    run_idle(store_job_run, &j);
+    run_low(true, store_job_run, &j);
 }
 
 /* ------------------------------------------------------------ trust stores */
