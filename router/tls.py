@@ -464,7 +464,7 @@ class TlsManager:
         if result.ca_fingerprint:
             extra += f", CA bundle {result.ca_fingerprint[:16]}…"
             if st.ca_loading:
-                extra += " (a newer bundle is loading)"
+                extra += " (a bundle load is running)"
         _log.info(
             f"sslProfile '{name}': published version {version}, fingerprint "
             f"{result.fingerprint[:16]}…{extra}"
