@@ -189,6 +189,48 @@ class TlsConfig:
         self.free()
 
 
+class TlsStore:
+    """A parsed CA bundle (one reference to the C trust store): give it to
+    ``tls_load(store=...)`` to build a config without reading the CA file."""
+
+    def __init__(self, ptr: Any) -> None:
+        self._ptr: Any = ptr
+
+    @property
+    def fingerprint(self) -> str:
+        return _str(lib.sk_tls_store_fingerprint(self._ptr)) if self._ptr != ffi.NULL else ""
+
+    @property
+    def certs(self) -> int:
+        return int(lib.sk_tls_store_certs(self._ptr)) if self._ptr != ffi.NULL else 0
+
+    def free(self) -> None:
+        if self._ptr != ffi.NULL:
+            ptr, self._ptr = self._ptr, ffi.NULL
+            lib.sk_tls_store_free(ptr)
+
+    def __del__(self) -> None:
+        self.free()
+
+
+@dataclass(frozen=True, slots=True)
+class TlsStoreResult:
+    status: int  # lib.SK_TLS_OK / SK_TLS_UNCHANGED / SK_TLS_ERROR
+    error: str
+    fingerprint: str  # content hash of the bundle
+    reads: int
+    certs: int
+    store: TlsStore | None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.status == lib.SK_TLS_OK)
+
+    @property
+    def unchanged(self) -> bool:
+        return bool(self.status == lib.SK_TLS_UNCHANGED)
+
+
 @dataclass(frozen=True, slots=True)
 class TlsLoadResult:
     status: int  # lib.SK_TLS_OK / SK_TLS_UNCHANGED / SK_TLS_ERROR
@@ -203,6 +245,7 @@ class TlsLoadResult:
     not_after: int
     leaf_der: bytes
     config: TlsConfig | None
+    ca_fingerprint: str = ""  # the trust store's content hash ("" without one)
 
     @property
     def ok(self) -> bool:
@@ -220,9 +263,11 @@ def tls_load(
     unchanged_if: str | None = None,
     max_reads: int = 5,
     retry_delay_ms: int = 5,
+    store: TlsStore | None = None,
 ) -> TlsLoadResult:
     """Reads, hashes, verifies and builds a TLS config (blocking: call it on a
-    loader thread; cffi releases the GIL for the whole native call)."""
+    loader thread; cffi releases the GIL for the whole native call). With
+    ``store`` the config trusts that store and the CA file is not read."""
     p = ffi.new("sk_tls_load_params *")
     lib.sk_tls_load_params_init(p)
     keep = []
@@ -245,6 +290,10 @@ def tls_load(
     p.retry_delay_ms = retry_delay_ms
     p.previous = previous._ptr if previous is not None else ffi.NULL
     p.unchanged_if = cstr(unchanged_if)
+    if store is not None:
+        if store._ptr == ffi.NULL:
+            raise EngineError("TLS trust store already released")
+        p.ca_store = store._ptr
     r = ffi.new("sk_tls_load_result *")
     lib.sk_tls_load(p, r)
     try:
@@ -263,9 +312,44 @@ def tls_load(
             not_after=int(r.not_after),
             leaf_der=bytes(ffi.buffer(r.leaf_der, r.leaf_der_len)) if r.leaf_der_len else b"",
             config=config,
+            ca_fingerprint=_str(r.ca_fingerprint),
         )
     finally:
         lib.sk_tls_result_clear(r)
+
+
+def tls_load_store(
+    ca_file: str,
+    *,
+    unchanged_if: str | None = None,
+    max_reads: int = 5,
+    retry_delay_ms: int = 5,
+) -> TlsStoreResult:
+    """Reads and parses a CA bundle into a trust store (blocking, possibly for
+    seconds: call it on a loader thread; the GIL is released)."""
+    p = ffi.new("sk_tls_load_params *")
+    lib.sk_tls_load_params_init(p)
+    path = ffi.new("char[]", ca_file.encode())
+    same = ffi.new("char[]", unchanged_if.encode()) if unchanged_if is not None else ffi.NULL
+    p.ca_file = path
+    p.unchanged_if = same
+    p.max_reads = max_reads
+    p.retry_delay_ms = retry_delay_ms
+    r = ffi.new("sk_tls_store_result *")
+    lib.sk_tls_store_load(p, r)
+    try:
+        store = TlsStore(r.store) if r.store != ffi.NULL else None
+        r.store = ffi.NULL
+        return TlsStoreResult(
+            status=int(r.status),
+            error=_str(r.error),
+            fingerprint=_str(r.fingerprint),
+            reads=int(r.reads),
+            certs=int(r.certs),
+            store=store,
+        )
+    finally:
+        lib.sk_tls_store_result_clear(r)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,17 @@ keep the version they started with.
 Reloads are triggered by inotify on the files' directories (debounced), by a
 periodic content-hash check, and by management or configuration updates of
 the profile (raising ``ordinal`` forces one even when the files are the same).
+
+The CA bundle (``caCertFile``) is loaded on its own: a bundle of thousands of
+CAs takes seconds to parse, and new certificate and key material must not
+wait for it. A profile has two lanes, each with at most one load running and
+one queued (a newer trigger supersedes the queued one): the trust-store lane
+parses the bundle into a store (cached by the bundle's content hash: the same
+bytes are not parsed again), the material lane reads the certificate and key
+and builds the config with the last good store without reading the bundle.
+When a new store is ready the material lane runs again and publishes it with
+the current certificate and key. Until a profile's first store is loaded its
+material lane waits (a config never goes out without the trust it names).
 """
 
 from __future__ import annotations
@@ -28,7 +39,16 @@ from pathlib import Path
 from OpenSSL import crypto
 
 from router.configs import SslProfileConfig
-from router.engine import Engine, TlsConfig, TlsLoadResult, TlsMaterial, tls_load
+from router.engine import (
+    Engine,
+    TlsConfig,
+    TlsLoadResult,
+    TlsMaterial,
+    TlsStore,
+    TlsStoreResult,
+    tls_load,
+    tls_load_store,
+)
 from router.log import get_logger
 from router.registry import Entity, Registry
 from router.watch import DirectoryWatcher, InotifyUnavailable
@@ -89,6 +109,14 @@ class _LoadOutcome:
 
 
 @dataclass
+class _StoreOutcome:
+    result: TlsStoreResult | None
+    watch_dirs: set[str]
+    seconds: float
+    error: str | None = None
+
+
+@dataclass
 class ProfileState:
     entity: Entity
     slot: int
@@ -113,6 +141,18 @@ class ProfileState:
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     check_handle: asyncio.TimerHandle | None = None
     last_change: float = 0.0
+    # the trust-store lane: the last good store of caCertFile, its load state
+    store: TlsStore | None = None
+    store_fingerprint: str | None = None
+    ca_in_force: str | None = None  # the bundle fingerprint of the published config
+    ca_loading: bool = False
+    ca_dirty: bool = False
+    ca_error: str | None = None
+    ca_loads: int = 0
+
+    @property
+    def busy(self) -> bool:
+        return self.loading or self.dirty or self.ca_loading or self.ca_dirty
 
 
 Listener = Callable[[str], None]
@@ -133,6 +173,12 @@ class TlsManager:
         self._pool = ThreadPoolExecutor(
             max_workers=loader_threads,
             thread_name_prefix="tls-load",
+        )
+        # CA bundle parses (seconds each) have threads of their own, so they
+        # never take the threads certificate and key loads run on
+        self._ca_pool = ThreadPoolExecutor(
+            max_workers=max(1, loader_threads - 1),
+            thread_name_prefix="tls-load-ca",
         )
         self._profiles: dict[str, ProfileState] = {}
         self._published: list[Listener] = []
@@ -161,7 +207,7 @@ class TlsManager:
 
     def error(self, name: str) -> str | None:
         st = self._profiles.get(name)
-        return st.last_error if st else None
+        return (st.last_error or st.ca_error) if st else None
 
     def wait_reason(self, name: str) -> str | None:
         """Why a listener on this profile must stay down (its profile has
@@ -179,7 +225,7 @@ class TlsManager:
         names = [name] if name else list(self._profiles)
         for n in names:
             st = self._profiles.get(n)
-            while st is not None and (st.loading or st.dirty):
+            while st is not None and st.busy:
                 fut: asyncio.Future[None] = self._loop.create_future()
                 st.waiters.append(fut)
                 await fut
@@ -228,10 +274,14 @@ class TlsManager:
             "certSubject": st.cert_subject,
             "certNotAfter": st.cert_not_after,
             "loadedAt": st.loaded_at,
-            "lastError": st.last_error,
+            "lastError": st.last_error or st.ca_error,
             "reloads": st.reloads,
             "reloadFailures": st.reload_failures,
             "datesRefused": st.dates_refused,
+            # not (yet) sslProfile attributes of the schema: the registry
+            # drops them from reads; TlsManager.status() callers see them
+            "caFingerprint": st.ca_in_force,
+            "caLoading": st.ca_loading or st.ca_dirty,
         }
 
     @staticmethod
@@ -250,22 +300,32 @@ class TlsManager:
     # ------------------------------------------------------------ loading
 
     def reload(self, name: str, force: bool = False) -> None:
-        """Schedules a load; a load already running for the profile is followed
-        by one more (never two at once for one profile)."""
+        """Schedules a load of each lane; a load already running in a lane is
+        followed by one more (never two at once per lane of a profile)."""
         st = self._profiles.get(name)
         if st is None or self._closed:
             return
+        if st.entity.config_as(SslProfileConfig).ca_cert_file:
+            self._reload_store(name, st)
+        else:
+            st.store, st.store_fingerprint, st.ca_error = None, None, None
+        self._reload_material(name, st, force)
+
+    def _reload_material(self, name: str, st: ProfileState, force: bool) -> None:
         if st.loading:
             st.dirty = True
             st.force = st.force or force
             return
-        st.loading = True
         cfg = st.entity.config_as(SslProfileConfig)
         if cfg.ordinal != st.published_ordinal:
             force = True
+        store = st.store if cfg.ca_cert_file else None
+        if cfg.ca_cert_file and store is None:
+            return  # the first store is loading (or failed): its lane starts this
+        st.loading = True
         material = _material(cfg)
         unchanged_if = None if force else st.fingerprint
-        previous = st.current
+        previous = st.current if store is None else None
         fut = self._loop.run_in_executor(
             self._pool,
             _load_blocking,
@@ -273,6 +333,7 @@ class TlsManager:
             cfg.password,
             previous,
             unchanged_if,
+            store,
         )
         fut.add_done_callback(lambda f: self._loaded(name, st, f))
 
@@ -290,7 +351,68 @@ class TlsManager:
         if st.dirty and not self._closed:
             st.dirty = False
             force, st.force = st.force, False
-            self.reload(name, force=force)
+            self._reload_material(name, st, force)
+        self._wake(st)
+
+    def _reload_store(self, name: str, st: ProfileState) -> None:
+        if st.ca_loading:
+            st.ca_dirty = True  # one more after the running one: the newest bytes
+            return
+        cfg = st.entity.config_as(SslProfileConfig)
+        st.ca_loading = True
+        fut = self._loop.run_in_executor(
+            self._ca_pool,
+            _load_store_blocking,
+            _material(cfg),
+            st.store_fingerprint,
+        )
+        fut.add_done_callback(lambda f: self._store_loaded(name, st, cfg.ca_cert_file, f))
+
+    def _store_loaded(
+        self, name: str, st: ProfileState, path: str | None, fut: asyncio.Future[_StoreOutcome]
+    ) -> None:
+        st.ca_loading = False
+        st.ca_loads += 1
+        try:
+            outcome = fut.result()
+        except Exception as e:  # noqa: BLE001 - a loader bug must not kill the profile
+            outcome = _StoreOutcome(None, set(), 0.0, f"loader failed: {e!r}")
+        live = self._profiles.get(name) is st and not self._closed
+        if live and path == st.entity.config_as(SslProfileConfig).ca_cert_file:
+            self._apply_store(name, st, outcome)
+        if st.ca_dirty and not self._closed:
+            st.ca_dirty = False
+            self._reload_store(name, st)
+        self._wake(st)
+
+    def _apply_store(self, name: str, st: ProfileState, outcome: _StoreOutcome) -> None:
+        if outcome.watch_dirs:
+            self._set_watches(st, outcome.watch_dirs)
+        result = outcome.result
+        if result is None or not (result.ok or result.unchanged):
+            st.reload_failures += 1
+            st.ca_error = outcome.error or (result.error if result else "unknown error")
+            kept = (
+                f"trust store {st.store_fingerprint[:16]}… stays"
+                if st.store_fingerprint
+                else "nothing is published yet"
+            )
+            _log.error(f"sslProfile '{name}': CA bundle load failed, {kept}: {st.ca_error}")
+            return
+        st.ca_error = None
+        if result.unchanged:
+            return
+        assert result.store is not None
+        st.store, st.store_fingerprint = result.store, result.fingerprint
+        _log.info(
+            f"sslProfile '{name}': trust store {result.fingerprint[:16]}… loaded "
+            f"({result.certs} CAs, {outcome.seconds:.2f} s); publishing it with the current "
+            "certificate and key"
+        )
+        self._reload_material(name, st, False)  # a new store: a new fingerprint
+
+    def _wake(self, st: ProfileState) -> None:
+        if st.busy and not self._closed:
             return
         for w in st.waiters:
             if not w.done():
@@ -336,8 +458,13 @@ class TlsManager:
         st.last_error = None
         st.warnings = result.warnings
         st.published_ordinal = st.entity.config_as(SslProfileConfig).ordinal
+        st.ca_in_force = result.ca_fingerprint or None
         st.reloads += 1
-        extra = f" (CA store reused, {result.reads} reads)" if result.ca_reused else ""
+        extra = f" ({result.reads} reads)"
+        if result.ca_fingerprint:
+            extra += f", CA bundle {result.ca_fingerprint[:16]}…"
+            if st.ca_loading:
+                extra += " (a bundle load is running)"
         _log.info(
             f"sslProfile '{name}': published version {version}, fingerprint "
             f"{result.fingerprint[:16]}…{extra}"
@@ -395,6 +522,7 @@ class TlsManager:
         if self._watcher is not None:
             self._watcher.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._ca_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _material(cfg: SslProfileConfig) -> TlsMaterial:
@@ -429,11 +557,25 @@ def _date_problem(result: TlsLoadResult) -> str | None:
     return None
 
 
+def _load_store_blocking(material: TlsMaterial, unchanged_if: str | None) -> _StoreOutcome:
+    """Runs on a CA loader thread: reads and parses the bundle (seconds for
+    thousands of CAs; a FIFO blocks until written)."""
+    started = time.monotonic()
+    dirs = _watch_dirs(material)
+    assert material.ca_file
+    result = tls_load_store(material.ca_file, unchanged_if=unchanged_if)
+    elapsed = time.monotonic() - started
+    if elapsed > 0.5:
+        _log.info(f"loading {material.ca_file} took {elapsed:.2f} s")
+    return _StoreOutcome(result, dirs, elapsed)
+
+
 def _load_blocking(
     material: TlsMaterial,
     password_spec: str | None,
     previous: TlsConfig | None,
     unchanged_if: str | None,
+    store: TlsStore | None = None,
 ) -> _LoadOutcome:
     """Runs on a loader thread: may block on files (that is its job)."""
     started = time.monotonic()
@@ -451,7 +593,7 @@ def _load_blocking(
         material.protocols,
         material.ordinal,
     )
-    result = tls_load(full, previous=previous, unchanged_if=unchanged_if)
+    result = tls_load(full, previous=previous, unchanged_if=unchanged_if, store=store)
     display = _Display(None, None)
     if result.ok and result.leaf_der:
         try:

@@ -336,6 +336,13 @@ int sk_app_close(sk_engine *e, uint64_t conn_id, int abort);
 #define SK_TLS_UNCHANGED 1
 #define SK_TLS_ERROR -1
 
+/* A parsed CA bundle (trust store): immutable and refcounted, identified by
+ * the content hash of the bundle's bytes. Parsing a bundle of thousands of
+ * CAs takes seconds, so it is loaded on its own (sk_tls_store_load) and a
+ * certificate and key are loaded with the last good store (ca_store below):
+ * new material never waits for a bundle. */
+typedef struct sk_tls_store sk_tls_store;
+
 typedef struct sk_tls_load_params {
     const char *cert_file;    /* PEM: certificate, then intermediates; NULL = none */
     const char *key_file;     /* PEM private key; NULL = none */
@@ -348,6 +355,7 @@ typedef struct sk_tls_load_params {
     int retry_delay_ms;       /* between such reads (5) */
     const sk_tls_config *previous; /* reuse its trust store when the CA bytes match */
     const char *unchanged_if; /* a fingerprint: SK_TLS_UNCHANGED when equal */
+    const sk_tls_store *ca_store; /* sk_tls_load: this trust store, ca_file not read */
 } sk_tls_load_params;
 
 typedef struct sk_tls_load_result {
@@ -364,7 +372,17 @@ typedef struct sk_tls_load_result {
     sk_tls_config *config;    /* SK_TLS_OK: the caller's until published */
     unsigned char *leaf_der;  /* the certificate, DER (for display) */
     size_t leaf_der_len;
+    char ca_fingerprint[65];  /* the trust store's content hash, hex; "" = none */
 } sk_tls_load_result;
+
+typedef struct sk_tls_store_result {
+    int status;               /* SK_TLS_OK, SK_TLS_UNCHANGED or SK_TLS_ERROR */
+    char error[512];
+    char fingerprint[65];     /* content hash of the bundle, hex */
+    int reads;
+    int certs;                /* certificates in the bundle */
+    sk_tls_store *store;      /* SK_TLS_OK: one reference, the caller's */
+} sk_tls_store_result;
 
 void sk_tls_load_params_init(sk_tls_load_params *p);
 void sk_tls_load(const sk_tls_load_params *p, sk_tls_load_result *out);
@@ -375,6 +393,17 @@ void sk_tls_config_free(sk_tls_config *c);
 sk_tls_config *sk_tls_config_ref(sk_tls_config *c);
 /* Trust store reuse and status: the config's fingerprint (hex). */
 const char *sk_tls_config_fingerprint(const sk_tls_config *c);
+
+/* Reads p->ca_file (until two reads agree; a FIFO once) and parses it, on a
+ * thread of its own at SCHED_IDLE. p->unchanged_if is compared with the
+ * bundle's fingerprint; the other files are not read. (sk_tls_load runs at
+ * SCHED_IDLE too when it reads a CA file, else at nice 10: it is cheap.) */
+void sk_tls_store_load(const sk_tls_load_params *p, sk_tls_store_result *out);
+void sk_tls_store_result_clear(sk_tls_store_result *r);
+sk_tls_store *sk_tls_store_ref(sk_tls_store *s);
+void sk_tls_store_free(sk_tls_store *s);
+const char *sk_tls_store_fingerprint(const sk_tls_store *s);
+int sk_tls_store_certs(const sk_tls_store *s);
 
 /* A publication slot for one sslProfile: returns its index or -1. */
 int sk_tls_slot_create(sk_engine *e);

@@ -10,7 +10,9 @@
  *
  * A load can take seconds (a bundle of thousands of CAs): it runs on a thread
  * at SCHED_IDLE (or nice 19), so it never takes CPU from a worker or the
- * control loop. The priority is set in C, on a thread that never holds the
+ * control loop; a certificate and key load with a given trust store (the
+ * bundle not read, sk_tls_store_load parses it apart) is cheap and runs at
+ * nice 10, so it is not starved either. The priority is set in C, on a thread that never holds the
  * GIL: a loader preempted while holding the GIL made the control loop wait. */
 #include "internal.h"
 
@@ -198,12 +200,25 @@ static int read_file(const char *path, const char *what, blob *out, char *err, s
 
 enum { F_CERT, F_KEY, F_CA, F_N };
 static const char *const FILE_WHAT[F_N] = {"certFile", "privateKeyFile", "caCertFile"};
+#define READ_ALL ((1u << F_CERT) | (1u << F_KEY) | (1u << F_CA))
+#define READ_CERT_KEY ((1u << F_CERT) | (1u << F_KEY))
+#define READ_CA (1u << F_CA)
 
 typedef struct material {
     blob f[F_N];
-    unsigned char hash[32];
-    unsigned char ca_hash[32];
+    unsigned char hash[32];    /* the config's fingerprint: every file and setting */
+    unsigned char ca_hash[32]; /* the CA bundle's content hash (a store's identity) */
+    bool has_ca;
 } material;
+
+/* A parsed CA bundle: immutable, shared by every config built with it. */
+struct sk_tls_store {
+    _Atomic int refs;
+    X509_STORE *x509;
+    unsigned char hash[32];
+    char fingerprint[65];
+    int certs;
+};
 
 static void material_free(material *m)
 {
@@ -229,14 +244,17 @@ static void hash_str(EVP_MD_CTX *md, const char *tag, const char *s)
         EVP_DigestUpdate(md, "", 1);
 }
 
-/* One read of the whole set. */
-static int read_set(const sk_tls_load_params *p, material *m, char *err, size_t errlen)
+/* One read of the files in mask. The fingerprint covers the CA bundle through
+ * its content hash, so a config built with a given store (the CA file not
+ * read) has the fingerprint a full load of the same bytes has. */
+static int read_set(const sk_tls_load_params *p, unsigned mask, const sk_tls_store *given,
+                    material *m, char *err, size_t errlen)
 {
     const char *paths[F_N] = {p->cert_file, p->key_file, p->ca_file};
     char target[4096];
     memset(m, 0, sizeof *m);
     for (int i = 0; i < F_N; i++) {
-        if (!paths[i] || !*paths[i])
+        if (!(mask & (1u << i)) || !paths[i] || !*paths[i])
             continue;
         /* resolved per file but from one reading of each directory's link */
         bool linked = data_link(paths[i], target, sizeof target);
@@ -249,13 +267,23 @@ static int read_set(const sk_tls_load_params *p, material *m, char *err, size_t 
     }
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     unsigned int n = 0;
-    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
-    hash_blob(md, "ca", &m->f[F_CA]);
-    EVP_DigestFinal_ex(md, m->ca_hash, &n);
+    if (given) {
+        memcpy(m->ca_hash, given->hash, 32);
+        m->has_ca = true;
+    } else if (m->f[F_CA].data) {
+        EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+        hash_blob(md, "ca", &m->f[F_CA]);
+        EVP_DigestFinal_ex(md, m->ca_hash, &n);
+        m->has_ca = true;
+    }
+    unsigned char has_ca = m->has_ca;
     EVP_DigestInit_ex(md, EVP_sha256(), NULL);
     hash_blob(md, "cert", &m->f[F_CERT]);
     hash_blob(md, "key", &m->f[F_KEY]);
-    hash_blob(md, "ca", &m->f[F_CA]);
+    EVP_DigestUpdate(md, "ca", 3);
+    EVP_DigestUpdate(md, &has_ca, 1);
+    if (has_ca)
+        EVP_DigestUpdate(md, m->ca_hash, 32);
     hash_str(md, "password", p->password);
     hash_str(md, "ciphers", p->ciphers);
     hash_str(md, "protocols", p->protocols);
@@ -263,6 +291,40 @@ static int read_set(const sk_tls_load_params *p, material *m, char *err, size_t 
     EVP_DigestFinal_ex(md, m->hash, &n);
     EVP_MD_CTX_free(md);
     return 0;
+}
+
+/* Reads the files in mask until two consecutive reads agree (a FIFO: once).
+ * On success m holds the set; *reads counts the reads made. */
+static int read_stable(const sk_tls_load_params *p, unsigned mask, const sk_tls_store *given,
+                       material *m, int *reads, char *err, size_t errlen)
+{
+    material prev;
+    bool have_prev = false;
+    int max_reads = p->max_reads > 1 ? p->max_reads : 2;
+    for (*reads = 1; *reads <= max_reads; (*reads)++) {
+        if (read_set(p, mask, given, m, err, errlen) != 0) {
+            if (have_prev)
+                material_free(&prev);
+            return -1;
+        }
+        bool fifo = m->f[F_CERT].fifo || m->f[F_KEY].fifo || m->f[F_CA].fifo;
+        bool same = have_prev && !memcmp(prev.hash, m->hash, 32) &&
+                    prev.has_ca == m->has_ca && !memcmp(prev.ca_hash, m->ca_hash, 32);
+        if (have_prev)
+            material_free(&prev);
+        if (fifo || same)
+            return 0; /* a FIFO cannot be re-read: one read is the set */
+        prev = *m;
+        have_prev = true;
+        if (p->retry_delay_ms > 0 && *reads > 1) {
+            struct timespec ts = {0, (long)p->retry_delay_ms * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    *reads = max_reads;
+    material_free(&prev);
+    sk_set_err(err, errlen, "files kept changing over %d reads; will retry", max_reads);
+    return -1;
 }
 
 static int password_cb(char *buf, int size, int rwflag, void *u)
@@ -374,7 +436,8 @@ static SSL_CTX *make_ctx(const SSL_METHOD *method, const sk_tls_load_params *p, 
     return ctx;
 }
 
-static X509_STORE *parse_store(const blob *b, const char *path, char *err, size_t errlen)
+static X509_STORE *parse_store(const blob *b, const char *path, int *certs, char *err,
+                               size_t errlen)
 {
     BIO *bio = BIO_new_mem_buf(b->data, (int)b->len);
     X509_STORE *store = X509_STORE_new();
@@ -387,6 +450,8 @@ static X509_STORE *parse_store(const blob *b, const char *path, char *err, size_
     }
     ERR_clear_error();
     BIO_free(bio);
+    if (certs)
+        *certs = n;
     if (n == 0) {
         sk_set_err(err, errlen, "caCertFile %s: no PEM certificate found", path);
         X509_STORE_free(store);
@@ -412,38 +477,157 @@ static void hex(const unsigned char *h, char out[65])
         snprintf(out + 2 * i, 3, "%02x", h[i]);
 }
 
-/* Each load runs on a short-lived thread of its own at the lowest priority:
+/* Each load runs on a short-lived thread of its own at a low priority:
  * lowering the caller instead would need raising it back afterwards, which an
  * unprivileged process may not do (RLIMIT_NICE), leaving a Python thread
  * that later holds the GIL at SCHED_IDLE. A thread per load costs tens of
- * microseconds against loads of milliseconds to seconds. */
+ * microseconds against loads of milliseconds to seconds.
+ *
+ * A load that reads a CA bundle (sk_tls_store_load, or sk_tls_load without a
+ * given store) runs at SCHED_IDLE (nice 19 as fallback): a bundle of
+ * thousands of CAs is seconds of CPU. A certificate and key load with a
+ * given store (or no CA file) is a millisecond of CPU and runs at nice 10:
+ * at SCHED_IDLE on busy cores it waited up to 0.7 s for an idle moment, and
+ * new material must be on the wire within 200 ms of its write (issue 13). */
 typedef struct {
-    const sk_tls_load_params *p;
-    sk_tls_load_result *r;
+    void (*fn)(void *);
+    void *arg;
+    bool idle;
 } load_job;
-
-static void tls_load(const sk_tls_load_params *p, sk_tls_load_result *r);
 
 static void *load_main(void *arg)
 {
     load_job *job = arg;
     struct sched_param idle = {.sched_priority = 0};
-    if (sched_setscheduler(0, SCHED_IDLE, &idle) != 0) /* 0: this thread */
-        (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
-    tls_load(job->p, job->r);
+    id_t tid = (id_t)syscall(SYS_gettid);
+    if (!job->idle)
+        (void)setpriority(PRIO_PROCESS, tid, 10);
+    else if (sched_setscheduler(0, SCHED_IDLE, &idle) != 0) /* 0: this thread */
+        (void)setpriority(PRIO_PROCESS, tid, 19);
+    job->fn(job->arg);
     return NULL;
 }
 
-void sk_tls_load(const sk_tls_load_params *p, sk_tls_load_result *r)
+static void run_low(bool idle, void (*fn)(void *), void *arg)
 {
-    load_job job = {p, r};
+    load_job job = {fn, arg, idle};
     pthread_t th;
     if (pthread_create(&th, NULL, load_main, &job) != 0) {
-        tls_load(p, r); /* no thread to be had: load here, at our priority */
+        fn(arg); /* no thread to be had: load here, at our priority */
         return;
     }
     pthread_join(th, NULL);
 }
+
+typedef struct {
+    const sk_tls_load_params *p;
+    sk_tls_load_result *r;
+} config_job;
+
+typedef struct {
+    const sk_tls_load_params *p;
+    sk_tls_store_result *r;
+} store_job;
+
+static void tls_load(const sk_tls_load_params *p, sk_tls_load_result *r);
+static void store_load(const sk_tls_load_params *p, sk_tls_store_result *r);
+
+static void config_job_run(void *arg)
+{
+    config_job *j = arg;
+    tls_load(j->p, j->r);
+}
+
+static void store_job_run(void *arg)
+{
+    store_job *j = arg;
+    store_load(j->p, j->r);
+}
+
+void sk_tls_load(const sk_tls_load_params *p, sk_tls_load_result *r)
+{
+    config_job j = {p, r};
+    run_low(!p->ca_store && p->ca_file && *p->ca_file, config_job_run, &j);
+}
+
+void sk_tls_store_load(const sk_tls_load_params *p, sk_tls_store_result *r)
+{
+    store_job j = {p, r};
+    run_low(true, store_job_run, &j);
+}
+
+/* ------------------------------------------------------------ trust stores */
+
+sk_tls_store *sk_tls_store_ref(sk_tls_store *s)
+{
+    if (s)
+        atomic_fetch_add(&s->refs, 1);
+    return s;
+}
+
+void sk_tls_store_free(sk_tls_store *s)
+{
+    if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
+        X509_STORE_free(s->x509);
+        free(s);
+    }
+}
+
+const char *sk_tls_store_fingerprint(const sk_tls_store *s)
+{
+    return s->fingerprint;
+}
+
+int sk_tls_store_certs(const sk_tls_store *s)
+{
+    return s->certs;
+}
+
+void sk_tls_store_result_clear(sk_tls_store_result *r)
+{
+    sk_tls_store_free(r->store);
+    r->store = NULL;
+}
+
+static void store_load(const sk_tls_load_params *p, sk_tls_store_result *r)
+{
+    memset(r, 0, sizeof *r);
+    r->status = SK_TLS_ERROR;
+    if (!p->ca_file || !*p->ca_file) {
+        sk_set_err(r->error, sizeof r->error, "caCertFile: not given");
+        return;
+    }
+    material m;
+    if (read_stable(p, READ_CA, NULL, &m, &r->reads, r->error, sizeof r->error) != 0)
+        return;
+    hex(m.ca_hash, r->fingerprint);
+    if (p->unchanged_if && !strcmp(p->unchanged_if, r->fingerprint)) {
+        r->status = SK_TLS_UNCHANGED;
+        material_free(&m);
+        return;
+    }
+    int certs = 0;
+    X509_STORE *x = parse_store(&m.f[F_CA], p->ca_file, &certs, r->error, sizeof r->error);
+    material_free(&m);
+    if (!x)
+        return;
+    sk_tls_store *s = calloc(1, sizeof *s);
+    if (!s) {
+        X509_STORE_free(x);
+        sk_set_err(r->error, sizeof r->error, "out of memory");
+        return;
+    }
+    atomic_init(&s->refs, 1);
+    s->x509 = x;
+    s->certs = certs;
+    memcpy(s->hash, m.ca_hash, 32);
+    memcpy(s->fingerprint, r->fingerprint, sizeof s->fingerprint);
+    r->certs = certs;
+    r->store = s;
+    r->status = SK_TLS_OK;
+}
+
+/* ------------------------------------------------------------ configs */
 
 static void tls_load(const sk_tls_load_params *p, sk_tls_load_result *r)
 {
@@ -456,39 +640,15 @@ static void tls_load(const sk_tls_load_params *p, sk_tls_load_result *r)
         return;
     }
 
-    /* read the set until two consecutive reads agree */
-    material m, prev;
-    bool have_prev = false;
-    int max_reads = p->max_reads > 1 ? p->max_reads : 2;
-    bool stable = false;
-    for (r->reads = 1; r->reads <= max_reads; r->reads++) {
-        if (read_set(p, &m, err, errlen) != 0) {
-            if (have_prev)
-                material_free(&prev);
-            return;
-        }
-        bool fifo = m.f[F_CERT].fifo || m.f[F_KEY].fifo || m.f[F_CA].fifo;
-        if (fifo || (have_prev && !memcmp(prev.hash, m.hash, 32))) {
-            stable = true; /* a FIFO cannot be re-read: one read is the set */
-            if (have_prev)
-                material_free(&prev);
-            break;
-        }
-        if (have_prev)
-            material_free(&prev);
-        prev = m;
-        have_prev = true;
-        if (p->retry_delay_ms > 0 && r->reads > 1) {
-            struct timespec ts = {0, (long)p->retry_delay_ms * 1000000L};
-            nanosleep(&ts, NULL);
-        }
-    }
-    if (!stable) {
-        material_free(&prev);
-        sk_set_err(err, errlen, "files kept changing over %d reads; will retry", max_reads);
+    /* read the set until two consecutive reads agree; with a given trust
+     * store the CA file is not read at all (it may be slow to come) */
+    const sk_tls_store *given = p->ca_store;
+    material m;
+    if (read_stable(p, given ? READ_CERT_KEY : READ_ALL, given, &m, &r->reads, err, errlen) != 0)
         return;
-    }
     hex(m.hash, r->fingerprint);
+    if (m.has_ca)
+        hex(m.ca_hash, r->ca_fingerprint);
     if (p->unchanged_if && !strcmp(p->unchanged_if, r->fingerprint)) {
         material_free(&m);
         r->status = SK_TLS_UNCHANGED;
@@ -552,15 +712,21 @@ static void tls_load(const sk_tls_load_params *p, sk_tls_load_result *r)
         r->leaf_der_len = len > 0 ? (size_t)len : 0;
     }
 
-    if (m.f[F_CA].data) {
+    if (given) {
+        store = given->x509; /* the caller's (last good) store */
+        X509_STORE_up_ref(store);
+        r->ca_reused = 1;
+    } else if (m.f[F_CA].data) {
         const sk_tls_config *old = p->previous;
         if (old && old->store && old->has_ca && !memcmp(old->ca_hash, m.ca_hash, 32)) {
             store = old->store; /* unchanged bundle: skip parsing it again */
             X509_STORE_up_ref(store);
             r->ca_reused = 1;
-        } else if (!(store = parse_store(&m.f[F_CA], p->ca_file, err, errlen))) {
+        } else if (!(store = parse_store(&m.f[F_CA], p->ca_file, NULL, err, errlen))) {
             goto out;
         }
+    }
+    if (store) {
         if (leaf) {
             X509_STORE_CTX *vctx = X509_STORE_CTX_new();
             if (vctx && X509_STORE_CTX_init(vctx, store, leaf, chain) == 1 &&
