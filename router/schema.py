@@ -551,6 +551,18 @@ _SSL_PROFILE = EntityTypeSpec(
         AttributeSpec("certNotAfter", status=True, description="Expiry of the certificate."),
         AttributeSpec("loadedAt", status=True, description="When the current version was loaded."),
         AttributeSpec("lastError", status=True, description="Last load failure, if any."),
+        AttributeSpec(
+            "caFingerprint",
+            status=True,
+            description="Skiff: SHA-256 of the caCertFile bundle whose trust store is in force.",
+        ),
+        AttributeSpec(
+            "caLoading",
+            AttrType.BOOLEAN,
+            status=True,
+            description="Skiff: a changed caCertFile is still being parsed (certificate and key "
+            "rotations publish meanwhile with the last good trust store).",
+        ),
         _counter("reloads", "Successful reloads."),
         _counter("reloadFailures", "Failed reloads."),
         _counter(

@@ -218,3 +218,33 @@ def test_first_load_waits_for_the_store(pki: tuple[CertAuthority, Path]) -> None
     finally:
         _release_fifo(d / "ca.pem", bundle)
         srv.close()
+
+
+def test_the_trust_store_in_force_is_shown_by_read(tmp_path: Path) -> None:
+    ca = CertAuthority()
+    issued = ca.issue("shown")
+    write(tmp_path / "cert.pem", issued.cert_pem)
+    write(tmp_path / "key.pem", issued.key_pem)
+    write(tmp_path / "ca.pem", ca.pem)
+
+    async def body(r: Router) -> None:
+        r.profile(
+            "p",
+            certFile=str(tmp_path / "cert.pem"),
+            privateKeyFile=str(tmp_path / "key.pem"),
+            caCertFile=str(tmp_path / "ca.pem"),
+        )
+        await r.settle()
+        status = r.status("p")
+        first = str(status["caFingerprint"])
+        assert len(first) == 64 and int(first, 16) >= 0
+        assert status["caLoading"] is False
+        write(tmp_path / "ca.pem", ca.pem + CertAuthority().pem)  # a second CA
+        r.tls.reload("p", force=True)
+        await wait_until(
+            lambda: r.status("p")["caFingerprint"] not in (first, None)
+            and r.status("p")["caLoading"] is False,
+            what="the new bundle in force",
+        )
+
+    run(body)
