@@ -308,10 +308,18 @@ async def _run(
 
     bundle_loads: list[float] = []
 
+    store_seen: list[str | None] = [None]
+
     def on_published(name: str) -> None:
         st = tls.profiles()[name]
         if name == PROFILE:
             published.append((time.monotonic(), st.cert_subject, st.version))
+            if st.ca_in_force != store_seen[0]:
+                # a new trust store went out (certificates publish on the old
+                # one while a changed bundle parses)
+                if store_seen[0] is not None:
+                    bundle_loads.append(time.monotonic())
+                store_seen[0] = st.ca_in_force
         else:
             bundle_loads.append(time.monotonic())
 
@@ -388,12 +396,8 @@ async def _run(
     total = probe.engine.lateness(PRIO_HIGH).minus(lat_before)
     bundle_ms = []
     for rot in loader.rotations:
-        if rot.slow and cfg.bundle_same_profile:
-            # the profile's next publication after the bundle write carries it
-            after = [t for t, _, _ in published if t >= rot.t_write]
-            if after:
-                bundle_ms.append((after[0] - rot.t_write) * 1e3)
-        elif rot.slow:
+        if rot.slow:
+            # the first trust store published after the bundle write
             after = [t for t in bundle_loads if t >= rot.t_write]
             if after:
                 bundle_ms.append((after[0] - rot.t_write) * 1e3)
