@@ -342,8 +342,11 @@ def test_balancing_fewest_open_connections(engine: Engine) -> None:
     listener = engine.listen("127.0.0.1", 0)
     conns = [socket.create_connection(("127.0.0.1", listener.port)) for _ in range(30)]
     tags = [recv_exact(c, 1) for c in conns]
-    # held open at once, so fewest-open spreads them exactly evenly
-    assert sorted(tags.count(t) for t in (b"A", b"B", b"C")) == [10, 10, 10]
+    # held open at once, so fewest-open spreads them evenly; two workers
+    # choosing at the same instant may both see the same counts, so one
+    # target can be one ahead and another one behind
+    counts = sorted(tags.count(t) for t in (b"A", b"B", b"C"))
+    assert sum(counts) == 30 and counts[2] - counts[0] <= 2, counts
     for c in conns:
         c.close()
     for s in servers:
