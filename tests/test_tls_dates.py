@@ -38,7 +38,9 @@ def test_an_expired_rotation_is_refused_and_the_last_good_stays(
         await r.settle()
         status = r.status("p")
         assert status["version"] == 1
-        assert status["datesRefused"] == 1 and status["reloadFailures"] == 1
+        # the file watch may load the new files once more: each is refused
+        assert status["datesRefused"] >= 1
+        assert status["reloadFailures"] >= status["datesRefused"]  # a half-written pair too
         assert "has expired" in str(status["lastError"])
         ctx = client_context(tmp_path / "ca.pem")
         seen, echoed = await r.loop.run_in_executor(None, fetch, r.port("svc"), ctx)
