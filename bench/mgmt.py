@@ -34,6 +34,7 @@ from proton import Connection, Endpoint, Transport
 from bench.client import ClientPool
 from bench.echo import EchoServer
 from bench.host import raise_nofile_limit
+from bench.proxies import free_port, wait_listening
 from bench.storm import START_DELAY_S, StormConfig, round_specs
 from router.tools.client import ManagementClient
 
@@ -116,12 +117,6 @@ class HeartbeatWatcher(threading.Thread):
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _skiffd_config(cfg: MgmtConfig, mgmt: int, service: int, echo_port: int) -> str:
     return (
         f"router {{\n    id: bench\n    workerThreads: {cfg.workers}\n}}\n"
@@ -131,18 +126,6 @@ def _skiffd_config(cfg: MgmtConfig, mgmt: int, service: int, echo_port: int) -> 
         f"tcpConnector {{\n    host: 127.0.0.1\n    port: {echo_port}\n    address: echo\n}}\n"
         "log {\n    module: DEFAULT\n    enable: warning+\n}\n"
     )
-
-
-def _wait_listening(port: int, router: subprocess.Popen[bytes]) -> bool:
-    deadline = time.monotonic() + STARTUP_S
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            if time.monotonic() > deadline or router.poll() is not None:
-                return False
-            time.sleep(0.1)
 
 
 def _queries(client: ManagementClient, seconds: float) -> list[float]:
@@ -169,7 +152,7 @@ def run_mgmt(cfg: MgmtConfig) -> int:
     connection was lost or skiffd did not start."""
     raise_nofile_limit()
     storm = StormConfig(clients=cfg.clients, duration_s=cfg.seconds + 1, procs=1)
-    mgmt, service = _free_port(), _free_port()
+    mgmt, service = free_port(), free_port()
     tmp = Path(tempfile.mkdtemp(prefix="skiff-mgmt-bench-"))
     with EchoServer.start(1) as echo, ClientPool(storm.procs) as pool:
         conf = tmp / "bench.conf"
@@ -182,8 +165,10 @@ def run_mgmt(cfg: MgmtConfig) -> int:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         try:
-            if not _wait_listening(mgmt, router):
-                print(f"skiffd did not start; see {tmp / 'skiffd.log'}", file=sys.stderr)
+            try:
+                wait_listening([mgmt], router, STARTUP_S)
+            except RuntimeError as e:
+                print(f"skiffd did not start ({e}); see {tmp / 'skiffd.log'}", file=sys.stderr)
                 return 1
             watcher = HeartbeatWatcher(mgmt, cfg.heartbeat)
             watcher.start()

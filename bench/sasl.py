@@ -39,6 +39,7 @@ import uvloop
 from proton import Data, symbol
 
 from bench.host import raise_nofile_limit
+from bench.proxies import free_port, read_rss_kib
 from router.management.sasl import SASL_HEADER, SASL_INIT, SCRYPT_N, encode_frame, hash_password
 
 USER = "alice"
@@ -64,21 +65,6 @@ class Phase:
     latencies: list[float] = field(default_factory=list)
     legit_failed: Counter[str] = field(default_factory=Counter)
     attacks: Counter[str] = field(default_factory=Counter)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> bytes:
@@ -210,7 +196,7 @@ def _summary(name: str, phase: Phase) -> str:
 def run_sasl(cfg: SaslBenchConfig) -> int:
     """Runs the baseline and the attack; 1 if a legitimate login failed."""
     raise_nofile_limit()
-    port = _free_port()
+    port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix="skiff-sasl-bench-"))
     users = tmp / "users"
     users.write_text(f"{USER}:write:{hash_password(PASSWORD)}\n")
@@ -235,9 +221,9 @@ def run_sasl(cfg: SaslBenchConfig) -> int:
                 print(f"skiffd did not start; see {tmp / 'skiffd.log'}", file=sys.stderr)
                 return 1
             time.sleep(0.1)
-        rss_start = _rss_kib(router.pid)
+        rss_start = read_rss_kib(router.pid)
         baseline = uvloop.run(_phase(port, cfg))
-        rss_base = _rss_kib(router.pid)
+        rss_base = read_rss_kib(router.pid)
         ctx = multiprocessing.get_context("spawn")
         results = ctx.Queue()
         attackers = ctx.Process(
@@ -248,7 +234,7 @@ def run_sasl(cfg: SaslBenchConfig) -> int:
         attacked = uvloop.run(_phase(port, cfg))
         attacked.attacks.update(results.get(timeout=cfg.seconds + 60))
         attackers.join(30)
-        rss_attack = _rss_kib(router.pid)
+        rss_attack = read_rss_kib(router.pid)
     finally:
         router.terminate()
         router.wait(30)
