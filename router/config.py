@@ -714,27 +714,6 @@ def _validate(raw: _RawEntity, filename: str, warnings: list[ConfigWarning]) -> 
         schema.complete(spec, values)
     except schema.SchemaError as e:
         raise ConfigError(e.message, file=filename, line=raw.line) from None
-    if spec.short_name == "listener" and values.get("role") != "normal":
-        # inter-router, edge and route-container listeners belong to a router
-        # network, which Skiff does not join yet: the file still starts
-        warnings.append(
-            ConfigWarning(
-                filename,
-                raw.line,
-                f"listener role '{values.get('role')}' is not supported by Skiff; this listener "
-                "is ignored",
-            )
-        )
-        return None
-    if spec.short_name == "router" and values.get("mode") != "standalone":
-        warnings.append(
-            ConfigWarning(
-                filename,
-                raw.line,
-                f"router mode '{values.get('mode')}': Skiff runs as a standalone router (it does "
-                "not link with other routers)",
-            )
-        )
     given = values.pop("name", None)
     name = str(given) if given not in (None, "") else spec.default_name(values)
     return ConfigEntity(

@@ -86,6 +86,12 @@ class RouterConfig(EntityConfig):
     drop_tcp_connections: bool
     tls_loader_threads: int
     drain_grace_seconds: int
+    hello_interval_seconds: int
+    hello_max_age_seconds: int
+    ra_interval_seconds: int
+    ra_interval_flux_seconds: int
+    remote_ls_max_age_seconds: int
+    max_routers: int
     metadata: str | None
 
 
@@ -136,6 +142,7 @@ class ListenerConfig(EntityConfig):
     port: int
     role: str
     ssl_profile: str | None
+    cost: int
     authenticate_peer: bool
     require_ssl: bool
     sasl_mechanisms: tuple[str, ...] | None
@@ -176,6 +183,23 @@ class ListenerConfig(EntityConfig):
         else:
             why = "not loopback-only; set allowAnonymousWrites: true to allow"
         return f"{allowed} ({why})"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectorConfig(EntityConfig):
+    """A link to another router, dialled by this one."""
+
+    entity_type: ClassVar[str] = "connector"
+
+    host: str
+    port: int
+    role: str
+    cost: int
+    ssl_profile: str | None
+    sasl_mechanisms: tuple[str, ...] | None
+    idle_timeout_seconds: int
+    verify_hostname: bool
+    max_frame_size: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +245,7 @@ CONFIG_TYPES: Mapping[str, type[EntityConfig]] = {
         LogConfig,
         SslProfileConfig,
         ListenerConfig,
+        ConnectorConfig,
         TcpListenerConfig,
         TcpConnectorConfig,
     )

@@ -30,10 +30,26 @@ Source = Literal["config", "management", "builtin"]
 C = TypeVar("C", bound=EntityConfig)
 
 # Creation order; deletion runs in reverse so references stay valid.
-_TYPE_ORDER = ("router", "log", "sslProfile", "listener", "tcpConnector", "tcpListener")
+_TYPE_ORDER = (
+    "router",
+    "log",
+    "sslProfile",
+    "listener",
+    "connector",
+    "tcpConnector",
+    "tcpListener",
+)
 # Updates that can be refused (a listener's new port in use) run before those
 # that cannot but drop flows (a connector moved elsewhere).
-_UPDATE_ORDER = ("router", "log", "sslProfile", "listener", "tcpListener", "tcpConnector")
+_UPDATE_ORDER = (
+    "router",
+    "log",
+    "sslProfile",
+    "listener",
+    "connector",
+    "tcpListener",
+    "tcpConnector",
+)
 
 
 class RegistryError(Exception):
@@ -163,6 +179,45 @@ def port_key(type_name: str, values: Mapping[str, object]) -> tuple[str, int] | 
     return host, port
 
 
+# Link roles each router mode accepts, by entity type (as Skupper's router).
+_ROLES_BY_MODE: Mapping[str, Mapping[str, frozenset[str]]] = {
+    "standalone": {"listener": frozenset({"normal", "route-container"}), "connector": frozenset()},
+    "interior": {
+        "listener": frozenset({"normal", "route-container", "inter-router", "edge"}),
+        "connector": frozenset({"inter-router"}),
+    },
+    "edge": {
+        "listener": frozenset({"normal", "route-container"}),
+        "connector": frozenset({"edge"}),
+    },
+}
+
+
+def role_problem(mode: str, type_name: str, values: Mapping[str, object]) -> str | None:
+    """Why a listener or connector's ``role`` does not fit the router's
+    ``mode`` (e.g. an inter-router listener on a standalone router), or None."""
+    allowed = _ROLES_BY_MODE.get(mode, {}).get(type_name)
+    if allowed is None:
+        return None
+    role = str(values.get("role") or "normal")
+    if role in allowed:
+        return None
+    if type_name == "connector" and role not in ("inter-router", "edge"):
+        return (
+            f"role '{role}' is not supported on a connector: Skiff dials only other routers "
+            "(role inter-router from an interior router, role edge from an edge router)"
+        )
+    if role == "inter-edge":
+        return "role 'inter-edge' is not supported by Skiff"
+    fits = {
+        ("listener", "inter-router"): "router mode interior",
+        ("listener", "edge"): "router mode interior (edge routers dial interior ones)",
+        ("connector", "inter-router"): "router mode interior",
+        ("connector", "edge"): "router mode edge (an edge router dials an interior one)",
+    }.get((type_name, role), "another router mode")
+    return f"role '{role}' needs {fits}, and this router's mode is {mode}"
+
+
 def _overlap(a: tuple[str, int], b: tuple[str, int]) -> bool:
     return a[1] == b[1] and (a[0] == b[0] or "*" in (a[0], b[0]))
 
@@ -270,6 +325,7 @@ class Registry:
             raise DuplicateName(
                 f"{spec.short_name} '{name}' already exists (from {existing.origin})"
             )
+        self._check_role(spec.short_name, name, values)
         self._check_references(spec, name, values)
         if check_ports:
             self._check_port(spec.short_name, name, values)
@@ -509,8 +565,25 @@ class Registry:
                 raise ApplyError(self._locate(ce, error), status=error.status) from error
             final[(spec.short_name, ce.name)] = (values, ce)
         owners: dict[int, list[tuple[str, str, str]]] = {}  # port -> (host, type, name)
+        routers = [(v, w) for (t, _), (v, w) in final.items() if t == "router"]
+        mode = str(routers[0][0].get("mode")) if routers else "standalone"
+        if mode != "standalone" and not routers[0][0].get("id"):
+            raise ApplyError(
+                self._locate(
+                    routers[0][1],
+                    InvalidRequest(
+                        f"router mode {mode} needs an id: routers in a network are told apart "
+                        "by it (unique in the network)"
+                    ),
+                )
+            )
         for (type_name, name), (values, where) in final.items():
             spec = self._spec(type_name)
+            problem = role_problem(mode, type_name, values)
+            if problem is not None:
+                raise ApplyError(
+                    self._locate(where, InvalidRequest(f"{type_name} '{name}': {problem}"))
+                )
             for attr in spec.configurable():
                 target = values.get(attr.name)
                 if attr.references is None or target is None:
@@ -664,6 +737,13 @@ class Registry:
                     f"{spec.short_name} '{name}' attribute '{attr.name}' names {attr.references} "
                     f"'{target}', which does not exist{schema.did_you_mean(str(target), known)}"
                 )
+
+    def _check_role(self, type_name: str, name: str, values: Mapping[str, object]) -> None:
+        router = self.router
+        mode = str(router.attributes.get("mode")) if router is not None else "standalone"
+        problem = role_problem(mode, type_name, values)
+        if problem is not None:
+            raise InvalidRequest(f"{type_name} '{name}': {problem}")
 
     def _check_port(self, type_name: str, name: str, values: Mapping[str, object]) -> None:
         """Refuses a second owner of a listening port (every listening socket

@@ -326,6 +326,66 @@ _ROUTER = EntityTypeSpec(
             description="Skiff: seconds given to open connections to finish on shutdown "
             "(0 to 86400).",
         ),
+        AttributeSpec(
+            "helloIntervalSeconds",
+            AttrType.INTEGER,
+            default=1,
+            minimum=1,
+            maximum=3600,
+            create_only=True,
+            description="Seconds between HELLOs on each inter-router and edge link "
+            "(1 to 3600).",
+        ),
+        AttributeSpec(
+            "helloMaxAgeSeconds",
+            AttrType.INTEGER,
+            default=3,
+            minimum=1,
+            maximum=3600,
+            create_only=True,
+            description="A neighbour silent this long is lost (1 to 3600).",
+        ),
+        AttributeSpec(
+            "raIntervalSeconds",
+            AttrType.INTEGER,
+            default=30,
+            minimum=1,
+            maximum=86400,
+            create_only=True,
+            description="Seconds between router advertisements while the network is stable "
+            "(1 to 86400).",
+        ),
+        AttributeSpec(
+            "raIntervalFluxSeconds",
+            AttrType.INTEGER,
+            default=4,
+            minimum=1,
+            maximum=86400,
+            create_only=True,
+            description="Seconds between router advertisements shortly after a topology "
+            "change (1 to 86400).",
+        ),
+        AttributeSpec(
+            "remoteLsMaxAgeSeconds",
+            AttrType.INTEGER,
+            default=60,
+            minimum=1,
+            maximum=86400,
+            create_only=True,
+            description="A remote router's link state not refreshed this long is dropped "
+            "(1 to 86400).",
+        ),
+        AttributeSpec(
+            "maxRouters",
+            AttrType.INTEGER,
+            default=128,
+            minimum=2,
+            maximum=4096,
+            create_only=True,
+            description="Skiff: interior routers the link-state database holds, this one "
+            "included (Skupper's fixed bound is 128; 2 to 4096). Routers beyond it are refused "
+            "and counted, and the router reports itself not synchronised.",
+        ),
         AttributeSpec("metadata", description="Free text carried for management tools."),
         AttributeSpec("version", status=True, description="Skiff version."),
         _counter("uptimeSeconds", "Seconds since the router started."),
@@ -335,11 +395,6 @@ _ROUTER = EntityTypeSpec(
     ),
     unsupported=frozenset(
         {
-            "helloIntervalSeconds",
-            "helloMaxAgeSeconds",
-            "raIntervalSeconds",
-            "raIntervalFluxSeconds",
-            "remoteLsMaxAgeSeconds",
             "saslConfigPath",
             "saslConfigName",
             "debugDumpFile",
@@ -360,6 +415,16 @@ _TCP_STATUS = (
     _counter("connectionsClosed", "Connections closed since creation."),
     _counter("bytesIn", "Bytes received from clients or servers."),
     _counter("bytesOut", "Bytes sent to clients or servers."),
+)
+
+_LINK_COST = AttributeSpec(
+    "cost",
+    AttrType.INTEGER,
+    default=1,
+    minimum=1,
+    maximum=2**31 - 1,
+    description="With role inter-router: cost of a link made through this entity, used to "
+    "choose least-cost paths (1 to 2147483647; a link's cost is the larger of its two ends').",
 )
 
 _TCP_LISTENER = EntityTypeSpec(
@@ -589,6 +654,7 @@ _LISTENER = EntityTypeSpec(
             description="What connects here.",
         ),
         AttributeSpec("sslProfile", references="sslProfile", description="TLS material."),
+        _LINK_COST,
         AttributeSpec(
             "authenticatePeer",
             AttrType.BOOLEAN,
@@ -709,7 +775,6 @@ _LISTENER = EntityTypeSpec(
         {
             "saslPlugin",
             "httpRootDir",
-            "cost",
             "maxSessions",
             "maxSessionFrames",
             "linkCapacity",
@@ -723,7 +788,102 @@ _LISTENER = EntityTypeSpec(
     ),
 )
 
-_IMPLEMENTED_CONFIG_TYPES = (_ROUTER, _SSL_PROFILE, _LISTENER, _TCP_LISTENER, _TCP_CONNECTOR, _LOG)
+_CONNECTOR = EntityTypeSpec(
+    short_name="connector",
+    operations=frozenset({CREATE, DELETE}),
+    name_key=("host", "port"),
+    description="Dials another router: role inter-router links two interior routers, role edge "
+    "links an edge router to an interior one. Re-dials forever with capped exponential "
+    "back-off.",
+    attributes=_attrs(
+        AttributeSpec(
+            "host",
+            default="127.0.0.1",
+            description="Router to dial: a numeric address or a name (resolved off the I/O "
+            "workers).",
+        ),
+        AttributeSpec("port", AttrType.PORT, default=5672, description="Port; 'amqp' is 5672."),
+        AttributeSpec(
+            "role",
+            AttrType.ENUM,
+            default="normal",
+            choices=("normal", "inter-router", "edge", "inter-edge", "route-container"),
+            description="What the far end is: inter-router (an interior router, from an "
+            "interior) or edge (an interior router, from an edge). Skiff dials no other role.",
+        ),
+        _LINK_COST,
+        AttributeSpec(
+            "sslProfile",
+            references="sslProfile",
+            description="TLS material: the certificate presented (mutual TLS) and the CAs "
+            "trusted for the far end.",
+        ),
+        AttributeSpec(
+            "saslMechanisms",
+            AttrType.LIST,
+            description="SASL mechanisms offered; EXTERNAL (the verified certificate) when the "
+            "sslProfile has a certificate, else ANONYMOUS.",
+        ),
+        AttributeSpec(
+            "idleTimeoutSeconds",
+            AttrType.INTEGER,
+            default=16,
+            minimum=0,
+            maximum=86400,
+            description="AMQP idle timeout advertised to the far end; it is also the silence "
+            "after which the link is closed (0 = none; at most 86400). Heartbeats are sent by "
+            "the engine.",
+        ),
+        AttributeSpec(
+            "verifyHostname",
+            AttrType.BOOLEAN,
+            default=True,
+            description="With an sslProfile: the far end's certificate must name host.",
+        ),
+        AttributeSpec(
+            "maxFrameSize",
+            AttrType.INTEGER,
+            default=16384,
+            minimum=512,
+            maximum=2**32 - 1,
+            description="Largest AMQP frame (512 to 4294967295, AMQP's uint).",
+        ),
+        AttributeSpec(
+            "connectionStatus",
+            status=True,
+            description="CONNECTING, SUCCESS (the link is up) or FAILED.",
+        ),
+        AttributeSpec("connectionMsg", status=True, description="Why the last attempt failed."),
+        _counter("dials", "Skiff: connection attempts made."),
+    ),
+    unsupported=frozenset(
+        {
+            "socketAddressFamily",
+            "proxyProfile",
+            "allowRedirect",
+            "maxSessions",
+            "maxSessionFrames",
+            "stripAnnotations",
+            "linkCapacity",
+            "saslUsername",
+            "saslPassword",
+            "messageLoggingComponents",
+            "failoverUrls",
+            "policyVhost",
+            "openProperties",
+        }
+    ),
+)
+
+_IMPLEMENTED_CONFIG_TYPES = (
+    _ROUTER,
+    _SSL_PROFILE,
+    _LISTENER,
+    _CONNECTOR,
+    _TCP_LISTENER,
+    _TCP_CONNECTOR,
+    _LOG,
+)
 
 
 def _status(name: str, description: str, kind: AttrType = AttrType.STRING) -> AttributeSpec:
@@ -811,6 +971,47 @@ _NETWORK = EntityTypeSpec(
     ),
 )
 
+_ROUTER_NODE = EntityTypeSpec(
+    short_name="router.node",
+    operations=frozenset(),
+    description="A router of the network (this one first), from the link-state database. "
+    "Answered only while this router is synchronised with the network (else 503), unless "
+    "the request sets the application property allowStale: true.",
+    attributes=_attrs(
+        _status("id", "Router id."),
+        _status("protocolVersion", "Version of the routing protocol.", AttrType.INTEGER),
+        _status(
+            "instance", "Start time of the router in ms (grows across restarts).", AttrType.INTEGER
+        ),
+        _status("linkState", "Its interior neighbours.", AttrType.LIST),
+        _status("nextHop", "Neighbour a flow to it takes first; null for a neighbour."),
+        _status("validOrigins", "Not used by Skiff (empty).", AttrType.LIST),
+        _status("address", "Its management address."),
+        _status("routerLink", "Link to it, for a neighbour.", AttrType.INTEGER),
+        _status("cost", "Least path cost to it.", AttrType.INTEGER),
+        _status(
+            "lastTopoChange", "Monotonic time of the last topology change (s).", AttrType.INTEGER
+        ),
+        _status("index", "Row number.", AttrType.INTEGER),
+    ),
+)
+
+_ROUTER_ADDRESS = EntityTypeSpec(
+    short_name="router.address",
+    operations=frozenset(),
+    description="A service address with a target anywhere in the network. Answered only "
+    "while this router is synchronised (else 503), unless allowStale: true.",
+    attributes=_attrs(
+        _status("key", "The address."),
+        _status("distribution", "balanced (TCP flows are balanced over targets)."),
+        _status("inProcess", "Always 0 in Skiff.", AttrType.INTEGER),
+        _status("subscriberCount", "Local targets (tcpConnectors).", AttrType.INTEGER),
+        _status("remoteCount", "Other routers with targets.", AttrType.INTEGER),
+        _status("remoteHostRouters", "Those routers' ids.", AttrType.LIST),
+        _status("containerCount", "Always 0 in Skiff.", AttrType.INTEGER),
+    ),
+)
+
 
 # ------------------------------------------------------------------ Skupper's schema
 #
@@ -881,7 +1082,15 @@ ENTITY_TYPES: Mapping[str, EntityTypeSpec] = {
 }
 
 OPERATIONAL_TYPES: Mapping[str, EntityTypeSpec] = {
-    s.short_name: s for s in (_CONNECTION, _TCP_CONNECTION, _ROUTER_METRICS, _NETWORK)
+    s.short_name: s
+    for s in (
+        _CONNECTION,
+        _TCP_CONNECTION,
+        _ROUTER_METRICS,
+        _NETWORK,
+        _ROUTER_NODE,
+        _ROUTER_ADDRESS,
+    )
 }
 
 
@@ -899,7 +1108,6 @@ def management_types() -> list[EntityTypeSpec]:
 # schema has dropped; still ignored with a warning so old files start.
 _LEGACY_TYPES = frozenset(
     {
-        "connector",
         "address",
         "linkRoute",
         "autoLink",

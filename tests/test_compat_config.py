@@ -268,16 +268,15 @@ def test_skuppers_defaults() -> None:
     assert listener["allowAnonymousWrites"] is None  # decided by the bound address
 
 
-def test_network_roles_are_ignored_with_a_warning() -> None:
+def test_network_roles_are_read() -> None:
     config = parse("router {\n    mode: interior\n}\nlistener {\n    role: inter-router\n"
-                   "    port: 55672\n}\n")  # fmt: skip
-    assert config.of_type("listener") == []
-    assert warnings(config) == [
-        "skrouterd.conf:1: router mode 'interior': Skiff runs as a standalone router (it does "
-        "not link with other routers)",
-        "skrouterd.conf:4: listener role 'inter-router' is not supported by Skiff; this listener "
-        "is ignored",
-    ]
+                   "    port: 55672\n    cost: 5\n}\nconnector {\n    role: inter-router\n"
+                   "    host: 10.0.0.2\n    port: 55673\n}\n")  # fmt: skip
+    assert only(config, "listener")["cost"] == 5
+    connector = only(config, "connector")
+    assert (connector["host"], connector["port"], connector["cost"]) == ("10.0.0.2", 55673, 1)
+    assert connector["idleTimeoutSeconds"] == 16 and connector["verifyHostname"] is True
+    assert warnings(config) == []
 
 
 # -- the corpus ----------------------------------------------------------------

@@ -72,8 +72,6 @@ def test_parses_entities_with_converted_values_and_defaults() -> None:
     assert [str(w) for w in config.warnings] == [
         "skrouterd.conf:17: attribute 'port': the quotes are removed, but skrouterd refuses a "
         "double-quoted value (write it without quotes)",
-        "skrouterd.conf:2: router mode 'interior': Skiff runs as a standalone router (it does "
-        "not link with other routers)",
     ]
 
 
@@ -220,7 +218,8 @@ def test_dashed_spelling_is_read_and_unsupported_attribute_warns() -> None:
         """\
         router {
             worker-threads: 2
-            helloMaxAgeSeconds: 3
+            hello-max-age-seconds: 5
+            debugDumpFile: /tmp/x
         }
         tcpConnector {
             host: h
@@ -235,15 +234,16 @@ def test_dashed_spelling_is_read_and_unsupported_attribute_warns() -> None:
     )
     router, connector = config.entities
     assert router.attributes["workerThreads"] == 2
-    assert "helloMaxAgeSeconds" not in router.attributes
+    assert router.attributes["helloMaxAgeSeconds"] == 5
+    assert "debugDumpFile" not in router.attributes
     assert "siteId" not in connector.attributes
     warnings = [str(w) for w in config.warnings]
     assert warnings == [
-        "skrouterd.conf:3: router attribute 'helloMaxAgeSeconds' is not supported by Skiff and "
+        "skrouterd.conf:4: router attribute 'debugDumpFile' is not supported by Skiff and "
         "is ignored",
-        "skrouterd.conf:9: tcpConnector attribute 'siteId' is not supported by Skiff and is "
+        "skrouterd.conf:10: tcpConnector attribute 'siteId' is not supported by Skiff and is "
         "ignored",
-        "skrouterd.conf:11: entity type 'linkRoute' is not supported by Skiff and is ignored",
+        "skrouterd.conf:12: entity type 'linkRoute' is not supported by Skiff and is ignored",
     ]
 
 

@@ -95,7 +95,18 @@ _REQUIRED = {
     "tcpConnector": {"host": "127.0.0.1", "port": 1, "address": "a"},
     "listener": {"port": 0},
     "sslProfile": {},
+    "connector": {"role": "inter-router", "port": 1},
 }
+
+
+def _registry(type_name: str) -> Registry:
+    """An empty registry; an interior router's when the type is a link's."""
+    registry = Registry()
+    if type_name == "connector":
+        registry.create(
+            "router", {"id": "r", "mode": "interior"}, source="builtin", check_operation=False
+        )
+    return registry
 
 
 @pytest.mark.parametrize(
@@ -107,9 +118,9 @@ def test_create_at_the_bounds_and_just_past_them(
     low = attr.minimum if attr.minimum is not None else 0
     high = attr.maximum if attr.maximum is not None else 65535
     for value in (low, high, str(high)):
-        registry = Registry()  # one each: two listeners may not share a port
+        registry = _registry(type_name)  # one each: two listeners may not share a port
         registry.create(type_name, {**_REQUIRED[type_name], "name": "ok", attr.name: value})
-    registry = Registry()
+    registry = _registry(type_name)
     for value in (low - 1, high + 1, str(high + 1), "9" * 5000, 2**64, -(2**64)):
         with pytest.raises(InvalidRequest, match=f"attribute '{attr.name}'") as info:
             registry.create(type_name, {**_REQUIRED[type_name], "name": "bad", attr.name: value})
