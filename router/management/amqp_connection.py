@@ -47,6 +47,7 @@ from router.management import sasl
 from router.management.agent import Agent, Caller, Response, serves_address
 from router.management.auth_gate import AuthGate, AuthJob, Check
 from router.management.limits import HANDSHAKE_TIMEOUT_S
+from router.network.channel import ChannelOwner, ControlChannel
 
 _log = get_logger("PROTOCOL")
 
@@ -55,6 +56,7 @@ MANAGEMENT_SUFFIX = "$management"
 MAX_HEADER_WAIT = 8
 RECEIVER_CREDIT = 16
 MAX_QUEUED_REPLIES = 256
+ROUTER_LINK_ROLES = ("inter-router", "edge")
 
 _reply_numbers = itertools.count(1)
 
@@ -73,6 +75,12 @@ class AmqpSettings:
     users_file: str | None = None
     allow_anonymous_writes: bool = False
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
+    cost: int = 1  # inter-router: this end's link cost
+
+    @property
+    def router_link(self) -> bool:
+        """Whether the connections are links from other routers, not clients."""
+        return self.role in ROUTER_LINK_ROLES
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,7 @@ class AmqpConnection:
         settings: AmqpSettings,
         host: Host,
         tls: TlsInfo = PLAINTEXT,
+        channel_owner: ChannelOwner | None = None,
     ) -> None:
         self.id = conn_id
         self.peer = peer
@@ -150,6 +159,9 @@ class AmqpConnection:
         self.requests = 0
         self.open_received = False  # the peer's open frame arrived: handshake done
         self._auth_job: AuthJob | None = None  # the gate's job while a check is pending
+        # a link from another router: its control channel, once AMQP opens
+        self._channel_owner = channel_owner
+        self.channel: ControlChannel | None = None
 
     # ------------------------------------------------------------ input
 
@@ -191,6 +203,8 @@ class AmqpConnection:
 
     def closed(self) -> None:
         """The engine reports the socket gone: drop everything."""
+        if self._channel_owner is not None and not (self.channel and self.channel.failed):
+            self._channel_owner.channel_failed(self.id, "the connection closed")
         self._state = "closed"
         self._cancel_check()
         self._replies.clear()
@@ -461,9 +475,15 @@ class AmqpConnection:
     def _on_event(self, event: Event) -> None:
         kind = event.type
         connection, session, link = event.connection, event.session, event.link
+        if self.channel is not None and kind != Event.CONNECTION_REMOTE_CLOSE:
+            self.channel.on_event(event)
+            return
         if kind == Event.CONNECTION_REMOTE_OPEN and connection is not None:
             self.open_received = True
             self.container = connection.remote_container
+            if self._channel_owner is not None:
+                self._open_channel(connection)
+                return
             connection.open()
             assert self._transport is not None
             peer_timeout = float(self._transport.remote_idle_timeout or 0.0)
@@ -490,6 +510,30 @@ class AmqpConnection:
                 self._flush_replies(link)
         elif kind == Event.DELIVERY and event.delivery is not None:
             self._delivery(event.delivery)
+
+    def _open_channel(self, connection: Connection) -> None:
+        """A router link: answer the open with our cost, then carry control
+        messages (``router.network.channel``) instead of management."""
+        owner = self._channel_owner
+        assert owner is not None and self._transport is not None
+        connection.properties = ControlChannel.open_properties(
+            self.settings.role, self.settings.cost
+        )
+        connection.open()
+        peer_timeout = float(self._transport.remote_idle_timeout or 0.0)
+        if peer_timeout > 0:
+            self._host.conn_keepalive(self.id, peer_timeout / 2)
+        self.channel = ControlChannel(
+            self.id,
+            connection,
+            owner,
+            self._pump,
+            dialled=False,
+            role=self.settings.role,
+            cost=self.settings.cost,
+            label=self.peer,
+        )
+        self.channel.remote_opened()
 
     def _link_opened(self, link: Link) -> None:
         if link.state & Endpoint.LOCAL_ACTIVE:
@@ -591,6 +635,7 @@ class AmqpConnection:
             address=reply_to,
             correlation_id=cast(Any, correlation),
             properties={
+                **(response.properties or {}),
                 "statusCode": response.status,
                 "statusDescription": response.description,
             },

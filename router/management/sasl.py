@@ -294,3 +294,48 @@ def verify_external(users_file: str | None, subject: str) -> AuthResult:
     if user is None or user.hash != EXTERNAL_ONLY:
         return AuthResult(True, user=subject, can_write=False)
     return AuthResult(True, user=subject, can_write=user.can_write)
+
+
+# -- the client's half (router links dialled by this router) -----------------
+
+
+def decode_performative(body: bytes) -> tuple[object, list[object]]:
+    """(descriptor, fields) of one SASL frame body; SaslError otherwise."""
+    data = Data()
+    try:
+        data.decode(body)
+        data.rewind()
+        data.next()
+        value = data.get_object()
+    except Exception as e:
+        raise SaslError(f"cannot decode SASL frame: {e}") from e
+    if not isinstance(value, Described):
+        raise SaslError("SASL frame body is not a described performative")
+    descriptor = value.descriptor
+    named = {
+        "amqp:sasl-mechanisms:list": SASL_MECHANISMS,
+        "amqp:sasl-init:list": SASL_INIT,
+        "amqp:sasl-outcome:list": SASL_OUTCOME,
+    }
+    if isinstance(descriptor, str):
+        descriptor = named.get(descriptor, descriptor)
+    fields = value.value if isinstance(value.value, list) else []
+    return descriptor, list(fields)
+
+
+def mechanism_names(value: object) -> frozenset[str]:
+    """The mechanisms a sasl-mechanisms frame offers (a symbol or an array)."""
+    if isinstance(value, str):
+        return frozenset({value.upper()})
+    items = getattr(value, "elements", value)
+    if isinstance(items, (list, tuple)):
+        return frozenset(str(m).upper() for m in items if isinstance(m, str))
+    return frozenset()
+
+
+def init_frame(mechanism: str, response: bytes, hostname: str | None) -> bytes:
+    """A client's sasl-init frame."""
+    fields: list[object] = [symbol(mechanism), response]
+    if hostname:
+        fields.append(hostname)
+    return encode_frame(SASL_INIT, fields)
