@@ -33,18 +33,20 @@ closes that connection, with its traceback in the log.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from router.configs import ListenerConfig, RouterConfig
 from router.engine import Engine, EngineError, Event, EventType, Listener
 from router.log import get_logger
 from router.management import limits
-from router.management.agent import Agent
+from router.management.agent import Agent, Caller, Response
 from router.management.amqp_connection import (
     EMPTY_FRAME,
     PLAINTEXT,
+    ROUTER_LINK_ROLES,
     AmqpConnection,
     AmqpSettings,
     TlsInfo,
@@ -52,6 +54,7 @@ from router.management.amqp_connection import (
 from router.management.auth_gate import AuthGate
 from router.management.http import HttpConnection, Route
 from router.management.sources import AppListenerInfo
+from router.network.service import NetworkService
 from router.registry import Entity, Registry
 from router.resolver import listen_host
 from router.tls import TlsManager
@@ -113,6 +116,8 @@ class AppListenerAdaptor:
         self._pages: dict[str, Route] = {}
         self._listeners: dict[str, _ListenerState] = {}
         self._by_uid: dict[int, _ListenerState] = {}
+        self._uids: set[int] = set()  # every listener this adaptor opened
+        self._network: NetworkService | None = None
         self._conns: dict[int, tuple[Conn, _ListenerState]] = {}
         self._closing = False
         budget = limits.app_budget()
@@ -125,6 +130,12 @@ class AppListenerAdaptor:
         engine.on_event(self._on_event)
         engine.on_overflow(self._resync)
         self._housekeeping = loop.call_later(HOUSEKEEPING_S, self._tick)
+
+    def serve_network(self, network: NetworkService) -> None:
+        """Lets ``listener`` entities with role inter-router or edge accept
+        links from other routers (router mode interior). Given once at
+        start-up, before any listener entity exists."""
+        self._network = network
 
     def serve_pages(self, pages: Mapping[str, Route]) -> None:
         """The pages ``http: true`` listeners answer (path -> page). Given
@@ -144,6 +155,19 @@ class AppListenerAdaptor:
     def conn_close(self, conn_id: int, abort: bool = False) -> None:
         self.engine.app_close(conn_id, abort)
 
+    def forward_management(
+        self,
+        router_id: str,
+        properties: dict[str, object],
+        body: object,
+        caller: Caller,
+        done: Callable[[Response], None],
+    ) -> bool:
+        if self._network is None:
+            return False
+        self._network.forward_management(router_id, properties, body, caller, done)
+        return True
+
     def conn_keepalive(self, conn_id: int, interval_s: float) -> None:
         try:
             self.engine.app_set_keepalive(conn_id, EMPTY_FRAME, interval_s)
@@ -160,10 +184,13 @@ class AppListenerAdaptor:
     def add(self, entity: Entity) -> None:
         cfg = entity.config_as(ListenerConfig)
         role = cfg.role
-        if role != "normal":
+        router_link = role in ROUTER_LINK_ROLES
+        if role not in ("normal", "route-container") and not (
+            router_link and self._network is not None
+        ):
             raise ValueError(
-                f"listener '{entity.name}': role '{role}' is not available in this version of "
-                "Skiff (only 'normal')"
+                f"listener '{entity.name}': role '{role}' needs router mode interior (this "
+                "router does not join a network)"
             )
         profile = cfg.ssl_profile or None
         authenticate = cfg.authenticate_peer
@@ -177,8 +204,16 @@ class AppListenerAdaptor:
             raise ValueError(
                 f"listener '{entity.name}': requireSsl is true but no sslProfile is set"
             )
+        if router_link and authenticate and profile is None:
+            raise ValueError(
+                f"listener '{entity.name}': authenticatePeer on an {role} listener needs an "
+                "sslProfile (routers authenticate each other by certificate: mutual TLS and "
+                "SASL EXTERNAL)"
+            )
         if cfg.sasl_mechanisms:
             mechs = tuple(m.upper() for m in cfg.sasl_mechanisms)
+        elif router_link:
+            mechs = ("EXTERNAL",) if authenticate else ("ANONYMOUS", "EXTERNAL")
         else:
             mechs = ("ANONYMOUS", "PLAIN")
         for mech in mechs:
@@ -210,6 +245,8 @@ class AppListenerAdaptor:
             users_file=cfg.users_file or None,
             allow_anonymous_writes=cfg.anonymous_writes,
             handshake_timeout_s=float(cfg.initial_handshake_timeout_seconds),
+            role=role,
+            cost=cfg.cost,
         )
         cap = limits.listener_cap(self.limits.budget, cfg.max_connections)
         state = _ListenerState(entity, cfg, _host_ip(cfg), settings, cap)
@@ -257,7 +294,10 @@ class AppListenerAdaptor:
                 max_connections=state.cap,
                 backlog=cfg.backlog,
                 tls_slot=-1 if slot is None else slot,
-                tls_optional=slot is not None and not cfg.require_ssl,
+                # a router link with an sslProfile is always TLS
+                tls_optional=slot is not None
+                and not cfg.require_ssl
+                and cfg.role not in ROUTER_LINK_ROLES,
                 authenticate_peer=slot is not None and cfg.authenticate_peer,
             )
         except EngineError as e:
@@ -275,6 +315,7 @@ class AppListenerAdaptor:
             _log.info(f"listener '{state.entity.name}' could bind after all")
         state.last_error = None
         self._by_uid[listener.user_id] = state
+        self._uids.add(listener.user_id)
         if slot is None:
             security = ""
         else:
@@ -338,16 +379,20 @@ class AppListenerAdaptor:
                 conn, state = entry
                 state.connections.discard(ev.id)
                 conn.closed()
+                if self._network is not None and state.settings.router_link:
+                    self._network.accepted_closed(ev.id)
 
     def _resync(self) -> None:
         """Some engine events were dropped (a ring overflowed while the loop was
         busy): rebuild the set of connections from the engine itself."""
-        live = {c.id: c for c in self.engine.connections() if c.app}
+        live = {c.id: c for c in self.engine.connections() if c.app and c.listener_id in self._uids}
         for conn_id in [cid for cid in self._conns if cid not in live]:
             conn, state = self._conns.pop(conn_id)
             state.connections.discard(conn_id)
             conn.closed()
         for conn_id, info in live.items():
+            if info.listener_id not in self._uids:
+                continue  # not accepted here (a link this router dialled)
             if conn_id not in self._conns:
                 self._opened(conn_id, info.listener_id)
             self._readable(conn_id)
@@ -361,6 +406,8 @@ class AppListenerAdaptor:
         )
 
     def _opened(self, conn_id: int, listener_uid: int) -> None:
+        if listener_uid not in self._uids:
+            return  # a connection this router dialled: not ours
         state = self._by_uid.get(listener_uid)
         if state is None or self._closing:
             self.engine.app_close(conn_id, abort=True)
@@ -413,7 +460,10 @@ class AppListenerAdaptor:
                     info.tls_ordinal,
                     info.peer_subject,
                 )
-            conn = AmqpConnection(conn_id, info.peer, state.settings, self, tls)
+            network = self._network if state.settings.router_link else None
+            conn = AmqpConnection(conn_id, info.peer, state.settings, self, tls, network)
+            if network is not None:
+                network.accepted(conn_id, functools.partial(self.conn_close, conn_id))
         self._conns[conn_id] = (conn, state)
         state.connections.add(conn_id)
 

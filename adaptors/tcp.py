@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from router.configs import RouterConfig, TcpConnectorConfig, TcpListenerConfig
@@ -86,6 +86,8 @@ class TcpAdaptor:
         self._by_listener_uid: dict[int, _ListenerState] = {}
         self._retired: list[Listener] = []  # closing: kept until LISTENER_CLOSED
         self.routes_version = 0
+        self._remote_addresses: frozenset[str] = frozenset()  # with targets at other routers
+        self._address_watchers: list[Callable[[Mapping[str, int]], None]] = []
         registry.subscribe("tcpListener", _Side(self, listener=True))
         registry.subscribe("tcpConnector", _Side(self, listener=False))
         engine.on_event(self._on_event)
@@ -103,6 +105,40 @@ class TcpAdaptor:
 
     def _has_connector(self, address_id: int) -> bool:
         return any(c.address_id == address_id for c in self._connectors.values())
+
+    # ------------------------------------------------------------ the network
+
+    def local_address_counts(self) -> dict[str, int]:
+        """Address -> how many local tcpConnectors serve it (what this router
+        advertises to the network)."""
+        counts: dict[str, int] = {}
+        for c in self._connectors.values():
+            counts[c.config.address] = counts.get(c.config.address, 0) + 1
+        return counts
+
+    def on_local_addresses(self, watcher: Callable[[Mapping[str, int]], None]) -> None:
+        """Calls ``watcher(counts)`` whenever the local connectors change."""
+        self._address_watchers.append(watcher)
+
+    def _local_addresses_changed(self) -> None:
+        counts = self.local_address_counts()
+        for watcher in self._address_watchers:
+            watcher(counts)
+
+    def set_remote_addresses(self, addresses: frozenset[str]) -> None:
+        """Addresses with targets at other routers: a tcpListener is up while
+        its address has a target anywhere in the network (Skupper's rule)."""
+        if addresses == self._remote_addresses:
+            return
+        self._remote_addresses = addresses
+        for ls in self._listeners.values():
+            self._sync_listener(ls)
+
+    def _reachable(self, state: _ListenerState) -> bool:
+        return (
+            self._has_connector(state.address_id)
+            or state.config.address in self._remote_addresses
+        )
 
     def publish(self) -> None:
         """Builds the route table from the connectors and swaps it in."""
@@ -205,7 +241,7 @@ class TcpAdaptor:
         return self._tls.wait_reason(profile)
 
     def _sync_listener(self, state: _ListenerState, raise_errors: bool = False) -> None:
-        want = self._has_connector(state.address_id)
+        want = self._reachable(state)
         waiting = self._tls_wait(state) if want else None
         if waiting is not None:
             # never accept plaintext in place of TLS: stay down until loaded
@@ -242,7 +278,7 @@ class TcpAdaptor:
         elif not want and state.listener is not None:
             _log.info(
                 f"tcpListener '{state.entity.name}' closed: no tcpConnector for address "
-                f"'{state.config.address}'"
+                f"'{state.config.address}' in the network"
             )
             self._close_listener(state, drop=False)
         if state.listener is None and waiting is not None:
@@ -287,6 +323,7 @@ class TcpAdaptor:
         for ls in self._listeners.values():
             if ls.address_id == aid:
                 self._sync_listener(ls)
+        self._local_addresses_changed()
 
     def remove_connector(self, entity: Entity) -> None:
         state = self._connectors.pop(entity.name, None)
@@ -301,6 +338,7 @@ class TcpAdaptor:
                 self._sync_listener(ls)
         # the target state lives on in flows not dropped; only events stop
         self._by_target.pop(state.target.user_id, None)
+        self._local_addresses_changed()
 
     def _resolved(self, host: str) -> None:
         self.publish()

@@ -26,6 +26,7 @@ from router.engine import Engine, EngineError, EngineOptions
 from router.log import LogConfigObserver, get_logger
 from router.management.agent import Agent
 from router.management.service import Management
+from router.network.service import NetworkService
 from router.registry import ApplyResult, Registry
 from router.schema import format_cpu_list
 from router.tls import TlsManager
@@ -89,6 +90,7 @@ class Node:
         self._tcp: TcpAdaptor | None = None
         self._listeners: AppListenerAdaptor | None = None
         self._management: Management | None = None
+        self._network: NetworkService | None = None
         self._closed = False
         self._stopped = False
 
@@ -111,6 +113,11 @@ class Node:
         return self._listeners
 
     @property
+    def network(self) -> NetworkService | None:
+        """The router network's control plane (router mode interior or edge)."""
+        return self._network
+
+    @property
     def management(self) -> Management:
         assert self._management is not None, "Node.start() has not run"
         return self._management
@@ -126,6 +133,8 @@ class Node:
         self._tcp = TcpAdaptor(self.engine, self.registry, loop, self._tls)
         agent = Agent(self.registry)
         self._listeners = AppListenerAdaptor(self.engine, self.registry, loop, agent, self._tls)
+        if self.router.mode != "standalone":
+            self._start_network(loop, self._tcp, self._listeners)
         self._management = Management(
             self.engine,
             self.registry,
@@ -135,9 +144,32 @@ class Node:
             self._tcp,
             self._tls,
             self.started,
+            self._network,
         )
+        if self._network is not None:
+            self._network.serve_management(agent)
         # the pages need the management views, which need the listeners
         self._listeners.serve_pages(self._management.pages())
+
+    def _start_network(
+        self, loop: asyncio.AbstractEventLoop, tcp: TcpAdaptor, listeners: AppListenerAdaptor
+    ) -> None:
+        if not self.router.id:
+            raise EngineError(
+                f"router mode {self.router.mode} needs an id: routers in a network are told "
+                "apart by it (set router { id: ... }, unique in the network)"
+            )
+        network = NetworkService(
+            self.engine, self.registry, loop, self.router, self.router.id, self._tls
+        )
+        tcp.on_local_addresses(network.set_local_addresses)
+        network.on_routes(
+            lambda table: tcp.set_remote_addresses(
+                frozenset(a for a, r in table.routes.items() if r.remote)
+            )
+        )
+        listeners.serve_network(network)
+        self._network = network
 
     def _pin_control(self) -> None:
         """Pins the calling thread (the control loop's) to ``controlCpus``;
@@ -167,6 +199,8 @@ class Node:
         if self._closed or self._tcp is None:
             return
         self._closed = True
+        if self._network is not None:
+            self._network.close()
         self.tcp.close()
         self.listeners.close()
         self.management.close()

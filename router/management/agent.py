@@ -12,6 +12,7 @@ status code, so a bad request never costs a client its connection.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ STATUS_TEXT = {
     404: "Not Found",
     500: "Internal Server Error",
     501: "Not Implemented",
+    503: "Service Unavailable",
 }
 
 # Types Skupper's core (C) agent answers: a QUERY naming an attribute they do
@@ -71,6 +73,9 @@ C_AGENT_TYPES = frozenset(
 Rows = Callable[[], list[dict[str, object]]]
 Augment = Callable[[Mapping[str, object]], Mapping[str, object]]
 Updater = Callable[[Mapping[str, object], Mapping[str, object]], None]
+# Decides whether a type may be read now: raises ManagementError (503) or
+# returns application properties to add to the answer (a stale read's age).
+Guard = Callable[[Mapping[object, object]], Mapping[str, object]]
 
 
 class ManagementError(Exception):
@@ -96,13 +101,14 @@ class Response:
     status: int
     description: str
     body: object = None
+    properties: Mapping[str, object] | None = None  # added to the reply's own
 
 
 def serves_address(address: str, router_id: str) -> bool:
     """Whether a request sent to ``address`` is this router's to answer:
     ``$management`` (also as ``amqp:/$management`` or ``_local/$management``)
     and ``_topo/0/<this router's id>/$management``, which ``skstat -r`` sends.
-    Another router's node is not (a router network is another issue's)."""
+    Another router's node is not (see ``routed_router``)."""
     path = address.removeprefix("amqp:").lstrip("/")
     parts = path.split("/")
     if parts[-1] != "$management":
@@ -110,6 +116,22 @@ def serves_address(address: str, router_id: str) -> bool:
     if len(parts) == 1 or parts[:-1] == ["_local"]:
         return True
     return len(parts) == 4 and parts[0] == "_topo" and parts[2] == router_id
+
+
+def routed_router(address: str, router_id: str) -> str | None:
+    """The other router whose management node ``address`` names, as
+    Skupper's tools address it (``_topo/0/<id>/$management`` for ``-r``,
+    ``_edge/<id>/$management`` for ``--edge-router``); None when the address
+    is this router's own node or no management node at all."""
+    path = address.removeprefix("amqp:").lstrip("/")
+    parts = path.split("/")
+    if parts[-1] != "$management":
+        return None
+    if len(parts) == 4 and parts[0] == "_topo" and parts[2] and parts[2] != router_id:
+        return parts[2]
+    if len(parts) == 3 and parts[0] == "_edge" and parts[1] and parts[1] != router_id:
+        return parts[1]
+    return None
 
 
 def _text(props: Mapping[object, object], key: str) -> str | None:
@@ -210,6 +232,7 @@ class Agent:
         self._providers: dict[str, Rows] = {}
         self._augments: dict[str, Augment] = {}
         self._updaters: dict[str, Updater] = {}
+        self._guards: dict[str, Guard] = {}
         self._log_ring = log_ring.install()
         self.requests = 0
 
@@ -228,6 +251,22 @@ class Agent:
         requested attributes and raises ManagementError to refuse."""
         self._updaters[schema.management_type(type_name).short_name] = updater
 
+    def guard(self, type_name: str, check: Guard) -> None:
+        """Registers a check run before a type is read: the network's types
+        answer 503 until the router is synchronised (see ``Guard``)."""
+        self._guards[schema.management_type(type_name).short_name] = check
+
+    def _guarded(self, props: Mapping[object, object]) -> Mapping[str, object] | None:
+        named = _text(props, "type") or _text(props, "entityType")
+        if not named or not self._guards:
+            return None
+        try:
+            short = schema.management_type(named).short_name
+        except schema.SchemaError:
+            return None
+        check = self._guards.get(short)
+        return None if check is None else check(props)
+
     # ------------------------------------------------------------ dispatch
 
     def handle(
@@ -235,7 +274,11 @@ class Agent:
     ) -> Response:
         self.requests += 1
         try:
-            return self._handle(props or {}, body, caller)
+            extra = self._guarded(props or {})
+            response = self._handle(props or {}, body, caller)
+            if extra:
+                response = dataclasses.replace(response, properties=extra)
+            return response
         except ManagementError as e:
             return self._error(e.status, e.message)
         except (RegistryError, schema.SchemaError) as e:
@@ -627,6 +670,11 @@ class Agent:
             names = list(seen)
         results: list[list[object]] = []
         for k in kinds:
+            if not entity_type and k.short in self._guards:
+                try:
+                    self._guards[k.short](props)
+                except ManagementError:
+                    continue  # not synchronised: left out, never served partial
             for row in self._rows(k):
                 values = [row.get(n) for n in names]
                 if any(v is not None for v in values):  # as Skupper: no all-null rows

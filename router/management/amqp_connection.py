@@ -27,6 +27,7 @@ import functools
 import itertools
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -44,7 +45,7 @@ from proton import (
 
 from router.log import get_logger
 from router.management import sasl
-from router.management.agent import Agent, Caller, Response, serves_address
+from router.management.agent import Agent, Caller, Response, routed_router, serves_address
 from router.management.auth_gate import AuthGate, AuthJob, Check
 from router.management.limits import HANDSHAKE_TIMEOUT_S
 from router.network.channel import ChannelOwner, ControlChannel
@@ -118,6 +119,19 @@ class Host(Protocol):
     def conn_close(self, conn_id: int, abort: bool = False) -> None: ...
 
     def conn_keepalive(self, conn_id: int, interval_s: float) -> None: ...
+
+    def forward_management(
+        self,
+        router_id: str,
+        properties: dict[str, object],
+        body: object,
+        caller: Caller,
+        done: Callable[[Response], None],
+    ) -> bool:
+        """Sends a request for another router's management node over the
+        router network; ``done`` gets the answer. False: this router is not
+        in a network."""
+        ...
 
 
 @dataclass
@@ -556,11 +570,16 @@ class AmqpConnection:
             link.open()
             return
         target = link.remote_target.address
-        if target is not None and not serves_address(target, self.settings.container_id):
+        if (
+            target is not None
+            and not serves_address(target, self.settings.container_id)
+            and routed_router(target, self.settings.container_id) is None
+        ):
             link.target.address = target
             link.condition = Condition(
                 "amqp:not-found",
-                f"no such node '{target}': this router serves only $management",
+                f"no such node '{target}': this router serves only $management (its own, or "
+                "another router's through the network)",
             )
             link.open()
             link.close()
@@ -608,16 +627,46 @@ class AmqpConnection:
             )
             return
         target = link.remote_target.address or request.address or ""
+        caller = Caller(self.user, self.can_write, self.id)
+        correlation = request.correlation_id if request.correlation_id is not None else request.id
+        remote = routed_router(str(target), self.settings.container_id)
+        if remote is not None:
+            self._forward(remote, request, caller, reply_to, correlation)
+            return
         if not serves_address(str(target), self.settings.container_id):
             _log.info(f"AMQP connection {self.id}: request for '{target}' has no node; ignored")
             return
-        caller = Caller(self.user, self.can_write, self.id)
         try:
             response = self._host.agent.handle(request.properties, request.body, caller)
         except Exception as e:  # noqa: BLE001 - a bug answers 500; the connection serves on
             _log.exception(f"AMQP connection {self.id}: management request failed")
             response = Response(500, f"Internal Server Error: {type(e).__name__}: {e}")
-        correlation = request.correlation_id if request.correlation_id is not None else request.id
+        self._answer(reply_to, correlation, response)
+
+    def _forward(
+        self, router_id: str, request: Message, caller: Caller, reply_to: str, correlation: object
+    ) -> None:
+        """A request for another router's node: the network carries it there."""
+        given: dict[Any, Any] = request.properties or {}
+        props: dict[str, object] = {str(k): v for k, v in given.items()}
+
+        def done(response: Response) -> None:
+            if self._state != "closed":
+                self._answer(reply_to, correlation, response)
+                self._pump()
+
+        if not self._host.forward_management(router_id, props, request.body, caller, done):
+            self._answer(
+                reply_to,
+                correlation,
+                Response(
+                    404,
+                    f"Not Found: router '{router_id}' is unknown: this router "
+                    f"('{self.settings.container_id}') is not in a router network",
+                ),
+            )
+
+    def _answer(self, reply_to: str, correlation: object, response: Response) -> None:
         try:
             encoded = self._reply(reply_to, correlation, response)
         except Exception as e:  # noqa: BLE001 - an unencodable answer is the router's bug

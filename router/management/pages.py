@@ -12,8 +12,10 @@ from router.management import metrics
 from router.management.agent import Agent
 from router.management.http import HttpReply, Route
 from router.management.limits import LimitStats
+from router.management.network_view import network_metrics
 from router.management.readiness import Liveness, Readiness
 from router.management.sources import AppListeners
+from router.network.service import NetworkService
 from router.registry import Registry
 from router.tls import TlsManager
 
@@ -30,6 +32,7 @@ class MonitoringPages:
         started: float,
         tls: TlsManager | None = None,
         limits: LimitStats | None = None,
+        network: NetworkService | None = None,
     ) -> None:
         self._engine = engine
         self._registry = registry
@@ -40,6 +43,7 @@ class MonitoringPages:
         self._started = started
         self._tls = tls
         self._limits = limits
+        self._network = network
 
     def routes(self) -> dict[str, Route]:
         return {"/metrics": self.metrics, "/healthz": self.healthz, "/readyz": self.readyz}
@@ -61,6 +65,8 @@ class MonitoringPages:
         )
         if self._limits is not None:
             text += self._limits.render([info.name for info in infos])
+        if self._network is not None:
+            text += network_metrics(self._network)
         return HttpReply(200, text.encode(), metrics.CONTENT_TYPE)
 
     def healthz(self) -> HttpReply:

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from router.configs import TcpConnectorConfig, TcpListenerConfig
 from router.management.sources import AppListeners, TcpFlows
+from router.network.sync import SyncStatus
 from router.registry import Registry
 
 
@@ -26,6 +27,12 @@ class ProfileWaits(Protocol):
     def wait_reason(self, name: str) -> str | None: ...
 
 
+class NetworkSync(Protocol):
+    """The network service's answer to "has the full network state arrived"."""
+
+    def sync_status(self) -> SyncStatus: ...
+
+
 class Readiness:
     def __init__(
         self,
@@ -34,16 +41,22 @@ class Readiness:
         listeners: AppListeners,
         tcp: TcpFlows | None = None,
         tls: ProfileWaits | None = None,
+        network: NetworkSync | None = None,
     ) -> None:
         self._health = health
         self._registry = registry
         self._listeners = listeners
         self._tcp = tcp
         self._tls = tls
+        self._network = network
 
     def reasons(self) -> list[str]:
         """Why the router is not ready; empty when it is."""
         reasons = list(self._health.check())
+        if self._network is not None:
+            status = self._network.sync_status()
+            if not status.ready:
+                reasons.append(f"not synchronised with the router network: {status.reason}")
         for info in self._listeners.listener_infos():
             if not info.up:
                 reasons.append(f"listener '{info.name}' is down: {info.error or 'not bound'}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from router.configs import RouterConfig
 from router.engine import Engine
@@ -42,6 +42,8 @@ class ManagementRows:
         self._listeners = listeners
         self._tcp = tcp
         self._started = started
+        # rows of connections no listener accepted (router links dialled here)
+        self.extra_connections: Callable[[], list[Row]] | None = None
 
     def provide(self) -> None:
         self._agent.provide("connection", self.connections)
@@ -81,6 +83,8 @@ class ManagementRows:
             }
             for conn in self._listeners.amqp_connections()
         ]
+        if self.extra_connections is not None:
+            rows.extend(self.extra_connections())
         for flow in self.tcp_connections():
             encrypted = bool(flow.get("tlsConfigVersion"))
             rows.append(

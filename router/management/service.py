@@ -22,10 +22,12 @@ from router.management.agent import Agent
 from router.management.health import HealthMonitor
 from router.management.http import Route
 from router.management.limits import LimitStats
+from router.management.network_view import NetworkManagement
 from router.management.pages import MonitoringPages
 from router.management.readiness import Readiness
 from router.management.rows import ManagementRows, RouterStatus
 from router.management.sources import AppListeners, TcpFlows
+from router.network.service import NetworkService
 from router.registry import Registry
 from router.tls import TlsManager
 
@@ -41,14 +43,19 @@ class Management:
         tcp: TcpFlows | None = None,
         tls: TlsManager | None = None,
         started: float | None = None,
+        network: NetworkService | None = None,
     ) -> None:
         self.started = time.monotonic() if started is None else started
         self.agent = agent
         self.health = HealthMonitor(engine, loop)
         self.rows = ManagementRows(engine, registry, agent, listeners, tcp, self.started)
         self.rows.provide()
+        self.network = NetworkManagement(network, agent) if network is not None else None
+        if self.network is not None:
+            self.network.provide()
+            self.rows.extra_connections = self.network.connections
         registry.subscribe("router", RouterStatus(self.rows))
-        self.readiness = Readiness(self.health, registry, listeners, tcp, tls)
+        self.readiness = Readiness(self.health, registry, listeners, tcp, tls, network)
         # the app listener adaptor counts what its limits refused
         limits = getattr(listeners, "limits", None)
         self._pages = MonitoringPages(
@@ -61,6 +68,7 @@ class Management:
             self.started,
             tls,
             limits if isinstance(limits, LimitStats) else None,
+            network,
         )
 
     def pages(self) -> dict[str, Route]:

@@ -221,17 +221,22 @@ class ControlChannel:
 
     # ------------------------------------------------------------ output
 
-    def send(self, opcode: str, body: dict[str, Any]) -> None:
+    def send(self, opcode: str, body: dict[str, Any]) -> int:
+        """Queues one message; returns its size, or -1 when it was not sent
+        (the link failed, or the message is larger than the far end takes)."""
         if self.failed:
-            return
+            return -1
         data = bytes(Message(body=body, properties={"opcode": opcode}).encode())
+        if len(data) > MAX_MESSAGE:
+            return -1
         if self._queued + len(data) > MAX_QUEUED:
             self.fail(f"the far end takes no control messages ({self._queued} bytes wait)")
-            return
+            return -1
         self._queue.append(data)
         self._queued += len(data)
         self._drain()
         self._flush()
+        return len(data)
 
     def _drain(self) -> None:
         sender = self._sender

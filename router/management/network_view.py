@@ -1,0 +1,170 @@
+"""The router network in management: ``router.node`` and ``router.address``
+rows, the links this router dialled as ``connection`` rows, and the rule that
+network-wide reads are answered only when synchronised.
+
+Until the router has received the complete network state (see
+``router.network.sync``), a READ or QUERY of ``router.node`` or
+``router.address`` is answered ``503 Service Unavailable`` with what is still
+missing. A client may opt into this router's possibly stale replica with the
+application property ``allowStale: true``; the answer then carries
+``replicaStale``, ``replicaAgeSeconds`` (null when the replica was never
+complete) and ``syncReason``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from router.management.agent import Agent, ManagementError
+from router.network import views
+from router.network.service import NetworkService
+
+Row = dict[str, object]
+
+ALLOW_STALE = "allowStale"
+NETWORK_TYPES = ("router.node", "router.address")
+
+
+def _truthy(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return False
+
+
+class NetworkManagement:
+    def __init__(self, network: NetworkService, agent: Agent) -> None:
+        self._network = network
+        self._agent = agent
+
+    def provide(self) -> None:
+        core = self._network.core
+        self._agent.provide("router.node", lambda: [dict(r) for r in views.node_rows(core)])
+        self._agent.provide("router.address", lambda: [dict(r) for r in views.address_rows(core)])
+        for type_name in NETWORK_TYPES:
+            self._agent.guard(type_name, self.check_synchronised)
+
+    def check_synchronised(self, props: Mapping[object, object]) -> Mapping[str, object]:
+        status = self._network.sync_status()
+        if status.ready:
+            return {}
+        allow = next((v for k, v in props.items() if str(k) == ALLOW_STALE), None)
+        if not _truthy(allow):
+            raise ManagementError(
+                503,
+                f"router '{self._network.router_id}' is not synchronised with the network "
+                f"({status.reason}); set the application property {ALLOW_STALE}: true to read "
+                "its possibly stale replica",
+            )
+        age = status.age(self._network.now())
+        return {
+            "replicaStale": True,
+            "replicaAgeSeconds": None if age is None else round(age, 3),
+            "syncReason": status.reason,
+        }
+
+    def connections(self) -> list[Row]:
+        """The links this router dialled (accepted ones are the listener's rows)."""
+        now = time.monotonic()
+        rows: list[Row] = []
+        for link in self._network.links():
+            channel = link.channel
+            if not channel.dialled:
+                continue
+            info = self._network.engine.conn_info(link.conn_id)
+            encrypted = bool(info and info.tls_protocol)
+            rows.append(
+                {
+                    "name": f"connection/{link.conn_id}",
+                    "identity": str(link.conn_id),
+                    "id": link.conn_id,
+                    "role": channel.role,
+                    "dir": "out",
+                    "protocol": "amqp",
+                    "opened": True,
+                    "adminStatus": "enabled",
+                    "host": channel.label,
+                    "container": channel.peer_container,
+                    "isEncrypted": encrypted,
+                    "ssl": encrypted,
+                    "sslProto": (info.tls_protocol or None) if info else None,
+                    "sslCipher": (info.tls_cipher or None) if info else None,
+                    "tlsOrdinal": info.tls_ordinal if info and encrypted else None,
+                    "isAuthenticated": encrypted and bool(info and info.peer_subject),
+                    "user": (info.peer_subject or None) if info else None,
+                    "sasl": None,
+                    "operStatus": "up",
+                    "listener": None,
+                    "connector": link.connector,
+                    "uptimeSeconds": int(now - link.opened),
+                }
+            )
+        return rows
+
+
+class _NetworkCollector:
+    def __init__(self, network: NetworkService) -> None:
+        self._network = network
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._network.metrics()
+        status = self._network.sync_status()
+
+        def gauge(name: str, text: str, value: float | int | None) -> Metric:
+            return GaugeMetricFamily(name, text, value=float(value or 0))
+
+        def counter(name: str, text: str, value: float | int | None) -> Metric:
+            return CounterMetricFamily(name, text, value=float(value or 0))
+
+        yield gauge("skiff_network_links_up", "Router links with two-way HELLO.", m["linksUp"])
+        yield gauge("skiff_network_neighbours", "Interior neighbours (two-way).", m["neighbours"])
+        yield gauge("skiff_network_edges", "Edge routers attached here.", m["edges"])
+        yield gauge(
+            "skiff_network_lsdb_routers",
+            "Interior routers in the link-state database.",
+            m["lsdbRouters"],
+        )
+        yield counter(
+            "skiff_network_route_recomputations",
+            "Least-cost path computations.",
+            m["routeRecomputations"],
+        )
+        yield gauge(
+            "skiff_network_convergence_seconds",
+            "From the last local change (link, address) to the route table it led to.",
+            m["convergenceSeconds"],
+        )
+        yield gauge(
+            "skiff_network_hello_max_lateness_seconds",
+            "Latest a HELLO went out after it was due.",
+            m["helloMaxLatenessSeconds"],
+        )
+        yield counter(
+            "skiff_network_protocol_errors", "Links closed for a protocol error.",
+            m["protocolErrors"],
+        )  # fmt: skip
+        yield counter(
+            "skiff_network_links_refused", "Links refused (duplicate id, wrong role).",
+            m["linksRefused"],
+        )  # fmt: skip
+        yield counter(
+            "skiff_network_lsdb_refusals", "Routers refused beyond maxRouters.",
+            m["lsdbRefusals"],
+        )  # fmt: skip
+        yield gauge(
+            "skiff_network_synchronised",
+            "1 when every known router's link state and addresses have arrived.",
+            1 if status.ready else 0,
+        )
+
+
+def network_metrics(network: NetworkService) -> str:
+    """The network's metric families, in the Prometheus text format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_NetworkCollector(network))
+    return generate_latest(registry).decode()
