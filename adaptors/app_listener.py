@@ -330,7 +330,9 @@ class AppListenerAdaptor:
     def _on_event(self, ev: Event) -> None:
         if ev.type == EventType.APP_READABLE:
             self._readable(ev.id)
-        elif ev.type == EventType.APP_OPEN:
+        elif ev.type == EventType.APP_OPEN and ev.b == 0:
+            # b == 1: a connection the engine dialled (Engine.app_connect),
+            # its caller's and not a listener's
             self._opened(ev.id, ev.a)
         elif ev.type == EventType.APP_CLOSED:
             entry = self._conns.pop(ev.id, None)
@@ -342,7 +344,7 @@ class AppListenerAdaptor:
     def _resync(self) -> None:
         """Some engine events were dropped (a ring overflowed while the loop was
         busy): rebuild the set of connections from the engine itself."""
-        live = {c.id: c for c in self.engine.connections() if c.app}
+        live = {c.id: c for c in self.engine.connections() if c.app and not c.outbound}
         for conn_id in [cid for cid in self._conns if cid not in live]:
             conn, state = self._conns.pop(conn_id)
             state.connections.discard(conn_id)
@@ -365,14 +367,17 @@ class AppListenerAdaptor:
         if state is None or self._closing:
             self.engine.app_close(conn_id, abort=True)
             return
-        if len(self._conns) >= self.limits.budget:
+        # connections the engine dialled (inter-router links) count too
+        outbound = self.engine.counters().get("app_outbound_live", 0)
+        if len(self._conns) + outbound >= self.limits.budget:
             self._refuse(
                 conn_id,
                 state,
                 limits.REFUSED_BUDGET,
-                f"the app listeners hold {len(self._conns)} connections, their share "
-                f"(1/{limits.APP_FD_SHARE}) of the descriptor limit; the rest is kept "
-                "for relayed connections",
+                f"the app listeners hold {len(self._conns) + outbound} connections"
+                + (f" ({outbound} of them dialled)" if outbound else "")
+                + f", their share (1/{limits.APP_FD_SHARE}) of the descriptor limit; "
+                "the rest is kept for relayed connections",
             )
             return
         if len(state.connections) >= state.cap:

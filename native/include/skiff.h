@@ -370,6 +370,9 @@ void sk_app_connect_options_init(sk_app_connect_options *o);
 uint64_t sk_app_connect(sk_engine *e, const sk_app_connect_options *o, char *err,
                         size_t errlen);
 
+/* OpenSSL's words for an X509_V_ERR code (APP_CLOSED's a is minus one). */
+const char *sk_tls_verify_error(int code);
+
 /* ------------------------------------------------------------------- TLS */
 
 /* Loading runs on a loader thread (it reads files and may block: a FIFO, a

@@ -196,6 +196,11 @@ void sk_app_dial_tls_failed(sk_worker *w, sk_conn *c)
 
 /* ------------------------------------------------------------ control side */
 
+const char *sk_tls_verify_error(int code)
+{
+    return X509_verify_cert_error_string(code);
+}
+
 static bool slot_has_client(sk_engine *e, int slot)
 {
     sk_snap *s = sk_slot_acquire(&e->tls[slot]);
