@@ -330,7 +330,9 @@ int64_t sk_app_pending(sk_engine *e, uint64_t conn_id);
 int sk_app_set_keepalive(sk_engine *e, uint64_t conn_id, const void *frame, size_t len,
                          uint32_t interval_ms);
 
-/* Closes after the queued bytes are written (abort=0) or at once with RST. */
+/* Closes after the queued bytes are written (abort=0) or at once with RST.
+ * A connection sk_app_connect still dials is cancelled (APP_CLOSED with
+ * ECANCELED, no APP_OPEN). */
 int sk_app_close(sk_engine *e, uint64_t conn_id, int abort);
 
 /* Outbound app connections (an inter-router connector dialling a neighbour):
@@ -345,7 +347,9 @@ typedef struct sk_app_connect_options {
     int tls_slot;         /* -1: plain TCP; else the slot's current config,
                              pinned: its certificate is offered (mutual TLS)
                              and, with a CA, the peer's is verified */
-    int verify_host;      /* TLS: the peer certificate must match host */
+    int verify_host;      /* TLS: the peer certificate must match host (only
+                             when the slot's config has a CA: without one the
+                             peer is not verified at all, as for targets) */
     uint64_t user_id;     /* echoed in SK_EV_APP_OPEN's a */
     uint32_t timeout_ms;  /* connect and TLS handshake together; 0: 10000 */
     int worker;           /* the owning worker; -1: round robin */

@@ -5,7 +5,9 @@
  * credit of relay_buffer_bytes: the socket is not read while that much waits)
  * and queues whole frames with sk_app_write. The owning worker does all socket
  * I/O, and sends the keep-alive frame on a high-priority timer by itself, so
- * heartbeats never wait for Python or the GIL. */
+ * heartbeats never wait for Python or the GIL. The connection is accepted by
+ * an app listener, or dialled by sk_app_connect (app_connect.c), which hands
+ * it over here once open. */
 #include "internal.h"
 
 #include <errno.h>
