@@ -116,7 +116,6 @@ class AppListenerAdaptor:
         self._pages: dict[str, Route] = {}
         self._listeners: dict[str, _ListenerState] = {}
         self._by_uid: dict[int, _ListenerState] = {}
-        self._uids: set[int] = set()  # every listener this adaptor opened
         self._network: NetworkService | None = None
         self._conns: dict[int, tuple[Conn, _ListenerState]] = {}
         self._closing = False
@@ -315,7 +314,6 @@ class AppListenerAdaptor:
             _log.info(f"listener '{state.entity.name}' could bind after all")
         state.last_error = None
         self._by_uid[listener.user_id] = state
-        self._uids.add(listener.user_id)
         if slot is None:
             security = ""
         else:
@@ -371,7 +369,9 @@ class AppListenerAdaptor:
     def _on_event(self, ev: Event) -> None:
         if ev.type == EventType.APP_READABLE:
             self._readable(ev.id)
-        elif ev.type == EventType.APP_OPEN:
+        elif ev.type == EventType.APP_OPEN and ev.b == 0:
+            # b == 1: a connection the engine dialled (Engine.app_connect),
+            # its caller's and not a listener's
             self._opened(ev.id, ev.a)
         elif ev.type == EventType.APP_CLOSED:
             entry = self._conns.pop(ev.id, None)
@@ -385,14 +385,12 @@ class AppListenerAdaptor:
     def _resync(self) -> None:
         """Some engine events were dropped (a ring overflowed while the loop was
         busy): rebuild the set of connections from the engine itself."""
-        live = {c.id: c for c in self.engine.connections() if c.app and c.listener_id in self._uids}
+        live = {c.id: c for c in self.engine.connections() if c.app and not c.outbound}
         for conn_id in [cid for cid in self._conns if cid not in live]:
             conn, state = self._conns.pop(conn_id)
             state.connections.discard(conn_id)
             conn.closed()
         for conn_id, info in live.items():
-            if info.listener_id not in self._uids:
-                continue  # not accepted here (a link this router dialled)
             if conn_id not in self._conns:
                 self._opened(conn_id, info.listener_id)
             self._readable(conn_id)
@@ -406,20 +404,21 @@ class AppListenerAdaptor:
         )
 
     def _opened(self, conn_id: int, listener_uid: int) -> None:
-        if listener_uid not in self._uids:
-            return  # a connection this router dialled: not ours
         state = self._by_uid.get(listener_uid)
         if state is None or self._closing:
             self.engine.app_close(conn_id, abort=True)
             return
-        if len(self._conns) >= self.limits.budget:
+        # connections the engine dialled (inter-router links) count too
+        outbound = self.engine.counters().get("app_outbound_live", 0)
+        if len(self._conns) + outbound >= self.limits.budget:
             self._refuse(
                 conn_id,
                 state,
                 limits.REFUSED_BUDGET,
-                f"the app listeners hold {len(self._conns)} connections, their share "
-                f"(1/{limits.APP_FD_SHARE}) of the descriptor limit; the rest is kept "
-                "for relayed connections",
+                f"the app listeners hold {len(self._conns) + outbound} connections"
+                + (f" ({outbound} of them dialled)" if outbound else "")
+                + f", their share (1/{limits.APP_FD_SHARE}) of the descriptor limit; "
+                "the rest is kept for relayed connections",
             )
             return
         if len(state.connections) >= state.cap:

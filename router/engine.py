@@ -33,6 +33,19 @@ class EngineError(RuntimeError):
 
 
 class EventType(enum.IntEnum):
+    """What an Event reports (native/include/skiff.h has the fields of each).
+
+    App connections: APP_OPEN's ``a`` is the accepting listener's user id and
+    ``b`` 0, or, for a connection dialled by ``Engine.app_connect``, the user
+    id given there and ``b`` 1. APP_CLOSED ends every app connection id
+    exactly once; its ``a`` is 0, or for a dial that failed before any
+    APP_OPEN the reason (``Engine.app_close_reason`` words it): an errno
+    (ECONNREFUSED, ETIMEDOUT, ...), EPROTO for a failed TLS handshake,
+    minus an X509_V_ERR code for a peer certificate that failed
+    verification, or ECANCELED when ``app_close`` or the engine's stop ended
+    the dial.
+    """
+
     TIMER = lib.SK_EV_TIMER
     TIMER_CANCELLED = lib.SK_EV_TIMER_CANCELLED
     LISTENER_CLOSED = lib.SK_EV_LISTENER_CLOSED
@@ -124,6 +137,7 @@ class ConnInfo:
     peer_subject: str
     tls_protocol: str = ""
     tls_cipher: str = ""
+    outbound: bool = False  # an app connection dialled by Engine.app_connect
 
 
 def _conn_info(c: Any) -> ConnInfo:
@@ -143,6 +157,7 @@ def _conn_info(c: Any) -> ConnInfo:
         _str(c.peer_subject),
         _str(c.tls_protocol),
         _str(c.tls_cipher),
+        bool(c.outbound),
     )
 
 
@@ -808,7 +823,70 @@ class Engine:
             raise EngineError(f"connection {conn_id}: cannot set keep-alive (code {rc})")
 
     def app_close(self, conn_id: int, abort: bool = False) -> None:
+        """Closes after the queued bytes are written (or at once with RST when
+        ``abort``). A connection still dialling is cancelled: APP_CLOSED with
+        ECANCELED, no APP_OPEN."""
         lib.sk_app_close(self._ptr, conn_id, int(abort))
+
+    def app_connect(
+        self,
+        ip: str,
+        port: int,
+        *,
+        user_id: int,
+        host: str = "",
+        tls_slot: int = -1,
+        verify_host: bool = False,
+        timeout_s: float = 10.0,
+        worker: int = -1,
+    ) -> int:
+        """Dials an app connection (an inter-router link) and returns its id.
+
+        ``ip`` is numeric: name resolution is the caller's. The engine
+        connects without blocking and, with ``tls_slot`` >= 0, runs the TLS
+        client side with the slot's current config pinned (its certificate
+        is offered; with a CA the peer's is verified, and with
+        ``verify_host`` it must match ``host``, a DNS name also sent as SNI,
+        or the IP). ``timeout_s`` bounds connect and handshake together.
+        Then APP_OPEN(id, a=user_id, b=1) follows and the connection is like
+        an accepted one; or the dial fails and APP_CLOSED(id, a=reason)
+        comes alone. Bytes written and keep-alive set before APP_OPEN are
+        sent once open. Raises EngineError when the engine refuses at once
+        (bad address, port or worker, nothing published in the slot).
+        """
+        if not 0 < port < 65536:
+            raise EngineError(f"cannot connect to {ip}:{port}: port out of range 1-65535")
+        opts = ffi.new("sk_app_connect_options *")
+        lib.sk_app_connect_options_init(opts)
+        cip = ffi.new("char[]", ip.encode())
+        chost = ffi.new("char[]", host.encode())
+        opts.ip = cip
+        opts.port = port
+        opts.host = chost
+        opts.tls_slot = tls_slot
+        opts.verify_host = int(verify_host)
+        opts.user_id = user_id
+        opts.timeout_ms = max(1, min(int(timeout_s * 1000), 0xFFFFFFFF))
+        opts.worker = worker
+        err = _err()
+        conn_id = int(lib.sk_app_connect(self._ptr, opts, err, lib.SK_ERRLEN))
+        if conn_id == 0:
+            raise EngineError(_str(err))
+        return conn_id
+
+    @staticmethod
+    def app_close_reason(code: int) -> str:
+        """Words APP_CLOSED's ``a``: "" for 0, else why a dial failed."""
+        if code == 0:
+            return ""
+        if code < 0:
+            what = _str(lib.sk_tls_verify_error(-code))
+            return f"certificate verification failed: {what}"
+        if code == errno.EPROTO:
+            return "TLS handshake failed"
+        if code == errno.ECANCELED:
+            return "cancelled"
+        return os.strerror(code)
 
 
 @dataclass(slots=True)

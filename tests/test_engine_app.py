@@ -153,3 +153,159 @@ def _read_exactly(engine: Engine, cid: int, n: int) -> bytes:
     got = bytearray()
     wait_for(lambda: bool(got.extend(engine.app_read(cid) or b"")) or len(got) >= n)
     return bytes(got)
+
+
+# ------------------------------------------------------------ outbound (app_connect)
+
+
+def _event(engine: Engine, seen: list[Event], kind: EventType, cid: int, **match: int) -> Event:
+    """The first event of kind for cid (and the given fields) drained so far."""
+
+    def pick() -> Event | None:
+        for e in seen:
+            if e.type == kind and e.id == cid and all(getattr(e, k) == v for k, v in match.items()):
+                return e
+        return None
+
+    def found() -> bool:
+        seen.extend(engine.drain())
+        return pick() is not None
+
+    wait_for(found, what=f"{kind.name} of {cid}")
+    ev = pick()
+    assert ev is not None
+    return ev
+
+
+def _accepted(engine: Engine, seen: list[Event], listener_uid: int) -> int:
+    def pick() -> int | None:
+        for e in seen:
+            if e.type == EventType.APP_OPEN and e.b == 0 and e.a == listener_uid:
+                return e.id
+        return None
+
+    wait_for(lambda: bool(seen.extend(engine.drain())) or pick() is not None, what="accept")
+    cid = pick()
+    assert cid is not None
+    return cid
+
+
+def test_app_connect_plain(engine: Engine) -> None:
+    listener = engine.listen("127.0.0.1", 0, app=True)
+    seen: list[Event] = []
+    cid = engine.app_connect("127.0.0.1", listener.port, user_id=4242)
+    engine.app_write(cid, b"AMQP")  # queued until the connection is open
+    opened = _event(engine, seen, EventType.APP_OPEN, cid)
+    assert (opened.a, opened.b) == (4242, 1)
+    peer = _accepted(engine, seen, listener.user_id)
+    assert _read_exactly(engine, peer, 4) == b"AMQP"
+    engine.app_write(peer, b"open")
+    assert _read_exactly(engine, cid, 4) == b"open"
+    info = engine.conn_info(cid)
+    assert info is not None
+    assert info.app and info.outbound and info.listener_id == 0
+    assert info.peer == f"127.0.0.1:{listener.port}"
+    accepted = engine.conn_info(peer)
+    assert accepted is not None and not accepted.outbound
+    counters = engine.counters()
+    assert counters["app_live"] == 2 and counters["app_outbound_live"] == 1
+    frame = b"\x00\x00\x00\x08\x02\x00\x00\x00"
+    engine.app_set_keepalive(cid, frame, 0.05)
+    assert _read_exactly(engine, peer, 16)[:16] == frame * 2  # heartbeats from the engine
+    engine.app_close(cid)
+    assert _event(engine, seen, EventType.APP_CLOSED, cid).a == 0
+    engine.app_close(peer)
+    _event(engine, seen, EventType.APP_CLOSED, peer)
+    wait_for(lambda: engine.counters()["app_live"] == 0, what="app connections gone")
+
+
+def test_app_connect_refused_and_errors(engine: Engine) -> None:
+    import errno
+
+    import pytest
+    from servers import refusing_port
+
+    from router.engine import EngineError
+
+    sock, port = refusing_port()
+    seen: list[Event] = []
+    try:
+        cid = engine.app_connect("127.0.0.1", port, user_id=1)
+        closed = _event(engine, seen, EventType.APP_CLOSED, cid)
+    finally:
+        sock.close()
+    assert closed.a == errno.ECONNREFUSED
+    assert Engine.app_close_reason(closed.a) == "Connection refused"
+    assert not [e for e in seen if e.type == EventType.APP_OPEN]
+    assert engine.counters()["app_connects_failed"] == 1
+    with pytest.raises(EngineError, match="not a numeric"):
+        engine.app_connect("localhost", 5672, user_id=1)
+    with pytest.raises(EngineError, match="port"):
+        engine.app_connect("127.0.0.1", 0, user_id=1)
+    with pytest.raises(EngineError, match="no TLS material"):
+        engine.app_connect("127.0.0.1", 5672, user_id=1, tls_slot=engine.tls_slot())
+
+
+def test_app_connect_mutual_tls(engine: Engine, tmp_path: Path) -> None:
+    from bench.pki import CertAuthority, write
+    from router.engine import TlsMaterial, tls_load
+
+    ca = CertAuthority()
+    files = {"ca.pem": ca.pem}
+    for name in ("router-a", "router-b"):
+        issued = ca.issue(name)
+        files[f"{name}.pem"], files[f"{name}.key"] = issued.cert_pem, issued.key_pem
+    for name, data in files.items():
+        write(tmp_path / name, data)
+    slots = {}
+    for name in ("router-a", "router-b"):
+        loaded = tls_load(
+            TlsMaterial(
+                str(tmp_path / f"{name}.pem"),
+                str(tmp_path / f"{name}.key"),
+                str(tmp_path / "ca.pem"),
+            )
+        )
+        assert loaded.ok and loaded.config is not None
+        slots[name] = engine.tls_slot()
+        engine.tls_publish(slots[name], loaded.config)
+    listener = engine.listen(
+        "127.0.0.1", 0, app=True, tls_slot=slots["router-b"], authenticate_peer=True
+    )
+    seen: list[Event] = []
+    cid = engine.app_connect(
+        "127.0.0.1",
+        listener.port,
+        user_id=7,
+        host="localhost",
+        tls_slot=slots["router-a"],
+        verify_host=True,
+    )
+    assert _event(engine, seen, EventType.APP_OPEN, cid).b == 1
+    peer = _accepted(engine, seen, listener.user_id)
+    engine.app_write(cid, b"AMQP\x03\x01\x00\x00")
+    assert _read_exactly(engine, peer, 8) == b"AMQP\x03\x01\x00\x00"
+    engine.app_write(peer, b"AMQP\x00\x01\x00\x00")
+    assert _read_exactly(engine, cid, 8) == b"AMQP\x00\x01\x00\x00"
+    out, inc = engine.conn_info(cid), engine.conn_info(peer)
+    assert out is not None and inc is not None
+    assert out.outbound and out.tls_protocol.startswith("TLS") and out.tls_version == 1
+    assert out.peer_subject == "/CN=router-b"
+    assert inc.peer_subject == "/CN=router-a"  # the dialler's certificate
+    engine.app_close(cid)
+    engine.app_close(peer)
+    _event(engine, seen, EventType.APP_CLOSED, cid)
+
+    # the name does not match the certificate: closed, never opened
+    bad = engine.app_connect(
+        "127.0.0.1",
+        listener.port,
+        user_id=8,
+        host="wrong.example",
+        tls_slot=slots["router-a"],
+        verify_host=True,
+    )
+    closed = _event(engine, seen, EventType.APP_CLOSED, bad)
+    assert closed.a < 0
+    assert "hostname mismatch" in Engine.app_close_reason(closed.a)
+    assert not [e for e in seen if e.type == EventType.APP_OPEN and e.id == bad]

@@ -94,9 +94,11 @@ enum sk_event_type {
     SK_EV_TARGET_DOWN,         /* id: target user id; a: errno; b: down for ms */
     SK_EV_TARGET_UP,           /* id: target user id */
     SK_EV_ACCEPT_PAUSED,       /* id: listener user id; a: errno (EMFILE/ENFILE) */
-    SK_EV_APP_OPEN,            /* id: app conn id; a: listener user id */
+    SK_EV_APP_OPEN,            /* id: app conn id; a: listener user id (accepted,
+                                  b = 0) or sk_app_connect's user_id (b = 1) */
     SK_EV_APP_READABLE,        /* id: app conn id; bytes wait for sk_app_read */
-    SK_EV_APP_CLOSED,          /* id: app conn id; a: errno or 0 */
+    SK_EV_APP_CLOSED,          /* id: app conn id; a: 0, or why a dial failed
+                                  before any APP_OPEN (see sk_app_connect) */
     SK_EV_CLOSE_DONE           /* id: request id from sk_engine_close_flows */
 };
 
@@ -190,6 +192,11 @@ typedef struct sk_engine_counters {
     uint64_t pipes_live;        /* splice pipes open, pooled ones included */
     uint64_t pipes_in_use;      /* splice pipes holding bytes of a flow */
     uint64_t splice_fallbacks;  /* reads copied because every pipe was in use */
+    uint64_t app_live;          /* app connections held now, accepted and dialled
+                                   (dials in progress included) */
+    uint64_t app_outbound_live; /* of those, dialled by sk_app_connect */
+    uint64_t app_connects_failed; /* dials that ended before SK_EV_APP_OPEN
+                                   (refused, timed out, TLS), cancels excluded */
 } sk_engine_counters;
 
 void sk_engine_counters_get(sk_engine *e, sk_engine_counters *out);
@@ -282,6 +289,8 @@ typedef struct sk_conn_info {
     uint64_t target_id;     /* user id of the target (0 if none) */
     uint32_t worker;
     uint32_t app;           /* delivered to Python */
+    uint32_t outbound;      /* app: dialled by sk_app_connect (listener_id 0,
+                               peer is the remote address) */
     char peer[64];          /* client address "ip:port" */
     char target[64];        /* target address "ip:port" */
     uint64_t bytes_in;      /* from the client */
@@ -321,8 +330,52 @@ int64_t sk_app_pending(sk_engine *e, uint64_t conn_id);
 int sk_app_set_keepalive(sk_engine *e, uint64_t conn_id, const void *frame, size_t len,
                          uint32_t interval_ms);
 
-/* Closes after the queued bytes are written (abort=0) or at once with RST. */
+/* Closes after the queued bytes are written (abort=0) or at once with RST.
+ * A connection sk_app_connect still dials is cancelled (APP_CLOSED with
+ * ECANCELED, no APP_OPEN). */
 int sk_app_close(sk_engine *e, uint64_t conn_id, int abort);
+
+/* Outbound app connections (an inter-router connector dialling a neighbour):
+ * the engine connects, does the TLS client side, and then the connection is
+ * exactly like an accepted one (sk_app_read/write/pending/set_keepalive/
+ * close, sk_engine_conn_info with app = outbound = 1). */
+typedef struct sk_app_connect_options {
+    const char *ip;       /* numeric IPv4 or IPv6 address (no DNS on a worker) */
+    uint16_t port;        /* 1-65535 */
+    const char *host;     /* TLS: SNI (DNS names only) and the name verify_host
+                             checks (DNS name or IP SAN; "" or NULL: ip) */
+    int tls_slot;         /* -1: plain TCP; else the slot's current config,
+                             pinned: its certificate is offered (mutual TLS)
+                             and, with a CA, the peer's is verified */
+    int verify_host;      /* TLS: the peer certificate must match host (only
+                             when the slot's config has a CA: without one the
+                             peer is not verified at all, as for targets) */
+    uint64_t user_id;     /* echoed in SK_EV_APP_OPEN's a */
+    uint32_t timeout_ms;  /* connect and TLS handshake together; 0: 10000 */
+    int worker;           /* the owning worker; -1: round robin */
+} sk_app_connect_options;
+
+#define SK_APP_CONNECT_TIMEOUT_MS 10000
+
+void sk_app_connect_options_init(sk_app_connect_options *o);
+
+/* Starts a non-blocking dial on a worker and returns the connection's id
+ * (> 0), or 0 with err filled (bad address, port, slot or worker, a TLS slot
+ * with nothing published, engine stopped, out of memory). Never blocks.
+ * Exactly one SK_EV_APP_CLOSED ends every id; before it either
+ *   SK_EV_APP_OPEN(id, a = user_id, b = 1) once TCP is up and TLS (when
+ *   asked) completed, or nothing: the dial failed and APP_CLOSED's a says
+ *   why: an errno (ECONNREFUSED, ETIMEDOUT when timeout_ms passed, ENETUNREACH,
+ *   EMFILE, ...), EPROTO for a failed TLS handshake, -n for a peer certificate
+ *   that failed verification with X509_V_ERR n (e.g. -62 hostname mismatch,
+ *   -18 self-signed, -20 unknown issuer), or ECANCELED when sk_app_close or
+ *   the engine's stop ended the dial.
+ * Bytes written and keep-alive set before APP_OPEN are sent once open. */
+uint64_t sk_app_connect(sk_engine *e, const sk_app_connect_options *o, char *err,
+                        size_t errlen);
+
+/* OpenSSL's words for an X509_V_ERR code (APP_CLOSED's a is minus one). */
+const char *sk_tls_verify_error(int code);
 
 /* ------------------------------------------------------------------- TLS */
 

@@ -5,7 +5,9 @@
  * credit of relay_buffer_bytes: the socket is not read while that much waits)
  * and queues whole frames with sk_app_write. The owning worker does all socket
  * I/O, and sends the keep-alive frame on a high-priority timer by itself, so
- * heartbeats never wait for Python or the GIL. */
+ * heartbeats never wait for Python or the GIL. The connection is accepted by
+ * an app listener, or dialled by sk_app_connect (app_connect.c), which hands
+ * it over here once open. */
 #include "internal.h"
 
 #include <errno.h>
@@ -93,29 +95,40 @@ static int append(char **buf, size_t *len, size_t *cap, const void *data, size_t
 
 /* ------------------------------------------------------------ worker side */
 
-void sk_app_accepted(sk_worker *w, sk_conn *c, sk_listener *l)
+sk_app *sk_app_new(sk_engine *e, sk_worker *w, uint64_t id, bool outbound)
 {
-    sk_engine *e = w->engine;
     sk_app *a = calloc(1, sizeof *a);
-    if (!a) {
-        sk_conn_close(w, c, true);
-        return;
-    }
+    if (!a)
+        return NULL;
     atomic_init(&a->refs, 2); /* the worker's connection and the table */
-    a->id = c->id;
+    a->id = id;
     a->engine = e;
     a->worker = w;
-    a->conn = c;
+    a->outbound = outbound;
     pthread_mutex_init(&a->lock, NULL);
     sk_timer_init(&a->ka_timer, ka_fire);
     a->last_write_ns = sk_now_ns();
-    c->app = a;
-    c->h.on_io = sk_app_io;
+    SK_ADD(&e->app_live, 1);
+    if (outbound)
+        SK_ADD(&e->app_outbound_live, 1);
     pthread_mutex_lock(&e->app_lock);
     sk_app **b = bucket(e, a->id);
     a->hnext = *b;
     *b = a;
     pthread_mutex_unlock(&e->app_lock);
+    return a;
+}
+
+void sk_app_accepted(sk_worker *w, sk_conn *c, sk_listener *l)
+{
+    sk_app *a = sk_app_new(w->engine, w, c->id, false);
+    if (!a) {
+        sk_conn_close(w, c, true);
+        return;
+    }
+    a->conn = c;
+    c->app = a;
+    c->h.on_io = sk_app_io;
     sk_conn_set_interest(w, c, EPOLLIN);
     sk_worker_emit(w, SK_PRIO_NORMAL, SK_EV_APP_OPEN, a->id, (int64_t)l->opts.user_id, 0);
 }
@@ -259,6 +272,10 @@ void sk_app_io(sk_worker *w, sk_handle *h, uint32_t ev)
 void sk_app_kick(sk_worker *w, sk_app *a)
 {
     sk_conn *c = a->conn;
+    if (c && c->app_out && (c->state == SK_C_CONNECTING || c->state == SK_C_HANDSHAKE)) {
+        sk_app_dial_kick(w, a); /* the rest waits for the open */
+        return;
+    }
     if (!c || c->state != SK_C_OPEN)
         return;
     pthread_mutex_lock(&a->lock);
@@ -305,19 +322,28 @@ static void ka_fire(sk_worker *w, sk_timer *t, uint64_t now)
     sk_worker_schedule(w, SK_PRIO_HIGH, &a->ka_timer, next);
 }
 
-void sk_app_conn_closed(sk_worker *w, sk_conn *c, int err)
+void sk_app_finish(sk_worker *w, sk_app *a, int err)
 {
-    sk_app *a = c->app;
-    c->app = NULL;
+    sk_engine *e = w->engine;
     sk_worker_cancel(w, SK_PRIO_HIGH, &a->ka_timer);
     pthread_mutex_lock(&a->lock);
     a->closed = true;
     a->conn = NULL;
     pthread_mutex_unlock(&a->lock);
-    table_remove(w->engine, a);
+    table_remove(e, a);
+    SK_SUB(&e->app_live, 1);
+    if (a->outbound)
+        SK_SUB(&e->app_outbound_live, 1);
     sk_app_unref(a); /* the table's reference */
     sk_worker_emit(w, SK_PRIO_NORMAL, SK_EV_APP_CLOSED, a->id, err, 0);
     sk_app_unref(a); /* the connection's reference */
+}
+
+void sk_app_conn_closed(sk_worker *w, sk_conn *c, int err)
+{
+    sk_app *a = c->app;
+    c->app = NULL;
+    sk_app_finish(w, a, err ? err : a->close_err);
 }
 
 /* ------------------------------------------------------------ control side */

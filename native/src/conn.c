@@ -365,6 +365,7 @@ static void fill_info(const sk_conn *c, sk_conn_info *ci)
     ci->id = c->id;
     ci->worker = (uint32_t)c->worker->index;
     ci->app = c->app != NULL;
+    ci->outbound = c->app_out;
     ci->listener_id = c->listener ? c->listener->opts.user_id : 0;
     const sk_conn *srv = c->peer;
     ci->target_id = srv && srv->target ? srv->target->user_id : 0;

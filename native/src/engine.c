@@ -335,6 +335,9 @@ void sk_engine_counters_get(sk_engine *e, sk_engine_counters *out)
     out->pipes_live = SK_LOAD(&e->pipes_live);
     out->pipes_in_use = SK_LOAD(&e->pipes_in_use);
     out->splice_fallbacks = SK_LOAD(&e->splice_fallbacks);
+    out->app_live = SK_LOAD(&e->app_live);
+    out->app_outbound_live = SK_LOAD(&e->app_outbound_live);
+    out->app_connects_failed = SK_LOAD(&e->app_connects_failed);
 }
 
 uint64_t sk_engine_publish_routes(sk_engine *e, sk_routes *r)

@@ -197,6 +197,7 @@ typedef struct sk_pipe sk_pipe;
 typedef struct sk_conn sk_conn;
 typedef struct sk_lsock sk_lsock;
 typedef struct sk_app sk_app;
+typedef struct sk_app_dial sk_app_dial;
 
 /* ------------------------------------------------------------ engine.c */
 
@@ -223,6 +224,7 @@ struct sk_engine {
     _Atomic uint64_t conns_live, bufs_live, buf_bytes_live, accepted, connects_failed,
         flows_failed, accept_paused, limit_rejected, tls_handshakes, tls_failures,
         tls_unexpected_eof, tls_closed_old;
+    _Atomic uint64_t app_live, app_outbound_live, app_connects_failed;
 };
 
 uint64_t sk_engine_next_id(sk_engine *e);
@@ -311,6 +313,7 @@ enum sk_msg_kind {
     SK_MSG_APP_KICK,
     SK_MSG_CLOSE_TARGET_FLOWS,
     SK_MSG_TLS_CLOSE_OLDER,
+    SK_MSG_APP_CONNECT,
 };
 
 typedef struct sk_close_req sk_close_req;
@@ -327,6 +330,7 @@ struct sk_msg {
         sk_utimer *timer;
         uint64_t timer_id;
         sk_app *app;
+        sk_app_dial *dial;
         sk_close_req *req;
         struct {
             int slot;
@@ -474,6 +478,7 @@ struct sk_conn {
     bool rd_eof;           /* read side saw EOF */
     bool wr_shut;          /* we shut down the write side */
     bool is_client;
+    bool app_out;          /* an app connection dialled by sk_app_connect */
     sk_timer tmo;          /* connect or handshake time-out (normal class) */
     /* TLS */
     SSL *ssl;
@@ -606,6 +611,10 @@ struct sk_app {
     sk_engine *engine;
     sk_worker *worker;
     sk_conn *conn; /* worker-owned; NULL once closed */
+    bool outbound; /* dialled by sk_app_connect */
+    uint64_t user_id; /* outbound: the caller's, echoed in SK_EV_APP_OPEN */
+    uint64_t dial_deadline; /* outbound: connect and TLS handshake done by then */
+    int close_err; /* worker-owned: SK_EV_APP_CLOSED's a when the close gives none */
 
     pthread_mutex_t lock; /* guards the fields below; never held across I/O */
     char *in;
@@ -631,14 +640,33 @@ struct sk_app {
     struct sk_app *hnext; /* engine table chain, under engine->app_lock */
 };
 
+/* A new app connection object for worker w with the given id: two
+ * references (its connection's and the engine table's, where it is linked). */
+sk_app *sk_app_new(sk_engine *e, sk_worker *w, uint64_t id, bool outbound);
 /* Makes c an app connection (its on_io becomes sk_app_io). */
 void sk_app_accepted(sk_worker *w, sk_conn *c, sk_listener *l);
+/* Ends a that never had (or no longer has) a connection: unlinks it, reports
+ * SK_EV_APP_CLOSED(err) and drops both references. */
+void sk_app_finish(sk_worker *w, sk_app *a, int err);
 void sk_app_io(sk_worker *w, sk_handle *h, uint32_t events);
 void sk_app_conn_readable(sk_worker *w, sk_conn *c);
 void sk_app_kick(sk_worker *w, sk_app *a);
 void sk_app_conn_closed(sk_worker *w, sk_conn *c, int err);
 void sk_app_unref(sk_app *a);
 void sk_app_table_free(sk_engine *e);
+
+/* ------------------------------------------------------------ app_connect.c */
+
+/* Mailbox side of sk_app_connect: creates the socket and starts the dial. */
+void sk_app_dial_run(sk_worker *w, sk_app_dial *d);
+/* A dial message left when the worker stopped: ends its app (ECANCELED). */
+void sk_app_dial_discard(sk_worker *w, sk_app_dial *d);
+/* sk_app_kick while a's connection still dials: a close request ends it. */
+void sk_app_dial_kick(sk_worker *w, sk_app *a);
+/* tls_io.c's hooks for a dialled connection (c->app_out): handshake done,
+ * or failed (SK_EV_APP_CLOSED with EPROTO or -X509_V_ERR_*). */
+void sk_app_dial_tls_done(sk_worker *w, sk_conn *c);
+void sk_app_dial_tls_failed(sk_worker *w, sk_conn *c);
 
 /* ------------------------------------------------------------ flow.c */
 

@@ -51,6 +51,9 @@ static void handle_msg(sk_worker *w, sk_msg *m)
     case SK_MSG_CLOSE_TARGET_FLOWS:
         sk_close_req_run(w, m->u.req);
         break;
+    case SK_MSG_APP_CONNECT:
+        sk_app_dial_run(w, m->u.dial);
+        break;
     }
     free(m);
 }
@@ -97,6 +100,9 @@ void sk_mbox_discard(sk_worker *w)
             break;
         case SK_MSG_CLOSE_TARGET_FLOWS:
             sk_close_req_done(w, m->u.req);
+            break;
+        case SK_MSG_APP_CONNECT:
+            sk_app_dial_discard(w, m->u.dial);
             break;
         default:
             break;

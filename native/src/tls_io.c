@@ -120,6 +120,10 @@ static void tls_record_peer(sk_worker *w, sk_conn *c)
 static void tls_failed(sk_worker *w, sk_conn *c)
 {
     SK_ADD(&w->engine->tls_failures, 1);
+    if (c->app_out) {
+        sk_app_dial_tls_failed(w, c); /* reads the verify result; clears errors */
+        return;
+    }
     ERR_clear_error();
     if (c->is_client)
         sk_conn_close(w, c, true);
@@ -167,7 +171,9 @@ static void tls_handshake(sk_worker *w, sk_conn *c)
         c->tls_want = 0;
         SK_ADD(&w->engine->tls_handshakes, 1);
         tls_record_peer(w, c);
-        if (c->is_client) {
+        if (c->app_out) {
+            sk_app_dial_tls_done(w, c);
+        } else if (c->is_client) {
             sk_conn_open_client(w, c);
         } else {
             sk_conn_enter(c, SK_C_OPEN, sk_relay_io);

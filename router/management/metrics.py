@@ -30,7 +30,9 @@ from router.tls import ProfileState
 # what generate_latest writes (spelt here: older clients have no constant for it)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-_GAUGE_COUNTERS = frozenset({"conns_live", "bufs_live", "buf_bytes_live", "routes_version"})
+_GAUGE_COUNTERS = frozenset(
+    {"conns_live", "bufs_live", "buf_bytes_live", "routes_version", "app_live", "app_outbound_live"}
+)
 
 _COUNTER_HELP = {
     "tls_handshakes": "TLS handshakes completed (accepted and originated connections).",
