@@ -212,7 +212,7 @@ class AppListenerAdaptor:
         if cfg.sasl_mechanisms:
             mechs = tuple(m.upper() for m in cfg.sasl_mechanisms)
         elif router_link:
-            mechs = ("EXTERNAL",) if authenticate else ("ANONYMOUS", "EXTERNAL")
+            mechs = ("EXTERNAL",) if authenticate else ("ANONYMOUS",)
         else:
             mechs = ("ANONYMOUS", "PLAIN")
         for mech in mechs:

@@ -216,7 +216,7 @@ class Router:
             props["allowStale"] = True
         client = self.client(address)
         try:
-            reply = client.call(props)
+            reply = client.call(props, {"attributeNames": list(names)})
             if not 200 <= reply.status < 300:
                 raise ManagementFailure(reply.status, reply.description)
             body = reply.body

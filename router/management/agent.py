@@ -257,7 +257,7 @@ class Agent:
         self._guards[schema.management_type(type_name).short_name] = check
 
     def _guarded(self, props: Mapping[object, object]) -> Mapping[str, object] | None:
-        named = _text(props, "type") or _text(props, "entityType")
+        named = _text(props, "entityType") or _text(props, "type")
         if not named or not self._guards:
             return None
         try:

@@ -616,11 +616,9 @@ class NetworkService:
             state.conn_id = None
             self._dialling = {u: c for u, c in self._dialling.items() if c is not state}
             if not state.deleted and state.retry is None:
-                why = state.message or (
-                    f"connection failed: {_errno_text(error)}" if error else "connection closed"
-                )
+                why = state.message or "connection closed"
                 if conn is None and error:
-                    why = f"cannot connect: {_errno_text(error)}"
+                    why = f"cannot connect: {self.engine.app_close_reason(error)}"
                 self._retry(state, why)
 
     # ------------------------------------------------------------ ClientHost
@@ -763,12 +761,3 @@ def _numeric(host: str) -> str | None:
         return str(ipaddress.ip_address(name))
     except ValueError:
         return None
-
-
-def _errno_text(code: int) -> str:
-    import os
-
-    try:
-        return f"{os.strerror(abs(code))} (errno {abs(code)})"
-    except ValueError:
-        return f"error {code}"
