@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from network import Network
 from servers import wait_for
 
+from bench.netharness import Network
 from router.tools.client import ManagementFailure
 
 

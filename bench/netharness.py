@@ -1,5 +1,8 @@
 """A router network on loopback: N skiffd processes with generated configs.
 
+Used by the system tests (tests/test_network_system.py) and by
+``python -m bench network``.
+
     net = Network(tmp_path)
     net.router("A")                      # interior by default
     net.router("E", mode="edge")
@@ -32,9 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon import free_port
-from servers import wait_for
-
+from bench.proxies import free_port
 from router.tools.client import CONNECT_ERRORS, ManagementClient, ManagementFailure
 
 FAST_TIMERS = {
@@ -290,9 +291,7 @@ class Network:
         try:
             wait_for(cond, timeout=timeout, what=what)
         except AssertionError as e:
-            tails = "\n".join(
-                f"--- {name}:\n{r.log_tail(15)}" for name, r in self.routers.items()
-            )
+            tails = "\n".join(f"--- {name}:\n{r.log_tail(15)}" for name, r in self.routers.items())
             raise AssertionError(f"{e}\n{tails}") from None
         return time.monotonic() - start
 
@@ -324,3 +323,12 @@ class Network:
     def close(self) -> None:
         for router in self.routers.values():
             router.stop()
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Polls cond every 10 ms; raises AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
