@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 from servers import wait_for
 
 from bench.netharness import Network
+from bench.pki import CertAuthority, write
 from router.tools.client import ManagementFailure
 
 
@@ -251,3 +254,108 @@ def test_management_routed_to_a_remote_router(net: Network) -> None:
     with pytest.raises(ManagementFailure) as unknown:
         net["A"].query("router", address="_topo/0/nobody/$management")
     assert unknown.value.status == 404 and "'nobody' is unknown" in unknown.value.description
+
+
+def _ssl_profile(directory: Path, ca: CertAuthority, cn: str, trusted: CertAuthority) -> str:
+    """An sslProfile entity: a certificate of ``ca`` named cn, trusting ``trusted``."""
+    issued = ca.issue(cn)
+    directory.mkdir(parents=True, exist_ok=True)
+    cert = write(directory / f"{cn}.pem", issued.cert_pem)
+    key = write(directory / f"{cn}.key", issued.key_pem)
+    cas = write(directory / f"{cn}-ca.pem", trusted.pem)
+    return (
+        f"sslProfile {{\n    name: link-tls\n    certFile: {cert}\n    privateKeyFile: {key}\n"
+        f"    caCertFile: {cas}\n}}"
+    )
+
+
+def test_mutual_tls_link_and_an_untrusted_certificate_refused(
+    net: Network, tmp_path: Path
+) -> None:
+    good, rogue = CertAuthority("network CA"), CertAuthority("rogue CA")
+    a, b, c = net.router("A"), net.router("B"), net.router("C")
+    mtls = {"sslProfile": "link-tls", "authenticatePeer": "true", "requireSsl": "true"}
+    b.listener_attrs.update(mtls)
+    a.extra.append(_ssl_profile(tmp_path / "pki", good, "A", good))
+    b.extra.append(_ssl_profile(tmp_path / "pki", good, "B", good))
+    c.extra.append(_ssl_profile(tmp_path / "pki", rogue, "C", good))  # B does not trust it
+    net.link("A", "B", sslProfile="link-tls")
+    net.link("C", "B", sslProfile="link-tls")
+    net.start()
+    net.wait_converged(names=["A", "B"])
+    links = [r for r in net["B"].query("connection") if r["role"] == "inter-router"]
+    assert len(links) == 1
+    assert links[0]["isEncrypted"] and links[0]["sasl"] == "EXTERNAL"
+    assert "CN=A" in str(links[0]["user"])
+    out = [r for r in net["A"].query("connection") if r["role"] == "inter-router"]
+    assert out[0]["isEncrypted"] and "CN=B" in str(out[0]["user"])
+    # C's certificate is not trusted by B: C never joins, and says why
+    net.wait(
+        lambda: net["C"].query("connector", ["connectionStatus"])[0]["connectionStatus"]
+        == "FAILED",
+        "C's connector to fail",
+    )
+    assert "C" not in net["B"].routers_known()
+    assert not net["C"].ready()
+
+
+def test_sighup_adds_and_removes_a_connector(net: Network) -> None:
+    net.router("A")
+    net.router("B")
+    net.start()
+    code, _ = net["A"].http("/readyz")
+    assert code == 200  # no connector: nothing to wait for
+    net.link("A", "B")
+    net["A"].reload()
+    net.wait_converged()
+    assert set(net["B"].routers_known()) == {"A", "B"}
+    net.unlink("A", "B")
+    net["A"].reload()
+    net.wait(lambda: set(net["B"].routers_known()) == {"B"}, "B to drop A", timeout=15)
+
+
+def test_line_of_three_routes_through_the_middle(net: Network) -> None:
+    for name in "ABC":
+        net.router(name)
+    net.link("A", "B", cost=2)
+    net.link("C", "B", cost=3)
+    net.start()
+    net.wait_converged()
+    nodes = net["A"].routers_known()
+    assert nodes["C"]["nextHop"] == "B" and nodes["C"]["cost"] == 5
+    assert net["C"].routers_known()["A"]["cost"] == 5
+
+
+@pytest.mark.slow
+def test_full_mesh_of_nine(net: Network) -> None:
+    names = [f"R{i}" for i in range(9)]
+    for name in names:
+        net.router(name)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            net.link(a, b)
+    net.start()
+    net.wait_converged(timeout=60)
+    for name in names:
+        nodes = net[name].routers_known()
+        assert set(nodes) == set(names)
+        assert all(row["cost"] == 1 for rid, row in nodes.items() if rid != name)
+
+
+def test_skiff_stat_shows_the_network(net: Network) -> None:
+
+    net.router("A")
+    net.router("B")
+    net.link("A", "B")
+    net.specs["B"].extra.append(tcp_connector("svc"))
+    net.start()
+    net.wait_converged()
+    net.wait(lambda: "svc" in net["A"].addresses(), "A to learn svc")
+    bus = ["-b", f"127.0.0.1:{net.specs['A'].mgmt_port}"]
+    for view, expected in (("-n", "B"), ("-a", "svc"), ("-c", "inter-router")):
+        out = subprocess.run(
+            [sys.executable, "-m", "router.tools.stat", view, *bus],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert expected in out.stdout, (view, out.stdout)

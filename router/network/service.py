@@ -133,6 +133,7 @@ class NetworkService:
         self.convergence_s: float | None = None  # last change until routes settled
         self._change_started: float | None = None
         engine.on_event(self._on_event)
+        engine.on_overflow(self._resync)
         registry.subscribe("connector", _ConnectorObserver(self))
         if tls is not None:
             tls.on_published(self._profile_published)
@@ -559,6 +560,19 @@ class NetworkService:
                 self._read(conn)
         elif ev.type == EventType.APP_CLOSED:
             self._engine_closed(ev.id, int(ev.a))
+
+    def _resync(self) -> None:
+        """Engine events were dropped (a ring overflowed while the loop was
+        busy): find dials that opened or closed meanwhile, and read every link."""
+        live = {c.id: c for c in self.engine.connections() if c.app and c.outbound}
+        for conn_id in [c for c in self._conn_connector if c not in live]:
+            self._engine_closed(conn_id, 0)
+        for uid, state in list(self._dialling.items()):
+            if state.conn_id in live and state.conn_id not in self._dialled:
+                del self._dialling[uid]
+                self._dial_opened(state.conn_id, state)
+        for conn in list(self._dialled.values()):
+            self._read(conn)
 
     def _dial_opened(self, conn_id: int, state: _Connector) -> None:
         if state.deleted or self._closed:

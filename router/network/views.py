@@ -40,7 +40,10 @@ def node_rows(core: RouterCore) -> list[dict[str, Any]]:
             "index": 0,
         }
     ]
-    for index, rid in enumerate(sorted(db.routers), start=1):
+    reachable = [rid for rid in sorted(db.routers) if rid in paths.cost]
+    for index, rid in enumerate(reachable, start=1):
+        # a router without a path (gone, its entry not yet expired) is not
+        # listed: Skupper's router.node shows the routers that can be reached
         entry = db.routers[rid]
         hop = paths.next_hop.get(rid)
         rows.append(

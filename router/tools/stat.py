@@ -256,6 +256,33 @@ def log_view(client: ManagementClient, limit: int | None) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+def address_view(client: ManagementClient, as_csv: bool, limit: int | None) -> str:
+    """Every service address: local listeners and connectors, and (in a
+    router network) the other routers with targets for it."""
+    listeners = _rows(client, "tcpListener", ["address"], None)
+    connectors = _rows(client, "tcpConnector", ["address", "connectionsOpened"], None)
+    # empty on a standalone router; a 503 while not synchronised is reported
+    network = {
+        str(r[0]): r[1] or []
+        for r in _rows(client, "router.address", ["key", "remoteHostRouters"], None)
+    }
+    addresses = sorted(
+        {str(r[0]) for r in listeners} | {str(r[0]) for r in connectors} | set(network)
+    )
+    rows = [
+        [
+            a,
+            sum(1 for r in listeners if r[0] == a),
+            sum(1 for r in connectors if r[0] == a),
+            " ".join(str(h) for h in network.get(a, [])),
+            sum(int(r[1] or 0) for r in connectors if r[0] == a),
+        ]
+        for a in addresses
+    ]
+    heads = ["address", "listeners", "connectors", "remote routers", "connections"]
+    return render("Service Addresses", heads, rows[:limit], as_csv)
+
+
 def services_view(client: ManagementClient, as_csv: bool, limit: int | None) -> str:
     names = ["type", "name", "host", "port", "address", "operStatus", "connectionsOpened",
              "connectionsClosed", "bytesIn", "bytesOut"]  # fmt: skip
@@ -296,24 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.services:
             text = services_view(client, args.csv, args.limit)
         elif args.address:
-            listeners = _rows(client, "tcpListener", ["address"], None)
-            connectors = _rows(client, "tcpConnector", ["address", "connectionsOpened"], None)
-            addresses = sorted({str(r[0]) for r in listeners} | {str(r[0]) for r in connectors})
-            rows = [
-                [
-                    a,
-                    sum(1 for r in listeners if r[0] == a),
-                    sum(1 for r in connectors if r[0] == a),
-                    sum(int(r[1] or 0) for r in connectors if r[0] == a),
-                ]
-                for a in addresses
-            ]
-            text = render(
-                "Service Addresses",
-                ["address", "listeners", "connectors", "connections"],
-                rows[: args.limit],
-                args.csv,
-            )
+            text = address_view(client, args.csv, args.limit)
         elif args.tls:
             text = tls_view(client, args.csv, args.limit)
         elif args.tcp:
