@@ -563,14 +563,12 @@ class NetworkService:
 
     def _resync(self) -> None:
         """Engine events were dropped (a ring overflowed while the loop was
-        busy): find dials that opened or closed meanwhile, and read every link."""
-        live = {c.id: c for c in self.engine.connections() if c.app and c.outbound}
+        busy): forget links that closed meanwhile, and read every other one.
+        A dial whose APP_OPEN was lost never starts AMQP; the far end's
+        handshake time-out closes it and the connector dials again."""
+        live = {c.id for c in self.engine.connections() if c.app and c.outbound}
         for conn_id in [c for c in self._conn_connector if c not in live]:
             self._engine_closed(conn_id, 0)
-        for uid, state in list(self._dialling.items()):
-            if state.conn_id in live and state.conn_id not in self._dialled:
-                del self._dialling[uid]
-                self._dial_opened(state.conn_id, state)
         for conn in list(self._dialled.values()):
             self._read(conn)
 
