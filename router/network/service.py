@@ -567,7 +567,7 @@ class NetworkService:
         A dial whose APP_OPEN was lost never starts AMQP; the far end's
         handshake time-out closes it and the connector dials again."""
         live = {c.id for c in self.engine.connections() if c.app and c.outbound}
-        for conn_id in [c for c in self._conn_connector if c not in live]:
+        for conn_id in [c for c in self._dialled if c not in live]:
             self._engine_closed(conn_id, 0)
         for conn in list(self._dialled.values()):
             self._read(conn)
