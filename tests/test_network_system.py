@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from servers import wait_for
 
 from bench.netharness import Network
 from bench.pki import CertAuthority, write
-from router.tools.client import ManagementFailure
+from router.tools.client import CONNECT_ERRORS, ManagementFailure
 
 
 @pytest.fixture
@@ -359,3 +360,37 @@ def test_skiff_stat_shows_the_network(net: Network) -> None:
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
         assert expected in out.stdout, (view, out.stdout)
+
+
+def test_a_router_joining_never_serves_a_partial_address_table(net: Network) -> None:
+    for name in "ABC":
+        net.router(name)
+    net.router("D")
+    net.link("A", "B")
+    net.link("B", "C")
+    net.link("D", "C")
+    for name in "ABC":
+        for i in range(3):
+            net.specs[name].extra.append(tcp_connector(f"{name.lower()}{i}"))
+    expected = {f"{n}{i}" for n in "abc" for i in range(3)}
+    net.start(["A", "B", "C"])
+    net.wait_converged(names=["A", "B", "C"])
+    net.wait(lambda: set(net["A"].addresses()) == expected, "A to know every address")
+    net["D"].start()
+    answers: list[str] = []
+    deadline = time.monotonic() + 30
+    while True:  # ask D as fast as it answers, from its first moment
+        assert time.monotonic() < deadline, f"D never answered complete: {answers[-5:]}"
+        try:
+            rows = net["D"].query("router.address")
+        except ManagementFailure as e:
+            assert e.status == 503, e
+            answers.append("503")
+            continue
+        except CONNECT_ERRORS:
+            continue  # not listening yet
+        answers.append("200")
+        # the first answer D gives as complete is complete
+        assert {r["key"] for r in rows} == expected, answers
+        break
+    assert net["D"].ready()
