@@ -394,3 +394,26 @@ def test_a_router_joining_never_serves_a_partial_address_table(net: Network) -> 
         assert {r["key"] for r in rows} == expected, answers
         break
     assert net["D"].ready()
+
+
+def test_connector_created_and_deleted_over_management(net: Network) -> None:
+    net.router("A")
+    net.router("B")
+    net.start()
+    client = net["A"].client()
+    try:
+        client.request(
+            "CREATE", type="io.skupper.router.connector", name="dyn",
+            body={"host": "127.0.0.1", "port": net.specs["B"].ir_port, "role": "inter-router"},
+        )  # fmt: skip
+        net.wait(lambda: set(net["B"].routers_known()) == {"A", "B"}, "B to see A")
+        with pytest.raises(ManagementFailure) as refused:
+            client.request(
+                "CREATE", type="io.skupper.router.connector", name="bad",
+                body={"host": "127.0.0.1", "port": 1, "role": "edge"},
+            )  # fmt: skip
+        assert refused.value.status == 400 and "router mode edge" in refused.value.description
+        client.request("DELETE", type="io.skupper.router.connector", name="dyn")
+    finally:
+        client.close()
+    net.wait(lambda: set(net["B"].routers_known()) == {"B"}, "B to drop A", timeout=15)
