@@ -13,7 +13,9 @@
  * or any bytes in the pipe). A half-close is passed on (FIN after the
  * waiting bytes) and the flow closes once both directions finished. How
  * the two sides got here (accept, target choice, connect, TLS handshake) is
- * conn.c's, connect.c's and tls_io.c's; TLS records go through sk_io_*. */
+ * conn.c's, connect.c's and tls_io.c's; TLS records go through sk_io_*.
+ * Plain flows are edge-triggered (registered once, readiness kept per side
+ * until EAGAIN, see relay_et_io); TLS flows set level-triggered interest. */
 #include "internal.h"
 
 #include <errno.h>
