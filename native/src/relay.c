@@ -68,6 +68,8 @@ static void update_interest(sk_worker *w, sk_conn *c)
     sk_conn_set_interest(w, c, ev);
 }
 
+static bool flush(sk_worker *w, sk_conn *c);
+
 void sk_relay_start(sk_worker *w, sk_conn *s)
 {
     if (sk_relay_plain(s)) {
@@ -79,6 +81,10 @@ void sk_relay_start(sk_worker *w, sk_conn *s)
             return;
         /* a connected or accepted socket takes bytes; an EAGAIN corrects it */
         s->wr_ready = c->wr_ready = true;
+        /* bytes a level-triggered client (optional TLS that stayed plain)
+         * had read while the target connected: the connect's edge is spent */
+        if (pending(s) && !flush(w, s))
+            return;
         if (s->rd_ready)
             sk_relay_read(w, s); /* the target spoke first (connect.c kept the edge) */
         return;
