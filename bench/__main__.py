@@ -155,7 +155,8 @@ def _add_compare_parser(sub: Any) -> None:
         "--subjects",
         default=None,
         help=f"among {','.join(compare.SUBJECTS)} "
-        f"(default: all; with --tls: {','.join(compare.TLS_SUBJECTS)})",
+        f"(default: all; with --tls: {','.join(compare.TLS_SUBJECTS)}); also "
+        f"{compare.BASE_SUBJECT}: skiffd from the tree in ${compare.BASE_ENV}",
     )
     p.add_argument(
         "--tls",

@@ -27,6 +27,7 @@ in-process engine.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import statistics
 import tempfile
@@ -58,6 +59,10 @@ from bench.verdict import client_bottleneck, port_pressure, time_wait_by_tuple
 from router.engine import RouteTarget
 
 SUBJECTS = ("skiffd", "haproxy", "minrelay", "minrelay-splice", "engine", "direct")
+# only when named in --subjects: skiffd run from another build's tree (an A/B of
+# engine builds in one interleaved run), the tree given by $SKIFF_BENCH_BASE
+BASE_SUBJECT = "skiffd-base"
+BASE_ENV = "SKIFF_BENCH_BASE"
 TLS_SUBJECTS = ("skiffd", "haproxy")  # the proxies that terminate TLS in a compare
 WORKLOADS = ("idle", "storm", "storm_fresh", "bulk1", "bulk4")
 STORMS = ("storm", "storm_fresh")
@@ -67,6 +72,7 @@ RATIOS = (
     ("skiffd", "minrelay"),
     ("haproxy", "minrelay"),
     ("skiffd", "minrelay-splice"),
+    ("skiffd", BASE_SUBJECT),
 )
 SINK_ADDRESS_ID = ADDRESS_ID + 1
 IDLE_SETTLE_S = 0.5
@@ -111,7 +117,7 @@ class CompareConfig:
     tls: bool = False
 
     def validate(self) -> None:
-        if not self.subjects or set(self.subjects) - set(SUBJECTS):
+        if not self.subjects or set(self.subjects) - set(SUBJECTS) - {BASE_SUBJECT}:
             raise ValueError(f"subjects must be among {SUBJECTS}, got {self.subjects}")
         if self.tls and set(self.subjects) - set(TLS_SUBJECTS):
             raise ValueError(f"with --tls, subjects must be among {TLS_SUBJECTS}")
@@ -568,6 +574,17 @@ def _run_subjects(
 
                     def restart(e: tuple[str, int]) -> _Relay:
                         return start_skiffd(w, e, sink_addr, tls)
+
+                elif name == BASE_SUBJECT:
+                    base = os.environ.get(BASE_ENV)
+                    if not base:
+                        why = f"set {BASE_ENV} to another build's tree (with its router/_native)"
+                        progress.result(f"skipping {name}: {why}")
+                        skipped[name] = why
+                        continue
+
+                    def restart(e: tuple[str, int], b: str = base) -> _Relay:
+                        return start_skiffd(w, e, sink_addr, tls, BASE_SUBJECT, b)
 
                 elif name == "haproxy":
                     if haproxy_binary() is None:

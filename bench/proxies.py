@@ -9,6 +9,7 @@ echo server (storm, idle) and one to its verifying sink (bulk).
 
 from __future__ import annotations
 
+import os
 import resource
 import shutil
 import socket
@@ -176,9 +177,15 @@ log {{
 
 
 def start_skiffd(
-    workers: int, echo: tuple[str, int], sink: tuple[str, int], tls: TlsFiles | None = None
+    workers: int,
+    echo: tuple[str, int],
+    sink: tuple[str, int],
+    tls: TlsFiles | None = None,
+    name: str = "skiffd",
+    pythonpath: str | None = None,
 ) -> ProxyProcess:
-    """`python -m router -c <generated>` with workerThreads = workers."""
+    """`python -m router -c <generated>` with workerThreads = workers;
+    pythonpath: another build's tree (its router/ with its own _native) first."""
     workdir = Path(tempfile.mkdtemp(prefix="skiff-bench-skiffd-"))
     echo_port, sink_port = free_port(), free_port()
     conf = workdir / "skiffd.conf"
@@ -187,11 +194,12 @@ def start_skiffd(
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "router", "-c", str(conf)],
+            env=dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else None,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    pp = ProxyProcess("skiffd", proc, echo_port, sink_port, workdir, log)
+    pp = ProxyProcess(name, proc, echo_port, sink_port, workdir, log)
     try:
         wait_listening([echo_port, sink_port], proc, READY_TIMEOUT_S)
     except RuntimeError as exc:

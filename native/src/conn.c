@@ -129,7 +129,7 @@ void sk_conn_open_client(sk_worker *w, sk_conn *c)
 
 void sk_conn_set_interest(sk_worker *w, sk_conn *c, uint32_t ev)
 {
-    if (c->state == SK_C_CLOSED)
+    if (c->state == SK_C_CLOSED || c->et)
         return;
     if (ev == 0) {
         /* level-triggered HUP/ERR would fire with an empty mask: leave the set */
@@ -149,6 +149,22 @@ void sk_conn_set_interest(sk_worker *w, sk_conn *c, uint32_t ev)
     }
     c->registered = true;
     c->events = ev;
+}
+
+void sk_conn_register_et(sk_worker *w, sk_conn *c)
+{
+    if (c->state == SK_C_CLOSED || c->et)
+        return;
+    /* an ADD or MOD reports the readiness the socket already has as a first
+     * edge, so nothing that arrived before is missed */
+    int op = c->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (sk_worker_epoll(w, op, c->fd, SK_CONN_ET_EVENTS, &c->h) != 0) {
+        sk_conn_close(w, c, true);
+        return;
+    }
+    c->registered = true;
+    c->et = true;
+    c->events = SK_CONN_ET_EVENTS;
 }
 
 ssize_t sk_io_recv(sk_worker *w, sk_conn *c, void *buf, size_t len)

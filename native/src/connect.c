@@ -138,10 +138,14 @@ static void connect_io(sk_worker *w, sk_handle *h, uint32_t ev)
         if (!err && !(ev & EPOLLOUT))
             err = ECONNRESET;
     }
-    if (err)
+    if (err) {
         sk_connect_failed(w, c, err);
-    else if (ev & EPOLLOUT)
+    } else if (ev & EPOLLOUT) {
+        /* edge-triggered: an edge is not repeated, so keep what it said */
+        c->rd_ready = c->et && (ev & (EPOLLIN | EPOLLRDHUP));
+        c->rd_hup = c->et && (ev & EPOLLRDHUP);
         connected(w, c);
+    }
 }
 
 void sk_connect_start(sk_worker *w, sk_conn *client)
@@ -201,7 +205,10 @@ void sk_connect_start(sk_worker *w, sk_conn *client)
             return;
         }
         sk_conn_enter(s, SK_C_CONNECTING, connect_io);
-        sk_conn_set_interest(w, s, EPOLLOUT);
+        if (sk_relay_plain(s))
+            sk_conn_register_et(w, s); /* once, for the relay too */
+        else
+            sk_conn_set_interest(w, s, EPOLLOUT);
         if (s->state == SK_C_CLOSED)
             return;
         s->tmo.cb = connect_timeout;

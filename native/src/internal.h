@@ -280,7 +280,8 @@ struct sk_worker {
     sk_utimer *utimers;
     sk_slot_cache routes_cache;
     sk_slot_cache tls_cache[SK_TLS_SLOTS];
-    sk_conn *ready; /* TLS connections with decrypted bytes still pending */
+    sk_conn *ready; /* to read again before sleeping: TLS connections with decrypted
+                     * bytes pending, plain ones whose quantum ran out (relay.c) */
     uint32_t rr;
     sk_buf *buf_free;
     int buf_free_n;
@@ -473,8 +474,15 @@ struct sk_conn {
     sk_app *app;           /* delivered to Python */
     sk_buf *out;           /* bytes waiting to be written to fd */
     sk_pipe *pipe;         /* or: bytes waiting in a splice pipe (never both) */
-    uint32_t events;       /* current epoll interest */
+    uint32_t events;       /* current epoll interest (level-triggered only) */
     bool registered;
+    /* Plain flows (no TLS on either side) are registered once, edge-triggered
+     * (SK_CONN_ET_EVENTS), and never modified: the relay keeps what the last
+     * edges said, until a read or write returns EAGAIN (relay.c) */
+    bool et;
+    bool rd_ready;         /* fd may have bytes or EOF to read */
+    bool rd_hup;           /* EOF or error seen by epoll: read on to it */
+    bool wr_ready;         /* fd may take bytes */
     bool rd_eof;           /* read side saw EOF */
     bool wr_shut;          /* we shut down the write side */
     bool is_client;
@@ -524,6 +532,10 @@ void sk_conn_close(sk_worker *w, sk_conn *c, bool abortive);
 /* Frees the connections closed during this batch. */
 void sk_conn_reap(sk_worker *w);
 void sk_conn_set_interest(sk_worker *w, sk_conn *c, uint32_t events);
+#define SK_CONN_ET_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+/* Registers c edge-triggered for good (ADD, or MOD from a level-triggered
+ * registration); set_interest is a no-op afterwards. Closes c on failure. */
+void sk_conn_register_et(sk_worker *w, sk_conn *c);
 /* Plain or TLS I/O: >0 bytes, 0 end of stream (recv), -1 try later, -2 error. */
 ssize_t sk_io_recv(sk_worker *w, sk_conn *c, void *buf, size_t len);
 ssize_t sk_io_send(sk_conn *c, const void *buf, size_t len);
@@ -585,6 +597,8 @@ void sk_relay_start(sk_worker *w, sk_conn *s);
 void sk_relay_io(sk_worker *w, sk_handle *h, uint32_t events);
 /* Moves what c has to read to its partner (ready list). */
 void sk_relay_read(sk_worker *w, sk_conn *c);
+/* Plain flows: true when neither side of c's flow has TLS (edge-triggered). */
+bool sk_relay_plain(const sk_conn *c);
 
 /* ------------------------------------------------------------ tls.c */
 

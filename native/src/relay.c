@@ -13,7 +13,9 @@
  * or any bytes in the pipe). A half-close is passed on (FIN after the
  * waiting bytes) and the flow closes once both directions finished. How
  * the two sides got here (accept, target choice, connect, TLS handshake) is
- * conn.c's, connect.c's and tls_io.c's; TLS records go through sk_io_*. */
+ * conn.c's, connect.c's and tls_io.c's; TLS records go through sk_io_*.
+ * Plain flows are edge-triggered (registered once, readiness kept per side
+ * until EAGAIN, see relay_et_io); TLS flows set level-triggered interest. */
 #include "internal.h"
 
 #include <errno.h>
@@ -37,10 +39,21 @@ static bool buf_full(const sk_buf *b)
     return b && b->end - b->start == b->cap;
 }
 
+/* Bytes wait to be written to c (in its buffer or its pipe). */
+static bool pending(const sk_conn *c)
+{
+    return (c->out && c->out->start < c->out->end) || c->pipe;
+}
+
+bool sk_relay_plain(const sk_conn *c)
+{
+    return c->peer && !c->ssl && !c->peer->ssl;
+}
+
 static void update_interest(sk_worker *w, sk_conn *c)
 {
-    if (c->state != SK_C_OPEN)
-        return;
+    if (c->state != SK_C_OPEN || c->et)
+        return; /* edge-triggered: registered once, never modified */
     uint32_t ev = 0;
     sk_conn *p = c->peer;
     /* a direction that splices lets copied bytes drain before it reads on:
@@ -55,8 +68,27 @@ static void update_interest(sk_worker *w, sk_conn *c)
     sk_conn_set_interest(w, c, ev);
 }
 
+static bool flush(sk_worker *w, sk_conn *c);
+
 void sk_relay_start(sk_worker *w, sk_conn *s)
 {
+    if (sk_relay_plain(s)) {
+        sk_conn *c = s->peer;
+        sk_conn_register_et(w, s); /* already, unless connect() completed at once */
+        if (s->state == SK_C_OPEN)
+            sk_conn_register_et(w, c); /* the client is read only from now on */
+        if (s->state != SK_C_OPEN)
+            return;
+        /* a connected or accepted socket takes bytes; an EAGAIN corrects it */
+        s->wr_ready = c->wr_ready = true;
+        /* bytes a level-triggered client (optional TLS that stayed plain)
+         * had read while the target connected: the connect's edge is spent */
+        if (pending(s) && !flush(w, s))
+            return;
+        if (s->rd_ready)
+            sk_relay_read(w, s); /* the target spoke first (connect.c kept the edge) */
+        return;
+    }
     update_interest(w, s);
     if (s->peer)
         update_interest(w, s->peer);
@@ -90,16 +122,20 @@ static bool flow_done(const sk_conn *c)
 /* Writes c->out to c. Returns false when the pair was closed. */
 static bool flush(sk_worker *w, sk_conn *c)
 {
+    /* edge-triggered: after an EAGAIN, only an EPOLLOUT edge says try again */
+    bool can = !c->et || c->wr_ready;
     sk_buf *b = c->out;
-    while (b && b->start < b->end) {
+    while (can && b && b->start < b->end) {
         ssize_t n = sk_io_send(c, b->data + b->start, b->end - b->start);
         if (n > 0) {
             b->start += (uint32_t)n;
             count_out(c, (uint64_t)n);
             continue;
         }
-        if (n == -1)
+        if (n == -1) {
+            c->wr_ready = false;
             break;
+        }
         sk_conn_close(w, c, true); /* EPIPE/ECONNRESET: abort the pair */
         return false;
     }
@@ -108,15 +144,17 @@ static bool flush(sk_worker *w, sk_conn *c)
         c->out = NULL;
     }
     sk_pipe *pp = c->pipe;
-    while (pp && pp->len) {
+    while (can && pp && pp->len) {
         ssize_t n = splice(pp->rfd, NULL, c->fd, NULL, pp->len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         if (n > 0) {
             pp->len -= (uint32_t)n;
             count_out(c, (uint64_t)n);
             continue;
         }
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            c->wr_ready = false;
             break;
+        }
         sk_conn_close(w, c, true); /* EPIPE/ECONNRESET: abort the pair */
         return false;
     }
@@ -177,6 +215,7 @@ static bool read_splice(sk_worker *w, sk_conn *c, size_t *budget)
         } else if (n == 0) {
             c->rd_eof = true;
         } else if (errno == EAGAIN || errno == EINTR) {
+            c->rd_ready = false; /* drained: the next edge says when there is more */
             sk_pipe_put(w, p->pipe);
             p->pipe = NULL;
             update_interest(w, c);
@@ -199,7 +238,7 @@ static bool read_splice(sk_worker *w, sk_conn *c, size_t *budget)
     }
 }
 
-void sk_relay_read(sk_worker *w, sk_conn *c)
+static void relay_read(sk_worker *w, sk_conn *c)
 {
     size_t budget = SK_EVENT_QUANTUM;
     if (may_splice(w, c) && !read_splice(w, c, &budget))
@@ -232,9 +271,15 @@ void sk_relay_read(sk_worker *w, sk_conn *c)
         if (n > 0) {
             b->end += (uint32_t)n;
             count_in(c, (uint64_t)n);
+            /* a short read emptied the socket: what arrives later raises a
+             * new edge. Unless epoll reported an EOF or error: it may sit
+             * behind these bytes, and its edge was spent */
+            if ((size_t)n < space && !c->rd_hup)
+                c->rd_ready = false;
         } else if (n == 0) {
             c->rd_eof = true;
         } else if (n == -1) {
+            c->rd_ready = false;
             if (b->start == b->end) {
                 sk_buf_put(w, b);
                 p->out = NULL;
@@ -250,7 +295,8 @@ void sk_relay_read(sk_worker *w, sk_conn *c)
         budget -= (size_t)n < budget ? (size_t)n : budget;
         /* go on only while the partner keeps up and more is likely waiting:
          * a full read (plain) or any record (TLS reads one record per call) */
-        bool more = n > 0 && !p->out && budget > 0 && ((size_t)n == space || c->ssl) &&
+        bool likely = c->et ? c->rd_ready : ((size_t)n == space || c->ssl);
+        bool more = n > 0 && !p->out && budget > 0 && likely &&
                     !may_splice(w, c); /* a bulk direction goes on with splice */
         if (!more) {
             update_interest(w, c);
@@ -259,11 +305,62 @@ void sk_relay_read(sk_worker *w, sk_conn *c)
     }
 }
 
+/* Edge-triggered plain flows. A direction reads only while its partner holds
+ * no bytes for it (backpressure: then it waits for the partner's EPOLLOUT
+ * edge, which resumes it below). It stops with its socket still readable when
+ * its quantum is spent, or to switch to splice: then it goes on the ready
+ * list, served after this batch's other events and before the worker sleeps,
+ * so no edge is lost and one busy flow cannot hold the worker. */
+void sk_relay_read(sk_worker *w, sk_conn *c)
+{
+    if (!c->et) {
+        relay_read(w, c);
+        return;
+    }
+    if (!c->rd_ready || c->rd_eof || pending(c->peer))
+        return;
+    relay_read(w, c);
+    if (c->state == SK_C_OPEN && c->rd_ready && !c->rd_eof && !pending(c->peer))
+        sk_ready_push(w, c);
+}
+
+static void relay_et_io(sk_worker *w, sk_conn *c, uint32_t ev)
+{
+    if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        c->rd_ready = true;
+    if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        c->rd_hup = true;
+    if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+        c->wr_ready = true;
+    sk_conn *p = c->peer;
+    /* the partner's direction: its bytes waiting for c */
+    bool waited = pending(c);
+    if (waited && c->wr_ready && !flush(w, c))
+        return;
+    /* c's own direction */
+    if (c->rd_ready && !c->rd_eof) {
+        sk_relay_read(w, c);
+        if (c->state != SK_C_OPEN)
+            return;
+    } else if (ev & EPOLLERR) {
+        sk_conn_close(w, c, true); /* nothing left to read: reset the other side */
+        return;
+    }
+    /* the flush made room for the partner's direction; no new edge will say
+     * that its socket still holds bytes */
+    if (waited && !pending(c))
+        sk_relay_read(w, p);
+}
+
 void sk_relay_io(sk_worker *w, sk_handle *h, uint32_t ev)
 {
     sk_conn *c = SK_CONTAINER_OF(h, sk_conn, h);
     if (!c->peer) {
         sk_conn_close(w, c, true);
+        return;
+    }
+    if (c->et) {
+        relay_et_io(w, c, ev);
         return;
     }
     bool rd = (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) && (c->events & EPOLLIN);

@@ -4,8 +4,12 @@
  * the target half-closing first; a reset from either side; flows that stall
  * while every splice pipe is taken. The program runs in one of three modes
  * (argument): splice (the default engine), copy (splice_pipes 0) and pipes1
- * (one pipe per worker, so the relay must fall back to copying). */
+ * (one pipe per worker, so the relay must fall back to copying). Plain
+ * flows are edge-triggered: a direction whose quantum runs out while its
+ * socket stays readable, with no new edge to come, must still finish; and
+ * both directions busy at once must both finish. */
 #include "engine_fixture.h"
+#include "internal.h"
 
 #include <netinet/tcp.h>
 
@@ -165,11 +169,13 @@ static int test_relay_1mb(void)
 
 /* ------------------------------------------------------------ a scripted target */
 
-enum { SRV_HALF_FIRST = 1, SRV_EXPECT_RESET, SRV_RESET_EARLY, SRV_SEND_BIG };
+enum { SRV_HALF_FIRST = 1, SRV_EXPECT_RESET, SRV_RESET_EARLY, SRV_SEND_BIG, SRV_LATE_READ,
+       SRV_BIDI };
 
 typedef struct script_server {
     int lfd, port, mode;
-    size_t send_len;         /* SRV_HALF_FIRST, SRV_SEND_BIG: bytes to send first */
+    size_t send_len;         /* SRV_HALF_FIRST, SRV_SEND_BIG: bytes to send first;
+                              * SRV_BIDI: to send while reading */
     pthread_t th[8];
     int n;
     _Atomic size_t got[8];   /* bytes received, pattern-checked */
@@ -185,12 +191,33 @@ typedef struct script_conn {
 
 static script_conn SCONN[8];
 
+/* SRV_BIDI: the target's sending half, beside its reading one. */
+static void *script_send_main(void *arg)
+{
+    script_conn *sc = arg;
+    static _Thread_local char buf[65536];
+    for (size_t off = 0; off < sc->s->send_len;) {
+        size_t n = sc->s->send_len - off < sizeof buf ? sc->s->send_len - off : sizeof buf;
+        for (size_t k = 0; k < n; k++)
+            buf[k] = (char)pattern(off + k);
+        if (send_all(sc->fd, buf, n) != 0)
+            break;
+        off += n;
+    }
+    shutdown(sc->fd, SHUT_WR);
+    return NULL;
+}
+
 static void *script_conn_main(void *arg)
 {
     script_conn *sc = arg;
     script_server *s = sc->s;
     int fd = sc->fd, i = sc->i;
     static _Thread_local char buf[65536];
+    pthread_t sender;
+    bool sending = s->mode == SRV_BIDI && pthread_create(&sender, NULL, script_send_main, sc) == 0;
+    if (s->mode == SRV_LATE_READ)
+        usleep(300 * 1000); /* everything piles up in the relay's sockets first */
     if (s->mode == SRV_HALF_FIRST || s->mode == SRV_SEND_BIG) {
         for (size_t off = 0; off < s->send_len;) {
             size_t n = s->send_len - off < sizeof buf ? s->send_len - off : sizeof buf;
@@ -225,6 +252,8 @@ static void *script_conn_main(void *arg)
             break;
         }
     }
+    if (sending)
+        pthread_join(sender, NULL);
     atomic_store(&s->last_err[i], err);
     close(fd);
     atomic_store(&s->done[i], 1);
@@ -407,6 +436,96 @@ static int test_target_reset_resets_client(void)
     return 0;
 }
 
+typedef struct pattern_writer {
+    int fd;
+    size_t len;
+    bool half_close;
+    int rc;
+} pattern_writer;
+
+static void *pattern_writer_main(void *arg)
+{
+    pattern_writer *pw = arg;
+    static _Thread_local char buf[65536];
+    pw->rc = 0;
+    for (size_t off = 0; off < pw->len;) {
+        size_t n = pw->len - off < sizeof buf ? pw->len - off : sizeof buf;
+        for (size_t k = 0; k < n; k++)
+            buf[k] = (char)pattern(off + k);
+        if (send_all(pw->fd, buf, n) != 0) {
+            pw->rc = -1;
+            break;
+        }
+        off += n;
+    }
+    if (pw->half_close)
+        shutdown(pw->fd, SHUT_WR);
+    return NULL;
+}
+
+/* The target reads nothing for a while, so megabytes pile up in the relay's
+ * client socket (its receive buffer made large through the listener, which
+ * accepted sockets inherit); then it reads as fast as it can. The client has
+ * sent everything and stays silent: no new edge comes, so the direction must
+ * go on by itself each time its per-wake-up quantum runs out. */
+static int test_ready_after_quantum_without_new_edge(void)
+{
+    enum { LEN = 3 << 20 };
+    REQUIRE(settle() == 0);
+    script_server s;
+    pthread_t acc;
+    REQUIRE(script_start(&s, &acc, SRV_LATE_READ, 1, 0) == 0);
+    int big = 4 << 20;
+    for (int i = 0; i < E->nworkers; i++)
+        setsockopt(L_SCRIPT->fds[i], SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+    int fd = connect_to(sk_listener_port(L_SCRIPT));
+    REQUIRE(fd >= 0);
+    pattern_writer pw = {.fd = fd, .len = LEN};
+    pthread_t wt;
+    REQUIRE(pthread_create(&wt, NULL, pattern_writer_main, &pw) == 0);
+    for (int k = 0; k < WAIT_MS && atomic_load(&s.got[0]) < LEN; k++)
+        usleep(1000);
+    CHECK_EQ_U(atomic_load(&s.got[0]), LEN); /* before the client's FIN: no edge helped */
+    pthread_join(wt, NULL);
+    CHECK_EQ_I(pw.rc, 0);
+    shutdown(fd, SHUT_WR);
+    CHECK(recv_eof(fd));
+    script_stop(&s, acc);
+    CHECK_EQ_I(atomic_load(&s.bad[0]), 0);
+    CHECK_EQ_I(atomic_load(&s.last_err[0]), 0);
+    close(fd);
+    CHECK(wait_until(settled_pipes, NULL));
+    return 0;
+}
+
+/* Both directions carry megabytes at the same time: each finishes byte exact,
+ * then the half-closes pass on and the flow ends. */
+static int test_both_directions_busy(void)
+{
+    enum { LEN = 6 << 20 };
+    REQUIRE(settle() == 0);
+    script_server s;
+    pthread_t acc;
+    REQUIRE(script_start(&s, &acc, SRV_BIDI, 1, LEN) == 0);
+    int fd = connect_to(sk_listener_port(L_SCRIPT));
+    REQUIRE(fd >= 0);
+    pattern_writer pw = {.fd = fd, .len = LEN, .half_close = true};
+    pthread_t wt;
+    REQUIRE(pthread_create(&wt, NULL, pattern_writer_main, &pw) == 0);
+    size_t bad = 0;
+    CHECK_EQ_U(recv_pattern(fd, &bad), LEN);
+    CHECK_EQ_U(bad, 0);
+    pthread_join(wt, NULL);
+    CHECK_EQ_I(pw.rc, 0);
+    script_stop(&s, acc);
+    CHECK_EQ_U(atomic_load(&s.got[0]), LEN);
+    CHECK_EQ_I(atomic_load(&s.bad[0]), 0);
+    CHECK_EQ_I(atomic_load(&s.last_err[0]), 0);
+    close(fd);
+    CHECK(wait_until(settled_pipes, NULL));
+    return 0;
+}
+
 /* A client with a small receive buffer (fixed before connecting, so the
  * kernel does not grow it): a non-reading client stalls the relay soon. */
 static int connect_small_rcvbuf(int port)
@@ -503,6 +622,8 @@ int main(int argc, char **argv)
         RUN(test_client_reset_resets_target);
         RUN(test_target_reset_resets_client);
         RUN(test_stalled_flows_when_pipes_run_out);
+        RUN(test_ready_after_quantum_without_new_edge);
+        RUN(test_both_directions_busy);
     }
     if (L_SCRIPT) {
         sk_listener_close(L_SCRIPT, 1);
