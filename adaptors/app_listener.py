@@ -33,7 +33,6 @@ closes that connection, with its traceback in the log.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -462,7 +461,7 @@ class AppListenerAdaptor:
             network = self._network if state.settings.router_link else None
             conn = AmqpConnection(conn_id, info.peer, state.settings, self, tls, network)
             if network is not None:
-                network.accepted(conn_id, functools.partial(self.conn_close, conn_id))
+                network.accepted(conn_id, conn.close_router_link)
         self._conns[conn_id] = (conn, state)
         state.connections.add(conn_id)
 

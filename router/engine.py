@@ -581,6 +581,18 @@ class Engine:
                 self.handler_errors += 1
                 _log.exception(f"engine event {ev.type.name} (id {ev.id}): handler failed")
 
+    def dispatch_pending(self, max_batches: int = 8) -> None:
+        """Hands pending events to the handlers now, ahead of the loop's turn
+        (a timer that ran late first lets the input that waited be seen)."""
+        for _ in range(max_batches):
+            if self._stopped:
+                return
+            events = self.drain(DRAIN_BATCH)
+            for ev in events:
+                self._dispatch(ev)
+            if len(events) < DRAIN_BATCH:
+                return
+
     def drain(self, max_events: int = DRAIN_BATCH) -> list[Event]:
         """One bounded batch of pending events (high priority first)."""
         n = min(max_events, DRAIN_BATCH)

@@ -53,13 +53,15 @@ def test_neighbour_lost_after_max_age_of_silence() -> None:
     a, b = _pair()
     _exchange(a, b, 0.0)
     _exchange(a, b, 1.0)
+    a.tick(2.0)  # A's timer runs every interval; B has gone quiet
+    a.tick(3.0)
     a.tick(3.9)
     assert "B" in a.neighbours()
     _, events = a.tick(4.1)  # last heard at 1.0, max age 3
     assert events == [NeighbourLost(10, "B", "silent for 3.1 s")]
     assert a.neighbours() == {}
     # the next HELLO from A no longer names B
-    assert a.tick(5.0)[0][0][1].seen == ()
+    assert a.tick(5.2)[0][0][1].seen == ()
 
 
 def test_peer_that_stops_hearing_us_is_lost_at_once() -> None:
@@ -119,3 +121,19 @@ def test_changed_id_on_open_link_refused() -> None:
     a.receive(10, Hello("B", 2, ()), 0.0)
     with pytest.raises(PeerRefused, match="changed its router id from 'B' to 'C'"):
         a.receive(10, Hello("C", 2, ()), 0.5)
+
+
+def test_silence_while_this_router_was_stopped_is_not_held_against_its_neighbours() -> None:
+    a, b = _pair()
+    _exchange(a, b, 0.0)
+    _exchange(a, b, 1.0)
+    # A's process is stopped from 1.0 to 9.0: no tick ran. B's HELLOs wait
+    # unread in A's sockets; A must not drop B before reading them.
+    _, events = a.tick(9.0)
+    assert events == [] and "B" in a.neighbours()
+    assert a.stalls == 1 and a.max_stall == pytest.approx(7.0)
+    assert a.tick(10.0)[1] == []
+    # B really is silent: lost once A has run for max age (3 s) without
+    # hearing it: 1 s before the stop (1.0 to 2.0) and 2 s after it
+    _, events = a.tick(11.0)
+    assert [e.router_id for e in events if isinstance(e, NeighbourLost)] == ["B"]

@@ -48,7 +48,7 @@ from router.management import sasl
 from router.management.agent import Agent, Caller, Response, routed_router, serves_address
 from router.management.auth_gate import AuthGate, AuthJob, Check
 from router.management.limits import HANDSHAKE_TIMEOUT_S
-from router.network.channel import ChannelOwner, ControlChannel
+from router.network.channel import ChannelOwner, ControlChannel, close_amqp
 
 _log = get_logger("PROTOCOL")
 
@@ -524,6 +524,17 @@ class AmqpConnection:
                 self._flush_replies(link)
         elif kind == Event.DELIVERY and event.delivery is not None:
             self._delivery(event.delivery)
+
+    def close_router_link(self, reason: str) -> None:
+        """Closes a router link from this end: AMQP close, then the socket."""
+        if self._state == "closed":
+            return
+        if self._state == "amqp" and self._connection is not None:
+            try:
+                close_amqp(self._connection, reason, self._pump)
+            except Exception:  # noqa: BLE001 - the socket closes regardless
+                _log.exception(f"AMQP connection {self.id}: sending close failed")
+        self._close(abort=False)
 
     def _open_channel(self, connection: Connection) -> None:
         """A router link: answer the open with our cost, then carry control

@@ -145,6 +145,12 @@ class _NetworkCollector:
             m["helloMaxLatenessSeconds"],
         )
         yield counter(
+            "skiff_network_hello_stalls",
+            "Ticks after this router had not run for over two HELLO intervals (stopped or "
+            "starved); the silence of that time is not held against its neighbours.",
+            m["helloStalls"],
+        )
+        yield counter(
             "skiff_network_protocol_errors", "Links closed for a protocol error.",
             m["protocolErrors"],
         )  # fmt: skip

@@ -264,6 +264,17 @@ class ControlChannel:
         self._owner.channel_failed(self.conn_id, reason)
 
 
+def close_amqp(connection: Connection | None, reason: str, flush: Callable[[], None]) -> None:
+    """Sends AMQP close (``amqp:connection:forced`` with ``reason``) on an
+    open connection and flushes it; nothing when AMQP never opened."""
+    if connection is None or not connection.state & Endpoint.LOCAL_ACTIVE:
+        return
+    if reason:
+        connection.condition = Condition("amqp:connection:forced", reason[:200])
+    connection.close()
+    flush()
+
+
 class ClientHost(Protocol):
     def conn_write(self, conn_id: int, data: bytes) -> bool: ...
 
@@ -487,10 +498,13 @@ class DialledConnection:
             channel.fail(reason)
         self._host.conn_close(self.id, abort=False)
 
-    def close(self) -> None:
-        """Closes from this end (already reported to the owner)."""
+    def close(self, reason: str = "") -> None:
+        """Closes from this end (already reported to the owner): an AMQP
+        close frame (with ``reason`` as its condition) goes out first, so
+        the far end sees a clean close rather than a cut connection."""
         if self._state == "closed":
             return
+        close_amqp(self.channel.connection if self.channel else None, reason, self._pump)
         self._state = "closed"
         self._host.conn_close(self.id, abort=False)
 

@@ -538,6 +538,7 @@ class RouterCore:
             "protocolErrors": self.protocol_errors,
             "linksRefused": self.links_refused,
             "helloMaxLatenessSeconds": self.hello.max_lateness,
+            "helloStalls": self.hello.stalls,
         }
 
     def sync_status(self, now: float) -> SyncStatus:

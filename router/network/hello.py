@@ -95,6 +95,9 @@ class HelloProtocol:
         self._links: dict[int, _Link] = {}
         self.max_lateness = 0.0  # the latest a HELLO has been sent, in seconds
         self.refused = 0
+        self._last_tick: float | None = None
+        self.stalls = 0  # ticks that came after this router itself had not run
+        self.max_stall = 0.0
 
     # -- links
 
@@ -119,9 +122,25 @@ class HelloProtocol:
     # -- time
 
     def tick(self, now: float) -> tuple[list[tuple[int, Hello]], list[HelloEvent]]:
-        """HELLOs due now (per link) and neighbours lost to silence."""
+        """HELLOs due now (per link) and neighbours lost to silence.
+
+        Silence is counted only while this router runs: when ticks stop for
+        longer than two HELLO intervals (the process was stopped, or starved
+        of CPU), the time beyond one interval is credited to every link
+        before loss is judged. Otherwise a router resuming from a pause would
+        drop every neighbour whose HELLOs still wait unread in its sockets,
+        and its neighbours would see it flap (each loss floods an LSU)."""
         events: list[HelloEvent] = []
         sends: list[tuple[int, Hello]] = []
+        if self._last_tick is not None:
+            away = now - self._last_tick - self.hello_interval
+            if away > self.hello_interval:
+                self.stalls += 1
+                self.max_stall = max(self.max_stall, away)
+                for link in self._links.values():
+                    if link.last_heard is not None:
+                        link.last_heard = min(now, link.last_heard + away)
+        self._last_tick = now
         for link in self._links.values():
             if link.last_heard is not None and now >= link.last_heard + self.hello_max_age:
                 silent = now - link.last_heard

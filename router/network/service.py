@@ -118,7 +118,7 @@ class NetworkService:
         self._dialled: dict[int, DialledConnection] = {}  # conn id -> client connection
         self._conn_connector: dict[int, _Connector] = {}  # conn id -> its connector
         self._links: dict[int, _Link] = {}  # conn id -> link (control links open)
-        self._accepted: dict[int, Callable[[], None]] = {}  # conn id -> close it
+        self._accepted: dict[int, Callable[[str], None]] = {}  # conn id -> close it
         self._tick_handle: asyncio.TimerHandle | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
         self._routes: RouteTable | None = None
@@ -130,6 +130,7 @@ class NetworkService:
         self.mgmt_forwarded = 0
         self.started = time.monotonic()
         self.handler_errors = 0
+        self.stalled_ticks = 0
         self.convergence_s: float | None = None  # last change until routes settled
         self._change_started: float | None = None
         engine.on_event(self._on_event)
@@ -161,7 +162,14 @@ class NetworkService:
         self._tick_handle = self.loop.call_later(due - now, self._tick)
 
     def _tick(self) -> None:
-        self._tick_handle = None
+        handle, self._tick_handle = self._tick_handle, None
+        if handle is not None and self.loop.time() - handle.when() > self.config.hello_interval:
+            # this router did not run for a while (stopped, starved): read
+            # what its links sent meanwhile before judging their silence
+            self.stalled_ticks += 1
+            self.engine.dispatch_pending()
+            for conn in list(self._dialled.values()):
+                self._read(conn)
         self._run(lambda now: self.core.tick(now))
 
     def _run(self, step: Callable[[float], list[Action]]) -> None:
@@ -255,7 +263,7 @@ class NetworkService:
             connector.message = reason
         if was_link or connector is not None:
             _log.info(f"router link {conn_id}: {reason}")
-        self._close_engine_conn(conn_id)
+        self._close_engine_conn(conn_id, reason)
         if was_link:
             self._mark_change()
             self._run(lambda now: self.core.link_closed(conn_id, now))
@@ -420,7 +428,7 @@ class NetworkService:
 
     # ------------------------------------------------------------ accepted links
 
-    def accepted(self, conn_id: int, close: Callable[[], None]) -> None:
+    def accepted(self, conn_id: int, close: Callable[[str], None]) -> None:
         """The app listener adaptor accepted a router link (its AmqpConnection
         reports here as channel owner)."""
         self._accepted[conn_id] = close
@@ -663,16 +671,16 @@ class NetworkService:
         if link is not None and not link.channel.failed:
             link.channel.fail(reason)  # reports channel_failed: core and engine
             return
-        self._close_engine_conn(conn_id)
+        self._close_engine_conn(conn_id, reason)
 
-    def _close_engine_conn(self, conn_id: int) -> None:
+    def _close_engine_conn(self, conn_id: int, reason: str = "") -> None:
         conn = self._dialled.get(conn_id)
         if conn is not None:
-            conn.close()
+            conn.close(reason)
             return
-        close = self._accepted.get(conn_id)
+        close = self._accepted.pop(conn_id, None)
         if close is not None:
-            close()
+            close(reason)
             return
         self.conn_close(conn_id, abort=False)
 
@@ -722,7 +730,7 @@ class NetworkService:
             if state.retry is not None:
                 state.retry.cancel()
         for conn_id in list(self._links):
-            self._close_engine_conn(conn_id)
+            self._close_engine_conn(conn_id, f"router '{self.router_id}' is stopping")
         for number in list(self._pending):
             self._mgmt_done(number, Response(503, "Service Unavailable: the router is stopping"))
 
