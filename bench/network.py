@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -396,7 +397,11 @@ class NetworkReport:
         hello_max_age = float(FAST_TIMERS["helloMaxAgeSeconds"])
         limit = hello_max_age + 1.0
         out: dict[str, dict[str, Any]] = {}
-        for phase, what in (("link_cut", "after a link cut"), ("router_kill", "after a kill -9")):
+        for phase, what in (
+            ("link_cut", "after a link cut"),
+            ("router_kill", "after a kill -9"),
+            ("router_freeze", "after a router freezes (SIGSTOP: no FIN, silence only)"),
+        ):
             s = self.phases.get(phase, {}).get("summary", {})
             value = s.get("max") if s.get("count") else None
             failed = bool(s.get("failed"))
@@ -441,9 +446,12 @@ def run_network(cfg: NetworkBenchConfig, log: Callable[[str], None] | None = Non
     started = time.monotonic()
     names = router_names(cfg.routers)
     if cfg.topology == "auto":
-        plan = [("ring", ("link_cut", "router_kill", "idle")), ("line", ("address",))]
+        plan = [
+            ("ring", ("link_cut", "router_kill", "router_freeze", "idle")),
+            ("line", ("address",)),
+        ]
     else:
-        plan = [(cfg.topology, ("link_cut", "router_kill", "idle", "address"))]
+        plan = [(cfg.topology, ("link_cut", "router_kill", "router_freeze", "idle", "address"))]
     try:
         for kind, phases in plan:
             _run_topology(cfg, report, kind, names, phases, workdir / kind, say)
@@ -484,6 +492,8 @@ def _run_topology(
                 report.phases[phase] = _link_cut(cfg, net, poller, kind, names, links, say)
             elif phase == "router_kill":
                 report.phases[phase] = _router_kill(cfg, net, poller, kind, names, links, say)
+            elif phase == "router_freeze":
+                report.phases[phase] = _router_freeze(cfg, net, poller, kind, names, links, say)
             elif phase == "address":
                 report.phases[phase] = _address(cfg, net, poller, kind, names, links, say)
             elif phase == "idle":
@@ -578,6 +588,46 @@ def _router_kill(
         "topology": kind,
         "summary": summary([r["kill"]["seconds"] for r in rounds]),
         "rejoin": summary([r["rejoin"]["seconds"] for r in rounds]),
+        "rounds": rounds,
+    }
+
+
+def _router_freeze(
+    cfg: NetworkBenchConfig,
+    net: Network,
+    poller: Poller,
+    kind: str,
+    names: list[str],
+    links: list[tuple[str, str, int]],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """SIGSTOP: the router's connections stay open, only its HELLOs stop, so
+    its neighbours must notice by helloMaxAgeSeconds of silence."""
+    candidates = kill_candidates(names, links) if len(names) > 2 else []
+    if not candidates:
+        return {"topology": kind, "skipped": f"losing any router of this {kind} splits it"}
+    full = expected_routes(graph_of(names, links))
+    rounds: list[dict[str, Any]] = []
+    for i in range(cfg.rounds):
+        victim = candidates[i % min(len(candidates), 3)]
+        want = expected_routes(graph_of(names, links, down=[victim]))
+        poller.drop(victim)
+        t0 = time.monotonic()
+        net[victim].signal(signal.SIGSTOP)
+        try:
+            lost = wait_routes(poller, want, t0, cfg.timeout_s, cfg.settle_s)
+        finally:
+            t1 = time.monotonic()
+            net[victim].signal(signal.SIGCONT)
+        back = wait_routes(poller, full, t1, max(cfg.timeout_s, 30.0), cfg.settle_s)
+        say(f"SIGSTOP {victim}: {_fmt_s(lost.seconds)}, back after SIGCONT {_fmt_s(back.seconds)}")
+        rounds.append({"router": victim, "stop": lost.to_dict(), "cont": back.to_dict()})
+        if back.seconds is None:
+            raise RuntimeError(f"{victim} did not come back after SIGCONT: {back.problem}")
+    return {
+        "topology": kind,
+        "summary": summary([r["stop"]["seconds"] for r in rounds]),
+        "cont": summary([r["cont"]["seconds"] for r in rounds]),
         "rounds": rounds,
     }
 
@@ -806,6 +856,15 @@ def format_report(report: NetworkReport, argv: Sequence[str] = ()) -> str:
         lines.append(_row(f"router kill -9 ({kill['topology']})", kill["summary"],
                           f"poll sweep {res}; deviations after {dev}"))  # fmt: skip
         lines.append(_row("  router restarted, rejoined", kill["rejoin"]))
+    frozen = report.phases.get("router_freeze", {})
+    if "skipped" in frozen:
+        lines.append(f"{'router SIGSTOP (silent)':<28} skipped: {frozen['skipped']}")
+    elif frozen:
+        res = _resolution(r["stop"] for r in frozen["rounds"])
+        dev = sum(r["stop"]["deviations"] for r in frozen["rounds"])
+        lines.append(_row(f"router SIGSTOP ({frozen['topology']})", frozen["summary"],
+                          f"poll sweep {res}; deviations after {dev}"))  # fmt: skip
+        lines.append(_row("  SIGCONT, back", frozen["cont"]))
     addr = report.phases.get("address", {})
     if addr:
         poll = addr["poll_s"].get("mean")
