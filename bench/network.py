@@ -11,6 +11,10 @@ line, a ring or a full mesh, and measures over ``--rounds``:
 * **router kill**: kill -9 of a middle router; the time until every
   surviving router's routes are correct again. The router is then started
   again (``rejoin``);
+* **router freeze** (SIGSTOP): the router's connections stay open, only its
+  HELLOs stop, so the others can only notice by ``helloMaxAgeSeconds`` of
+  silence (a kill -9 closes its sockets, and the peers see that at once);
+  the time until every other router's routes are correct; then SIGCONT;
 * **new address**: a tcpConnector with a fresh address is created at one end
   of the network; the time until the router at the other end lists it in
   ``router.address`` with ``remoteHostRouters == [origin]``; the connector is
@@ -24,10 +28,10 @@ first showed the expected routes, so the figures are upper bounds with the
 sweep period (reported) as their resolution. After convergence the poll goes
 on for ``--settle`` seconds and counts any deviation (flapping).
 
-``--topology auto`` (the default) runs the cut, the kill and the idle
-window on a ring of K and the address rounds on a line of K (the far end of
-a line is K-1 hops away). A cut or kill that would split the network (a
-line) is skipped, not measured.
+``--topology auto`` (the default) runs the cut, the kill, the freeze and the
+idle window on a ring of K and the address rounds on a line of K (the far end of
+a line is K-1 hops away). A cut, kill or freeze that would split the
+network (a line) is skipped, not measured.
 """
 
 from __future__ import annotations
@@ -67,7 +71,8 @@ class NetworkBenchConfig:
     rounds: int = 3
     address_rounds: int = 20
     idle_s: float = 10.0  # CPU window
-    quiet_s: float = 2.0  # before the CPU window, nothing happening
+    # before the CPU window, nothing happening: 2 x raIntervalFluxSeconds, out of flux
+    quiet_s: float = 8.0
     settle_s: float = 1.0  # polling on after convergence, counting deviations
     timeout_s: float = 20.0  # bound of every convergence wait
     workdir: Path | None = None  # routers' configs and logs (default: a new temp dir)
@@ -890,7 +895,7 @@ def format_report(report: NetworkReport, argv: Sequence[str] = ()) -> str:
             value = _fmt_s(g["value_s"])
         else:
             value = "-" if g["value_pct"] is None else f"{g['value_pct']:.2f} %"
-        lines.append(f"  {name:<12} {met:<13} {g['measure']} {value}: {g['goal']}")
+        lines.append(f"  {name:<14} {met:<13} {g['measure']} {value}: {g['goal']}")
     bad = {k: v for k, v in report.routers.items() if v["notable_log_lines"]}
     if bad:
         lines += ["", "router log lines at warning or above:"]
