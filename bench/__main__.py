@@ -371,6 +371,13 @@ def _add_network_parser(sub: Any) -> None:
         "--timeout", type=_positive_float, default=d.timeout_s, help="bound of every wait (s)"
     )
     p.add_argument(
+        "--poll-pause",
+        type=float,
+        default=d.poll_pause_s,
+        help="seconds between polling sweeps (0: back to back; the sweep period is the "
+        "resolution, and polling costs the routers CPU)",
+    )
+    p.add_argument(
         "--workdir", type=Path, default=None, help="routers' configs and logs (default: temp)"
     )
     p.add_argument("--json", type=Path, default=None, help="write every figure here")
@@ -389,6 +396,7 @@ def _network(args: argparse.Namespace) -> int:
         quiet_s=args.quiet_before,
         settle_s=args.settle,
         timeout_s=args.timeout,
+        poll_pause_s=args.poll_pause,
         workdir=args.workdir,
     )
     try:

@@ -75,6 +75,7 @@ class NetworkBenchConfig:
     quiet_s: float = 8.0
     settle_s: float = 1.0  # polling on after convergence, counting deviations
     timeout_s: float = 20.0  # bound of every convergence wait
+    poll_pause_s: float = 0.0  # between sweeps (0: poll back to back)
     workdir: Path | None = None  # routers' configs and logs (default: a new temp dir)
 
     def validate(self) -> None:
@@ -88,8 +89,8 @@ class NetworkBenchConfig:
             raise ValueError("--rounds must be >= 1 and --address-rounds >= 0")
         if self.idle_s <= 0 or self.timeout_s <= 0:
             raise ValueError("--idle and --timeout must be > 0")
-        if self.quiet_s < 0 or self.settle_s < 0:
-            raise ValueError("--quiet and --settle must be >= 0")
+        if self.quiet_s < 0 or self.settle_s < 0 or self.poll_pause_s < 0:
+            raise ValueError("--quiet-before, --settle and --poll-pause must be >= 0")
 
 
 # ---------------------------------------------------------------- topology
@@ -341,6 +342,7 @@ def wait_routes(
     t0: float,
     timeout: float,
     settle: float,
+    pause: float = 0.0,
 ) -> Convergence:
     """Polls every router in ``expected`` until all show their expected routes."""
     names = sorted(expected)
@@ -369,6 +371,8 @@ def wait_routes(
             break
         if time.monotonic() > deadline:
             break
+        if pause:
+            time.sleep(pause)
     sweep_s = (time.monotonic() - first) / sweeps
     if converged is None:
         problem = "; ".join(f"{n}: {p}" for n, p in sorted(problems.items()))
@@ -380,6 +384,8 @@ def wait_routes(
             got = poller.routes(name)
             if got is None or route_problems(expected[name], got):
                 deviations += 1
+        if pause:
+            time.sleep(pause)
     return Convergence(converged - t0, sweeps, sweep_s, last, deviations)
 
 
@@ -396,6 +402,7 @@ class NetworkReport:
     idle: dict[str, Any] = field(default_factory=dict)
     startup: dict[str, float] = field(default_factory=dict)  # topology -> seconds
     routers: dict[str, dict[str, Any]] = field(default_factory=dict)  # metrics, log findings
+    errors: list[str] = field(default_factory=list)  # what stopped a topology's phases
     wall_s: float = 0.0
 
     def goals(self) -> dict[str, dict[str, Any]]:
@@ -492,21 +499,32 @@ def _run_topology(
         check = wait_routes(poller, full, time.monotonic(), cfg.timeout_s, 0)
         if check.seconds is None:
             raise RuntimeError(f"{kind}: routes never became correct: {check.problem}")
+        runners = {
+            "link_cut": _link_cut,
+            "router_kill": _router_kill,
+            "router_freeze": _router_freeze,
+            "address": _address,
+        }
         for phase in phases:
-            if phase == "link_cut":
-                report.phases[phase] = _link_cut(cfg, net, poller, kind, names, links, say)
-            elif phase == "router_kill":
-                report.phases[phase] = _router_kill(cfg, net, poller, kind, names, links, say)
-            elif phase == "router_freeze":
-                report.phases[phase] = _router_freeze(cfg, net, poller, kind, names, links, say)
-            elif phase == "address":
-                report.phases[phase] = _address(cfg, net, poller, kind, names, links, say)
-            elif phase == "idle":
+            if phase == "idle":
                 report.idle = _idle_cpu(cfg, net, poller, kind, names, say)
-        report.routers.update({f"{kind}/{n}": _router_findings(net, n) for n in names})
+                continue
+            result = runners[phase](cfg, net, poller, kind, names, links, say)
+            report.phases[phase] = result
+            if result.get("error"):
+                # the network is not back as it was: later phases would measure that
+                report.errors.append(f"{kind}: {phase}: {result['error']}")
+                say(f"{kind}: {phase} failed; the phases after it are not run")
+                break
+    except (RuntimeError, AssertionError, ManagementFailure, *CONNECT_ERRORS) as e:
+        report.errors.append(f"{kind}: {type(e).__name__}: {e}")
+        say(f"{kind}: stopped: {e}")
     finally:
         poller.close()
-        net.close()
+        try:
+            report.routers.update({f"{kind}/{n}": _router_findings(net, n) for n in names})
+        finally:
+            net.close()
 
 
 def _connector_props(net: Network, dialler: str, target: str, cost: int) -> dict[str, object]:
@@ -533,27 +551,32 @@ def _link_cut(
         return {"topology": kind, "skipped": f"every link of a {kind} splits the network"}
     full = expected_routes(graph_of(names, links))
     rounds: list[dict[str, Any]] = []
+    error: str | None = None
     for i in range(cfg.rounds):
         index = candidates[(i * max(1, len(candidates) // cfg.rounds)) % len(candidates)]
         a, b, cost = links[index]
         rest = [lk for j, lk in enumerate(links) if j != index]
         want = expected_routes(graph_of(names, rest))
+        snap = cpu_snapshot(net)
         t0 = time.monotonic()
         poller.call(a, {"operation": "DELETE", "type": T + "connector", "name": f"to-{b}"})
-        cut = wait_routes(poller, want, t0, cfg.timeout_s, cfg.settle_s)
+        cut = wait_routes(poller, want, t0, cfg.timeout_s, cfg.settle_s, cfg.poll_pause_s)
         t1 = time.monotonic()
         poller.call(
             a,
             {"operation": "CREATE", "type": T + "connector", "name": f"to-{b}"},
             _connector_props(net, a, b, cost),
         )
-        restore = wait_routes(poller, full, t1, cfg.timeout_s, cfg.settle_s)
+        restore = wait_routes(poller, full, t1, cfg.timeout_s, cfg.settle_s, cfg.poll_pause_s)
         say(f"link cut {a}-{b}: {_fmt_s(cut.seconds)}, restored {_fmt_s(restore.seconds)}")
-        rounds.append({"link": [a, b], "cut": cut.to_dict(), "restore": restore.to_dict()})
+        rounds.append({"link": [a, b], "cut": cut.to_dict(), "restore": restore.to_dict(),
+                       "routers_cpu": cpu_since(net, snap)})  # fmt: skip
         if restore.seconds is None:
-            raise RuntimeError(f"link {a}-{b} did not come back: {restore.problem}")
+            error = f"link {a}-{b} did not come back: {restore.problem}"
+            break
     return {
         "topology": kind,
+        "error": error,
         "summary": summary([r["cut"]["seconds"] for r in rounds]),
         "restore": summary([r["restore"]["seconds"] for r in rounds]),
         "rounds": rounds,
@@ -574,23 +597,30 @@ def _router_kill(
         return {"topology": kind, "skipped": f"losing any router of this {kind} splits it"}
     full = expected_routes(graph_of(names, links))
     rounds: list[dict[str, Any]] = []
+    error: str | None = None
     for i in range(cfg.rounds):
         victim = candidates[i % min(len(candidates), 3)]
         want = expected_routes(graph_of(names, links, down=[victim]))
         poller.drop(victim)
+        snap = cpu_snapshot(net)
         t0 = time.monotonic()
         net[victim].kill()
-        lost = wait_routes(poller, want, t0, cfg.timeout_s, cfg.settle_s)
+        lost = wait_routes(poller, want, t0, cfg.timeout_s, cfg.settle_s, cfg.poll_pause_s)
         t1 = time.monotonic()
         net[victim].start()
         net[victim].wait_started()
-        rejoin = wait_routes(poller, full, t1, max(cfg.timeout_s, 30.0), cfg.settle_s)
+        rejoin = wait_routes(
+            poller, full, t1, max(cfg.timeout_s, 30.0), cfg.settle_s, cfg.poll_pause_s
+        )
         say(f"kill -9 {victim}: {_fmt_s(lost.seconds)}, rejoined {_fmt_s(rejoin.seconds)}")
-        rounds.append({"router": victim, "kill": lost.to_dict(), "rejoin": rejoin.to_dict()})
+        rounds.append({"router": victim, "kill": lost.to_dict(), "rejoin": rejoin.to_dict(),
+                       "routers_cpu": cpu_since(net, snap)})  # fmt: skip
         if rejoin.seconds is None:
-            raise RuntimeError(f"{victim} did not rejoin: {rejoin.problem}")
+            error = f"{victim} restarted, routes not correct after the wait: {rejoin.problem}"
+            break
     return {
         "topology": kind,
+        "error": error,
         "summary": summary([r["kill"]["seconds"] for r in rounds]),
         "rejoin": summary([r["rejoin"]["seconds"] for r in rounds]),
         "rounds": rounds,
@@ -613,24 +643,31 @@ def _router_freeze(
         return {"topology": kind, "skipped": f"losing any router of this {kind} splits it"}
     full = expected_routes(graph_of(names, links))
     rounds: list[dict[str, Any]] = []
+    error: str | None = None
     for i in range(cfg.rounds):
         victim = candidates[i % min(len(candidates), 3)]
         want = expected_routes(graph_of(names, links, down=[victim]))
         poller.drop(victim)
+        snap = cpu_snapshot(net)
         t0 = time.monotonic()
         net[victim].signal(signal.SIGSTOP)
         try:
-            lost = wait_routes(poller, want, t0, cfg.timeout_s, cfg.settle_s)
+            lost = wait_routes(poller, want, t0, cfg.timeout_s, cfg.settle_s, cfg.poll_pause_s)
         finally:
             t1 = time.monotonic()
             net[victim].signal(signal.SIGCONT)
-        back = wait_routes(poller, full, t1, max(cfg.timeout_s, 30.0), cfg.settle_s)
+        back = wait_routes(
+            poller, full, t1, max(cfg.timeout_s, 30.0), cfg.settle_s, cfg.poll_pause_s
+        )
         say(f"SIGSTOP {victim}: {_fmt_s(lost.seconds)}, back after SIGCONT {_fmt_s(back.seconds)}")
-        rounds.append({"router": victim, "stop": lost.to_dict(), "cont": back.to_dict()})
+        rounds.append({"router": victim, "stop": lost.to_dict(), "cont": back.to_dict(),
+                       "routers_cpu": cpu_since(net, snap)})  # fmt: skip
         if back.seconds is None:
-            raise RuntimeError(f"{victim} did not come back after SIGCONT: {back.problem}")
+            error = f"{victim} continued, routes not correct after the wait: {back.problem}"
+            break
     return {
         "topology": kind,
+        "error": error,
         "summary": summary([r["stop"]["seconds"] for r in rounds]),
         "cont": summary([r["cont"]["seconds"] for r in rounds]),
         "rounds": rounds,
@@ -651,7 +688,13 @@ def _address_seen(poller: Poller, name: str, address: str) -> list[str] | None:
 
 
 def _wait_address(
-    poller: Poller, far: str, address: str, want: list[str] | None, t0: float, timeout: float
+    poller: Poller,
+    far: str,
+    address: str,
+    want: list[str] | None,
+    t0: float,
+    timeout: float,
+    pause: float,
 ) -> tuple[float | None, int]:
     polls = 0
     while True:
@@ -662,6 +705,8 @@ def _wait_address(
             return now - t0, polls
         if now - t0 > timeout:
             return None, polls
+        if pause:
+            time.sleep(pause)
 
 
 def _address(
@@ -686,10 +731,14 @@ def _address(
         poller.call(
             origin, {"operation": "CREATE", "type": T + "tcpConnector", "name": name}, attrs
         )
-        added, polls = _wait_address(poller, far, address, [origin], t0, cfg.timeout_s)
+        added, polls = _wait_address(
+            poller, far, address, [origin], t0, cfg.timeout_s, cfg.poll_pause_s
+        )
         t1 = time.monotonic()
         poller.call(origin, {"operation": "DELETE", "type": T + "tcpConnector", "name": name})
-        withdrawn, _ = _wait_address(poller, far, address, None, t1, cfg.timeout_s)
+        withdrawn, _ = _wait_address(
+            poller, far, address, None, t1, cfg.timeout_s, cfg.poll_pause_s
+        )
         rounds.append(
             {
                 "address": address,
@@ -723,6 +772,26 @@ def _path(routes: Mapping[str, Routes], src: str, dst: str) -> list[str]:
         at = dst if hop is None else hop
         out.append(at)
     return out
+
+
+def cpu_snapshot(net: Network) -> tuple[float, dict[int, float]]:
+    """(now, CPU seconds by pid) of every running router."""
+    out = {}
+    for router in net.routers.values():
+        if router.proc is not None and router.running:
+            out[router.proc.pid] = _cpu_s(router.proc.pid)[0]
+    return time.monotonic(), out
+
+
+def cpu_since(net: Network, snap: tuple[float, dict[int, float]]) -> dict[str, float]:
+    """The routers' CPU since ``snap``: seconds, and cores (seconds per second
+    of wall clock). A router started since counts from zero (its start-up
+    included); a router gone since is left out."""
+    t0, before = snap
+    now, after = cpu_snapshot(net)
+    used = sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+    wall = max(now - t0, 1e-9)
+    return {"cpu_s": used, "wall_s": wall, "cores": used / wall}
 
 
 def _cpu_s(pid: int) -> tuple[float, str]:
@@ -796,7 +865,7 @@ def _fmt_s(v: float | None) -> str:
 
 def to_json(report: NetworkReport, argv: Sequence[str]) -> dict[str, Any]:
     goals = report.goals()
-    ok = all(g["met"] is not False for g in goals.values())
+    ok = not report.errors and all(g["met"] is not False for g in goals.values())
     params = dataclasses.asdict(report.config)
     params["workdir"] = str(report.workdir)
     env = environment()
@@ -810,6 +879,7 @@ def to_json(report: NetworkReport, argv: Sequence[str]) -> dict[str, Any]:
             "phases": report.phases,
             "idle_cpu": report.idle,
             "startup_s": report.startup,
+            "errors": report.errors,
             "routers": report.routers,
             "wall_s": report.wall_s,
         }
@@ -843,33 +913,22 @@ def format_report(report: NetworkReport, argv: Sequence[str] = ()) -> str:
         f"{'measure':<28} {'p50':>8} {'p99':>8} {'max':>8} {'failed':>6}  notes",
         "-" * 78,
     ]
-    cut = report.phases.get("link_cut", {})
-    if "skipped" in cut:
-        lines.append(f"{'link cut':<28} skipped: {cut['skipped']}")
-    elif cut:
-        res = _resolution(r["cut"] for r in cut["rounds"])
-        dev = sum(r["cut"]["deviations"] for r in cut["rounds"])
-        lines.append(_row(f"link cut ({cut['topology']})", cut["summary"],
-                          f"poll sweep {res}; deviations after {dev}"))  # fmt: skip
-        lines.append(_row("  link restored", cut["restore"]))
-    kill = report.phases.get("router_kill", {})
-    if "skipped" in kill:
-        lines.append(f"{'router kill -9':<28} skipped: {kill['skipped']}")
-    elif kill:
-        res = _resolution(r["kill"] for r in kill["rounds"])
-        dev = sum(r["kill"]["deviations"] for r in kill["rounds"])
-        lines.append(_row(f"router kill -9 ({kill['topology']})", kill["summary"],
-                          f"poll sweep {res}; deviations after {dev}"))  # fmt: skip
-        lines.append(_row("  router restarted, rejoined", kill["rejoin"]))
-    frozen = report.phases.get("router_freeze", {})
-    if "skipped" in frozen:
-        lines.append(f"{'router SIGSTOP (silent)':<28} skipped: {frozen['skipped']}")
-    elif frozen:
-        res = _resolution(r["stop"] for r in frozen["rounds"])
-        dev = sum(r["stop"]["deviations"] for r in frozen["rounds"])
-        lines.append(_row(f"router SIGSTOP ({frozen['topology']})", frozen["summary"],
-                          f"poll sweep {res}; deviations after {dev}"))  # fmt: skip
-        lines.append(_row("  SIGCONT, back", frozen["cont"]))
+    for phase, label, key, after_key, after_label in (
+        ("link_cut", "link cut", "cut", "restore", "  link restored"),
+        ("router_kill", "router kill -9", "kill", "rejoin", "  router restarted, rejoined"),
+        ("router_freeze", "router SIGSTOP", "stop", "cont", "  SIGCONT, back"),
+    ):
+        p = report.phases.get(phase, {})
+        if "skipped" in p:
+            lines.append(f"{label:<28} skipped: {p['skipped']}")
+        elif p:
+            rounds = p["rounds"]
+            res = _resolution(r[key] for r in rounds)
+            dev = sum(r[key]["deviations"] + r[after_key]["deviations"] for r in rounds)
+            lines.append(_row(f"{label} ({p['topology']})", p["summary"],
+                              f"poll sweep {res}; deviations after {dev}"))  # fmt: skip
+            lines.append(_row(after_label, p[after_summary(phase)],
+                              f"routers' CPU, busiest round: {_cores(rounds)} cores"))  # fmt: skip
     addr = report.phases.get("address", {})
     if addr:
         poll = addr["poll_s"].get("mean")
@@ -901,8 +960,21 @@ def format_report(report: NetworkReport, argv: Sequence[str] = ()) -> str:
         lines += ["", "router log lines at warning or above:"]
         for name, v in sorted(bad.items()):
             lines.append(f"  {name}: {v['notable_log_lines']} e.g. {v['log_samples'][0][:120]}")
+    for error in report.errors:
+        lines.append(f"ERROR {error[:400]}")
     lines.append(f"router logs: {report.workdir}")
     return "\n".join(lines)
+
+
+def after_summary(phase: str) -> str:
+    """The key of a phase's second measure (putting the network back)."""
+    return {"link_cut": "restore", "router_kill": "rejoin", "router_freeze": "cont"}[phase]
+
+
+def _cores(rounds: Iterable[Mapping[str, Any]]) -> str:
+    """The routers' CPU (cores, all routers together) in the busiest round."""
+    cores = [r["routers_cpu"]["cores"] for r in rounds if "routers_cpu" in r]
+    return f"{max(cores):.2f}" if cores else "-"
 
 
 def _resolution(convs: Iterable[Mapping[str, Any]]) -> str:

@@ -166,6 +166,7 @@ def test_small_ring_reports_every_figure(tmp_path: Path) -> None:
         conv = p["rounds"][0][key]
         assert conv["seconds"] > 0 and conv["sweep_s"] > 0 and conv["sweeps"] >= 1
         assert conv["last"] in {"R1", "R2", "R3"}
+        assert p["rounds"][0]["routers_cpu"]["cpu_s"] > 0
     addr = data["phases"]["address"]
     assert addr["summary"]["count"] == 2 and addr["summary"]["p99"] > 0
     assert addr["withdraw"]["count"] == 2
