@@ -404,7 +404,11 @@ def _network(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"skiff-bench network: {exc}", file=sys.stderr)
         return 2
-    report = run_network(cfg, None if args.quiet else main_log)
+    try:
+        report = run_network(cfg, None if args.quiet else main_log)
+    except KeyboardInterrupt:
+        print("skiff-bench network: interrupted; the routers were stopped", file=sys.stderr)
+        return 130
     print(format_report(report, sys.argv))
     data = to_json(report, sys.argv)
     if args.json is not None:
