@@ -200,3 +200,26 @@ def _running(router_dir: Path) -> bool:
             except OSError:
                 continue
     return False
+
+
+def test_harness_gives_every_router_its_own_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """free_port closes its socket, so two draws may repeat a port: the
+    network draws again (a repeated inter-router port made a system test
+    flaky)."""
+    from bench import netharness
+
+    draws = iter([7001, 7005, 7003, 7006, 7007])
+    monkeypatch.setattr(netharness, "free_port", lambda: next(draws))
+    net = netharness.Network(tmp_path)
+    net.specs["A"] = netharness.RouterSpec("A", "interior", 7001, 7002, 7003, 7004)
+    twin = netharness.RouterSpec("B", "interior", 7001, 7002, 7008, 7003)
+    net._unique_ports(twin)
+    net.specs["B"] = twin
+    ports = [p for s in net.specs.values() for p in netharness._ports(s)]
+    assert len(ports) == len(set(ports)) == 8
+    assert netharness._ports(twin) == (7005, 7006, 7008, 7007)
+    net.router("C")  # through the public path too
+    ports = [p for s in net.specs.values() for p in netharness._ports(s)]
+    assert len(ports) == len(set(ports)) == 12
