@@ -18,6 +18,7 @@ from bench import compare
 from bench import sasl as sasl_bench
 from bench.compare import CompareConfig, format_compare, run_compare
 from bench.mgmt import MgmtConfig, run_mgmt
+from bench.network import TOPOLOGIES, NetworkBenchConfig
 from bench.progress import Progress
 from bench.report import format_table, write_json
 from bench.results import compare_json, envelope, write_result
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_parser(sub)
     _add_workload_parsers(sub)
     _add_mgmt_parser(sub)
+    _add_network_parser(sub)
     sasl_bench.add_parser(sub)
     return parser
 
@@ -333,6 +335,89 @@ def _add_mgmt_parser(sub: Any) -> None:
     )
 
 
+def _add_network_parser(sub: Any) -> None:
+    d = NetworkBenchConfig()
+    p = sub.add_parser(
+        "network",
+        help="router network control plane: convergence after a link cut and a kill -9, "
+        "a new address at the far end, idle CPU per router",
+        description="Starts K skiffd routers on loopback (line, ring or full mesh) and "
+        "times route convergence (every router's router.node against least-cost routes "
+        "computed by the bench), address propagation and idle CPU. auto: cut, kill and "
+        "idle CPU on a ring of K, the address rounds on a line of K.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--topology", choices=TOPOLOGIES, default=d.topology)
+    p.add_argument("--routers", type=_positive_int, default=d.routers, help="K")
+    p.add_argument(
+        "--rounds", type=_positive_int, default=d.rounds, help="link cuts and kills, each"
+    )
+    p.add_argument(
+        "--address-rounds", type=int, default=d.address_rounds, help="new addresses timed"
+    )
+    p.add_argument("--idle", type=_positive_float, default=d.idle_s, help="idle CPU window (s)")
+    p.add_argument(
+        "--quiet-before",
+        type=float,
+        default=d.quiet_s,
+        help="seconds of nothing before the idle window",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=d.settle_s,
+        help="seconds of polling after each convergence, counting deviations",
+    )
+    p.add_argument(
+        "--timeout", type=_positive_float, default=d.timeout_s, help="bound of every wait (s)"
+    )
+    p.add_argument(
+        "--poll-pause",
+        type=float,
+        default=d.poll_pause_s,
+        help="seconds between polling sweeps (0: back to back; the sweep period is the "
+        "resolution, and polling costs the routers CPU)",
+    )
+    p.add_argument(
+        "--workdir", type=Path, default=None, help="routers' configs and logs (default: temp)"
+    )
+    p.add_argument("--json", type=Path, default=None, help="write every figure here")
+    p.add_argument("--quiet", action="store_true", help="no progress, only the result")
+
+
+def _network(args: argparse.Namespace) -> int:
+    from bench.network import format_report, main_log, run_network, to_json
+
+    cfg = NetworkBenchConfig(
+        topology=args.topology,
+        routers=args.routers,
+        rounds=args.rounds,
+        address_rounds=args.address_rounds,
+        idle_s=args.idle,
+        quiet_s=args.quiet_before,
+        settle_s=args.settle,
+        timeout_s=args.timeout,
+        poll_pause_s=args.poll_pause,
+        workdir=args.workdir,
+    )
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        print(f"skiff-bench network: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = run_network(cfg, None if args.quiet else main_log)
+    except KeyboardInterrupt:
+        print("skiff-bench network: interrupted; the routers were stopped", file=sys.stderr)
+        return 130
+    print(format_report(report, sys.argv))
+    data = to_json(report, sys.argv)
+    if args.json is not None:
+        write_result(data, args.json)
+        print(f"wrote {args.json}")
+    return 0 if data["ok"] else 1
+
+
 def storm_config(args: argparse.Namespace) -> StormConfig:
     return StormConfig(
         clients=args.clients,
@@ -531,6 +616,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": _report,
     "serve": _serve,
     "mgmt": _mgmt,
+    "network": _network,
     "sasl": lambda args: sasl_bench.run_args(args),
 }
 

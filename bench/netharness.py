@@ -242,9 +242,20 @@ class Network:
 
     def router(self, name: str, mode: str = "interior", **router_attrs: object) -> RouterSpec:
         spec = RouterSpec(name, mode, router_attrs=dict(router_attrs))
+        self._unique_ports(spec)
         self.specs[name] = spec
         self.routers[name] = Router(spec, self.tmp)
         return spec
+
+    def _unique_ports(self, spec: RouterSpec) -> None:
+        """Draws again any port another router of this network already has:
+        ``free_port`` closes its socket, so two draws can return the same
+        port (seen: two routers given one inter-router port)."""
+        used = {p for s in self.specs.values() for p in _ports(s)}
+        for attr in ("mgmt_port", "http_port", "ir_port", "edge_port"):
+            while getattr(spec, attr) in used:
+                setattr(spec, attr, free_port())
+            used.add(getattr(spec, attr))
 
     def link(self, dialler: str, target: str, cost: int = 1, **attrs: object) -> None:
         """``dialler`` gets a connector to ``target`` (an edge dials the edge port)."""
@@ -323,6 +334,10 @@ class Network:
     def close(self) -> None:
         for router in self.routers.values():
             router.stop()
+
+
+def _ports(spec: RouterSpec) -> tuple[int, int, int, int]:
+    return (spec.mgmt_port, spec.http_port, spec.ir_port, spec.edge_port)
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
