@@ -235,7 +235,8 @@ class RouterCore:
                 self.links_refused += 1
                 return self._drop(link_id, exc.reason, now)
             actions = self._hello_events(events, now)
-            sends, lost = self.hello.tick(now)  # the reply to a new peer, if due
+            # the reply to a new peer, if due; silence is the timer's to judge
+            sends, lost = self.hello.tick(now, judge_silence=False)
             return actions + [self._send(lid, m) for lid, m in sends] + self._hello_events(
                 lost, now
             )

@@ -121,7 +121,9 @@ class HelloProtocol:
 
     # -- time
 
-    def tick(self, now: float) -> tuple[list[tuple[int, Hello]], list[HelloEvent]]:
+    def tick(
+        self, now: float, *, judge_silence: bool = True
+    ) -> tuple[list[tuple[int, Hello]], list[HelloEvent]]:
         """HELLOs due now (per link) and neighbours lost to silence.
 
         Silence is counted only while this router runs: when ticks stop for
@@ -129,10 +131,14 @@ class HelloProtocol:
         of CPU), the time beyond one interval is credited to every link
         before loss is judged. Otherwise a router resuming from a pause would
         drop every neighbour whose HELLOs still wait unread in its sockets,
-        and its neighbours would see it flap (each loss floods an LSU)."""
+        and its neighbours would see it flap (each loss floods an LSU).
+
+        ``judge_silence=False`` only sends what is due: while input is being
+        handled, the HELLOs of other links may wait behind it unread, so
+        silence is judged only by the timer's tick (after reading)."""
         events: list[HelloEvent] = []
         sends: list[tuple[int, Hello]] = []
-        if self._last_tick is not None:
+        if self._last_tick is not None and judge_silence:
             away = now - self._last_tick - self.hello_interval
             if away > self.hello_interval:
                 self.stalls += 1
@@ -140,9 +146,14 @@ class HelloProtocol:
                 for link in self._links.values():
                     if link.last_heard is not None:
                         link.last_heard = min(now, link.last_heard + away)
-        self._last_tick = now
+        if judge_silence:
+            self._last_tick = now
         for link in self._links.values():
-            if link.last_heard is not None and now >= link.last_heard + self.hello_max_age:
+            if (
+                judge_silence
+                and link.last_heard is not None
+                and now >= link.last_heard + self.hello_max_age
+            ):
                 silent = now - link.last_heard
                 link.last_heard = None
                 if link.two_way and link.peer_id is not None:

@@ -164,12 +164,12 @@ class NetworkService:
     def _tick(self) -> None:
         handle, self._tick_handle = self._tick_handle, None
         if handle is not None and self.loop.time() - handle.when() > self.config.hello_interval:
-            # this router did not run for a while (stopped, starved): read
-            # what its links sent meanwhile before judging their silence
-            self.stalled_ticks += 1
-            self.engine.dispatch_pending()
-            for conn in list(self._dialled.values()):
-                self._read(conn)
+            self.stalled_ticks += 1  # this router did not run for a while
+        # read what the links sent before judging their silence: under a
+        # backlog, a neighbour's HELLO may wait behind other input
+        self.engine.dispatch_pending()
+        for conn in list(self._dialled.values()):
+            self._read(conn)
         self._run(lambda now: self.core.tick(now))
 
     def _run(self, step: Callable[[float], list[Action]]) -> None:
