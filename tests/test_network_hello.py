@@ -142,11 +142,12 @@ def test_silence_while_this_router_was_stopped_is_not_held_against_its_neighbour
 def test_only_the_timer_judges_silence() -> None:
     a, b = _pair()
     _exchange(a, b, 0.0)
-    for step in (1.0, 2.0, 3.0):
+    _exchange(a, b, 1.0)
+    for step in (2.0, 3.0, 4.0):
         a.tick(step)
-    # handling input at 3.5 (other links' messages) sends what is due but
+    # handling input at 4.5 (other links' messages) sends what is due but
     # loses nobody: B's HELLO may be waiting behind that input
-    _, events = a.tick(3.5, judge_silence=False)
+    _, events = a.tick(4.5, judge_silence=False)
     assert events == [] and "B" in a.neighbours()
-    _, events = a.tick(3.5)
+    _, events = a.tick(4.5)
     assert [e.router_id for e in events if isinstance(e, NeighbourLost)] == ["B"]
