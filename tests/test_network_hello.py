@@ -143,7 +143,7 @@ def test_only_the_timer_judges_silence() -> None:
     a, b = _pair()
     _exchange(a, b, 0.0)
     _exchange(a, b, 1.0)
-    for step in (2.0, 3.0, 4.0):
+    for step in (2.0, 3.0, 3.9):
         a.tick(step)
     # handling input at 4.5 (other links' messages) sends what is due but
     # loses nobody: B's HELLO may be waiting behind that input
