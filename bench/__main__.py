@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_workload_parsers(sub)
     _add_mgmt_parser(sub)
     _add_network_parser(sub)
+    _add_netstorm_parser(sub)
     sasl_bench.add_parser(sub)
     return parser
 
@@ -385,6 +386,40 @@ def _add_network_parser(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress, only the result")
 
 
+def _add_netstorm_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "network-storm",
+        help="two linked routers; a TLS storm on one while its certificate is rewritten: "
+        "links lost (goal 0) and HELLO lateness",
+    )
+    p.add_argument("--clients", type=_positive_int, default=2000)
+    p.add_argument("--duration", type=_positive_float, default=20.0, help="seconds of storm")
+    p.add_argument(
+        "--rotate-every", type=_positive_float, default=1.0,
+        help="seconds between rewrites of the certificate and key",
+    )  # fmt: skip
+    p.add_argument("--workers", type=_positive_int, default=2, help="router A's workerThreads")
+    p.add_argument("--procs", type=_positive_int, default=2, help="storm client processes")
+    p.add_argument("--json", type=str, default=None, help="write every figure here")
+    p.add_argument("--quiet", action="store_true", help="no progress, only the result")
+
+
+def _netstorm(args: argparse.Namespace) -> int:
+    from bench.netstorm import NetStormConfig, format_report, main_log, run_netstorm, write_json
+
+    cfg = NetStormConfig(args.clients, args.duration, args.rotate_every, args.workers, args.procs)
+    try:
+        report = run_netstorm(cfg, None if args.quiet else main_log)
+    except KeyboardInterrupt:
+        print("skiff-bench network-storm: interrupted; the routers were stopped", file=sys.stderr)
+        return 130
+    print(format_report(report))
+    if args.json:
+        write_json(report, args.json)
+        print(f"wrote {args.json}")
+    return 0 if report.links_lost == 0 and report.storm_rc == 0 else 1
+
+
 def _network(args: argparse.Namespace) -> int:
     from bench.network import format_report, main_log, run_network, to_json
 
@@ -617,6 +652,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _serve,
     "mgmt": _mgmt,
     "network": _network,
+    "network-storm": _netstorm,
     "sasl": lambda args: sasl_bench.run_args(args),
 }
 
