@@ -76,3 +76,21 @@ def test_interior_waits_for_its_edges_addresses() -> None:
     net.set_addresses("E1", {"svc": 1})  # an increment on a set I1 never had: I1 asks (MAR)
     net.until(net.all_ready, limit=1.0)
     assert net.routes_to("I1", "svc") == [("E1", 1, "E1")]
+
+
+def test_readiness_asked_before_the_recompute_still_sees_the_lost_neighbour() -> None:
+    from router.network.simulation import SimNet
+
+    net = SimNet()
+    net.add("A")
+    net.add("B")
+    net.connect("A", "B")
+    net.run(5)
+    a = net.routers["A"]
+    assert a.sync_status(net.now).ready
+    # the link goes; readiness is asked before A's next tick recomputes paths
+    for link_id in list(a.interior_neighbours().values()):
+        a.link_closed(link_id, net.now)
+    status = a.sync_status(net.now)
+    assert not status.ready and "neighbour B lost" in status.reason
+    assert not a.sync_status(net.now + 1).ready  # and it stays so

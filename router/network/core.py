@@ -543,6 +543,12 @@ class RouterCore:
         }
 
     def sync_status(self, now: float) -> SyncStatus:
+        if self.mode == "interior" and self.lsdb.recompute_due(now):
+            # judged on current paths: between a change and the tick that
+            # recomputes them, a lost neighbour would still look reachable
+            # and its "resynchronising" entry would be cleared for good
+            self.lsdb.compute()
+            self._routes_dirty = True
         if self.mode == "edge":
             return self.sync.evaluate_edge(now, self.uplink(), self.edges)
         return self.sync.evaluate_interior(
