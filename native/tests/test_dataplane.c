@@ -1,0 +1,524 @@
+/* test_dataplane.c -- flows across routers (dataconn.c, peer.c, the remote
+ * routes of routes.c and connect.c): three engines in one process, R1, R2
+ * and R3, each with a data_ok listener, routes published by hand. Byte-exact
+ * relay over two and three hops, half-close each way, a reset propagated,
+ * NO_ROUTE and REFUSED verdicts retried elsewhere, refused headers (each
+ * closes only its connection, after its verdict), and no leak. */
+#include "engine_fixture.h"
+
+#include "internal.h"
+
+#include <openssl/sha.h>
+
+#define NR 3
+static sk_engine *R[NR];
+static sk_listener *DL[NR]; /* data_ok listeners (app) */
+static sk_listener *CL;     /* R1's client listener, address 0 */
+static sk_peer *P12, *P13, *P23;
+static sk_target *T_ECHO2, *T_ECHO3, *T_DEAD2, *T_SRV2;
+static echo_server ECHO2, ECHO3;
+static int DEADP = 0, DEADFD = -1;
+
+static sk_engine *mk_engine(const char *id)
+{
+    sk_engine_options o;
+    sk_engine_options_init(&o);
+    o.worker_threads = 2;
+    o.relay_buffer_bytes = 16384;
+    o.connect_timeout_ms = 2000;
+    o.backoff_initial_ms = 100;
+    o.backoff_max_ms = 200;
+    char err[SK_ERRLEN] = "";
+    sk_engine *e = sk_engine_create(&o, err, sizeof err);
+    if (!e) {
+        fprintf(stderr, "sk_engine_create: %s\n", err);
+        exit(1);
+    }
+    if (sk_engine_set_router_id(e, id) != 0)
+        exit(1);
+    return e;
+}
+
+static sk_listener *mk_listener(sk_engine *e, int app, int data_ok, uint32_t aid, uint64_t uid)
+{
+    sk_listener_options lo;
+    sk_listener_options_init(&lo);
+    lo.host = "127.0.0.1";
+    lo.app = app;
+    lo.data_ok = data_ok;
+    lo.address_id = aid;
+    lo.user_id = uid;
+    char err[SK_ERRLEN] = "";
+    sk_listener *l = sk_listener_open(e, &lo, err, sizeof err);
+    if (!l) {
+        fprintf(stderr, "listen: %s\n", err);
+        exit(1);
+    }
+    return l;
+}
+
+static sk_peer *mk_peer(sk_engine *e, const char *id, int to)
+{
+    sk_peer_options po;
+    sk_peer_options_init(&po);
+    po.router_id = id;
+    po.ip = "127.0.0.1";
+    po.port = sk_listener_port(DL[to]);
+    char err[SK_ERRLEN] = "";
+    sk_peer *p = sk_peer_create(e, &po, err, sizeof err);
+    if (!p) {
+        fprintf(stderr, "peer: %s\n", err);
+        exit(1);
+    }
+    return p;
+}
+
+/* Route tables: each entry names "svc" (address 0). */
+typedef struct rspec {
+    sk_target *local;
+    int local_port;
+    const char *dest[2];
+    uint32_t cost[2];
+    sk_peer *via[2];
+} rspec;
+
+static int publish(sk_engine *e, const rspec *s)
+{
+    char err[SK_ERRLEN] = "";
+    sk_routes *r = sk_routes_create(2);
+    if (!r || sk_routes_set_address(r, 0, "svc", err, sizeof err) != 0 ||
+        sk_routes_set_address(r, 1, "other", err, sizeof err) != 0)
+        return -1;
+    if (s->local && sk_routes_add(r, 0, s->local, "127.0.0.1", s->local_port, "", 1, -1, 0, err,
+                                  sizeof err) != 0)
+        return -1;
+    for (int i = 0; i < 2; i++)
+        if (s->dest[i] &&
+            sk_routes_add_remote(r, 0, s->dest[i], s->cost[i], s->via[i], 1, err, sizeof err) != 0) {
+            fprintf(stderr, "add_remote: %s\n", err);
+            sk_routes_free(r);
+            return -1;
+        }
+    sk_engine_publish_routes(e, r);
+    return 0;
+}
+
+static void counters(int i, sk_dataplane_counters *c)
+{
+    sk_engine_dataplane_counters(R[i], c);
+}
+
+/* ------------------------------------------------------------ byte-exact */
+
+typedef struct sender {
+    int fd;
+    const uint8_t *buf;
+    size_t len;
+    int rc;
+} sender;
+
+static void *send_th(void *arg)
+{
+    sender *s = arg;
+    s->rc = send_all(s->fd, s->buf, s->len);
+    shutdown(s->fd, SHUT_WR);
+    return NULL;
+}
+
+/* Sends len random bytes through R1's client listener and checks the echo
+ * (sha256 of both) and the EOF after it. */
+static int echo_exact(size_t len, uint64_t seed)
+{
+    uint8_t *out = malloc(len ? len : 1), *in = malloc(len + 1);
+    if (!out || !in)
+        return -1;
+    for (size_t i = 0; i < len; i++)
+        out[i] = (uint8_t)(tl_rand(&seed) >> 24);
+    int fd = connect_to(sk_listener_port(CL));
+    if (fd < 0)
+        return -1;
+    sender s = {fd, out, len, 0};
+    pthread_t th;
+    pthread_create(&th, NULL, send_th, &s);
+    size_t got = recv_exact(fd, in, len + 1); /* one more: must be EOF */
+    pthread_join(th, NULL);
+    int eof = got == len;
+    unsigned char h1[32], h2[32];
+    SHA256(out, len, h1);
+    SHA256(in, got < len ? got : len, h2);
+    close(fd);
+    free(out);
+    free(in);
+    CHECK_MSG(s.rc == 0, "send failed");
+    CHECK_MSG(eof, "got %zu of %zu bytes", got, len);
+    CHECK_MSG(memcmp(h1, h2, 32) == 0, "sha256 differs (%zu bytes)", len);
+    return s.rc == 0 && eof && memcmp(h1, h2, 32) == 0 ? 0 : -1;
+}
+
+static int test_two_hops(void)
+{
+    rspec r2 = {.local = T_ECHO2, .local_port = ECHO2.port};
+    rspec r1 = {.dest = {"R2"}, .cost = {1}, .via = {P12}};
+    REQUIRE(publish(R[1], &r2) == 0);
+    REQUIRE(publish(R[0], &r1) == 0);
+    sk_dataplane_counters a0, a1, b0, b1;
+    counters(0, &a0);
+    counters(1, &a1);
+    uint64_t seed = 42;
+    size_t sizes[] = {0, 1, 100, 65536, 300001, (size_t)(tl_rand(&seed) % (3u << 20)), 3u << 20};
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
+        CHECK(echo_exact(sizes[i], 1000 + i) == 0);
+    counters(0, &b0);
+    counters(1, &b1);
+    size_t n = sizeof sizes / sizeof *sizes;
+    CHECK_EQ_U(b0.flows_originated - a0.flows_originated, n);
+    CHECK_EQ_U(b0.verdicts_received[0] - a0.verdicts_received[0], n);
+    CHECK_EQ_U(b1.data_accepted - a1.data_accepted, n);
+    CHECK_EQ_U(b1.flows_terminated - a1.flows_terminated, n);
+    CHECK_EQ_U(b1.verdicts_sent[0] - a1.verdicts_sent[0], n);
+    sk_peer_stats ps;
+    sk_peer_stats_get(P12, &ps);
+    CHECK_OP_U(ps.flows, >=, n);
+    CHECK_OP_U(ps.bytes_out, >=, 3u << 20);
+    return 0;
+}
+
+static int test_three_hops(void)
+{
+    rspec r3 = {.local = T_ECHO3, .local_port = ECHO3.port};
+    rspec r2 = {.dest = {"R3"}, .cost = {1}, .via = {P23}};
+    rspec r1 = {.dest = {"R3"}, .cost = {2}, .via = {P12}};
+    REQUIRE(publish(R[2], &r3) == 0);
+    REQUIRE(publish(R[1], &r2) == 0);
+    REQUIRE(publish(R[0], &r1) == 0);
+    sk_dataplane_counters a1, b1, a2, b2;
+    counters(1, &a1);
+    counters(2, &a2);
+    CHECK(echo_exact(1u << 20, 7) == 0);
+    CHECK(echo_exact(12345, 8) == 0);
+    counters(1, &b1);
+    counters(2, &b2);
+    CHECK_EQ_U(b1.flows_transited - a1.flows_transited, 2);
+    CHECK_EQ_U(b2.flows_terminated - a2.flows_terminated, 2);
+    return 0;
+}
+
+/* ------------------------------------------------------------ one-shot server */
+
+enum { SRV_HALF = 1, SRV_RESET };
+
+typedef struct oneshot {
+    int lfd, port, mode;
+    pthread_t th;
+    char got[64];
+    size_t got_n;
+} oneshot;
+
+static void *oneshot_th(void *arg)
+{
+    oneshot *o = arg;
+    int fd = accept4(o->lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    set_timeouts(fd, WAIT_MS);
+    if (o->mode == SRV_HALF) {
+        send_all(fd, "bye", 3);
+        shutdown(fd, SHUT_WR); /* server -> client finished first */
+        o->got_n = recv_exact(fd, o->got, sizeof o->got);
+    } else {
+        char b[4];
+        recv_exact(fd, b, 4);
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    close(fd);
+    return NULL;
+}
+
+static int test_half_close_and_reset(void)
+{
+    oneshot o = {.mode = SRV_HALF};
+    o.lfd = bound_socket(1, &o.port);
+    REQUIRE(o.lfd >= 0);
+    pthread_create(&o.th, NULL, oneshot_th, &o);
+    rspec r2 = {.local = T_SRV2, .local_port = o.port};
+    rspec r1 = {.dest = {"R2"}, .cost = {1}, .via = {P12}};
+    REQUIRE(publish(R[1], &r2) == 0);
+    REQUIRE(publish(R[0], &r1) == 0);
+    int fd = connect_to(sk_listener_port(CL));
+    REQUIRE(fd >= 0);
+    char b[8];
+    CHECK_EQ_U(recv_exact(fd, b, 3), 3);
+    CHECK(memcmp(b, "bye", 3) == 0);
+    CHECK(recv_eof(fd) == 1); /* the server's FIN crossed both hops */
+    CHECK(send_all(fd, "more", 4) == 0); /* the other way still flows */
+    shutdown(fd, SHUT_WR);
+    pthread_join(o.th, NULL);
+    CHECK_EQ_U(o.got_n, 4);
+    CHECK(memcmp(o.got, "more", 4) == 0);
+    close(fd);
+    close(o.lfd);
+
+    sk_peer_stats p0, p1;
+    sk_peer_stats_get(P12, &p0);
+    oneshot q = {.mode = SRV_RESET};
+    q.lfd = bound_socket(1, &q.port);
+    REQUIRE(q.lfd >= 0);
+    pthread_create(&q.th, NULL, oneshot_th, &q);
+    r2.local_port = q.port;
+    REQUIRE(publish(R[1], &r2) == 0);
+    fd = connect_to(sk_listener_port(CL));
+    REQUIRE(fd >= 0);
+    CHECK(send_all(fd, "ping", 4) == 0);
+    pthread_join(q.th, NULL);
+    ssize_t n = recv(fd, b, sizeof b, 0);
+    CHECK_MSG(n < 0 && errno == ECONNRESET, "expected a reset, got %zd (%s)", n,
+              n < 0 ? strerror(errno) : "data/eof");
+    close(fd);
+    close(q.lfd);
+    uint64_t end = mono_ms() + WAIT_MS;
+    do {
+        sk_peer_stats_get(P12, &p1);
+    } while (p1.resets == p0.resets && mono_ms() < end && usleep(10000) == 0);
+    CHECK_EQ_U(p1.resets - p0.resets, 1);
+    return 0;
+}
+
+/* ------------------------------------------------------------ retries */
+
+static int test_no_route_retried(void)
+{
+    /* R1 prefers R3 through R2, but R2 has no way to R3: NO_ROUTE, then R2 */
+    rspec r2 = {.local = T_ECHO2, .local_port = ECHO2.port};
+    rspec r1 = {.dest = {"R3", "R2"}, .cost = {1, 2}, .via = {P12, P12}};
+    REQUIRE(publish(R[1], &r2) == 0);
+    REQUIRE(publish(R[0], &r1) == 0);
+    sk_dataplane_counters a0, b0, a1, b1;
+    counters(0, &a0);
+    counters(1, &a1);
+    CHECK(echo_exact(5000, 3) == 0);
+    counters(0, &b0);
+    counters(1, &b1);
+    CHECK_EQ_U(b0.verdicts_received[SK_FLOW_V_NO_ROUTE] - a0.verdicts_received[SK_FLOW_V_NO_ROUTE], 1);
+    CHECK_EQ_U(b0.origin_retries - a0.origin_retries, 1);
+    CHECK_EQ_U(b0.flows_originated - a0.flows_originated, 1);
+    CHECK_EQ_U(b1.verdicts_sent[SK_FLOW_V_NO_ROUTE] - a1.verdicts_sent[SK_FLOW_V_NO_ROUTE], 1);
+    /* backed off now: the next flow goes to R2 at once */
+    counters(0, &a0);
+    CHECK(echo_exact(10, 4) == 0);
+    counters(0, &b0);
+    CHECK_EQ_U(b0.origin_retries - a0.origin_retries, 0);
+    usleep(300 * 1000); /* past the back-off */
+    return 0;
+}
+
+static int test_refused_retried(void)
+{
+    /* R2's only target refuses: REFUSED; R1 retries on R3 directly */
+    rspec r2 = {.local = T_DEAD2, .local_port = DEADP};
+    rspec r3 = {.local = T_ECHO3, .local_port = ECHO3.port};
+    rspec r1 = {.dest = {"R2", "R3"}, .cost = {1, 5}, .via = {P12, P13}};
+    REQUIRE(publish(R[1], &r2) == 0);
+    REQUIRE(publish(R[2], &r3) == 0);
+    REQUIRE(publish(R[0], &r1) == 0);
+    sk_dataplane_counters a0, b0;
+    counters(0, &a0);
+    CHECK(echo_exact(70000, 5) == 0);
+    counters(0, &b0);
+    CHECK_EQ_U(b0.verdicts_received[SK_FLOW_V_REFUSED] - a0.verdicts_received[SK_FLOW_V_REFUSED], 1);
+    CHECK_EQ_U(b0.origin_retries - a0.origin_retries, 1);
+    /* nothing anywhere: the client is closed, counted */
+    rspec none = {0};
+    REQUIRE(publish(R[0], &none) == 0);
+    sk_engine_counters c0, c1;
+    sk_engine_counters_get(R[0], &c0);
+    int fd = connect_to(sk_listener_port(CL));
+    REQUIRE(fd >= 0);
+    CHECK(recv_eof(fd) == 1);
+    close(fd);
+    sk_engine_counters_get(R[0], &c1);
+    CHECK_EQ_U(c1.flows_failed - c0.flows_failed, 1);
+    usleep(300 * 1000);
+    return 0;
+}
+
+/* ------------------------------------------------------------ refused headers */
+
+/* Writes raw bytes to R2's data listener; reads the verdict and the EOF. */
+static int raw_exchange(const void *msg, size_t len, uint8_t *code, uint8_t *detail,
+                        uint64_t *fid)
+{
+    int fd = connect_to(sk_listener_port(DL[1]));
+    if (fd < 0)
+        return -1;
+    send_all(fd, msg, len);
+    uint8_t v[16];
+    size_t got = recv_exact(fd, v, 16);
+    int eof = recv_eof(fd);
+    close(fd);
+    if (got != 16 || v[0] != 'S' || v[1] != 'K' || v[3] != 'V' || !eof)
+        return -1;
+    *code = v[6];
+    *detail = v[7];
+    *fid = 0;
+    for (int i = 0; i < 8; i++)
+        *fid = *fid << 8 | v[8 + i];
+    return 0;
+}
+
+static int test_bad_headers(void)
+{
+    rspec r2 = {.local = T_ECHO2, .local_port = ECHO2.port};
+    REQUIRE(publish(R[1], &r2) == 0);
+    sk_dataplane_counters a1, b1;
+    counters(1, &a1);
+    uint8_t code, detail;
+    uint64_t fid;
+    /* an unknown version */
+    const uint8_t v2[] = {'S', 'K', 2, 'F', 0, 24};
+    REQUIRE(raw_exchange(v2, sizeof v2, &code, &detail, &fid) == 0);
+    CHECK_EQ_U(code, SK_FLOW_V_BAD_HEADER);
+    CHECK_EQ_U(detail, SK_FLOW_E_VERSION);
+    /* an address over 1024 bytes: refused at its length */
+    uint8_t big[32] = {'S', 'K', 1, 'F', 0x07, 0xd0, 0, 0, 0, 0, 0, 0, 0, 9, 5, 0, 0x04, 0x01};
+    REQUIRE(raw_exchange(big, 18, &code, &detail, &fid) == 0);
+    CHECK_EQ_U(code, SK_FLOW_V_BAD_HEADER);
+    CHECK_EQ_U(detail, SK_FLOW_E_ADDR_LEN);
+    CHECK_EQ_U(fid, 9);
+    /* no hop left */
+    uint8_t h0[64];
+    sk_flow_str a = {"svc", 3}, o = {"RX", 2}, d = {"", 0};
+    int n = sk_flow_encode_hdr(h0, sizeof h0, 77, 1, 0, a, o, d);
+    REQUIRE(n > 0);
+    h0[14] = 0;
+    REQUIRE(raw_exchange(h0, (size_t)n, &code, &detail, &fid) == 0);
+    CHECK_EQ_U(code, SK_FLOW_V_HOP_LIMIT);
+    CHECK_EQ_U(detail, SK_FLOW_E_HOP_LIMIT);
+    CHECK_EQ_U(fid, 77);
+    /* an address R2 does not know */
+    sk_flow_str unk = {"nope", 4};
+    n = sk_flow_encode_hdr(h0, sizeof h0, 78, 3, 0, unk, o, d);
+    REQUIRE(raw_exchange(h0, (size_t)n, &code, &detail, &fid) == 0);
+    CHECK_EQ_U(code, SK_FLOW_V_NO_ROUTE);
+    CHECK_EQ_U(fid, 78);
+    /* for another router, with one hop: forwarding would leave none */
+    sk_flow_str r9 = {"R9", 2};
+    n = sk_flow_encode_hdr(h0, sizeof h0, 79, 1, 0, a, o, r9);
+    REQUIRE(raw_exchange(h0, (size_t)n, &code, &detail, &fid) == 0);
+    CHECK_EQ_U(code, SK_FLOW_V_HOP_LIMIT);
+    /* a by-hand flow that is fine: OK, then relayed */
+    n = sk_flow_encode_hdr(h0, sizeof h0, 80, 2, 0, a, o, d);
+    int fd = connect_to(sk_listener_port(DL[1]));
+    REQUIRE(fd >= 0);
+    CHECK(send_all(fd, h0, (size_t)n) == 0);
+    uint8_t v[16];
+    CHECK_EQ_U(recv_exact(fd, v, 16), 16);
+    CHECK_EQ_U(v[6], SK_FLOW_V_OK);
+    CHECK(ping(fd, "after-ok") == 0);
+    close(fd);
+    counters(1, &b1);
+    CHECK_EQ_U(b1.header_errors[SK_FLOW_E_VERSION] - a1.header_errors[SK_FLOW_E_VERSION], 1);
+    CHECK_EQ_U(b1.header_errors[SK_FLOW_E_ADDR_LEN] - a1.header_errors[SK_FLOW_E_ADDR_LEN], 1);
+    CHECK_EQ_U(b1.header_errors[SK_FLOW_E_HOP_LIMIT] - a1.header_errors[SK_FLOW_E_HOP_LIMIT], 1);
+    CHECK_EQ_U(b1.verdicts_sent[SK_FLOW_V_BAD_HEADER] - a1.verdicts_sent[SK_FLOW_V_BAD_HEADER], 2);
+    CHECK_EQ_U(b1.verdicts_sent[SK_FLOW_V_HOP_LIMIT] - a1.verdicts_sent[SK_FLOW_V_HOP_LIMIT], 2);
+    /* another protocol on the data_ok (app) listener stays an app connection */
+    fd = connect_to(sk_listener_port(DL[1]));
+    REQUIRE(fd >= 0);
+    CHECK(send_all(fd, "AMQP", 4) == 0);
+    sk_event ev[16];
+    int seen = 0, ovf = 0;
+    uint64_t end = mono_ms() + WAIT_MS;
+    while (!seen && mono_ms() < end) {
+        int k = sk_engine_drain(R[1], ev, 16, &ovf);
+        for (int i = 0; i < k; i++)
+            if (ev[i].type == SK_EV_APP_OPEN && ev[i].a == 201) {
+                seen = 1;
+                char b[8];
+                CHECK_EQ_I(sk_app_read(R[1], ev[i].id, b, sizeof b), 4);
+                sk_app_close(R[1], ev[i].id, 1);
+            }
+        if (!k)
+            usleep(5000);
+    }
+    CHECK_MSG(seen, "no APP_OPEN for an AMQP client of the data_ok listener");
+    close(fd);
+    return 0;
+}
+
+static int all_closed(void *arg)
+{
+    SK_UNUSED_ARG(arg);
+    for (int i = 0; i < NR; i++) {
+        sk_engine_counters c;
+        sk_engine_counters_get(R[i], &c);
+        if (c.conns_live)
+            return 0;
+    }
+    return 1;
+}
+
+static int test_no_leak(void)
+{
+    uint64_t end = mono_ms() + WAIT_MS;
+    while (!all_closed(NULL) && mono_ms() < end)
+        usleep(10000);
+    CHECK_MSG(all_closed(NULL), "connections still live");
+    sk_peer_stats ps;
+    sk_peer_stats_get(P12, &ps);
+    CHECK_EQ_U(ps.active, 0);
+    return 0;
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    alarm(110);
+    const char *ids[NR] = {"R1", "R2", "R3"};
+    for (int i = 0; i < NR; i++) {
+        R[i] = mk_engine(ids[i]);
+        DL[i] = mk_listener(R[i], 1, 1, 0, 200 + (uint64_t)i);
+    }
+    CL = mk_listener(R[0], 0, 0, 0, 100);
+    P12 = mk_peer(R[0], "R2", 1);
+    P13 = mk_peer(R[0], "R3", 2);
+    P23 = mk_peer(R[1], "R3", 2);
+    if (echo_start(&ECHO2) != 0 || echo_start(&ECHO3) != 0)
+        return 1;
+    DEADFD = bound_socket(0, &DEADP);
+    T_ECHO2 = sk_target_create(R[1], 21);
+    T_ECHO3 = sk_target_create(R[2], 31);
+    T_DEAD2 = sk_target_create(R[1], 22);
+    T_SRV2 = sk_target_create(R[1], 23);
+
+    RUN(test_two_hops);
+    RUN(test_three_hops);
+    RUN(test_half_close_and_reset);
+    RUN(test_no_route_retried);
+    RUN(test_refused_retried);
+    RUN(test_bad_headers);
+    RUN(test_no_leak);
+
+    for (int i = 0; i < NR; i++)
+        sk_engine_stop(R[i]);
+    for (int i = 0; i < NR; i++) {
+        sk_listener_close(DL[i], 0);
+        sk_listener_release(DL[i]);
+    }
+    sk_listener_close(CL, 0);
+    sk_listener_release(CL);
+    sk_peer_release(P12);
+    sk_peer_release(P13);
+    sk_peer_release(P23);
+    sk_target_release(T_ECHO2);
+    sk_target_release(T_ECHO3);
+    sk_target_release(T_DEAD2);
+    sk_target_release(T_SRV2);
+    for (int i = 0; i < NR; i++)
+        sk_engine_destroy(R[i]);
+    echo_stop(&ECHO2);
+    echo_stop(&ECHO3);
+    close(DEADFD);
+    free(evlog);
+    return tl_summary("test_dataplane");
+}
