@@ -212,8 +212,10 @@ static void refuse(sk_worker *w, sk_conn *c, uint8_t code, uint8_t detail, uint6
     sk_worker_cancel(w, SK_PRIO_NORMAL, &c->tmo);
     char v[SK_FLOW_VERDICT_LEN];
     int n = sk_flow_encode_verdict(v, sizeof v, code, detail, flow_id);
-    if (n > 0 && sk_io_send(c, v, (size_t)n) == n)
-        SK_ADD(&e->dp_verdicts_sent[code], 1);
+    if (n > 0) {
+        SK_ADD(&e->dp_verdicts_sent[code], 1); /* counted first: the peer may act at once */
+        sk_io_send(c, v, (size_t)n); /* a fresh idle connection takes 16 bytes */
+    }
     free_parser(c->dc);
     if (c->ssl)
         sk_tls_io_shutdown(c);

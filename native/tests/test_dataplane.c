@@ -8,7 +8,9 @@
 
 #include "internal.h"
 
+#include <openssl/pem.h>
 #include <openssl/sha.h>
+#include <openssl/x509v3.h>
 
 #define NR 3
 static sk_engine *R[NR];
@@ -446,6 +448,181 @@ static int test_bad_headers(void)
     return 0;
 }
 
+
+/* ------------------------------------------------------------ TLS */
+
+static char tmpdir[64] = "/tmp/dataplane-test-XXXXXX";
+
+static int add_ext(X509 *x, int nid, const char *value)
+{
+    X509V3_CTX ctx;
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
+    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+    if (!ext)
+        return -1;
+    int ok = X509_add_ext(x, ext, -1);
+    X509_EXTENSION_free(ext);
+    return ok ? 0 : -1;
+}
+
+/* A self-signed certificate (its own CA) for 127.0.0.1, and its key. */
+static int make_material(const char *cn, const char *cert_path, const char *key_path)
+{
+    EVP_PKEY *pkey = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    REQUIRE(pkey && x);
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+    X509_set_pubkey(x, pkey);
+    X509_NAME *name = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+    X509_set_issuer_name(x, name);
+    REQUIRE(add_ext(x, NID_basic_constraints, "critical,CA:TRUE") == 0);
+    REQUIRE(add_ext(x, NID_subject_alt_name, "IP:127.0.0.1") == 0);
+    REQUIRE(X509_sign(x, pkey, EVP_sha256()) > 0);
+    FILE *f = fopen(cert_path, "w");
+    REQUIRE(f != NULL);
+    PEM_write_X509(f, x);
+    fclose(f);
+    f = fopen(key_path, "w");
+    REQUIRE(f != NULL);
+    PEM_write_PrivateKey(f, pkey, NULL, NULL, 0, NULL, NULL);
+    fclose(f);
+    X509_free(x);
+    EVP_PKEY_free(pkey);
+    return 0;
+}
+
+/* A slot of e with cert/key, trusting ca. */
+static int tls_slot(sk_engine *e, const char *cert, const char *key, const char *ca)
+{
+    int slot = sk_tls_slot_create(e);
+    REQUIRE(slot >= 0);
+    sk_tls_load_params p;
+    sk_tls_load_params_init(&p);
+    p.cert_file = cert;
+    p.key_file = key;
+    p.ca_file = ca;
+    p.ordinal = 1;
+    sk_tls_load_result r;
+    memset(&r, 0, sizeof r);
+    sk_tls_load(&p, &r);
+    REQUIRE_MSG(r.status == SK_TLS_OK, "sk_tls_load: %s", r.error);
+    REQUIRE(sk_tls_publish(e, slot, r.config) != 0);
+    r.config = NULL;
+    sk_tls_result_clear(&r);
+    return slot;
+}
+
+/* Mutual TLS between R1 and R2 (a TLS data_ok listener that requires a
+ * client certificate): byte-exact over TLS; a peer whose certificate R2 does
+ * not trust fails its handshake and the flow is retried on the good one. */
+static int test_tls(void)
+{
+    char ca[160], cak[160], bad[160], badk[160];
+    REQUIRE(mkdtemp(tmpdir) != NULL);
+    snprintf(ca, sizeof ca, "%s/a.pem", tmpdir);
+    snprintf(cak, sizeof cak, "%s/a.key", tmpdir);
+    snprintf(bad, sizeof bad, "%s/b.pem", tmpdir);
+    snprintf(badk, sizeof badk, "%s/b.key", tmpdir);
+    REQUIRE(make_material("router-link", ca, cak) == 0);
+    REQUIRE(make_material("intruder", bad, badk) == 0);
+    int s1 = tls_slot(R[0], ca, cak, ca);
+    int s1bad = tls_slot(R[0], bad, badk, ca);
+    int s2 = tls_slot(R[1], ca, cak, ca);
+    REQUIRE(s1 >= 0 && s1bad >= 0 && s2 >= 0);
+
+    sk_listener_options lo;
+    sk_listener_options_init(&lo);
+    lo.host = "127.0.0.1";
+    lo.app = 1;
+    lo.data_ok = 1;
+    lo.tls_slot = s2;
+    lo.authenticate_peer = 1;
+    lo.user_id = 299;
+    char err[SK_ERRLEN] = "";
+    sk_listener *tl = sk_listener_open(R[1], &lo, err, sizeof err);
+    REQUIRE_MSG(tl != NULL, "%s", err);
+    sk_peer_options po;
+    sk_peer_options_init(&po);
+    po.router_id = "R2";
+    po.ip = "127.0.0.1";
+    po.port = sk_listener_port(tl);
+    po.host = "127.0.0.1";
+    po.tls_slot = s1;
+    po.verify_host = 1;
+    sk_peer *good = sk_peer_create(R[0], &po, err, sizeof err);
+    po.tls_slot = s1bad;
+    sk_peer *badp = sk_peer_create(R[0], &po, err, sizeof err);
+    REQUIRE(good && badp);
+
+    rspec r2 = {.local = T_ECHO2, .local_port = ECHO2.port};
+    rspec r1 = {.dest = {"R2", "R2"}, .cost = {1, 2}, .via = {badp, good}};
+    REQUIRE(publish(R[1], &r2) == 0);
+    REQUIRE(publish(R[0], &r1) == 0);
+    sk_engine_counters c0, c1;
+    sk_engine_counters_get(R[1], &c0);
+    CHECK(echo_exact(1u << 20, 99) == 0);
+    CHECK(echo_exact(777, 98) == 0);
+    sk_engine_counters_get(R[1], &c1);
+    CHECK_OP_U(c1.tls_handshakes - c0.tls_handshakes, >=, 2);
+    sk_peer_stats gs, bs;
+    sk_peer_stats_get(good, &gs);
+    sk_peer_stats_get(badp, &bs);
+    CHECK_EQ_U(gs.flows, 2);
+    CHECK_OP_U(gs.bytes_out, >=, 1u << 20); /* relayed bytes (added at close) */
+    CHECK_EQ_U(bs.flows, 0);
+    CHECK_EQ_U(bs.failures, 1); /* then backed off: the second flow skips it */
+
+    rspec none = {0};
+    REQUIRE(publish(R[0], &none) == 0);
+    uint64_t end = mono_ms() + WAIT_MS;
+    while ((SK_LOAD(&good->active) || SK_LOAD(&badp->active)) && mono_ms() < end)
+        usleep(10000);
+    sk_peer_release(good);
+    sk_peer_release(badp);
+    sk_listener_close(tl, 0);
+    sk_listener_release(tl);
+    unlink(ca);
+    unlink(cak);
+    unlink(bad);
+    unlink(badk);
+    rmdir(tmpdir);
+    return 0;
+}
+
+/* R3's target refuses: R3 answers REFUSED, R2 passes it upstream as is. */
+static int test_verdict_relayed_upstream(void)
+{
+    rspec r3 = {.local = T_DEAD2, .local_port = DEADP};
+    rspec r2 = {.dest = {"R3"}, .cost = {1}, .via = {P23}};
+    rspec r1 = {.dest = {"R3"}, .cost = {2}, .via = {P12}};
+    REQUIRE(publish(R[2], &r3) == 0);
+    REQUIRE(publish(R[1], &r2) == 0);
+    REQUIRE(publish(R[0], &r1) == 0);
+    sk_dataplane_counters a0, b0, a1, b1, a2, b2;
+    counters(0, &a0);
+    counters(1, &a1);
+    counters(2, &a2);
+    int fd = connect_to(sk_listener_port(CL));
+    REQUIRE(fd >= 0);
+    CHECK(recv_eof(fd) == 1);
+    close(fd);
+    counters(0, &b0);
+    counters(1, &b1);
+    counters(2, &b2);
+    int rf = SK_FLOW_V_REFUSED;
+    CHECK_EQ_U(b2.verdicts_sent[rf] - a2.verdicts_sent[rf], 1);
+    CHECK_EQ_U(b1.verdicts_received[rf] - a1.verdicts_received[rf], 1);
+    CHECK_EQ_U(b1.verdicts_sent[rf] - a1.verdicts_sent[rf], 1);
+    CHECK_EQ_U(b0.verdicts_received[rf] - a0.verdicts_received[rf], 1);
+    usleep(300 * 1000);
+    return 0;
+}
+
 static int all_closed(void *arg)
 {
     SK_UNUSED_ARG(arg);
@@ -497,6 +674,8 @@ int main(void)
     RUN(test_no_route_retried);
     RUN(test_refused_retried);
     RUN(test_bad_headers);
+    RUN(test_verdict_relayed_upstream);
+    RUN(test_tls);
     RUN(test_no_leak);
 
     for (int i = 0; i < NR; i++)
