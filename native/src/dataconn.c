@@ -63,10 +63,9 @@ int sk_engine_set_router_id(sk_engine *e, const char *router_id)
     size_t n = router_id ? strlen(router_id) : 0;
     if (n == 0 || n > SK_FLOW_ID_MAX)
         return -1;
-    char tmp[64];
+    char tmp[SK_FLOW_HDR_MAX]; /* the encoder refuses what a neighbour would */
     sk_flow_str a = {"x", 1}, o = {router_id, n}, d = {"", 0};
-    if (sk_flow_encode_hdr(tmp, sizeof tmp, 1, 1, 0, a, o, d) == -SK_FLOW_E_UTF8 ||
-        sk_flow_encode_hdr(tmp, sizeof tmp, 1, 1, 0, a, o, d) == -SK_FLOW_E_CONTROL)
+    if (sk_flow_encode_hdr(tmp, sizeof tmp, 1, 1, 0, a, o, d) < 0)
         return -1;
     pthread_mutex_lock(&e->rid_lock);
     memcpy(e->router_id, router_id, n + 1);
