@@ -298,6 +298,7 @@ static int test_no_route_retried(void)
     sk_dataplane_counters a0, b0, a1, b1;
     counters(0, &a0);
     counters(1, &a1);
+    uint64_t t0 = mono_ms();
     CHECK(echo_exact(5000, 3) == 0);
     counters(0, &b0);
     counters(1, &b1);
@@ -309,7 +310,8 @@ static int test_no_route_retried(void)
     counters(0, &a0);
     CHECK(echo_exact(10, 4) == 0);
     counters(0, &b0);
-    CHECK_EQ_U(b0.origin_retries - a0.origin_retries, 0);
+    if (mono_ms() - t0 < 90) /* within the 100 ms back-off (a slow run may be past it) */
+        CHECK_EQ_U(b0.origin_retries - a0.origin_retries, 0);
     usleep(300 * 1000); /* past the back-off */
     return 0;
 }
@@ -575,7 +577,7 @@ static int test_tls(void)
     CHECK_EQ_U(gs.flows, 2);
     CHECK_OP_U(gs.bytes_out, >=, 1u << 20); /* relayed bytes (added at close) */
     CHECK_EQ_U(bs.flows, 0);
-    CHECK_EQ_U(bs.failures, 1); /* then backed off: the second flow skips it */
+    CHECK_OP_U(bs.failures, >=, 1); /* backed off (100 ms: a slow run may try it again) */
 
     rspec none = {0};
     REQUIRE(publish(R[0], &none) == 0);
@@ -620,6 +622,92 @@ static int test_verdict_relayed_upstream(void)
     CHECK_EQ_U(b1.verdicts_sent[rf] - a1.verdicts_sent[rf], 1);
     CHECK_EQ_U(b0.verdicts_received[rf] - a0.verdicts_received[rf], 1);
     usleep(300 * 1000);
+    return 0;
+}
+
+
+/* ------------------------------------------------------------ concurrency */
+
+typedef struct conc_arg {
+    int idx;
+    int rc;
+} conc_arg;
+
+static void *conc_th(void *arg)
+{
+    conc_arg *a = arg;
+    a->rc = echo_exact(50000 + (size_t)a->idx * 3001, 500 + (uint64_t)a->idx);
+    return NULL;
+}
+
+/* Many flows at once over both hops of R1 -> R2 -> R3, on every worker. */
+static int test_concurrent(void)
+{
+    echo_server es;
+    REQUIRE(echo_start(&es) == 0);
+    sk_target *t = sk_target_create(R[2], 32);
+    rspec r3 = {.local = t, .local_port = es.port};
+    rspec r1 = {.dest = {"R3", "R2"}, .cost = {2, 2}, .via = {P12, P12}};
+    rspec r2b = {.local = T_ECHO2, .local_port = ECHO2.port, .dest = {"R3"}, .cost = {1},
+                 .via = {P23}};
+    REQUIRE(publish(R[2], &r3) == 0);
+    REQUIRE(publish(R[1], &r2b) == 0);
+    REQUIRE(publish(R[0], &r1) == 0);
+    enum { N = 24 };
+    pthread_t th[N];
+    conc_arg args[N];
+    for (int i = 0; i < N; i++) {
+        args[i].idx = i;
+        pthread_create(&th[i], NULL, conc_th, &args[i]);
+    }
+    int ok = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        ok += args[i].rc == 0;
+    }
+    CHECK_EQ_I(ok, N);
+    sk_flow_stats ts;
+    sk_target_stats(t, &ts);
+    /* fewest open flows: both destinations served some */
+    CHECK_OP_U(ts.opened, >, 0);
+    CHECK_OP_U(ts.opened, <, N);
+    rspec none = {0};
+    REQUIRE(publish(R[2], &none) == 0);
+    sk_target_release(t);
+    echo_stop(&es);
+    return 0;
+}
+
+/* A next hop that accepts and never answers: the engine stops with the
+ * flow waiting for its verdict (nothing may leak: ASan). */
+static int SILENT_FD = -1;
+
+static int test_stop_while_waiting(void)
+{
+    int port;
+    SILENT_FD = bound_socket(1, &port);
+    REQUIRE(SILENT_FD >= 0);
+    sk_peer_options po;
+    sk_peer_options_init(&po);
+    po.router_id = "R2";
+    po.ip = "127.0.0.1";
+    po.port = port;
+    char err[SK_ERRLEN];
+    sk_peer *p = sk_peer_create(R[0], &po, err, sizeof err);
+    REQUIRE(p != NULL);
+    rspec r1 = {.dest = {"R2"}, .cost = {1}, .via = {p}};
+    REQUIRE(publish(R[0], &r1) == 0);
+    int fd = connect_to(sk_listener_port(CL));
+    REQUIRE(fd >= 0);
+    uint64_t end = mono_ms() + WAIT_MS;
+    sk_peer_stats ps;
+    do {
+        sk_peer_stats_get(p, &ps);
+    } while (ps.active == 0 && mono_ms() < end && usleep(5000) == 0);
+    CHECK_EQ_U(ps.active, 1);
+    CHECK(!readable_within(fd, 100)); /* no verdict: the client waits */
+    sk_peer_release(p); /* the route table and the data connection hold it */
+    close(fd);
     return 0;
 }
 
@@ -676,7 +764,9 @@ int main(void)
     RUN(test_bad_headers);
     RUN(test_verdict_relayed_upstream);
     RUN(test_tls);
+    RUN(test_concurrent);
     RUN(test_no_leak);
+    RUN(test_stop_while_waiting); /* last: leaves a flow open for the stop */
 
     for (int i = 0; i < NR; i++)
         sk_engine_stop(R[i]);
@@ -698,6 +788,8 @@ int main(void)
     echo_stop(&ECHO2);
     echo_stop(&ECHO3);
     close(DEADFD);
+    if (SILENT_FD >= 0)
+        close(SILENT_FD);
     free(evlog);
     return tl_summary("test_dataplane");
 }
