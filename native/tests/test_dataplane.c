@@ -711,6 +711,35 @@ static int test_stop_while_waiting(void)
     return 0;
 }
 
+
+/* A routing loop (R1 and R2 each think R3 is behind the other): the flow
+ * bounces until its hops run out, and HOP_LIMIT comes back to the origin. */
+static int test_loop_hop_limit(void)
+{
+    sk_peer *p21 = mk_peer(R[1], "R1", 0);
+    rspec r2 = {.dest = {"R3"}, .cost = {1}, .via = {p21}};
+    rspec r1 = {.dest = {"R3"}, .cost = {1}, .via = {P12}};
+    REQUIRE(publish(R[1], &r2) == 0);
+    REQUIRE(publish(R[0], &r1) == 0);
+    sk_dataplane_counters a0, b0;
+    counters(0, &a0);
+    int fd = connect_to(sk_listener_port(CL));
+    REQUIRE(fd >= 0);
+    CHECK(recv_eof(fd) == 1);
+    close(fd);
+    counters(0, &b0);
+    int hl = SK_FLOW_V_HOP_LIMIT;
+    /* the origin got it, and so did R1 as an intermediate hop (15 times) */
+    CHECK_OP_U(b0.verdicts_received[hl] - a0.verdicts_received[hl], >=, 2);
+    CHECK_EQ_U(b0.flows_originated - a0.flows_originated, 0);
+    rspec none = {0};
+    REQUIRE(publish(R[1], &none) == 0);
+    REQUIRE(publish(R[0], &none) == 0);
+    sk_peer_release(p21);
+    usleep(300 * 1000);
+    return 0;
+}
+
 static int all_closed(void *arg)
 {
     SK_UNUSED_ARG(arg);
@@ -765,6 +794,7 @@ int main(void)
     RUN(test_verdict_relayed_upstream);
     RUN(test_tls);
     RUN(test_concurrent);
+    RUN(test_loop_hop_limit);
     RUN(test_no_leak);
     RUN(test_stop_while_waiting); /* last: leaves a flow open for the stop */
 
