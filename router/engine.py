@@ -196,6 +196,8 @@ class PeerStats:
     bytes_out: int
     failures: int  # dials that failed before OK (connect, TLS, EOF, time-out, verdict)
     resets: int  # data connections ended by a reset after OK
+    destinations: int  # remote destinations (address, router) reached through it
+    destinations_down: int  # of those, backing off after a failed attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,7 +506,14 @@ class Peer:
         out = ffi.new("sk_peer_stats *")
         lib.sk_peer_stats_get(self._ptr, out)
         return PeerStats(
-            out.flows, out.active, out.bytes_in, out.bytes_out, out.failures, out.resets
+            out.flows,
+            out.active,
+            out.bytes_in,
+            out.bytes_out,
+            out.failures,
+            out.resets,
+            out.destinations,
+            out.destinations_down,
         )
 
     def release(self) -> None:

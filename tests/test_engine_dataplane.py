@@ -130,14 +130,16 @@ def test_failed_remote_path_retried_elsewhere(net: Net) -> None:
         r1, r2, r3 = net.routers
         r2.publish_routes({SVC: [local(r2, port)]}, names=NAMES)
         r3.publish_routes({}, names=NAMES)
+        p12 = peer(net, 0, 1)
         r1.publish_routes(
-            {SVC: [RemoteRoute("R2", 1, peer(net, 0, 1)), RemoteRoute("R3", 2, peer(net, 0, 2))]},
+            {SVC: [RemoteRoute("R2", 1, p12), RemoteRoute("R3", 2, peer(net, 0, 2))]},
             names=NAMES,
         )
         with connect(net.client) as c:
             # no local target yet: both remote paths fail, the client is closed
             assert c.recv(1) == b""
         c1 = r1.dataplane_counters()
+        assert p12.stats().destinations_down == 1  # backing off
         assert c1.verdicts_received["refused"] == 1
         assert c1.verdicts_received["no_route"] == 1
         assert r1.counters()["flows_failed"] == 1

@@ -336,9 +336,11 @@ typedef struct sk_peer_stats {
     uint64_t failures;   /* dials that failed: connect, TLS, EOF or time-out
                             before the verdict, or a verdict other than OK */
     uint64_t resets;     /* data connections ended by a reset after OK */
+    uint64_t destinations; /* remote destinations (address, router) reached through it */
+    uint64_t destinations_down; /* of those, backing off after a failed attempt */
 } sk_peer_stats;
 
-void sk_peer_stats_get(const sk_peer *p, sk_peer_stats *out);
+void sk_peer_stats_get(sk_peer *p, sk_peer_stats *out);
 
 #define SK_DP_VERDICTS 6  /* verdict codes: ok, no_route, refused, hop_limit,
                              bad_header, overloaded */

@@ -96,8 +96,17 @@ void sk_peer_release(sk_peer *p)
     free(p);
 }
 
-void sk_peer_stats_get(const sk_peer *p, sk_peer_stats *out)
+void sk_peer_stats_get(sk_peer *p, sk_peer_stats *out)
 {
+    uint64_t n = 0, down = 0;
+    pthread_mutex_lock(&p->lock);
+    for (const sk_target *t = p->states; t; t = t->rnext) {
+        n++;
+        down += SK_LOAD(&t->down) != 0;
+    }
+    pthread_mutex_unlock(&p->lock);
+    out->destinations = n;
+    out->destinations_down = down;
     out->flows = SK_LOAD(&p->flows);
     out->active = SK_LOAD(&p->active);
     out->bytes_in = SK_LOAD(&p->bytes_in);

@@ -578,6 +578,8 @@ static int test_tls(void)
     CHECK_OP_U(gs.bytes_out, >=, 1u << 20); /* relayed bytes (added at close) */
     CHECK_EQ_U(bs.flows, 0);
     CHECK_OP_U(bs.failures, >=, 1); /* backed off (100 ms: a slow run may try it again) */
+    CHECK_EQ_U(bs.destinations, 1);
+    CHECK_EQ_U(gs.destinations_down, 0);
 
     rspec none = {0};
     REQUIRE(publish(R[0], &none) == 0);
