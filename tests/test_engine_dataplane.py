@@ -9,6 +9,7 @@ import hashlib
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from servers import (
@@ -31,6 +32,8 @@ from router.engine import (
     Peer,
     RemoteRoute,
     RouteTarget,
+    TlsMaterial,
+    tls_load,
 )
 
 SVC = 0
@@ -207,3 +210,48 @@ def test_api_refusals(net: Net) -> None:
         p.stats()
     # the old signature still works: local targets only, no names
     assert r1.publish_routes({SVC: []}) > 0
+
+
+def test_mutual_tls_data_connections(net: Net, tmp_path: Path) -> None:
+    """R1 dials R2's TLS data listener (client certificate required) with
+    the link's sslProfile: byte-exact over TLS, pinned per connection."""
+    from bench.pki import CertAuthority, write
+
+    ca = CertAuthority()
+    files = {"ca.pem": ca.pem}
+    for name in ("r1", "r2"):
+        issued = ca.issue(name)
+        files[f"{name}.pem"], files[f"{name}.key"] = issued.cert_pem, issued.key_pem
+    for name, data in files.items():
+        write(tmp_path / name, data)
+    r1, r2, _ = net.routers
+    slots = {}
+    for name, eng in (("r1", r1), ("r2", r2)):
+        loaded = tls_load(
+            TlsMaterial(
+                str(tmp_path / f"{name}.pem"),
+                str(tmp_path / f"{name}.key"),
+                str(tmp_path / "ca.pem"),
+            )
+        )
+        assert loaded.ok and loaded.config is not None
+        slots[name] = eng.tls_slot()
+        eng.tls_publish(slots[name], loaded.config)
+    tls_data = r2.listen(
+        "127.0.0.1", 0, app=True, data_ok=True, tls_slot=slots["r2"], authenticate_peer=True
+    )
+    server = ThreadedServer(exchange_server)
+    try:
+        r2.publish_routes({SVC: [local(r2, server)]}, names=NAMES)
+        p = r1.peer("R2", "127.0.0.1", tls_data.port, host="127.0.0.1", tls_slot=slots["r1"])
+        r1.publish_routes({SVC: [RemoteRoute("R2", 1, p)]}, names=NAMES)
+        before = r2.counters()["tls_handshakes"]
+        up = seeded_bytes(3, 1 << 20)
+        with connect(net.client) as c:
+            digest, down = exchange(c, up, 200_000, seed=9)
+        assert digest == hashlib.sha256(up).digest()
+        assert down == seeded_bytes(9, 200_000)
+        assert r2.counters()["tls_handshakes"] == before + 1
+        assert p.stats().flows == 1
+    finally:
+        server.close()
