@@ -230,6 +230,8 @@ typedef struct sk_listener_options {
                               are the data-plane magic "SK" is a data connection
                               handled by the engine (FLOW, VERDICT, relay); any
                               other stays on the listener's usual path (app or relay) */
+    int data_pool_cap;     /* data_ok: pooled (HELLO) connections idle at once on this
+                              listener; beyond, a HELLO gets OVERLOADED. 0: no cap */
 } sk_listener_options;
 
 void sk_listener_options_init(sk_listener_options *opts);
@@ -322,6 +324,13 @@ typedef struct sk_peer_options {
     int tls_slot;
     int verify_host;
     uint64_t user_id;
+    uint32_t pool_size;    /* warm OUTBOUND data connections kept per worker (HELLO
+                              answered OK, idle until a flow claims one); refilled
+                              as they are used. 0 (default): dialled per flow */
+    uint32_t pool_idle_ms; /* an idle pooled connection is closed after this
+                              (not refilled until the next use); 0: 60000 */
+    uint64_t instance;     /* HELLO fields: this router's instance, the link id */
+    uint64_t link_id;
 } sk_peer_options;
 
 void sk_peer_options_init(sk_peer_options *o);
@@ -338,6 +347,9 @@ typedef struct sk_peer_stats {
     uint64_t resets;     /* data connections ended by a reset after OK */
     uint64_t destinations; /* remote destinations (address, router) reached through it */
     uint64_t destinations_down; /* of those, backing off after a failed attempt */
+    uint64_t pool_idle;  /* warm pooled connections waiting now (all workers) */
+    uint64_t pool_hits;  /* flows that claimed a pooled connection */
+    uint64_t pool_misses; /* flows dialled because the worker's pool was empty */
 } sk_peer_stats;
 
 void sk_peer_stats_get(sk_peer *p, sk_peer_stats *out);

@@ -197,6 +197,30 @@ void sk_connect_start(sk_worker *w, sk_conn *client)
         const sk_route_target *pick = pk.local ? pk.local : &pk.remote->peer->dial;
         sk_target *t = pk.t;
         client->tried[client->attempts++] = t;
+        if (pk.remote && pk.remote->peer->pool_size) {
+            sk_peer *peer = pk.remote->peer;
+            sk_conn *s = sk_dc_pool_claim(w, peer);
+            if (s) {
+                sk_target_ref(t);
+                s->target = t;
+                SK_ADD(&t->open, 1);
+                if (!sk_dc_originate(w, client, s, pk.remote, rt, aid)) {
+                    client->last_err = EINVAL;
+                    sk_conn_close(w, s, false);
+                    continue;
+                }
+                pthread_mutex_lock(&w->conn_lock);
+                s->peer = client;
+                client->peer = s;
+                pthread_mutex_unlock(&w->conn_lock);
+                SK_ADD(&peer->pool_hits, 1);
+                sk_dc_pool_fill(w, peer);
+                sk_dc_established(w, s); /* FLOW on the warm connection */
+                return;
+            }
+            SK_ADD(&peer->pool_misses, 1);
+            sk_dc_pool_fill(w, peer);
+        }
         int fd = socket(pick->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0) {
             client->last_err = errno;
@@ -258,6 +282,8 @@ void sk_connect_start(sk_worker *w, sk_conn *client)
 
 void sk_connect_failed(sk_worker *w, sk_conn *s, int err)
 {
+    if (s->dc && sk_dc_pool_failed(w, s, err))
+        return; /* a pooled connection that no flow had claimed yet */
     sk_conn *client = s->peer;
     target_failed(w, s->target, err);
     if (s->dc)

@@ -26,6 +26,8 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
@@ -51,9 +53,15 @@ struct sk_dc {
     uint64_t flow_id;
     sk_peer *peer;     /* dialled: the next hop (ref) */
     sk_flow_parser *p; /* while a message is due (incoming: until OK, the header) */
-    char *wbuf;        /* dialled: the FLOW header until written */
+    char *wbuf;        /* dialled: the FLOW header (or HELLO) until written */
     uint16_t wlen, woff;
     uint32_t lingered; /* bytes dropped while lingering */
+    /* OUTBOUND pools */
+    bool pooled;   /* dialled for the peer's pool: HELLO first */
+    bool claimed;  /* pooled, then claimed by a flow */
+    bool idle;     /* pooled, HELLO answered OK, in the pool */
+    bool hello_in; /* accepting side: a HELLO was answered OK, idle until FLOW */
+    sk_conn *pnext; /* the pool's idle list */
 };
 
 /* ------------------------------------------------------------ engine API */
@@ -275,10 +283,12 @@ bool sk_dc_originate(sk_worker *w, sk_conn *client, sk_conn *s, const sk_route_r
                      const sk_routes *routes, uint32_t aid)
 {
     sk_engine *e = w->engine;
-    sk_dc *dc = calloc(1, sizeof *dc);
+    bool reuse = s->dc != NULL; /* a claimed pooled connection */
+    sk_dc *dc = reuse ? s->dc : calloc(1, sizeof *dc);
     char *buf = malloc(SK_FLOW_HDR_MAX);
     if (!dc || !buf) {
-        free(dc);
+        if (!reuse)
+            free(dc);
         free(buf);
         return false;
     }
@@ -303,12 +313,16 @@ bool sk_dc_originate(sk_worker *w, sk_conn *client, sk_conn *s, const sk_route_r
                            : -SK_FLOW_E_EMPTY;
     }
     if (n < 0) {
-        free(dc);
+        if (!reuse)
+            free(dc);
         free(buf);
         return false;
     }
     dc->wbuf = buf;
     dc->wlen = (uint16_t)n;
+    dc->woff = 0;
+    if (reuse)
+        return true; /* the pooled connection holds its peer already */
     sk_peer_ref(rr->peer);
     dc->peer = rr->peer;
     SK_ADD(&rr->peer->active, 1);
@@ -352,7 +366,33 @@ static void dialled_ok(sk_worker *w, sk_conn *s)
     sk_relay_start(w, s);
 }
 
-/* on_io of a dialled data connection: write the FLOW, read the VERDICT. */
+static void pool_add(sk_worker *w, sk_conn *s);
+
+/* A claimed pooled connection was found dead (EOF or reset before any
+ * verdict): no fault of the destination. The client tries again, taking the
+ * next pooled connection or dialling. Other failures: sk_connect_failed. */
+static void dialled_failed(sk_worker *w, sk_conn *s, int err, bool dead)
+{
+    sk_dc *dc = s->dc;
+    if (!(dead && dc->claimed && !dc->got_verdict)) {
+        sk_connect_failed(w, s, err);
+        return;
+    }
+    sk_conn *client = s->peer;
+    pthread_mutex_lock(&w->conn_lock);
+    s->peer = NULL;
+    if (client)
+        client->peer = NULL;
+    pthread_mutex_unlock(&w->conn_lock);
+    sk_conn_close(w, s, true);
+    if (client) {
+        client->attempts--; /* not an attempt on the destination */
+        sk_connect_start(w, client);
+    }
+}
+
+/* on_io of a dialled data connection: write the FLOW (or HELLO), read the
+ * VERDICT. */
 static void dialled_io(sk_worker *w, sk_handle *h, uint32_t ev)
 {
     SK_UNUSED(ev);
@@ -367,7 +407,7 @@ static void dialled_io(sk_worker *w, sk_handle *h, uint32_t ev)
         }
         if (n == -1)
             break;
-        sk_connect_failed(w, s, ECONNRESET);
+        dialled_failed(w, s, ECONNRESET, true);
         return;
     }
     if (dc->wbuf && dc->woff == dc->wlen) {
@@ -384,12 +424,12 @@ static void dialled_io(sk_worker *w, sk_handle *h, uint32_t ev)
         if (n == -1)
             break;
         if (n == -2) {
-            sk_connect_failed(w, s, ECONNRESET);
+            dialled_failed(w, s, ECONNRESET, true);
             return;
         }
         if (n == 0) {
             count_error(e, sk_flow_parse_eof(p));
-            sk_connect_failed(w, s, ECONNRESET); /* closed before its verdict */
+            dialled_failed(w, s, ECONNRESET, true); /* closed before its verdict */
             return;
         }
         size_t used;
@@ -408,7 +448,10 @@ static void dialled_io(sk_worker *w, sk_handle *h, uint32_t ev)
         }
         SK_ADD(&e->dp_verdicts_received[v->code], 1);
         if (v->code == SK_FLOW_V_OK) {
-            dialled_ok(w, s);
+            if (dc->pooled && !dc->claimed)
+                pool_add(w, s); /* HELLO answered: warm */
+            else
+                dialled_ok(w, s);
             return;
         }
         dc->got_verdict = true;
@@ -428,11 +471,211 @@ void sk_dc_established(sk_worker *w, sk_conn *s)
         sk_connect_failed(w, s, ENOMEM);
         return;
     }
+    if (dc->pooled && !dc->claimed) {
+        /* a pooled connection says HELLO first */
+        char me[256];
+        size_t ml = router_id(w->engine, me);
+        sk_peer *pe = dc->peer;
+        dc->wbuf = malloc(SK_FLOW_HELLO_MAX);
+        sk_flow_str from = {me, ml}, to = {pe->router_id, strlen(pe->router_id)};
+        int n = dc->wbuf ? sk_flow_encode_hello(dc->wbuf, SK_FLOW_HELLO_MAX,
+                                                SK_FLOW_ROLE_OUTBOUND, pe->instance,
+                                                pe->link_id, s->tls ? s->tls->snap.version : 0,
+                                                from, to)
+                         : -SK_FLOW_E_NOSPACE;
+        if (n < 0) {
+            sk_connect_failed(w, s, EINVAL);
+            return;
+        }
+        dc->wlen = (uint16_t)n;
+        dc->woff = 0;
+        dc->flow_id = 0;
+    }
     sk_flow_parser_init(dc->p, SK_FLOW_T_VERDICT, false);
     sk_conn_enter(s, SK_C_OPEN, dialled_io);
     s->tmo.cb = verdict_timeout;
     sk_worker_schedule(w, SK_PRIO_NORMAL, &s->tmo, sk_now_ns() + verdict_wait_ns(w->engine));
     dialled_io(w, &s->h, EPOLLOUT);
+}
+
+/* ------------------------------------------------------------ pools */
+
+static sk_dc_pool *pool_of(sk_worker *w, sk_peer *p)
+{
+    return p->pools && w->index < p->npools ? &p->pools[w->index] : NULL;
+}
+
+static void pool_unlink(sk_worker *w, sk_conn *s)
+{
+    sk_dc *dc = s->dc;
+    sk_dc_pool *pl = pool_of(w, dc->peer);
+    for (sk_conn **pp = &pl->idle; *pp; pp = &(*pp)->dc->pnext)
+        if (*pp == s) {
+            *pp = dc->pnext;
+            break;
+        }
+    dc->pnext = NULL;
+    dc->idle = false;
+    pl->nidle--;
+    SK_SUB(&dc->peer->pool_idle, 1);
+}
+
+static void pool_idle_timeout(sk_worker *w, sk_timer *t, uint64_t now)
+{
+    SK_UNUSED(now);
+    sk_conn_close(w, SK_CONTAINER_OF(t, sk_conn, tmo), false);
+}
+
+/* on_io of an idle pooled connection: nothing may arrive but TLS
+ * housekeeping (session tickets); EOF, a reset or bytes end it. */
+static void pool_idle_io(sk_worker *w, sk_handle *h, uint32_t ev)
+{
+    SK_UNUSED(ev);
+    sk_conn *s = SK_CONTAINER_OF(h, sk_conn, h);
+    char b;
+    if (sk_io_recv(w, s, &b, 1) == -1) {
+        set_interest(w, s, EPOLLIN);
+        return;
+    }
+    sk_conn_close(w, s, false);
+}
+
+static void pool_add(sk_worker *w, sk_conn *s)
+{
+    sk_dc *dc = s->dc;
+    sk_dc_pool *pl = pool_of(w, dc->peer);
+    sk_worker_cancel(w, SK_PRIO_NORMAL, &s->tmo);
+    free_parser(dc);
+    pl->ndial--;
+    pl->nidle++;
+    dc->idle = true;
+    dc->pnext = pl->idle;
+    pl->idle = s;
+    SK_ADD(&dc->peer->pool_idle, 1);
+    sk_conn_enter(s, SK_C_OPEN, pool_idle_io);
+    s->tmo.cb = pool_idle_timeout;
+    sk_worker_schedule(w, SK_PRIO_NORMAL, &s->tmo,
+                       sk_now_ns() + (uint64_t)dc->peer->pool_idle_ms * 1000000u);
+    set_interest(w, s, EPOLLIN);
+}
+
+sk_conn *sk_dc_pool_claim(sk_worker *w, sk_peer *p)
+{
+    sk_dc_pool *pl = pool_of(w, p);
+    if (!pl || !pl->idle)
+        return NULL;
+    sk_conn *s = pl->idle;
+    pool_unlink(w, s);
+    sk_worker_cancel(w, SK_PRIO_NORMAL, &s->tmo);
+    s->dc->claimed = true;
+    return s;
+}
+
+bool sk_dc_pool_failed(sk_worker *w, sk_conn *s, int err)
+{
+    SK_UNUSED(err);
+    sk_dc *dc = s->dc;
+    if (!dc->pooled || dc->claimed)
+        return false;
+    SK_ADD(&dc->peer->failures, 1);
+    sk_conn_close(w, s, false);
+    return true;
+}
+
+static void pool_connect_timeout(sk_worker *w, sk_timer *t, uint64_t now)
+{
+    SK_UNUSED(now);
+    sk_conn *s = SK_CONTAINER_OF(t, sk_conn, tmo);
+    if (s->state == SK_C_CONNECTING)
+        sk_connect_failed(w, s, ETIMEDOUT);
+}
+
+static void pool_connected(sk_worker *w, sk_conn *s)
+{
+    sk_worker_cancel(w, SK_PRIO_NORMAL, &s->tmo);
+    if (s->ssl) {
+        sk_tls_io_handshake_start(w, s); /* then sk_connect_established */
+        return;
+    }
+    sk_conn_enter(s, SK_C_OPEN, sk_relay_io);
+    sk_dc_established(w, s);
+}
+
+static void pool_connect_io(sk_worker *w, sk_handle *h, uint32_t ev)
+{
+    sk_conn *s = SK_CONTAINER_OF(h, sk_conn, h);
+    int err = 0;
+    if (ev & (EPOLLERR | EPOLLHUP)) {
+        socklen_t len = sizeof err;
+        if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+            err = errno;
+        if (!err && !(ev & EPOLLOUT))
+            err = ECONNRESET;
+    }
+    if (err)
+        sk_connect_failed(w, s, err);
+    else if (ev & EPOLLOUT)
+        pool_connected(w, s);
+}
+
+/* Dials one pooled connection of p (HELLO once connected). */
+static bool pool_dial(sk_worker *w, sk_peer *p, sk_dc_pool *pl)
+{
+    sk_engine *e = w->engine;
+    const sk_route_target *d = &p->dial;
+    int fd = socket(d->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (e->opts.keepalive)
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    int rc = connect(fd, (const struct sockaddr *)&d->sa, d->salen);
+    if (rc != 0 && errno != EINPROGRESS) {
+        close(fd);
+        SK_ADD(&p->failures, 1);
+        return false;
+    }
+    sk_dc *dc = calloc(1, sizeof *dc);
+    sk_conn *s = dc ? sk_conn_new(w, fd, NULL, NULL) : NULL;
+    if (!s) {
+        free(dc);
+        close(fd);
+        return false;
+    }
+    memcpy(s->label, d->label, sizeof s->label);
+    dc->pooled = true;
+    sk_peer_ref(p);
+    dc->peer = p;
+    SK_ADD(&p->active, 1);
+    s->dc = dc;
+    pl->ndial++;
+    if (d->tls_slot >= 0 && !sk_tls_io_attach_client(w, s, d)) {
+        sk_connect_failed(w, s, EPROTO);
+        return false;
+    }
+    if (rc == 0) {
+        pool_connected(w, s);
+        return true;
+    }
+    sk_conn_enter(s, SK_C_CONNECTING, pool_connect_io);
+    sk_conn_set_interest(w, s, EPOLLOUT);
+    if (s->state == SK_C_CLOSED)
+        return false;
+    s->tmo.cb = pool_connect_timeout;
+    sk_worker_schedule(w, SK_PRIO_NORMAL, &s->tmo,
+                       sk_now_ns() + (uint64_t)e->opts.connect_timeout_ms * 1000000u);
+    return true;
+}
+
+void sk_dc_pool_fill(sk_worker *w, sk_peer *p)
+{
+    sk_dc_pool *pl = pool_of(w, p);
+    if (!pl)
+        return;
+    while (pl->nidle + pl->ndial < p->pool_size)
+        if (!pool_dial(w, p, pl))
+            break;
 }
 
 /* ------------------------------------------------------------ accepting side */
@@ -460,6 +703,10 @@ static void route_flow(sk_worker *w, sk_conn *c)
     const sk_flow_hdr *h = &dc->p->out.hdr;
     dc->flow_id = h->flow_id;
     sk_worker_cancel(w, SK_PRIO_NORMAL, &c->tmo);
+    if (dc->hello_in) {
+        dc->hello_in = false; /* claimed: no longer idle */
+        SK_SUB(&c->listener->dp_idle, 1);
+    }
     sk_conn_set_interest(w, c, 0); /* nothing more is read until the verdict */
     sk_routes *rt = (sk_routes *)sk_slot_cached(&e->routes, &w->routes_cache);
     int64_t aid = sk_routes_find(rt, h->addr, h->addr_len);
@@ -495,6 +742,39 @@ static void header_timeout(sk_worker *w, sk_timer *t, uint64_t now)
     sk_conn_close(w, c, true);
 }
 
+/* A HELLO arrived: checks it and answers. OK: the connection waits, idle,
+ * for a FLOW (no time-out: the dialler closes its idle ones). Returns false
+ * when the connection was refused. */
+static bool hello_answered(sk_worker *w, sk_conn *c)
+{
+    sk_dc *dc = c->dc;
+    const sk_flow_hello *hl = &dc->p->out.hello;
+    char me[256];
+    size_t ml = router_id(w->engine, me);
+    sk_listener *l = c->listener;
+    if (hl->role != SK_FLOW_ROLE_OUTBOUND || hl->to_len != ml || memcmp(hl->to, me, ml) != 0) {
+        /* INBOUND (the acceptor claiming) is not built; or a misdial */
+        refuse(w, c, SK_FLOW_V_REFUSED, 0, 0);
+        return false;
+    }
+    if (l->opts.data_pool_cap > 0 && SK_LOAD(&l->dp_idle) >= l->opts.data_pool_cap) {
+        refuse(w, c, SK_FLOW_V_OVERLOADED, 0, 0);
+        return false;
+    }
+    char v[SK_FLOW_VERDICT_LEN];
+    int n = sk_flow_encode_verdict(v, sizeof v, SK_FLOW_V_OK, 0, 0);
+    SK_ADD(&w->engine->dp_verdicts_sent[SK_FLOW_V_OK], 1);
+    if (sk_io_send(c, v, (size_t)n) != n) {
+        sk_conn_close(w, c, true); /* 16 bytes on an idle connection: it is gone */
+        return false;
+    }
+    SK_ADD(&l->dp_idle, 1);
+    dc->hello_in = true;
+    sk_worker_cancel(w, SK_PRIO_NORMAL, &c->tmo);
+    sk_flow_parser_init(dc->p, SK_FLOW_T_HDR, false);
+    return true;
+}
+
 /* on_io of an accepted data connection while its FLOW arrives. */
 static void incoming_io(sk_worker *w, sk_handle *h, uint32_t ev)
 {
@@ -522,10 +802,23 @@ static void incoming_io(sk_worker *w, sk_handle *h, uint32_t ev)
             sk_conn_close(w, c, false);
             return;
         }
-        size_t used;
+        size_t used, pos0 = p->pos;
         int rc = sk_flow_parse(p, tmp, (size_t)n, &used);
+        if (rc == SK_FLOW_ERROR && p->err == SK_FLOW_E_TYPE && p->type == SK_FLOW_T_HDR &&
+            p->err_at == 3 && pos0 <= 3 && !dc->hello_in && tmp[3 - pos0] == SK_FLOW_T_HELLO) {
+            /* a pooled connection's HELLO instead of a FLOW: parse it as one */
+            static const char pre[4] = {'S', 'K', SK_FLOW_VERSION, SK_FLOW_T_HELLO};
+            sk_flow_parser_init(p, SK_FLOW_T_HELLO, false);
+            sk_flow_parse(p, pre, 4, &used);
+            rc = sk_flow_parse(p, tmp + (4 - pos0), (size_t)n - (4 - pos0), &used);
+        }
         if (rc == SK_FLOW_NEED_MORE)
             continue;
+        if (rc == SK_FLOW_DONE && p->type == SK_FLOW_T_HELLO) {
+            if (!hello_answered(w, c))
+                return;
+            continue; /* idle until a FLOW */
+        }
         if (rc == SK_FLOW_ERROR) {
             count_error(e, p->err);
             int code = sk_flow_err_verdict(p->err);
@@ -630,8 +923,13 @@ void sk_dc_sniff_start(sk_worker *w, sk_conn *c)
 
 void sk_dc_closing(sk_worker *w, sk_conn *c, bool abortive)
 {
-    SK_UNUSED(w);
     sk_dc *dc = c->dc;
+    if (dc->idle)
+        pool_unlink(w, c);
+    else if (dc->pooled && !dc->claimed)
+        pool_of(w, dc->peer)->ndial--;
+    if (dc->hello_in && c->listener)
+        SK_SUB(&c->listener->dp_idle, 1);
     c->dc = NULL;
     if (dc->peer) {
         SK_SUB(&dc->peer->active, 1);

@@ -190,7 +190,20 @@ struct sk_peer {
     pthread_mutex_t lock; /* guards states (control thread only adds) */
     sk_target *states;
     _Atomic uint64_t flows, active, bytes_in, bytes_out, failures, resets;
+    /* OUTBOUND pools, one per worker (pools[w->index] is worker-owned) */
+    uint32_t pool_size, pool_idle_ms;
+    uint64_t instance, link_id;
+    int npools;
+    struct sk_dc_pool *pools;
+    _Atomic uint64_t pool_idle, pool_hits, pool_misses;
 };
+
+/* One worker's pool of one peer: idle connections (HELLO answered OK) and
+ * the ones being dialled for it. */
+typedef struct sk_dc_pool {
+    struct sk_conn *idle; /* via dc->pnext */
+    uint32_t nidle, ndial;
+} sk_dc_pool;
 
 typedef struct sk_route_remote {
     sk_target *state; /* per (peer, address, dest) open count and back-off (ref) */
@@ -469,6 +482,7 @@ struct sk_listener {
     _Atomic int pending_workers; /* lsocks not yet closed */
     int *fds; /* the lsocks' fds, one per worker: shut down by sk_listener_close */
     _Atomic uint64_t opened, closed, bytes_in, bytes_out, failed, active;
+    _Atomic int64_t dp_idle; /* data_ok: pooled connections idle now */
 };
 
 struct sk_lsock {
@@ -627,6 +641,13 @@ void sk_dc_local_established(sk_worker *w, sk_conn *client);
 /* connect.c's sk_connect_failed on a data connection s (before OK): counts
  * it and notes for client what to answer upstream if no candidate is left. */
 void sk_dc_attempt_failed(sk_worker *w, sk_conn *s, sk_conn *client, int err);
+/* Pools: an idle pooled connection of p on w, taken out of the pool (NULL:
+ * none); dials what the pool lacks. */
+sk_conn *sk_dc_pool_claim(sk_worker *w, sk_peer *p);
+void sk_dc_pool_fill(sk_worker *w, sk_peer *p);
+/* sk_connect_failed's first step: a pooled connection that failed before it
+ * was claimed is dropped here (true). */
+bool sk_dc_pool_failed(sk_worker *w, sk_conn *s, int err);
 /* Accepted on a data_ok listener: sniff for "SK". */
 void sk_dc_sniff_start(sk_worker *w, sk_conn *c);
 /* close_one's hook: counters, frees c->dc. */

@@ -73,6 +73,19 @@ sk_peer *sk_peer_create(sk_engine *e, const sk_peer_options *o, char *err, size_
     p->engine = e;
     p->user_id = o->user_id;
     memcpy(p->router_id, o->router_id, idl + 1);
+    p->pool_size = o->pool_size;
+    p->pool_idle_ms = o->pool_idle_ms ? o->pool_idle_ms : 60000;
+    p->instance = o->instance;
+    p->link_id = o->link_id;
+    if (p->pool_size) {
+        p->npools = e->nworkers;
+        p->pools = calloc((size_t)p->npools, sizeof *p->pools);
+        if (!p->pools) {
+            sk_set_err(err, errlen, "out of memory");
+            free(p);
+            return NULL;
+        }
+    }
     pthread_mutex_init(&p->lock, NULL);
     return p;
 }
@@ -93,6 +106,7 @@ void sk_peer_release(sk_peer *p)
         t = next;
     }
     pthread_mutex_destroy(&p->lock);
+    free(p->pools); /* empty: every pooled connection held a reference */
     free(p);
 }
 
@@ -107,6 +121,9 @@ void sk_peer_stats_get(sk_peer *p, sk_peer_stats *out)
     pthread_mutex_unlock(&p->lock);
     out->destinations = n;
     out->destinations_down = down;
+    out->pool_idle = SK_LOAD(&p->pool_idle);
+    out->pool_hits = SK_LOAD(&p->pool_hits);
+    out->pool_misses = SK_LOAD(&p->pool_misses);
     out->flows = SK_LOAD(&p->flows);
     out->active = SK_LOAD(&p->active);
     out->bytes_in = SK_LOAD(&p->bytes_in);

@@ -21,11 +21,11 @@ static sk_target *T_ECHO2, *T_ECHO3, *T_DEAD2, *T_SRV2;
 static echo_server ECHO2, ECHO3;
 static int DEADP = 0, DEADFD = -1;
 
-static sk_engine *mk_engine(const char *id)
+static sk_engine *mk_engine_n(const char *id, int workers)
 {
     sk_engine_options o;
     sk_engine_options_init(&o);
-    o.worker_threads = 2;
+    o.worker_threads = workers;
     o.relay_buffer_bytes = 16384;
     o.connect_timeout_ms = 2000;
     o.backoff_initial_ms = 100;
@@ -39,6 +39,11 @@ static sk_engine *mk_engine(const char *id)
     if (sk_engine_set_router_id(e, id) != 0)
         exit(1);
     return e;
+}
+
+static sk_engine *mk_engine(const char *id)
+{
+    return mk_engine_n(id, 2);
 }
 
 static sk_listener *mk_listener(sk_engine *e, int app, int data_ok, uint32_t aid, uint64_t uid)
@@ -129,14 +134,14 @@ static void *send_th(void *arg)
 
 /* Sends len random bytes through R1's client listener and checks the echo
  * (sha256 of both) and the EOF after it. */
-static int echo_exact(size_t len, uint64_t seed)
+static int echo_exact_on(int port, size_t len, uint64_t seed)
 {
     uint8_t *out = malloc(len ? len : 1), *in = malloc(len + 1);
     if (!out || !in)
         return -1;
     for (size_t i = 0; i < len; i++)
         out[i] = (uint8_t)(tl_rand(&seed) >> 24);
-    int fd = connect_to(sk_listener_port(CL));
+    int fd = connect_to(port);
     if (fd < 0)
         return -1;
     sender s = {fd, out, len, 0};
@@ -155,6 +160,11 @@ static int echo_exact(size_t len, uint64_t seed)
     CHECK_MSG(eof, "got %zu of %zu bytes", got, len);
     CHECK_MSG(memcmp(h1, h2, 32) == 0, "sha256 differs (%zu bytes)", len);
     return s.rc == 0 && eof && memcmp(h1, h2, 32) == 0 ? 0 : -1;
+}
+
+static int echo_exact(size_t len, uint64_t seed)
+{
+    return echo_exact_on(sk_listener_port(CL), len, seed);
 }
 
 static int test_two_hops(void)
@@ -581,11 +591,31 @@ static int test_tls(void)
     CHECK_EQ_U(bs.destinations, 1);
     CHECK_EQ_U(gs.destinations_down, 0);
 
+    /* a pooled TLS peer: HELLO over TLS, and the idle connection survives
+     * the server's session tickets */
+    po.tls_slot = s1;
+    po.pool_size = 1;
+    po.pool_idle_ms = 600;
+    sk_peer *pooled = sk_peer_create(R[0], &po, err, sizeof err);
+    REQUIRE(pooled != NULL);
+    rspec rp = {.dest = {"R2"}, .cost = {1}, .via = {pooled}};
+    REQUIRE(publish(R[0], &rp) == 0);
+    CHECK(echo_exact(5000, 97) == 0);
+    uint64_t end = mono_ms() + WAIT_MS;
+    while (SK_LOAD(&pooled->pool_idle) == 0 && mono_ms() < end)
+        usleep(5000);
+    CHECK_EQ_U(SK_LOAD(&pooled->pool_idle), 1);
+    usleep(200 * 1000);
+    CHECK_EQ_U(SK_LOAD(&pooled->pool_idle), 1);
+
     rspec none = {0};
     REQUIRE(publish(R[0], &none) == 0);
-    uint64_t end = mono_ms() + WAIT_MS;
-    while ((SK_LOAD(&good->active) || SK_LOAD(&badp->active)) && mono_ms() < end)
+    end = mono_ms() + WAIT_MS;
+    while ((SK_LOAD(&good->active) || SK_LOAD(&badp->active) || SK_LOAD(&pooled->active)) &&
+           mono_ms() < end)
         usleep(10000);
+    CHECK_EQ_U(SK_LOAD(&pooled->active), 0); /* closed after pool_idle_ms */
+    sk_peer_release(pooled);
     sk_peer_release(good);
     sk_peer_release(badp);
     sk_listener_close(tl, 0);
@@ -742,6 +772,139 @@ static int test_loop_hop_limit(void)
     return 0;
 }
 
+
+/* ------------------------------------------------------------ pools */
+
+static int wait_u64(_Atomic uint64_t *v, uint64_t want)
+{
+    uint64_t end = mono_ms() + WAIT_MS;
+    while (SK_LOAD(v) != want && mono_ms() < end)
+        usleep(5000);
+    return SK_LOAD(v) == want ? 0 : -1;
+}
+
+static int wait_i64(_Atomic int64_t *v, int64_t want)
+{
+    uint64_t end = mono_ms() + WAIT_MS;
+    while (SK_LOAD(v) != want && mono_ms() < end)
+        usleep(5000);
+    return SK_LOAD(v) == want ? 0 : -1;
+}
+
+/* Writes a HELLO to listener l of R2; returns the fd after reading the
+ * verdict (code in *code), or -1. */
+static int hello(sk_listener *l, const char *to, uint8_t *code)
+{
+    int fd = connect_to(sk_listener_port(l));
+    if (fd < 0)
+        return -1;
+    uint8_t m[128];
+    sk_flow_str from = {"RX", 2}, t = {to, strlen(to)};
+    int n = sk_flow_encode_hello(m, sizeof m, SK_FLOW_ROLE_OUTBOUND, 1, 2, 0, from, t);
+    uint8_t v[16];
+    if (n < 0 || send_all(fd, m, (size_t)n) != 0 || recv_exact(fd, v, 16) != 16 || v[3] != 'V') {
+        close(fd);
+        return -1;
+    }
+    *code = v[6];
+    return fd;
+}
+
+/* OUTBOUND pools: the first flow on a worker misses and fills the pool, the
+ * next claims a warm connection; idle ones close after pool_idle_ms; the
+ * accepting side checks the HELLO and its cap. */
+static int test_pool(void)
+{
+    rspec r2 = {.local = T_ECHO2, .local_port = ECHO2.port};
+    REQUIRE(publish(R[1], &r2) == 0);
+    sk_engine *rp = mk_engine_n("RP", 1);
+    sk_listener *cl = mk_listener(rp, 0, 0, 0, 400);
+    sk_peer_options po;
+    sk_peer_options_init(&po);
+    po.router_id = "R2";
+    po.ip = "127.0.0.1";
+    po.port = sk_listener_port(DL[1]);
+    po.pool_size = 2;
+    po.pool_idle_ms = 400;
+    char err[SK_ERRLEN];
+    sk_peer *pp = sk_peer_create(rp, &po, err, sizeof err);
+    REQUIRE(pp != NULL);
+    rspec r = {.dest = {"R2"}, .cost = {1}, .via = {pp}};
+    REQUIRE(publish(rp, &r) == 0);
+
+    sk_dataplane_counters a1, b1;
+    counters(1, &a1);
+    CHECK(echo_exact_on(sk_listener_port(cl), 20000, 61) == 0);
+    CHECK_EQ_U(SK_LOAD(&pp->pool_misses), 1);
+    CHECK(wait_u64(&pp->pool_idle, 2) == 0);
+    CHECK(wait_i64(&DL[1]->dp_idle, 2) == 0);
+    CHECK(echo_exact_on(sk_listener_port(cl), 300000, 62) == 0);
+    CHECK(echo_exact_on(sk_listener_port(cl), 10, 63) == 0);
+    CHECK_EQ_U(SK_LOAD(&pp->pool_hits), 2);
+    CHECK_EQ_U(SK_LOAD(&pp->pool_misses), 1);
+    CHECK(wait_u64(&pp->pool_idle, 2) == 0); /* refilled */
+    counters(1, &b1);
+    CHECK_EQ_U(b1.flows_terminated - a1.flows_terminated, 3);
+    CHECK_OP_U(b1.verdicts_sent[0] - a1.verdicts_sent[0], >=, 3 + 4); /* flows and HELLOs */
+    /* idle ones close after pool_idle_ms, on both ends */
+    CHECK(wait_u64(&pp->pool_idle, 0) == 0);
+    CHECK(wait_i64(&DL[1]->dp_idle, 0) == 0);
+
+    /* the accepting side: a misdialled HELLO is refused */
+    uint8_t code = 0xff;
+    int fd = hello(DL[1], "R9", &code);
+    CHECK(fd >= 0);
+    CHECK_EQ_U(code, SK_FLOW_V_REFUSED);
+    if (fd >= 0) {
+        CHECK(recv_eof(fd) == 1);
+        close(fd);
+    }
+    /* a HELLO answered OK, then a FLOW on the same connection */
+    fd = hello(DL[1], "R2", &code);
+    REQUIRE(fd >= 0);
+    CHECK_EQ_U(code, SK_FLOW_V_OK);
+    CHECK(wait_i64(&DL[1]->dp_idle, 1) == 0);
+    uint8_t h[64];
+    sk_flow_str a = {"svc", 3}, o = {"RX", 2}, d = {"", 0};
+    int n = sk_flow_encode_hdr(h, sizeof h, 90, 2, 0, a, o, d);
+    CHECK(send_all(fd, h, (size_t)n) == 0);
+    uint8_t v[16];
+    CHECK_EQ_U(recv_exact(fd, v, 16), 16);
+    CHECK_EQ_U(v[6], SK_FLOW_V_OK);
+    CHECK(ping(fd, "pooled") == 0);
+    close(fd);
+    CHECK(wait_i64(&DL[1]->dp_idle, 0) == 0);
+    /* the cap of a listener */
+    sk_listener_options lo;
+    sk_listener_options_init(&lo);
+    lo.host = "127.0.0.1";
+    lo.app = 1;
+    lo.data_ok = 1;
+    lo.data_pool_cap = 1;
+    lo.user_id = 401;
+    sk_listener *capl = sk_listener_open(R[1], &lo, err, sizeof err);
+    REQUIRE(capl != NULL);
+    int f1 = hello(capl, "R2", &code);
+    CHECK(f1 >= 0 && code == SK_FLOW_V_OK);
+    CHECK(wait_i64(&capl->dp_idle, 1) == 0);
+    int f2 = hello(capl, "R2", &code);
+    CHECK(f2 >= 0 && code == SK_FLOW_V_OVERLOADED);
+    if (f1 >= 0)
+        close(f1);
+    if (f2 >= 0)
+        close(f2);
+    CHECK(wait_i64(&capl->dp_idle, 0) == 0);
+
+    sk_engine_stop(rp);
+    sk_listener_close(cl, 0);
+    sk_listener_release(cl);
+    sk_listener_close(capl, 0);
+    sk_listener_release(capl);
+    sk_peer_release(pp);
+    sk_engine_destroy(rp);
+    return 0;
+}
+
 static int all_closed(void *arg)
 {
     SK_UNUSED_ARG(arg);
@@ -797,6 +960,7 @@ int main(void)
     RUN(test_tls);
     RUN(test_concurrent);
     RUN(test_loop_hop_limit);
+    RUN(test_pool);
     RUN(test_no_leak);
     RUN(test_stop_while_waiting); /* last: leaves a flow open for the stop */
 
