@@ -198,6 +198,9 @@ class PeerStats:
     resets: int  # data connections ended by a reset after OK
     destinations: int  # remote destinations (address, router) reached through it
     destinations_down: int  # of those, backing off after a failed attempt
+    pool_idle: int  # warm pooled connections waiting now (all workers)
+    pool_hits: int  # flows that claimed a pooled connection
+    pool_misses: int  # flows dialled because the worker's pool was empty
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,7 +470,12 @@ class Peer:
     """A neighbour router that data connections are dialled to: its router
     id, the numeric ip:port of its inter-router listener, and the link's
     sslProfile slot (-1: plain; else mutual TLS, the slot's config pinned per
-    connection). Shared by every route table that names it."""
+    connection). Shared by every route table that names it.
+
+    pool_size > 0 keeps that many warm OUTBOUND data connections per worker
+    (HELLO answered OK), claimed by flows and refilled as they are used; idle
+    ones close after pool_idle_ms (0: 60 s). instance and link_id go in the
+    HELLO."""
 
     def __init__(
         self,
@@ -480,6 +488,10 @@ class Peer:
         tls_slot: int = -1,
         verify_host: bool = True,
         user_id: int = 0,
+        pool_size: int = 0,
+        pool_idle_ms: int = 0,
+        instance: int = 0,
+        link_id: int = 0,
     ) -> None:
         opts = ffi.new("sk_peer_options *")
         lib.sk_peer_options_init(opts)
@@ -489,6 +501,10 @@ class Peer:
         opts.tls_slot = tls_slot
         opts.verify_host = int(verify_host)
         opts.user_id = user_id
+        opts.pool_size = pool_size
+        opts.pool_idle_ms = pool_idle_ms
+        opts.instance = instance
+        opts.link_id = link_id
         err = _err()
         ptr = lib.sk_peer_create(engine._ptr, opts, err, lib.SK_ERRLEN)
         if ptr == ffi.NULL:
@@ -514,6 +530,9 @@ class Peer:
             out.resets,
             out.destinations,
             out.destinations_down,
+            out.pool_idle,
+            out.pool_hits,
+            out.pool_misses,
         )
 
     def release(self) -> None:
@@ -729,12 +748,15 @@ class Engine:
         authenticate_peer: bool = False,
         tls_optional: bool = False,
         data_ok: bool = False,
+        data_pool_cap: int = 0,
     ) -> Listener:
         """Binds host:port (numeric; "" = every address) and accepts on every worker.
 
         data_ok: an inter-router listener; a connection whose first bytes are
         the data-plane magic "SK" is a data connection the engine handles
-        (FLOW, VERDICT, relay), any other stays on the usual path."""
+        (FLOW, VERDICT, relay), any other stays on the usual path.
+        data_pool_cap: pooled (HELLO) connections idle at once on it; beyond,
+        a HELLO is answered OVERLOADED (0: no cap)."""
         opts = ffi.new("sk_listener_options *")
         lib.sk_listener_options_init(opts)
         chost = ffi.new("char[]", host.encode())
@@ -749,6 +771,7 @@ class Engine:
         opts.authenticate_peer = int(authenticate_peer)
         opts.tls_optional = int(tls_optional)
         opts.data_ok = int(data_ok)
+        opts.data_pool_cap = data_pool_cap
         uid = self.new_user_id() if user_id is None else user_id
         opts.user_id = uid
         err = _err()
@@ -774,12 +797,26 @@ class Engine:
         tls_slot: int = -1,
         verify_host: bool = True,
         user_id: int | None = None,
+        pool_size: int = 0,
+        pool_idle_ms: int = 0,
+        instance: int = 0,
+        link_id: int = 0,
     ) -> Peer:
         """A neighbour router (see Peer)."""
         uid = self.new_user_id() if user_id is None else user_id
         return Peer(
-            self, router_id, ip, port, host=host, tls_slot=tls_slot, verify_host=verify_host,
+            self,
+            router_id,
+            ip,
+            port,
+            host=host,
+            tls_slot=tls_slot,
+            verify_host=verify_host,
             user_id=uid,
+            pool_size=pool_size,
+            pool_idle_ms=pool_idle_ms,
+            instance=instance,
+            link_id=link_id,
         )
 
     def set_router_id(self, router_id: str) -> None:

@@ -255,3 +255,27 @@ def test_mutual_tls_data_connections(net: Net, tmp_path: Path) -> None:
         assert p.stats().flows == 1
     finally:
         server.close()
+
+
+def test_warm_pool_claimed(net: Net) -> None:
+    """A peer with a pool: the first flow on a worker dials and fills the
+    pool, later flows on that worker claim warm connections."""
+    server = ThreadedServer(echo)
+    solo = Engine(EngineOptions(worker_threads=1))
+    try:
+        solo.set_router_id("RS")
+        client = solo.listen("127.0.0.1", 0, address_id=SVC)
+        r2 = net.routers[1]
+        r2.publish_routes({SVC: [local(r2, server)]}, names=NAMES)
+        p = solo.peer("R2", "127.0.0.1", net.data[1].port, pool_size=2, pool_idle_ms=60_000)
+        solo.publish_routes({SVC: [RemoteRoute("R2", 1, p)]}, names=NAMES)
+        for i in range(4):
+            with connect(client) as c:
+                c.sendall(b"warm%d" % i)
+                assert recv_exact(c, 5) == b"warm%d" % i
+            wait_for(lambda: p.stats().pool_idle == 2, what="pool refilled")
+        st = p.stats()
+        assert (st.pool_misses, st.pool_hits) == (1, 3)
+    finally:
+        solo.stop()
+        server.close()
