@@ -273,7 +273,9 @@ void sk_connect_start(sk_worker *w, sk_conn *client)
             return;
         }
         sk_conn_enter(s, SK_C_CONNECTING, connect_io);
-        if (sk_relay_plain(s))
+        /* a data connection reads its verdict first (dataconn.c, level-
+         * triggered); sk_relay_start makes it edge-triggered after OK */
+        if (sk_relay_plain(s) && !s->dc && !client->dc)
             sk_conn_register_et(w, s); /* once, for the relay too */
         else
             sk_conn_set_interest(w, s, EPOLLOUT);
