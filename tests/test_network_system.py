@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -417,3 +420,64 @@ def test_connector_created_and_deleted_over_management(net: Network) -> None:
     finally:
         client.close()
     net.wait(lambda: set(net["B"].routers_known()) == {"B"}, "B to drop A", timeout=15)
+
+
+# ------------------------------------------------------------ data plane (issue 11)
+
+
+def _echo_server() -> tuple[socket.socket, int, threading.Thread]:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    port = int(srv.getsockname()[1])
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=_echo, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return srv, port, thread
+
+
+def _echo(conn: socket.socket) -> None:
+    with conn:
+        while data := conn.recv(65536):
+            conn.sendall(data)
+
+
+def test_a_flow_crosses_two_hops_byte_exact(net: Network) -> None:
+    srv, echo_port, _ = _echo_server()
+    try:
+        for name in "ABC":
+            net.router(name)
+        net.link("A", "B")
+        net.link("B", "C")
+        listen_port = _free_port()
+        net.specs["A"].extra.append(
+            f"tcpListener {{\n    name: l-svc\n    host: 127.0.0.1\n    port: {listen_port}\n"
+            "    address: svc\n}"
+        )
+        net.specs["C"].extra.append(tcp_connector("svc", echo_port))
+        net.start()
+        net.wait_converged()
+        net.wait(lambda: _listening(listen_port), "A's tcpListener to open for C's target")
+        payload = os.urandom(3 * 1024 * 1024 + 17)
+        with socket.create_connection(("127.0.0.1", listen_port), timeout=30) as s:
+            sender = threading.Thread(target=s.sendall, args=(payload,))
+            sender.start()
+            got = bytearray()
+            while len(got) < len(payload):
+                chunk = s.recv(1 << 20)
+                assert chunk, f"closed after {len(got)} bytes"
+                got += chunk
+            sender.join()
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        flows = {r["address"] for r in net["C"].query("tcpConnection", ["address"])}
+        assert flows <= {"svc"}
+    finally:
+        srv.close()
