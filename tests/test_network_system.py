@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from servers import wait_for
 
-from bench.netharness import Network
+from bench.netharness import Network, Router
 from bench.pki import CertAuthority, write
 from router.tools.client import CONNECT_ERRORS, ManagementFailure
 
@@ -451,6 +451,14 @@ def _echo(conn: socket.socket) -> None:
             conn.sendall(data)
 
 
+def _metric(router: Router, series: str) -> float | None:
+    _, text = router.http("/metrics")
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def test_a_flow_crosses_two_hops_byte_exact(net: Network) -> None:
     srv, echo_port, _ = _echo_server()
     try:
@@ -478,6 +486,12 @@ def test_a_flow_crosses_two_hops_byte_exact(net: Network) -> None:
                 got += chunk
             sender.join()
         assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        # every flow A sent (the listening probe's too) crossed B to C's target
+        sent = _metric(net["A"], "skiff_dataplane_flows_originated_total")
+        assert sent is not None and sent >= 1
+        assert _metric(net["A"], 'skiff_dataplane_peer_flows_total{peer="B"}') == sent
+        assert _metric(net["B"], "skiff_dataplane_flows_transited_total") == sent
+        assert _metric(net["C"], "skiff_dataplane_flows_terminated_total") == sent
         flows = {r["address"] for r in net["C"].query("tcpConnection", ["address"])}
         assert flows <= {"svc"}
     finally:
