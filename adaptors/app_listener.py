@@ -297,6 +297,8 @@ class AppListenerAdaptor:
                 and not cfg.require_ssl
                 and cfg.role not in ROUTER_LINK_ROLES,
                 authenticate_peer=slot is not None and cfg.authenticate_peer,
+                # other routers' data connections (first bytes "SK") stay in C
+                data_ok=cfg.role in ROUTER_LINK_ROLES,
             )
         except EngineError as e:
             first = state.last_error is None

@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from router.configs import RouterConfig, TcpConnectorConfig, TcpListenerConfig
-from router.engine import Engine, EngineError, Event, EventType, FlowStats, Listener, RouteTarget
+from router.engine import (
+    Engine,
+    EngineError,
+    Event,
+    EventType,
+    FlowStats,
+    Listener,
+    RemoteRoute,
+    RouteTarget,
+)
 from router.engine import Target as EngineTarget
 from router.log import get_logger
 from router.registry import Entity, Registry
@@ -87,6 +96,7 @@ class TcpAdaptor:
         self._retired: list[Listener] = []  # closing: kept until LISTENER_CLOSED
         self.routes_version = 0
         self._remote_addresses: frozenset[str] = frozenset()  # with targets at other routers
+        self._remote_routes: dict[str, list[RemoteRoute]] = {}
         self._address_watchers: list[Callable[[Mapping[str, int]], None]] = []
         registry.subscribe("tcpListener", _Side(self, listener=True))
         registry.subscribe("tcpConnector", _Side(self, listener=False))
@@ -134,15 +144,30 @@ class TcpAdaptor:
         for ls in self._listeners.values():
             self._sync_listener(ls)
 
+    def set_remote_routes(self, routes: Mapping[str, Sequence[RemoteRoute]]) -> None:
+        """The network's remote destinations per address (each through a
+        neighbour ``Peer``): published beside the local targets, so the
+        engine carries a client to another router when that is the choice,
+        and delivers or forwards the flows other routers send here."""
+        for address in routes:
+            self._address_id(address)
+        if {a: list(r) for a, r in routes.items()} == self._remote_routes:
+            return
+        self._remote_routes = {a: list(r) for a, r in routes.items()}
+        self.publish()
+
     def _reachable(self, state: _ListenerState) -> bool:
         return (
-            self._has_connector(state.address_id)
-            or state.config.address in self._remote_addresses
+            self._has_connector(state.address_id) or state.config.address in self._remote_addresses
         )
 
     def publish(self) -> None:
         """Builds the route table from the connectors and swaps it in."""
-        table: dict[int, list[RouteTarget]] = {aid: [] for aid in self._address_ids.values()}
+        table: dict[int, list[RouteTarget | RemoteRoute]] = {
+            aid: [] for aid in self._address_ids.values()
+        }
+        for address, remote in self._remote_routes.items():
+            table[self._address_id(address)].extend(remote)
         for c in self._connectors.values():
             cfg = c.config
             addrs = self._resolver.addresses(cfg.host)
@@ -159,7 +184,22 @@ class TcpAdaptor:
                     verify_host=cfg.verify_hostname,
                 )
             )
-        self.routes_version = self._engine.publish_routes(table, self._route_refused)
+        names = {aid: address for address, aid in self._address_ids.items()}
+        try:
+            self.routes_version = self._engine.publish_routes(
+                table, self._route_refused, names=names
+            )
+        except EngineError as e:
+            # a remote destination the engine refuses (a released peer): the
+            # local targets must still publish; the network's next table
+            # brings the remote ones back
+            _log.error(f"remote routes left out of the route table: {e}")
+            local = {
+                aid: [r for r in rs if isinstance(r, RouteTarget)] for aid, rs in table.items()
+            }
+            self.routes_version = self._engine.publish_routes(
+                local, self._route_refused, names=names
+            )
 
     def _route_refused(self, route: RouteTarget, reason: str) -> None:
         # one connector the engine cannot use must not keep the others unpublished

@@ -175,6 +175,47 @@ class RouteTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteRoute:
+    """A remote destination of an address: router ``dest_router`` serves it
+    (with ``targets`` targets there), reached through the neighbour ``peer``
+    at ``cost`` (> 0; local targets cost 0). Data connections are dialled to
+    the peer per flow; the engine chooses the lowest cost, then the fewest
+    open flows, and backs off a destination whose attempt failed."""
+
+    dest_router: str
+    cost: int
+    peer: Peer
+    targets: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStats:
+    flows: int  # data connections dialled to it that got VERDICT OK
+    active: int  # data connections to it open now (dialling included)
+    bytes_in: int
+    bytes_out: int
+    failures: int  # dials that failed before OK (connect, TLS, EOF, time-out, verdict)
+    resets: int  # data connections ended by a reset after OK
+    destinations: int  # remote destinations (address, router) reached through it
+    destinations_down: int  # of those, backing off after a failed attempt
+    pool_idle: int  # warm pooled connections waiting now (all workers)
+    pool_hits: int  # flows that claimed a pooled connection
+    pool_misses: int  # flows dialled because the worker's pool was empty
+
+
+@dataclass(frozen=True, slots=True)
+class DataplaneCounters:
+    data_accepted: int  # data connections accepted (first bytes "SK")
+    flows_originated: int  # local clients carried to a remote router (OK)
+    flows_transited: int  # flows forwarded to a next hop (OK)
+    flows_terminated: int  # flows delivered to a local target (OK)
+    origin_retries: int  # remote attempts that failed, client retried
+    verdicts_sent: dict[str, int]  # by verdict name: ok, no_route, refused, ...
+    verdicts_received: dict[str, int]
+    header_errors: dict[str, int]  # refused incoming messages by reason (bad_magic, ...)
+
+
+@dataclass(frozen=True, slots=True)
 class TlsMaterial:
     """What an sslProfile names; paths are read by the loader, never a worker."""
 
@@ -425,6 +466,83 @@ class Target:
         return bool(lib.sk_target_is_down(self._ptr))
 
 
+class Peer:
+    """A neighbour router that data connections are dialled to: its router
+    id, the numeric ip:port of its inter-router listener, and the link's
+    sslProfile slot (-1: plain; else mutual TLS, the slot's config pinned per
+    connection). Shared by every route table that names it.
+
+    pool_size > 0 keeps that many warm OUTBOUND data connections per worker
+    (HELLO answered OK), claimed by flows and refilled as they are used; idle
+    ones close after pool_idle_ms (0: 60 s). instance and link_id go in the
+    HELLO."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        router_id: str,
+        ip: str,
+        port: int,
+        *,
+        host: str = "",
+        tls_slot: int = -1,
+        verify_host: bool = True,
+        user_id: int = 0,
+        pool_size: int = 0,
+        pool_idle_ms: int = 0,
+        instance: int = 0,
+        link_id: int = 0,
+    ) -> None:
+        opts = ffi.new("sk_peer_options *")
+        lib.sk_peer_options_init(opts)
+        keep = [ffi.new("char[]", v.encode()) for v in (router_id, ip, host)]
+        opts.router_id, opts.ip, opts.host = keep
+        opts.port = port
+        opts.tls_slot = tls_slot
+        opts.verify_host = int(verify_host)
+        opts.user_id = user_id
+        opts.pool_size = pool_size
+        opts.pool_idle_ms = pool_idle_ms
+        opts.instance = instance
+        opts.link_id = link_id
+        err = _err()
+        ptr = lib.sk_peer_create(engine._ptr, opts, err, lib.SK_ERRLEN)
+        if ptr == ffi.NULL:
+            raise EngineError(_str(err))
+        self._ptr = ffi.gc(ptr, lib.sk_peer_release)
+        self.router_id = router_id
+        self.ip = ip
+        self.port = port
+        self.user_id = user_id
+        self.released = False
+
+    def stats(self) -> PeerStats:
+        if self.released:
+            raise EngineError("peer released")
+        out = ffi.new("sk_peer_stats *")
+        lib.sk_peer_stats_get(self._ptr, out)
+        return PeerStats(
+            out.flows,
+            out.active,
+            out.bytes_in,
+            out.bytes_out,
+            out.failures,
+            out.resets,
+            out.destinations,
+            out.destinations_down,
+            out.pool_idle,
+            out.pool_hits,
+            out.pool_misses,
+        )
+
+    def release(self) -> None:
+        """Drops this reference now (route tables and open data connections
+        keep their own)."""
+        if not self.released:
+            self.released = True
+            ffi.release(self._ptr)
+
+
 class Listener:
     """A listening address; one SO_REUSEPORT socket per worker."""
 
@@ -641,8 +759,16 @@ class Engine:
         tls_slot: int = -1,
         authenticate_peer: bool = False,
         tls_optional: bool = False,
+        data_ok: bool = False,
+        data_pool_cap: int = 0,
     ) -> Listener:
-        """Binds host:port (numeric; "" = every address) and accepts on every worker."""
+        """Binds host:port (numeric; "" = every address) and accepts on every worker.
+
+        data_ok: an inter-router listener; a connection whose first bytes are
+        the data-plane magic "SK" is a data connection the engine handles
+        (FLOW, VERDICT, relay), any other stays on the usual path.
+        data_pool_cap: pooled (HELLO) connections idle at once on it; beyond,
+        a HELLO is answered OVERLOADED (0: no cap)."""
         opts = ffi.new("sk_listener_options *")
         lib.sk_listener_options_init(opts)
         chost = ffi.new("char[]", host.encode())
@@ -656,6 +782,8 @@ class Engine:
         opts.tls_slot = tls_slot
         opts.authenticate_peer = int(authenticate_peer)
         opts.tls_optional = int(tls_optional)
+        opts.data_ok = int(data_ok)
+        opts.data_pool_cap = data_pool_cap
         uid = self.new_user_id() if user_id is None else user_id
         opts.user_id = uid
         err = _err()
@@ -671,26 +799,89 @@ class Engine:
     def target(self, user_id: int | None = None) -> Target:
         return Target(self, self.new_user_id() if user_id is None else user_id)
 
+    def peer(
+        self,
+        router_id: str,
+        ip: str,
+        port: int,
+        *,
+        host: str = "",
+        tls_slot: int = -1,
+        verify_host: bool = True,
+        user_id: int | None = None,
+        pool_size: int = 0,
+        pool_idle_ms: int = 0,
+        instance: int = 0,
+        link_id: int = 0,
+    ) -> Peer:
+        """A neighbour router (see Peer)."""
+        uid = self.new_user_id() if user_id is None else user_id
+        return Peer(
+            self,
+            router_id,
+            ip,
+            port,
+            host=host,
+            tls_slot=tls_slot,
+            verify_host=verify_host,
+            user_id=uid,
+            pool_size=pool_size,
+            pool_idle_ms=pool_idle_ms,
+            instance=instance,
+            link_id=link_id,
+        )
+
+    def set_router_id(self, router_id: str) -> None:
+        """This router's id: the origin of the flows it sends to other
+        routers, and the destination it delivers locally."""
+        if lib.sk_engine_set_router_id(self._ptr, router_id.encode()) != 0:
+            raise EngineError(f"bad router id {router_id!r} (1-255 bytes of UTF-8, no control)")
+
     def publish_routes(
         self,
-        table: Mapping[int, Iterable[RouteTarget]],
+        table: Mapping[int, Iterable[RouteTarget | RemoteRoute]],
         on_refused: Callable[[RouteTarget, str], None] | None = None,
+        names: Mapping[int, str] | None = None,
     ) -> int:
-        """Builds a route table (address id -> targets) and swaps it in
-        atomically; returns its version. Flows already relayed are untouched.
+        """Builds a route table (address id -> local targets and remote
+        destinations) and swaps it in atomically; returns its version. Flows
+        already relayed are untouched. ``names`` gives the addresses' names
+        (needed for remote destinations: the FLOW header carries the name,
+        and an incoming flow is looked up by it).
 
         A target the engine refuses raises EngineError and nothing is
         published, unless ``on_refused`` is given: then that target is left
         out, ``on_refused(target, reason)`` is told, and the others publish.
+        A refused remote route or name always raises.
         """
-        size = max(table, default=-1) + 1
+        names = names or {}
+        size = max([*table, *names], default=-1) + 1
         routes = lib.sk_routes_create(size)
         if routes == ffi.NULL:
             raise EngineError("out of memory building a route table")
         err = _err()
         try:
+            for address_id, name in names.items():
+                if lib.sk_routes_set_address(routes, address_id, name.encode(), err, lib.SK_ERRLEN):
+                    raise EngineError(_str(err))
             for address_id, targets in table.items():
                 for rt in targets:
+                    if isinstance(rt, RemoteRoute):
+                        if rt.peer.released:
+                            raise EngineError(f"remote route to {rt.dest_router}: peer released")
+                        rc = lib.sk_routes_add_remote(
+                            routes,
+                            address_id,
+                            rt.dest_router.encode(),
+                            rt.cost,
+                            rt.peer._ptr,
+                            rt.targets,
+                            err,
+                            lib.SK_ERRLEN,
+                        )
+                        if rc != 0:
+                            raise EngineError(f"remote route to {rt.dest_router}: {_str(err)}")
+                        continue
                     rc = lib.sk_routes_add(
                         routes,
                         address_id,
@@ -747,6 +938,33 @@ class Engine:
         out = ffi.new("sk_engine_counters *")
         lib.sk_engine_counters_get(self._ptr, out)
         return {name: int(getattr(out, name)) for name in dir(out)}
+
+    def dataplane_counters(self) -> DataplaneCounters:
+        """Data connections and flows across routers, verdicts by code and
+        refused headers by reason (labels as in docs/dataplane.md)."""
+        out = ffi.new("sk_dataplane_counters *")
+        lib.sk_engine_dataplane_counters(self._ptr, out)
+
+        def verdicts(arr: Any) -> dict[str, int]:
+            return {
+                _str(lib.sk_dp_verdict_name(i)): int(arr[i]) for i in range(lib.SK_DP_VERDICTS)
+            }
+
+        reasons = {}
+        for i in range(1, lib.SK_DP_REASONS):
+            name = _str(lib.sk_dp_reason_name(i))
+            if name != "?":
+                reasons[name] = int(out.header_errors[i])
+        return DataplaneCounters(
+            int(out.data_accepted),
+            int(out.flows_originated),
+            int(out.flows_transited),
+            int(out.flows_terminated),
+            int(out.origin_retries),
+            verdicts(out.verdicts_sent),
+            verdicts(out.verdicts_received),
+            reasons,
+        )
 
     def lateness(self, prio: int = PRIO_HIGH, worker: int = -1) -> Histogram:
         """Timer lateness: actual minus scheduled firing time."""

@@ -168,6 +168,7 @@ class Node:
                 frozenset(a for a, r in table.routes.items() if r.remote)
             )
         )
+        network.on_remote_routes(tcp.set_remote_routes)
         listeners.serve_network(network)
         self._network = network
 

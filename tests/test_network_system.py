@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +16,7 @@ from pathlib import Path
 import pytest
 from servers import wait_for
 
-from bench.netharness import Network
+from bench.netharness import Network, Router
 from bench.pki import CertAuthority, write
 from router.tools.client import CONNECT_ERRORS, ManagementFailure
 
@@ -417,3 +421,182 @@ def test_connector_created_and_deleted_over_management(net: Network) -> None:
     finally:
         client.close()
     net.wait(lambda: set(net["B"].routers_known()) == {"B"}, "B to drop A", timeout=15)
+
+
+# ------------------------------------------------------------ data plane (issue 11)
+
+
+def _echo_server() -> tuple[socket.socket, int, threading.Thread]:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    port = int(srv.getsockname()[1])
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=_echo, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return srv, port, thread
+
+
+def _echo(conn: socket.socket) -> None:
+    with conn:
+        while data := conn.recv(65536):
+            conn.sendall(data)
+
+
+def _metric(router: Router, series: str) -> float | None:
+    _, text = router.http("/metrics")
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_a_flow_crosses_two_hops_byte_exact(net: Network) -> None:
+    srv, echo_port, _ = _echo_server()
+    try:
+        for name in "ABC":
+            net.router(name)
+        net.link("A", "B")
+        net.link("B", "C")
+        listen_port = _free_port()
+        net.specs["A"].extra.append(
+            f"tcpListener {{\n    name: l-svc\n    host: 127.0.0.1\n    port: {listen_port}\n"
+            "    address: svc\n}"
+        )
+        net.specs["C"].extra.append(tcp_connector("svc", echo_port))
+        net.start()
+        net.wait_converged()
+        net.wait(lambda: _listening(listen_port), "A's tcpListener to open for C's target")
+        payload = os.urandom(3 * 1024 * 1024 + 17)
+        with socket.create_connection(("127.0.0.1", listen_port), timeout=30) as s:
+            sender = threading.Thread(target=s.sendall, args=(payload,))
+            sender.start()
+            got = bytearray()
+            while len(got) < len(payload):
+                chunk = s.recv(1 << 20)
+                assert chunk, f"closed after {len(got)} bytes"
+                got += chunk
+            sender.join()
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        # every flow A sent (the listening probe's too) crossed B to C's target
+        sent = _metric(net["A"], "skiff_dataplane_flows_originated_total")
+        assert sent is not None and sent >= 1
+        assert _metric(net["A"], 'skiff_dataplane_peer_flows_total{peer="B"}') == sent
+        assert _metric(net["B"], "skiff_dataplane_flows_transited_total") == sent
+        assert _metric(net["C"], "skiff_dataplane_flows_terminated_total") == sent
+        flows = {r["address"] for r in net["C"].query("tcpConnection", ["address"])}
+        assert flows <= {"svc"}
+    finally:
+        srv.close()
+
+
+def _line_with_service(net: Network, target_at: str = "C") -> tuple[int, socket.socket, int]:
+    srv, echo_port, _ = _echo_server()
+    for name in "ABC":
+        net.router(name)
+    net.link("A", "B")
+    net.link("B", "C")
+    listen_port = _free_port()
+    net.specs["A"].extra.append(
+        f"tcpListener {{\n    name: l-svc\n    host: 127.0.0.1\n    port: {listen_port}\n"
+        "    address: svc\n}"
+    )
+    net.specs[target_at].extra.append(tcp_connector("svc", echo_port))
+    net.start()
+    net.wait_converged()
+    net.wait(lambda: _listening(listen_port), "A's tcpListener to open")
+    return listen_port, srv, echo_port
+
+
+def _round_trip(port: int, size: int, seed: int) -> bool:
+    data = random.Random(seed).randbytes(size)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        sender = threading.Thread(target=s.sendall, args=(data,))
+        sender.start()
+        got = bytearray()
+        while len(got) < size:
+            chunk = s.recv(1 << 16)
+            if not chunk:
+                break
+            got += chunk
+        sender.join()
+    return bytes(got) == data
+
+
+def test_many_concurrent_flows_of_random_sizes_across_two_hops(net: Network) -> None:
+    port, srv, _ = _line_with_service(net)
+    try:
+        rng = random.Random(7)
+        sizes = [rng.choice((1, 100, 4096, 65536, 300_000)) for _ in range(200)]
+        results: list[bool] = []
+        lock = threading.Lock()
+
+        def run(i: int) -> None:
+            ok = _round_trip(port, sizes[i], i)
+            with lock:
+                results.append(ok)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(sizes))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert len(results) == len(sizes) and all(results), results.count(False)
+    finally:
+        srv.close()
+
+
+def test_half_close_across_two_hops(net: Network) -> None:
+    port, srv, _ = _line_with_service(net)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(b"last words")
+            s.shutdown(socket.SHUT_WR)  # EOF travels A -> B -> C -> echo
+            got = b""
+            while chunk := s.recv(4096):
+                got += chunk
+        assert got == b"last words"  # the echo's answer, then its EOF back
+    finally:
+        srv.close()
+
+
+def test_a_target_going_away_moves_new_flows_to_another(net: Network) -> None:
+    port, srv, _ = _line_with_service(net)
+    srv_b, echo_b, _ = _echo_server()
+    try:
+        assert _round_trip(port, 1000, 1)
+        net.specs["B"].extra.append(tcp_connector("svc", echo_b))
+        net["B"].reload()
+        net.wait(lambda: net["A"].addresses()["svc"]["remoteCount"] == 2, "A to see B's target")
+        srv.close()  # C's target refuses from now on; C still advertises it
+        for i in range(10):
+            assert _round_trip(port, 5000, i), f"flow {i} failed"
+    finally:
+        srv_b.close()
+
+
+def test_a_garbage_data_header_closes_only_that_connection(net: Network) -> None:
+    port, srv, _ = _line_with_service(net)
+    try:
+        for junk in (b"SK\x09" + b"\x00" * 30, b"SK\x01F\x00\x16" + b"\x00" * 16,
+                     b"SK\x01F\x08\x00" + b"\x01" * 8 + b"\x05\x00\xff\xff"):  # fmt: skip
+            with socket.create_connection(("127.0.0.1", net.specs["B"].ir_port), timeout=5) as s:
+                s.sendall(junk)
+                s.settimeout(5)
+                try:
+                    while s.recv(4096):
+                        pass
+                except (ConnectionResetError, TimeoutError):
+                    pass
+        assert _round_trip(port, 10_000, 3)
+        assert net["B"].ready()
+    finally:
+        srv.close()

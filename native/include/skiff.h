@@ -32,6 +32,7 @@ typedef struct sk_listener sk_listener;
 typedef struct sk_target sk_target;
 typedef struct sk_routes sk_routes;
 typedef struct sk_tls_config sk_tls_config;
+typedef struct sk_peer sk_peer;
 
 /* ---------------------------------------------------------------- engine */
 
@@ -225,6 +226,12 @@ typedef struct sk_listener_options {
     int tls_optional;      /* TLS: a client whose first byte is not a TLS record
                               stays plain (management listeners without requireSsl);
                               decided when that byte arrives: the client speaks first */
+    int data_ok;           /* inter-router listener: a connection whose first bytes
+                              are the data-plane magic "SK" is a data connection
+                              handled by the engine (FLOW, VERDICT, relay); any
+                              other stays on the listener's usual path (app or relay) */
+    int data_pool_cap;     /* data_ok: pooled (HELLO) connections idle at once on this
+                              listener; beyond, a HELLO gets OVERLOADED. 0: no cap */
 } sk_listener_options;
 
 void sk_listener_options_init(sk_listener_options *opts);
@@ -272,6 +279,22 @@ int sk_routes_add(sk_routes *r, uint32_t address_id, sk_target *t, const char *i
 /* Frees a table that was never published. */
 void sk_routes_free(sk_routes *r);
 
+/* The address's name (the tcpListener/tcpConnector address): written in the
+ * FLOW headers of flows to it, and how an incoming FLOW's address is looked up
+ * (names must be unique in a table). */
+int sk_routes_set_address(sk_routes *r, uint32_t address_id, const char *name, char *err,
+                          size_t errlen);
+
+/* A remote destination for an address: router dest_router_id serves it
+ * (targets: how many targets it has there, informational), reached through
+ * the neighbour next_hop at cost (> 0; local targets cost 0). The engine
+ * chooses the lowest cost, then the fewest open flows; a destination whose
+ * attempt failed is backed off like a target. Its state (open flows, back-off)
+ * is kept per (next_hop, address id, dest_router_id) across tables. */
+int sk_routes_add_remote(sk_routes *r, uint32_t address_id, const char *dest_router_id,
+                         uint32_t cost, sk_peer *next_hop, uint32_t targets, char *err,
+                         size_t errlen);
+
 /* Takes ownership and swaps it in atomically; new connections use it,
  * connections already relayed are untouched. Returns the table's version. */
 uint64_t sk_engine_publish_routes(sk_engine *e, sk_routes *r);
@@ -280,6 +303,76 @@ uint64_t sk_engine_publish_routes(sk_engine *e, sk_routes *r);
  * Reports SK_EV_CLOSE_DONE with the returned request id when all workers
  * have done it. */
 uint64_t sk_engine_close_target_flows(sk_engine *e, sk_target *t);
+
+/* ------------------------------------------------------------- data plane */
+
+/* This router's id: the FLOW origin of flows it originates, and the
+ * destination it terminates. 0, or -1 when empty or longer than 255 bytes. */
+int sk_engine_set_router_id(sk_engine *e, const char *router_id);
+
+/* A neighbour router that data connections are dialled to (one per flow):
+ * its router id, numeric ip:port (its inter-router listener), and the link's
+ * sslProfile (tls_slot >= 0: TLS client with that slot's current config,
+ * pinned per connection; its certificate is offered for mutual TLS;
+ * verify_host checks host, DNS name or IP SAN, as for targets). Shared and
+ * reference counted like sk_target; successive route tables share it. */
+typedef struct sk_peer_options {
+    const char *router_id;
+    const char *ip;
+    int port;
+    const char *host;
+    int tls_slot;
+    int verify_host;
+    uint64_t user_id;
+    uint32_t pool_size;    /* warm OUTBOUND data connections kept per worker (HELLO
+                              answered OK, idle until a flow claims one); refilled
+                              as they are used. 0 (default): dialled per flow */
+    uint32_t pool_idle_ms; /* an idle pooled connection is closed after this
+                              (not refilled until the next use); 0: 60000 */
+    uint64_t instance;     /* HELLO fields: this router's instance, the link id */
+    uint64_t link_id;
+} sk_peer_options;
+
+void sk_peer_options_init(sk_peer_options *o);
+sk_peer *sk_peer_create(sk_engine *e, const sk_peer_options *o, char *err, size_t errlen);
+void sk_peer_release(sk_peer *p);
+
+typedef struct sk_peer_stats {
+    uint64_t flows;      /* data connections dialled to it that got VERDICT OK */
+    uint64_t active;     /* data connections to it open now (dialling included) */
+    uint64_t bytes_in;   /* read from its data connections */
+    uint64_t bytes_out;  /* written to them */
+    uint64_t failures;   /* dials that failed: connect, TLS, EOF or time-out
+                            before the verdict, or a verdict other than OK */
+    uint64_t resets;     /* data connections ended by a reset after OK */
+    uint64_t destinations; /* remote destinations (address, router) reached through it */
+    uint64_t destinations_down; /* of those, backing off after a failed attempt */
+    uint64_t pool_idle;  /* warm pooled connections waiting now (all workers) */
+    uint64_t pool_hits;  /* flows that claimed a pooled connection */
+    uint64_t pool_misses; /* flows dialled because the worker's pool was empty */
+} sk_peer_stats;
+
+void sk_peer_stats_get(sk_peer *p, sk_peer_stats *out);
+
+#define SK_DP_VERDICTS 6  /* verdict codes: ok, no_route, refused, hop_limit,
+                             bad_header, overloaded */
+#define SK_DP_REASONS 20  /* header refusal reasons (index: sk_dp_reason_name) */
+
+typedef struct sk_dataplane_counters {
+    uint64_t data_accepted;      /* data connections accepted (sniffed "SK") */
+    uint64_t flows_originated;   /* flows of local clients sent to a remote router, OK */
+    uint64_t flows_transited;    /* flows forwarded to a next hop, OK */
+    uint64_t flows_terminated;   /* flows delivered to a local target, OK */
+    uint64_t origin_retries;     /* remote attempts that failed, client retried */
+    uint64_t verdicts_sent[SK_DP_VERDICTS];
+    uint64_t verdicts_received[SK_DP_VERDICTS];
+    uint64_t header_errors[SK_DP_REASONS]; /* refused incoming messages by reason */
+} sk_dataplane_counters;
+
+void sk_engine_dataplane_counters(sk_engine *e, sk_dataplane_counters *out);
+/* Metric labels: "bad_magic", ... ("?" if unknown); "ok", "no_route", ... */
+const char *sk_dp_reason_name(int reason);
+const char *sk_dp_verdict_name(int code);
 
 /* ------------------------------------------------------- connection list */
 

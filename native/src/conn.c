@@ -117,6 +117,10 @@ void sk_conn_accepted(sk_worker *w, sk_listener *l, int fd, const struct sockadd
 void sk_conn_open_client(sk_worker *w, sk_conn *c)
 {
     sk_conn_enter(c, SK_C_OPEN, sk_relay_io);
+    if (c->listener->opts.data_ok && !c->dc_sniffed) {
+        sk_dc_sniff_start(w, c); /* a data connection from a neighbour, or not */
+        return;
+    }
     if (c->listener->opts.app) {
         sk_app_accepted(w, c, c->listener);
         return;
@@ -221,6 +225,8 @@ static void close_one(sk_worker *w, sk_conn *c, bool abortive)
     c->pipe = NULL;
     if (c->app)
         sk_app_conn_closed(w, c, 0);
+    if (c->dc)
+        sk_dc_closing(w, c, abortive);
     /* the references themselves go in conn_free, after the connection is
      * unlinked: a concurrent listing may still read them until then */
     if (c->listener) {

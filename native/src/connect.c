@@ -41,7 +41,7 @@ static void target_failed(sk_worker *w, sk_target *t, int err)
     if (ms > (uint64_t)e->opts.backoff_max_ms)
         ms = (uint64_t)e->opts.backoff_max_ms;
     SK_STORE(&t->down_until, sk_now_ns() + ms * 1000000u);
-    if (atomic_exchange(&t->down, 1) == 0)
+    if (atomic_exchange(&t->down, 1) == 0 && !t->remote)
         sk_worker_emit(w, SK_PRIO_NORMAL, SK_EV_TARGET_DOWN, t->user_id, err, (int64_t)ms);
 }
 
@@ -51,7 +51,7 @@ static void target_up(sk_worker *w, sk_target *t)
         return;
     SK_STORE(&t->backoff_step, 0);
     SK_STORE(&t->down_until, 0);
-    if (atomic_exchange(&t->down, 0) == 1)
+    if (atomic_exchange(&t->down, 0) == 1 && !t->remote)
         sk_worker_emit(w, SK_PRIO_NORMAL, SK_EV_TARGET_UP, t->user_id, 0, 0);
 }
 
@@ -65,41 +65,75 @@ static bool tried(const sk_conn *client, const sk_target *t)
     return false;
 }
 
-static const sk_route_target *pick_target(sk_worker *w, const sk_route_entry *en,
-                                          const sk_conn *client)
+/* A candidate: a local target or a remote destination (through a peer). */
+typedef struct sk_pick {
+    const sk_route_target *local;
+    const sk_route_remote *remote;
+    sk_target *t; /* the local target, or the remote destination's state */
+} sk_pick;
+
+/* Lowest cost first (local targets cost 0), then fewest open flows, ties
+ * round robin; only what the client's mode allows. */
+static bool pick_target(sk_worker *w, const sk_route_entry *en, const sk_conn *client,
+                        sk_pick *out)
 {
-    if (!en || en->n == 0)
-        return NULL;
+    if (!en)
+        return false;
+    int mode = sk_dc_mode(client);
+    size_t dlen = 0;
+    const char *dest = mode == SK_DC_FORWARD ? sk_dc_dest(client, &dlen) : NULL;
+    uint32_t nl = mode == SK_DC_FORWARD ? 0 : en->n;
+    uint32_t nr = mode == SK_DC_LOCAL ? 0 : en->rn;
+    uint32_t total = nl + nr;
+    if (total == 0)
+        return false;
     uint64_t now = sk_now_ns();
     uint32_t start = w->rr++;
-    const sk_route_target *best = NULL, *probe = NULL;
+    sk_pick best = {0}, probe = {0};
     int64_t best_open = INT64_MAX;
+    uint32_t best_cost = UINT32_MAX;
     uint64_t probe_until = UINT64_MAX;
-    for (uint32_t k = 0; k < en->n; k++) {
-        const sk_route_target *rt = &en->v[(start + k) % en->n];
-        if (tried(client, rt->target))
+    for (uint32_t k = 0; k < total; k++) {
+        uint32_t i = (start + k) % total;
+        sk_pick c = {0};
+        uint32_t cost = 0;
+        if (i < nl) {
+            c.local = &en->v[i];
+            c.t = c.local->target;
+        } else {
+            c.remote = &en->rv[i - nl];
+            if (dlen && (c.remote->dest_len != dlen || memcmp(c.remote->dest, dest, dlen) != 0))
+                continue;
+            c.t = c.remote->state;
+            cost = c.remote->cost;
+        }
+        if (tried(client, c.t))
             continue;
-        uint64_t until = SK_LOAD(&rt->target->down_until);
+        uint64_t until = SK_LOAD(&c.t->down_until);
         if (until > now) {
             if (until < probe_until) {
                 probe_until = until;
-                probe = rt;
+                probe = c;
             }
             continue;
         }
-        int64_t open = SK_LOAD(&rt->target->open);
-        if (open < best_open) {
+        int64_t open = SK_LOAD(&c.t->open);
+        if (cost < best_cost || (cost == best_cost && open < best_open)) {
+            best_cost = cost;
             best_open = open;
-            best = rt;
+            best = c;
         }
     }
-    return best ? best : probe;
+    *out = best.t ? best : probe;
+    return out->t != NULL;
 }
 
 /* ------------------------------------------------------------ connect */
 
 void sk_connect_fail_flow(sk_worker *w, sk_conn *client)
 {
+    if (sk_dc_fail_flow(w, client))
+        return;
     SK_ADD(&w->engine->flows_failed, 1);
     if (client->listener)
         SK_ADD(&client->listener->failed, 1);
@@ -154,15 +188,43 @@ void sk_connect_start(sk_worker *w, sk_conn *client)
     uint32_t limit = SK_MAX_TRIES;
     if (e->opts.max_connect_attempts > 0 && (uint32_t)e->opts.max_connect_attempts < limit)
         limit = (uint32_t)e->opts.max_connect_attempts;
+    if (sk_dc_mode(client) == SK_DC_FORWARD)
+        limit = 1; /* an intermediate router does not retry: the origin does */
     while (client->attempts < limit) {
         sk_routes *rt = (sk_routes *)sk_slot_cached(&e->routes, &w->routes_cache);
-        uint32_t aid = client->listener->opts.address_id;
+        uint32_t aid = sk_dc_address(client);
         const sk_route_entry *en = rt && aid < rt->n ? &rt->addr[aid] : NULL;
-        const sk_route_target *pick = pick_target(w, en, client);
-        if (!pick)
+        sk_pick pk;
+        if (!pick_target(w, en, client, &pk))
             break;
-        sk_target *t = pick->target;
+        /* a remote destination is dialled at its next hop's address */
+        const sk_route_target *pick = pk.local ? pk.local : &pk.remote->peer->dial;
+        sk_target *t = pk.t;
         client->tried[client->attempts++] = t;
+        if (pk.remote && pk.remote->peer->pool_size) {
+            sk_peer *peer = pk.remote->peer;
+            sk_conn *s = sk_dc_pool_claim(w, peer);
+            if (s) {
+                sk_target_ref(t);
+                s->target = t;
+                SK_ADD(&t->open, 1);
+                if (!sk_dc_originate(w, client, s, pk.remote, rt, aid)) {
+                    client->last_err = EINVAL;
+                    sk_conn_close(w, s, false);
+                    continue;
+                }
+                pthread_mutex_lock(&w->conn_lock);
+                s->peer = client;
+                client->peer = s;
+                pthread_mutex_unlock(&w->conn_lock);
+                SK_ADD(&peer->pool_hits, 1);
+                sk_dc_pool_fill(w, peer);
+                sk_dc_established(w, s); /* FLOW on the warm connection */
+                return;
+            }
+            SK_ADD(&peer->pool_misses, 1);
+            sk_dc_pool_fill(w, peer);
+        }
         int fd = socket(pick->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0) {
             client->last_err = errno;
@@ -190,6 +252,12 @@ void sk_connect_start(sk_worker *w, sk_conn *client)
         s->target = t;
         SK_ADD(&t->open, 1);
         memcpy(s->label, pick->label, sizeof s->label);
+        if (pk.remote && !sk_dc_originate(w, client, s, pk.remote, rt, aid)) {
+            /* no router id or address name to write: not this candidate */
+            client->last_err = EINVAL;
+            sk_conn_close(w, s, false);
+            continue;
+        }
         if (pick->tls_slot >= 0 && !sk_tls_io_attach_client(w, s, pick)) {
             client->last_err = EPROTO;
             sk_conn_close(w, s, false);
@@ -205,7 +273,9 @@ void sk_connect_start(sk_worker *w, sk_conn *client)
             return;
         }
         sk_conn_enter(s, SK_C_CONNECTING, connect_io);
-        if (sk_relay_plain(s))
+        /* a data connection reads its verdict first (dataconn.c, level-
+         * triggered); sk_relay_start makes it edge-triggered after OK */
+        if (sk_relay_plain(s) && !s->dc && !client->dc)
             sk_conn_register_et(w, s); /* once, for the relay too */
         else
             sk_conn_set_interest(w, s, EPOLLOUT);
@@ -221,8 +291,12 @@ void sk_connect_start(sk_worker *w, sk_conn *client)
 
 void sk_connect_failed(sk_worker *w, sk_conn *s, int err)
 {
+    if (s->dc && sk_dc_pool_failed(w, s, err))
+        return; /* a pooled connection that no flow had claimed yet */
     sk_conn *client = s->peer;
     target_failed(w, s->target, err);
+    if (s->dc)
+        sk_dc_attempt_failed(w, s, client, err);
     pthread_mutex_lock(&w->conn_lock);
     s->peer = NULL;
     if (client)
@@ -237,7 +311,21 @@ void sk_connect_failed(sk_worker *w, sk_conn *s, int err)
 
 void sk_connect_established(sk_worker *w, sk_conn *s)
 {
+    if (s->dc) {
+        sk_dc_established(w, s); /* a data connection: FLOW, then its verdict */
+        return;
+    }
     SK_ADD(&s->target->opened, 1);
     target_up(w, s->target);
+    if (s->peer && s->peer->dc) {
+        sk_dc_local_established(w, s->peer); /* VERDICT OK upstream, then relay */
+        return;
+    }
     sk_relay_start(w, s);
+}
+
+void sk_connect_remote_ok(sk_worker *w, sk_conn *s)
+{
+    SK_ADD(&s->target->opened, 1);
+    target_up(w, s->target);
 }

@@ -208,6 +208,7 @@ sk_engine *sk_engine_create(const sk_engine_options *opts, char *err, size_t err
     e->nworkers = o.worker_threads;
     pthread_mutex_init(&e->drain_lock, NULL);
     pthread_mutex_init(&e->app_lock, NULL);
+    pthread_mutex_init(&e->rid_lock, NULL);
     sk_slot_init(&e->routes);
     for (int i = 0; i < SK_TLS_SLOTS; i++)
         sk_slot_init(&e->tls[i]);
@@ -307,6 +308,7 @@ void sk_engine_destroy(sk_engine *e)
         close(e->eventfd);
     pthread_mutex_destroy(&e->drain_lock);
     pthread_mutex_destroy(&e->app_lock);
+    pthread_mutex_destroy(&e->rid_lock);
     free(e);
 }
 

@@ -159,7 +159,14 @@ struct sk_target {
     _Atomic uint32_t backoff_step;
     _Atomic int down;             /* 1 while reported down */
     _Atomic uint64_t opened, closed, bytes_in, bytes_out, failed;
+    /* a remote destination's state (sk_routes_add_remote): owned by its
+     * peer's list, keyed by address id and destination router */
+    bool remote;
+    uint32_t raddr;
+    char *rdest;
+    struct sk_target *rnext; /* the peer's list, under peer->lock */
 };
+
 
 typedef struct sk_route_target {
     sk_target *target;
@@ -173,16 +180,59 @@ typedef struct sk_route_target {
     char host[256];
 } sk_route_target;
 
+/* A neighbour router (sk_peer_create): where data connections are dialled. */
+struct sk_peer {
+    _Atomic uint64_t refs;
+    sk_engine *engine;
+    uint64_t user_id;
+    char router_id[256];
+    sk_route_target dial; /* address, TLS slot, host, verify_host (target unused) */
+    pthread_mutex_t lock; /* guards states (control thread only adds) */
+    sk_target *states;
+    _Atomic uint64_t flows, active, bytes_in, bytes_out, failures, resets;
+    /* OUTBOUND pools, one per worker (pools[w->index] is worker-owned) */
+    uint32_t pool_size, pool_idle_ms;
+    uint64_t instance, link_id;
+    int npools;
+    struct sk_dc_pool *pools;
+    _Atomic uint64_t pool_idle, pool_hits, pool_misses;
+};
+
+/* One worker's pool of one peer: idle connections (HELLO answered OK) and
+ * the ones being dialled for it. */
+typedef struct sk_dc_pool {
+    struct sk_conn *idle; /* via dc->pnext */
+    uint32_t nidle, ndial;
+} sk_dc_pool;
+
+typedef struct sk_route_remote {
+    sk_target *state; /* per (peer, address, dest) open count and back-off (ref) */
+    sk_peer *peer;    /* next hop (ref) */
+    uint32_t cost, targets;
+    uint8_t dest_len;
+    char dest[256];
+} sk_route_remote;
+
 typedef struct sk_route_entry {
     sk_route_target *v;
     uint32_t n, cap;
+    sk_route_remote *rv; /* remote destinations */
+    uint32_t rn, rcap;
+    char *name; /* the address (FLOW addr), or NULL */
+    uint16_t name_len;
 } sk_route_entry;
 
 struct sk_routes {
     sk_snap snap;
     uint32_t n;
     sk_route_entry *addr;
+    uint32_t *index; /* open addressing by name: address id + 1, 0 = empty */
+    uint32_t index_mask;
 };
+
+/* The address id named name in r, or -1. */
+int64_t sk_routes_find(const sk_routes *r, const char *name, size_t len);
+void sk_peer_ref(sk_peer *p);
 
 void sk_target_ref(sk_target *t);
 /* ------------------------------------------------------------ types */
@@ -225,6 +275,13 @@ struct sk_engine {
         flows_failed, accept_paused, limit_rejected, tls_handshakes, tls_failures,
         tls_unexpected_eof, tls_closed_old;
     _Atomic uint64_t app_live, app_outbound_live, app_connects_failed;
+
+    /* data plane (dataconn.c) */
+    pthread_mutex_t rid_lock; /* guards router_id (copied out, never held over I/O) */
+    char router_id[256];
+    _Atomic uint64_t dp_accepted, dp_originated, dp_transited, dp_terminated, dp_retries;
+    _Atomic uint64_t dp_verdicts_sent[SK_DP_VERDICTS], dp_verdicts_received[SK_DP_VERDICTS];
+    _Atomic uint64_t dp_header_errors[SK_DP_REASONS];
 };
 
 uint64_t sk_engine_next_id(sk_engine *e);
@@ -426,6 +483,7 @@ struct sk_listener {
     _Atomic int pending_workers; /* lsocks not yet closed */
     int *fds; /* the lsocks' fds, one per worker: shut down by sk_listener_close */
     _Atomic uint64_t opened, closed, bytes_in, bytes_out, failed, active;
+    _Atomic int64_t dp_idle; /* data_ok: pooled connections idle now */
 };
 
 struct sk_lsock {
@@ -510,6 +568,8 @@ struct sk_conn {
     uint64_t opened_ns;
     _Atomic uint64_t bytes_in, bytes_out; /* read from / written to fd */
     char label[64];        /* remote "ip:port" */
+    struct sk_dc *dc;      /* data connection state (dataconn.c), or NULL */
+    bool dc_sniffed;       /* data_ok listener: the first bytes were looked at */
 };
 
 static inline void sk_conn_enter(sk_conn *c, int state, sk_io_cb on_io)
@@ -562,6 +622,48 @@ void sk_connect_failed(sk_worker *w, sk_conn *s, int err);
 void sk_connect_established(sk_worker *w, sk_conn *s);
 /* Gives up on client's flow (counted as failed) and closes it. */
 void sk_connect_fail_flow(sk_worker *w, sk_conn *client);
+/* A remote destination answered VERDICT OK on s: count it, lift its back-off. */
+void sk_connect_remote_ok(sk_worker *w, sk_conn *s);
+
+/* ------------------------------------------------------------ dataconn.c */
+
+/* A data connection's state, on either end (c->dc). */
+typedef struct sk_dc sk_dc;
+/* Where the candidates of a flow come from (sk_connect_start). */
+enum sk_dc_mode {
+    SK_DC_ORIGIN = 0, /* a local client: local targets and remote destinations */
+    SK_DC_LOCAL,      /* an incoming flow for this router: local targets only */
+    SK_DC_FORWARD,    /* an incoming flow for another router: its next hops, once */
+};
+/* The mode, address id and FLOW fields of client c's flow. */
+int sk_dc_mode(const sk_conn *client);
+uint32_t sk_dc_address(const sk_conn *client);
+const char *sk_dc_dest(const sk_conn *client, size_t *len);
+/* connect.c picked a remote destination for client: s is the new data
+ * connection (dialling); builds its FLOW header. false: no memory/encoding. */
+bool sk_dc_originate(sk_worker *w, sk_conn *client, sk_conn *s, const sk_route_remote *rr,
+                     const sk_routes *routes, uint32_t aid);
+/* s (a dialled data connection) is connected (and TLS done): send its FLOW. */
+void sk_dc_established(sk_worker *w, sk_conn *s);
+/* Client c's flow failed (no candidate left): an incoming data connection
+ * answers with its verdict and closes; true when handled. */
+bool sk_dc_fail_flow(sk_worker *w, sk_conn *c);
+/* The local target of an incoming flow answered: VERDICT OK then relay. */
+void sk_dc_local_established(sk_worker *w, sk_conn *client);
+/* connect.c's sk_connect_failed on a data connection s (before OK): counts
+ * it and notes for client what to answer upstream if no candidate is left. */
+void sk_dc_attempt_failed(sk_worker *w, sk_conn *s, sk_conn *client, int err);
+/* Pools: an idle pooled connection of p on w, taken out of the pool (NULL:
+ * none); dials what the pool lacks. */
+sk_conn *sk_dc_pool_claim(sk_worker *w, sk_peer *p);
+void sk_dc_pool_fill(sk_worker *w, sk_peer *p);
+/* sk_connect_failed's first step: a pooled connection that failed before it
+ * was claimed is dropped here (true). */
+bool sk_dc_pool_failed(sk_worker *w, sk_conn *s, int err);
+/* Accepted on a data_ok listener: sniff for "SK". */
+void sk_dc_sniff_start(sk_worker *w, sk_conn *c);
+/* close_one's hook: counters, frees c->dc. */
+void sk_dc_closing(sk_worker *w, sk_conn *c, bool abortive);
 
 /* ------------------------------------------------------------ tls_io.c */
 

@@ -167,6 +167,55 @@ class _NetworkCollector:
             "1 when every known router's link state and addresses have arrived.",
             1 if status.ready else 0,
         )
+        yield from self._dataplane()
+
+    def _dataplane(self) -> Iterator[Metric]:
+        dp = self._network.engine.dataplane_counters()
+        for name, text, value in (
+            ("data_connections_accepted", "Data connections other routers opened here.",
+             dp.data_accepted),
+            ("flows_originated", "Local clients carried to another router.", dp.flows_originated),
+            ("flows_transited", "Flows forwarded to a next hop.", dp.flows_transited),
+            ("flows_terminated", "Flows from other routers delivered to a local target.",
+             dp.flows_terminated),
+            ("origin_retries", "Remote attempts that failed; the client was tried elsewhere.",
+             dp.origin_retries),
+        ):  # fmt: skip
+            yield CounterMetricFamily(f"skiff_dataplane_{name}", text, value=float(value))
+        for family, text, values in (
+            ("verdicts_sent", "Verdicts answered to other routers, by code.", dp.verdicts_sent),
+            ("verdicts_received", "Verdicts received from next hops, by code.",
+             dp.verdicts_received),
+        ):  # fmt: skip
+            metric = CounterMetricFamily(f"skiff_dataplane_{family}", text, labels=["verdict"])
+            for verdict, count in sorted(values.items()):
+                metric.add_metric([verdict], float(count))
+            yield metric
+        refused = CounterMetricFamily(
+            "skiff_dataplane_header_errors",
+            "Data-connection messages refused, by reason (only that connection is closed).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(dp.header_errors.items()):
+            refused.add_metric([reason], float(count))
+        yield refused
+        per_peer = {
+            "flows": ("Data connections to the neighbour answered OK.", CounterMetricFamily),
+            "active": ("Data connections to the neighbour open now.", GaugeMetricFamily),
+            "bytes_in": ("Bytes received on data connections to the neighbour.",
+                         CounterMetricFamily),
+            "bytes_out": ("Bytes sent on data connections to the neighbour.",
+                          CounterMetricFamily),
+            "failures": ("Dials to the neighbour that failed before VERDICT OK.",
+                         CounterMetricFamily),
+            "resets": ("Data connections to the neighbour ended by a reset.", CounterMetricFamily),
+        }  # fmt: skip
+        stats = {rid: peer.stats() for rid, peer in self._network.peers().items()}
+        for field, (text, kind) in per_peer.items():
+            metric = kind(f"skiff_dataplane_peer_{field}", text, labels=["peer"])
+            for rid, st in sorted(stats.items()):
+                metric.add_metric([rid], float(getattr(st, field)))
+            yield metric
 
 
 def network_metrics(network: NetworkService) -> str:

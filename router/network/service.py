@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.configs import ConnectorConfig, RouterConfig
-from router.engine import Engine, EngineError, Event, EventType
+from router.engine import Engine, EngineError, Event, EventType, Peer, RemoteRoute
 from router.log import get_logger
 from router.management.agent import Agent, Caller, Response
 from router.network.channel import ControlChannel, DialledConnection
@@ -71,6 +71,8 @@ class _Connector:
     retry: asyncio.TimerHandle | None = None
     up_since: float | None = None
     deleted: bool = False
+    ip: str = ""  # the address dialled (data connections go there too)
+    slot: int = -1  # the sslProfile's TLS slot, -1 plain
 
 
 @dataclass
@@ -112,6 +114,7 @@ class NetworkService:
             max_routers=router.max_routers,
         )
         self.core = RouterCore(self.config)
+        engine.set_router_id(router_id)  # the origin of the flows it sends
         self._tls = tls
         self._connectors: dict[str, _Connector] = {}
         self._dialling: dict[int, _Connector] = {}  # user id -> connector (before APP_OPEN)
@@ -123,6 +126,10 @@ class NetworkService:
         self._housekeeping: asyncio.TimerHandle | None = None
         self._routes: RouteTable | None = None
         self._route_listeners: list[Callable[[RouteTable], None]] = []
+        # neighbour router id -> the engine's peer its data connections go to
+        self._peers: dict[str, tuple[int, Peer]] = {}  # (link id, peer)
+        self._peers_changed = False
+        self._remote_listeners: list[Callable[[Mapping[str, list[RemoteRoute]]], None]] = []
         self._closed = False
         self._agent: Agent | None = None
         self._pending: dict[int, tuple[Callable[[Response], None], asyncio.TimerHandle]] = {}
@@ -199,8 +206,13 @@ class NetworkService:
     def _publish_routes(self, now: float) -> None:
         table = self.core.routes()
         if self._routes is not None and table.version == self._routes.version:
+            if self._peers_changed:
+                self._peers_changed = False
+                self._publish_remote(table)
             return
         self._routes = table
+        self._peers_changed = False
+        self._publish_remote(table)
         if self._change_started is not None:
             self.convergence_s = now - self._change_started
         for listener in self._route_listeners:
@@ -209,6 +221,66 @@ class NetworkService:
             except Exception:  # noqa: BLE001 - one consumer's bug must not cost the others
                 self.handler_errors += 1
                 _log.exception("route table consumer failed")
+
+    def remote_routes(self, table: RouteTable) -> dict[str, list[RemoteRoute]]:
+        """The table's remote destinations as the engine takes them: each
+        through the peer of its next hop (destinations whose next hop has no
+        peer, i.e. no data path yet, are left out)."""
+        out: dict[str, list[RemoteRoute]] = {}
+        for address, route in table.routes.items():
+            remote = []
+            for d in route.remote:
+                entry = self._peers.get(d.next_hop)
+                if entry is not None:
+                    remote.append(RemoteRoute(d.router_id, d.cost, entry[1], d.targets))
+            out[address] = remote
+        return out
+
+    def on_remote_routes(self, listener: Callable[[Mapping[str, list[RemoteRoute]]], None]) -> None:
+        """Calls ``listener(routes)`` whenever the remote destinations the
+        engine should use change (the route table or the peers)."""
+        self._remote_listeners.append(listener)
+
+    def _publish_remote(self, table: RouteTable) -> None:
+        routes = self.remote_routes(table)
+        for listener in self._remote_listeners:
+            try:
+                listener(routes)
+            except Exception:  # noqa: BLE001 - one consumer's bug must not cost the others
+                self.handler_errors += 1
+                _log.exception("remote route consumer failed")
+
+    def _add_peer(self, router_id: str, link_id: int, state: _Connector) -> None:
+        """A dialled link is up: its far router gets data connections at the
+        address (and with the TLS profile) the link was dialled with."""
+        cfg = state.config
+        try:
+            peer = self.engine.peer(
+                router_id,
+                state.ip,
+                cfg.port,
+                host=cfg.host,
+                tls_slot=state.slot,
+                verify_host=cfg.verify_hostname and state.slot >= 0,
+            )
+        except EngineError as e:
+            _log.error(f"router link {link_id} to '{router_id}': no data path: {e}")
+            return
+        old = self._peers.get(router_id)
+        self._peers[router_id] = (link_id, peer)
+        if old is not None:
+            old[1].release()
+        self._peers_changed = True
+
+    def _drop_peer(self, link_id: int) -> None:
+        for router_id, (lid, peer) in list(self._peers.items()):
+            if lid == link_id:
+                del self._peers[router_id]
+                peer.release()  # open data connections keep their own reference
+                self._peers_changed = True
+
+    def peers(self) -> dict[str, Peer]:
+        return {rid: peer for rid, (_, peer) in self._peers.items()}
 
     def on_routes(self, listener: Callable[[RouteTable], None]) -> None:
         """Calls ``listener(table)`` whenever the route table changes."""
@@ -237,6 +309,8 @@ class NetworkService:
         if connector is not None:
             connector.status, connector.message = "SUCCESS", ""
             connector.up_since = self.now()
+            if channel.peer_container:
+                self._add_peer(channel.peer_container, conn_id, connector)
         role: Role = "edge" if channel.role == "edge" else "inter-router"
         label = f"{'to' if channel.dialled else 'from'} {channel.label}"
         if channel.peer_container:
@@ -264,6 +338,7 @@ class NetworkService:
         if was_link or connector is not None:
             _log.info(f"router link {conn_id}: {reason}")
         self._close_engine_conn(conn_id, reason)
+        self._drop_peer(conn_id)
         if was_link:
             self._mark_change()
             self._run(lambda now: self.core.link_closed(conn_id, now))
@@ -534,6 +609,7 @@ class NetworkService:
             return
         state.user_id = uid
         state.conn_id = conn_id
+        state.ip, state.slot = ip, slot
         self._dialling[uid] = state
         self._conn_connector[conn_id] = state
 

@@ -1,0 +1,281 @@
+"""Flows across routers in the engine: three Engines in one process (R1, R2,
+R3), each with a data_ok listener, routes published by hand. A client of R1
+is carried over data connections (FLOW, VERDICT, relay in C) to a target
+behind R2 or R3."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from servers import (
+    ThreadedServer,
+    echo,
+    exchange,
+    exchange_server,
+    recv_exact,
+    refusing_port,
+    seeded_bytes,
+    tagged,
+    wait_for,
+)
+
+from router.engine import (
+    Engine,
+    EngineError,
+    EngineOptions,
+    Listener,
+    Peer,
+    RemoteRoute,
+    RouteTarget,
+    TlsMaterial,
+    tls_load,
+)
+
+SVC = 0
+NAMES = {SVC: "svc"}
+
+
+@dataclass
+class Net:
+    routers: list[Engine]
+    data: list[Listener]
+    client: Listener
+
+
+@pytest.fixture
+def net() -> Iterator[Net]:
+    routers = []
+    data = []
+    for i in range(3):
+        eng = Engine(
+            EngineOptions(
+                worker_threads=2, connect_timeout_ms=2000, backoff_initial_ms=100,
+                backoff_max_ms=200,
+            )
+        )
+        eng.set_router_id(f"R{i + 1}")
+        routers.append(eng)
+        data.append(eng.listen("127.0.0.1", 0, app=True, data_ok=True))
+    client = routers[0].listen("127.0.0.1", 0, address_id=SVC)
+    yield Net(routers, data, client)
+    for eng in routers:
+        eng.stop()
+
+
+def peer(net: Net, frm: int, to: int) -> Peer:
+    return net.routers[frm].peer(f"R{to + 1}", "127.0.0.1", net.data[to].port)
+
+
+def local(eng: Engine, server: ThreadedServer | int) -> RouteTarget:
+    port = server if isinstance(server, int) else server.port
+    return RouteTarget(eng.target(), "127.0.0.1", port)
+
+
+def connect(listener: Listener) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", listener.port), timeout=10)
+    return s
+
+
+@pytest.mark.parametrize("size", [0, 1, 70_000, 3 << 20])
+def test_two_hops_byte_exact(net: Net, size: int) -> None:
+    server = ThreadedServer(exchange_server)
+    try:
+        r1, r2, _ = net.routers
+        r2.publish_routes({SVC: [local(r2, server)]}, names=NAMES)
+        p12 = peer(net, 0, 1)
+        r1.publish_routes({SVC: [RemoteRoute("R2", 1, p12)]}, names=NAMES)
+        up = seeded_bytes(size, size)
+        with connect(net.client) as c:
+            digest, down = exchange(c, up, size // 2 + 3, seed=7)
+        assert digest == hashlib.sha256(up).digest()
+        assert down == seeded_bytes(7, size // 2 + 3)
+        assert r1.dataplane_counters().flows_originated == 1
+        c2 = r2.dataplane_counters()
+        assert c2.data_accepted == 1 and c2.flows_terminated == 1
+        assert c2.verdicts_sent["ok"] == 1
+        wait_for(lambda: p12.stats().active == 0, what="data connection closed")
+        st = p12.stats()
+        assert st.flows == 1 and st.failures == 0
+        assert st.bytes_out >= size
+    finally:
+        server.close()
+
+
+def test_three_hops(net: Net) -> None:
+    server = ThreadedServer(echo)
+    try:
+        r1, r2, r3 = net.routers
+        r3.publish_routes({SVC: [local(r3, server)]}, names=NAMES)
+        r2.publish_routes({SVC: [RemoteRoute("R3", 1, peer(net, 1, 2))]}, names=NAMES)
+        r1.publish_routes({SVC: [RemoteRoute("R3", 2, peer(net, 0, 1))]}, names=NAMES)
+        with connect(net.client) as c:
+            c.sendall(b"three hops")
+            assert recv_exact(c, 10) == b"three hops"
+            c.shutdown(socket.SHUT_WR)
+            assert c.recv(1) == b""
+        assert r2.dataplane_counters().flows_transited == 1
+        assert r3.dataplane_counters().flows_terminated == 1
+    finally:
+        server.close()
+
+
+def test_failed_remote_path_retried_elsewhere(net: Net) -> None:
+    """R2's only target refuses (REFUSED), R3 has no route for the address
+    (NO_ROUTE): R1 retries until the local target answers."""
+    refused, port = refusing_port()
+    server = ThreadedServer(tagged(b"L"))
+    try:
+        r1, r2, r3 = net.routers
+        r2.publish_routes({SVC: [local(r2, port)]}, names=NAMES)
+        r3.publish_routes({}, names=NAMES)
+        p12 = peer(net, 0, 1)
+        r1.publish_routes(
+            {SVC: [RemoteRoute("R2", 1, p12), RemoteRoute("R3", 2, peer(net, 0, 2))]},
+            names=NAMES,
+        )
+        with connect(net.client) as c:
+            # no local target yet: both remote paths fail, the client is closed
+            assert c.recv(1) == b""
+        c1 = r1.dataplane_counters()
+        assert p12.stats().destinations_down == 1  # backing off
+        assert c1.verdicts_received["refused"] == 1
+        assert c1.verdicts_received["no_route"] == 1
+        assert r1.counters()["flows_failed"] == 1
+
+        # a local target (cost 0) alongside: chosen first
+        r1.publish_routes(
+            {SVC: [local(r1, server), RemoteRoute("R2", 1, peer(net, 0, 1))]}, names=NAMES
+        )
+        with connect(net.client) as c:
+            assert recv_exact(c, 1) == b"L"
+
+        # R2 now answers through R3's target: the remote path works again
+        r3.publish_routes({SVC: [local(r3, server)]}, names=NAMES)
+        r2.publish_routes(
+            {SVC: [local(r2, port), RemoteRoute("R3", 1, peer(net, 1, 2))]}, names=NAMES
+        )
+        r1.publish_routes({SVC: [RemoteRoute("R3", 1, peer(net, 0, 1))]}, names=NAMES)
+        with connect(net.client) as c:
+            assert recv_exact(c, 1) == b"L"
+            c.sendall(b"x")
+            assert recv_exact(c, 1) == b"x"
+    finally:
+        server.close()
+        refused.close()
+
+
+def test_bad_header_closes_only_that_connection(net: Net) -> None:
+    server = ThreadedServer(echo)
+    try:
+        r2 = net.routers[1]
+        r2.publish_routes({SVC: [local(r2, server)]}, names=NAMES)
+        with socket.create_connection(("127.0.0.1", net.data[1].port), timeout=10) as bad:
+            bad.sendall(b"SK\x01F\x00\x05")  # declared length below FLOW's minimum
+            v = recv_exact(bad, 16)
+            assert v[:4] == b"SK\x01V"
+            assert v[6] == 4  # BAD_HEADER
+            assert bad.recv(1) == b""
+        c = r2.dataplane_counters()
+        assert c.header_errors["bad_length"] == 1
+        assert c.verdicts_sent["bad_header"] == 1
+        # the listener still serves flows
+        r1 = net.routers[0]
+        r1.publish_routes({SVC: [RemoteRoute("R2", 1, peer(net, 0, 1))]}, names=NAMES)
+        with connect(net.client) as cl:
+            cl.sendall(b"still")
+            assert recv_exact(cl, 5) == b"still"
+    finally:
+        server.close()
+
+
+def test_api_refusals(net: Net) -> None:
+    r1 = net.routers[0]
+    with pytest.raises(EngineError):
+        r1.set_router_id("")
+    with pytest.raises(EngineError):
+        r1.peer("R2", "not-an-ip", 1)
+    p = peer(net, 0, 1)
+    with pytest.raises(EngineError):
+        r1.publish_routes({SVC: [RemoteRoute("", 1, p)]}, names=NAMES)
+    with pytest.raises(EngineError):
+        r1.publish_routes({}, names={0: "a", 1: "a"})
+    p.release()
+    p.release()
+    with pytest.raises(EngineError):
+        p.stats()
+    # the old signature still works: local targets only, no names
+    assert r1.publish_routes({SVC: []}) > 0
+
+
+def test_mutual_tls_data_connections(net: Net, tmp_path: Path) -> None:
+    """R1 dials R2's TLS data listener (client certificate required) with
+    the link's sslProfile: byte-exact over TLS, pinned per connection."""
+    from bench.pki import CertAuthority, write
+
+    ca = CertAuthority()
+    files = {"ca.pem": ca.pem}
+    for name in ("r1", "r2"):
+        issued = ca.issue(name)
+        files[f"{name}.pem"], files[f"{name}.key"] = issued.cert_pem, issued.key_pem
+    for name, data in files.items():
+        write(tmp_path / name, data)
+    r1, r2, _ = net.routers
+    slots = {}
+    for name, eng in (("r1", r1), ("r2", r2)):
+        loaded = tls_load(
+            TlsMaterial(
+                str(tmp_path / f"{name}.pem"),
+                str(tmp_path / f"{name}.key"),
+                str(tmp_path / "ca.pem"),
+            )
+        )
+        assert loaded.ok and loaded.config is not None
+        slots[name] = eng.tls_slot()
+        eng.tls_publish(slots[name], loaded.config)
+    tls_data = r2.listen(
+        "127.0.0.1", 0, app=True, data_ok=True, tls_slot=slots["r2"], authenticate_peer=True
+    )
+    server = ThreadedServer(exchange_server)
+    try:
+        r2.publish_routes({SVC: [local(r2, server)]}, names=NAMES)
+        p = r1.peer("R2", "127.0.0.1", tls_data.port, host="127.0.0.1", tls_slot=slots["r1"])
+        r1.publish_routes({SVC: [RemoteRoute("R2", 1, p)]}, names=NAMES)
+        before = r2.counters()["tls_handshakes"]
+        up = seeded_bytes(3, 1 << 20)
+        with connect(net.client) as c:
+            digest, down = exchange(c, up, 200_000, seed=9)
+        assert digest == hashlib.sha256(up).digest()
+        assert down == seeded_bytes(9, 200_000)
+        assert r2.counters()["tls_handshakes"] == before + 1
+        assert p.stats().flows == 1
+    finally:
+        server.close()
+
+
+def test_warm_pool_claimed(net: Net) -> None:
+    """A peer with a pool: the first flow on a worker dials and fills the
+    pool, later flows on that worker claim warm connections."""
+    server = ThreadedServer(echo)
+    solo = Engine(EngineOptions(worker_threads=1))
+    try:
+        solo.set_router_id("RS")
+        client = solo.listen("127.0.0.1", 0, address_id=SVC)
+        r2 = net.routers[1]
+        r2.publish_routes({SVC: [local(r2, server)]}, names=NAMES)
+        p = solo.peer("R2", "127.0.0.1", net.data[1].port, pool_size=2, pool_idle_ms=60_000)
+        solo.publish_routes({SVC: [RemoteRoute("R2", 1, p)]}, names=NAMES)
+        for i in range(4):
+            with connect(client) as c:
+                c.sendall(b"warm%d" % i)
+                assert recv_exact(c, 5) == b"warm%d" % i
+            wait_for(lambda: p.stats().pool_idle == 2, what="pool refilled")
+        st = p.stats()
+        assert (st.pool_misses, st.pool_hits) == (1, 3)
+    finally:
+        solo.stop()
+        server.close()
