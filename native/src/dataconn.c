@@ -374,11 +374,14 @@ static void pool_add(sk_worker *w, sk_conn *s);
 static void dialled_failed(sk_worker *w, sk_conn *s, int err, bool dead)
 {
     sk_dc *dc = s->dc;
-    if (!(dead && dc->claimed && !dc->got_verdict)) {
+    sk_conn *client = s->peer;
+    /* bounded: a neighbour that answers HELLOs and drops every FLOW must not
+     * keep a client claiming the refills for ever */
+    if (!(dead && dc->claimed && !dc->got_verdict) ||
+        (client && client->dc_dead_claims >= dc->peer->pool_size)) {
         sk_connect_failed(w, s, err);
         return;
     }
-    sk_conn *client = s->peer;
     pthread_mutex_lock(&w->conn_lock);
     s->peer = NULL;
     if (client)
@@ -386,6 +389,7 @@ static void dialled_failed(sk_worker *w, sk_conn *s, int err, bool dead)
     pthread_mutex_unlock(&w->conn_lock);
     sk_conn_close(w, s, true);
     if (client) {
+        client->dc_dead_claims++;
         client->attempts--; /* not an attempt on the destination */
         sk_connect_start(w, client);
     }
