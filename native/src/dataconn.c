@@ -807,6 +807,12 @@ static void incoming_io(sk_worker *w, sk_handle *h, uint32_t ev)
             return;
         }
         size_t used, pos0 = p->pos;
+        if (dc->hello_in && pos0 == 0) {
+            /* a pooled connection is being claimed: its FLOW has the usual time */
+            c->tmo.cb = header_timeout;
+            sk_worker_schedule(w, SK_PRIO_NORMAL, &c->tmo,
+                               sk_now_ns() + (uint64_t)e->opts.connect_timeout_ms * 1000000u);
+        }
         int rc = sk_flow_parse(p, tmp, (size_t)n, &used);
         if (rc == SK_FLOW_ERROR && p->err == SK_FLOW_E_TYPE && p->type == SK_FLOW_T_HDR &&
             p->err_at == 3 && pos0 <= 3 && !dc->hello_in && tmp[3 - pos0] == SK_FLOW_T_HELLO) {
