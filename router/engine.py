@@ -209,7 +209,7 @@ class DataplaneCounters:
     flows_originated: int  # local clients carried to a remote router (OK)
     flows_transited: int  # flows forwarded to a next hop (OK)
     flows_terminated: int  # flows delivered to a local target (OK)
-    origin_retries: int  # remote attempts that failed, client retried
+    origin_retries: int  # remote attempts of local clients that failed (retried if any left)
     verdicts_sent: dict[str, int]  # by verdict name: ok, no_route, refused, ...
     verdicts_received: dict[str, int]
     header_errors: dict[str, int]  # refused incoming messages by reason (bad_magic, ...)

@@ -339,11 +339,13 @@ void sk_peer_release(sk_peer *p);
 
 typedef struct sk_peer_stats {
     uint64_t flows;      /* data connections dialled to it that got VERDICT OK */
-    uint64_t active;     /* data connections to it open now (dialling included) */
+    uint64_t active;     /* data connections to it open now (dialling and idle
+                            pooled ones included) */
     uint64_t bytes_in;   /* read from its data connections */
     uint64_t bytes_out;  /* written to them */
     uint64_t failures;   /* dials that failed: connect, TLS, EOF or time-out
-                            before the verdict, or a verdict other than OK */
+                            before the verdict, or a verdict other than OK (pooled
+                            connections' HELLOs included) */
     uint64_t resets;     /* data connections ended by a reset after OK */
     uint64_t destinations; /* remote destinations (address, router) reached through it */
     uint64_t destinations_down; /* of those, backing off after a failed attempt */
@@ -363,7 +365,8 @@ typedef struct sk_dataplane_counters {
     uint64_t flows_originated;   /* flows of local clients sent to a remote router, OK */
     uint64_t flows_transited;    /* flows forwarded to a next hop, OK */
     uint64_t flows_terminated;   /* flows delivered to a local target, OK */
-    uint64_t origin_retries;     /* remote attempts that failed, client retried */
+    uint64_t origin_retries;     /* remote attempts of local clients that failed (the
+                                    client is retried while a candidate is left) */
     uint64_t verdicts_sent[SK_DP_VERDICTS];
     uint64_t verdicts_received[SK_DP_VERDICTS];
     uint64_t header_errors[SK_DP_REASONS]; /* refused incoming messages by reason */

@@ -374,11 +374,14 @@ static void pool_add(sk_worker *w, sk_conn *s);
 static void dialled_failed(sk_worker *w, sk_conn *s, int err, bool dead)
 {
     sk_dc *dc = s->dc;
-    if (!(dead && dc->claimed && !dc->got_verdict)) {
+    sk_conn *client = s->peer;
+    /* bounded: a neighbour that answers HELLOs and drops every FLOW must not
+     * keep a client claiming the refills for ever */
+    if (!(dead && dc->claimed && !dc->got_verdict) ||
+        (client && client->dc_dead_claims >= dc->peer->pool_size)) {
         sk_connect_failed(w, s, err);
         return;
     }
-    sk_conn *client = s->peer;
     pthread_mutex_lock(&w->conn_lock);
     s->peer = NULL;
     if (client)
@@ -386,6 +389,7 @@ static void dialled_failed(sk_worker *w, sk_conn *s, int err, bool dead)
     pthread_mutex_unlock(&w->conn_lock);
     sk_conn_close(w, s, true);
     if (client) {
+        client->dc_dead_claims++;
         client->attempts--; /* not an attempt on the destination */
         sk_connect_start(w, client);
     }
@@ -803,6 +807,12 @@ static void incoming_io(sk_worker *w, sk_handle *h, uint32_t ev)
             return;
         }
         size_t used, pos0 = p->pos;
+        if (dc->hello_in && pos0 == 0) {
+            /* a pooled connection is being claimed: its FLOW has the usual time */
+            c->tmo.cb = header_timeout;
+            sk_worker_schedule(w, SK_PRIO_NORMAL, &c->tmo,
+                               sk_now_ns() + (uint64_t)e->opts.connect_timeout_ms * 1000000u);
+        }
         int rc = sk_flow_parse(p, tmp, (size_t)n, &used);
         if (rc == SK_FLOW_ERROR && p->err == SK_FLOW_E_TYPE && p->type == SK_FLOW_T_HDR &&
             p->err_at == 3 && pos0 <= 3 && !dc->hello_in && tmp[3 - pos0] == SK_FLOW_T_HELLO) {

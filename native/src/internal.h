@@ -570,6 +570,7 @@ struct sk_conn {
     char label[64];        /* remote "ip:port" */
     struct sk_dc *dc;      /* data connection state (dataconn.c), or NULL */
     bool dc_sniffed;       /* data_ok listener: the first bytes were looked at */
+    uint8_t dc_dead_claims; /* client: claimed pooled connections found dead */
 };
 
 static inline void sk_conn_enter(sk_conn *c, int state, sk_io_cb on_io)

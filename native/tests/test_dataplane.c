@@ -905,6 +905,114 @@ static int test_pool(void)
     return 0;
 }
 
+
+/* A fake neighbour: answers a HELLO with OK, then reads the FLOW and closes
+ * without a verdict (a pooled connection that died under its claim). */
+static _Atomic int FAKE_HELLOS, FAKE_FLOWS;
+
+static void *fake_conn(void *arg)
+{
+    int fd = (int)(intptr_t)arg;
+    set_timeouts(fd, WAIT_MS);
+    for (;;) {
+        uint8_t pre[6], rest[2048];
+        if (recv_exact(fd, pre, 6) != 6)
+            break;
+        size_t len = (size_t)pre[4] << 8 | pre[5];
+        if (len < 6 || len > sizeof rest || recv_exact(fd, rest, len - 6) != len - 6)
+            break;
+        if (pre[3] != 'H') {
+            atomic_fetch_add(&FAKE_FLOWS, 1);
+            break; /* a FLOW: close without a verdict */
+        }
+        atomic_fetch_add(&FAKE_HELLOS, 1);
+        uint8_t v[16];
+        int n = sk_flow_encode_verdict(v, sizeof v, SK_FLOW_V_OK, 0, 0);
+        send_all(fd, v, (size_t)n);
+    }
+    close(fd);
+    return NULL;
+}
+
+typedef struct fake_srv {
+    int lfd, port;
+    pthread_t th;
+    pthread_t conns[32];
+    int n;
+} fake_srv;
+
+static void *fake_accept(void *arg)
+{
+    fake_srv *f = arg;
+    while (f->n < 32) {
+        int fd = accept4(f->lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+            break;
+        if (pthread_create(&f->conns[f->n], NULL, fake_conn, (void *)(intptr_t)fd) != 0) {
+            close(fd);
+            break;
+        }
+        f->n++;
+    }
+    return NULL;
+}
+
+/* Claimed pooled connections that die before their verdict are not held
+ * against the destination: the client takes the next one, then dials. */
+static int test_pool_dead_claims(void)
+{
+    fake_srv f = {0};
+    f.lfd = bound_socket(1, &f.port);
+    REQUIRE(f.lfd >= 0);
+    pthread_create(&f.th, NULL, fake_accept, &f);
+    sk_engine *rp = mk_engine_n("RP", 1);
+    sk_listener *cl = mk_listener(rp, 0, 0, 0, 500);
+    sk_peer_options po;
+    sk_peer_options_init(&po);
+    po.router_id = "RF";
+    po.ip = "127.0.0.1";
+    po.port = f.port;
+    po.pool_size = 2;
+    char err[SK_ERRLEN];
+    sk_peer *pp = sk_peer_create(rp, &po, err, sizeof err);
+    REQUIRE(pp != NULL);
+    rspec r = {.dest = {"RF"}, .cost = {1}, .via = {pp}};
+    REQUIRE(publish(rp, &r) == 0);
+    sk_dataplane_counters c0, c1;
+    sk_engine_dataplane_counters(rp, &c0);
+    /* first flow: a miss, dialled, refused by EOF; the pool fills */
+    int fd = connect_to(sk_listener_port(cl));
+    REQUIRE(fd >= 0);
+    CHECK(recv_eof(fd) == 1);
+    close(fd);
+    CHECK(wait_u64(&pp->pool_idle, 2) == 0);
+    usleep(250 * 1000); /* past the destination's back-off (100 ms) */
+    /* second flow: both warm ones die under their claims, then a dial */
+    fd = connect_to(sk_listener_port(cl));
+    REQUIRE(fd >= 0);
+    CHECK(recv_eof(fd) == 1);
+    close(fd);
+    sk_engine_dataplane_counters(rp, &c1);
+    /* flow 2: two dead claims (pool_size), then one more attempt, claimed
+     * (a refill was ready) or dialled, that fails as any attempt does */
+    CHECK_OP_U(SK_LOAD(&pp->pool_hits), >=, 2);
+    CHECK_EQ_U(SK_LOAD(&pp->pool_hits) + SK_LOAD(&pp->pool_misses), 4);
+    CHECK_EQ_U(c1.origin_retries - c0.origin_retries, 2); /* one failed attempt per flow */
+    CHECK_OP_I(atomic_load(&FAKE_FLOWS), >=, 4);
+    CHECK_OP_I(atomic_load(&FAKE_HELLOS), >=, 2); /* refills may still be on their way */
+    sk_engine_stop(rp);
+    sk_listener_close(cl, 0);
+    sk_listener_release(cl);
+    sk_peer_release(pp);
+    sk_engine_destroy(rp);
+    shutdown(f.lfd, SHUT_RDWR);
+    pthread_join(f.th, NULL);
+    for (int i = 0; i < f.n; i++)
+        pthread_join(f.conns[i], NULL);
+    close(f.lfd);
+    return 0;
+}
+
 static int all_closed(void *arg)
 {
     SK_UNUSED_ARG(arg);
@@ -961,6 +1069,7 @@ int main(void)
     RUN(test_concurrent);
     RUN(test_loop_hop_limit);
     RUN(test_pool);
+    RUN(test_pool_dead_claims);
     RUN(test_no_leak);
     RUN(test_stop_while_waiting); /* last: leaves a flow open for the stop */
 
