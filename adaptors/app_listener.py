@@ -61,6 +61,7 @@ from router.tls import TlsManager
 _log = get_logger("SERVER")
 
 RETRY_BIND_S = 5.0
+DATA_POOL_CAP = 1024  # idle pooled data connections other routers may keep here
 HOUSEKEEPING_S = 1.0
 
 
@@ -299,6 +300,7 @@ class AppListenerAdaptor:
                 authenticate_peer=slot is not None and cfg.authenticate_peer,
                 # other routers' data connections (first bytes "SK") stay in C
                 data_ok=cfg.role in ROUTER_LINK_ROLES,
+                data_pool_cap=DATA_POOL_CAP,
             )
         except EngineError as e:
             first = state.last_error is None

@@ -211,9 +211,15 @@ class Node:
         """Waits up to ``grace_s`` for open connections to finish; returns how
         many are still open."""
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and self.engine.counters()["conns_live"]:
+        while time.monotonic() < deadline and self._busy():
             await asyncio.sleep(DRAIN_POLL_S)
-        return int(self.engine.counters()["conns_live"])
+        return self._busy()
+
+    def _busy(self) -> int:
+        """Open connections that carry something: warm data connections this
+        router keeps idle for its neighbours carry nothing."""
+        idle = self._network.pooled_idle() if self._network is not None else 0
+        return max(0, int(self.engine.counters()["conns_live"]) - idle)
 
     def stop(self) -> None:
         """Closes everything; the engine too when this node started it."""
