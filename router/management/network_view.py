@@ -43,11 +43,20 @@ class NetworkManagement:
         self._agent = agent
 
     def provide(self) -> None:
-        core = self._network.core
-        self._agent.provide("router.node", lambda: [dict(r) for r in views.node_rows(core)])
-        self._agent.provide("router.address", lambda: [dict(r) for r in views.address_rows(core)])
+        self._agent.provide("router.node", self.node_rows)
+        self._agent.provide("router.address", self.address_rows)
         for type_name in NETWORK_TYPES:
             self._agent.guard(type_name, self.check_synchronised)
+
+    def node_rows(self) -> list[Row]:
+        core = self._network.core
+        core.refresh(self._network.now())
+        return [dict(r) for r in views.node_rows(core)]
+
+    def address_rows(self) -> list[Row]:
+        core = self._network.core
+        core.refresh(self._network.now())
+        return [dict(r) for r in views.address_rows(core)]
 
     def check_synchronised(self, props: Mapping[object, object]) -> Mapping[str, object]:
         status = self._network.sync_status()

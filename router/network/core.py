@@ -542,13 +542,18 @@ class RouterCore:
             "helloStalls": self.hello.stalls,
         }
 
-    def sync_status(self, now: float) -> SyncStatus:
+    def refresh(self, now: float) -> None:
+        """Recomputes the paths now if a change is waiting for the next tick,
+        so that what is read (readiness, views) is not a tick behind."""
         if self.mode == "interior" and self.lsdb.recompute_due(now):
-            # judged on current paths: between a change and the tick that
-            # recomputes them, a lost neighbour would still look reachable
-            # and its "resynchronising" entry would be cleared for good
             self.lsdb.compute()
             self._routes_dirty = True
+
+    def sync_status(self, now: float) -> SyncStatus:
+        # judged on current paths: between a change and the tick that
+        # recomputes them, a lost neighbour would still look reachable and
+        # its "resynchronising" entry would be cleared for good
+        self.refresh(now)
         if self.mode == "edge":
             return self.sync.evaluate_edge(now, self.uplink(), self.edges)
         return self.sync.evaluate_interior(
