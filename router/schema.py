@@ -990,7 +990,7 @@ _ROUTER_NODE = EntityTypeSpec(
         _status("routerLink", "Link to it, for a neighbour.", AttrType.INTEGER),
         _status("cost", "Least path cost to it.", AttrType.INTEGER),
         _status(
-            "lastTopoChange", "Monotonic time of the last topology change (s).", AttrType.INTEGER
+            "lastTopoChange", "Unix time (s) of the last topology change.", AttrType.INTEGER
         ),
         _status("index", "Row number.", AttrType.INTEGER),
     ),

@@ -600,3 +600,40 @@ def test_a_garbage_data_header_closes_only_that_connection(net: Network) -> None
         assert net["B"].ready()
     finally:
         srv.close()
+
+
+def test_real_skstat_and_skmanage_show_the_network(net: Network, tmp_path: Path) -> None:
+    """Skupper's own tools (SKUPPER_ROUTER_SRC, as tests/test_compat_tools.py)."""
+    src = os.environ.get("SKUPPER_ROUTER_SRC")
+    if not src:
+        pytest.skip("the real skstat/skmanage are not available: set SKUPPER_ROUTER_SRC to a "
+                    "skupper-router source checkout")  # fmt: skip
+    from test_compat_tools import _from_source
+
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    if _from_source(Path(src), tools) is None:
+        pytest.skip(f"SKUPPER_ROUTER_SRC={src} has no python/skupper_router or tools/")
+    env = {**os.environ, "PYTHONPATH": str(tools / "python")}
+    for name in "ABC":
+        net.router(name)
+    net.link("A", "B")
+    net.link("B", "C")
+    net.specs["C"].extra.append(tcp_connector("svc-c"))
+    net.start()
+    net.wait_converged()
+    net.wait(lambda: "svc-c" in net["A"].addresses(), "A to learn svc-c")
+    bus = ["-b", f"127.0.0.1:{net.specs['A'].mgmt_port}"]
+
+    def run(tool: str, *args: str) -> str:
+        out = subprocess.run([sys.executable, str(tools / tool), *bus, *args],
+                             capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+        assert out.returncode == 0, (tool, args, out.stderr)
+        return out.stdout
+
+    nodes = run("skstat", "-n")
+    assert all(name in nodes for name in "ABC") and "(self)" in nodes
+    assert "mobile  svc-c" in run("skstat", "-a")
+    assert "inter-router" in run("skstat", "-c")
+    assert "(self)" in run("skstat", "-n", "-r", "C")
+    assert '"svc-c"' in run("skmanage", "-r", "C", "query", "--type", "tcpConnector")

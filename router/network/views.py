@@ -10,6 +10,7 @@ was asked for).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from router.network.core import RouterCore
@@ -24,7 +25,13 @@ def node_rows(core: RouterCore) -> list[dict[str, Any]]:
     db = core.lsdb
     paths = db.paths
     neighbours = core.interior_neighbours()
-    last_change = None if db.last_topology_change is None else int(db.last_topology_change)
+    # Skupper reports the time of the last change in Unix seconds; the core
+    # keeps it on the monotonic clock it is driven by
+    last_change = (
+        None
+        if db.last_topology_change is None
+        else int(time.time() - (time.monotonic() - db.last_topology_change))
+    )
     rows: list[dict[str, Any]] = [
         {
             "id": core.router_id,
@@ -71,7 +78,13 @@ def address_rows(core: RouterCore) -> list[dict[str, Any]]:
         hosts = sorted({d.router_id for d in route.remote})
         rows.append(
             {
+                # Skupper's hash key of a mobile address (what
+                # skstat -a reads to show its class and text)
+                "name": f"M{address}",
+                "identity": f"M{address}",
                 "key": address,
+                "priority": -1,
+                "watch": False,
                 "distribution": "balanced",
                 "inProcess": 0,
                 "subscriberCount": route.local_targets,
