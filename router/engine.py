@@ -138,6 +138,8 @@ class ConnInfo:
     tls_protocol: str = ""
     tls_cipher: str = ""
     outbound: bool = False  # an app connection dialled by Engine.app_connect
+    remote_router: str = ""  # a flow across routers: the router at its other end
+    remote_incoming: bool = False  # ... which it came from (else goes to)
 
 
 def _conn_info(c: Any) -> ConnInfo:
@@ -158,6 +160,8 @@ def _conn_info(c: Any) -> ConnInfo:
         _str(c.tls_protocol),
         _str(c.tls_cipher),
         bool(c.outbound),
+        _str(c.remote_router),
+        bool(c.remote_incoming),
     )
 
 

@@ -924,6 +924,12 @@ _TCP_CONNECTION = EntityTypeSpec(
         _status("connectionId", "Engine connection id.", AttrType.INTEGER),
         _status("listener", "tcpListener the client arrived on."),
         _status("connector", "tcpConnector serving the flow, once connected."),
+        _status(
+            "remoteRouter",
+            "Skiff: for a flow across routers, the router at its other end (the one it goes to, "
+            "or the one it came from; see remoteDirection).",
+        ),
+        _status("remoteDirection", "Skiff: 'to' or 'from' remoteRouter; null for a local flow."),
         _status("address", "Service address."),
         _status("host", "Peer (client) address."),
         _status("target", "Address of the service connected to."),

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import wait_for
+from servers import recv_exact, wait_for
 
 from bench.netharness import Network, Router
 from bench.pki import CertAuthority, write
@@ -558,6 +558,16 @@ def test_half_close_across_two_hops(net: Network) -> None:
     port, srv, _ = _line_with_service(net)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(b"ping")
+            assert recv_exact(s, 4) == b"ping"
+            # while it runs, each router's tcpConnection row names the far end
+            def remote(name: str) -> set[tuple[object, object]]:
+                rows = net[name].query("tcpConnection", ["remoteRouter", "remoteDirection"])
+                return {(r["remoteRouter"], r["remoteDirection"]) for r in rows}
+
+            assert ("C", "to") in remote("A")
+            assert ("A", "from") in remote("B")
+            assert ("A", "from") in remote("C")
             s.sendall(b"last words")
             s.shutdown(socket.SHUT_WR)  # EOF travels A -> B -> C -> echo
             got = b""

@@ -397,6 +397,9 @@ typedef struct sk_conn_info {
     char peer_subject[128]; /* peer certificate subject, "" if none */
     char tls_protocol[16];  /* e.g. "TLSv1.3", "" if plain */
     char tls_cipher[64];
+    char remote_router[64]; /* a flow across routers: the router it goes to
+                               (remote_incoming 0) or came from (1); "" if local */
+    uint32_t remote_incoming;
 } sk_conn_info;
 
 /* Fills up to max entries; returns how many connections there are in all

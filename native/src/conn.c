@@ -409,6 +409,15 @@ static void fill_info(const sk_conn *c, sk_conn_info *ci)
         snprintf(ci->tls_protocol, sizeof ci->tls_protocol, "%s", t->tls_proto);
     if (t && t->tls_cipher)
         snprintf(ci->tls_cipher, sizeof ci->tls_cipher, "%s", t->tls_cipher);
+    /* across routers: the flow came in on a data connection (c), or goes
+     * out on one (its target side) */
+    const sk_dc *dc = c->dc ? c->dc : (srv ? srv->dc : NULL);
+    if (dc) {
+        bool incoming;
+        const char *router = sk_dc_router(dc, &incoming);
+        snprintf(ci->remote_router, sizeof ci->remote_router, "%s", router);
+        ci->remote_incoming = incoming;
+    }
 }
 
 int sk_engine_conn_info(sk_engine *e, uint64_t conn_id, sk_conn_info *out)

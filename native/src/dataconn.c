@@ -62,7 +62,24 @@ struct sk_dc {
     bool idle;     /* pooled, HELLO answered OK, in the pool */
     bool hello_in; /* accepting side: a HELLO was answered OK, idle until FLOW */
     sk_conn *pnext; /* the pool's idle list */
+    /* the other end of the flow, for listings: incoming, the router it came
+     * from (FLOW origin); dialled, the router it goes to (FLOW destination) */
+    char router[SK_FLOW_ID_MAX + 1];
 };
+
+static void set_router(sk_dc *dc, const char *id, size_t len)
+{
+    if (len > SK_FLOW_ID_MAX)
+        len = SK_FLOW_ID_MAX;
+    memcpy(dc->router, id, len);
+    dc->router[len] = '\0';
+}
+
+const char *sk_dc_router(const sk_dc *dc, bool *incoming)
+{
+    *incoming = dc->incoming;
+    return dc->router;
+}
 
 /* ------------------------------------------------------------ engine API */
 
@@ -299,6 +316,7 @@ bool sk_dc_originate(sk_worker *w, sk_conn *client, sk_conn *s, const sk_route_r
         sk_flow_str a = {h->addr, h->addr_len}, o = {h->origin, h->origin_len},
                     d = {h->dest, h->dest_len};
         dc->flow_id = h->flow_id;
+        set_router(dc, h->dest, h->dest_len);
         n = sk_flow_encode_hdr(buf, SK_FLOW_HDR_MAX, h->flow_id, (uint8_t)(h->hops - 1), 0, a, o,
                                d);
     } else {
@@ -306,6 +324,7 @@ bool sk_dc_originate(sk_worker *w, sk_conn *client, sk_conn *s, const sk_route_r
         size_t ml = router_id(e, me);
         const sk_route_entry *en = &routes->addr[aid];
         dc->flow_id = sk_engine_next_id(e);
+        set_router(dc, rr->dest, rr->dest_len);
         sk_flow_str a = {en->name, en->name ? en->name_len : 0}, o = {me, ml},
                     d = {rr->dest, rr->dest_len};
         n = ml && en->name ? sk_flow_encode_hdr(buf, SK_FLOW_HDR_MAX, dc->flow_id,
@@ -706,6 +725,7 @@ static void route_flow(sk_worker *w, sk_conn *c)
     sk_dc *dc = c->dc;
     const sk_flow_hdr *h = &dc->p->out.hdr;
     dc->flow_id = h->flow_id;
+    set_router(dc, h->origin, h->origin_len);
     sk_worker_cancel(w, SK_PRIO_NORMAL, &c->tmo);
     if (dc->hello_in) {
         dc->hello_in = false; /* claimed: no longer idle */

@@ -649,6 +649,9 @@ void sk_dc_established(sk_worker *w, sk_conn *s);
 /* Client c's flow failed (no candidate left): an incoming data connection
  * answers with its verdict and closes; true when handled. */
 bool sk_dc_fail_flow(sk_worker *w, sk_conn *c);
+/* The router at the flow's other end ("" before its FLOW): where it came
+ * from (*incoming true) or goes to. Under the worker's conn_lock. */
+const char *sk_dc_router(const sk_dc *dc, bool *incoming);
 /* The local target of an incoming flow answered: VERDICT OK then relay. */
 void sk_dc_local_established(sk_worker *w, sk_conn *client);
 /* connect.c's sk_connect_failed on a data connection s (before OK): counts

@@ -174,6 +174,11 @@ class ManagementRows:
                     "sslProto": info.tls_protocol or None,
                     "sslCipher": info.tls_cipher or None,
                     "uptimeSeconds": max(0, (now_ns - info.opened_ns) // 1_000_000_000),
+                    # across routers: the router at the flow's other end
+                    "remoteRouter": info.remote_router or None,
+                    "remoteDirection": (
+                        ("from" if info.remote_incoming else "to") if info.remote_router else None
+                    ),
                 }
             )
         return rows
