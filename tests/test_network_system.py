@@ -647,3 +647,63 @@ def test_real_skstat_and_skmanage_show_the_network(net: Network, tmp_path: Path)
     assert "inter-router" in run("skstat", "-c")
     assert "(self)" in run("skstat", "-n", "-r", "C")
     assert '"svc-c"' in run("skmanage", "-r", "C", "query", "--type", "tcpConnector")
+
+
+def test_the_middle_router_killed_while_another_path_exists(net: Network) -> None:
+    srv, echo_port, _ = _echo_server()
+    try:
+        for name in "ABCD":
+            net.router(name)
+        net.link("A", "B")
+        net.link("B", "C")
+        net.link("A", "D", cost=5)
+        net.link("D", "C", cost=5)
+        listen_port = _free_port()
+        net.specs["A"].extra.append(
+            f"tcpListener {{\n    name: l-svc\n    host: 127.0.0.1\n    port: {listen_port}\n"
+            "    address: svc\n}"
+        )
+        net.specs["C"].extra.append(tcp_connector("svc", echo_port))
+        net.start()
+        net.wait_converged()
+        net.wait(lambda: _listening(listen_port), "A's tcpListener to open")
+        assert _round_trip(listen_port, 20_000, 1)
+        net["B"].kill()
+        # clients keep working while routing converges (retry on another path)
+        # and after it has (A reaches C through D)
+        for i in range(20):
+            assert _round_trip(listen_port, 20_000, 100 + i), f"flow {i} failed"
+        net.wait(lambda: next_hops(net, "A").get("C") == "D", "A to route to C through D")
+        assert _round_trip(listen_port, 20_000, 200)
+    finally:
+        srv.close()
+
+
+def test_data_connections_use_the_links_mutual_tls(net: Network, tmp_path: Path) -> None:
+    srv, echo_port, _ = _echo_server()
+    try:
+        ca = CertAuthority("network CA")
+        a, b = net.router("A"), net.router("B")
+        b.listener_attrs.update(
+            {"sslProfile": "link-tls", "authenticatePeer": "true", "requireSsl": "true"}
+        )
+        a.extra.append(_ssl_profile(tmp_path / "pki", ca, "A", ca))
+        b.extra.append(_ssl_profile(tmp_path / "pki", ca, "B", ca))
+        net.link("A", "B", sslProfile="link-tls")
+        listen_port = _free_port()
+        a.extra.append(
+            f"tcpListener {{\n    name: l-svc\n    host: 127.0.0.1\n    port: {listen_port}\n"
+            "    address: svc\n}"
+        )
+        b.extra.append(tcp_connector("svc", echo_port))
+        net.start()
+        net.wait_converged()
+        net.wait(lambda: _listening(listen_port), "A's tcpListener to open")
+        with socket.create_connection(("127.0.0.1", listen_port), timeout=30) as s:
+            s.sendall(b"over tls")
+            assert recv_exact(s, 8) == b"over tls"
+            rows = net["B"].query("tcpConnection", ["remoteRouter", "tlsConfigVersion"])
+            # B's side of the flow arrived over TLS from A
+            assert any(r["remoteRouter"] == "A" and r["tlsConfigVersion"] for r in rows), rows
+    finally:
+        srv.close()

@@ -38,6 +38,7 @@ from router.log import get_logger
 from router.management.agent import Agent, Caller, Response
 from router.network.channel import ControlChannel, DialledConnection
 from router.network.core import Action, Close, Log, NetworkConfig, Role, RouterCore, Send
+from router.network.linkstate import shortest_paths
 from router.network.routes import RouteTable
 from router.network.sync import SyncStatus
 from router.registry import Entity, Registry
@@ -232,6 +233,7 @@ class NetworkService:
         """The table's remote destinations as the engine takes them: each
         through the peer of its next hop (destinations whose next hop has no
         peer, i.e. no data path yet, are left out)."""
+        alternates = self._alternates()
         out: dict[str, list[RemoteRoute]] = {}
         for address, route in table.routes.items():
             remote = []
@@ -239,7 +241,38 @@ class NetworkService:
                 entry = self._peers.get(d.next_hop)
                 if entry is not None:
                     remote.append(RemoteRoute(d.router_id, d.cost, entry[1], d.targets))
+                for hop, cost in alternates.get(d.router_id, ()):
+                    if hop != d.next_hop:
+                        peer = self._peers[hop][1]
+                        remote.append(RemoteRoute(d.router_id, cost, peer, d.targets))
             out[address] = remote
+        return out
+
+    def _alternates(self) -> dict[str, list[tuple[str, int]]]:
+        """Loop-free alternate next hops (as in IP fast reroute): for each
+        router, the other neighbours with a data path that reach it without
+        coming back through us, with the path cost through them. The engine
+        tries them, dearer, when the best next hop fails, so clients keep
+        working while routing converges after a neighbour dies."""
+        if self.mode != "interior" or len(self._peers) < 2:
+            return {}
+        lsdb = self.core.lsdb
+        graph = lsdb.graph()
+        mine = lsdb.paths.cost
+        out: dict[str, list[tuple[str, int]]] = {}
+        for hop in self._peers:
+            link_cost = graph.get(self.router_id, {}).get(hop)
+            if link_cost is None:
+                continue
+            theirs = shortest_paths(hop, graph).cost
+            back = theirs.get(self.router_id)
+            if back is None:
+                continue
+            for dest, dist in theirs.items():
+                if dest in (self.router_id, hop) or dest not in mine:
+                    continue
+                if dist < back + mine[dest]:  # loop-free: not through us
+                    out.setdefault(dest, []).append((hop, link_cost + dist))
         return out
 
     def on_remote_routes(self, listener: Callable[[Mapping[str, list[RemoteRoute]]], None]) -> None:
