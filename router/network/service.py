@@ -254,7 +254,7 @@ class NetworkService:
         coming back through us, with the path cost through them. The engine
         tries them, dearer, when the best next hop fails, so clients keep
         working while routing converges after a neighbour dies."""
-        if self.mode != "interior" or len(self._peers) < 2:
+        if self.mode != "interior" or not self._peers:
             return {}
         lsdb = self.core.lsdb
         graph = lsdb.graph()
