@@ -48,7 +48,7 @@ from router.management import sasl
 from router.management.agent import Agent, Caller, Response, routed_router, serves_address
 from router.management.auth_gate import AuthGate, AuthJob, Check
 from router.management.limits import HANDSHAKE_TIMEOUT_S
-from router.network.channel import ChannelOwner, ControlChannel, close_amqp
+from router.network.channel import ChannelOwner, ControlChannel, close_amqp, push_input
 
 _log = get_logger("PROTOCOL")
 
@@ -433,28 +433,14 @@ class AmqpConnection:
     def _amqp_input(self, data: bytes) -> None:
         transport = self._transport
         assert transport is not None
-        view = memoryview(data)
-        while view:
-            capacity = transport.capacity()
-            if capacity < 0:
-                break  # proton closed its input side; the rest is discarded
-            if capacity == 0:
-                self._pump()
-                if transport.capacity() == 0:
-                    self._fail("proton input buffer stuck")
-                    return
-                continue
-            chunk = view[:capacity]
-            try:
-                transport.push(bytes(chunk))
-            except Exception as e:  # noqa: BLE001 - proton reports framing errors as exceptions
-                _log.info(f"AMQP connection {self.id} from {self.peer}: bad input: {e}")
-                transport.close_tail()
-                self._pump()
-                self._close(abort=False)
-                return
-            view = view[len(chunk) :]
+        problem = push_input(transport, data, self._pump)
+        if problem is None:
+            return
+        _log.info(f"AMQP connection {self.id} from {self.peer}: closing: {problem}")
+        if transport.capacity() >= 0:
+            transport.close_tail()  # let proton answer with its own close
             self._pump()
+        self._close(abort=False)
 
     def _pump(self) -> None:
         """Handles proton events, then writes what proton produced (whole frames)."""

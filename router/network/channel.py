@@ -264,6 +264,30 @@ class ControlChannel:
         self._owner.channel_failed(self.conn_id, reason)
 
 
+def push_input(transport: Transport, data: bytes, pump: Callable[[], None]) -> str | None:
+    """Feeds ``data`` to proton in the pieces its input buffer takes,
+    handling events (``pump``) after each; what went wrong, or None. Bytes
+    after proton closed its input side are discarded."""
+    view = memoryview(data)
+    while view:
+        capacity = transport.capacity()
+        if capacity < 0:
+            return None  # proton closed its input side; the rest is discarded
+        if capacity == 0:
+            pump()
+            if transport.capacity() == 0:
+                return "proton input buffer stuck"
+            continue
+        chunk = view[:capacity]
+        try:
+            transport.push(bytes(chunk))
+        except Exception as e:  # noqa: BLE001 - proton reports framing errors as exceptions
+            return f"bad AMQP input: {e}"
+        view = view[len(chunk) :]
+        pump()
+    return None
+
+
 def close_amqp(connection: Connection | None, reason: str, flush: Callable[[], None]) -> None:
     """Sends AMQP close (``amqp:connection:forced`` with ``reason``) on an
     open connection and flushes it; nothing when AMQP never opened."""
@@ -414,25 +438,9 @@ class DialledConnection:
     def _amqp_input(self, data: bytes) -> None:
         transport = self._transport
         assert transport is not None
-        view = memoryview(data)
-        while view:
-            capacity = transport.capacity()
-            if capacity < 0:
-                break
-            if capacity == 0:
-                self._pump()
-                if transport.capacity() == 0:
-                    self._fail("proton input buffer stuck")
-                    return
-                continue
-            chunk = view[:capacity]
-            try:
-                transport.push(bytes(chunk))
-            except Exception as e:  # noqa: BLE001 - proton reports framing errors as exceptions
-                self._fail(f"bad AMQP input: {e}")
-                return
-            view = view[len(chunk) :]
-            self._pump()
+        problem = push_input(transport, data, self._pump)
+        if problem is not None:
+            self._fail(problem)
 
     def _pump(self) -> None:
         collector, transport = self._collector, self._transport
