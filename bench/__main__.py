@@ -421,6 +421,18 @@ def _add_chain_options(p: Any) -> None:
     )
     g.add_argument("--streams", type=_positive_int, default=d.bulk_streams, help="bulk streams")
     g.add_argument("--idle-conns", type=_positive_int, default=d.idle_conns, help="idle flows")
+    g.add_argument(
+        "--latency-clients",
+        type=_positive_int,
+        default=d.latency_clients,
+        help="clients of the unloaded latency storm",
+    )
+    g.add_argument(
+        "--latency-duration",
+        type=_positive_float,
+        default=d.latency_duration_s,
+        help="seconds of the latency storm",
+    )
 
 
 def _chain(args: argparse.Namespace) -> int:
@@ -438,6 +450,8 @@ def _chain(args: argparse.Namespace) -> int:
         bulk_duration_s=args.bulk_duration,
         bulk_streams=args.streams,
         idle_conns=args.idle_conns,
+        latency_clients=args.latency_clients,
+        latency_duration_s=args.latency_duration,
         workdir=args.workdir,
     )
     try:

@@ -78,6 +78,7 @@ def test_a_tiny_run_reports_every_figure(tmp_path: Path) -> None:
         clients=10,
         storm_count=300,
         bulk_duration_s=0.5,
+        latency_duration_s=0.5,
         idle_conns=200,
         pause_s=0.1,
         idle_settle_s=0.2,
@@ -85,7 +86,7 @@ def test_a_tiny_run_reports_every_figure(tmp_path: Path) -> None:
     )
     report = run_chain(cfg)
     assert [s.failures for s in report.samples if not s.ok] == []
-    assert len(report.samples) == 2 * 3
+    assert len(report.samples) == 2 * 4
     data = to_json(report, ["bench", "network", "--chain"])
     assert validate(data) == []
     assert data["schema"] == "skiff-bench/network-chain/1"
@@ -99,6 +100,7 @@ def test_a_tiny_run_reports_every_figure(tmp_path: Path) -> None:
         assert storm["cpu_us_per_flow_router"][subj]["median"] > 0
         assert storm["connections_per_s"][subj]["median"] > 0
         assert storm["latency_p50_ms"][subj]["median"] > 0
+        assert summ["latency"]["latency_p50_ms"][subj]["median"] > 0
         assert summ["bulk"]["gbit_s"][subj]["median"] > 0
         assert summ["bulk"]["cpu_s_per_gb_router"][subj]["median"] > 0
         assert summ["idle"]["kib_per_flow_router"][subj] is not None
@@ -112,9 +114,15 @@ def test_a_tiny_run_reports_every_figure(tmp_path: Path) -> None:
     assert goals["zero_failed_flows"]["met"] is True
     assert goals["cpu_per_flow_router_chain2"]["value"] > 0
     assert "idle_kib_per_flow_router_chain2" in goals
+    assert len(data["storm_cpu_us_per_flow_by_router"]["chain2"]) == 2
     json.dumps(data)  # serialisable
     text = format_report(report, ["bench", "network", "--chain"])
     assert "CPU per flow per router, chain2/chain1" in text
     assert "load average at start" in text
+    from bench.plots import draw
+
+    result = tmp_path / "chain.json"
+    result.write_text(json.dumps(data))
+    assert tmp_path / "plots" / "chain-chain.png" in draw([result], tmp_path / "plots")
     # each router left its log in the work directory
     assert (tmp_path / "chain2" / "B" / "skiffd.err").is_file()
