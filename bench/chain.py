@@ -591,7 +591,7 @@ class ChainReport:
             r = self.ratio(lat, "latency_p50_ms", "chain3", "chain1")
             goal(
                 "latency_p50_chain3",
-                f"{lat} p50 latency, chain3/chain1 <= {GOAL_P50}",
+                f"p50 connection latency ({lat}), chain3/chain1 <= {GOAL_P50}",
                 r,
                 None if r is None else r <= GOAL_P50,
             )
