@@ -394,8 +394,8 @@ def _add_chain_options(p: Any) -> None:
     d = ChainConfig()
     g = p.add_argument_group(
         "--chain",
-        "the data plane's cost per hop: storm, bulk and idle through chains of 1, 2 and 3 "
-        "routers beside direct and HAProxy chained the same way, interleaved in rounds "
+        "the data plane's cost per hop: storm, unloaded latency, bulk and idle through chains "
+        "of 1, 2 and 3 routers beside direct and HAProxy chained the same way, in rounds "
         "(--rounds), CPU of every router process (--workdir, --json, --quiet apply)",
     )
     g.add_argument("--chain", action="store_true", help="run the chain bench instead")
