@@ -18,6 +18,8 @@ from bench.__main__ import build_parser, main
 from bench.chain import (
     METRICS,
     ChainConfig,
+    ChainReport,
+    Sample,
     engine_gauges,
     format_report,
     routers_of,
@@ -126,3 +128,40 @@ def test_a_tiny_run_reports_every_figure(tmp_path: Path) -> None:
     assert tmp_path / "plots" / "chain-chain.png" in draw([result], tmp_path / "plots")
     # each router left its log in the work directory
     assert (tmp_path / "chain2" / "B" / "skiffd.err").is_file()
+
+
+def _sample(wl: str, subject: str, rnd: int, **figures: float) -> Sample:
+    return Sample(wl, subject, rnd, dict(figures))
+
+
+def test_goals_and_ratios_from_medians() -> None:
+    cfg = ChainConfig(subjects=("chain1", "chain3", "haproxy3"), rounds=3)
+    samples = []
+    for rnd, (c1, c3, h3) in enumerate(
+        [(50.0, 55.0, 60.0), (40.0, 70.0, 50.0), (60.0, 65.0, 70.0)]
+    ):
+        samples += [
+            _sample("storm", "chain1", rnd, cpu_us_per_flow_router=c1, failed_flows=0),
+            _sample("storm", "chain3", rnd, cpu_us_per_flow_router=c3, failed_flows=0),
+            _sample("storm", "haproxy3", rnd, cpu_us_per_flow_router=h3, failed_flows=0),
+            _sample("latency", "chain1", rnd, latency_p50_ms=0.3),
+            _sample("latency", "chain3", rnd, latency_p50_ms=0.9),
+            _sample("bulk", "chain1", rnd, gbit_s=5.0),
+            _sample("bulk", "chain3", rnd, gbit_s=4.5),
+            _sample("idle", "chain1", rnd, kib_per_flow_router=0.5 * rnd, failed_flows=0),
+            _sample("idle", "chain3", rnd, kib_per_flow_router=1.5 - 0.5 * rnd, failed_flows=0),
+        ]
+    failed = Sample("storm", "haproxy3", 3, {"failed_flows": 2}, ["connect_errors: 2"])
+    report = ChainReport(cfg, {}, [*samples, failed], {}, {}, (0.0, 0.0, 0.0))
+    assert report.ratio("storm", "cpu_us_per_flow_router", "chain3", "chain1") == 65 / 50
+    # the failed sample is out of the figures, but counted
+    assert report.ratios()["storm.cpu_us_per_flow_router"]["chain3/haproxy3"] == 65 / 60
+    goals = report.goals()
+    assert goals["cpu_per_flow_router_chain3"]["met"] is False
+    assert goals["latency_p50_chain3"]["value"] == pytest.approx(3.0)
+    assert goals["bulk_gbit_chain3"]["met"] is True
+    # idle: the max over rounds (first touch)
+    assert goals["idle_kib_per_flow_router_chain1"]["value"] == 1.0
+    assert goals["idle_kib_per_flow_router_chain3"]["met"] is False
+    assert report.failed_flows()["haproxy3"] == 2
+    assert goals["zero_failed_flows"]["met"] is False
