@@ -384,6 +384,93 @@ def _add_network_parser(sub: Any) -> None:
     )
     p.add_argument("--json", type=Path, default=None, help="write every figure here")
     p.add_argument("--quiet", action="store_true", help="no progress, only the result")
+    _add_chain_options(p)
+
+
+def _add_chain_options(p: Any) -> None:
+    from bench.chain import SUBJECTS as CHAIN_SUBJECTS
+    from bench.chain import WORKLOADS as CHAIN_WORKLOADS
+    from bench.chain import ChainConfig
+
+    d = ChainConfig()
+    g = p.add_argument_group(
+        "--chain",
+        "the data plane's cost per hop: storm, unloaded latency, bulk and idle through chains "
+        "of 1, 2 and 3 routers beside direct and HAProxy chained the same way, in rounds "
+        "(--rounds), CPU of every router process (--workdir, --json, --quiet apply)",
+    )
+    g.add_argument("--chain", action="store_true", help="run the chain bench instead")
+    g.add_argument(
+        "--subjects", default=",".join(d.subjects), help=f"among {','.join(CHAIN_SUBJECTS)}"
+    )
+    g.add_argument(
+        "--workloads", default=",".join(d.workloads), help=f"among {','.join(CHAIN_WORKLOADS)}"
+    )
+    g.add_argument(
+        "--workers", type=_positive_int, default=d.workers, help="workerThreads / nbthread"
+    )
+    g.add_argument("--clients", type=_positive_int, default=d.clients, help="storm clients")
+    g.add_argument("--procs", type=_positive_int, default=d.procs, help="client processes")
+    g.add_argument(
+        "--storm-duration", type=_positive_float, default=d.storm_duration_s, help="seconds"
+    )
+    g.add_argument(
+        "--storm-count", type=_positive_int, default=None, help="connections instead of seconds"
+    )
+    g.add_argument(
+        "--bulk-duration", type=_positive_float, default=d.bulk_duration_s, help="seconds"
+    )
+    g.add_argument("--streams", type=_positive_int, default=d.bulk_streams, help="bulk streams")
+    g.add_argument("--idle-conns", type=_positive_int, default=d.idle_conns, help="idle flows")
+    g.add_argument(
+        "--latency-clients",
+        type=_positive_int,
+        default=d.latency_clients,
+        help="clients of the unloaded latency storm",
+    )
+    g.add_argument(
+        "--latency-duration",
+        type=_positive_float,
+        default=d.latency_duration_s,
+        help="seconds of the latency storm",
+    )
+
+
+def _chain(args: argparse.Namespace) -> int:
+    from bench.chain import ChainConfig, format_report, run_chain, to_json
+
+    cfg = ChainConfig(
+        subjects=_csv(args.subjects),
+        workloads=_csv(args.workloads),
+        rounds=args.rounds,
+        workers=args.workers,
+        clients=args.clients,
+        procs=args.procs,
+        storm_duration_s=args.storm_duration,
+        storm_count=args.storm_count,
+        bulk_duration_s=args.bulk_duration,
+        bulk_streams=args.streams,
+        idle_conns=args.idle_conns,
+        latency_clients=args.latency_clients,
+        latency_duration_s=args.latency_duration,
+        workdir=args.workdir,
+    )
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        print(f"skiff-bench network --chain: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = run_chain(cfg, Progress.auto(args.quiet))
+    except KeyboardInterrupt:
+        print("skiff-bench network --chain: interrupted; the routers were stopped", file=sys.stderr)
+        return 130
+    print(format_report(report, sys.argv))
+    data = to_json(report, sys.argv)
+    if args.json is not None:
+        write_result(data, args.json)
+        print(f"wrote {args.json}")
+    return 0 if data["ok"] else 1
 
 
 def _add_netstorm_parser(sub: Any) -> None:
@@ -422,6 +509,9 @@ def _netstorm(args: argparse.Namespace) -> int:
 
 def _network(args: argparse.Namespace) -> int:
     from bench.network import format_report, main_log, run_network, to_json
+
+    if args.chain:
+        return _chain(args)
 
     cfg = NetworkBenchConfig(
         topology=args.topology,

@@ -198,6 +198,57 @@ def plot_rotation(data: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_chain(data: dict[str, Any], path: Path) -> None:
+    """``network --chain``: per-hop cost by chain length, skiffd beside HAProxy
+    (median of rounds, whiskers min..max); direct as a dotted line."""
+    summary: dict[str, dict[str, dict[str, Any]]] = data["summary"]
+    panels = [
+        (wl, m, label)
+        for wl, m, label in (
+            ("storm", "cpu_us_per_flow_router", "storm: µs CPU per flow per router"),
+            ("latency", "latency_p50_ms", "unloaded: p50 ms per connection"),
+            ("bulk", "gbit_s", "bulk: Gbit/s"),
+            ("idle", "kib_per_flow_router", "idle: KiB RSS per flow per router"),
+        )
+        if wl in summary
+    ]
+    fig, axes = plt.subplots(1, len(panels) or 1, figsize=(3.0 * max(1, len(panels)), 3.0))
+    axs = list(axes) if len(panels) > 1 else [axes]
+    for ax, (wl, metric, label) in zip(axs, panels, strict=False):
+        cells = summary[wl][metric]
+        for family, colour in (("chain", "#1f77b4"), ("haproxy", "#d62728")):
+            pts = [
+                (n, cells[f"{family}{n}"])
+                for n in (1, 2, 3)
+                if cells.get(f"{family}{n}") is not None
+            ]
+            if not pts:
+                continue
+            xs = [n for n, _ in pts]
+            med = [st["median"] for _, st in pts]
+            err = [
+                [st["median"] - st["min"] for _, st in pts],
+                [st["max"] - st["median"] for _, st in pts],
+            ]
+            name = "skiffd" if family == "chain" else "haproxy"
+            # idle: the max over rounds is the figure (first touch), no whiskers
+            yerr = None if wl == "idle" else err
+            ax.errorbar(xs, med, yerr=yerr, marker="o", capsize=3, color=colour, label=name)
+        if cells.get("direct") is not None:
+            ax.axhline(cells["direct"]["median"], ls=":", color="#7f7f7f", label="direct")
+        ax.set_xticks([1, 2, 3])
+        ax.set_xlabel("routers in the chain")
+        ax.set_title(label, fontsize=9)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    fig.suptitle("network --chain: the data plane's cost per hop (median of rounds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
 def draw(paths: Iterable[Path], out_dir: Path) -> list[Path]:
     """Every plot the given results support; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -217,6 +268,10 @@ def draw(paths: Iterable[Path], out_dir: Path) -> list[Path]:
         if schema.startswith("skiff-bench/compare") and data.get("summary"):
             p = out_dir / f"{f.stem}-compare.png"
             plot_compare_bars(data, p)
+            written.append(p)
+        if schema.startswith("skiff-bench/network-chain") and data.get("summary"):
+            p = out_dir / f"{f.stem}-chain.png"
+            plot_chain(data, p)
             written.append(p)
         if data.get("lateness_timeline"):
             p = out_dir / f"{f.stem}-rotation.png"
