@@ -707,3 +707,19 @@ def test_data_connections_use_the_links_mutual_tls(net: Network, tmp_path: Path)
             assert any(r["remoteRouter"] == "A" and r["tlsConfigVersion"] for r in rows), rows
     finally:
         srv.close()
+
+
+def test_more_flows_across_a_link_than_a_listener_cap_held_at_once(net: Network) -> None:
+    port, srv, _ = _line_with_service(net)
+    socks: list[socket.socket] = []
+    try:
+        for i in range(200):  # more than the default listener cap (128), all open
+            s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            socks.append(s)
+            s.sendall(b"%05d" % i)
+        for i, s in enumerate(socks):
+            assert recv_exact(s, 5) == b"%05d" % i
+    finally:
+        for s in socks:
+            s.close()
+        srv.close()
