@@ -8,8 +8,10 @@ import random
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable
+
+# the tests' one polling wait lives with the network harness
+from bench.netharness import wait_for as wait_for
 
 Handler = Callable[[socket.socket], None]
 
@@ -119,15 +121,6 @@ def recv_all(conn: socket.socket) -> bytes:
     while data := conn.recv(65536):
         buf += data
     return bytes(buf)
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Polls cond; the timeout only bounds a hang, it asserts nothing about speed."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def refusing_port(host: str = "127.0.0.1") -> tuple[socket.socket, int]:
