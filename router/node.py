@@ -216,10 +216,10 @@ class Node:
         return self._busy()
 
     def _busy(self) -> int:
-        """Open connections that carry something: warm data connections this
-        router keeps idle for its neighbours carry nothing."""
-        idle = self._network.pooled_idle() if self._network is not None else 0
-        return max(0, int(self.engine.counters()["conns_live"]) - idle)
+        """Open connections that carry something: warm data connections kept
+        idle in pools (this router's, or its neighbours' here) carry nothing."""
+        c = self.engine.counters()
+        return max(0, c["conns_live"] - c["pool_idle_in"] - c["pool_idle_out"])
 
     def stop(self) -> None:
         """Closes everything; the engine too when this node started it."""

@@ -486,6 +486,10 @@ def test_a_flow_crosses_two_hops_byte_exact(net: Network) -> None:
                 got += chunk
             sender.join()
         assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        # later flows take warm pooled data connections (no dial per flow)
+        for i in range(3):
+            assert _round_trip(listen_port, 100, i)
+        assert (_metric(net["A"], 'skiff_dataplane_peer_pool_hits_total{peer="B"}') or 0) >= 1
         # every flow A sent (the listening probe's too) crossed B to C's target
         sent = _metric(net["A"], "skiff_dataplane_flows_originated_total")
         assert sent is not None and sent >= 1

@@ -191,6 +191,8 @@ typedef struct sk_engine_counters {
     uint64_t tls_unexpected_eof; /* peers that closed TCP without close_notify */
     uint64_t tls_closed_old;    /* closed by sk_tls_close_older */
     uint64_t pipes_live;        /* splice pipes open, pooled ones included */
+    uint64_t pool_idle_in;      /* idle pooled data connections other routers keep here */
+    uint64_t pool_idle_out;     /* idle pooled data connections this engine keeps */
     uint64_t pipes_in_use;      /* splice pipes holding bytes of a flow */
     uint64_t splice_fallbacks;  /* reads copied because every pipe was in use */
     uint64_t app_live;          /* app connections held now, accepted and dialled

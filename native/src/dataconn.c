@@ -541,6 +541,7 @@ static void pool_unlink(sk_worker *w, sk_conn *s)
     dc->idle = false;
     pl->nidle--;
     SK_SUB(&dc->peer->pool_idle, 1);
+    SK_SUB(&w->engine->dp_pool_out, 1);
 }
 
 static void pool_idle_timeout(sk_worker *w, sk_timer *t, uint64_t now)
@@ -575,6 +576,7 @@ static void pool_add(sk_worker *w, sk_conn *s)
     dc->pnext = pl->idle;
     pl->idle = s;
     SK_ADD(&dc->peer->pool_idle, 1);
+    SK_ADD(&w->engine->dp_pool_out, 1);
     sk_conn_enter(s, SK_C_OPEN, pool_idle_io);
     s->tmo.cb = pool_idle_timeout;
     sk_worker_schedule(w, SK_PRIO_NORMAL, &s->tmo,
@@ -730,6 +732,7 @@ static void route_flow(sk_worker *w, sk_conn *c)
     if (dc->hello_in) {
         dc->hello_in = false; /* claimed: no longer idle */
         SK_SUB(&c->listener->dp_idle, 1);
+        SK_SUB(&e->dp_pool_in, 1);
     }
     sk_conn_set_interest(w, c, 0); /* nothing more is read until the verdict */
     sk_routes *rt = (sk_routes *)sk_slot_cached(&e->routes, &w->routes_cache);
@@ -793,6 +796,7 @@ static bool hello_answered(sk_worker *w, sk_conn *c)
         return false;
     }
     SK_ADD(&l->dp_idle, 1);
+    SK_ADD(&w->engine->dp_pool_in, 1);
     dc->hello_in = true;
     sk_worker_cancel(w, SK_PRIO_NORMAL, &c->tmo);
     sk_flow_parser_init(dc->p, SK_FLOW_T_HDR, false);
@@ -958,8 +962,10 @@ void sk_dc_closing(sk_worker *w, sk_conn *c, bool abortive)
         pool_unlink(w, c);
     else if (dc->pooled && !dc->claimed)
         pool_of(w, dc->peer)->ndial--;
-    if (dc->hello_in && c->listener)
+    if (dc->hello_in && c->listener) {
         SK_SUB(&c->listener->dp_idle, 1);
+        SK_SUB(&w->engine->dp_pool_in, 1);
+    }
     c->dc = NULL;
     if (dc->peer) {
         SK_SUB(&dc->peer->active, 1);

@@ -280,6 +280,8 @@ struct sk_engine {
     pthread_mutex_t rid_lock; /* guards router_id (copied out, never held over I/O) */
     char router_id[256];
     _Atomic uint64_t dp_accepted, dp_originated, dp_transited, dp_terminated, dp_retries;
+    /* idle pooled data connections: accepted (HELLO answered) and dialled */
+    _Atomic uint64_t dp_pool_in, dp_pool_out;
     _Atomic uint64_t dp_verdicts_sent[SK_DP_VERDICTS], dp_verdicts_received[SK_DP_VERDICTS];
     _Atomic uint64_t dp_header_errors[SK_DP_REASONS];
 };

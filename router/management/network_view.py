@@ -218,6 +218,11 @@ class _NetworkCollector:
             "failures": ("Dials to the neighbour that failed before VERDICT OK.",
                          CounterMetricFamily),
             "resets": ("Data connections to the neighbour ended by a reset.", CounterMetricFamily),
+            "pool_idle": ("Warm data connections to the neighbour waiting in the pool.",
+                          GaugeMetricFamily),
+            "pool_hits": ("Flows that took a warm data connection.", CounterMetricFamily),
+            "pool_misses": ("Flows that dialled because the pool was empty.",
+                            CounterMetricFamily),
         }  # fmt: skip
         stats = {rid: peer.stats() for rid, peer in self._network.peers().items()}
         for field, (text, kind) in per_peer.items():

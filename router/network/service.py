@@ -52,11 +52,9 @@ MGMT_TIMEOUT_S = 10.0
 MGMT_HOPS = 32  # hops a routed request may take before it is dropped
 MAX_PENDING_MGMT = 1024  # routed requests waiting for an answer
 
-# Warm data connections kept per neighbour and worker. Off: the engine's
-# pools work (native/tests/test_dataplane.c), but a stopping router cannot
-# yet tell an idle pooled connection from a flow, on the accepting side at
-# all, so shutdown would wait drainGraceSeconds for them (docs/dataplane.md).
-DATA_POOL_PER_WORKER = 0
+# Warm data connections kept per neighbour and worker: a flow claims one and
+# a replacement is dialled, so a flow needs no dial (nor TLS handshake).
+DATA_POOL_PER_WORKER = 2
 
 BACKOFF_FIRST_S = 0.25
 BACKOFF_MAX_S = 8.0
@@ -322,10 +320,6 @@ class NetworkService:
                 del self._peers[router_id]
                 peer.release()  # open data connections keep their own reference
                 self._peers_changed = True
-
-    def pooled_idle(self) -> int:
-        """Warm data connections waiting in this router's pools (all peers)."""
-        return sum(peer.stats().pool_idle for _, peer in self._peers.values())
 
     def peers(self) -> dict[str, Peer]:
         return {rid: peer for rid, (_, peer) in self._peers.items()}
