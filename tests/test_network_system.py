@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -650,6 +651,12 @@ def test_real_skstat_and_skmanage_show_the_network(net: Network, tmp_path: Path)
     assert "mobile  svc-c" in run("skstat", "-a")
     assert "inter-router" in run("skstat", "-c")
     assert "(self)" in run("skstat", "-n", "-r", "C")
+    general = {
+        m.group(1): m.group(2)
+        for ln in run("skstat", "-g").splitlines()
+        if (m := re.match(r"\s*(\S.*?)\s{2,}(\S+)\s*$", ln))
+    }
+    assert general.get("Nodes") == "2" and general.get("Addresses") == "1", general
     assert '"svc-c"' in run("skmanage", "-r", "C", "query", "--type", "tcpConnector")
 
 

@@ -58,6 +58,18 @@ class NetworkManagement:
         core.refresh(self._network.now())
         return [dict(r) for r in views.address_rows(core)]
 
+    def counts(self) -> Mapping[str, int]:
+        """routerMetrics' network figures, as Skupper's skstat -g shows them:
+        other routers reachable, addresses with a target anywhere, and AMQP
+        links (two per router link: control in and out)."""
+        core = self._network.core
+        core.refresh(self._network.now())
+        return {
+            "nodeCount": len(core.lsdb.paths.cost),
+            "addrCount": len(core.routes().routes),
+            "linkCount": 2 * len(self._network.links()),
+        }
+
     def check_synchronised(self, props: Mapping[object, object]) -> Mapping[str, object]:
         status = self._network.sync_status()
         if status.ready:

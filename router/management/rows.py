@@ -44,6 +44,8 @@ class ManagementRows:
         self._started = started
         # rows of connections no listener accepted (router links dialled here)
         self.extra_connections: Callable[[], list[Row]] | None = None
+        # the router network's counts in routerMetrics (nodeCount, addrCount, ...)
+        self.network_counts: Callable[[], Mapping[str, int]] | None = None
 
     def provide(self) -> None:
         self._agent.provide("connection", self.connections)
@@ -194,8 +196,10 @@ class ManagementRows:
         amqp = len(self._listeners.amqp_connections())
         tcp = max(0, opened - closed)
         vm, rss = _memory()
+        network = dict(self.network_counts()) if self.network_counts is not None else {}
         return [
             {
+                **network,
                 "name": "routerMetrics",
                 "identity": "routerMetrics",
                 "id": self._router_id(),

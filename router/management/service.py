@@ -54,6 +54,7 @@ class Management:
         if self.network is not None:
             self.network.provide()
             self.rows.extra_connections = self.network.connections
+            self.rows.network_counts = self.network.counts
         registry.subscribe("router", RouterStatus(self.rows))
         self.readiness = Readiness(self.health, registry, listeners, tcp, tls, network)
         # the app listener adaptor counts what its limits refused
