@@ -205,6 +205,7 @@ class PeerStats:
     pool_idle: int  # warm pooled connections waiting now (all workers)
     pool_hits: int  # flows that claimed a pooled connection
     pool_misses: int  # flows dialled because the worker's pool was empty
+    pool_stale: int = 0  # idle pooled connections closed: an older TLS config
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,6 +538,7 @@ class Peer:
             out.pool_idle,
             out.pool_hits,
             out.pool_misses,
+            out.pool_stale,
         )
 
     def release(self) -> None:

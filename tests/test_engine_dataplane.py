@@ -279,3 +279,64 @@ def test_warm_pool_claimed(net: Net) -> None:
     finally:
         solo.stop()
         server.close()
+
+
+def test_tls_pool_rotation_closes_idle_connections_of_the_old_version(
+    net: Net, tmp_path: Path
+) -> None:
+    """The link's profile publishes a new version: warm pooled connections
+    made with the old one are closed unclaimed and replaced; a flow already
+    running on an old connection keeps it (its bytes still flow)."""
+    from bench.pki import CertAuthority, write
+
+    ca = CertAuthority()
+    write(tmp_path / "ca.pem", ca.pem)
+
+    def material(name: str, tag: str) -> TlsMaterial:
+        issued = ca.issue(name)
+        write(tmp_path / f"{name}{tag}.pem", issued.cert_pem)
+        write(tmp_path / f"{name}{tag}.key", issued.key_pem)
+        return TlsMaterial(
+            str(tmp_path / f"{name}{tag}.pem"),
+            str(tmp_path / f"{name}{tag}.key"),
+            str(tmp_path / "ca.pem"),
+        )
+
+    solo = Engine(EngineOptions(worker_threads=1))
+    server = ThreadedServer(echo)
+    try:
+        solo.set_router_id("RS")
+        r2 = net.routers[1]
+        slot2 = r2.tls_slot()
+        loaded = tls_load(material("r2", "a"))
+        assert loaded.config is not None
+        r2.tls_publish(slot2, loaded.config)
+        data = r2.listen("127.0.0.1", 0, app=True, data_ok=True, tls_slot=slot2,
+                         authenticate_peer=True)  # fmt: skip
+        r2.publish_routes({SVC: [local(r2, server)]}, names=NAMES)
+        slot1 = solo.tls_slot()
+        first = tls_load(material("rs", "a"))
+        assert first.config is not None
+        solo.tls_publish(slot1, first.config)
+        client = solo.listen("127.0.0.1", 0, address_id=SVC)
+        p = solo.peer("R2", "127.0.0.1", data.port, host="127.0.0.1", tls_slot=slot1,
+                      pool_size=2, pool_idle_ms=60_000)  # fmt: skip
+        solo.publish_routes({SVC: [RemoteRoute("R2", 1, p)]}, names=NAMES)
+        running = connect(client)
+        running.sendall(b"old1")
+        assert recv_exact(running, 4) == b"old1"
+        wait_for(lambda: p.stats().pool_idle == 2, what="pool filled with version 1")
+        second = tls_load(material("rs", "b"))
+        assert second.config is not None
+        solo.tls_publish(slot1, second.config)  # the link's profile rotates
+        with connect(client) as c:
+            c.sendall(b"new1")
+            assert recv_exact(c, 4) == b"new1"
+        st = p.stats()
+        assert st.pool_stale == 2  # both idle old-version connections closed unclaimed
+        running.sendall(b"old2")  # the flow that started on version 1 keeps it
+        assert recv_exact(running, 4) == b"old2"
+        running.close()
+    finally:
+        solo.stop()
+        server.close()

@@ -354,6 +354,8 @@ typedef struct sk_peer_stats {
     uint64_t pool_idle;  /* warm pooled connections waiting now (all workers) */
     uint64_t pool_hits;  /* flows that claimed a pooled connection */
     uint64_t pool_misses; /* flows dialled because the worker's pool was empty */
+    uint64_t pool_stale;  /* idle pooled connections closed unclaimed: their TLS
+                             config was older than the link profile's current one */
 } sk_peer_stats;
 
 void sk_peer_stats_get(sk_peer *p, sk_peer_stats *out);

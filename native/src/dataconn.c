@@ -587,13 +587,23 @@ static void pool_add(sk_worker *w, sk_conn *s)
 sk_conn *sk_dc_pool_claim(sk_worker *w, sk_peer *p)
 {
     sk_dc_pool *pl = pool_of(w, p);
-    if (!pl || !pl->idle)
-        return NULL;
-    sk_conn *s = pl->idle;
-    pool_unlink(w, s);
-    sk_worker_cancel(w, SK_PRIO_NORMAL, &s->tmo);
-    s->dc->claimed = true;
-    return s;
+    /* a pooled connection keeps the TLS config it was made with: once the
+     * link's profile has published a newer one, the idle ones of older
+     * versions are closed, not claimed (running flows keep theirs) */
+    const sk_tls_config *now = p->dial.tls_slot >= 0 ? sk_tls_current(w, p->dial.tls_slot) : NULL;
+    while (pl && pl->idle) {
+        sk_conn *s = pl->idle;
+        pool_unlink(w, s);
+        sk_worker_cancel(w, SK_PRIO_NORMAL, &s->tmo);
+        if (now && s->tls && s->tls->snap.version < now->snap.version) {
+            SK_ADD(&p->pool_stale, 1);
+            sk_conn_close(w, s, false);
+            continue;
+        }
+        s->dc->claimed = true;
+        return s;
+    }
+    return NULL;
 }
 
 bool sk_dc_pool_failed(sk_worker *w, sk_conn *s, int err)

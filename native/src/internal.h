@@ -196,6 +196,7 @@ struct sk_peer {
     int npools;
     struct sk_dc_pool *pools;
     _Atomic uint64_t pool_idle, pool_hits, pool_misses;
+    _Atomic uint64_t pool_stale; /* idle pooled connections closed: older TLS config */
 };
 
 /* One worker's pool of one peer: idle connections (HELLO answered OK) and

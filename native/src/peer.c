@@ -122,6 +122,7 @@ void sk_peer_stats_get(sk_peer *p, sk_peer_stats *out)
     out->destinations = n;
     out->destinations_down = down;
     out->pool_idle = SK_LOAD(&p->pool_idle);
+    out->pool_stale = SK_LOAD(&p->pool_stale);
     out->pool_hits = SK_LOAD(&p->pool_hits);
     out->pool_misses = SK_LOAD(&p->pool_misses);
     out->flows = SK_LOAD(&p->flows);

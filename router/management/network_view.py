@@ -233,6 +233,10 @@ class _NetworkCollector:
             "pool_idle": ("Warm data connections to the neighbour waiting in the pool.",
                           GaugeMetricFamily),
             "pool_hits": ("Flows that took a warm data connection.", CounterMetricFamily),
+            "pool_stale": (
+                "Warm data connections closed unclaimed: made with an older TLS config.",
+                CounterMetricFamily,
+            ),
             "pool_misses": ("Flows that dialled because the pool was empty.",
                             CounterMetricFamily),
         }  # fmt: skip
