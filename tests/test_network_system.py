@@ -734,3 +734,59 @@ def test_more_flows_across_a_link_than_a_listener_cap_held_at_once(net: Network)
         for s in socks:
             s.close()
         srv.close()
+
+
+def test_a_slow_reader_keeps_every_routers_memory_bounded_and_loses_nothing(
+    net: Network,
+) -> None:
+    resume = threading.Event()
+    received: list[bytes] = []
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    sink_port = int(srv.getsockname()[1])
+
+    def slow_sink() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            resume.wait(60)  # reads nothing until told
+            digest = hashlib.sha256()
+            while chunk := conn.recv(1 << 20):
+                digest.update(chunk)
+            received.append(digest.digest())
+
+    sink = threading.Thread(target=slow_sink, daemon=True)
+    sink.start()
+    try:
+        for name in "ABC":
+            net.router(name)
+        net.link("A", "B")
+        net.link("B", "C")
+        listen_port = _free_port()
+        net.specs["A"].extra.append(
+            f"tcpListener {{\n    name: l-sink\n    host: 127.0.0.1\n    port: {listen_port}\n"
+            "    address: sink\n}"
+        )
+        net.specs["C"].extra.append(tcp_connector("sink", sink_port))
+        net.start()
+        net.wait_converged()
+        net.wait(lambda: "sink" in net["A"].addresses(), "A to learn the sink")
+        payload = random.Random(11).randbytes(160 * 1024 * 1024)  # beyond the kernel buffers
+        client = socket.create_connection(("127.0.0.1", listen_port), timeout=60)
+        sender = threading.Thread(target=client.sendall, args=(payload,), daemon=True)
+        sender.start()
+        time.sleep(2)  # the sink reads nothing: every buffer on the way fills
+        assert sender.is_alive(), "the whole payload fit in buffers: nothing was held back"
+        for name in "ABC":
+            held = _metric(net[name], "skiff_engine_buf_bytes_live")
+            assert held is not None and held <= 1024 * 1024, (name, held)
+        resume.set()
+        sender.join(60)
+        assert not sender.is_alive()
+        client.shutdown(socket.SHUT_WR)
+        sink.join(60)
+        client.close()
+        assert received == [hashlib.sha256(payload).digest()]
+    finally:
+        resume.set()
+        srv.close()

@@ -31,7 +31,16 @@ from router.tls import ProfileState
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _GAUGE_COUNTERS = frozenset(
-    {"conns_live", "bufs_live", "buf_bytes_live", "routes_version", "app_live", "app_outbound_live"}
+    {
+        "conns_live",
+        "bufs_live",
+        "buf_bytes_live",
+        "routes_version",
+        "app_live",
+        "app_outbound_live",
+        "pool_idle_in",
+        "pool_idle_out",
+    }
 )
 
 _COUNTER_HELP = {
