@@ -290,10 +290,7 @@ class AppListenerAdaptor:
                 state.host_ip,
                 cfg.port,
                 app=True,
-                # on a router-link listener the engine also accepts data
-                # connections (one per flow): its cap would bound the flows
-                # across the link, so only the AMQP links are capped (at open)
-                max_connections=0 if cfg.role in ROUTER_LINK_ROLES else state.cap,
+                max_connections=state.cap,
                 backlog=cfg.backlog,
                 tls_slot=-1 if slot is None else slot,
                 # a router link with an sslProfile is always TLS

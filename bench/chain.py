@@ -40,6 +40,7 @@ from typing import Any
 
 from bench.bulk import BulkFigures, SinkServer, run_streams
 from bench.client import ClientPool
+from bench.compare import Sample
 from bench.echo import EchoServer
 from bench.host import environment, raise_nofile_limit, read_process_cpu_s, read_threads_cpu_s
 from bench.idle import IdleHold
@@ -147,22 +148,6 @@ class ChainConfig:
             raise ValueError("latency clients must be >= 1")
         if min(self.storm_duration_s, self.bulk_duration_s, self.latency_duration_s) <= 0:
             raise ValueError("durations must be positive")
-
-
-@dataclass(slots=True)
-class Sample:
-    """One subject, one workload, one round."""
-
-    workload: str
-    subject: str
-    round: int
-    figures: dict[str, float | None]
-    failures: list[str] = field(default_factory=list)
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
 
 
 # ---------------------------------------------------------------- subjects

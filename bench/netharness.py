@@ -184,6 +184,15 @@ class Router:
         except (OSError, urllib.error.URLError):
             return None, ""
 
+    def metric(self, series: str) -> float | None:
+        """One series of /metrics (name with its labels, e.g.
+        ``skiff_dataplane_peer_flows_total{peer="B"}``), or None if absent."""
+        _, text = self.http("/metrics")
+        for line in text.splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
     def readyz_code(self) -> int | None:
         return self.http("/readyz")[0]
 

@@ -79,14 +79,6 @@ def _link_events(router: Router, since: int) -> list[str]:
     return [ln for ln in text.splitlines() if any(w in ln for w in _LINK_WORDS)]
 
 
-def _metric(router: Router, name: str) -> float | None:
-    _, text = router.http("/metrics")
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
 def _dials(router: Router) -> int:
     rows = router.query("connector", ["dials"], allow_stale=True)
     return int(sum(int(r.get("dials") or 0) for r in rows))
@@ -150,8 +142,8 @@ def run_netstorm(cfg: NetStormConfig, log: Callable[[str], None] | None = None) 
         report.dials_after = _dials(net["B"])
         for name in ("A", "B"):
             report.link_events[name] = _link_events(net[name], offsets[name])
-            report.hello_lateness_s[name] = _metric(
-                net[name], "skiff_network_hello_max_lateness_seconds"
+            report.hello_lateness_s[name] = net[name].metric(
+                "skiff_network_hello_max_lateness_seconds"
             )
     finally:
         stop.set()

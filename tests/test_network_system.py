@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from servers import recv_exact, wait_for
 
-from bench.netharness import Network, Router
+from bench.netharness import Network
 from bench.pki import CertAuthority, write
 from router.tools.client import CONNECT_ERRORS, ManagementFailure
 
@@ -35,6 +35,14 @@ def tcp_connector(address: str, port: int = 1) -> str:
     """A tcpConnector (its target need not answer: it only advertises)."""
     return (
         f"tcpConnector {{\n    name: c-{address}\n    host: 127.0.0.1\n    port: {port}\n"
+        f"    address: {address}\n}}"
+    )
+
+
+def tcp_listener(address: str, port: int) -> str:
+    """A tcpListener for address on a loopback port."""
+    return (
+        f"tcpListener {{\n    name: l-{address}\n    host: 127.0.0.1\n    port: {port}\n"
         f"    address: {address}\n}}"
     )
 
@@ -90,10 +98,7 @@ def test_a_tcp_listener_opens_while_its_address_has_a_remote_target(net: Network
     net.router("B")
     net.link("A", "B")
     listen_port = _free_port()
-    net.specs["A"].extra.append(
-        f"tcpListener {{\n    name: l-svc\n    host: 127.0.0.1\n    port: {listen_port}\n"
-        "    address: svc\n}"
-    )
+    net.specs["A"].extra.append(tcp_listener("svc", listen_port))
     net.start()
     net.wait_converged()
     assert not _listening(listen_port)  # no target anywhere yet
@@ -275,9 +280,7 @@ def _ssl_profile(directory: Path, ca: CertAuthority, cn: str, trusted: CertAutho
     )
 
 
-def test_mutual_tls_link_and_an_untrusted_certificate_refused(
-    net: Network, tmp_path: Path
-) -> None:
+def test_mutual_tls_link_and_an_untrusted_certificate_refused(net: Network, tmp_path: Path) -> None:
     good, rogue = CertAuthority("network CA"), CertAuthority("rogue CA")
     a, b, c = net.router("A"), net.router("B"), net.router("C")
     mtls = {"sslProfile": "link-tls", "authenticatePeer": "true", "requireSsl": "true"}
@@ -297,8 +300,9 @@ def test_mutual_tls_link_and_an_untrusted_certificate_refused(
     assert out[0]["isEncrypted"] and "CN=B" in str(out[0]["user"])
     # C's certificate is not trusted by B: C never joins, and says why
     net.wait(
-        lambda: net["C"].query("connector", ["connectionStatus"])[0]["connectionStatus"]
-        == "FAILED",
+        lambda: (
+            net["C"].query("connector", ["connectionStatus"])[0]["connectionStatus"] == "FAILED"
+        ),
         "C's connector to fail",
     )
     assert "C" not in net["B"].routers_known()
@@ -452,14 +456,6 @@ def _echo(conn: socket.socket) -> None:
             conn.sendall(data)
 
 
-def _metric(router: Router, series: str) -> float | None:
-    _, text = router.http("/metrics")
-    for line in text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
 def test_a_flow_crosses_two_hops_byte_exact(net: Network) -> None:
     srv, echo_port, _ = _echo_server()
     try:
@@ -468,10 +464,7 @@ def test_a_flow_crosses_two_hops_byte_exact(net: Network) -> None:
         net.link("A", "B")
         net.link("B", "C")
         listen_port = _free_port()
-        net.specs["A"].extra.append(
-            f"tcpListener {{\n    name: l-svc\n    host: 127.0.0.1\n    port: {listen_port}\n"
-            "    address: svc\n}"
-        )
+        net.specs["A"].extra.append(tcp_listener("svc", listen_port))
         net.specs["C"].extra.append(tcp_connector("svc", echo_port))
         net.start()
         net.wait_converged()
@@ -490,13 +483,13 @@ def test_a_flow_crosses_two_hops_byte_exact(net: Network) -> None:
         # later flows take warm pooled data connections (no dial per flow)
         for i in range(3):
             assert _round_trip(listen_port, 100, i)
-        assert (_metric(net["A"], 'skiff_dataplane_peer_pool_hits_total{peer="B"}') or 0) >= 1
+        assert (net["A"].metric('skiff_dataplane_peer_pool_hits_total{peer="B"}') or 0) >= 1
         # every flow A sent (the listening probe's too) crossed B to C's target
-        sent = _metric(net["A"], "skiff_dataplane_flows_originated_total")
+        sent = net["A"].metric("skiff_dataplane_flows_originated_total")
         assert sent is not None and sent >= 1
-        assert _metric(net["A"], 'skiff_dataplane_peer_flows_total{peer="B"}') == sent
-        assert _metric(net["B"], "skiff_dataplane_flows_transited_total") == sent
-        assert _metric(net["C"], "skiff_dataplane_flows_terminated_total") == sent
+        assert net["A"].metric('skiff_dataplane_peer_flows_total{peer="B"}') == sent
+        assert net["B"].metric("skiff_dataplane_flows_transited_total") == sent
+        assert net["C"].metric("skiff_dataplane_flows_terminated_total") == sent
         flows = {r["address"] for r in net["C"].query("tcpConnection", ["address"])}
         assert flows <= {"svc"}
     finally:
@@ -510,10 +503,7 @@ def _line_with_service(net: Network, target_at: str = "C") -> tuple[int, socket.
     net.link("A", "B")
     net.link("B", "C")
     listen_port = _free_port()
-    net.specs["A"].extra.append(
-        f"tcpListener {{\n    name: l-svc\n    host: 127.0.0.1\n    port: {listen_port}\n"
-        "    address: svc\n}"
-    )
+    net.specs["A"].extra.append(tcp_listener("svc", listen_port))
     net.specs[target_at].extra.append(tcp_connector("svc", echo_port))
     net.start()
     net.wait_converged()
@@ -565,6 +555,7 @@ def test_half_close_across_two_hops(net: Network) -> None:
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
             s.sendall(b"ping")
             assert recv_exact(s, 4) == b"ping"
+
             # while it runs, each router's tcpConnection row names the far end
             def remote(name: str) -> set[tuple[object, object]]:
                 rows = net[name].query("tcpConnection", ["remoteRouter", "remoteDirection"])
@@ -670,10 +661,7 @@ def test_the_middle_router_killed_while_another_path_exists(net: Network) -> Non
         net.link("A", "D", cost=5)
         net.link("D", "C", cost=5)
         listen_port = _free_port()
-        net.specs["A"].extra.append(
-            f"tcpListener {{\n    name: l-svc\n    host: 127.0.0.1\n    port: {listen_port}\n"
-            "    address: svc\n}"
-        )
+        net.specs["A"].extra.append(tcp_listener("svc", listen_port))
         net.specs["C"].extra.append(tcp_connector("svc", echo_port))
         net.start()
         net.wait_converged()
@@ -702,10 +690,7 @@ def test_data_connections_use_the_links_mutual_tls(net: Network, tmp_path: Path)
         b.extra.append(_ssl_profile(tmp_path / "pki", ca, "B", ca))
         net.link("A", "B", sslProfile="link-tls")
         listen_port = _free_port()
-        a.extra.append(
-            f"tcpListener {{\n    name: l-svc\n    host: 127.0.0.1\n    port: {listen_port}\n"
-            "    address: svc\n}"
-        )
+        a.extra.append(tcp_listener("svc", listen_port))
         b.extra.append(tcp_connector("svc", echo_port))
         net.start()
         net.wait_converged()
@@ -763,10 +748,7 @@ def test_a_slow_reader_keeps_every_routers_memory_bounded_and_loses_nothing(
         net.link("A", "B")
         net.link("B", "C")
         listen_port = _free_port()
-        net.specs["A"].extra.append(
-            f"tcpListener {{\n    name: l-sink\n    host: 127.0.0.1\n    port: {listen_port}\n"
-            "    address: sink\n}"
-        )
+        net.specs["A"].extra.append(tcp_listener("sink", listen_port))
         net.specs["C"].extra.append(tcp_connector("sink", sink_port))
         net.start()
         net.wait_converged()
@@ -778,7 +760,7 @@ def test_a_slow_reader_keeps_every_routers_memory_bounded_and_loses_nothing(
         time.sleep(2)  # the sink reads nothing: every buffer on the way fills
         assert sender.is_alive(), "the whole payload fit in buffers: nothing was held back"
         for name in "ABC":
-            held = _metric(net[name], "skiff_engine_buf_bytes_live")
+            held = net[name].metric("skiff_engine_buf_bytes_live")
             assert held is not None and held <= 1024 * 1024, (name, held)
         resume.set()
         sender.join(60)

@@ -221,7 +221,8 @@ typedef struct sk_listener_options {
     int backlog;
     uint32_t address_id;   /* route table index for relayed listeners */
     int app;               /* 1: deliver connections to Python (SK_EV_APP_*) */
-    int max_connections;   /* 0 = unlimited */
+    int max_connections;   /* 0 = unlimited; data connections (data_ok) leave the
+                              count once their first bytes say so */
     uint64_t user_id;      /* echoed in events */
     int tls_slot;          /* -1: plain TCP; else terminate TLS with that slot's config */
     int authenticate_peer; /* TLS: require a client certificate the CA file trusts */

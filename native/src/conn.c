@@ -231,7 +231,8 @@ static void close_one(sk_worker *w, sk_conn *c, bool abortive)
      * unlinked: a concurrent listing may still read them until then */
     if (c->listener) {
         SK_ADD(&c->listener->closed, 1);
-        SK_SUB(&c->listener->active, 1);
+        if (!c->off_listener_count)
+            SK_SUB(&c->listener->active, 1);
     }
     if (c->target) {
         if (was_open)

@@ -888,6 +888,10 @@ static void become_data(sk_worker *w, sk_conn *c)
         return;
     }
     SK_ADD(&e->dp_accepted, 1);
+    /* a data connection belongs to the data plane, not to what the listener
+     * serves: it leaves the listener's count (and so its max_connections) */
+    SK_SUB(&c->listener->active, 1);
+    c->off_listener_count = true;
     dc->incoming = true;
     dc->mode = SK_DC_LOCAL;
     dc->p = p;

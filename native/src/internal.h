@@ -573,6 +573,7 @@ struct sk_conn {
     char label[64];        /* remote "ip:port" */
     struct sk_dc *dc;      /* data connection state (dataconn.c), or NULL */
     bool dc_sniffed;       /* data_ok listener: the first bytes were looked at */
+    bool off_listener_count; /* a data connection: not in its listener's active */
     uint8_t dc_dead_claims; /* client: claimed pooled connections found dead */
 };
 

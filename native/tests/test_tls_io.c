@@ -7,6 +7,7 @@
  * The certificate is made here (self-signed, SAN IP:127.0.0.1), so the test
  * needs no files and no openssl command. */
 #include "engine_fixture.h"
+#include "tls_fixture.h"
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -28,51 +29,13 @@ static SSL_CTX *client_ctx;
 
 /* ------------------------------------------------------------ material */
 
-static int add_ext(X509 *x, int nid, const char *value)
-{
-    X509V3_CTX ctx;
-    X509V3_set_ctx_nodb(&ctx);
-    X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
-    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
-    if (!ext)
-        return -1;
-    int ok = X509_add_ext(x, ext, -1);
-    X509_EXTENSION_free(ext);
-    return ok ? 0 : -1;
-}
-
 /* A self-signed certificate and its key, written as PEM into tmpdir. */
-static int make_material(void)
+static int make_material_in_tmpdir(void)
 {
     REQUIRE(mkdtemp(tmpdir) != NULL);
     snprintf(cert_path, sizeof cert_path, "%s/cert.pem", tmpdir);
     snprintf(key_path, sizeof key_path, "%s/key.pem", tmpdir);
-    EVP_PKEY *pkey = EVP_EC_gen("P-256");
-    X509 *x = X509_new();
-    REQUIRE(pkey && x);
-    X509_set_version(x, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-    X509_set_pubkey(x, pkey);
-    X509_NAME *name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"skiff-test",
-                               -1, -1, 0);
-    X509_set_issuer_name(x, name);
-    REQUIRE(add_ext(x, NID_basic_constraints, "critical,CA:TRUE") == 0);
-    REQUIRE(add_ext(x, NID_subject_alt_name, "IP:127.0.0.1,DNS:localhost") == 0);
-    REQUIRE(X509_sign(x, pkey, EVP_sha256()) > 0);
-    FILE *f = fopen(cert_path, "w");
-    REQUIRE(f != NULL);
-    PEM_write_X509(f, x);
-    fclose(f);
-    f = fopen(key_path, "w");
-    REQUIRE(f != NULL);
-    PEM_write_PrivateKey(f, pkey, NULL, NULL, 0, NULL, NULL);
-    fclose(f);
-    X509_free(x);
-    EVP_PKEY_free(pkey);
-    return 0;
+    return make_material("skiff-test", cert_path, key_path);
 }
 
 /* Loads the material as config `ordinal` and publishes it in tls_slot. */
@@ -115,7 +78,7 @@ static sk_listener *open_listener(uint64_t uid, uint32_t address, int slot, int 
  * certificate checked against IP 127.0.0.1. */
 static int setup_tls(void)
 {
-    REQUIRE(make_material() == 0);
+    REQUIRE(make_material_in_tmpdir() == 0);
     tls_slot = sk_tls_slot_create(E);
     REQUIRE(tls_slot >= 0);
     REQUIRE(publish_config(1) == 0);

@@ -8,6 +8,7 @@
  * The material is made here (two self-signed certificates), no files. */
 #include "internal.h"
 #include "testlib.h"
+#include "tls_fixture.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -22,33 +23,6 @@
 static char tmpdir[64] = "/tmp/skiff-tls-load-XXXXXX";
 static char cert_a[128], key_a[128], cert_b[128], key_b[128], bundle[128], fifo[128],
     garbage[128];
-
-static int make_pair(const char *cn, const char *cert_path, const char *key_path)
-{
-    EVP_PKEY *pkey = EVP_EC_gen("P-256");
-    X509 *x = X509_new();
-    REQUIRE(pkey && x);
-    X509_set_version(x, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-    X509_set_pubkey(x, pkey);
-    X509_NAME *name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
-    X509_set_issuer_name(x, name);
-    REQUIRE(X509_sign(x, pkey, EVP_sha256()) > 0);
-    FILE *f = fopen(cert_path, "w");
-    REQUIRE(f != NULL);
-    PEM_write_X509(f, x);
-    fclose(f);
-    f = fopen(key_path, "w");
-    REQUIRE(f != NULL);
-    PEM_write_PrivateKey(f, pkey, NULL, NULL, 0, NULL, NULL);
-    fclose(f);
-    X509_free(x);
-    EVP_PKEY_free(pkey);
-    return 0;
-}
 
 static int slurp(const char *path, char *buf, size_t cap, size_t *len)
 {
@@ -69,8 +43,8 @@ static int setup(void)
     snprintf(bundle, sizeof bundle, "%s/bundle.pem", tmpdir);
     snprintf(fifo, sizeof fifo, "%s/fifo.pem", tmpdir);
     snprintf(garbage, sizeof garbage, "%s/garbage.pem", tmpdir);
-    REQUIRE(make_pair("a", cert_a, key_a) == 0);
-    REQUIRE(make_pair("b", cert_b, key_b) == 0);
+    REQUIRE(make_material("a", cert_a, key_a) == 0);
+    REQUIRE(make_material("b", cert_b, key_b) == 0);
     /* the bundle: both certificates (each is its own CA) */
     char buf[8192];
     size_t n1 = 0, n2 = 0;

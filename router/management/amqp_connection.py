@@ -48,7 +48,13 @@ from router.management import sasl
 from router.management.agent import Agent, Caller, Response, routed_router, serves_address
 from router.management.auth_gate import AuthGate, AuthJob, Check
 from router.management.limits import HANDSHAKE_TIMEOUT_S
-from router.network.channel import ChannelOwner, ControlChannel, close_amqp, push_input
+from router.network.channel import (
+    ChannelOwner,
+    ControlChannel,
+    close_amqp,
+    pump_events,
+    push_input,
+)
 
 _log = get_logger("PROTOCOL")
 
@@ -448,21 +454,10 @@ class AmqpConnection:
         transport = self._transport
         if collector is None or transport is None or self._state == "closed":
             return
-        while True:
-            event = collector.peek()
-            if event is None:
-                break
-            try:
-                self._on_event(event)
-            finally:
-                collector.pop()
-        # proton hands its output out in buffer-sized pieces of whole frames
-        while (pending := transport.pending()) > 0:
-            out = transport.peek(pending)
-            transport.pop(pending)
-            if out:
-                self._host.conn_write(self.id, bytes(out))
-        if pending < 0 or transport.closed:
+        closed = pump_events(
+            collector, transport, self._on_event, lambda out: self._host.conn_write(self.id, out)
+        )
+        if closed:
             condition = transport.condition
             if condition is not None and self._state != "closed":
                 # proton refused the input (framing, protocol): say what

@@ -94,8 +94,6 @@ class ControlChannel:
         self._tags = itertools.count(1)
         self.ready = False
         self.failed = False
-        self.sent = 0
-        self.received = 0
 
     @property
     def cost(self) -> int:
@@ -209,7 +207,6 @@ class ControlChannel:
         if link.credit < RECEIVER_CREDIT // 2:
             link.flow(RECEIVER_CREDIT - link.credit)
         data = bytes(payload) if payload else b""
-        self.received += 1
         message = Message()
         try:
             message.decode(data)
@@ -249,11 +246,6 @@ class ControlChannel:
             sender.send(data)
             sender.advance()
             delivery.settle()
-            self.sent += 1
-
-    @property
-    def queued_bytes(self) -> int:
-        return self._queued
 
     def fail(self, reason: str) -> None:
         if self.failed:
@@ -262,6 +254,28 @@ class ControlChannel:
         self._queue.clear()
         self._queued = 0
         self._owner.channel_failed(self.conn_id, reason)
+
+
+def pump_events(
+    collector: Collector,
+    transport: Transport,
+    on_event: Callable[[Event], None],
+    write: Callable[[bytes], object],
+) -> bool:
+    """Handles proton's pending events, then writes the whole frames it
+    produced; True once the transport has closed (its output side ended)."""
+    while (event := collector.peek()) is not None:
+        try:
+            on_event(event)
+        finally:
+            collector.pop()
+    # proton hands its output out in buffer-sized pieces of whole frames
+    while (pending := transport.pending()) > 0:
+        out = transport.peek(pending)
+        transport.pop(pending)
+        if out:
+            write(bytes(out))
+    return pending < 0 or transport.closed
 
 
 def push_input(transport: Transport, data: bytes, pump: Callable[[], None]) -> str | None:
@@ -446,17 +460,7 @@ class DialledConnection:
         collector, transport = self._collector, self._transport
         if collector is None or transport is None or self._state == "closed":
             return
-        while (event := collector.peek()) is not None:
-            try:
-                self._on_event(event)
-            finally:
-                collector.pop()
-        while (pending := transport.pending()) > 0:
-            out = transport.peek(pending)
-            transport.pop(pending)
-            if out:
-                self._host.conn_write(self.id, bytes(out))
-        if pending < 0 or transport.closed:
+        if pump_events(collector, transport, self._on_event, self._write):
             cond = transport.condition or (
                 self.channel.connection.remote_condition if self.channel else None
             )
@@ -464,6 +468,9 @@ class DialledConnection:
                 f"{cond.name}: {cond.description}" if cond is not None else "closed by the far end"
             )
             self._fail(why)
+
+    def _write(self, data: bytes) -> None:
+        self._host.conn_write(self.id, data)
 
     def _on_event(self, event: Event) -> None:
         channel = self.channel

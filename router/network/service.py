@@ -24,7 +24,6 @@ handling of one link closes that link, with its traceback in the log.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import itertools
 import socket
 import time
@@ -42,6 +41,7 @@ from router.network.linkstate import shortest_paths
 from router.network.routes import RouteTable
 from router.network.sync import SyncStatus
 from router.registry import Entity, Registry
+from router.resolver import numeric_host
 from router.tls import TlsManager
 
 _log = get_logger("ROUTER_HELLO")
@@ -139,10 +139,8 @@ class NetworkService:
         self._agent: Agent | None = None
         self._pending: dict[int, tuple[Callable[[Response], None], asyncio.TimerHandle]] = {}
         self._mgmt_numbers = itertools.count(1)
-        self.mgmt_forwarded = 0
         self.started = time.monotonic()
         self.handler_errors = 0
-        self.stalled_ticks = 0
         self.convergence_s: float | None = None  # last change until routes settled
         self._change_started: float | None = None
         engine.on_event(self._on_event)
@@ -174,9 +172,7 @@ class NetworkService:
         self._tick_handle = self.loop.call_later(due - now, self._tick)
 
     def _tick(self) -> None:
-        handle, self._tick_handle = self._tick_handle, None
-        if handle is not None and self.loop.time() - handle.when() > self.config.hello_interval:
-            self.stalled_ticks += 1  # this router did not run for a while
+        self._tick_handle = None
         # read what the links sent before judging their silence: under a
         # backlog, a neighbour's HELLO may wait behind other input
         self.engine.dispatch_pending()
@@ -494,7 +490,6 @@ class NetworkService:
                     f"'{self.router_id}': {'hop limit' if hops <= 0 else 'no route'}"
                 )
                 return
-            self.mgmt_forwarded += 1
             self._send_routed(link_id, opcode, {**body, "hops": hops})
             return
         if opcode == MGMT_REPLY:
@@ -607,7 +602,7 @@ class NetworkService:
                 return
             found = self._tls.slot(cfg.ssl_profile)
             slot = -1 if found is None else found
-        ip = _numeric(cfg.host)
+        ip = numeric_host(cfg.host) or ("127.0.0.1" if cfg.host == "localhost" else None)
         if ip is None:
             self.loop.create_task(self._resolve_and_dial(state))
             return
@@ -827,9 +822,6 @@ class NetworkService:
     def links(self) -> list[_Link]:
         return list(self._links.values())
 
-    def link_of(self, conn_id: int) -> _Link | None:
-        return self._links.get(conn_id)
-
     def metrics(self) -> dict[str, float | int | None]:
         out = dict(self.core.metrics())
         out["convergenceSeconds"] = self.convergence_s
@@ -889,13 +881,3 @@ def _routed_problem(body: Any) -> str | None:
     elif not isinstance(body.get("status"), int) or not isinstance(body.get("description"), str):
         return "a reply needs status and description"
     return None
-
-
-def _numeric(host: str) -> str | None:
-    name = host.strip().strip("[]")
-    if name == "localhost":
-        return "127.0.0.1"
-    try:
-        return str(ipaddress.ip_address(name))
-    except ValueError:
-        return None
