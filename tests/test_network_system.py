@@ -772,3 +772,189 @@ def test_a_slow_reader_keeps_every_routers_memory_bounded_and_loses_nothing(
     finally:
         resume.set()
         srv.close()
+
+
+def _flow_header(address: bytes, hops: int, flow_id: int = 7, origin: bytes = b"X") -> bytes:
+    """A FLOW message written by hand (docs/dataplane.md, "FLOW")."""
+    body = (
+        flow_id.to_bytes(8, "big")
+        + bytes([hops, 0])
+        + len(address).to_bytes(2, "big")
+        + address
+        + bytes([len(origin)])
+        + origin
+        + b"\x00"
+    )
+    return b"SK\x01F" + (6 + len(body)).to_bytes(2, "big") + body
+
+
+def _verdict_then_eof(port: int, message: bytes) -> tuple[int, int, int]:
+    """Sends one message to a data port; the verdict's (code, detail, flow
+    id), after which the router must close the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(message)
+        v = recv_exact(s, 16)
+        assert v[:4] == b"SK\x01V" and int.from_bytes(v[4:6], "big") == 16, v
+        rest = b""
+        try:
+            while chunk := s.recv(4096):
+                rest += chunk
+        except ConnectionResetError:
+            pass
+        assert rest == b""  # nothing after a refusal's verdict, then EOF
+        return v[6], v[7], int.from_bytes(v[8:16], "big")
+
+
+def test_bad_flow_headers_get_their_verdict_and_close_only_their_connection(net: Network) -> None:
+    port, srv, _ = _line_with_service(net)
+    try:
+        ir = net.specs["B"].ir_port
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as held:
+            held.sendall(b"before")
+            assert recv_exact(held, 6) == b"before"
+            # a hop count of zero: HOP_LIMIT (3), detail hop_limit (7), naming the flow
+            assert _verdict_then_eof(ir, _flow_header(b"svc", 0, flow_id=41)) == (3, 7, 41)
+            # an address over 1024 bytes: BAD_HEADER (4), detail address_too_long (14)
+            code, detail, _ = _verdict_then_eof(ir, _flow_header(b"a" * 1025, 5))
+            assert (code, detail) == (4, 14)
+            # an unknown version: BAD_HEADER, detail unknown_version (2)
+            code, detail, _ = _verdict_then_eof(ir, b"SK\x07F\x00\x18" + bytes(18))
+            assert (code, detail) == (4, 2)
+            # an address nobody serves: NO_ROUTE (1), and the flow id is kept
+            assert _verdict_then_eof(ir, _flow_header(b"nowhere", 5, flow_id=9))[::2] == (1, 9)
+            held.sendall(b"after")  # the flow that was running is untouched
+            assert recv_exact(held, 5) == b"after"
+        errors = {
+            reason: net["B"].metric(f'skiff_dataplane_header_errors_total{{reason="{reason}"}}')
+            for reason in ("hop_limit", "address_too_long", "unknown_version")
+        }
+        assert errors == {"hop_limit": 1, "address_too_long": 1, "unknown_version": 1}
+        assert _round_trip(port, 10_000, 5)
+    finally:
+        srv.close()
+
+
+def _reset(conn: socket.socket) -> None:
+    """Closes with a TCP reset instead of a FIN."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    conn.close()
+
+
+def test_a_reset_travels_end_to_end_both_ways_across_two_hops(net: Network) -> None:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    target_port = int(srv.getsockname()[1])
+    seen_by_target: list[str] = []
+
+    def target() -> None:
+        for mode in ("target resets", "client resets"):
+            conn, _ = srv.accept()
+            recv_exact(conn, 5)
+            conn.sendall(b"ready")
+            if mode == "target resets":
+                _reset(conn)
+                continue
+            conn.settimeout(30)
+            try:
+                while conn.recv(4096):
+                    pass
+                seen_by_target.append("eof")
+            except ConnectionResetError:
+                seen_by_target.append("reset")
+            conn.close()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    try:
+        for name in "ABC":
+            net.router(name)
+        net.link("A", "B")
+        net.link("B", "C")
+        listen_port = _free_port()
+        net.specs["A"].extra.append(tcp_listener("rst", listen_port))
+        net.specs["C"].extra.append(tcp_connector("rst", target_port))
+        net.start()
+        net.wait_converged()
+        net.wait(lambda: "rst" in net["A"].addresses(), "A to learn the target")
+        # the target resets: the client sees a reset, not an orderly EOF
+        with socket.create_connection(("127.0.0.1", listen_port), timeout=30) as s:
+            s.sendall(b"hello")
+            assert recv_exact(s, 5) == b"ready"
+            with pytest.raises(ConnectionResetError):
+                while s.recv(4096):
+                    pass
+        # the client resets: the target sees a reset
+        s = socket.create_connection(("127.0.0.1", listen_port), timeout=30)
+        s.sendall(b"hello")
+        assert recv_exact(s, 5) == b"ready"
+        _reset(s)
+        thread.join(30)
+        assert seen_by_target == ["reset"]
+        # both resets crossed A's link to B and were counted there
+        net.wait(
+            lambda: (net["A"].metric('skiff_dataplane_peer_resets_total{peer="B"}') or 0) >= 2,
+            "A to count both resets on its link to B",
+        )
+    finally:
+        srv.close()
+
+
+def test_tls_link_profile_rotated_while_flows_run(net: Network, tmp_path: Path) -> None:
+    """Old flows keep the TLS configuration they started with; idle pooled
+    data connections of the old version are replaced by new ones."""
+    srv, echo_port, _ = _echo_server()
+    try:
+        ca = CertAuthority("network CA")
+        a, b = net.router("A"), net.router("B")
+        b.listener_attrs.update(
+            {"sslProfile": "link-tls", "authenticatePeer": "true", "requireSsl": "true"}
+        )
+        a.extra.append(_ssl_profile(tmp_path / "pki", ca, "A", ca))
+        b.extra.append(_ssl_profile(tmp_path / "pki", ca, "B", ca))
+        net.link("A", "B", sslProfile="link-tls")
+        listen_port = _free_port()
+        a.extra.append(tcp_listener("svc", listen_port))
+        b.extra.append(tcp_connector("svc", echo_port))
+        net.start()
+        net.wait_converged()
+        net.wait(lambda: _listening(listen_port), "A's tcpListener to open")
+
+        def versions(name: str) -> int:
+            rows = net[name].query("sslProfile", ["name", "version"])
+            return int(next(r["version"] for r in rows if r["name"] == "link-tls"))
+
+        def flow_versions() -> list[int]:
+            rows = net["B"].query("tcpConnection", ["remoteRouter", "tlsConfigVersion"])
+            return sorted(int(r["tlsConfigVersion"]) for r in rows if r["remoteRouter"] == "A")
+
+        for i in range(3):  # warm A's pool to B
+            assert _round_trip(listen_port, 1000, i)
+        old = socket.create_connection(("127.0.0.1", listen_port), timeout=30)
+        old.sendall(b"old flow")
+        assert recv_exact(old, 8) == b"old flow"
+        b_before, a_before = versions("B"), versions("A")
+        assert flow_versions() == [b_before]
+
+        # both ends get new certificates from the same CA, written in place
+        for name in "AB":
+            issued = ca.issue(name)
+            write(tmp_path / "pki" / f"{name}.key", issued.key_pem)
+            write(tmp_path / "pki" / f"{name}.pem", issued.cert_pem)
+        net.wait(lambda: versions("A") > a_before and versions("B") > b_before, "both rotations")
+
+        new = socket.create_connection(("127.0.0.1", listen_port), timeout=30)
+        new.sendall(b"new flow")
+        assert recv_exact(new, 8) == b"new flow"
+        old.sendall(b"still here")  # the running flow keeps its connection
+        assert recv_exact(old, 10) == b"still here"
+        assert flow_versions() == [b_before, versions("B")]
+        # the pooled connections made before A's rotation were not claimed
+        stale = net["A"].metric('skiff_dataplane_peer_pool_stale_total{peer="B"}')
+        assert stale is not None and stale >= 1
+        old.close()
+        new.close()
+        for i in range(5):
+            assert _round_trip(listen_port, 5000, 10 + i)
+    finally:
+        srv.close()
