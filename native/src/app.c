@@ -348,12 +348,28 @@ void sk_app_conn_closed(sk_worker *w, sk_conn *c, int err)
 
 /* ------------------------------------------------------------ control side */
 
+/* Asks the owning worker to look at the connection, once per batch. The
+ * caller decides under a->lock (want_kick) and posts after unlocking
+ * (kick): posting writes the worker's eventfd, and a worker woken while the
+ * writer still held a->lock would only block on it (seen as a quarter of the
+ * control loop's samples in app_write during a storm). */
+static bool want_kick(sk_app *a)
+{
+    /* caller holds a->lock */
+    if (a->kick_pending)
+        return false;
+    a->kick_pending = true;
+    return true;
+}
+
 static void kick(sk_app *a)
 {
-    /* caller holds a->lock and has set kick_pending */
+    /* caller does not hold a->lock, holds a reference, and won want_kick */
     sk_msg *m = calloc(1, sizeof *m);
     if (!m) {
+        pthread_mutex_lock(&a->lock);
         a->kick_pending = false;
+        pthread_mutex_unlock(&a->lock);
         return;
     }
     SK_ADD(&a->refs, 1);
@@ -380,14 +396,14 @@ int64_t sk_app_read(sk_engine *e, uint64_t conn_id, void *buf, size_t len)
     }
     if (a->in_len == 0)
         a->readable_signalled = false;
+    bool post = false;
     if (a->read_paused && n && !a->closed && !atomic_load(&e->stopping)) {
         a->read_paused = false; /* credit returned: the worker reads again */
-        if (!a->kick_pending) {
-            a->kick_pending = true;
-            kick(a);
-        }
+        post = want_kick(a);
     }
     pthread_mutex_unlock(&a->lock);
+    if (post)
+        kick(a);
     sk_app_unref(a);
     return rc;
 }
@@ -398,16 +414,17 @@ int sk_app_write(sk_engine *e, uint64_t conn_id, const void *buf, size_t len)
     if (!a)
         return -2;
     int rc = 0;
+    bool post = false;
     pthread_mutex_lock(&a->lock);
-    if (a->closed || a->close_req || atomic_load(&e->stopping)) {
+    if (a->closed || a->close_req || atomic_load(&e->stopping))
         rc = -3;
-    } else if (append(&a->outq, &a->outq_len, &a->outq_cap, buf, len) != 0) {
+    else if (append(&a->outq, &a->outq_len, &a->outq_cap, buf, len) != 0)
         rc = -4;
-    } else if (!a->kick_pending) {
-        a->kick_pending = true;
-        kick(a);
-    }
+    else
+        post = want_kick(a);
     pthread_mutex_unlock(&a->lock);
+    if (post)
+        kick(a);
     sk_app_unref(a);
     return rc;
 }
@@ -439,6 +456,7 @@ int sk_app_set_keepalive(sk_engine *e, uint64_t conn_id, const void *frame, size
         else
             memcpy(copy, frame, len);
     }
+    bool post = false;
     pthread_mutex_lock(&a->lock);
     if (rc == 0 && (a->closed || atomic_load(&e->stopping))) {
         rc = -3;
@@ -449,12 +467,11 @@ int sk_app_set_keepalive(sk_engine *e, uint64_t conn_id, const void *frame, size
         a->ka_len = interval_ms && len ? len : 0;
         a->ka_interval_ns = a->ka_len ? (uint64_t)interval_ms * 1000000u : 0;
         a->ka_changed = true;
-        if (!a->kick_pending) {
-            a->kick_pending = true;
-            kick(a);
-        }
+        post = want_kick(a);
     }
     pthread_mutex_unlock(&a->lock);
+    if (post)
+        kick(a);
     free(copy);
     sk_app_unref(a);
     return rc;
@@ -465,17 +482,17 @@ int sk_app_close(sk_engine *e, uint64_t conn_id, int abort_now)
     sk_app *a = lookup(e, conn_id);
     if (!a)
         return -2;
+    bool post = false;
     pthread_mutex_lock(&a->lock);
     if (!a->closed && !atomic_load(&e->stopping)) {
         a->close_req = true;
         if (abort_now)
             a->abort_req = true;
-        if (!a->kick_pending) {
-            a->kick_pending = true;
-            kick(a);
-        }
+        post = want_kick(a);
     }
     pthread_mutex_unlock(&a->lock);
+    if (post)
+        kick(a);
     sk_app_unref(a);
     return 0;
 }
