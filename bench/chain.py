@@ -45,6 +45,7 @@ from bench.echo import EchoServer
 from bench.host import environment, raise_nofile_limit, read_process_cpu_s, read_threads_cpu_s
 from bench.idle import IdleHold
 from bench.netharness import Network
+from bench.pki import CertAuthority, write
 from bench.progress import Progress
 from bench.proxies import (
     HAPROXY_MISSING,
@@ -57,7 +58,18 @@ from bench.proxies import (
 from bench.results import envelope
 from bench.storm import StormConfig, run_round
 
-SUBJECTS = ("direct", "chain1", "chain2", "chain3", "haproxy1", "haproxy2", "haproxy3")
+SUBJECTS = (
+    "direct",
+    "chain1",
+    "chain2",
+    "chain3",
+    "tls-chain2",
+    "tls-chain3",
+    "haproxy1",
+    "haproxy2",
+    "haproxy3",
+)
+TLS_PREFIX = "tls-"  # a chain whose inter-router links are mutual TLS
 WORKLOADS = ("storm", "latency", "bulk", "idle")
 LOG_ENTITY = "log {\n    module: DEFAULT\n    enable: warning+\n}"
 ECHO_ADDRESS = "chain-echo"
@@ -72,11 +84,15 @@ METRICS: dict[str, list[tuple[str, str, bool]]] = {
         ("cpu_us_per_flow", "µs CPU/flow (all routers)", True),
         ("latency_p50_ms", "p50 ms", True),
         ("latency_p99_ms", "p99 ms", True),
+        ("pool_hit_ratio", "pooled data conns/claims", False),
+        ("tls_handshakes_per_flow", "TLS handshakes/flow", True),
     ],
     "latency": [
         ("latency_p50_ms", "p50 ms (unloaded)", True),
         ("latency_p99_ms", "p99 ms (unloaded)", True),
         ("cpu_us_per_flow_router", "µs CPU/flow/router", True),
+        ("pool_hit_ratio", "pooled data conns/claims", False),
+        ("tls_handshakes_per_flow", "TLS handshakes/flow", True),
     ],
     "bulk": [
         ("gbit_s", "Gbit/s", False),
@@ -93,6 +109,7 @@ GOAL_CPU = 1.2
 GOAL_GBIT = 0.8
 GOAL_IDLE_KIB = 1.0
 GOAL_P50 = 1.3
+GOAL_WARM = 0.99  # claims that found a pooled data connection (no handshake on the path)
 
 
 def routers_of(subject: str) -> int:
@@ -163,6 +180,8 @@ class Subject:
     pids: list[int]
     # engine gauges summed over the routers (skiffd chains only)
     gauges: Callable[[], dict[str, float]] | None = None
+    # data-plane counters summed over the routers (skiffd chains only)
+    counters: Callable[[], dict[str, float]] | None = None
     logs: Callable[[], dict[str, str]] | None = None
     stop: Callable[[], None] = lambda: None
 
@@ -207,6 +226,42 @@ def engine_gauges(text: str) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in _GAUGE.finditer(text)}
 
 
+_COUNTER = re.compile(
+    r"^skiff_(engine_tls_handshakes_total|dataplane_peer_pool_hits_total"
+    r"|dataplane_peer_pool_misses_total)(?:\{[^}]*\})?\s+([0-9.eE+-]+)$",
+    re.M,
+)
+
+
+def dataplane_counters(text: str) -> dict[str, float]:
+    """TLS handshakes and pool claims of one /metrics exposition, summed
+    over the neighbours: a claim that found no pooled data connection (a
+    miss) dials, and over TLS handshakes, on the flow's path."""
+    out = {"tls_handshakes": 0.0, "pool_hits": 0.0, "pool_misses": 0.0}
+    for m in _COUNTER.finditer(text):
+        key = {
+            "engine_tls_handshakes_total": "tls_handshakes",
+            "dataplane_peer_pool_hits_total": "pool_hits",
+            "dataplane_peer_pool_misses_total": "pool_misses",
+        }[m.group(1)]
+        out[key] += float(m.group(2))
+    return out
+
+
+def _pool_figures(
+    before: dict[str, float] | None, after: dict[str, float] | None, flows: int
+) -> dict[str, float | None]:
+    if before is None or after is None:
+        return {"pool_hit_ratio": None, "tls_handshakes_per_flow": None}
+    hits = after["pool_hits"] - before["pool_hits"]
+    misses = after["pool_misses"] - before["pool_misses"]
+    hs = after["tls_handshakes"] - before["tls_handshakes"]
+    return {
+        "pool_hit_ratio": hits / (hits + misses) if hits + misses else None,
+        "tls_handshakes_per_flow": hs / flows if flows else None,
+    }
+
+
 def round_trip(address: tuple[str, int], payload: bytes = b"chain-probe") -> bool:
     try:
         with socket.create_connection(address, timeout=2) as s:
@@ -230,18 +285,38 @@ def start_chain(
     sink: tuple[str, int],
     tmp: Path,
     timeout_s: float = 60.0,
+    tls: bool = False,
 ) -> Subject:
-    """n interior routers A→B→…, listeners on the first, connectors on the last."""
+    """n interior routers A→B→…, listeners on the first, connectors on the
+    last; with ``tls``, every inter-router link (and so every data
+    connection) is mutual TLS with certificates of one CA."""
     names = [chr(ord("A") + i) for i in range(n)]
     net = Network(tmp)
+    ca = CertAuthority("chain CA") if tls else None
     for name in names:
         spec = net.router(name, workerThreads=workers)
         spec.extra.append(LOG_ENTITY)
-        # data connections count against the inter-router listener's
-        # maxConnections, whose default cap is 128: lift it (see docs/benchmarks.md)
+        # the AMQP links are few; the cap is lifted so that it never matters
         spec.listener_attrs["maxConnections"] = IR_MAX_CONNECTIONS
+        if ca is not None:
+            issued = ca.issue(name)
+            pki = tmp / "pki"
+            pki.mkdir(parents=True, exist_ok=True)
+            cert = write(pki / f"{name}.pem", issued.cert_pem)
+            key = write(pki / f"{name}.key", issued.key_pem)
+            cas = write(pki / "ca.pem", ca.pem)
+            spec.extra.append(
+                f"sslProfile {{\n    name: link-tls\n    certFile: {cert}\n"
+                f"    privateKeyFile: {key}\n    caCertFile: {cas}\n}}"
+            )
+            spec.listener_attrs.update(
+                {"sslProfile": "link-tls", "authenticatePeer": "true", "requireSsl": "true"}
+            )
     for a, b in itertools.pairwise(names):
-        net.link(a, b)
+        if ca is not None:
+            net.link(a, b, sslProfile="link-tls")
+        else:
+            net.link(a, b)
     echo_port, sink_port = free_port(), free_port()
     while sink_port == echo_port:
         sink_port = free_port()
@@ -271,16 +346,24 @@ def start_chain(
                 total[k] = total.get(k, 0.0) + v
         return total
 
+    def counters() -> dict[str, float]:
+        total: dict[str, float] = {}
+        for r in routers:
+            for k, v in dataplane_counters(r.http("/metrics")[1]).items():
+                total[k] = total.get(k, 0.0) + v
+        return total
+
     pids = []
     for r in routers:
         assert r.proc is not None
         pids.append(r.proc.pid)
     return Subject(
-        f"chain{n}",
+        f"{TLS_PREFIX if tls else ''}chain{n}",
         entry,
         ("127.0.0.1", sink_port),
         pids,
         gauges,
+        counters,
         lambda: {r.name: r.log() for r in routers},
         net.close,
     )
@@ -307,7 +390,7 @@ def start_haproxy_chain(
             p.stop()
 
     procs.reverse()  # entry first
-    subj = Subject(f"haproxy{n}", e, s, [p.pid for p in procs], None, None, stop)
+    subj = Subject(f"haproxy{n}", e, s, [p.pid for p in procs], stop=stop)
     return subj, procs[0].version
 
 
@@ -337,8 +420,10 @@ class _Runner:
             source_addrs=cfg.source_addrs,
         )
         by0 = t.cpu_by_process()
+        c0 = t.counters() if t.counters is not None else None
         r = await run_round(scfg, t, rnd, self.pool, self.echo, None)
         by = [b - a for a, b in zip(by0, t.cpu_by_process(), strict=True)]
+        pool = _pool_figures(c0, t.counters() if t.counters is not None else None, r.ok)
         cpu = sum(by) if t.routers else None
         failures = [f"{k}: {v}" for k, v in r.failures.items() if v]
         if r.ok == 0:
@@ -357,6 +442,7 @@ class _Runner:
                 "flows": float(r.ok),
                 "failed_flows": float(sum(r.failures.values())),
                 "client_cpu_s": r.client_cpu_s,
+                **pool,
             },
             failures,
             {
@@ -526,6 +612,8 @@ class ChainReport:
                         row[f"{c}/chain1"] = self.ratio(wl, metric, c, "chain1")
                     if f"haproxy{n}" in self.subjects:
                         row[f"{c}/haproxy{n}"] = self.ratio(wl, metric, c, f"haproxy{n}")
+                    if f"{TLS_PREFIX}{c}" in self.subjects:
+                        row[f"{TLS_PREFIX}{c}/{c}"] = self.ratio(wl, metric, TLS_PREFIX + c, c)
                 out[f"{wl}.{metric}"] = row
         return out
 
@@ -597,6 +685,17 @@ class ChainReport:
                         f"idle RSS per flow per router, chain{n} <= {GOAL_IDLE_KIB} KiB",
                         v,
                         None if v is None else v <= GOAL_IDLE_KIB,
+                    )
+        if lat in wl:
+            for n in (2, 3):
+                if f"{TLS_PREFIX}chain{n}" in subj:
+                    v = self.median(lat, "pool_hit_ratio", f"{TLS_PREFIX}chain{n}")
+                    goal(
+                        f"tls_links_warm_pool_chain{n}",
+                        f"TLS links: flows that claimed a warm (already handshaken) data "
+                        f"connection ({lat}), {TLS_PREFIX}chain{n} >= {GOAL_WARM}",
+                        v,
+                        None if v is None else v >= GOAL_WARM,
                     )
         ff = self.failed_flows()
         total = sum(ff.values())
@@ -784,9 +883,10 @@ def run_chain(cfg: ChainConfig, progress: Progress | None = None) -> ChainReport
                 n = routers_of(name)
                 if name == "direct":
                     started.append(direct_subject(e, s))
-                elif name.startswith("chain"):
+                elif "chain" in name:
                     progress.phase(f"starting {name}")
-                    started.append(start_chain(n, cfg.workers, e, s, workdir / name))
+                    tls = name.startswith(TLS_PREFIX)
+                    started.append(start_chain(n, cfg.workers, e, s, workdir / name, tls=tls))
                 elif haproxy_binary() is None:
                     progress.result(f"skipping {name}: {HAPROXY_MISSING}")
                     report.skipped[name] = HAPROXY_MISSING
