@@ -59,6 +59,7 @@ class RouterSpec:
     extra: list[str] = field(default_factory=list)  # other entities (tcpConnector, ...)
     router_attrs: dict[str, object] = field(default_factory=dict)
     listener_attrs: dict[str, object] = field(default_factory=dict)  # inter-router listener
+    listen: bool = True  # False: no inter-router or edge listener (a site that only dials out)
 
 
 class Router:
@@ -92,7 +93,7 @@ class Router:
             "    http: true",
             "}",
         ]
-        if spec.mode == "interior":
+        if spec.mode == "interior" and spec.listen:
             ir = {"name": "inter-router", "host": "127.0.0.1", "port": spec.ir_port,
                   "role": "inter-router", **spec.listener_attrs}  # fmt: skip
             out += ["listener {", *(f"    {k}: {v}" for k, v in ir.items()), "}"]

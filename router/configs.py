@@ -213,6 +213,7 @@ class TcpListenerConfig(EntityConfig):
     ssl_profile: str | None
     authenticate_peer: bool
     max_connections: int
+    distribution: str
 
 
 @dataclasses.dataclass(frozen=True)

@@ -474,6 +474,18 @@ _TCP_LISTENER = EntityTypeSpec(
             "(0 to 1000000).",
         ),
         AttributeSpec(
+            "distribution",
+            AttrType.ENUM,
+            default="closest",
+            choices=("closest", "balanced"),
+            description="Skiff: how a client's target is chosen among the address's targets in "
+            "the network. closest: the lowest path cost (local targets cost 0), then the fewest "
+            "open flows, round robin on ties (Skupper's closest treatment, with ties balanced). "
+            "balanced: the fewest open flows plus the path cost, over every target in the "
+            "network (Skupper's balanced treatment), to spread a service exposed at several "
+            "sites.",
+        ),
+        AttributeSpec(
             "operStatus",
             AttrType.ENUM,
             status=True,

@@ -64,6 +64,7 @@ def test_defaults_come_from_the_schema() -> None:
         ssl_profile=None,
         authenticate_peer=False,
         max_connections=0,
+        distribution="closest",
     )
     router = RouterConfig.from_attributes("router", {})
     assert (router.worker_threads, router.tls_loader_threads, router.mode) == (4, 2, "standalone")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import random
@@ -956,5 +957,126 @@ def test_tls_link_profile_rotated_while_flows_run(net: Network, tmp_path: Path) 
         new.close()
         for i in range(5):
             assert _round_trip(listen_port, 5000, 10 + i)
+    finally:
+        srv.close()
+
+
+async def _echo_flows(port: int, sizes: list[int], seed: int) -> list[bool]:
+    """One flow per size, all at once: random bytes sent while the echo is
+    read back, compared by sha256."""
+
+    async def one(i: int, size: int) -> bool:
+        data = random.Random(seed * 100_003 + i).randbytes(size)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+
+            async def send() -> None:
+                for off in range(0, size, 65536):
+                    writer.write(data[off : off + 65536])
+                    await writer.drain()
+
+            sender = asyncio.ensure_future(send())
+            got = hashlib.sha256()
+            left = size
+            while left:
+                chunk = await reader.read(min(left, 1 << 16))
+                if not chunk:
+                    break
+                got.update(chunk)
+                left -= len(chunk)
+            await sender
+            return left == 0 and got.digest() == hashlib.sha256(data).digest()
+        finally:
+            writer.close()
+
+    async def bounded(i: int, size: int) -> bool:
+        try:
+            return await asyncio.wait_for(one(i, size), 120)
+        except (TimeoutError, OSError):
+            return False
+
+    return list(await asyncio.gather(*(bounded(i, s) for i, s in enumerate(sizes))))
+
+
+def test_a_thousand_concurrent_flows_both_ways_on_a_line_of_three(net: Network) -> None:
+    """Links are dialled A -> B -> C only, so the flows from C to A travel
+    on data connections their receiving side dialled (INBOUND pools)."""
+    from bench.echo import EchoServer
+
+    east, west = EchoServer.start(), EchoServer.start()
+    try:
+        for name in "ABC":
+            net.router(name, workerThreads=2)
+        net.link("A", "B")
+        net.link("B", "C")
+        at_a, at_c = _free_port(), _free_port()
+        net.specs["A"].extra += [tcp_listener("east", at_a), tcp_connector("west", west.port)]
+        net.specs["C"].extra += [tcp_listener("west", at_c), tcp_connector("east", east.port)]
+        net.start()
+        net.wait_converged()
+        net.wait(lambda: _listening(at_a) and _listening(at_c), "both tcpListeners to open")
+
+        def counts() -> tuple[float, float, float]:
+            return (
+                net["C"].metric('skiff_dataplane_peer_flows_total{peer="B"}') or 0,
+                net["B"].metric('skiff_dataplane_peer_flows_total{peer="A"}') or 0,
+                net["A"].metric("skiff_dataplane_flows_terminated_total") or 0,
+            )
+
+        before = counts()
+        rng = random.Random(1000)
+        sizes = [rng.choice((1, 100, 4096, 65536, 200_000)) for _ in range(1000)]
+
+        async def both() -> tuple[list[bool], list[bool]]:
+            a_to_c, c_to_a = await asyncio.gather(
+                _echo_flows(at_a, sizes[:500], 1), _echo_flows(at_c, sizes[500:], 2)
+            )
+            return a_to_c, c_to_a
+
+        a_to_c, c_to_a = asyncio.run(both())
+        assert a_to_c.count(False) == 0 and c_to_a.count(False) == 0, (
+            a_to_c.count(False),
+            c_to_a.count(False),
+        )
+        # C's flows went to B, and B's to A, on connections B and A dialled
+        after = counts()
+        assert [a - b for a, b in zip(after, before, strict=True)] == [500, 500, 500]
+    finally:
+        east.stop()
+        west.stop()
+
+
+def test_a_router_that_only_dials_out_receives_flows(net: Network) -> None:
+    """D has no listener at all (behind NAT): it dials A, and A's clients
+    reach D's service; an edge router likewise."""
+    srv, echo_port, _ = _echo_server()
+    try:
+        net.router("A", workerThreads=2)
+        d = net.router("D", workerThreads=2)
+        d.listen = False
+        net.router("E", mode="edge")
+        net.link("D", "A")
+        net.link("E", "A")
+        to_d, to_e = _free_port(), _free_port()
+        net.specs["A"].extra += [tcp_listener("at-d", to_d), tcp_listener("at-e", to_e)]
+        d.extra.append(tcp_connector("at-d", echo_port))
+        net.specs["E"].extra.append(tcp_connector("at-e", echo_port))
+        net.start()
+        net.wait_converged()
+        net.wait(lambda: _listening(to_d) and _listening(to_e), "A's tcpListeners to open")
+
+        def counts() -> tuple[float, float, float]:
+            return (
+                net["D"].metric("skiff_dataplane_flows_terminated_total") or 0,
+                net["A"].metric('skiff_dataplane_peer_flows_total{peer="D"}') or 0,
+                net["A"].metric('skiff_dataplane_peer_flows_total{peer="E"}') or 0,
+            )
+
+        before = counts()
+        for i in range(40):  # more than D's warm connections: claims are refilled
+            assert _round_trip(to_d, 20_000, i), f"flow {i} to D failed"
+            assert _round_trip(to_e, 20_000, 100 + i), f"flow {i} to E failed"
+        after = counts()
+        assert [a - b for a, b in zip(after, before, strict=True)] == [40, 40, 40]
     finally:
         srv.close()

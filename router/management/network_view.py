@@ -239,6 +239,18 @@ class _NetworkCollector:
             ),
             "pool_misses": ("Flows that dialled because the pool was empty.",
                             CounterMetricFamily),
+            "pool_target": ("Warm data connections kept per worker now (sized by demand).",
+                            GaugeMetricFamily),
+            "inbound_idle": ("INBOUND data connections this router keeps at the neighbour "
+                             "for its flows towards us.", GaugeMetricFamily),
+            "inbound_claims": ("INBOUND data connections the neighbour claimed for a flow.",
+                               CounterMetricFamily),
+            "pool_waits": ("Flows that waited for the neighbour's INBOUND connection.",
+                           CounterMetricFamily),
+            "pool_exhausted": ("Flows that found no INBOUND connection in time (retried "
+                               "elsewhere, like OVERLOADED).", CounterMetricFamily),
+            "pool_handoffs": ("Idle INBOUND connections moved between workers for a flow.",
+                              CounterMetricFamily),
         }  # fmt: skip
         stats = {rid: peer.stats() for rid, peer in self._network.peers().items()}
         for field, (text, kind) in per_peer.items():

@@ -132,7 +132,10 @@ class NetworkService:
         self._routes: RouteTable | None = None
         self._route_listeners: list[Callable[[RouteTable], None]] = []
         # neighbour router id -> the engine's peer its data connections go to
-        self._peers: dict[str, tuple[int, Peer]] = {}  # (link id, peer)
+        self._peers: dict[str, tuple[int, Peer]] = {}  # (link id, peer): links we dialled
+        # neighbours that dialled us: flows to them claim the INBOUND data
+        # connections they keep here (docs/dataplane.md, "Pools (INBOUND)")
+        self._reverse: dict[str, tuple[int, Peer]] = {}
         self._peers_changed = False
         self._remote_listeners: list[Callable[[Mapping[str, list[RemoteRoute]]], None]] = []
         self._closed = False
@@ -227,34 +230,34 @@ class NetworkService:
         """The table's remote destinations as the engine takes them: each
         through the peer of its next hop (destinations whose next hop has no
         peer, i.e. no data path yet, are left out)."""
-        alternates = self._alternates()
+        peers = self.peers()
+        alternates = self._alternates(peers)
         out: dict[str, list[RemoteRoute]] = {}
         for address, route in table.routes.items():
             remote = []
             for d in route.remote:
-                entry = self._peers.get(d.next_hop)
-                if entry is not None:
-                    remote.append(RemoteRoute(d.router_id, d.cost, entry[1], d.targets))
+                hop_peer = peers.get(d.next_hop)
+                if hop_peer is not None:
+                    remote.append(RemoteRoute(d.router_id, d.cost, hop_peer, d.targets))
                 for hop, cost in alternates.get(d.router_id, ()):
                     if hop != d.next_hop:
-                        peer = self._peers[hop][1]
-                        remote.append(RemoteRoute(d.router_id, cost, peer, d.targets))
+                        remote.append(RemoteRoute(d.router_id, cost, peers[hop], d.targets))
             out[address] = remote
         return out
 
-    def _alternates(self) -> dict[str, list[tuple[str, int]]]:
+    def _alternates(self, peers: Mapping[str, Peer]) -> dict[str, list[tuple[str, int]]]:
         """Loop-free alternate next hops (as in IP fast reroute): for each
         router, the other neighbours with a data path that reach it without
         coming back through us, with the path cost through them. The engine
         tries them, dearer, when the best next hop fails, so clients keep
         working while routing converges after a neighbour dies."""
-        if self.mode != "interior" or not self._peers:
+        if self.mode != "interior" or not peers:
             return {}
         lsdb = self.core.lsdb
         graph = lsdb.graph()
         mine = lsdb.paths.cost
         out: dict[str, list[tuple[str, int]]] = {}
-        for hop in self._peers:
+        for hop in peers:
             link_cost = graph.get(self.router_id, {}).get(hop)
             if link_cost is None:
                 continue
@@ -298,6 +301,10 @@ class NetworkService:
                 # warm data connections per worker, so a flow needs no dial
                 # (nor TLS handshake) while the pool has one
                 pool_size=DATA_POOL_PER_WORKER,
+                # and as many kept at the far router for its flows towards
+                # us: only the dialling side dials, so a site that cannot be
+                # reached (NAT, no listener) still receives flows
+                inbound_pool_size=DATA_POOL_PER_WORKER,
                 instance=self.config.instance,
                 link_id=link_id,
             )
@@ -310,15 +317,35 @@ class NetworkService:
             old[1].release()
         self._peers_changed = True
 
+    def _add_reverse_peer(self, router_id: str, link_id: int) -> None:
+        """A link the far router dialled is up: flows towards it claim the
+        INBOUND data connections it keeps at our inter-router listener."""
+        old = self._reverse.pop(router_id, None)
+        if old is not None:
+            old[1].release()  # one reverse peer per router id in the engine
+        try:
+            peer = self.engine.reverse_peer(router_id)
+        except EngineError as e:
+            _log.error(f"router link {link_id} from '{router_id}': no data path: {e}")
+            return
+        self._reverse[router_id] = (link_id, peer)
+        self._peers_changed = True
+
     def _drop_peer(self, link_id: int) -> None:
-        for router_id, (lid, peer) in list(self._peers.items()):
-            if lid == link_id:
-                del self._peers[router_id]
-                peer.release()  # open data connections keep their own reference
-                self._peers_changed = True
+        for peers in (self._peers, self._reverse):
+            for router_id, (lid, peer) in list(peers.items()):
+                if lid == link_id:
+                    del peers[router_id]
+                    peer.release()  # open data connections keep their own reference
+                    self._peers_changed = True
 
     def peers(self) -> dict[str, Peer]:
-        return {rid: peer for rid, (_, peer) in self._peers.items()}
+        """The peer each neighbour's flows go through: the link this router
+        dialled when there is one (it dials as the flows need), otherwise
+        the neighbour's INBOUND connections."""
+        out = {rid: peer for rid, (_, peer) in self._reverse.items()}
+        out.update({rid: peer for rid, (_, peer) in self._peers.items()})
+        return out
 
     def on_routes(self, listener: Callable[[RouteTable], None]) -> None:
         """Calls ``listener(table)`` whenever the route table changes."""
@@ -349,6 +376,8 @@ class NetworkService:
             connector.up_since = self.now()
             if channel.peer_container:
                 self._add_peer(channel.peer_container, conn_id, connector)
+        elif channel.peer_container:
+            self._add_reverse_peer(channel.peer_container, conn_id)
         role: Role = "edge" if channel.role == "edge" else "inter-router"
         label = f"{'to' if channel.dialled else 'from'} {channel.label}"
         if channel.peer_container:
