@@ -1165,7 +1165,9 @@ static void route_flow(sk_worker *w, sk_conn *c)
     sk_dc *dc = c->dc;
     const sk_flow_hdr *h = &dc->p->out.hdr;
     dc->flow_id = h->flow_id;
+    pthread_mutex_lock(&w->conn_lock);
     set_router(dc, h->origin, h->origin_len);
+    pthread_mutex_unlock(&w->conn_lock);
     sk_worker_cancel(w, SK_PRIO_NORMAL, &c->tmo);
     if (dc->hello_in) {
         dc->hello_in = false; /* claimed: no longer idle */
@@ -1482,7 +1484,10 @@ void sk_dc_closing(sk_worker *w, sk_conn *c, bool abortive)
         SK_SUB(&c->listener->dp_idle, 1);
         SK_SUB(&w->engine->dp_pool_in, 1);
     }
+    /* listings read c->dc and its router under conn_lock */
+    pthread_mutex_lock(&w->conn_lock);
     c->dc = NULL;
+    pthread_mutex_unlock(&w->conn_lock);
     if (dc->peer) {
         SK_SUB(&dc->peer->active, 1);
         SK_ADD(&dc->peer->bytes_in, SK_LOAD(&c->bytes_in));

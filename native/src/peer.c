@@ -205,7 +205,9 @@ void sk_peer_close(sk_peer *p)
     if (p->registered && unregister(p)) {
         sk_engine *e = p->engine;
         SK_STORE(&p->closing, 1);
-        for (int i = 0; i < e->nworkers; i++) {
+        /* a stopped engine's workers run nothing more (their connections
+         * are closed and their timers gone): nothing to tell them */
+        for (int i = 0; !atomic_load(&e->stopping) && i < e->nworkers; i++) {
             sk_msg *m = calloc(1, sizeof *m);
             if (!m)
                 abort(); /* a lost close would leave a refill timer on a freed peer */
