@@ -849,6 +849,16 @@ static void refill_kick(sk_worker *w, sk_dc_pool *pl, uint64_t delay_ns)
     sk_worker_schedule(w, SK_PRIO_NORMAL, &pl->refill, sk_now_ns() + delay_ns);
 }
 
+/* A dial, handshake or HELLO of this round failed: the next round waits
+ * the back-off, doubled once per round (not per connection of the round). */
+static void refill_failed(sk_worker *w, sk_dc_pool *pl)
+{
+    if (sk_timer_pending(&pl->refill))
+        return; /* this round's failure is counted already */
+    pl->fails++;
+    refill_kick(w, pl, refill_backoff_ns(pl->fails));
+}
+
 static void inbound_fill(sk_worker *w, sk_dc_pool *pl)
 {
     sk_peer *p = pl->peer;
@@ -857,8 +867,7 @@ static void inbound_fill(sk_worker *w, sk_dc_pool *pl)
     pool_decay(pl, p->inbound_pool_size, sk_now_ns());
     while (pl->nidle + pl->ndial < pl->target)
         if (!pool_dial(w, p, pl, true)) {
-            pl->fails++;
-            refill_kick(w, pl, refill_backoff_ns(pl->fails));
+            refill_failed(w, pl);
             break;
         }
 }
@@ -1476,8 +1485,7 @@ void sk_dc_closing(sk_worker *w, sk_conn *c, bool abortive)
             pl->fails = 0;
             refill_kick(w, pl, 0);
         } else {
-            pl->fails++;
-            refill_kick(w, pl, refill_backoff_ns(pl->fails));
+            refill_failed(w, pl);
         }
     }
     if (dc->hello_in && c->listener) {
