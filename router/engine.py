@@ -919,7 +919,8 @@ class Engine:
         INBOUND connections accepted at once (more: OVERLOADED). A flow that
         finds none waits up to pool_wait_ms (0: connect_timeout_ms), at most
         pool_wait_max flows per worker, then fails like OVERLOADED and is
-        retried elsewhere. One per router id: release the old one first."""
+        retried elsewhere. A newer reverse peer for the same router id takes
+        its HELLOs from an older one still open."""
         uid = self.new_user_id() if user_id is None else user_id
         return Peer(
             self,

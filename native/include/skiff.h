@@ -340,7 +340,8 @@ typedef struct sk_peer_options {
     int reverse;           /* 1: a reverse peer, made by the router that ACCEPTED
                               the link (ip and port unused, never dialled): flows to
                               it claim the idle INBOUND connections it dialled here
-                              (REVERSE). One per router id per engine. */
+                              (REVERSE). The newest for a router id takes
+                              its INBOUND HELLOs. */
     uint32_t inbound_pool_size; /* dialler: idle INBOUND connections kept per
                               worker at the peer (filled at once, refilled when
                               claimed or dead, with back-off) */

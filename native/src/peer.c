@@ -35,15 +35,6 @@ sk_peer *sk_peer_create(sk_engine *e, const sk_peer_options *o, char *err, size_
                    "(it never dials)", o->router_id);
         return NULL;
     }
-    if (o->reverse) {
-        sk_peer *old = sk_peer_find_reverse(e, o->router_id, idl);
-        if (old) {
-            sk_peer_release(old);
-            sk_set_err(err, errlen, "a reverse peer for router '%s' exists already",
-                       o->router_id);
-            return NULL;
-        }
-    }
     if (!o->reverse && (o->port <= 0 || o->port > 65535)) {
         sk_set_err(err, errlen, "port %d out of range 1-65535", o->port);
         return NULL;
@@ -136,7 +127,9 @@ sk_peer *sk_peer_create(sk_engine *e, const sk_peer_options *o, char *err, size_
     pthread_mutex_init(&p->lock, NULL);
     if (p->reverse || p->ipools) {
         /* the registry keeps it until sk_peer_close: refill timers and the
-         * HELLO lookup need it alive */
+         * HELLO lookup need it alive. At the head: a newer reverse peer for
+         * the same router takes its HELLOs from the older one (a link that
+         * came back before the old one was closed) */
         sk_peer_ref(p);
         pthread_mutex_lock(&e->rid_lock);
         p->registered = true;

@@ -506,14 +506,22 @@ static int test_hello_checks(void)
     CHECK_EQ_U(s.hello_refused, 1);
     CHECK_EQ_U(s.hello_overloaded, 1);
     CHECK_EQ_U(s.inbound_accepted, 1);
-    /* a second reverse peer for the same router is refused */
-    sk_peer_options po;
-    sk_peer_options_init(&po);
-    po.router_id = "RC";
-    po.reverse = 1;
-    char err[SK_ERRLEN] = "";
-    CHECK(sk_peer_create(A, &po, err, sizeof err) == NULL);
-    CHECK(strstr(err, "RC") != NULL);
+    /* a newer reverse peer for the same router takes its HELLOs; once
+     * closed, the older one has them again */
+    sk_peer *rc2 = mk_reverse(A, "RC", 7, 1, 0);
+    int f3 = inbound_hello_fd(DLA, "RC", 7, &code);
+    CHECK(f3 >= 0 && code == SK_FLOW_V_OK);
+    CHECK(wait_u64(&rc2->pool_idle, 1) == 0);
+    CHECK_EQ_U(SK_LOAD(&rc->pool_idle), 1);
+    sk_peer_close(rc2);
+    if (f3 >= 0)
+        CHECK(recv_eof(f3) == 1); /* closed with the peer that held it */
+    if (f3 >= 0)
+        close(f3);
+    int f4 = inbound_hello_fd(DLA, "RC", 7, &code);
+    CHECK(f4 >= 0 && code == SK_FLOW_V_OVERLOADED); /* rc again: at its cap */
+    if (f4 >= 0)
+        close(f4);
 
     /* a flow through RC: A writes FLOW REVERSE on f1, we answer OK and echo */
     rspec ra = {.dest = {"RC"}, .cost = {1}, .via = {rc}};
