@@ -864,6 +864,19 @@ static void inbound_fill(sk_worker *w, sk_dc_pool *pl)
     sk_peer *p = pl->peer;
     if (SK_LOAD(&p->closing) || atomic_load(&w->engine->stopping))
         return;
+    /* the peer claims these with whatever TLS config they were made with:
+     * once the link's profile has a newer one, the idle ones of older
+     * versions are closed here and replaced (running flows keep theirs) */
+    const sk_tls_config *now = p->dial.tls_slot >= 0 ? sk_tls_current(w, p->dial.tls_slot) : NULL;
+    for (sk_conn *s = pl->idle, *next; now && s; s = next) {
+        next = s->dc->pnext;
+        if (s->tls && s->tls->snap.version < now->snap.version) {
+            SK_ADD(&p->pool_stale, 1);
+            s->dc->idle_since = 0; /* not a failure: replaced at once */
+            sk_conn_close(w, s, false);
+        }
+    }
+    sk_worker_cancel(w, SK_PRIO_NORMAL, &pl->refill); /* the closes kicked it */
     pool_decay(pl, p->inbound_pool_size, sk_now_ns());
     while (pl->nidle + pl->ndial < pl->target)
         if (!pool_dial(w, p, pl, true)) {

@@ -854,10 +854,9 @@ static int test_demand(void)
  * required) for its INBOUND pool; flows A -> D over it, byte-exact. */
 static char tmpdir[64] = "/tmp/inbound-test-XXXXXX";
 
-static int tls_slot(sk_engine *e, const char *cert, const char *key, const char *ca)
+static int tls_publish(sk_engine *e, int slot, const char *cert, const char *key,
+                       const char *ca)
 {
-    int slot = sk_tls_slot_create(e);
-    REQUIRE(slot >= 0);
     sk_tls_load_params p;
     sk_tls_load_params_init(&p);
     p.cert_file = cert;
@@ -874,6 +873,13 @@ static int tls_slot(sk_engine *e, const char *cert, const char *key, const char 
     return slot;
 }
 
+static int tls_slot(sk_engine *e, const char *cert, const char *key, const char *ca)
+{
+    int slot = sk_tls_slot_create(e);
+    REQUIRE(slot >= 0);
+    return tls_publish(e, slot, cert, key, ca);
+}
+
 static int test_tls(void)
 {
     char ca[160], cak[160];
@@ -888,20 +894,30 @@ static int test_tls(void)
     sk_listener *dl = mk_listener_on(a5, 1, 960, 0, sa);
     sk_listener *cl = mk_listener(a5, 0, 961);
     sk_peer *rp = mk_reverse(a5, "D", 0, 0, 0);
-    sk_peer *pd = mk_inbound(D, "A5", sk_listener_port(dl), 1, 1, sd);
+    sk_peer *pd = mk_inbound(D, "A5", sk_listener_port(dl), 2, 2, sd);
     rspec ra = {.dest = {"D"}, .cost = {1}, .via = {rp}};
     REQUIRE(publish(a5, &ra) == 0);
-    CHECK(wait_u64(&rp->pool_idle, 1) == 0);
+    CHECK(wait_u64(&rp->pool_idle, 2) == 0);
     sk_engine_counters c;
     sk_engine_counters_get(a5, &c);
-    CHECK_OP_U(c.tls_handshakes, >=, 1);
-    usleep(200 * 1000); /* session tickets: the idle connection survives them */
-    CHECK_EQ_U(SK_LOAD(&rp->pool_idle), 1);
+    CHECK_OP_U(c.tls_handshakes, >=, 2);
+    usleep(200 * 1000); /* session tickets: the idle connections survive them */
+    CHECK_EQ_U(SK_LOAD(&rp->pool_idle), 2);
     CHECK(echo_exact_on(sk_listener_port(cl), 1u << 20, 88) == 0);
     CHECK(echo_exact_on(sk_listener_port(cl), 777, 89) == 0);
     sk_peer_stats s;
     sk_peer_stats_get(rp, &s);
     CHECK_EQ_U(s.flows, 2);
+    /* D's link profile rotates: at the next refill (after a claim) its idle
+     * INBOUND connection of the old version is closed and replaced */
+    CHECK(wait_u64(&rp->pool_idle, 2) == 0);
+    REQUIRE(tls_publish(D, sd, ca, cak, ca) >= 0);
+    CHECK_EQ_U(SK_LOAD(&pd->pool_stale), 0);
+    CHECK(echo_exact_on(sk_listener_port(cl), 5000, 90) == 0);
+    CHECK(wait_u64(&pd->pool_stale, 1) == 0);
+    CHECK(wait_u64(&rp->pool_idle, 2) == 0);
+    CHECK(echo_exact_on(sk_listener_port(cl), 5000, 91) == 0); /* on a new one */
+    CHECK_EQ_U(SK_LOAD(&pd->pool_stale), 1);
     sk_peer_close(pd);
     sk_engine_stop(a5);
     sk_listener_close(dl, 0);
