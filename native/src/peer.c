@@ -138,8 +138,9 @@ sk_peer *sk_peer_create(sk_engine *e, const sk_peer_options *o, char *err, size_
         pthread_mutex_unlock(&e->rid_lock);
     }
     if (p->ipools) {
-        /* INBOUND pools are filled at once: the neighbour cannot ask */
-        for (int i = 0; i < e->nworkers; i++) {
+        /* INBOUND pools are filled at once: the neighbour cannot ask (a
+         * stopped engine's workers run nothing more) */
+        for (int i = 0; !atomic_load(&e->stopping) && i < e->nworkers; i++) {
             sk_msg *m = calloc(1, sizeof *m);
             if (!m)
                 continue; /* that worker fills on its first refill instead */
