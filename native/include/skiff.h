@@ -346,7 +346,8 @@ typedef struct sk_peer_options {
                               worker at the peer (filled at once, refilled when
                               claimed or dead, with back-off) */
     uint32_t pool_max;     /* demand sizing: a per-worker pool target grows up to
-                              this (0: 4 x the configured size, at least 8) */
+                              this (0: 4 x the configured size, at least 8; never
+                              below the configured size) */
     uint32_t inbound_cap;  /* reverse: idle INBOUND connections accepted at once
                               (all workers; over it: OVERLOADED); 0: 64 */
     uint32_t pool_wait_ms; /* reverse: how long a flow waits for an idle INBOUND
