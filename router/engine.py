@@ -206,6 +206,17 @@ class PeerStats:
     pool_hits: int  # flows that claimed a pooled connection
     pool_misses: int  # flows dialled because the worker's pool was empty
     pool_stale: int = 0  # idle pooled connections closed: an older TLS config
+    # INBOUND direction (docs/dataplane.md, "Pools (INBOUND)")
+    inbound_idle: int = 0  # dialler: idle INBOUND connections kept at the peer now
+    inbound_claims: int = 0  # dialler: INBOUND connections the peer claimed (FLOW REVERSE)
+    inbound_failures: int = 0  # dialler: INBOUND dials that failed before OK
+    inbound_accepted: int = 0  # reverse: INBOUND HELLOs answered OK
+    hello_refused: int = 0  # reverse: INBOUND HELLOs refused (instance, closing)
+    hello_overloaded: int = 0  # reverse: INBOUND HELLOs over inbound_cap
+    pool_waits: int = 0  # reverse: flows that waited for an idle connection
+    pool_exhausted: int = 0  # reverse: waits timed out or queue full (like OVERLOADED)
+    pool_handoffs: int = 0  # reverse: idle connections moved between workers
+    pool_target: int = 0  # current per-worker pool target (demand sizing; max over workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +229,7 @@ class DataplaneCounters:
     verdicts_sent: dict[str, int]  # by verdict name: ok, no_route, refused, ...
     verdicts_received: dict[str, int]
     header_errors: dict[str, int]  # refused incoming messages by reason (bad_magic, ...)
+    hello_unknown: int = 0  # INBOUND HELLOs from a router with no reverse peer (REFUSED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,7 +492,21 @@ class Peer:
     pool_size > 0 keeps that many warm OUTBOUND data connections per worker
     (HELLO answered OK), claimed by flows and refilled as they are used; idle
     ones close after pool_idle_ms (0: 60 s). instance and link_id go in the
-    HELLO."""
+    HELLO.
+
+    inbound_pool_size > 0 (the router that dialled the link) keeps that many
+    idle INBOUND connections per worker at the peer, for the peer to claim
+    for flows towards this router; filled at once, refilled when claimed or
+    dead (with back-off). pool_max caps demand sizing (0: 4 x the size, at
+    least 8).
+
+    reverse=True (Engine.reverse_peer; the router that accepted the link)
+    makes a peer with no address that is never dialled: flows to it claim
+    the INBOUND connections the neighbour keeps here (FLOW REVERSE).
+
+    release() ends the peer (sk_peer_close): a reverse peer leaves the
+    engine's registry and refuses later HELLOs, pools stop refilling and
+    their idle connections close; flows already running are untouched."""
 
     def __init__(
         self,
@@ -497,7 +523,24 @@ class Peer:
         pool_idle_ms: int = 0,
         instance: int = 0,
         link_id: int = 0,
+        reverse: bool = False,
+        inbound_pool_size: int = 0,
+        pool_max: int = 0,
+        inbound_cap: int = 0,
+        pool_wait_ms: int = 0,
+        pool_wait_max: int = 0,
     ) -> None:
+        for name, value in (
+            ("pool_size", pool_size),
+            ("pool_idle_ms", pool_idle_ms),
+            ("inbound_pool_size", inbound_pool_size),
+            ("pool_max", pool_max),
+            ("inbound_cap", inbound_cap),
+            ("pool_wait_ms", pool_wait_ms),
+            ("pool_wait_max", pool_wait_max),
+        ):
+            if not 0 <= value <= 0xFFFFFFFF:
+                raise EngineError(f"peer {router_id!r}: {name} {value} out of range 0-4294967295")
         opts = ffi.new("sk_peer_options *")
         lib.sk_peer_options_init(opts)
         keep = [ffi.new("char[]", v.encode()) for v in (router_id, ip, host)]
@@ -510,11 +553,20 @@ class Peer:
         opts.pool_idle_ms = pool_idle_ms
         opts.instance = instance
         opts.link_id = link_id
+        opts.reverse = int(reverse)
+        opts.inbound_pool_size = inbound_pool_size
+        opts.pool_max = pool_max
+        opts.inbound_cap = inbound_cap
+        opts.pool_wait_ms = pool_wait_ms
+        opts.pool_wait_max = pool_wait_max
         err = _err()
         ptr = lib.sk_peer_create(engine._ptr, opts, err, lib.SK_ERRLEN)
         if ptr == ffi.NULL:
             raise EngineError(_str(err))
-        self._ptr = ffi.gc(ptr, lib.sk_peer_release)
+        # sk_peer_close: the owner's end (the same as a release for a peer
+        # with no INBOUND pool that is not reverse)
+        self._ptr = ffi.gc(ptr, lib.sk_peer_close)
+        self.reverse = reverse
         self.router_id = router_id
         self.ip = ip
         self.port = port
@@ -539,11 +591,21 @@ class Peer:
             out.pool_hits,
             out.pool_misses,
             out.pool_stale,
+            out.inbound_idle,
+            out.inbound_claims,
+            out.inbound_failures,
+            out.inbound_accepted,
+            out.hello_refused,
+            out.hello_overloaded,
+            out.pool_waits,
+            out.pool_exhausted,
+            out.pool_handoffs,
+            out.pool_target,
         )
 
     def release(self) -> None:
-        """Drops this reference now (route tables and open data connections
-        keep their own)."""
+        """Ends the peer now (see the class); route tables and open data
+        connections keep their own references."""
         if not self.released:
             self.released = True
             ffi.release(self._ptr)
@@ -819,8 +881,10 @@ class Engine:
         pool_idle_ms: int = 0,
         instance: int = 0,
         link_id: int = 0,
+        inbound_pool_size: int = 0,
+        pool_max: int = 0,
     ) -> Peer:
-        """A neighbour router (see Peer)."""
+        """A neighbour router this router dialled (see Peer)."""
         uid = self.new_user_id() if user_id is None else user_id
         return Peer(
             self,
@@ -835,6 +899,40 @@ class Engine:
             pool_idle_ms=pool_idle_ms,
             instance=instance,
             link_id=link_id,
+            inbound_pool_size=inbound_pool_size,
+            pool_max=pool_max,
+        )
+
+    def reverse_peer(
+        self,
+        router_id: str,
+        *,
+        user_id: int | None = None,
+        instance: int = 0,
+        inbound_cap: int = 64,
+        pool_wait_ms: int = 0,
+        pool_wait_max: int = 64,
+    ) -> Peer:
+        """A neighbour router that dialled this one: flows to it claim the idle
+        INBOUND connections it keeps here (it needs inbound_pool_size > 0).
+        instance: its HELLOs must carry it (0: any). inbound_cap: its idle
+        INBOUND connections accepted at once (more: OVERLOADED). A flow that
+        finds none waits up to pool_wait_ms (0: connect_timeout_ms), at most
+        pool_wait_max flows per worker, then fails like OVERLOADED and is
+        retried elsewhere. A newer reverse peer for the same router id takes
+        its HELLOs from an older one still open."""
+        uid = self.new_user_id() if user_id is None else user_id
+        return Peer(
+            self,
+            router_id,
+            "",
+            0,
+            user_id=uid,
+            instance=instance,
+            reverse=True,
+            inbound_cap=inbound_cap,
+            pool_wait_ms=pool_wait_ms,
+            pool_wait_max=pool_wait_max,
         )
 
     def set_router_id(self, router_id: str) -> None:
@@ -970,6 +1068,7 @@ class Engine:
             verdicts(out.verdicts_sent),
             verdicts(out.verdicts_received),
             reasons,
+            int(out.hello_unknown),
         )
 
     def lateness(self, prio: int = PRIO_HIGH, worker: int = -1) -> Histogram:

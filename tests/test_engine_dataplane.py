@@ -340,3 +340,76 @@ def test_tls_pool_rotation_closes_idle_connections_of_the_old_version(
     finally:
         solo.stop()
         server.close()
+
+
+# ------------------------------------------------------------ INBOUND direction
+
+
+def test_reverse_peer_flows_to_a_router_that_only_dials_out(net: Net) -> None:
+    """D (no data_ok listener at all) dials A and keeps idle INBOUND
+    connections there; A's flows to D claim them (FLOW REVERSE)."""
+    server = ThreadedServer(exchange_server)
+    d = Engine(EngineOptions(worker_threads=1, connect_timeout_ms=2000))
+    try:
+        d.set_router_id("D")
+        a = net.routers[0]
+        d.publish_routes({SVC: [local(d, server)]}, names=NAMES)
+        a.set_router_id("A")
+        rp = a.reverse_peer("D", instance=7)
+        pd = d.peer("A", "127.0.0.1", net.data[0].port, instance=7, inbound_pool_size=2)
+        wait_for(lambda: rp.stats().pool_idle == 2, what="INBOUND connections at A")
+        assert pd.stats().inbound_idle == 2
+        assert pd.stats().pool_target == 2
+        a.publish_routes({SVC: [RemoteRoute("D", 1, rp)]}, names=NAMES)
+        for size in (0, 70_000, 1 << 20):
+            up = seeded_bytes(size, size)
+            with connect(net.client) as c:
+                digest, down = exchange(c, up, size // 3 + 1, seed=3)
+            assert digest == hashlib.sha256(up).digest()
+            assert down == seeded_bytes(3, size // 3 + 1)
+        assert a.dataplane_counters().flows_originated == 3
+        dc = d.dataplane_counters()
+        assert dc.flows_terminated == 3 and dc.data_accepted == 0
+        wait_for(lambda: rp.stats().pool_idle == 2, what="refilled after the claims")
+        st, dt = rp.stats(), pd.stats()
+        assert st.flows == 3 and st.inbound_accepted >= 5
+        assert dt.inbound_claims == 3 and dt.inbound_failures == 0
+        assert a.counters()["pool_idle_in"] == 2
+    finally:
+        d.stop()
+        server.close()
+
+
+def test_reverse_peer_refusals_and_exhaustion(net: Net) -> None:
+    """An INBOUND HELLO from a router with no reverse peer is refused and
+    counted; a reverse peer with no connection makes its flows wait, then
+    fail like OVERLOADED (counted) and the client closes when nothing else
+    is left."""
+    a = net.routers[0]
+    a.set_router_id("A")
+    d = Engine(EngineOptions(worker_threads=1, connect_timeout_ms=2000))
+    try:
+        d.set_router_id("D")
+        pd = d.peer("A", "127.0.0.1", net.data[0].port, inbound_pool_size=1)
+        wait_for(lambda: a.dataplane_counters().hello_unknown >= 1, what="unknown HELLO")
+        assert pd.stats().inbound_idle == 0
+        assert pd.stats().inbound_failures >= 1
+        rz = a.reverse_peer("RZ", pool_wait_ms=200)
+        a.publish_routes({SVC: [RemoteRoute("RZ", 1, rz)]}, names=NAMES)
+        with connect(net.client) as c:
+            assert c.recv(1) == b""
+        st = rz.stats()
+        assert (st.pool_waits, st.pool_exhausted) == (1, 1)
+        assert st.destinations_down == 1
+        rz.release()
+        pd.release()
+    finally:
+        d.stop()
+
+
+def test_reverse_peer_api_errors(net: Net) -> None:
+    a = net.routers[0]
+    with pytest.raises(EngineError, match="inbound_cap"):
+        a.reverse_peer("X", inbound_cap=-1)
+    with pytest.raises(EngineError, match="pool_size"):
+        Peer(a, "X", "", 0, reverse=True, pool_size=1)

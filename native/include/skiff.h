@@ -332,13 +332,38 @@ typedef struct sk_peer_options {
                               as they are used. 0 (default): dialled per flow */
     uint32_t pool_idle_ms; /* an idle pooled connection is closed after this
                               (not refilled until the next use); 0: 60000 */
-    uint64_t instance;     /* HELLO fields: this router's instance, the link id */
+    uint64_t instance;     /* HELLO fields: this router's instance, the link id;
+                              reverse: the neighbour's instance its HELLOs must
+                              carry (0: any) */
     uint64_t link_id;
+    /* INBOUND direction (docs/dataplane.md, "Pools (INBOUND)") */
+    int reverse;           /* 1: a reverse peer, made by the router that ACCEPTED
+                              the link (ip and port unused, never dialled): flows to
+                              it claim the idle INBOUND connections it dialled here
+                              (REVERSE). The newest for a router id takes
+                              its INBOUND HELLOs. */
+    uint32_t inbound_pool_size; /* dialler: idle INBOUND connections kept per
+                              worker at the peer (filled at once, refilled when
+                              claimed or dead, with back-off) */
+    uint32_t pool_max;     /* demand sizing: a per-worker pool target grows up to
+                              this (0: 4 x the configured size, at least 8; never
+                              below the configured size) */
+    uint32_t inbound_cap;  /* reverse: idle INBOUND connections accepted at once
+                              (all workers; over it: OVERLOADED); 0: 64 */
+    uint32_t pool_wait_ms; /* reverse: how long a flow waits for an idle INBOUND
+                              connection when none is left (0: connect_timeout_ms) */
+    uint32_t pool_wait_max; /* reverse: flows waiting at once per worker (0: 64) */
 } sk_peer_options;
 
 void sk_peer_options_init(sk_peer_options *o);
 sk_peer *sk_peer_create(sk_engine *e, const sk_peer_options *o, char *err, size_t errlen);
 void sk_peer_release(sk_peer *p);
+/* The owner is done with p (control thread): a reverse peer leaves the engine's
+ * registry (later INBOUND HELLOs naming it are REFUSED), pools stop refilling,
+ * idle pooled connections close and waiting flows are retried elsewhere; then
+ * the owner's reference is dropped. Peers with INBOUND pools or reverse must be
+ * ended with this (sk_peer_release would leave them to the engine's end). */
+void sk_peer_close(sk_peer *p);
 
 typedef struct sk_peer_stats {
     uint64_t flows;      /* data connections dialled to it that got VERDICT OK */
@@ -357,6 +382,21 @@ typedef struct sk_peer_stats {
     uint64_t pool_misses; /* flows dialled because the worker's pool was empty */
     uint64_t pool_stale;  /* idle pooled connections closed unclaimed: their TLS
                              config was older than the link profile's current one */
+    /* INBOUND direction */
+    uint64_t inbound_idle; /* dialler: idle INBOUND connections kept at the peer now */
+    uint64_t inbound_claims; /* dialler: INBOUND connections claimed by the peer (FLOW
+                                REVERSE) */
+    uint64_t inbound_failures; /* dialler: INBOUND dials that failed before OK */
+    uint64_t inbound_accepted; /* reverse: INBOUND HELLOs answered OK */
+    uint64_t hello_refused; /* reverse: INBOUND HELLOs refused: wrong instance, or
+                               closing */
+    uint64_t hello_overloaded; /* reverse: INBOUND HELLOs over inbound_cap */
+    uint64_t pool_waits;   /* reverse: flows that waited for an idle connection */
+    uint64_t pool_exhausted; /* reverse: flows whose wait timed out or found the
+                                queue full (failed like OVERLOADED) */
+    uint64_t pool_handoffs; /* reverse: idle connections moved between workers */
+    uint64_t pool_target;  /* current per-worker pool target (the largest over
+                              workers): OUTBOUND or INBOUND, after demand sizing */
 } sk_peer_stats;
 
 void sk_peer_stats_get(sk_peer *p, sk_peer_stats *out);
@@ -375,6 +415,8 @@ typedef struct sk_dataplane_counters {
     uint64_t verdicts_sent[SK_DP_VERDICTS];
     uint64_t verdicts_received[SK_DP_VERDICTS];
     uint64_t header_errors[SK_DP_REASONS]; /* refused incoming messages by reason */
+    uint64_t hello_unknown;      /* INBOUND HELLOs from a router with no reverse peer
+                                    here (REFUSED) */
 } sk_dataplane_counters;
 
 void sk_engine_dataplane_counters(sk_engine *e, sk_dataplane_counters *out);

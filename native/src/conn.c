@@ -225,6 +225,8 @@ static void close_one(sk_worker *w, sk_conn *c, bool abortive)
     c->pipe = NULL;
     if (c->app)
         sk_app_conn_closed(w, c, 0);
+    if (c->dc_wait)
+        sk_dc_wait_cancel(w, c);
     if (c->dc)
         sk_dc_closing(w, c, abortive);
     /* the references themselves go in conn_free, after the connection is
@@ -269,6 +271,27 @@ void sk_conn_close(sk_worker *w, sk_conn *c, bool abortive)
     retire(w, c);
     if (p)
         retire(w, p);
+}
+
+void sk_conn_detach(sk_worker *w, sk_conn *c)
+{
+    sk_worker_cancel(w, SK_PRIO_NORMAL, &c->tmo);
+    if (c->in_ready)
+        sk_ready_remove(w, c);
+    if (c->registered)
+        epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    c->registered = false;
+    c->events = 0;
+    pthread_mutex_lock(&w->conn_lock);
+    unlink_locked(w, c);
+    pthread_mutex_unlock(&w->conn_lock);
+    SK_BUMP(&w->nconns, (uint64_t)-1);
+}
+
+void sk_conn_adopt(sk_worker *w, sk_conn *c)
+{
+    c->worker = w;
+    link_conn(w, c);
 }
 
 static void conn_free(sk_worker *w, sk_conn *c)

@@ -182,6 +182,64 @@ static void connect_io(sk_worker *w, sk_handle *h, uint32_t ev)
     }
 }
 
+/* s, an idle pooled connection of rr's peer taken for client: its FLOW goes
+ * at once. false: the header could not be made (s closed). */
+static bool claim_start(sk_worker *w, sk_conn *client, sk_conn *s, sk_target *t,
+                        const sk_route_remote *rr, const sk_routes *rt, uint32_t aid)
+{
+    sk_peer *peer = rr->peer;
+    sk_target_ref(t);
+    s->target = t;
+    SK_ADD(&t->open, 1);
+    if (!sk_dc_originate(w, client, s, rr, rt, aid)) {
+        client->last_err = EINVAL;
+        sk_conn_close(w, s, false);
+        return false;
+    }
+    pthread_mutex_lock(&w->conn_lock);
+    s->peer = client;
+    client->peer = s;
+    pthread_mutex_unlock(&w->conn_lock);
+    SK_ADD(&peer->pool_hits, 1);
+    sk_dc_pool_fill(w, peer);
+    sk_dc_established(w, s); /* FLOW on the warm connection */
+    return true;
+}
+
+/* No connection to be had through a reverse peer: like an OVERLOADED verdict,
+ * the destination backs off and the client goes on to the next candidate. */
+static void overloaded_attempt(sk_worker *w, sk_conn *client, sk_target *t)
+{
+    if (t)
+        target_failed(w, t, EAGAIN);
+    client->last_err = EAGAIN;
+    sk_dc_attempt_overloaded(w, client);
+}
+
+void sk_connect_overloaded(sk_worker *w, sk_conn *client, sk_target *t)
+{
+    overloaded_attempt(w, client, t);
+    sk_connect_start(w, client);
+}
+
+void sk_connect_resume(sk_worker *w, sk_conn *client, sk_target *t)
+{
+    sk_engine *e = w->engine;
+    sk_routes *rt = (sk_routes *)sk_slot_cached(&e->routes, &w->routes_cache);
+    uint32_t aid = sk_dc_address(client);
+    const sk_route_entry *en = rt && aid < rt->n ? &rt->addr[aid] : NULL;
+    for (uint32_t i = 0; en && t && i < en->rn; i++) {
+        const sk_route_remote *rr = &en->rv[i];
+        if (rr->state != t)
+            continue;
+        sk_conn *s = sk_dc_pool_claim(w, rr->peer);
+        if (s && claim_start(w, client, s, t, rr, rt, aid))
+            return;
+        break;
+    }
+    sk_connect_start(w, client); /* gone from the routes: the next candidate */
+}
+
 void sk_connect_start(sk_worker *w, sk_conn *client)
 {
     sk_engine *e = w->engine;
@@ -201,26 +259,21 @@ void sk_connect_start(sk_worker *w, sk_conn *client)
         const sk_route_target *pick = pk.local ? pk.local : &pk.remote->peer->dial;
         sk_target *t = pk.t;
         client->tried[client->attempts++] = t;
-        if (pk.remote && pk.remote->peer->pool_size) {
+        if (pk.remote && (pk.remote->peer->pool_size || pk.remote->peer->reverse)) {
             sk_peer *peer = pk.remote->peer;
             sk_conn *s = sk_dc_pool_claim(w, peer);
             if (s) {
-                sk_target_ref(t);
-                s->target = t;
-                SK_ADD(&t->open, 1);
-                if (!sk_dc_originate(w, client, s, pk.remote, rt, aid)) {
-                    client->last_err = EINVAL;
-                    sk_conn_close(w, s, false);
+                if (!claim_start(w, client, s, t, pk.remote, rt, aid))
                     continue;
-                }
-                pthread_mutex_lock(&w->conn_lock);
-                s->peer = client;
-                client->peer = s;
-                pthread_mutex_unlock(&w->conn_lock);
-                SK_ADD(&peer->pool_hits, 1);
-                sk_dc_pool_fill(w, peer);
-                sk_dc_established(w, s); /* FLOW on the warm connection */
                 return;
+            }
+            if (peer->reverse) {
+                /* never dialled: wait for an INBOUND connection, or move on */
+                SK_ADD(&peer->pool_misses, 1);
+                if (sk_dc_wait(w, client, peer, t))
+                    return;
+                overloaded_attempt(w, client, t);
+                continue;
             }
             SK_ADD(&peer->pool_misses, 1);
             sk_dc_pool_fill(w, peer);

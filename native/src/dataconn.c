@@ -40,6 +40,10 @@
 #define SK_DC_LINGER_MS 2000
 #define SK_DC_LINGER_BYTES (1u << 20)
 #define SK_DC_VERDICT_WAIT 4 /* verdict wait: this many connect time-outs */
+#define SK_DC_REFILL_MIN_MS 250   /* INBOUND refill back-off: first step */
+#define SK_DC_REFILL_MAX_MS 8000  /* and its ceiling */
+#define SK_DC_YOUNG_NS 1000000000ull /* an idle INBOUND dying sooner is a failure */
+#define SK_DC_QUIET_NS 30000000000ull /* demand sizing: decay after this quiet */
 
 struct sk_dc {
     bool incoming;
@@ -61,6 +65,11 @@ struct sk_dc {
     bool claimed;  /* pooled, then claimed by a flow */
     bool idle;     /* pooled, HELLO answered OK, in the pool */
     bool hello_in; /* accepting side: a HELLO was answered OK, idle until FLOW */
+    /* INBOUND direction */
+    bool inbound;  /* dialler: pooled with HELLO role INBOUND (the peer claims it) */
+    bool idle_in;  /* dialler: INBOUND, idle until the peer's FLOW REVERSE */
+    bool moving;   /* reverse: between workers (sk_conn_detach .. adopt) */
+    uint64_t idle_since;
     sk_conn *pnext; /* the pool's idle list */
     /* the other end of the flow, for listings: incoming, the router it came
      * from (FLOW origin); dialled, the router it goes to (FLOW destination) */
@@ -116,6 +125,7 @@ void sk_engine_dataplane_counters(sk_engine *e, sk_dataplane_counters *out)
     out->flows_transited = SK_LOAD(&e->dp_transited);
     out->flows_terminated = SK_LOAD(&e->dp_terminated);
     out->origin_retries = SK_LOAD(&e->dp_retries);
+    out->hello_unknown = SK_LOAD(&e->dp_hello_unknown);
     for (int i = 0; i < SK_DP_VERDICTS; i++) {
         out->verdicts_sent[i] = SK_LOAD(&e->dp_verdicts_sent[i]);
         out->verdicts_received[i] = SK_LOAD(&e->dp_verdicts_received[i]);
@@ -273,6 +283,17 @@ bool sk_dc_fail_flow(sk_worker *w, sk_conn *c)
     return true;
 }
 
+void sk_dc_attempt_overloaded(sk_worker *w, sk_conn *client)
+{
+    if (!client->dc) {
+        SK_ADD(&w->engine->dp_retries, 1);
+        return;
+    }
+    client->dc->up_set = true;
+    client->dc->up_code = SK_FLOW_V_OVERLOADED;
+    client->dc->up_detail = 0;
+}
+
 void sk_dc_attempt_failed(sk_worker *w, sk_conn *s, sk_conn *client, int err)
 {
     sk_dc *dc = s->dc;
@@ -310,6 +331,8 @@ bool sk_dc_originate(sk_worker *w, sk_conn *client, sk_conn *s, const sk_route_r
         return false;
     }
     int n;
+    /* through a reverse peer: on one of its INBOUND connections */
+    uint8_t flags = rr->peer->reverse ? SK_FLOW_F_REVERSE : 0;
     if (client->dc) {
         /* forwarding: the same flow, one hop less, towards the same router */
         const sk_flow_hdr *h = &client->dc->p->out.hdr;
@@ -317,8 +340,8 @@ bool sk_dc_originate(sk_worker *w, sk_conn *client, sk_conn *s, const sk_route_r
                     d = {h->dest, h->dest_len};
         dc->flow_id = h->flow_id;
         set_router(dc, h->dest, h->dest_len);
-        n = sk_flow_encode_hdr(buf, SK_FLOW_HDR_MAX, h->flow_id, (uint8_t)(h->hops - 1), 0, a, o,
-                               d);
+        n = sk_flow_encode_hdr(buf, SK_FLOW_HDR_MAX, h->flow_id, (uint8_t)(h->hops - 1), flags,
+                               a, o, d);
     } else {
         char me[256];
         size_t ml = router_id(e, me);
@@ -328,7 +351,7 @@ bool sk_dc_originate(sk_worker *w, sk_conn *client, sk_conn *s, const sk_route_r
         sk_flow_str a = {en->name, en->name ? en->name_len : 0}, o = {me, ml},
                     d = {rr->dest, rr->dest_len};
         n = ml && en->name ? sk_flow_encode_hdr(buf, SK_FLOW_HDR_MAX, dc->flow_id,
-                                                SK_FLOW_MAX_HOPS, 0, a, o, d)
+                                                SK_FLOW_MAX_HOPS, flags, a, o, d)
                            : -SK_FLOW_E_EMPTY;
     }
     if (n < 0) {
@@ -386,6 +409,7 @@ static void dialled_ok(sk_worker *w, sk_conn *s)
 }
 
 static void pool_add(sk_worker *w, sk_conn *s);
+static void inbound_idle(sk_worker *w, sk_conn *s);
 
 /* A claimed pooled connection was found dead (EOF or reset before any
  * verdict): no fault of the destination. The client tries again, taking the
@@ -397,7 +421,8 @@ static void dialled_failed(sk_worker *w, sk_conn *s, int err, bool dead)
     /* bounded: a neighbour that answers HELLOs and drops every FLOW must not
      * keep a client claiming the refills for ever */
     if (!(dead && dc->claimed && !dc->got_verdict) ||
-        (client && client->dc_dead_claims >= dc->peer->pool_size)) {
+        (client && client->dc_dead_claims >=
+                       (dc->peer->reverse ? SK_MAX_TRIES : dc->peer->pool_size))) {
         sk_connect_failed(w, s, err);
         return;
     }
@@ -471,7 +496,9 @@ static void dialled_io(sk_worker *w, sk_handle *h, uint32_t ev)
         }
         SK_ADD(&e->dp_verdicts_received[v->code], 1);
         if (v->code == SK_FLOW_V_OK) {
-            if (dc->pooled && !dc->claimed)
+            if (dc->pooled && !dc->claimed && dc->inbound)
+                inbound_idle(w, s); /* HELLO answered: the peer may claim it */
+            else if (dc->pooled && !dc->claimed)
                 pool_add(w, s); /* HELLO answered: warm */
             else
                 dialled_ok(w, s);
@@ -502,7 +529,9 @@ void sk_dc_established(sk_worker *w, sk_conn *s)
         dc->wbuf = malloc(SK_FLOW_HELLO_MAX);
         sk_flow_str from = {me, ml}, to = {pe->router_id, strlen(pe->router_id)};
         int n = dc->wbuf ? sk_flow_encode_hello(dc->wbuf, SK_FLOW_HELLO_MAX,
-                                                SK_FLOW_ROLE_OUTBOUND, pe->instance,
+                                                dc->inbound ? SK_FLOW_ROLE_INBOUND
+                                                            : SK_FLOW_ROLE_OUTBOUND,
+                                                pe->instance,
                                                 pe->link_id, s->tls ? s->tls->snap.version : 0,
                                                 from, to)
                          : -SK_FLOW_E_NOSPACE;
@@ -523,15 +552,42 @@ void sk_dc_established(sk_worker *w, sk_conn *s)
 
 /* ------------------------------------------------------------ pools */
 
+static void incoming_io(sk_worker *w, sk_handle *h, uint32_t ev);
+
 static sk_dc_pool *pool_of(sk_worker *w, sk_peer *p)
 {
     return p->pools && w->index < p->npools ? &p->pools[w->index] : NULL;
 }
 
+static sk_dc_pool *ipool_of(sk_worker *w, sk_peer *p)
+{
+    return p->ipools && w->index < p->npools ? &p->ipools[w->index] : NULL;
+}
+
+/* The pool a pooled connection belongs to on w: the dialler's INBOUND ones,
+ * or the claimable ones (OUTBOUND dialled, or a reverse peer's accepted). */
+static sk_dc_pool *home_of(sk_worker *w, const sk_dc *dc)
+{
+    return dc->inbound ? ipool_of(w, dc->peer) : pool_of(w, dc->peer);
+}
+
+static void pool_link(sk_worker *w, sk_conn *s)
+{
+    sk_dc *dc = s->dc;
+    sk_dc_pool *pl = home_of(w, dc);
+    dc->idle = true;
+    dc->pnext = pl->idle;
+    pl->idle = s;
+    pl->nidle++;
+    SK_STORE(&pl->nidle_pub, pl->nidle);
+    SK_ADD(dc->inbound ? &dc->peer->inbound_idle : &dc->peer->pool_idle, 1);
+    SK_ADD(dc->peer->reverse ? &w->engine->dp_pool_in : &w->engine->dp_pool_out, 1);
+}
+
 static void pool_unlink(sk_worker *w, sk_conn *s)
 {
     sk_dc *dc = s->dc;
-    sk_dc_pool *pl = pool_of(w, dc->peer);
+    sk_dc_pool *pl = home_of(w, dc);
     for (sk_conn **pp = &pl->idle; *pp; pp = &(*pp)->dc->pnext)
         if (*pp == s) {
             *pp = dc->pnext;
@@ -540,8 +596,34 @@ static void pool_unlink(sk_worker *w, sk_conn *s)
     dc->pnext = NULL;
     dc->idle = false;
     pl->nidle--;
-    SK_SUB(&dc->peer->pool_idle, 1);
-    SK_SUB(&w->engine->dp_pool_out, 1);
+    SK_STORE(&pl->nidle_pub, pl->nidle);
+    SK_SUB(dc->inbound ? &dc->peer->inbound_idle : &dc->peer->pool_idle, 1);
+    SK_SUB(dc->peer->reverse ? &w->engine->dp_pool_in : &w->engine->dp_pool_out, 1);
+}
+
+/* Demand sizing: the per-worker target doubles (up to pool_max) when claims
+ * drain the pool faster than refills, and halves back towards the
+ * configured size once nothing grew it for SK_DC_QUIET_NS. */
+static void pool_grow(sk_dc_pool *pl, uint32_t base, uint32_t max)
+{
+    uint32_t t = pl->target ? pl->target * 2 : 1;
+    if (t > max)
+        t = max;
+    if (t < base)
+        t = base;
+    pl->target = t;
+    pl->grown_ns = sk_now_ns();
+    SK_STORE(&pl->target_pub, t);
+}
+
+static void pool_decay(sk_dc_pool *pl, uint32_t base, uint64_t now)
+{
+    if (pl->target <= base || now - pl->grown_ns < SK_DC_QUIET_NS)
+        return;
+    uint32_t t = pl->target / 2;
+    pl->target = t < base ? base : t;
+    pl->grown_ns = now;
+    SK_STORE(&pl->target_pub, pl->target);
 }
 
 static void pool_idle_timeout(sk_worker *w, sk_timer *t, uint64_t now)
@@ -564,24 +646,35 @@ static void pool_idle_io(sk_worker *w, sk_handle *h, uint32_t ev)
     sk_conn_close(w, s, false);
 }
 
+static void idle_timer(sk_worker *w, sk_conn *s)
+{
+    uint32_t ms = s->dc->peer->pool_idle_ms;
+    if (!ms)
+        return; /* a reverse peer's: the dialler closes its idle ones */
+    s->tmo.cb = pool_idle_timeout;
+    sk_worker_schedule(w, SK_PRIO_NORMAL, &s->tmo, sk_now_ns() + (uint64_t)ms * 1000000u);
+}
+
+/* s (HELLO answered OK, not counted in ndial) goes idle in its pool. */
+static void pool_idle_enter(sk_worker *w, sk_conn *s)
+{
+    sk_worker_cancel(w, SK_PRIO_NORMAL, &s->tmo);
+    free_parser(s->dc);
+    pool_link(w, s);
+    sk_conn_enter(s, SK_C_OPEN, pool_idle_io);
+    idle_timer(w, s);
+    set_interest(w, s, EPOLLIN);
+}
+
 static void pool_add(sk_worker *w, sk_conn *s)
 {
     sk_dc *dc = s->dc;
-    sk_dc_pool *pl = pool_of(w, dc->peer);
-    sk_worker_cancel(w, SK_PRIO_NORMAL, &s->tmo);
-    free_parser(dc);
-    pl->ndial--;
-    pl->nidle++;
-    dc->idle = true;
-    dc->pnext = pl->idle;
-    pl->idle = s;
-    SK_ADD(&dc->peer->pool_idle, 1);
-    SK_ADD(&w->engine->dp_pool_out, 1);
-    sk_conn_enter(s, SK_C_OPEN, pool_idle_io);
-    s->tmo.cb = pool_idle_timeout;
-    sk_worker_schedule(w, SK_PRIO_NORMAL, &s->tmo,
-                       sk_now_ns() + (uint64_t)dc->peer->pool_idle_ms * 1000000u);
-    set_interest(w, s, EPOLLIN);
+    if (SK_LOAD(&dc->peer->closing)) {
+        sk_conn_close(w, s, false);
+        return;
+    }
+    pool_of(w, dc->peer)->ndial--;
+    pool_idle_enter(w, s);
 }
 
 sk_conn *sk_dc_pool_claim(sk_worker *w, sk_peer *p)
@@ -601,8 +694,13 @@ sk_conn *sk_dc_pool_claim(sk_worker *w, sk_peer *p)
             continue;
         }
         s->dc->claimed = true;
+        /* drained while refills are on their way: more are needed */
+        if (!p->reverse && pl->nidle == 0 && pl->ndial > 0)
+            pool_grow(pl, p->pool_size, p->pool_max);
         return s;
     }
+    if (pl && !p->reverse && pl->ndial > 0)
+        pool_grow(pl, p->pool_size, p->pool_max); /* a miss with refills pending */
     return NULL;
 }
 
@@ -613,7 +711,9 @@ bool sk_dc_pool_failed(sk_worker *w, sk_conn *s, int err)
     if (!dc->pooled || dc->claimed)
         return false;
     SK_ADD(&dc->peer->failures, 1);
-    sk_conn_close(w, s, false);
+    if (dc->inbound)
+        SK_ADD(&dc->peer->inbound_failures, 1);
+    sk_conn_close(w, s, false); /* INBOUND: sk_dc_closing schedules the refill */
     return true;
 }
 
@@ -653,8 +753,9 @@ static void pool_connect_io(sk_worker *w, sk_handle *h, uint32_t ev)
         pool_connected(w, s);
 }
 
-/* Dials one pooled connection of p (HELLO once connected). */
-static bool pool_dial(sk_worker *w, sk_peer *p, sk_dc_pool *pl)
+/* Dials one pooled connection of p (HELLO once connected): OUTBOUND into
+ * pl = pools[w], or INBOUND (the peer claims it) into pl = ipools[w]. */
+static bool pool_dial(sk_worker *w, sk_peer *p, sk_dc_pool *pl, bool inbound)
 {
     sk_engine *e = w->engine;
     const sk_route_target *d = &p->dial;
@@ -669,6 +770,8 @@ static bool pool_dial(sk_worker *w, sk_peer *p, sk_dc_pool *pl)
     if (rc != 0 && errno != EINPROGRESS) {
         close(fd);
         SK_ADD(&p->failures, 1);
+        if (inbound)
+            SK_ADD(&p->inbound_failures, 1);
         return false;
     }
     sk_dc *dc = calloc(1, sizeof *dc);
@@ -680,6 +783,7 @@ static bool pool_dial(sk_worker *w, sk_peer *p, sk_dc_pool *pl)
     }
     memcpy(s->label, d->label, sizeof s->label);
     dc->pooled = true;
+    dc->inbound = inbound;
     sk_peer_ref(p);
     dc->peer = p;
     SK_ADD(&p->active, 1);
@@ -706,11 +810,357 @@ static bool pool_dial(sk_worker *w, sk_peer *p, sk_dc_pool *pl)
 void sk_dc_pool_fill(sk_worker *w, sk_peer *p)
 {
     sk_dc_pool *pl = pool_of(w, p);
+    if (!pl || p->reverse || SK_LOAD(&p->closing))
+        return; /* a reverse peer never dials */
+    pool_decay(pl, p->pool_size, sk_now_ns());
+    while (pl->nidle + pl->ndial < pl->target)
+        if (!pool_dial(w, p, pl, false))
+            break;
+}
+
+/* ------------------------------------------------------------ INBOUND pools (dialler) */
+
+static uint64_t refill_backoff_ns(uint32_t fails)
+{
+    uint64_t ms = SK_DC_REFILL_MIN_MS;
+    for (uint32_t i = 1; i < fails && ms < SK_DC_REFILL_MAX_MS; i++)
+        ms *= 2;
+    if (ms > SK_DC_REFILL_MAX_MS)
+        ms = SK_DC_REFILL_MAX_MS;
+    return ms * 1000000ull;
+}
+
+static void inbound_fill(sk_worker *w, sk_dc_pool *pl);
+
+static void refill_fire(sk_worker *w, sk_timer *t, uint64_t now)
+{
+    SK_UNUSED(now);
+    inbound_fill(w, SK_CONTAINER_OF(t, sk_dc_pool, refill));
+}
+
+/* The refill runs from a timer, never from inside a close: delay 0 after a
+ * claim or an old connection's end, the back-off after failures. */
+static void refill_kick(sk_worker *w, sk_dc_pool *pl, uint64_t delay_ns)
+{
+    if (SK_LOAD(&pl->peer->closing) || atomic_load(&w->engine->stopping) ||
+        sk_timer_pending(&pl->refill))
+        return;
+    pl->refill.cb = refill_fire;
+    sk_worker_schedule(w, SK_PRIO_NORMAL, &pl->refill, sk_now_ns() + delay_ns);
+}
+
+/* A dial, handshake or HELLO of this round failed: the next round waits
+ * the back-off, doubled once per round (not per connection of the round). */
+static void refill_failed(sk_worker *w, sk_dc_pool *pl)
+{
+    if (sk_timer_pending(&pl->refill))
+        return; /* this round's failure is counted already */
+    pl->fails++;
+    refill_kick(w, pl, refill_backoff_ns(pl->fails));
+}
+
+static void inbound_fill(sk_worker *w, sk_dc_pool *pl)
+{
+    sk_peer *p = pl->peer;
+    if (SK_LOAD(&p->closing) || atomic_load(&w->engine->stopping))
+        return;
+    /* the peer claims these with whatever TLS config they were made with:
+     * once the link's profile has a newer one, the idle ones of older
+     * versions are closed here and replaced (running flows keep theirs) */
+    const sk_tls_config *now = p->dial.tls_slot >= 0 ? sk_tls_current(w, p->dial.tls_slot) : NULL;
+    for (sk_conn *s = pl->idle, *next; now && s; s = next) {
+        next = s->dc->pnext;
+        if (s->tls && s->tls->snap.version < now->snap.version) {
+            SK_ADD(&p->pool_stale, 1);
+            s->dc->idle_since = 0; /* not a failure: replaced at once */
+            sk_conn_close(w, s, false);
+        }
+    }
+    sk_worker_cancel(w, SK_PRIO_NORMAL, &pl->refill); /* the closes kicked it */
+    pool_decay(pl, p->inbound_pool_size, sk_now_ns());
+    while (pl->nidle + pl->ndial < pl->target)
+        if (!pool_dial(w, p, pl, true)) {
+            refill_failed(w, pl);
+            break;
+        }
+}
+
+/* The peer answered an INBOUND HELLO with OK: s waits, idle, for its FLOW
+ * REVERSE (read by incoming_io, as on a data_ok listener). */
+static void inbound_idle(sk_worker *w, sk_conn *s)
+{
+    sk_dc *dc = s->dc;
+    sk_worker_cancel(w, SK_PRIO_NORMAL, &s->tmo);
+    if (SK_LOAD(&dc->peer->closing)) {
+        sk_conn_close(w, s, false);
+        return;
+    }
+    ipool_of(w, dc->peer)->ndial--;
+    pool_link(w, s);
+    dc->idle_in = true;
+    dc->idle_since = sk_now_ns();
+    sk_flow_parser_init(dc->p, SK_FLOW_T_HDR, true);
+    sk_conn_enter(s, SK_C_OPEN, incoming_io);
+    idle_timer(w, s);
+    set_interest(w, s, EPOLLIN);
+}
+
+/* The first byte of a FLOW REVERSE on an idle INBOUND connection: the peer
+ * claimed it. From here it is an incoming data connection; a refill goes. */
+static void inbound_claimed(sk_worker *w, sk_conn *c)
+{
+    sk_dc *dc = c->dc;
+    sk_peer *p = dc->peer;
+    sk_dc_pool *pl = ipool_of(w, p);
+    sk_worker_cancel(w, SK_PRIO_NORMAL, &c->tmo);
+    pool_unlink(w, c);
+    dc->idle_in = false;
+    dc->claimed = true;
+    dc->mode = SK_DC_LOCAL;
+    pthread_mutex_lock(&w->conn_lock);
+    dc->incoming = true;
+    c->is_client = true; /* one listing row per flow: this side */
+    pthread_mutex_unlock(&w->conn_lock);
+    SK_ADD(&p->inbound_claims, 1);
+    /* drained faster than refilled: empty now, and a refill was still on its
+     * way or the claimed one had barely arrived */
+    if (pl->nidle == 0 && (pl->ndial > 0 || sk_now_ns() - dc->idle_since < SK_DC_YOUNG_NS))
+        pool_grow(pl, p->inbound_pool_size, p->pool_max);
+    pl->fails = 0;
+    sk_worker_cancel(w, SK_PRIO_NORMAL, &pl->refill);
+    refill_kick(w, pl, 0);
+}
+
+/* ------------------------------------------------------------ reverse peers (acceptor) */
+
+/* Unlinks a waiting client; the caller releases the returned peer. */
+static sk_peer *wait_unlink(sk_worker *w, sk_conn *c)
+{
+    sk_peer *p = c->dc_wait;
+    sk_dc_pool *pl = pool_of(w, p);
+    sk_conn *prev = NULL;
+    for (sk_conn *x = pl->wait_head; x; prev = x, x = x->dc_wnext)
+        if (x == c) {
+            if (prev)
+                prev->dc_wnext = c->dc_wnext;
+            else
+                pl->wait_head = c->dc_wnext;
+            if (pl->wait_tail == c)
+                pl->wait_tail = prev;
+            pl->nwait--;
+            SK_STORE(&pl->nwait_pub, pl->nwait);
+            break;
+        }
+    c->dc_wnext = NULL;
+    c->dc_wait = NULL;
+    return p;
+}
+
+static sk_target *last_tried(const sk_conn *c)
+{
+    return c->attempts ? c->tried[c->attempts - 1] : NULL;
+}
+
+void sk_dc_wait_cancel(sk_worker *w, sk_conn *client)
+{
+    sk_worker_cancel(w, SK_PRIO_NORMAL, &client->tmo);
+    sk_peer_release(wait_unlink(w, client));
+}
+
+static void wait_timeout(sk_worker *w, sk_timer *tm, uint64_t now)
+{
+    SK_UNUSED(now);
+    sk_conn *c = SK_CONTAINER_OF(tm, sk_conn, tmo);
+    sk_peer *p = wait_unlink(w, c); /* its reference keeps the target alive */
+    SK_ADD(&p->pool_exhausted, 1);
+    sk_connect_overloaded(w, c, last_tried(c));
+    sk_peer_release(p);
+}
+
+static void post_give(sk_engine *e, sk_peer *p, int owner, int to, int ttl)
+{
+    sk_msg *m = calloc(1, sizeof *m);
+    if (!m) {
+        SK_SUB(&p->pools[to].inflight, 1);
+        return; /* the waiter waits for an arrival or its time-out */
+    }
+    m->kind = SK_MSG_DC_GIVE;
+    sk_peer_ref(p);
+    m->u.dc.peer = p;
+    m->u.dc.to = to;
+    m->u.dc.ttl = ttl;
+    sk_worker_post(&e->workers[owner], m);
+}
+
+/* A worker other than w and skip with idle connections of p, or -1. */
+static int worker_with_idle(const sk_peer *p, int w, int skip)
+{
+    int best = -1;
+    uint32_t most = 0;
+    for (int i = 0; i < p->npools; i++) {
+        uint32_t n = SK_LOAD(&p->pools[i].nidle_pub);
+        if (i != w && i != skip && n > most) {
+            most = n;
+            best = i;
+        }
+    }
+    return best;
+}
+
+bool sk_dc_wait(sk_worker *w, sk_conn *client, sk_peer *p, sk_target *t)
+{
+    SK_UNUSED(t);
+    sk_dc_pool *pl = pool_of(w, p);
+    if (!pl || SK_LOAD(&p->closing) || pl->nwait >= p->pool_wait_max) {
+        SK_ADD(&p->pool_exhausted, 1);
+        return false;
+    }
+    sk_peer_ref(p);
+    client->dc_wait = p;
+    client->dc_wnext = NULL;
+    if (pl->wait_tail)
+        pl->wait_tail->dc_wnext = client;
+    else
+        pl->wait_head = client;
+    pl->wait_tail = client;
+    pl->nwait++;
+    SK_STORE(&pl->nwait_pub, pl->nwait);
+    SK_ADD(&p->pool_waits, 1);
+    sk_worker_cancel(w, SK_PRIO_NORMAL, &client->tmo);
+    client->tmo.cb = wait_timeout;
+    sk_worker_schedule(w, SK_PRIO_NORMAL, &client->tmo,
+                       sk_now_ns() + (uint64_t)p->pool_wait_ms * 1000000u);
+    /* idle connections on another worker: ask their owner for one */
+    int owner = worker_with_idle(p, w->index, -1);
+    if (owner >= 0) {
+        SK_ADD(&pl->inflight, 1);
+        post_give(w->engine, p, owner, w->index, p->npools);
+    }
+    return true;
+}
+
+/* Moves idle s of p from w to worker `to` (its inflight counted already). */
+static void hand_over(sk_worker *w, sk_peer *p, sk_conn *s, int to)
+{
+    sk_msg *m = calloc(1, sizeof *m);
+    if (!m) {
+        SK_SUB(&p->pools[to].inflight, 1);
+        return;
+    }
+    pool_unlink(w, s);
+    s->dc->moving = true;
+    sk_conn_detach(w, s);
+    m->kind = SK_MSG_DC_ADOPT;
+    sk_peer_ref(p);
+    m->u.dc.peer = p;
+    m->u.dc.conn = s;
+    SK_ADD(&p->pool_handoffs, 1);
+    sk_worker_post(&w->engine->workers[to], m);
+}
+
+/* An idle connection of reverse peer p landed on w: the waiting flows here
+ * first, else a worker whose flows wait (and expect none yet) gets it. */
+static void pool_arrived(sk_worker *w, sk_peer *p)
+{
+    sk_peer_ref(p);
+    sk_dc_pool *pl = pool_of(w, p);
+    while (pl->wait_head && pl->idle) {
+        sk_conn *c = pl->wait_head;
+        sk_worker_cancel(w, SK_PRIO_NORMAL, &c->tmo);
+        sk_peer *wp = wait_unlink(w, c);
+        sk_connect_resume(w, c, last_tried(c));
+        sk_peer_release(wp);
+    }
+    if (pl->idle && pl->nwait == 0)
+        for (int i = 0; i < p->npools; i++) {
+            sk_dc_pool *o = &p->pools[i];
+            if (i != w->index && SK_LOAD(&o->nwait_pub) > SK_LOAD(&o->inflight)) {
+                SK_ADD(&o->inflight, 1);
+                hand_over(w, p, pl->idle, i);
+                break;
+            }
+        }
+    sk_peer_release(p);
+}
+
+/* sk_peer_close, on each worker: no refill, idle connections closed, the
+ * waiting flows retried elsewhere. */
+static void peer_close_here(sk_worker *w, sk_peer *p)
+{
+    sk_dc_pool *pl = pool_of(w, p), *ip = ipool_of(w, p);
+    if (ip) {
+        sk_worker_cancel(w, SK_PRIO_NORMAL, &ip->refill);
+        while (ip->idle)
+            sk_conn_close(w, ip->idle, false);
+    }
     if (!pl)
         return;
-    while (pl->nidle + pl->ndial < p->pool_size)
-        if (!pool_dial(w, p, pl))
+    while (pl->wait_head) {
+        sk_conn *c = pl->wait_head;
+        sk_worker_cancel(w, SK_PRIO_NORMAL, &c->tmo);
+        sk_peer *wp = wait_unlink(w, c);
+        SK_ADD(&p->pool_exhausted, 1);
+        sk_connect_overloaded(w, c, last_tried(c));
+        sk_peer_release(wp);
+    }
+    while (pl->idle)
+        sk_conn_close(w, pl->idle, false);
+}
+
+void sk_dc_msg(sk_worker *w, sk_msg *m)
+{
+    sk_peer *p = m->u.dc.peer;
+    bool closing = SK_LOAD(&p->closing);
+    switch (m->kind) {
+    case SK_MSG_PEER_FILL:
+        if (ipool_of(w, p))
+            inbound_fill(w, ipool_of(w, p));
+        break;
+    case SK_MSG_PEER_CLOSE:
+        peer_close_here(w, p);
+        break;
+    case SK_MSG_DC_GIVE: {
+        sk_dc_pool *pl = pool_of(w, p);
+        int to = m->u.dc.to;
+        if (!closing && pl && pl->idle) {
+            hand_over(w, p, pl->idle, to);
             break;
+        }
+        int next = closing || m->u.dc.ttl <= 1 ? -1 : worker_with_idle(p, w->index, to);
+        if (next >= 0)
+            post_give(w->engine, p, next, to, m->u.dc.ttl - 1);
+        else
+            SK_SUB(&p->pools[to].inflight, 1);
+        break;
+    }
+    case SK_MSG_DC_ADOPT: {
+        sk_conn *s = m->u.dc.conn;
+        SK_SUB(&p->pools[w->index].inflight, 1);
+        sk_conn_adopt(w, s);
+        if (closing) {
+            sk_conn_close(w, s, false); /* still moving: no pool to leave */
+            break;
+        }
+        s->dc->moving = false;
+        pool_idle_enter(w, s);
+        pool_arrived(w, p);
+        break;
+    }
+    default:
+        break;
+    }
+    sk_peer_release(p);
+}
+
+void sk_dc_msg_discard(sk_worker *w, sk_msg *m)
+{
+    if (m->kind == SK_MSG_DC_ADOPT) {
+        sk_conn *s = m->u.dc.conn;
+        sk_conn_adopt(w, s);
+        sk_conn_close(w, s, false);
+        sk_conn_reap(w);
+    }
+    sk_peer_release(m->u.dc.peer);
 }
 
 /* ------------------------------------------------------------ accepting side */
@@ -737,7 +1187,9 @@ static void route_flow(sk_worker *w, sk_conn *c)
     sk_dc *dc = c->dc;
     const sk_flow_hdr *h = &dc->p->out.hdr;
     dc->flow_id = h->flow_id;
+    pthread_mutex_lock(&w->conn_lock);
     set_router(dc, h->origin, h->origin_len);
+    pthread_mutex_unlock(&w->conn_lock);
     sk_worker_cancel(w, SK_PRIO_NORMAL, &c->tmo);
     if (dc->hello_in) {
         dc->hello_in = false; /* claimed: no longer idle */
@@ -779,9 +1231,65 @@ static void header_timeout(sk_worker *w, sk_timer *t, uint64_t now)
     sk_conn_close(w, c, true);
 }
 
+/* An INBOUND HELLO (to this router, checked): the dialler's reverse peer
+ * here takes the connection into its pool on this worker, to claim for flows
+ * towards the dialler (FLOW REVERSE). Always returns false: incoming_io is
+ * done with it either way. */
+static bool inbound_hello(sk_worker *w, sk_conn *c)
+{
+    sk_engine *e = w->engine;
+    sk_dc *dc = c->dc;
+    const sk_flow_hello *hl = &dc->p->out.hello;
+    sk_peer *p = sk_peer_find_reverse(e, hl->from, hl->from_len);
+    if (!p) {
+        SK_ADD(&e->dp_hello_unknown, 1); /* no link from that router here */
+        refuse(w, c, SK_FLOW_V_REFUSED, 0, 0);
+        return false;
+    }
+    if (SK_LOAD(&p->closing) || (p->instance && hl->instance != p->instance)) {
+        SK_ADD(&p->hello_refused, 1);
+        sk_peer_release(p);
+        refuse(w, c, SK_FLOW_V_REFUSED, 0, 0);
+        return false;
+    }
+    if (SK_LOAD(&p->pool_idle) >= p->inbound_cap) {
+        SK_ADD(&p->hello_overloaded, 1);
+        sk_peer_release(p);
+        refuse(w, c, SK_FLOW_V_OVERLOADED, 0, 0);
+        return false;
+    }
+    char v[SK_FLOW_VERDICT_LEN];
+    int n = sk_flow_encode_verdict(v, sizeof v, SK_FLOW_V_OK, 0, 0);
+    SK_ADD(&e->dp_verdicts_sent[SK_FLOW_V_OK], 1);
+    if (sk_io_send(c, v, (size_t)n) != n) {
+        sk_peer_release(p);
+        sk_conn_close(w, c, true);
+        return false;
+    }
+    SK_ADD(&p->inbound_accepted, 1);
+    /* from here it is this router's to claim, as a dialled pooled one is: it
+     * leaves its listener (counted closed there) and the listing's clients */
+    sk_listener *l = c->listener;
+    pthread_mutex_lock(&w->conn_lock);
+    c->listener = NULL;
+    c->is_client = false;
+    dc->incoming = false;
+    set_router(dc, hl->from, hl->from_len);
+    pthread_mutex_unlock(&w->conn_lock);
+    SK_ADD(&l->closed, 1);
+    sk_listener_release(l);
+    c->off_listener_count = false;
+    dc->pooled = true;
+    dc->peer = p; /* the lookup's reference */
+    SK_ADD(&p->active, 1);
+    pool_idle_enter(w, c);
+    pool_arrived(w, p);
+    return false;
+}
+
 /* A HELLO arrived: checks it and answers. OK: the connection waits, idle,
  * for a FLOW (no time-out: the dialler closes its idle ones). Returns false
- * when the connection was refused. */
+ * when the connection was refused or is no longer this code's. */
 static bool hello_answered(sk_worker *w, sk_conn *c)
 {
     sk_dc *dc = c->dc;
@@ -789,11 +1297,12 @@ static bool hello_answered(sk_worker *w, sk_conn *c)
     char me[256];
     size_t ml = router_id(w->engine, me);
     sk_listener *l = c->listener;
-    if (hl->role != SK_FLOW_ROLE_OUTBOUND || hl->to_len != ml || memcmp(hl->to, me, ml) != 0) {
-        /* INBOUND (the acceptor claiming) is not built; or a misdial */
-        refuse(w, c, SK_FLOW_V_REFUSED, 0, 0);
+    if (hl->to_len != ml || memcmp(hl->to, me, ml) != 0) {
+        refuse(w, c, SK_FLOW_V_REFUSED, 0, 0); /* a misdial */
         return false;
     }
+    if (hl->role == SK_FLOW_ROLE_INBOUND)
+        return inbound_hello(w, c);
     if (l->opts.data_pool_cap > 0 && SK_LOAD(&l->dp_idle) >= l->opts.data_pool_cap) {
         refuse(w, c, SK_FLOW_V_OVERLOADED, 0, 0);
         return false;
@@ -841,7 +1350,9 @@ static void incoming_io(sk_worker *w, sk_handle *h, uint32_t ev)
             return;
         }
         size_t used, pos0 = p->pos;
-        if (dc->hello_in && pos0 == 0) {
+        if (dc->idle_in)
+            inbound_claimed(w, c); /* the peer's FLOW REVERSE begins */
+        if ((dc->hello_in || dc->inbound) && pos0 == 0) {
             /* a pooled connection is being claimed: its FLOW has the usual time */
             c->tmo.cb = header_timeout;
             sk_worker_schedule(w, SK_PRIO_NORMAL, &c->tmo,
@@ -849,7 +1360,8 @@ static void incoming_io(sk_worker *w, sk_handle *h, uint32_t ev)
         }
         int rc = sk_flow_parse(p, tmp, (size_t)n, &used);
         if (rc == SK_FLOW_ERROR && p->err == SK_FLOW_E_TYPE && p->type == SK_FLOW_T_HDR &&
-            p->err_at == 3 && pos0 <= 3 && !dc->hello_in && tmp[3 - pos0] == SK_FLOW_T_HELLO) {
+            p->err_at == 3 && pos0 <= 3 && !dc->hello_in && !dc->inbound &&
+            tmp[3 - pos0] == SK_FLOW_T_HELLO) {
             /* a pooled connection's HELLO instead of a FLOW: parse it as one */
             static const char pre[4] = {'S', 'K', SK_FLOW_VERSION, SK_FLOW_T_HELLO};
             sk_flow_parser_init(p, SK_FLOW_T_HELLO, false);
@@ -972,15 +1484,31 @@ void sk_dc_sniff_start(sk_worker *w, sk_conn *c)
 void sk_dc_closing(sk_worker *w, sk_conn *c, bool abortive)
 {
     sk_dc *dc = c->dc;
+    bool was_idle = dc->idle;
     if (dc->idle)
         pool_unlink(w, c);
-    else if (dc->pooled && !dc->claimed)
-        pool_of(w, dc->peer)->ndial--;
+    else if (dc->pooled && !dc->claimed && !dc->moving)
+        home_of(w, dc)->ndial--;
+    if (dc->inbound && !dc->claimed) {
+        /* an INBOUND connection the peer never claimed: replace it, at once
+         * if it had lived, else after the back-off (the peer is down or
+         * refuses: no redial storm) */
+        sk_dc_pool *pl = ipool_of(w, dc->peer);
+        if (was_idle && sk_now_ns() - dc->idle_since >= SK_DC_YOUNG_NS) {
+            pl->fails = 0;
+            refill_kick(w, pl, 0);
+        } else {
+            refill_failed(w, pl);
+        }
+    }
     if (dc->hello_in && c->listener) {
         SK_SUB(&c->listener->dp_idle, 1);
         SK_SUB(&w->engine->dp_pool_in, 1);
     }
+    /* listings read c->dc and its router under conn_lock */
+    pthread_mutex_lock(&w->conn_lock);
     c->dc = NULL;
+    pthread_mutex_unlock(&w->conn_lock);
     if (dc->peer) {
         SK_SUB(&dc->peer->active, 1);
         SK_ADD(&dc->peer->bytes_in, SK_LOAD(&c->bytes_in));

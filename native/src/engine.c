@@ -299,6 +299,7 @@ void sk_engine_destroy(sk_engine *e)
         sk_engine_stop(e);
     for (int i = 0; e->workers && i < e->nworkers; i++)
         sk_worker_fini(&e->workers[i]);
+    sk_peer_registry_clear(e); /* peers never closed (sk_peer_close) */
     free(e->workers);
     sk_app_table_free(e);
     sk_slot_destroy(&e->routes);

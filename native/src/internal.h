@@ -194,17 +194,47 @@ struct sk_peer {
     uint32_t pool_size, pool_idle_ms;
     uint64_t instance, link_id;
     int npools;
-    struct sk_dc_pool *pools;
+    struct sk_dc_pool *pools; /* claimable: OUTBOUND (dialled), or a reverse
+                               * peer's accepted INBOUND connections */
     _Atomic uint64_t pool_idle, pool_hits, pool_misses;
     _Atomic uint64_t pool_stale; /* idle pooled connections closed: older TLS config */
+    /* INBOUND direction (dataconn.c) */
+    bool reverse;             /* no address: claims the INBOUND connections the
+                               * neighbour dialled here */
+    uint32_t inbound_pool_size, pool_max, inbound_cap, pool_wait_ms, pool_wait_max;
+    struct sk_dc_pool *ipools; /* dialler: INBOUND connections idle at the peer */
+    _Atomic int closing;      /* sk_peer_close: no refill, no new HELLO */
+    bool registered;          /* in the engine's registry (e->rid_lock) */
+    struct sk_peer *reg_next;
+    _Atomic uint64_t inbound_idle, inbound_claims, inbound_failures, inbound_accepted,
+        hello_refused, hello_overloaded, pool_waits, pool_exhausted, pool_handoffs;
 };
 
 /* One worker's pool of one peer: idle connections (HELLO answered OK) and
- * the ones being dialled for it. */
+ * the ones being dialled for it. Worker-owned, except the _pub atomics that
+ * other workers read to find idle connections or waiting flows. */
 typedef struct sk_dc_pool {
     struct sk_conn *idle; /* via dc->pnext */
     uint32_t nidle, ndial;
+    struct sk_peer *peer;
+    int windex;
+    /* demand sizing: the target grows on misses, decays when quiet */
+    uint32_t target;
+    uint64_t grown_ns;
+    _Atomic uint32_t target_pub;
+    /* dialler INBOUND: refill timer and back-off */
+    sk_timer refill;
+    uint32_t fails;
+    /* reverse: flows waiting for an idle connection (FIFO, via dc_wnext) */
+    struct sk_conn *wait_head, *wait_tail;
+    uint32_t nwait;
+    _Atomic uint32_t nidle_pub, nwait_pub, inflight; /* inflight: hand-offs to here */
 } sk_dc_pool;
+
+/* Engine registry of peers that must be closed (reverse peers, INBOUND pools). */
+void sk_peer_registry_clear(sk_engine *e);
+/* The reverse peer named router_id (a reference), or NULL. */
+sk_peer *sk_peer_find_reverse(sk_engine *e, const char *id, size_t len);
 
 typedef struct sk_route_remote {
     sk_target *state; /* per (peer, address, dest) open count and back-off (ref) */
@@ -285,6 +315,8 @@ struct sk_engine {
     _Atomic uint64_t dp_pool_in, dp_pool_out;
     _Atomic uint64_t dp_verdicts_sent[SK_DP_VERDICTS], dp_verdicts_received[SK_DP_VERDICTS];
     _Atomic uint64_t dp_header_errors[SK_DP_REASONS];
+    _Atomic uint64_t dp_hello_unknown;
+    struct sk_peer *peer_reg; /* registry (sk_peer_close), under rid_lock */
 };
 
 uint64_t sk_engine_next_id(sk_engine *e);
@@ -375,6 +407,10 @@ enum sk_msg_kind {
     SK_MSG_CLOSE_TARGET_FLOWS,
     SK_MSG_TLS_CLOSE_OLDER,
     SK_MSG_APP_CONNECT,
+    SK_MSG_PEER_FILL,   /* dialler: fill this worker's INBOUND pool (peer ref) */
+    SK_MSG_PEER_CLOSE,  /* sk_peer_close: this worker's part (peer ref) */
+    SK_MSG_DC_GIVE,     /* reverse: hand an idle connection to worker `to` */
+    SK_MSG_DC_ADOPT,    /* reverse: an idle connection handed to this worker */
 };
 
 typedef struct sk_close_req sk_close_req;
@@ -397,6 +433,11 @@ struct sk_msg {
             int slot;
             uint64_t ordinal;
         } older;
+        struct {
+            struct sk_peer *peer; /* a reference */
+            struct sk_conn *conn; /* ADOPT: detached from its old worker */
+            int to, ttl;          /* GIVE: the asking worker, forwards left */
+        } dc;
     } u;
 };
 
@@ -575,6 +616,9 @@ struct sk_conn {
     bool dc_sniffed;       /* data_ok listener: the first bytes were looked at */
     bool off_listener_count; /* a data connection: not in its listener's active */
     uint8_t dc_dead_claims; /* client: claimed pooled connections found dead */
+    /* client waiting for an idle INBOUND connection of a reverse peer */
+    struct sk_peer *dc_wait;
+    sk_conn *dc_wnext;
 };
 
 static inline void sk_conn_enter(sk_conn *c, int state, sk_io_cb on_io)
@@ -629,6 +673,15 @@ void sk_connect_established(sk_worker *w, sk_conn *s);
 void sk_connect_fail_flow(sk_worker *w, sk_conn *client);
 /* A remote destination answered VERDICT OK on s: count it, lift its back-off. */
 void sk_connect_remote_ok(sk_worker *w, sk_conn *s);
+/* A waiting client (sk_dc_wait) got an idle connection on its worker: claims
+ * it for destination t (tried last), or picks again if t left the routes. */
+void sk_connect_resume(sk_worker *w, sk_conn *client, sk_target *t);
+/* Its wait timed out: the attempt fails like OVERLOADED (t backs off). */
+void sk_connect_overloaded(sk_worker *w, sk_conn *client, sk_target *t);
+/* conn.c: moves an idle connection between workers. w forgets c (epoll,
+ * timer, ready list, its list); the new owner adopts it after a mailbox hop. */
+void sk_conn_detach(sk_worker *w, sk_conn *c);
+void sk_conn_adopt(sk_worker *w, sk_conn *c);
 
 /* ------------------------------------------------------------ dataconn.c */
 
@@ -668,6 +721,18 @@ void sk_dc_pool_fill(sk_worker *w, sk_peer *p);
 /* sk_connect_failed's first step: a pooled connection that failed before it
  * was claimed is dropped here (true). */
 bool sk_dc_pool_failed(sk_worker *w, sk_conn *s, int err);
+/* Reverse peers: no idle connection on w for client's pick t through p:
+ * queue the client (true: it waits; an idle connection or the time-out
+ * resumes it) or false (queue full: counted as exhausted). */
+bool sk_dc_wait(sk_worker *w, sk_conn *client, sk_peer *p, sk_target *t);
+/* No idle connection and no room to wait: what client's flow says if
+ * nothing else is left (OVERLOADED upstream), or an origin retry counted. */
+void sk_dc_attempt_overloaded(sk_worker *w, sk_conn *client);
+/* close_one's hook for a waiting client. */
+void sk_dc_wait_cancel(sk_worker *w, sk_conn *client);
+/* Mailbox messages of the data plane. */
+void sk_dc_msg(sk_worker *w, sk_msg *m);
+void sk_dc_msg_discard(sk_worker *w, sk_msg *m);
 /* Accepted on a data_ok listener: sniff for "SK". */
 void sk_dc_sniff_start(sk_worker *w, sk_conn *c);
 /* close_one's hook: counters, frees c->dc. */

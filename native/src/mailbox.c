@@ -54,6 +54,12 @@ static void handle_msg(sk_worker *w, sk_msg *m)
     case SK_MSG_APP_CONNECT:
         sk_app_dial_run(w, m->u.dial);
         break;
+    case SK_MSG_PEER_FILL:
+    case SK_MSG_PEER_CLOSE:
+    case SK_MSG_DC_GIVE:
+    case SK_MSG_DC_ADOPT:
+        sk_dc_msg(w, m);
+        break;
     }
     free(m);
 }
@@ -103,6 +109,12 @@ void sk_mbox_discard(sk_worker *w)
             break;
         case SK_MSG_APP_CONNECT:
             sk_app_dial_discard(w, m->u.dial);
+            break;
+        case SK_MSG_PEER_FILL:
+        case SK_MSG_PEER_CLOSE:
+        case SK_MSG_DC_GIVE:
+        case SK_MSG_DC_ADOPT:
+            sk_dc_msg_discard(w, m);
             break;
         default:
             break;
