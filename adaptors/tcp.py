@@ -300,6 +300,7 @@ class TcpAdaptor:
                     max_connections=cfg.max_connections,
                     tls_slot=-1 if slot is None else slot,
                     authenticate_peer=cfg.authenticate_peer,
+                    balanced=cfg.distribution == "balanced",
                 )
             except EngineError as e:
                 state.last_error = str(e)

@@ -829,6 +829,7 @@ class Engine:
         tls_optional: bool = False,
         data_ok: bool = False,
         data_pool_cap: int = 0,
+        balanced: bool = False,
     ) -> Listener:
         """Binds host:port (numeric; "" = every address) and accepts on every worker.
 
@@ -836,7 +837,10 @@ class Engine:
         the data-plane magic "SK" is a data connection the engine handles
         (FLOW, VERDICT, relay), any other stays on the usual path.
         data_pool_cap: pooled (HELLO) connections idle at once on it; beyond,
-        a HELLO is answered OVERLOADED (0: no cap)."""
+        a HELLO is answered OVERLOADED (0: no cap).
+        balanced: a client's target is the one with the fewest open flows plus
+        path cost over the whole network (tcpListener distribution
+        "balanced"), not the lowest cost first."""
         opts = ffi.new("sk_listener_options *")
         lib.sk_listener_options_init(opts)
         chost = ffi.new("char[]", host.encode())
@@ -852,6 +856,7 @@ class Engine:
         opts.tls_optional = int(tls_optional)
         opts.data_ok = int(data_ok)
         opts.data_pool_cap = data_pool_cap
+        opts.balanced = int(balanced)
         uid = self.new_user_id() if user_id is None else user_id
         opts.user_id = uid
         err = _err()

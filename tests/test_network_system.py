@@ -136,8 +136,8 @@ def test_router_killed_and_restarted(net: Network) -> None:
     net.link("B", "C")
     net.link("A", "C", cost=10)
     net.start()
-    net.wait_converged()
-    assert next_hops(net, "A")["C"] == "B"
+    net.wait_converged()  # every router known: the cheaper path may be a moment behind
+    net.wait(lambda: next_hops(net, "A").get("C") == "B", "A to route to C through B")
     net["B"].kill()
     # lost within helloMaxAgeSeconds (3): C is then reached over the cost-10 link
     net.wait(lambda: next_hops(net, "A").get("C") is None
@@ -146,7 +146,7 @@ def test_router_killed_and_restarted(net: Network) -> None:
     net["B"].start()
     net["B"].wait_started()
     net.wait_converged()
-    assert next_hops(net, "A")["C"] == "B"
+    net.wait(lambda: next_hops(net, "A").get("C") == "B", "A to route to C through B again")
 
 
 def test_duplicate_router_id_is_refused_naming_both_ends(net: Network) -> None:
@@ -1039,8 +1039,11 @@ def test_a_thousand_concurrent_flows_both_ways_on_a_line_of_three(net: Network) 
             c_to_a.count(False),
         )
         # C's flows went to B, and B's to A, on connections B and A dialled
+        # (plus, at most, the flow of each listening probe, which may be
+        # counted after the first reading)
         after = counts()
-        assert [a - b for a, b in zip(after, before, strict=True)] == [500, 500, 500]
+        grown = [a - b for a, b in zip(after, before, strict=True)]
+        assert all(500 <= g <= 502 for g in grown), grown
     finally:
         east.stop()
         west.stop()
@@ -1077,6 +1080,7 @@ def test_a_router_that_only_dials_out_receives_flows(net: Network) -> None:
             assert _round_trip(to_d, 20_000, i), f"flow {i} to D failed"
             assert _round_trip(to_e, 20_000, 100 + i), f"flow {i} to E failed"
         after = counts()
-        assert [a - b for a, b in zip(after, before, strict=True)] == [40, 40, 40]
+        grown = [a - b for a, b in zip(after, before, strict=True)]
+        assert all(40 <= g <= 41 for g in grown), grown  # + a listening probe's flow
     finally:
         srv.close()

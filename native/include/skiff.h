@@ -235,6 +235,10 @@ typedef struct sk_listener_options {
                               other stays on the listener's usual path (app or relay) */
     int data_pool_cap;     /* data_ok: pooled (HELLO) connections idle at once on this
                               listener; beyond, a HELLO gets OVERLOADED. 0: no cap */
+    int balanced;          /* relayed listener: pick the target with the fewest open
+                              flows plus path cost over every target in the network
+                              (Skupper's "balanced"); 0: lowest cost first, then the
+                              fewest open flows (Skupper's "closest") */
 } sk_listener_options;
 
 void sk_listener_options_init(sk_listener_options *opts);

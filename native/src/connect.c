@@ -73,7 +73,10 @@ typedef struct sk_pick {
 } sk_pick;
 
 /* Lowest cost first (local targets cost 0), then fewest open flows, ties
- * round robin; only what the client's mode allows. */
+ * round robin; only what the client's mode allows. A client of a balanced
+ * listener takes the fewest open flows plus cost instead (Skupper's
+ * balanced treatment: the cost is a bias, so flows spill over to other
+ * sites as local targets fill). Transit hops follow the origin's choice. */
 static bool pick_target(sk_worker *w, const sk_route_entry *en, const sk_conn *client,
                         sk_pick *out)
 {
@@ -85,6 +88,7 @@ static bool pick_target(sk_worker *w, const sk_route_entry *en, const sk_conn *c
     uint32_t nl = mode == SK_DC_FORWARD ? 0 : en->n;
     uint32_t nr = mode == SK_DC_LOCAL ? 0 : en->rn;
     uint32_t total = nl + nr;
+    bool balanced = mode != SK_DC_FORWARD && client->listener && client->listener->opts.balanced;
     if (total == 0)
         return false;
     uint64_t now = sk_now_ns();
@@ -118,6 +122,10 @@ static bool pick_target(sk_worker *w, const sk_route_entry *en, const sk_conn *c
             continue;
         }
         int64_t open = SK_LOAD(&c.t->open);
+        if (balanced) {
+            open += cost; /* the score; cost only breaks no tie below */
+            cost = 0;
+        }
         if (cost < best_cost || (cost == best_cost && open < best_open)) {
             best_cost = cost;
             best_open = open;
