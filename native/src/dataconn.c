@@ -579,7 +579,7 @@ static void pool_link(sk_worker *w, sk_conn *s)
     dc->pnext = pl->idle;
     pl->idle = s;
     pl->nidle++;
-    SK_STORE(&pl->nidle_pub, pl->nidle);
+    atomic_store(&pl->nidle_pub, pl->nidle); /* seq_cst: see pool_arrived */
     SK_ADD(dc->inbound ? &dc->peer->inbound_idle : &dc->peer->pool_idle, 1);
     SK_ADD(dc->peer->reverse ? &w->engine->dp_pool_in : &w->engine->dp_pool_out, 1);
 }
@@ -596,7 +596,7 @@ static void pool_unlink(sk_worker *w, sk_conn *s)
     dc->pnext = NULL;
     dc->idle = false;
     pl->nidle--;
-    SK_STORE(&pl->nidle_pub, pl->nidle);
+    atomic_store(&pl->nidle_pub, pl->nidle); /* seq_cst: see pool_arrived */
     SK_SUB(dc->inbound ? &dc->peer->inbound_idle : &dc->peer->pool_idle, 1);
     SK_SUB(dc->peer->reverse ? &w->engine->dp_pool_in : &w->engine->dp_pool_out, 1);
 }
@@ -948,7 +948,7 @@ static sk_peer *wait_unlink(sk_worker *w, sk_conn *c)
             if (pl->wait_tail == c)
                 pl->wait_tail = prev;
             pl->nwait--;
-            SK_STORE(&pl->nwait_pub, pl->nwait);
+            atomic_store(&pl->nwait_pub, pl->nwait);
             break;
         }
     c->dc_wnext = NULL;
@@ -981,7 +981,7 @@ static void post_give(sk_engine *e, sk_peer *p, int owner, int to, int ttl)
 {
     sk_msg *m = calloc(1, sizeof *m);
     if (!m) {
-        SK_SUB(&p->pools[to].inflight, 1);
+        atomic_fetch_sub(&p->pools[to].inflight, 1);
         return; /* the waiter waits for an arrival or its time-out */
     }
     m->kind = SK_MSG_DC_GIVE;
@@ -998,7 +998,7 @@ static int worker_with_idle(const sk_peer *p, int w, int skip)
     int best = -1;
     uint32_t most = 0;
     for (int i = 0; i < p->npools; i++) {
-        uint32_t n = SK_LOAD(&p->pools[i].nidle_pub);
+        uint32_t n = atomic_load(&p->pools[i].nidle_pub);
         if (i != w && i != skip && n > most) {
             most = n;
             best = i;
@@ -1024,7 +1024,7 @@ bool sk_dc_wait(sk_worker *w, sk_conn *client, sk_peer *p, sk_target *t)
         pl->wait_head = client;
     pl->wait_tail = client;
     pl->nwait++;
-    SK_STORE(&pl->nwait_pub, pl->nwait);
+    atomic_store(&pl->nwait_pub, pl->nwait);
     SK_ADD(&p->pool_waits, 1);
     sk_worker_cancel(w, SK_PRIO_NORMAL, &client->tmo);
     client->tmo.cb = wait_timeout;
@@ -1033,7 +1033,7 @@ bool sk_dc_wait(sk_worker *w, sk_conn *client, sk_peer *p, sk_target *t)
     /* idle connections on another worker: ask their owner for one */
     int owner = worker_with_idle(p, w->index, -1);
     if (owner >= 0) {
-        SK_ADD(&pl->inflight, 1);
+        atomic_fetch_add(&pl->inflight, 1);
         post_give(w->engine, p, owner, w->index, p->npools);
     }
     return true;
@@ -1044,7 +1044,7 @@ static void hand_over(sk_worker *w, sk_peer *p, sk_conn *s, int to)
 {
     sk_msg *m = calloc(1, sizeof *m);
     if (!m) {
-        SK_SUB(&p->pools[to].inflight, 1);
+        atomic_fetch_sub(&p->pools[to].inflight, 1);
         return;
     }
     pool_unlink(w, s);
@@ -1059,7 +1059,12 @@ static void hand_over(sk_worker *w, sk_peer *p, sk_conn *s, int to)
 }
 
 /* An idle connection of reverse peer p landed on w: the waiting flows here
- * first, else a worker whose flows wait (and expect none yet) gets it. */
+ * first, else a worker whose flows wait (and expect none yet) gets it.
+ * No lost wake-up: a worker queuing a flow stores its nwait_pub, then reads
+ * the others' nidle_pub (sk_dc_wait); a worker pooling a connection stores
+ * its nidle_pub, then reads the others' nwait_pub (here). Both sequentially
+ * consistent, so at least one of the two sees the other (then a GIVE or a
+ * hand-over follows; both at once are harmless). */
 static void pool_arrived(sk_worker *w, sk_peer *p)
 {
     sk_peer_ref(p);
@@ -1074,8 +1079,8 @@ static void pool_arrived(sk_worker *w, sk_peer *p)
     if (pl->idle && pl->nwait == 0)
         for (int i = 0; i < p->npools; i++) {
             sk_dc_pool *o = &p->pools[i];
-            if (i != w->index && SK_LOAD(&o->nwait_pub) > SK_LOAD(&o->inflight)) {
-                SK_ADD(&o->inflight, 1);
+            if (i != w->index && atomic_load(&o->nwait_pub) > atomic_load(&o->inflight)) {
+                atomic_fetch_add(&o->inflight, 1);
                 hand_over(w, p, pl->idle, i);
                 break;
             }
@@ -1126,16 +1131,26 @@ void sk_dc_msg(sk_worker *w, sk_msg *m)
             hand_over(w, p, pl->idle, to);
             break;
         }
-        int next = closing || m->u.dc.ttl <= 1 ? -1 : worker_with_idle(p, w->index, to);
-        if (next >= 0)
-            post_give(w->engine, p, next, to, m->u.dc.ttl - 1);
-        else
-            SK_SUB(&p->pools[to].inflight, 1);
+        int ttl = closing ? 0 : m->u.dc.ttl - 1;
+        int next = ttl > 0 ? worker_with_idle(p, w->index, to) : -1;
+        if (next >= 0) {
+            post_give(w->engine, p, next, to, ttl);
+            break;
+        }
+        sk_dc_pool *o = &p->pools[to];
+        atomic_fetch_sub(&o->inflight, 1);
+        /* a connection pooled elsewhere meanwhile may have seen this give
+         * in flight and stayed: look again now that it is withdrawn */
+        next = ttl > 0 ? worker_with_idle(p, w->index, to) : -1;
+        if (next >= 0 && atomic_load(&o->nwait_pub) > atomic_load(&o->inflight)) {
+            atomic_fetch_add(&o->inflight, 1);
+            post_give(w->engine, p, next, to, ttl);
+        }
         break;
     }
     case SK_MSG_DC_ADOPT: {
         sk_conn *s = m->u.dc.conn;
-        SK_SUB(&p->pools[w->index].inflight, 1);
+        atomic_fetch_sub(&p->pools[w->index].inflight, 1);
         sk_conn_adopt(w, s);
         if (closing) {
             sk_conn_close(w, s, false); /* still moving: no pool to leave */

@@ -220,6 +220,24 @@ static int echo_a(size_t len, uint64_t seed)
     return echo_exact_on(sk_listener_port(CLA), len, seed);
 }
 
+/* D's "svc" served by a fresh echo server (the fixture's takes at most
+ * ECHO_MAX_CONNS connections in its life); echo_done puts ECHOD back. */
+static int echo_fresh(echo_server *es)
+{
+    REQUIRE(echo_start(es) == 0);
+    rspec rd = {.local = T_ECHOD, .local_port = es->port};
+    REQUIRE(publish(D, &rd) == 0);
+    return 0;
+}
+
+static int echo_done(echo_server *es)
+{
+    rspec rd = {.local = T_ECHOD, .local_port = ECHOD.port};
+    REQUIRE(publish(D, &rd) == 0);
+    echo_stop(es);
+    return 0;
+}
+
 /* ------------------------------------------------------------ tests */
 
 /* D dials A and keeps 2 idle INBOUND connections there; flows A -> D claim
@@ -709,6 +727,8 @@ static int test_dead_claims_and_full_queue(void)
  * flows get it handed over (or wait for a refill on their own worker). */
 static int test_handoff(void)
 {
+    echo_server es;
+    REQUIRE(echo_fresh(&es) == 0);
     sk_engine *a2 = mk_engine("A2", 2);
     sk_listener *dl = mk_listener(a2, 1, 700);
     sk_listener *cl = mk_listener(a2, 0, 701);
@@ -718,24 +738,27 @@ static int test_handoff(void)
     REQUIRE(publish(a2, &ra) == 0);
     CHECK(wait_u64(&rp->pool_idle, 1) == 0);
     int flows = 0;
-    for (; flows < 40 && SK_LOAD(&rp->pool_handoffs) == 0; flows++)
+    for (; flows < 24 && SK_LOAD(&rp->pool_handoffs) == 0; flows++) /* 24 + 32 < ECHO_MAX_CONNS */
         CHECK(echo_exact_on(sk_listener_port(cl), 3000, 800 + (uint64_t)flows) == 0);
     sk_peer_stats s;
     sk_peer_stats_get(rp, &s);
     CHECK_OP_U(s.pool_handoffs, >=, 1);
     CHECK_EQ_U(s.flows, (uint64_t)flows);
     CHECK_EQ_U(s.pool_exhausted, 0);
-    /* concurrent flows: more than the one idle connection at a time */
-    int fds[6];
-    for (int i = 0; i < 6; i++)
-        fds[i] = connect_to(sk_listener_port(cl));
-    for (int i = 0; i < 6; i++) {
-        char msg[16];
-        snprintf(msg, sizeof msg, "conc-%d", i);
-        CHECK(fds[i] >= 0 && ping(fds[i], msg) == 0);
+    /* concurrent flows: more than the one idle connection at a time, so
+     * flows wait on both workers while refills land on either */
+    for (int round = 0; round < 4; round++) {
+        int fds[8];
+        for (int i = 0; i < 8; i++)
+            fds[i] = connect_to(sk_listener_port(cl));
+        for (int i = 0; i < 8; i++) {
+            char msg[16];
+            snprintf(msg, sizeof msg, "conc-%d", i);
+            CHECK(fds[i] >= 0 && ping(fds[i], msg) == 0);
+        }
+        for (int i = 0; i < 8; i++)
+            close(fds[i]);
     }
-    for (int i = 0; i < 6; i++)
-        close(fds[i]);
     sk_peer_stats_get(rp, &s);
     CHECK_EQ_U(s.pool_exhausted, 0);
     sk_peer_close(pd);
@@ -747,7 +770,7 @@ static int test_handoff(void)
     sk_listener_release(cl);
     sk_peer_close(rp);
     sk_engine_destroy(a2);
-    return 0;
+    return echo_done(&es);
 }
 
 /* The most dials a back-off of 0.25 s doubling per round allows in ms
@@ -814,6 +837,8 @@ static int test_refill_backoff(void)
  * its per-worker target grows (up to pool_max); everything is served. */
 static int test_demand(void)
 {
+    echo_server es;
+    REQUIRE(echo_fresh(&es) == 0);
     sk_engine *a4 = mk_engine("A4", 1);
     sk_listener *dl = mk_listener(a4, 1, 950);
     sk_listener *cl = mk_listener(a4, 0, 951);
@@ -847,7 +872,7 @@ static int test_demand(void)
     sk_listener_release(cl);
     sk_peer_close(rp);
     sk_engine_destroy(a4);
-    return 0;
+    return echo_done(&es);
 }
 
 /* Mutual TLS: D dials A's TLS data_ok listener (client certificate
@@ -882,6 +907,8 @@ static int tls_slot(sk_engine *e, const char *cert, const char *key, const char 
 
 static int test_tls(void)
 {
+    echo_server es;
+    REQUIRE(echo_fresh(&es) == 0);
     char ca[160], cak[160];
     REQUIRE(mkdtemp(tmpdir) != NULL);
     snprintf(ca, sizeof ca, "%s/a.pem", tmpdir);
@@ -929,7 +956,7 @@ static int test_tls(void)
     unlink(ca);
     unlink(cak);
     rmdir(tmpdir);
-    return 0;
+    return echo_done(&es);
 }
 
 static int no_conns(void *arg)
