@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mgmt_parser(sub)
     _add_network_parser(sub)
     _add_netstorm_parser(sub)
+    _add_failover_parser(sub)
     sasl_bench.add_parser(sub)
     return parser
 
@@ -491,6 +492,41 @@ def _add_netstorm_parser(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress, only the result")
 
 
+def _add_failover_parser(sub: Any) -> None:
+    from bench.failover import FailoverConfig
+
+    d = FailoverConfig()
+    p = sub.add_parser(
+        "network-failover",
+        help="flows through a diamond of 4 routers while a link is cut and a router is "
+        "killed: failed flows (goal 0 while another path exists) and reroute times",
+    )
+    p.add_argument("--clients", type=_positive_int, default=d.clients, help="concurrent clients")
+    p.add_argument("--size", type=_positive_int, default=d.size, help="bytes per flow")
+    p.add_argument("--phase", type=_positive_float, default=d.phase_s, help="seconds per phase")
+    p.add_argument("--workers", type=_positive_int, default=d.workers, help="workerThreads")
+    p.add_argument("--json", type=str, default=None, help="write every figure here")
+    p.add_argument("--quiet", action="store_true", help="no progress, only the result")
+
+
+def _failover(args: argparse.Namespace) -> int:
+    from bench.failover import FailoverConfig, format_report, run_failover, write_json
+
+    cfg = FailoverConfig(
+        clients=args.clients, size=args.size, phase_s=args.phase, workers=args.workers
+    )
+    try:
+        report = run_failover(cfg, None if args.quiet else lambda m: print(m, file=sys.stderr))
+    except KeyboardInterrupt:
+        print("skiff-bench network-failover: interrupted; routers stopped", file=sys.stderr)
+        return 130
+    print(format_report(report))
+    if args.json:
+        write_json(report, args.json)
+        print(f"wrote {args.json}")
+    return 0 if report.failed == 0 else 1
+
+
 def _netstorm(args: argparse.Namespace) -> int:
     from bench.netstorm import NetStormConfig, format_report, main_log, run_netstorm, write_json
 
@@ -743,6 +779,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "mgmt": _mgmt,
     "network": _network,
     "network-storm": _netstorm,
+    "network-failover": _failover,
     "sasl": lambda args: sasl_bench.run_args(args),
 }
 
