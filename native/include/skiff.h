@@ -500,6 +500,16 @@ const char *sk_tls_verify_error(int code);
  * new material never waits for a bundle. */
 typedef struct sk_tls_store sk_tls_store;
 
+/* Raised by the caller while a bundle load (sk_tls_store_load) runs: a newer
+ * write may be pending. The load re-reads the file before its next
+ * certificate and, when the bytes changed, goes on with the newest ones
+ * (keeping every certificate it parsed): an older bundle is never finished
+ * before a newer one is started. Any thread may raise it. */
+typedef struct sk_tls_newer sk_tls_newer;
+sk_tls_newer *sk_tls_newer_new(void);
+void sk_tls_newer_raise(sk_tls_newer *n);
+void sk_tls_newer_free(sk_tls_newer *n);
+
 typedef struct sk_tls_load_params {
     const char *cert_file;    /* PEM: certificate, then intermediates; NULL = none */
     const char *key_file;     /* PEM private key; NULL = none */
@@ -513,6 +523,7 @@ typedef struct sk_tls_load_params {
     const sk_tls_config *previous; /* reuse its trust store when the CA bytes match */
     const char *unchanged_if; /* a fingerprint: SK_TLS_UNCHANGED when equal */
     const sk_tls_store *ca_store; /* sk_tls_load: this trust store, ca_file not read */
+    sk_tls_newer *newer;      /* sk_tls_store_load: see sk_tls_newer; NULL = none */
 } sk_tls_load_params;
 
 typedef struct sk_tls_load_result {
@@ -539,6 +550,8 @@ typedef struct sk_tls_store_result {
     int reads;
     int certs;                /* certificates in the bundle */
     sk_tls_store *store;      /* SK_TLS_OK: one reference, the caller's */
+    int parsed;               /* of those, parsed by this load (the rest were cached) */
+    int restarts;             /* times a newer write replaced the bytes being parsed */
 } sk_tls_store_result;
 
 void sk_tls_load_params_init(sk_tls_load_params *p);
@@ -561,6 +574,16 @@ sk_tls_store *sk_tls_store_ref(sk_tls_store *s);
 void sk_tls_store_free(sk_tls_store *s);
 const char *sk_tls_store_fingerprint(const sk_tls_store *s);
 int sk_tls_store_certs(const sk_tls_store *s);
+
+/* The CA certificate cache every trust store is built from: one parsed
+ * certificate per distinct DER (SHA-256), shared by the stores that hold it
+ * and dropped when the last one goes. */
+typedef struct sk_tls_ca_cache_stats {
+    uint64_t entries; /* certificates cached now */
+    uint64_t parsed;  /* certificates parsed since start (cache misses) */
+    uint64_t reused;  /* certificate blocks found in the cache since start */
+} sk_tls_ca_cache_stats;
+void sk_tls_ca_cache_stats_get(sk_tls_ca_cache_stats *out);
 
 /* A publication slot for one sslProfile: returns its index or -1. */
 int sk_tls_slot_create(sk_engine *e);

@@ -15,6 +15,7 @@
  * nice 10, so it is not starved either. The priority is set in C, on a thread that never holds the
  * GIL: a loader preempted while holding the GIL made the control loop wait. */
 #include "internal.h"
+#include "tls_store.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -142,9 +143,11 @@ static bool data_link(const char *path, char *target, size_t len)
     return true;
 }
 
-static int read_file(const char *path, const char *what, blob *out, char *err, size_t errlen)
+/* With no_fifo a FIFO is refused (opened without blocking, not read). */
+static int read_file(const char *path, const char *what, bool no_fifo, blob *out, char *err,
+                     size_t errlen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | (no_fifo ? O_NONBLOCK : 0));
     if (fd < 0) {
         sk_set_err(err, errlen, "%s %s: %s", what, path, strerror(errno));
         return -1;
@@ -156,6 +159,11 @@ static int read_file(const char *path, const char *what, blob *out, char *err, s
         return -1;
     }
     out->fifo = S_ISFIFO(st.st_mode);
+    if (no_fifo && !S_ISREG(st.st_mode)) {
+        sk_set_err(err, errlen, "%s %s: not a regular file", what, path);
+        close(fd);
+        return -1;
+    }
     size_t cap = st.st_size > 0 ? (size_t)st.st_size + 1 : 4096, len = 0;
     unsigned char *buf = malloc(cap);
     for (;;) {
@@ -211,15 +219,6 @@ typedef struct material {
     bool has_ca;
 } material;
 
-/* A parsed CA bundle: immutable, shared by every config built with it. */
-struct sk_tls_store {
-    _Atomic int refs;
-    X509_STORE *x509;
-    unsigned char hash[32];
-    char fingerprint[65];
-    int certs;
-};
-
 static void material_free(material *m)
 {
     for (int i = 0; i < F_N; i++)
@@ -248,7 +247,7 @@ static void hash_str(EVP_MD_CTX *md, const char *tag, const char *s)
  * its content hash, so a config built with a given store (the CA file not
  * read) has the fingerprint a full load of the same bytes has. */
 static int read_set(const sk_tls_load_params *p, unsigned mask, const sk_tls_store *given,
-                    material *m, char *err, size_t errlen)
+                    bool no_fifo, material *m, char *err, size_t errlen)
 {
     const char *paths[F_N] = {p->cert_file, p->key_file, p->ca_file};
     char target[4096];
@@ -260,7 +259,7 @@ static int read_set(const sk_tls_load_params *p, unsigned mask, const sk_tls_sto
         bool linked = data_link(paths[i], target, sizeof target);
         char real[8192];
         resolve_in(paths[i], linked ? target : NULL, real, sizeof real);
-        if (read_file(real, FILE_WHAT[i], &m->f[i], err, errlen) != 0) {
+        if (read_file(real, FILE_WHAT[i], no_fifo, &m->f[i], err, errlen) != 0) {
             material_free(m);
             return -1;
         }
@@ -295,14 +294,14 @@ static int read_set(const sk_tls_load_params *p, unsigned mask, const sk_tls_sto
 
 /* Reads the files in mask until two consecutive reads agree (a FIFO: once).
  * On success m holds the set; *reads counts the reads made. */
-static int read_stable(const sk_tls_load_params *p, unsigned mask, const sk_tls_store *given,
-                       material *m, int *reads, char *err, size_t errlen)
+static int read_stable_ex(const sk_tls_load_params *p, unsigned mask, const sk_tls_store *given,
+                          bool no_fifo, material *m, int *reads, char *err, size_t errlen)
 {
     material prev;
     bool have_prev = false;
     int max_reads = p->max_reads > 1 ? p->max_reads : 2;
     for (*reads = 1; *reads <= max_reads; (*reads)++) {
-        if (read_set(p, mask, given, m, err, errlen) != 0) {
+        if (read_set(p, mask, given, no_fifo, m, err, errlen) != 0) {
             if (have_prev)
                 material_free(&prev);
             return -1;
@@ -325,6 +324,28 @@ static int read_stable(const sk_tls_load_params *p, unsigned mask, const sk_tls_
     material_free(&prev);
     sk_set_err(err, errlen, "files kept changing over %d reads; will retry", max_reads);
     return -1;
+}
+
+static int read_stable(const sk_tls_load_params *p, unsigned mask, const sk_tls_store *given,
+                       material *m, int *reads, char *err, size_t errlen)
+{
+    return read_stable_ex(p, mask, given, false, m, reads, err, errlen);
+}
+
+int sk_tls_read_bundle(const sk_tls_load_params *p, bool no_fifo, unsigned char **data,
+                       size_t *len, unsigned char hash[32], bool *fifo, int *reads, char *err,
+                       size_t errlen)
+{
+    material m;
+    if (read_stable_ex(p, READ_CA, NULL, no_fifo, &m, reads, err, errlen) != 0)
+        return -1;
+    *fifo = m.f[F_CA].fifo;
+    *data = m.f[F_CA].data;
+    *len = m.f[F_CA].len;
+    memcpy(hash, m.ca_hash, 32);
+    m.f[F_CA].data = NULL; /* the caller's */
+    material_free(&m);
+    return 0;
 }
 
 static int password_cb(char *buf, int size, int rwflag, void *u)
@@ -436,28 +457,11 @@ static SSL_CTX *make_ctx(const SSL_METHOD *method, const sk_tls_load_params *p, 
     return ctx;
 }
 
+/* A trust store of the bundle's certificates (tls_store.c: cached, indexed). */
 static X509_STORE *parse_store(const blob *b, const char *path, int *certs, char *err,
                                size_t errlen)
 {
-    BIO *bio = BIO_new_mem_buf(b->data, (int)b->len);
-    X509_STORE *store = X509_STORE_new();
-    int n = 0;
-    X509 *x;
-    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
-        X509_STORE_add_cert(store, x);
-        X509_free(x);
-        n++;
-    }
-    ERR_clear_error();
-    BIO_free(bio);
-    if (certs)
-        *certs = n;
-    if (n == 0) {
-        sk_set_err(err, errlen, "caCertFile %s: no PEM certificate found", path);
-        X509_STORE_free(store);
-        return NULL;
-    }
-    return store;
+    return sk_tls_store_build(b->data, b->len, path, certs, err, errlen);
 }
 
 static void add_warning(sk_tls_load_result *r, const char *fmt, const char *arg)
@@ -530,7 +534,6 @@ typedef struct {
 } store_job;
 
 static void tls_load(const sk_tls_load_params *p, sk_tls_load_result *r);
-static void store_load(const sk_tls_load_params *p, sk_tls_store_result *r);
 
 static void config_job_run(void *arg)
 {
@@ -541,7 +544,7 @@ static void config_job_run(void *arg)
 static void store_job_run(void *arg)
 {
     store_job *j = arg;
-    store_load(j->p, j->r);
+    sk_tls_store_load_now(j->p, j->r);
 }
 
 void sk_tls_load(const sk_tls_load_params *p, sk_tls_load_result *r)
@@ -558,74 +561,7 @@ void sk_tls_store_load(const sk_tls_load_params *p, sk_tls_store_result *r)
 
 /* ------------------------------------------------------------ trust stores */
 
-sk_tls_store *sk_tls_store_ref(sk_tls_store *s)
-{
-    if (s)
-        atomic_fetch_add(&s->refs, 1);
-    return s;
-}
-
-void sk_tls_store_free(sk_tls_store *s)
-{
-    if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
-        X509_STORE_free(s->x509);
-        free(s);
-    }
-}
-
-const char *sk_tls_store_fingerprint(const sk_tls_store *s)
-{
-    return s->fingerprint;
-}
-
-int sk_tls_store_certs(const sk_tls_store *s)
-{
-    return s->certs;
-}
-
-void sk_tls_store_result_clear(sk_tls_store_result *r)
-{
-    sk_tls_store_free(r->store);
-    r->store = NULL;
-}
-
-static void store_load(const sk_tls_load_params *p, sk_tls_store_result *r)
-{
-    memset(r, 0, sizeof *r);
-    r->status = SK_TLS_ERROR;
-    if (!p->ca_file || !*p->ca_file) {
-        sk_set_err(r->error, sizeof r->error, "caCertFile: not given");
-        return;
-    }
-    material m;
-    if (read_stable(p, READ_CA, NULL, &m, &r->reads, r->error, sizeof r->error) != 0)
-        return;
-    hex(m.ca_hash, r->fingerprint);
-    if (p->unchanged_if && !strcmp(p->unchanged_if, r->fingerprint)) {
-        r->status = SK_TLS_UNCHANGED;
-        material_free(&m);
-        return;
-    }
-    int certs = 0;
-    X509_STORE *x = parse_store(&m.f[F_CA], p->ca_file, &certs, r->error, sizeof r->error);
-    material_free(&m);
-    if (!x)
-        return;
-    sk_tls_store *s = calloc(1, sizeof *s);
-    if (!s) {
-        X509_STORE_free(x);
-        sk_set_err(r->error, sizeof r->error, "out of memory");
-        return;
-    }
-    atomic_init(&s->refs, 1);
-    s->x509 = x;
-    s->certs = certs;
-    memcpy(s->hash, m.ca_hash, 32);
-    memcpy(s->fingerprint, r->fingerprint, sizeof s->fingerprint);
-    r->certs = certs;
-    r->store = s;
-    r->status = SK_TLS_OK;
-}
+/* Trust stores, the certificate cache and sk_tls_store_*: tls_store.c. */
 
 /* ------------------------------------------------------------ configs */
 
