@@ -17,6 +17,7 @@ from bench.rotate import (
     RotateResult,
     Rotation,
     _distinct_bundles,
+    bundle_in_force,
     rotate_json,
     run_rotate,
 )
@@ -82,6 +83,27 @@ def test_distinct_bundles_differ_and_start_with_the_ca() -> None:
         assert a.count(b"BEGIN CERTIFICATE") == n == b.count(b"BEGIN CERTIFICATE")
 
 
+def test_bundle_in_force_matches_the_written_bundle() -> None:
+    """A rewrite is in force at the first publication of its own store
+    before the next rewrite; a publication of the other bundle does not
+    count, and a rewrite that never went out is superseded."""
+    rots = [
+        Rotation(10, "c10", t_write=1.0, slow=True),  # writes bundle 1 (10 // 10 % 2)
+        Rotation(15, "c15", t_write=1.5),
+        Rotation(20, "c20", t_write=2.0, slow=True),  # bundle 0
+        Rotation(30, "c30", t_write=3.0, slow=True),  # bundle 1
+    ]
+    pubs = [
+        (1.2, "fpA"),  # the old store still (published with a new certificate)
+        (1.4, "fpB"),  # rotation 10's bundle: in force 400 ms after its write
+        (2.5, "fpB"),  # rotation 20's bundle never went out before rotation 30
+        (3.1, "fpB"),  # rotation 30's (its own bundle again)
+    ]
+    delays, superseded = bundle_in_force(rots, pubs, ("fpA", "fpB"), 10)
+    assert delays == pytest.approx([400.0, 100.0])
+    assert superseded == 1
+
+
 def test_rotate_same_profile_bundle_short_run() -> None:
     cfg = RotateConfig(
         clients=8,
@@ -100,4 +122,5 @@ def test_rotate_same_profile_bundle_short_run() -> None:
     assert figures["slowest_connection_ms"] > 0
     assert any(r.slow for r in res.rotations)
     assert res.bundle_load_ms  # the profile was republished after bundle rewrites
+    assert figures["bundle_in_force_ms"]["in_force"] == len(res.bundle_load_ms)
     assert figures["control_loop_lag_us"]["count"] > 10
