@@ -8,12 +8,15 @@
  * Only then does it build the server and client SSL_CTX of the config.
  * Using a config on a connection (handshake, records) is tls_io.c's.
  *
- * A load can take seconds (a bundle of thousands of CAs): it runs on a thread
- * at SCHED_IDLE (or nice 19), so it never takes CPU from a worker or the
- * control loop; a certificate and key load with a given trust store (the
- * bundle not read, sk_tls_store_load parses it apart) is cheap and runs at
- * nice 10, so it is not starved either. The priority is set in C, on a thread that never holds the
- * GIL: a loader preempted while holding the GIL made the control loop wait. */
+ * A load can take a second or more (a bundle of thousands of new CAs): what
+ * is that expensive runs on a thread at SCHED_IDLE (or nice 19), so it never
+ * takes CPU from a worker or the control loop; a certificate and key load
+ * with a given trust store (the bundle not read, sk_tls_store_load parses it
+ * apart: tls_store.c, through a certificate cache) is cheap and runs at
+ * nice 10, so it is not starved either, and so does a trust store load until
+ * it has parsed a few dozen certificates (see run_low). The priority is set
+ * in C, on a thread that never holds the GIL: a loader preempted while
+ * holding the GIL made the control loop wait. */
 #include "internal.h"
 #include "tls_store.h"
 
@@ -487,27 +490,48 @@ static void hex(const unsigned char *h, char out[65])
  * that later holds the GIL at SCHED_IDLE. A thread per load costs tens of
  * microseconds against loads of milliseconds to seconds.
  *
- * A load that reads a CA bundle (sk_tls_store_load, or sk_tls_load without a
- * given store) runs at SCHED_IDLE (nice 19 as fallback): a bundle of
- * thousands of CAs is seconds of CPU. A certificate and key load with a
- * given store (or no CA file) is a millisecond of CPU and runs at nice 10:
- * at SCHED_IDLE on busy cores it waited up to 0.7 s for an idle moment, and
- * new material must be on the wire within 200 ms of its write (issue 13). */
+ * A full load that parses a CA bundle (sk_tls_load without a given store)
+ * runs at SCHED_IDLE (nice 19 as fallback): a bundle of thousands of new CAs
+ * is a second of CPU. A certificate and key load with a given store (or no
+ * CA file) is a millisecond of CPU and runs at nice 10: at SCHED_IDLE on
+ * busy cores it waited up to 0.7 s for an idle moment, and new material must
+ * be on the wire within 200 ms of its write (issue 13). A trust store load
+ * (sk_tls_store_load) starts at nice 10 too, since a rewrite finds nearly
+ * every certificate in the cache (tens of milliseconds for 4,000 CAs), and
+ * drops to SCHED_IDLE once it has parsed SK_TLS_PARSE_AT_NICE certificates
+ * (sk_tls_load_thread_idle): a bundle of new CAs still takes only idle CPU. */
 typedef struct {
     void (*fn)(void *);
     void *arg;
     bool idle;
 } load_job;
 
+static _Thread_local bool load_thread; /* this thread is a load's own (load_main) */
+
+static void lower_to_idle(void)
+{
+    struct sched_param idle = {.sched_priority = 0};
+    if (sched_setscheduler(0, SCHED_IDLE, &idle) != 0) /* 0: this thread */
+        (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
+}
+
+void sk_tls_load_thread_idle(void)
+{
+    if (load_thread) { /* never the caller's thread (run_low's fallback) */
+        load_thread = false;
+        lower_to_idle();
+    }
+}
+
 static void *load_main(void *arg)
 {
     load_job *job = arg;
-    struct sched_param idle = {.sched_priority = 0};
-    id_t tid = (id_t)syscall(SYS_gettid);
-    if (!job->idle)
-        (void)setpriority(PRIO_PROCESS, tid, 10);
-    else if (sched_setscheduler(0, SCHED_IDLE, &idle) != 0) /* 0: this thread */
-        (void)setpriority(PRIO_PROCESS, tid, 19);
+    if (!job->idle) {
+        (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
+        load_thread = true;
+    } else {
+        lower_to_idle();
+    }
     job->fn(job->arg);
     return NULL;
 }
@@ -556,7 +580,7 @@ void sk_tls_load(const sk_tls_load_params *p, sk_tls_load_result *r)
 void sk_tls_store_load(const sk_tls_load_params *p, sk_tls_store_result *r)
 {
     store_job j = {p, r};
-    run_low(true, store_job_run, &j);
+    run_low(false, store_job_run, &j); /* drops to SCHED_IDLE when it parses much */
 }
 
 /* ------------------------------------------------------------ trust stores */

@@ -30,7 +30,8 @@
  *   use); the certificates are shared read-only, their extensions cached at
  *   parse time on the loader.
  *
- * Every load runs on a loader thread (tls.c's run_low); a worker only reads
+ * Every load runs on a loader thread (tls.c's run_low), at nice 10 until it
+ * has parsed SK_TLS_PARSE_AT_NICE certificates, then at SCHED_IDLE; a worker only reads
  * indexes and, when it drops the last reference to a config, releases its
  * store's hold on the cache (a short lock per certificate batch). */
 #include "tls_store.h"
@@ -419,7 +420,8 @@ static ca_cert *block_cert(bundle_parser *bp, const unsigned char *body, size_t 
     c->x509 = x;
     c->name_hash = h;
     atomic_fetch_add(&cache_parsed, 1);
-    bp->parsed++;
+    if (++bp->parsed == SK_TLS_PARSE_AT_NICE)
+        sk_tls_load_thread_idle(); /* a bundle of new CAs: idle CPU only from here */
     c = cache_add(c);
     if (!c)
         snprintf(why, whylen, "out of memory");

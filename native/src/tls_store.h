@@ -25,6 +25,13 @@ int sk_tls_read_bundle(const sk_tls_load_params *p, bool no_fifo, unsigned char 
                        size_t *len, unsigned char hash[32], bool *fifo, int *reads, char *err,
                        size_t errlen);
 
+/* tls.c: on a load's own thread, lowers it to SCHED_IDLE (nice 19) for the
+ * rest of the load; elsewhere nothing. */
+void sk_tls_load_thread_idle(void);
+/* Certificates a trust store load parses at nice 10 before it drops to
+ * SCHED_IDLE (a few milliseconds of CPU). */
+#define SK_TLS_PARSE_AT_NICE 32
+
 /* tls_store.c: a trust store of the PEM certificates in data (path names
  * the file in errors), through the certificate cache: *certs counts the
  * certificate blocks. NULL with err filled on a malformed block or none. */

@@ -16,6 +16,9 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 #include <pthread.h>
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static char tmpdir[64] = "/tmp/skiff-tls-store-XXXXXX";
@@ -320,6 +323,61 @@ static int test_newer_write_taken_over(void)
     return 0;
 }
 
+/* ------------------------------------------------------------ priority */
+
+static struct {
+    int policy[64];
+    int nice[64];
+} prio_seen;
+
+static void prio_hook(int position)
+{
+    if (position < 64) {
+        prio_seen.policy[position] = sched_getscheduler(0);
+        prio_seen.nice[position] = getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid));
+    }
+}
+
+static bool idle_at(int position)
+{
+    return prio_seen.policy[position] == SCHED_IDLE || prio_seen.nice[position] == 19;
+}
+
+/* A store load runs at nice 10 while it finds certificates in the cache and
+ * drops to SCHED_IDLE once it has parsed SK_TLS_PARSE_AT_NICE of them. */
+static int test_priority_drops_when_parsing_much(void)
+{
+    enum { N = SK_TLS_PARSE_AT_NICE + 8 };
+    char path[128];
+    snprintf(path, sizeof path, "%s/prio.pem", tmpdir);
+    char **a = bulk_cas("prio", N);
+    REQUIRE(write_file(path, (const char *const *)a, N) == 0);
+    memset(&prio_seen, 0, sizeof prio_seen);
+    sk_tls_store_block_hook = prio_hook;
+    sk_tls_store_result cold = load(path, NULL);
+    REQUIRE_MSG(cold.status == SK_TLS_OK, "%s", cold.error);
+    CHECK_EQ_I(prio_seen.policy[1], SCHED_OTHER);
+    CHECK(prio_seen.nice[1] >= 10 && prio_seen.nice[1] < 19);
+    CHECK(!idle_at(SK_TLS_PARSE_AT_NICE - 1));
+    CHECK(idle_at(SK_TLS_PARSE_AT_NICE));
+    CHECK(idle_at(N));
+    /* the same certificates again: all cached, nice 10 to the end */
+    memset(&prio_seen, 0, sizeof prio_seen);
+    sk_tls_store_result warm = load(path, NULL);
+    sk_tls_store_block_hook = NULL;
+    REQUIRE(warm.status == SK_TLS_OK);
+    CHECK_EQ_I(warm.parsed, 0);
+    CHECK(prio_seen.nice[N] >= 10 && prio_seen.nice[N] < 19);
+    CHECK(!idle_at(N));
+    /* the caller's own thread is never lowered */
+    CHECK_EQ_I(sched_getscheduler(0), SCHED_OTHER);
+    sk_tls_store_result_clear(&cold);
+    sk_tls_store_result_clear(&warm);
+    free_pems(a, N);
+    unlink(path);
+    return 0;
+}
+
 /* ------------------------------------------------------------ verification */
 
 static X509 *root, *inter, *leaf, *other_root, *other_leaf, *utf8_root, *printable_leaf,
@@ -559,6 +617,7 @@ int main(void)
     RUN(test_duplicates_and_text_between);
     RUN(test_malformed_blocks_named);
     RUN(test_newer_write_taken_over);
+    RUN(test_priority_drops_when_parsing_much);
     RUN(test_verification_as_before);
     RUN(test_lookup_method);
     RUN(test_concurrent_verification);
