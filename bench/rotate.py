@@ -41,10 +41,13 @@ process, as it does in skiffd.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import statistics
+import struct
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,7 +148,7 @@ class Loader(threading.Thread):
             cert_pem, key_pem, fp = leaves[i - 1]
             slow = self.cfg.slow_every > 0 and i % self.cfg.slow_every == 0
             if slow:  # a changed bundle: the next load parses all of it
-                self.bundle.write_bytes(self.bundles[(i // self.cfg.slow_every) % 2])
+                self.bundle.write_bytes(bundle_bytes(self.bundles, i // self.cfg.slow_every))
             self.cert.write_bytes(cert_pem)
             self.key.write_bytes(key_pem)
             self.rotations.append(Rotation(i, fp, time.monotonic(), slow=slow))
@@ -188,45 +191,70 @@ def _bundle(ca_pem: bytes, target_s: float) -> tuple[bytes, bytes]:
     )
 
 
-def _fingerprints(workdir: Path, bundles: tuple[bytes, bytes]) -> tuple[str, str]:
-    """The trust-store fingerprints of the two bundles (what a published
-    config's ca_in_force names)."""
-    out = []
-    for i, data in enumerate(bundles):
-        path = workdir / f"fingerprint{i}.pem"
-        path.write_bytes(data)
-        r = tls_load_store(str(path), max_reads=2)
-        if not r.ok:
-            raise RuntimeError(f"bench bundle {i} does not load: {r.error}")
-        out.append(r.fingerprint)
-        if r.store is not None:
-            r.store.free()
-        path.unlink()
-    return out[0], out[1]
+def bundle_bytes(bundles: tuple[bytes, bytes], k: int) -> bytes:
+    """The bundle of the k-th rewrite (0: the initial one): the two bundles in
+    turn, each time with a comment line of its own, so that every rewrite has
+    bytes (and a trust store fingerprint) of its own while the certificates
+    alternate (PEM readers skip text between blocks)."""
+    return bundles[k % 2] + f"# bench rewrite {k}\n".encode()
+
+
+def bundle_fingerprint(data: bytes) -> str:
+    """The trust store fingerprint the engine gives these bundle bytes (its
+    content hash: SHA-256 over a tag, the length and the bytes; checked
+    against the engine once per run by _check_fingerprint)."""
+    h = hashlib.sha256(b"ca\0")
+    h.update(struct.pack("=Q", len(data)))
+    h.update(data)
+    return h.hexdigest()
+
+
+def _check_fingerprint(workdir: Path, data: bytes) -> None:
+    path = workdir / "fingerprint.pem"
+    path.write_bytes(data)
+    r = tls_load_store(str(path), max_reads=2)
+    path.unlink()
+    if r.store is not None:
+        r.store.free()
+    if not r.ok:
+        raise RuntimeError(f"bench bundle does not load: {r.error}")
+    if r.fingerprint != bundle_fingerprint(data):
+        raise RuntimeError("bundle_fingerprint no longer matches the engine's trust store hash")
 
 
 def bundle_in_force(
     rotations: list[Rotation],
     publications: list[tuple[float, str | None]],
-    fingerprints: tuple[str, str],
+    fingerprint_of: Callable[[int], str],
     slow_every: int,
-) -> tuple[list[float], int]:
+) -> tuple[list[float], int, int]:
     """Per bundle rewrite, ms from its write to the first publication whose
-    trust store is that bundle (the bundles alternate: rotation i writes
-    fingerprints[(i // slow_every) % 2]), looked for until the next rewrite;
-    and how many rewrites were replaced by the next before going out."""
+    trust store is that rewrite's bundle (rotation i writes rewrite
+    i // slow_every, whose fingerprint is fingerprint_of(i // slow_every)),
+    looked for until the next rewrite; how many rewrites were replaced by
+    the next before going out; and how many publications went out with an
+    older rewrite's bundle after a newer one's (must be 0)."""
     slow = [r for r in rotations if r.slow]
     delays: list[float] = []
     superseded = 0
+    rewrite_of = {fingerprint_of(0): 0}
+    rewrite_of.update({fingerprint_of(r.index // slow_every): r.index // slow_every for r in slow})
+    newest = -1
+    regressions = 0
+    for _, ca in publications:
+        k = rewrite_of.get(ca or "")
+        if k is not None and k < newest:
+            regressions += 1
+        newest = max(newest, k if k is not None else -1)
     for j, rot in enumerate(slow):
-        fp = fingerprints[(rot.index // slow_every) % 2]
+        fp = fingerprint_of(rot.index // slow_every)
         end = slow[j + 1].t_write if j + 1 < len(slow) else float("inf")
         hit = next((t for t, ca in publications if ca == fp and rot.t_write <= t < end), None)
         if hit is None:
             superseded += 1
         else:
             delays.append((hit - rot.t_write) * 1e3)
-    return delays, superseded
+    return delays, superseded, regressions
 
 
 @dataclass(slots=True)
@@ -240,6 +268,7 @@ class RotateResult:
     t0: float = 0.0
     bundle_load_ms: list[float] = field(default_factory=list)  # write → in force
     bundle_superseded: int = 0  # rewrites replaced by the next before in force
+    bundle_regressions: int = 0  # publications of an older bundle after a newer one
     loop_lag_ns: Histogram = field(default_factory=Histogram)  # control loop wake-up lag
     initial_fingerprint: str = ""  # the certificate before the first rotation
 
@@ -356,9 +385,8 @@ async def _run(
         bundles = await loop.run_in_executor(None, _distinct_bundles, ca.pem, cfg.bundle_certs)
     else:
         bundles = await loop.run_in_executor(None, _bundle, ca.pem, cfg.slow_s)
-    # the first rewrite (rotation slow_every) writes bundles[1]: a change
-    bundle.write_bytes(bundles[0])
-    bundle_fps = await loop.run_in_executor(None, _fingerprints, workdir, bundles)
+    bundle.write_bytes(bundle_bytes(bundles, 0))
+    await loop.run_in_executor(None, _check_fingerprint, workdir, bundle_bytes(bundles, 0))
     cert_pem, key_pem, fp0 = ca.leaf(0)
     cert.write_bytes(cert_pem)
     key.write_bytes(key_pem)
@@ -450,8 +478,11 @@ async def _run(
     if loader.rotations and failures and not loader.rotations[-1].ok:
         loader.rotations[-1].error = f"{failures} loads failed; last: {tls.error(PROFILE)}"
     total = probe.engine.lateness(PRIO_HIGH).minus(lat_before)
-    bundle_ms, superseded = bundle_in_force(
-        loader.rotations, bundle_pubs, bundle_fps, max(1, cfg.slow_every)
+    bundle_ms, superseded, regressions = bundle_in_force(
+        loader.rotations,
+        bundle_pubs,
+        lambda k: bundle_fingerprint(bundle_bytes(bundles, k)),
+        max(1, cfg.slow_every),
     )
     return RotateResult(
         cfg,
@@ -462,6 +493,7 @@ async def _run(
         t0=t0,
         bundle_load_ms=bundle_ms,
         bundle_superseded=superseded,
+        bundle_regressions=regressions,
         initial_fingerprint=fp0,
         loop_lag_ns=loop_lag,
     )
@@ -526,6 +558,7 @@ def rotate_json(res: RotateResult) -> dict[str, Any]:
                 "max": max(res.bundle_load_ms) if res.bundle_load_ms else None,
                 "in_force": len(res.bundle_load_ms),
                 "superseded": res.bundle_superseded,
+                "older_after_newer": res.bundle_regressions,
             },
             "rotations_never_presented": res.pickup_ms()["never_seen"],
             "stale_handshakes": res.stale(),
@@ -609,7 +642,8 @@ def format_rotate(res: RotateResult) -> str:
             lines.append(
                 f"  CA bundle in force ({'same' if cfg.bundle_same_profile else 'other'} "
                 f"profile; write → its store published): {figures} over {b['in_force']} "
-                f"rewrites, {b['superseded']} replaced by the next rewrite before in force"
+                f"rewrites, {b['superseded']} replaced by the next rewrite before in force, "
+                f"{b['older_after_newer']} publications of an older bundle after a newer one"
             )
         lines += [f"  not published: #{x.index} {x.error}" for x in bad[:5]]
     lat = d["timer_lateness"]
