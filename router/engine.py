@@ -423,10 +423,13 @@ def tls_load_store(
     max_reads: int = 5,
     retry_delay_ms: int = 5,
     newer: TlsNewer | None = None,
+    in_force: TlsStore | None = None,
 ) -> TlsStoreResult:
     """Reads and parses a CA bundle into a trust store (blocking, possibly for
     seconds: call it on a loader thread; the GIL is released). Raising
-    ``newer`` meanwhile makes it go on with the file's newest bytes."""
+    ``newer`` meanwhile makes it go on with the file's newest bytes. With
+    ``in_force`` (the store now used) a file whose stat is still the one that
+    store was read with is reported unchanged without being read."""
     p = ffi.new("sk_tls_load_params *")
     lib.sk_tls_load_params_init(p)
     path = ffi.new("char[]", ca_file.encode())
@@ -437,6 +440,8 @@ def tls_load_store(
     p.retry_delay_ms = retry_delay_ms
     if newer is not None:
         p.newer = newer._ptr
+    if in_force is not None and in_force._ptr != ffi.NULL:
+        p.in_force = in_force._ptr
     r = ffi.new("sk_tls_store_result *")
     lib.sk_tls_store_load(p, r)
     try:

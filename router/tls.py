@@ -382,6 +382,7 @@ class TlsManager:
             _material(cfg),
             st.store_fingerprint,
             st.ca_newer,
+            st.store,
         )
         fut.add_done_callback(lambda f: self._store_loaded(name, st, cfg.ca_cert_file, f))
 
@@ -579,15 +580,21 @@ def _date_problem(result: TlsLoadResult) -> str | None:
 
 
 def _load_store_blocking(
-    material: TlsMaterial, unchanged_if: str | None, newer: TlsNewer | None = None
+    material: TlsMaterial,
+    unchanged_if: str | None,
+    newer: TlsNewer | None = None,
+    in_force: TlsStore | None = None,
 ) -> _StoreOutcome:
     """Runs on a CA loader thread: reads and parses the bundle (a second or
-    more for thousands of new CAs, milliseconds when they are cached; a FIFO
-    blocks until written)."""
+    more for thousands of new CAs, milliseconds when they are cached, nothing
+    when stat shows the file the store in force was read from; a FIFO blocks
+    until written)."""
     started = time.monotonic()
     dirs = _watch_dirs(material)
     assert material.ca_file
-    result = tls_load_store(material.ca_file, unchanged_if=unchanged_if, newer=newer)
+    result = tls_load_store(
+        material.ca_file, unchanged_if=unchanged_if, newer=newer, in_force=in_force
+    )
     elapsed = time.monotonic() - started
     if elapsed > 0.5:
         _log.info(f"loading {material.ca_file} took {elapsed:.2f} s")

@@ -302,13 +302,13 @@ class _Gate:
         self.newers: list[TlsNewer | None] = []
 
     def __call__(
-        self, material: TlsMaterial, unchanged_if: str | None, newer: TlsNewer | None = None
+        self, material: TlsMaterial, unchanged_if: str | None, newer: TlsNewer | None, *rest: object
     ) -> object:
         if self.armed:
             self.armed = False
             self.newers.append(newer)
             self.open.wait(30)
-        return self.real(material, unchanged_if, newer)
+        return self.real(material, unchanged_if, newer, *rest)
 
 
 def _distinct(values: list[str | None]) -> list[str | None]:

@@ -524,6 +524,10 @@ typedef struct sk_tls_load_params {
     const char *unchanged_if; /* a fingerprint: SK_TLS_UNCHANGED when equal */
     const sk_tls_store *ca_store; /* sk_tls_load: this trust store, ca_file not read */
     sk_tls_newer *newer;      /* sk_tls_store_load: see sk_tls_newer; NULL = none */
+    const sk_tls_store *in_force; /* sk_tls_store_load, with unchanged_if its fingerprint:
+                                     the store in force; while the file's stat (inode,
+                                     size, times) is the one it was read with,
+                                     SK_TLS_UNCHANGED without reading the file */
 } sk_tls_load_params;
 
 typedef struct sk_tls_load_result {

@@ -335,10 +335,50 @@ static int read_stable(const sk_tls_load_params *p, unsigned mask, const sk_tls_
     return read_stable_ex(p, mask, given, false, m, reads, err, errlen);
 }
 
-int sk_tls_read_bundle(const sk_tls_load_params *p, bool no_fifo, unsigned char **data,
-                       size_t *len, unsigned char hash[32], bool *fifo, int *reads, char *err,
-                       size_t errlen)
+void sk_tls_file_sig_take(const char *path, sk_tls_file_sig *sig)
 {
+    memset(sig, 0, sizeof *sig);
+    clock_gettime(CLOCK_REALTIME, &sig->taken);
+    bool linked = data_link(path, sig->data_target, sizeof sig->data_target);
+    char real[8192];
+    resolve_in(path, linked ? sig->data_target : NULL, real, sizeof real);
+    struct stat st;
+    if (stat(real, &st) != 0 || !S_ISREG(st.st_mode))
+        return;
+    sig->valid = true;
+    sig->dev = st.st_dev;
+    sig->ino = st.st_ino;
+    sig->size = st.st_size;
+    sig->mtime = st.st_mtim;
+    sig->ctime = st.st_ctim;
+}
+
+/* Timestamps closer than this to the read may hide a write in the same
+ * tick (file timestamps advance by the kernel's coarse clock, <= 10 ms). */
+#define SK_TLS_RACY_NS 50000000LL
+
+static bool older_than(struct timespec t, struct timespec ref)
+{
+    long long a = (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+    long long b = (long long)ref.tv_sec * 1000000000LL + ref.tv_nsec;
+    return a < b - SK_TLS_RACY_NS;
+}
+
+bool sk_tls_file_unchanged(const sk_tls_file_sig *then, const sk_tls_file_sig *now)
+{
+    return then->valid && now->valid && then->dev == now->dev && then->ino == now->ino &&
+           then->size == now->size && then->mtime.tv_sec == now->mtime.tv_sec &&
+           then->mtime.tv_nsec == now->mtime.tv_nsec && then->ctime.tv_sec == now->ctime.tv_sec &&
+           then->ctime.tv_nsec == now->ctime.tv_nsec &&
+           !strcmp(then->data_target, now->data_target) && older_than(then->mtime, then->taken) &&
+           older_than(then->ctime, then->taken);
+}
+
+int sk_tls_read_bundle(const sk_tls_load_params *p, bool no_fifo, unsigned char **data,
+                       size_t *len, unsigned char hash[32], bool *fifo, sk_tls_file_sig *sig,
+                       int *reads, char *err, size_t errlen)
+{
+    sk_tls_file_sig_take(p->ca_file, sig); /* before the read: a write after it shows */
     material m;
     if (read_stable_ex(p, READ_CA, NULL, no_fifo, &m, reads, err, errlen) != 0)
         return -1;

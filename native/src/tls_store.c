@@ -846,7 +846,18 @@ void sk_tls_store_load_now(const sk_tls_load_params *p, sk_tls_store_result *r)
     unsigned char *data = NULL, hash[32];
     size_t len = 0;
     bool fifo = false;
-    if (sk_tls_read_bundle(p, false, &data, &len, hash, &fifo, &r->reads, r->error,
+    sk_tls_file_sig sig, now;
+    if (p->in_force && p->unchanged_if && !strcmp(p->unchanged_if, p->in_force->fingerprint)) {
+        /* the file as the store in force read it: nothing to read */
+        sk_tls_file_sig_take(p->ca_file, &now);
+        if (sk_tls_file_unchanged(&p->in_force->sig, &now)) {
+            memcpy(r->fingerprint, p->in_force->fingerprint, sizeof r->fingerprint);
+            r->certs = p->in_force->certs;
+            r->status = SK_TLS_UNCHANGED;
+            return;
+        }
+    }
+    if (sk_tls_read_bundle(p, false, &data, &len, hash, &fifo, &sig, &r->reads, r->error,
                            sizeof r->error) != 0)
         return;
     hex32(hash, r->fingerprint);
@@ -868,15 +879,21 @@ void sk_tls_store_load_now(const sk_tls_load_params *p, sk_tls_store_result *r)
             goto out;
         if (rc == 0 && !newer_take(newer))
             break;
-        /* a newer write may be pending: the file's bytes now */
+        /* a newer write may be pending (or another file of the directory
+         * changed): stat says whether the bundle did, else the bytes now */
+        sk_tls_file_sig_take(p->ca_file, &now);
+        if (sk_tls_file_unchanged(&sig, &now))
+            continue;
         unsigned char *nd = NULL, nh[32];
         size_t nl = 0;
         bool nf = false;
         int reads = 0;
         char ignored[512];
-        if (sk_tls_read_bundle(p, true, &nd, &nl, nh, &nf, &reads, ignored, sizeof ignored) != 0)
+        if (sk_tls_read_bundle(p, true, &nd, &nl, nh, &nf, &now, &reads, ignored,
+                               sizeof ignored) != 0)
             continue; /* unreadable now: finish these bytes (the next load reports it) */
         r->reads += reads;
+        sig = now;
         if (!memcmp(nh, hash, 32)) {
             free(nd);
             continue; /* the same bytes: go on */
@@ -911,6 +928,7 @@ void sk_tls_store_load_now(const sk_tls_load_params *p, sk_tls_store_result *r)
     atomic_init(&s->refs, 1);
     s->x509 = x;
     s->certs = bp.count;
+    s->sig = sig;
     memcpy(s->hash, hash, 32);
     memcpy(s->fingerprint, r->fingerprint, sizeof s->fingerprint);
     r->store = s;

@@ -6,6 +6,21 @@
 #include "internal.h"
 
 #include <openssl/x509.h>
+#include <sys/stat.h>
+#include <time.h>
+
+/* What stat says of a bundle file, taken just before it is read: a later
+ * signature equal to it (and not "racy", see sk_tls_file_unchanged) means
+ * the file still holds the bytes read. */
+typedef struct sk_tls_file_sig {
+    bool valid;            /* a regular file */
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime, ctime;
+    char data_target[4096]; /* where the directory's ..data link pointed; "" none */
+    struct timespec taken; /* CLOCK_REALTIME when the signature was taken */
+} sk_tls_file_sig;
 
 /* A parsed CA bundle: immutable, shared by every config built with it. */
 struct sk_tls_store {
@@ -14,6 +29,7 @@ struct sk_tls_store {
     unsigned char hash[32];
     char fingerprint[65];
     int certs;
+    sk_tls_file_sig sig; /* of the file when its bytes were read */
 };
 
 /* tls.c: reads p->ca_file until two consecutive reads agree (a FIFO: once).
@@ -22,8 +38,16 @@ struct sk_tls_store {
  * FIFO. With no_fifo a FIFO is refused instead of read (a re-read inside a
  * running load must never block on one). */
 int sk_tls_read_bundle(const sk_tls_load_params *p, bool no_fifo, unsigned char **data,
-                       size_t *len, unsigned char hash[32], bool *fifo, int *reads, char *err,
-                       size_t errlen);
+                       size_t *len, unsigned char hash[32], bool *fifo, sk_tls_file_sig *sig,
+                       int *reads, char *err, size_t errlen);
+/* tls.c: the signature of path now (through the directory's ..data link as
+ * reads resolve it). */
+void sk_tls_file_sig_take(const char *path, sk_tls_file_sig *sig);
+/* Whether now (a signature taken now) shows the file unchanged since then:
+ * equal, and both timestamps older than then was taken by more than the
+ * timestamp granularity (a write in the same tick as the read could keep
+ * them: such a "racy" file counts as changed). */
+bool sk_tls_file_unchanged(const sk_tls_file_sig *then, const sk_tls_file_sig *now);
 
 /* tls.c: on a load's own thread, lowers it to SCHED_IDLE (nice 19) for the
  * rest of the load; elsewhere nothing. */

@@ -17,7 +17,9 @@
 #include <openssl/x509v3.h>
 #include <pthread.h>
 #include <sched.h>
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -323,6 +325,76 @@ static int test_newer_write_taken_over(void)
     return 0;
 }
 
+/* ------------------------------------------------------------ stat */
+
+static void settle_timestamps(void)
+{
+    struct timespec ts = {0, 120 * 1000000L}; /* past the racy window */
+    nanosleep(&ts, NULL);
+}
+
+/* A file whose stat is the one the store in force was read with is not
+ * read at all; a changed or just-written ("racy") one is. */
+static int test_unchanged_by_stat(void)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/stat.pem", tmpdir);
+    char **a = bulk_cas("stat", 3);
+    REQUIRE(write_file(path, (const char *const *)a, 2) == 0);
+    settle_timestamps();
+    sk_tls_store_result first = load(path, NULL);
+    REQUIRE_MSG(first.status == SK_TLS_OK, "%s", first.error);
+
+    sk_tls_load_params p;
+    sk_tls_load_params_init(&p);
+    p.ca_file = path;
+    p.in_force = first.store;
+    p.unchanged_if = first.fingerprint;
+    sk_tls_store_result r;
+    sk_tls_store_load(&p, &r);
+    CHECK_EQ_I(r.status, SK_TLS_UNCHANGED);
+    CHECK_EQ_I(r.reads, 0); /* stat said unchanged: not read */
+    CHECK(!strcmp(r.fingerprint, first.fingerprint));
+    sk_tls_store_result_clear(&r);
+
+    /* a newer-write signal with the bundle unchanged: no re-read either */
+    sk_tls_newer *newer = sk_tls_newer_new();
+    sk_tls_newer_raise(newer);
+    sk_tls_store_result again = load(path, newer);
+    REQUIRE(again.status == SK_TLS_OK);
+    CHECK_EQ_I(again.reads, 2);
+    CHECK_EQ_I(again.restarts, 0);
+    sk_tls_store_result_clear(&again);
+    sk_tls_newer_free(newer);
+
+    /* rewritten: read, and a new store; its mtime set ahead of the clock,
+     * as a write in the very tick of a read would leave it */
+    REQUIRE(write_file(path, (const char *const *)a + 1, 2) == 0);
+    struct timespec times[2] = {{0, UTIME_OMIT}, {0, 0}};
+    clock_gettime(CLOCK_REALTIME, &times[1]);
+    times[1].tv_sec += 10;
+    REQUIRE(utimensat(AT_FDCWD, path, times, 0) == 0);
+    sk_tls_store_load(&p, &r);
+    CHECK_EQ_I(r.status, SK_TLS_OK);
+    CHECK(r.reads >= 2);
+    CHECK(strcmp(r.fingerprint, first.fingerprint) != 0);
+
+    /* that store's stat is racy (not older than its read), so the next
+     * check reads the file (and finds the same bytes) */
+    p.in_force = r.store;
+    p.unchanged_if = r.fingerprint;
+    sk_tls_store_result racy;
+    sk_tls_store_load(&p, &racy);
+    CHECK_EQ_I(racy.status, SK_TLS_UNCHANGED);
+    CHECK(racy.reads >= 2);
+    sk_tls_store_result_clear(&racy);
+    sk_tls_store_result_clear(&r);
+    sk_tls_store_result_clear(&first);
+    free_pems(a, 3);
+    unlink(path);
+    return 0;
+}
+
 /* ------------------------------------------------------------ priority */
 
 static struct {
@@ -617,6 +689,7 @@ int main(void)
     RUN(test_duplicates_and_text_between);
     RUN(test_malformed_blocks_named);
     RUN(test_newer_write_taken_over);
+    RUN(test_unchanged_by_stat);
     RUN(test_priority_drops_when_parsing_much);
     RUN(test_verification_as_before);
     RUN(test_lookup_method);
