@@ -494,10 +494,12 @@ const char *sk_tls_verify_error(int code);
 #define SK_TLS_ERROR -1
 
 /* A parsed CA bundle (trust store): immutable and refcounted, identified by
- * the content hash of the bundle's bytes. Parsing a bundle of thousands of
- * CAs takes seconds, so it is loaded on its own (sk_tls_store_load) and a
- * certificate and key are loaded with the last good store (ca_store below):
- * new material never waits for a bundle. */
+ * the content hash of the bundle's bytes. A first parse of thousands of CAs
+ * takes a second or more, so a bundle is loaded on its own
+ * (sk_tls_store_load) and a certificate and key are loaded with the last
+ * good store (ca_store below): new material never waits for a bundle. A
+ * store's certificates come from a cache shared by all stores (one parsed
+ * certificate per distinct DER), so a rewrite parses only what it changed. */
 typedef struct sk_tls_store sk_tls_store;
 
 /* Raised by the caller while a bundle load (sk_tls_store_load) runs: a newer
@@ -568,10 +570,16 @@ sk_tls_config *sk_tls_config_ref(sk_tls_config *c);
 /* Trust store reuse and status: the config's fingerprint (hex). */
 const char *sk_tls_config_fingerprint(const sk_tls_config *c);
 
-/* Reads p->ca_file (until two reads agree; a FIFO once) and parses it, on a
- * thread of its own at SCHED_IDLE. p->unchanged_if is compared with the
- * bundle's fingerprint; the other files are not read. (sk_tls_load runs at
- * SCHED_IDLE too when it reads a CA file, else at nice 10: it is cheap.) */
+/* Reads p->ca_file (until two reads agree; a FIFO once) and builds a store of
+ * its certificates, on a thread of its own: at nice 10 while they come from
+ * the certificate cache, at SCHED_IDLE once it has parsed a few dozen.
+ * p->unchanged_if is compared with the bundle's fingerprint (with
+ * p->in_force, stat may say "unchanged" without a read); p->newer, raised
+ * meanwhile, makes it go on with the file's newest bytes; the other files
+ * are not read. A malformed certificate block fails the load, the error
+ * naming the file, the certificate's position and its line. (sk_tls_load
+ * runs at SCHED_IDLE when it reads a CA file, else at nice 10: it is
+ * cheap.) */
 void sk_tls_store_load(const sk_tls_load_params *p, sk_tls_store_result *out);
 void sk_tls_store_result_clear(sk_tls_store_result *r);
 sk_tls_store *sk_tls_store_ref(sk_tls_store *s);

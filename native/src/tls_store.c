@@ -22,7 +22,9 @@
  *   name (confirmed with X509_NAME_cmp) exactly as X509_STORE_CTX_get1_issuer
  *   and X509_STORE_CTX_get1_certs pick among a store's objects: the first
  *   one check_issued accepts that is valid at the verification time, else
- *   the accepted one that expires last. An X509_LOOKUP_METHOD
+ *   the accepted one that expires last (what the index lacks is looked for
+ *   the default way, so a certificate added to the store by other means
+ *   would still be found). An X509_LOOKUP_METHOD
  *   (get_by_subject) over the same index serves any other caller of
  *   X509_STORE_CTX_get_by_subject. Building a store is a sort: milliseconds.
  *   Handshakes on several workers read the index with no lock (it never
@@ -654,6 +656,8 @@ static int ix_get1_issuer(X509 **issuer, X509_STORE_CTX *ctx, X509 *x)
     if (best && !X509_up_ref(best))
         return -1;
     *issuer = best;
+    if (!ret) /* anything added to the store by other means (none today) */
+        return X509_STORE_CTX_get1_issuer(issuer, ctx, x);
     return ret;
 }
 
@@ -676,7 +680,7 @@ static STACK_OF(X509) *ix_lookup_certs(X509_STORE_CTX *ctx, const X509_NAME *nm)
             return NULL;
         }
     }
-    return sk;
+    return sk ? sk : X509_STORE_CTX_get1_certs(ctx, nm); /* as in get_issuer */
 }
 
 /* The lookup method: the first certificate of that subject. Like OpenSSL's

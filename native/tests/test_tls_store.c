@@ -610,6 +610,15 @@ static int test_verification_as_before(void)
         X509_STORE_free(a);
         X509_STORE_free(b);
     }
+    /* a certificate added to the store the usual way is found too */
+    X509 *v[] = {root};
+    X509_STORE *st = ours(v, 1);
+    REQUIRE(st != NULL);
+    CHECK(verify(st, other_leaf, NULL, 0) != X509_V_OK);
+    REQUIRE(X509_STORE_add_cert(st, other_root) == 1);
+    CHECK_EQ_I(verify(st, other_leaf, NULL, 0), X509_V_OK);
+    CHECK_EQ_I(verify(st, leaf, inter, 0), X509_V_OK);
+    X509_STORE_free(st);
     CHECK_EQ_U(cached(), 0);
     return 0;
 }
