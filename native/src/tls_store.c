@@ -13,13 +13,13 @@
  *   stores use and nothing more. A rewrite that changes one certificate of
  *   4,000 parses one.
  *
- * - A store is an immutable index of its certificates sorted by the
- *   canonical subject name hash (X509_NAME_hash_ex, the hash `openssl
- *   rehash` uses: it is taken over the canonical encoding, so a name in
- *   another string encoding hashes the same), attached to an otherwise empty
- *   X509_STORE. Verification finds issuers through the store's get_issuer
- *   and lookup_certs callbacks, which pick among the certificates of that
- *   name (confirmed with X509_NAME_cmp) exactly as X509_STORE_CTX_get1_issuer
+ * - A store is an immutable index of its certificates sorted by subject
+ *   name in X509_NAME_cmp's order (OpenSSL's comparison of the canonical
+ *   encodings, the one its own store sorts by: a name in another string
+ *   type compares equal), attached to an otherwise empty X509_STORE.
+ *   Verification finds issuers through the store's get_issuer and
+ *   lookup_certs callbacks, which binary-search the certificates of that
+ *   name and pick among them exactly as X509_STORE_CTX_get1_issuer
  *   and X509_STORE_CTX_get1_certs pick among a store's objects: the first
  *   one check_issued accepts that is valid at the verification time, else
  *   the accepted one that expires last (what the index lacks is looked for
@@ -62,7 +62,6 @@ static void hex32(const unsigned char *h, char out[65])
 typedef struct ca_cert {
     unsigned char digest[32]; /* SHA-256 of the DER */
     X509 *x509;               /* parsed once; read-only from then on */
-    unsigned long name_hash;  /* X509_NAME_hash_ex of the subject */
     size_t users;             /* holds by stores and running loads (cache_lock) */
     struct ca_cert *next;     /* bucket chain */
 } ca_cert;
@@ -404,14 +403,7 @@ static ca_cert *block_cert(bundle_parser *bp, const unsigned char *body, size_t 
     /* extensions decoded and cached here, on the loader: verification on
      * the workers then only reads them */
     (void)X509_check_purpose(x, -1, 0);
-    int ok = 0;
-    unsigned long h = X509_NAME_hash_ex(X509_get_subject_name(x), NULL, NULL, &ok);
     ERR_clear_error();
-    if (!ok) {
-        X509_free(x);
-        snprintf(why, whylen, "cannot hash its subject name");
-        return NULL;
-    }
     c = calloc(1, sizeof *c);
     if (!c) {
         X509_free(x);
@@ -420,7 +412,6 @@ static ca_cert *block_cert(bundle_parser *bp, const unsigned char *body, size_t 
     }
     memcpy(c->digest, digest, 32);
     c->x509 = x;
-    c->name_hash = h;
     atomic_fetch_add(&cache_parsed, 1);
     if (++bp->parsed == SK_TLS_PARSE_AT_NICE)
         sk_tls_load_thread_idle(); /* a bundle of new CAs: idle CPU only from here */
@@ -491,14 +482,14 @@ static int parser_run(bundle_parser *bp, const char *path, cert_list *held, sk_t
 /* ------------------------------------------------------------ the index */
 
 typedef struct {
-    unsigned long hash; /* the certificate's subject name hash */
-    size_t pos;         /* first position in the bundle */
+    const X509_NAME *subject; /* the certificate's */
+    size_t pos;               /* first position in the bundle */
     ca_cert *cert;
 } ix_slot;
 
 typedef struct ca_index {
     size_t n;
-    ix_slot *slot; /* sorted by (hash, pos); one hold on the cache per slot */
+    ix_slot *slot; /* sorted by (subject, pos); one hold on the cache per slot */
 } ca_index;
 
 static int ix_idx = -1; /* X509_STORE ex_data index of the ca_index */
@@ -531,11 +522,12 @@ static int by_cert_pos(const void *a, const void *b)
     return x->pos < y->pos ? -1 : x->pos > y->pos;
 }
 
-static int by_hash_pos(const void *a, const void *b)
+static int by_name_pos(const void *a, const void *b)
 {
     const ix_slot *x = a, *y = b;
-    if (x->hash != y->hash)
-        return x->hash < y->hash ? -1 : 1;
+    int c = X509_NAME_cmp(x->subject, y->subject);
+    if (c)
+        return c < 0 ? -1 : 1;
     return x->pos < y->pos ? -1 : x->pos > y->pos;
 }
 
@@ -552,7 +544,7 @@ static ca_index *index_build(cert_list *held)
         return NULL;
     }
     for (size_t i = 0; i < held->n; i++)
-        slot[i] = (ix_slot){held->v[i]->name_hash, i, held->v[i]};
+        slot[i] = (ix_slot){X509_get_subject_name(held->v[i]->x509), i, held->v[i]};
     /* the same certificate twice in the bundle: one slot, one hold */
     qsort(slot, held->n, sizeof *slot, by_cert_pos);
     size_t n = 0, dups = 0;
@@ -564,7 +556,7 @@ static ca_index *index_build(cert_list *held)
     }
     if (dups)
         cache_drop(held->v, dups);
-    qsort(slot, n, sizeof *slot, by_hash_pos);
+    qsort(slot, n, sizeof *slot, by_name_pos);
     ix->n = n;
     ix->slot = slot;
     free(held->v);
@@ -577,36 +569,23 @@ static const ca_index *index_of(X509_STORE *s)
     return s && ix_idx >= 0 ? X509_STORE_get_ex_data(s, ix_idx) : NULL;
 }
 
-/* The slots whose subject hash is nm's: [*lo, *hi). A name that cannot be
- * hashed is looked for in every slot (X509_NAME_cmp decides). */
+/* The slots whose subject is nm (canonically): [*lo, *hi), in bundle order.
+ * A binary search with X509_NAME_cmp: no lock, no allocation. */
 static void ix_range(const ca_index *ix, const X509_NAME *nm, size_t *lo, size_t *hi)
 {
-    int ok = 0;
-    unsigned long h = X509_NAME_hash_ex(nm, NULL, NULL, &ok);
-    if (!ok) {
-        ERR_clear_error();
-        *lo = 0;
-        *hi = ix->n;
-        return;
-    }
     size_t a = 0, b = ix->n;
     while (a < b) {
         size_t m = a + (b - a) / 2;
-        if (ix->slot[m].hash < h)
+        if (X509_NAME_cmp(ix->slot[m].subject, nm) < 0)
             a = m + 1;
         else
             b = m;
     }
     size_t e = a;
-    while (e < ix->n && ix->slot[e].hash == h)
+    while (e < ix->n && X509_NAME_cmp(ix->slot[e].subject, nm) == 0)
         e++;
     *lo = a;
     *hi = e;
-}
-
-static bool ix_match(const ca_index *ix, size_t i, const X509_NAME *nm)
-{
-    return X509_NAME_cmp(X509_get_subject_name(ix->slot[i].cert->x509), nm) == 0;
 }
 
 /* Whether x is valid at the verification's time (as OpenSSL's own issuer
@@ -643,7 +622,7 @@ static int ix_get1_issuer(X509 **issuer, X509_STORE_CTX *ctx, X509 *x)
     int ret = 0;
     for (size_t i = lo; i < hi; i++) {
         X509 *c = ix->slot[i].cert->x509;
-        if (!ix_match(ix, i, xn) || !check(ctx, x, c))
+        if (!check(ctx, x, c))
             continue;
         ret = 1;
         if (valid_now(ctx, c)) {
@@ -672,8 +651,6 @@ static STACK_OF(X509) *ix_lookup_certs(X509_STORE_CTX *ctx, const X509_NAME *nm)
     ix_range(ix, nm, &lo, &hi);
     STACK_OF(X509) *sk = NULL;
     for (size_t i = lo; i < hi; i++) {
-        if (!ix_match(ix, i, nm))
-            continue;
         if ((!sk && !(sk = sk_X509_new_null())) ||
             !X509_add_cert(sk, ix->slot[i].cert->x509, X509_ADD_FLAG_UP_REF)) {
             sk_X509_pop_free(sk, X509_free);
@@ -696,16 +673,13 @@ static int ix_by_subject(X509_LOOKUP *lu, X509_LOOKUP_TYPE type, const X509_NAME
         return 0;
     size_t lo, hi;
     ix_range(ix, name, &lo, &hi);
-    for (size_t i = lo; i < hi; i++) {
-        if (!ix_match(ix, i, name))
-            continue;
-        X509 *c = ix->slot[i].cert->x509;
-        if (!X509_OBJECT_set1_X509(ret, c))
-            return 0;
-        X509_free(c); /* lent, not given: see above */
-        return 1;
-    }
-    return 0;
+    if (lo == hi)
+        return 0;
+    X509 *c = ix->slot[lo].cert->x509;
+    if (!X509_OBJECT_set1_X509(ret, c))
+        return 0;
+    X509_free(c); /* lent, not given: see above */
+    return 1;
 }
 
 static void ix_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
