@@ -224,19 +224,20 @@ static void list_drop(cert_list *l)
 
 /* ------------------------------------------------------------ PEM blocks */
 
-static int b64_value(unsigned char ch)
+/* Base64 digit values; B64_SPACE for whitespace, B64_PAD for '=', B64_BAD
+ * for anything else (a table: the bundle's megabytes go through here). */
+enum { B64_BAD = -1, B64_SPACE = -2, B64_PAD = -3 };
+static signed char b64_table[256];
+static pthread_once_t b64_once = PTHREAD_ONCE_INIT;
+
+static void b64_init(void)
 {
-    if (ch >= 'A' && ch <= 'Z')
-        return ch - 'A';
-    if (ch >= 'a' && ch <= 'z')
-        return ch - 'a' + 26;
-    if (ch >= '0' && ch <= '9')
-        return ch - '0' + 52;
-    if (ch == '+')
-        return 62;
-    if (ch == '/')
-        return 63;
-    return -1;
+    memset(b64_table, B64_BAD, sizeof b64_table);
+    const char *digits = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (int i = 0; i < 64; i++)
+        b64_table[(unsigned char)digits[i]] = (signed char)i;
+    b64_table[' '] = b64_table['\t'] = b64_table['\r'] = b64_table['\n'] = B64_SPACE;
+    b64_table['='] = B64_PAD;
 }
 
 /* Decodes base64 text (whitespace ignored, '=' padding only at the end)
@@ -247,23 +248,19 @@ static long b64_decode(const unsigned char *s, size_t n, unsigned char *out)
     int bits = 0, pad = 0;
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
-        unsigned char ch = s[i];
-        if (ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n')
+        int v = b64_table[s[i]];
+        if (v >= 0 && !pad) {
+            acc = (acc << 6) | (uint32_t)v;
+            bits += 6;
+            if (bits >= 8) {
+                bits -= 8;
+                out[o++] = (unsigned char)(acc >> bits);
+                acc &= (1u << bits) - 1;
+            }
+        } else if (v == B64_SPACE) {
             continue;
-        if (ch == '=') {
-            if (++pad > 2)
-                return -1;
-            continue;
-        }
-        int v = b64_value(ch);
-        if (v < 0 || pad)
-            return -1;
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (unsigned char)(acc >> bits);
-            acc &= (1u << bits) - 1;
+        } else if (v != B64_PAD || ++pad > 2) {
+            return -1; /* not base64, a digit after padding, or 3 '=' */
         }
     }
     if (o == 0 || bits >= 6)
@@ -423,6 +420,7 @@ static ca_cert *block_cert(bundle_parser *bp, const unsigned char *body, size_t 
 
 static int parser_init(bundle_parser *bp, const unsigned char *data, size_t len)
 {
+    pthread_once(&b64_once, b64_init);
     memset(bp, 0, sizeof *bp);
     parser_reset(bp, data, len);
     bp->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
