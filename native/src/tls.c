@@ -353,15 +353,18 @@ void sk_tls_file_sig_take(const char *path, sk_tls_file_sig *sig)
     sig->ctime = st.st_ctim;
 }
 
-/* Timestamps closer than this to the read may hide a write in the same
- * tick (file timestamps advance by the kernel's coarse clock, <= 10 ms). */
-#define SK_TLS_RACY_NS 50000000LL
+/* A file timestamp closer than this to the signature's own time may hide a
+ * second write in the same tick. Sub-second timestamps advance with the
+ * kernel's coarse clock (a jiffy, <= 10 ms): 20 ms. Whole seconds (ext3, old
+ * inodes, FAT's two): 2 s. */
+#define SK_TLS_RACY_NS 20000000LL
+#define SK_TLS_RACY_COARSE_NS 2000000000LL
 
-static bool older_than(struct timespec t, struct timespec ref)
+static bool older_than(struct timespec t, struct timespec ref, bool coarse)
 {
     long long a = (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
     long long b = (long long)ref.tv_sec * 1000000000LL + ref.tv_nsec;
-    return a < b - SK_TLS_RACY_NS;
+    return a < b - (coarse ? SK_TLS_RACY_COARSE_NS : SK_TLS_RACY_NS);
 }
 
 bool sk_tls_file_unchanged(const sk_tls_file_sig *then, const sk_tls_file_sig *now)
@@ -370,8 +373,9 @@ bool sk_tls_file_unchanged(const sk_tls_file_sig *then, const sk_tls_file_sig *n
            then->size == now->size && then->mtime.tv_sec == now->mtime.tv_sec &&
            then->mtime.tv_nsec == now->mtime.tv_nsec && then->ctime.tv_sec == now->ctime.tv_sec &&
            then->ctime.tv_nsec == now->ctime.tv_nsec &&
-           !strcmp(then->data_target, now->data_target) && older_than(then->mtime, then->taken) &&
-           older_than(then->ctime, then->taken);
+           !strcmp(then->data_target, now->data_target) &&
+           older_than(then->mtime, then->taken, !then->mtime.tv_nsec) &&
+           older_than(then->ctime, then->taken, !then->ctime.tv_nsec);
 }
 
 int sk_tls_read_bundle(const sk_tls_load_params *p, bool no_fifo, unsigned char **data,

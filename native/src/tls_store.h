@@ -45,8 +45,9 @@ int sk_tls_read_bundle(const sk_tls_load_params *p, bool no_fifo, unsigned char 
 void sk_tls_file_sig_take(const char *path, sk_tls_file_sig *sig);
 /* Whether now (a signature taken now) shows the file unchanged since then:
  * equal, and both timestamps older than then was taken by more than the
- * timestamp granularity (a write in the same tick as the read could keep
- * them: such a "racy" file counts as changed). */
+ * timestamp granularity (20 ms, or 2 s for whole-second timestamps): a
+ * write in the same tick as the read could leave them equal, so such a
+ * "racy" file counts as changed. */
 bool sk_tls_file_unchanged(const sk_tls_file_sig *then, const sk_tls_file_sig *now);
 
 /* tls.c: on a load's own thread, lowers it to SCHED_IDLE (nice 19) for the
