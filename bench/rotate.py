@@ -17,12 +17,18 @@ instead the ``caCertFile`` of the rotating profile itself (the original
 failure: every second the profile's own 4,000-CA bundle is rewritten, so
 every load of the profile after that parses all of it), and
 ``bundle_certs`` makes it that many distinct CA certificates (1: the
-control run). Reported: handshakes/s, failed handshakes, the slowest
+control run), the two bundles written in turn differing in one certificate
+(the engine's certificate cache then parses one per rewrite); without it
+the two bundles hold disjoint sets of distinct CAs, each sized so that a
+cold parse takes about ``slow_s``. Reported: handshakes/s, failed handshakes, the slowest
 connection, the time from a file write to the first client handshake that
 presented the new certificate (clients read the peer certificate's SHA-256),
 rotations never presented to any client, stale handshakes (ones that
 presented a certificate although a newer one had been written at least
-``stale_after_s`` before), the engine's high-priority timer lateness
+``stale_after_s`` before), when each rewritten bundle was in force (from its
+write to the first publication whose trust store is that bundle's, matched
+by the bundle's fingerprint; a bundle replaced by the next rewrite before it
+went out counts as superseded), the engine's high-priority timer lateness
 sampled every 100 ms, and the control loop's lag (how late a 10 ms sleep of
 the asyncio loop wakes: what a management request would wait, since the
 TlsManager and the agent share that loop and the GIL with the loader pool).
@@ -35,10 +41,13 @@ process, as it does in skiffd.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import statistics
+import struct
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +62,7 @@ from bench.storm import RoundResult, StormConfig, run_round
 from bench.subjects import ADDRESS_ID, EngineSubject, window_max_ns
 from bench.verdict import client_bottleneck
 from router.configs import RouterConfig
-from router.engine import PRIO_HIGH, TlsMaterial, tls_load
+from router.engine import PRIO_HIGH, tls_load_store
 from router.engine import Histogram as EngineHistogram
 from router.node import Node
 
@@ -139,7 +148,7 @@ class Loader(threading.Thread):
             cert_pem, key_pem, fp = leaves[i - 1]
             slow = self.cfg.slow_every > 0 and i % self.cfg.slow_every == 0
             if slow:  # a changed bundle: the next load parses all of it
-                self.bundle.write_bytes(self.bundles[(i // self.cfg.slow_every) % 2])
+                self.bundle.write_bytes(bundle_bytes(self.bundles, i // self.cfg.slow_every))
             self.cert.write_bytes(cert_pem)
             self.key.write_bytes(key_pem)
             self.rotations.append(Rotation(i, fp, time.monotonic(), slow=slow))
@@ -157,17 +166,95 @@ def _distinct_bundles(ca_pem: bytes, count: int) -> tuple[bytes, bytes]:
     )
 
 
+PROBE_CAS = 200
+MAX_SIZED_CAS = 20_000
+
+
 def _bundle(ca_pem: bytes, target_s: float) -> tuple[bytes, bytes]:
-    """Two different CA bundles whose parse takes about target_s each."""
-    probe = ca_pem * 200
+    """Two CA bundles of disjoint distinct CAs whose cold parse takes about
+    target_s each (the server's CA first). Disjoint: the certificate cache
+    holds the certificates of the store in force only, so each rewrite is a
+    cold parse of the other bundle."""
+    probe = ca_bundle(PROBE_CAS, tag="probe")
     with tempfile.NamedTemporaryFile(suffix=".pem") as f:
-        f.write(probe)
+        f.write(b"".join(probe))
         f.flush()
         t = time.monotonic()
-        tls_load(TlsMaterial(ca_file=f.name), max_reads=2)
-        per_cert = max((time.monotonic() - t) / 200, 1e-6)  # read twice, parsed once
-    n = max(10, int(target_s / per_cert))
-    return ca_pem * n, ca_pem * (n + 1)
+        r = tls_load_store(f.name, max_reads=2)
+        per_cert = max((time.monotonic() - t) / PROBE_CAS, 1e-6)  # read twice, parsed once
+        if r.store is not None:
+            r.store.free()
+    n = min(MAX_SIZED_CAS, max(10, int(target_s / per_cert)))
+    return (
+        ca_pem + b"".join(ca_bundle(n, tag="sized a")),
+        ca_pem + b"".join(ca_bundle(n, tag="sized b")),
+    )
+
+
+def bundle_bytes(bundles: tuple[bytes, bytes], k: int) -> bytes:
+    """The bundle of the k-th rewrite (0: the initial one): the two bundles in
+    turn, each time with a comment line of its own, so that every rewrite has
+    bytes (and a trust store fingerprint) of its own while the certificates
+    alternate (PEM readers skip text between blocks)."""
+    return bundles[k % 2] + f"# bench rewrite {k}\n".encode()
+
+
+def bundle_fingerprint(data: bytes) -> str:
+    """The trust store fingerprint the engine gives these bundle bytes (its
+    content hash: SHA-256 over a tag, the length and the bytes; checked
+    against the engine once per run by _check_fingerprint)."""
+    h = hashlib.sha256(b"ca\0")
+    h.update(struct.pack("=Q", len(data)))
+    h.update(data)
+    return h.hexdigest()
+
+
+def _check_fingerprint(workdir: Path, data: bytes) -> None:
+    path = workdir / "fingerprint.pem"
+    path.write_bytes(data)
+    r = tls_load_store(str(path), max_reads=2)
+    path.unlink()
+    if r.store is not None:
+        r.store.free()
+    if not r.ok:
+        raise RuntimeError(f"bench bundle does not load: {r.error}")
+    if r.fingerprint != bundle_fingerprint(data):
+        raise RuntimeError("bundle_fingerprint no longer matches the engine's trust store hash")
+
+
+def bundle_in_force(
+    rotations: list[Rotation],
+    publications: list[tuple[float, str | None]],
+    fingerprint_of: Callable[[int], str],
+    slow_every: int,
+) -> tuple[list[float], int, int]:
+    """Per bundle rewrite, ms from its write to the first publication whose
+    trust store is that rewrite's bundle (rotation i writes rewrite
+    i // slow_every, whose fingerprint is fingerprint_of(i // slow_every)),
+    looked for until the next rewrite; how many rewrites were replaced by
+    the next before going out; and how many publications went out with an
+    older rewrite's bundle after a newer one's (must be 0)."""
+    slow = [r for r in rotations if r.slow]
+    delays: list[float] = []
+    superseded = 0
+    rewrite_of = {fingerprint_of(0): 0}
+    rewrite_of.update({fingerprint_of(r.index // slow_every): r.index // slow_every for r in slow})
+    newest = -1
+    regressions = 0
+    for _, ca in publications:
+        k = rewrite_of.get(ca or "")
+        if k is not None and k < newest:
+            regressions += 1
+        newest = max(newest, k if k is not None else -1)
+    for j, rot in enumerate(slow):
+        fp = fingerprint_of(rot.index // slow_every)
+        end = slow[j + 1].t_write if j + 1 < len(slow) else float("inf")
+        hit = next((t for t, ca in publications if ca == fp and rot.t_write <= t < end), None)
+        if hit is None:
+            superseded += 1
+        else:
+            delays.append((hit - rot.t_write) * 1e3)
+    return delays, superseded, regressions
 
 
 @dataclass(slots=True)
@@ -179,7 +266,9 @@ class RotateResult:
     lateness_total: dict[str, float]
     environment: dict[str, Any] = field(default_factory=dict)
     t0: float = 0.0
-    bundle_load_ms: list[float] = field(default_factory=list)  # write → published
+    bundle_load_ms: list[float] = field(default_factory=list)  # write → in force
+    bundle_superseded: int = 0  # rewrites replaced by the next before in force
+    bundle_regressions: int = 0  # publications of an older bundle after a newer one
     loop_lag_ns: Histogram = field(default_factory=Histogram)  # control loop wake-up lag
     initial_fingerprint: str = ""  # the certificate before the first rotation
 
@@ -296,7 +385,8 @@ async def _run(
         bundles = await loop.run_in_executor(None, _distinct_bundles, ca.pem, cfg.bundle_certs)
     else:
         bundles = await loop.run_in_executor(None, _bundle, ca.pem, cfg.slow_s)
-    bundle.write_bytes(bundles[1])
+    bundle.write_bytes(bundle_bytes(bundles, 0))
+    await loop.run_in_executor(None, _check_fingerprint, workdir, bundle_bytes(bundles, 0))
     cert_pem, key_pem, fp0 = ca.leaf(0)
     cert.write_bytes(cert_pem)
     key.write_bytes(key_pem)
@@ -306,22 +396,16 @@ async def _run(
     registry, tls = node.registry, node.tls
     published: list[tuple[float, str | None, int]] = []
 
-    bundle_loads: list[float] = []
-
-    store_seen: list[str | None] = [None]
+    # (time, trust store in force) of each publication of the bundle's profile
+    carrier = PROFILE if cfg.bundle_same_profile else "bundle"
+    bundle_pubs: list[tuple[float, str | None]] = []
 
     def on_published(name: str) -> None:
         st = tls.profiles()[name]
         if name == PROFILE:
             published.append((time.monotonic(), st.cert_subject, st.version))
-            if st.ca_in_force != store_seen[0]:
-                # a new trust store went out (certificates publish on the old
-                # one while a changed bundle parses)
-                if store_seen[0] is not None:
-                    bundle_loads.append(time.monotonic())
-                store_seen[0] = st.ca_in_force
-        else:
-            bundle_loads.append(time.monotonic())
+        if name == carrier:
+            bundle_pubs.append((time.monotonic(), st.ca_in_force))
 
     tls.on_published(on_published)
     attrs = {"name": PROFILE, "certFile": str(cert), "privateKeyFile": str(key)}
@@ -394,13 +478,12 @@ async def _run(
     if loader.rotations and failures and not loader.rotations[-1].ok:
         loader.rotations[-1].error = f"{failures} loads failed; last: {tls.error(PROFILE)}"
     total = probe.engine.lateness(PRIO_HIGH).minus(lat_before)
-    bundle_ms = []
-    for rot in loader.rotations:
-        if rot.slow:
-            # the first trust store published after the bundle write
-            after = [t for t in bundle_loads if t >= rot.t_write]
-            if after:
-                bundle_ms.append((after[0] - rot.t_write) * 1e3)
+    bundle_ms, superseded, regressions = bundle_in_force(
+        loader.rotations,
+        bundle_pubs,
+        lambda k: bundle_fingerprint(bundle_bytes(bundles, k)),
+        max(1, cfg.slow_every),
+    )
     return RotateResult(
         cfg,
         r,
@@ -409,6 +492,8 @@ async def _run(
         _lateness_point(0.0, total),
         t0=t0,
         bundle_load_ms=bundle_ms,
+        bundle_superseded=superseded,
+        bundle_regressions=regressions,
         initial_fingerprint=fp0,
         loop_lag_ns=loop_lag,
     )
@@ -468,6 +553,13 @@ def rotate_json(res: RotateResult) -> dict[str, Any]:
             "pickup_ms_normal": res.pickup_ms(False),
             "pickup_ms_slow": res.pickup_ms(True),
             "bundle_load_ms": res.bundle_load_ms,
+            "bundle_in_force_ms": {
+                "p50": statistics.median(res.bundle_load_ms) if res.bundle_load_ms else None,
+                "max": max(res.bundle_load_ms) if res.bundle_load_ms else None,
+                "in_force": len(res.bundle_load_ms),
+                "superseded": res.bundle_superseded,
+                "older_after_newer": res.bundle_regressions,
+            },
             "rotations_never_presented": res.pickup_ms()["never_seen"],
             "stale_handshakes": res.stale(),
             "slowest_connection_ms": r.latency_ns.max / 1e6 if r.ok else None,
@@ -542,12 +634,16 @@ def format_rotate(res: RotateResult) -> str:
             f">= {st['threshold_s'] * 1e3:.0f} ms before): {st['stale']:,} of "
             f"{st['handshakes']:,} ({st['share']:.1%}), longest wait {st['longest_s']:.2f} s"
         )
-        if res.bundle_load_ms:
+        if res.bundle_load_ms or res.bundle_superseded:
+            b = d["bundle_in_force_ms"]
+            figures = (
+                f"p50 {b['p50']:.0f} ms, max {b['max']:.0f} ms" if res.bundle_load_ms else "never"
+            )
             lines.append(
-                f"  CA bundle ({'same' if cfg.bundle_same_profile else 'other'} profile) "
-                "write → published: "
-                f"p50 {statistics.median(res.bundle_load_ms):.0f} ms, "
-                f"max {max(res.bundle_load_ms):.0f} ms over {len(res.bundle_load_ms)} loads"
+                f"  CA bundle in force ({'same' if cfg.bundle_same_profile else 'other'} "
+                f"profile; write → its store published): {figures} over {b['in_force']} "
+                f"rewrites, {b['superseded']} replaced by the next rewrite before in force, "
+                f"{b['older_after_newer']} publications of an older bundle after a newer one"
             )
         lines += [f"  not published: #{x.index} {x.error}" for x in bad[:5]]
     lat = d["timer_lateness"]

@@ -286,6 +286,41 @@ class TlsStore:
         self.free()
 
 
+class TlsNewer:
+    """Raised while a bundle load runs to say a newer write may be pending:
+    the load re-reads the file before its next certificate and goes on with
+    the newest bytes (sk_tls_newer in skiff.h). Any thread may raise it."""
+
+    def __init__(self) -> None:
+        self._ptr: Any = lib.sk_tls_newer_new()
+        if self._ptr == ffi.NULL:
+            raise EngineError("sk_tls_newer_new: out of memory")
+        self.raised = 0  # times raised (for status and tests)
+
+    def raise_(self) -> None:
+        self.raised += 1
+        lib.sk_tls_newer_raise(self._ptr)
+
+    def __del__(self) -> None:
+        if self._ptr != ffi.NULL:
+            ptr, self._ptr = self._ptr, ffi.NULL
+            lib.sk_tls_newer_free(ptr)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsCaCacheStats:
+    entries: int  # CA certificates cached now (held by live stores or running loads)
+    parsed: int  # certificates parsed since start (cache misses)
+    reused: int  # certificate blocks found in the cache since start
+
+
+def tls_ca_cache_stats() -> TlsCaCacheStats:
+    """The process-wide CA certificate cache trust stores are built from."""
+    s = ffi.new("sk_tls_ca_cache_stats *")
+    lib.sk_tls_ca_cache_stats_get(s)
+    return TlsCaCacheStats(int(s.entries), int(s.parsed), int(s.reused))
+
+
 @dataclass(frozen=True, slots=True)
 class TlsStoreResult:
     status: int  # lib.SK_TLS_OK / SK_TLS_UNCHANGED / SK_TLS_ERROR
@@ -294,6 +329,8 @@ class TlsStoreResult:
     reads: int
     certs: int
     store: TlsStore | None
+    parsed: int = 0  # certificates this load parsed (the others came from the cache)
+    restarts: int = 0  # times a newer write replaced the bytes being parsed
 
     @property
     def ok(self) -> bool:
@@ -397,9 +434,14 @@ def tls_load_store(
     unchanged_if: str | None = None,
     max_reads: int = 5,
     retry_delay_ms: int = 5,
+    newer: TlsNewer | None = None,
+    in_force: TlsStore | None = None,
 ) -> TlsStoreResult:
     """Reads and parses a CA bundle into a trust store (blocking, possibly for
-    seconds: call it on a loader thread; the GIL is released)."""
+    seconds: call it on a loader thread; the GIL is released). Raising
+    ``newer`` meanwhile makes it go on with the file's newest bytes. With
+    ``in_force`` (the store now used) a file whose stat is still the one that
+    store was read with is reported unchanged without being read."""
     p = ffi.new("sk_tls_load_params *")
     lib.sk_tls_load_params_init(p)
     path = ffi.new("char[]", ca_file.encode())
@@ -408,6 +450,10 @@ def tls_load_store(
     p.unchanged_if = same
     p.max_reads = max_reads
     p.retry_delay_ms = retry_delay_ms
+    if newer is not None:
+        p.newer = newer._ptr
+    if in_force is not None and in_force._ptr != ffi.NULL:
+        p.in_force = in_force._ptr
     r = ffi.new("sk_tls_store_result *")
     lib.sk_tls_store_load(p, r)
     try:
@@ -420,6 +466,8 @@ def tls_load_store(
             reads=int(r.reads),
             certs=int(r.certs),
             store=store,
+            parsed=int(r.parsed),
+            restarts=int(r.restarts),
         )
     finally:
         lib.sk_tls_store_result_clear(r)

@@ -13,16 +13,23 @@ Reloads are triggered by inotify on the files' directories (debounced), by a
 periodic content-hash check, and by management or configuration updates of
 the profile (raising ``ordinal`` forces one even when the files are the same).
 
-The CA bundle (``caCertFile``) is loaded on its own: a bundle of thousands of
-CAs takes seconds to parse, and new certificate and key material must not
-wait for it. A profile has two lanes, each with at most one load running and
-one queued (a newer trigger supersedes the queued one): the trust-store lane
-parses the bundle into a store (cached by the bundle's content hash: the same
-bytes are not parsed again), the material lane reads the certificate and key
-and builds the config with the last good store without reading the bundle.
+The CA bundle (``caCertFile``) is loaded on its own: a first parse of a
+bundle of thousands of CAs takes a second or more, and new certificate and
+key material must not wait for it. A profile has two lanes, each with at
+most one load running and one queued (a newer trigger supersedes the queued
+one): the trust-store lane parses the bundle into a store (the engine keeps
+every certificate it parsed while a store uses it, keyed by its content
+hash, so a rewrite parses only the certificates it changed; the same bytes
+are not parsed at all), the material lane reads the certificate and key and
+builds the config with the last good store without reading the bundle.
 When a new store is ready the material lane runs again and publishes it with
 the current certificate and key. Until a profile's first store is loaded its
 material lane waits (a config never goes out without the trust it names).
+A trigger while a bundle load runs raises that load's ``TlsNewer``: the load
+re-reads the file before its next certificate and, when the bytes changed,
+goes on with the newest ones (what it parsed stays cached), so an older
+bundle never delays a newer one; stores are published in the order their
+loads started, so an older bundle is never published after a newer one.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from router.engine import (
     TlsConfig,
     TlsLoadResult,
     TlsMaterial,
+    TlsNewer,
     TlsStore,
     TlsStoreResult,
     tls_load,
@@ -149,6 +157,9 @@ class ProfileState:
     ca_dirty: bool = False
     ca_error: str | None = None
     ca_loads: int = 0
+    ca_newer: TlsNewer | None = None  # raised by a trigger while a bundle load runs
+    ca_restarts: int = 0  # bundle loads that went on with newer bytes
+    ca_parsed: int = 0  # certificates the last bundle load parsed (not cached)
 
     @property
     def busy(self) -> bool:
@@ -356,15 +367,22 @@ class TlsManager:
 
     def _reload_store(self, name: str, st: ProfileState) -> None:
         if st.ca_loading:
-            st.ca_dirty = True  # one more after the running one: the newest bytes
+            # the running load re-reads the file and goes on with newer bytes;
+            # one more load after it catches a write it can no longer see
+            if st.ca_newer is not None:
+                st.ca_newer.raise_()
+            st.ca_dirty = True
             return
         cfg = st.entity.config_as(SslProfileConfig)
         st.ca_loading = True
+        st.ca_newer = TlsNewer()
         fut = self._loop.run_in_executor(
             self._ca_pool,
             _load_store_blocking,
             _material(cfg),
             st.store_fingerprint,
+            st.ca_newer,
+            st.store,
         )
         fut.add_done_callback(lambda f: self._store_loaded(name, st, cfg.ca_cert_file, f))
 
@@ -372,6 +390,7 @@ class TlsManager:
         self, name: str, st: ProfileState, path: str | None, fut: asyncio.Future[_StoreOutcome]
     ) -> None:
         st.ca_loading = False
+        st.ca_newer = None  # the load is over (the executor call held its own reference)
         st.ca_loads += 1
         try:
             outcome = fut.result()
@@ -400,14 +419,17 @@ class TlsManager:
             _log.error(f"sslProfile '{name}': CA bundle load failed, {kept}: {st.ca_error}")
             return
         st.ca_error = None
+        st.ca_restarts += 1 if result.restarts else 0
         if result.unchanged:
             return
         assert result.store is not None
         st.store, st.store_fingerprint = result.store, result.fingerprint
+        st.ca_parsed = result.parsed
+        newer = f", went on with newer bytes ({result.restarts})" if result.restarts else ""
         _log.info(
             f"sslProfile '{name}': trust store {result.fingerprint[:16]}… loaded "
-            f"({result.certs} CAs, {outcome.seconds:.2f} s); publishing it with the current "
-            "certificate and key"
+            f"({result.certs} CAs, {result.parsed} parsed, the rest cached{newer}; "
+            f"{outcome.seconds:.2f} s); publishing it with the current certificate and key"
         )
         self._reload_material(name, st, False)  # a new store: a new fingerprint
 
@@ -557,13 +579,22 @@ def _date_problem(result: TlsLoadResult) -> str | None:
     return None
 
 
-def _load_store_blocking(material: TlsMaterial, unchanged_if: str | None) -> _StoreOutcome:
-    """Runs on a CA loader thread: reads and parses the bundle (seconds for
-    thousands of CAs; a FIFO blocks until written)."""
+def _load_store_blocking(
+    material: TlsMaterial,
+    unchanged_if: str | None,
+    newer: TlsNewer | None = None,
+    in_force: TlsStore | None = None,
+) -> _StoreOutcome:
+    """Runs on a CA loader thread: reads and parses the bundle (a second or
+    more for thousands of new CAs, milliseconds when they are cached, nothing
+    when stat shows the file the store in force was read from; a FIFO blocks
+    until written)."""
     started = time.monotonic()
     dirs = _watch_dirs(material)
     assert material.ca_file
-    result = tls_load_store(material.ca_file, unchanged_if=unchanged_if)
+    result = tls_load_store(
+        material.ca_file, unchanged_if=unchanged_if, newer=newer, in_force=in_force
+    )
     elapsed = time.monotonic() - started
     if elapsed > 0.5:
         _log.info(f"loading {material.ca_file} took {elapsed:.2f} s")

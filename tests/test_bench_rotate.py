@@ -8,15 +8,22 @@ the same-profile case shows the figures are produced end to end.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.client import PRESENTED_BIN_S
 from bench.histogram import Histogram
+from bench.pki import CertAuthority
 from bench.rotate import (
     RotateConfig,
     RotateResult,
     Rotation,
+    _check_fingerprint,
     _distinct_bundles,
+    bundle_bytes,
+    bundle_fingerprint,
+    bundle_in_force,
     rotate_json,
     run_rotate,
 )
@@ -82,6 +89,35 @@ def test_distinct_bundles_differ_and_start_with_the_ca() -> None:
         assert a.count(b"BEGIN CERTIFICATE") == n == b.count(b"BEGIN CERTIFICATE")
 
 
+def test_bundle_in_force_matches_the_written_bundle() -> None:
+    """A rewrite is in force at the first publication of its own store
+    before the next rewrite; a publication of the other bundle does not
+    count, and a rewrite that never went out is superseded."""
+    rots = [
+        Rotation(10, "c10", t_write=1.0, slow=True),  # rewrite 1
+        Rotation(15, "c15", t_write=1.5),
+        Rotation(20, "c20", t_write=2.0, slow=True),  # rewrite 2
+        Rotation(30, "c30", t_write=3.0, slow=True),  # rewrite 3
+    ]
+    pubs = [
+        (1.2, "fp0"),  # the old store still (published with a new certificate)
+        (1.4, "fp1"),  # rewrite 1: in force 400 ms after its write
+        (2.5, "fp1"),  # rewrite 2 never went out before rewrite 3
+        (3.1, "fp3"),  # rewrite 3
+        (3.2, "fp2"),  # an older bundle after a newer one is not rewrite 2 in force
+    ]
+    delays, superseded, regressions = bundle_in_force(rots, pubs, lambda k: f"fp{k}", 10)
+    assert delays == pytest.approx([400.0, 100.0])
+    assert superseded == 1
+    assert regressions == 1  # fp2 after fp3
+
+
+def test_bundle_fingerprint_is_the_engines(tmp_path: Path) -> None:
+    data = bundle_bytes((CertAuthority().pem, CertAuthority().pem), 3)
+    _check_fingerprint(tmp_path, data)  # raises if they disagree
+    assert bundle_fingerprint(data) != bundle_fingerprint(data + b"\n")
+
+
 def test_rotate_same_profile_bundle_short_run() -> None:
     cfg = RotateConfig(
         clients=8,
@@ -100,4 +136,6 @@ def test_rotate_same_profile_bundle_short_run() -> None:
     assert figures["slowest_connection_ms"] > 0
     assert any(r.slow for r in res.rotations)
     assert res.bundle_load_ms  # the profile was republished after bundle rewrites
+    assert figures["bundle_in_force_ms"]["in_force"] == len(res.bundle_load_ms)
+    assert figures["bundle_in_force_ms"]["older_after_newer"] == 0
     assert figures["control_loop_lag_us"]["count"] > 10

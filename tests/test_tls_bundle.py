@@ -10,14 +10,17 @@ import contextlib
 import os
 import ssl
 import stat
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from servers import ThreadedServer, echo
 from tlsharness import Router, fetch, run, wait_until
 
-from bench.pki import CertAuthority, client_context, write
-from router.engine import TlsMaterial, tls_load, tls_load_store
+import router.tls as tls_module
+from bench.pki import CertAuthority, ca_bundle, client_context, write
+from router.engine import TlsMaterial, TlsNewer, tls_ca_cache_stats, tls_load, tls_load_store
 
 
 @pytest.fixture
@@ -246,5 +249,150 @@ def test_the_trust_store_in_force_is_shown_by_read(tmp_path: Path) -> None:
             and r.status("p")["caLoading"] is False,
             what="the new bundle in force",
         )
+
+    run(body)
+
+
+def test_rewrite_parses_only_the_changed_certificate(tmp_path: Path) -> None:
+    """The engine keeps each certificate a live store uses: loading the same
+    bundle again parses nothing, a rewrite with one new CA parses that one."""
+    cas = ca_bundle(50, tag="cache")
+    extra = ca_bundle(1, tag="cache-extra")[0]
+    path = tmp_path / "bundle.pem"
+    write(path, b"".join(cas))
+    first = tls_load_store(str(path))
+    assert first.ok and first.certs == 50 and first.parsed == 50
+    again = tls_load_store(str(path))
+    assert again.ok and again.parsed == 0 and again.fingerprint == first.fingerprint
+    write(path, b"".join(cas[:25]) + extra + b"".join(cas[26:]))
+    changed = tls_load_store(str(path))
+    assert changed.ok and changed.certs == 50 and changed.parsed == 1
+    assert changed.fingerprint != first.fingerprint
+    assert tls_ca_cache_stats().entries >= 51
+    for r in (first, again, changed):
+        assert r.store is not None
+        r.store.free()
+    # nothing holds them now: a load parses them again
+    write(path, b"".join(cas))
+    cold = tls_load_store(str(path))
+    assert cold.ok and cold.parsed == 50
+    assert cold.store is not None
+    cold.store.free()
+
+
+def test_malformed_certificate_named_by_position_and_line(tmp_path: Path) -> None:
+    cas = ca_bundle(2, tag="malformed")
+    bad = b"-----BEGIN CERTIFICATE-----\nMIIB%%%%\n-----END CERTIFICATE-----\n"
+    path = tmp_path / "bundle.pem"
+    write(path, cas[0] + cas[1] + bad)
+    line = (cas[0] + cas[1]).count(b"\n") + 1
+    r = tls_load_store(str(path))
+    assert not r.ok and r.store is None
+    assert f"caCertFile {path}: certificate 3 (line {line}): bad base64" in r.error
+
+
+class _Gate:
+    """Wraps the bundle loader: once armed, the next load waits for open
+    before it reads anything (a parse that is slow to start)."""
+
+    def __init__(self, real: Callable[..., object]) -> None:
+        self.real = real
+        self.armed = False
+        self.open = threading.Event()
+        self.newers: list[TlsNewer | None] = []
+
+    def __call__(
+        self, material: TlsMaterial, unchanged_if: str | None, newer: TlsNewer | None, *rest: object
+    ) -> object:
+        if self.armed:
+            self.armed = False
+            self.newers.append(newer)
+            self.open.wait(30)
+        return self.real(material, unchanged_if, newer, *rest)
+
+
+def _distinct(values: list[str | None]) -> list[str | None]:
+    return [v for i, v in enumerate(values) if i == 0 or v != values[i - 1]]
+
+
+def test_trigger_during_bundle_load_raises_it_and_the_newest_wins(
+    pki: tuple[CertAuthority, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trigger while the profile's bundle load runs raises that load's
+    TlsNewer; the bundle in force at the end is the newest, and stores go
+    out in the order of their writes (a bundle replaced before its load read
+    it is never published)."""
+    ca, d = pki
+    a = ca.issue("a")
+    write(d / "cert.pem", a.cert_pem)
+    write(d / "key.pem", a.key_pem)
+    gate = _Gate(tls_module._load_store_blocking)
+    monkeypatch.setattr(tls_module, "_load_store_blocking", gate)
+
+    async def body(r: Router) -> None:
+        r.profile("p", **files(d))
+        st = r.tls.profiles()["p"]
+        published: list[str | None] = []
+        r.tls.on_published(lambda name: published.append(st.ca_in_force))
+        await r.settle()
+        x = st.ca_in_force
+        assert x is not None
+        gate.armed = True
+        write(d / "ca.pem", ca.pem + CertAuthority("Y CA").pem)
+        r.tls.reload("p")
+        await wait_until(lambda: bool(gate.newers), what="the bundle load to start")
+        assert st.ca_loading
+        write(d / "ca.pem", ca.pem + CertAuthority("Z CA").pem)
+        r.tls.reload("p")
+        newer = gate.newers[0]
+        assert newer is not None and newer.raised >= 1 and st.ca_dirty
+        gate.open.set()
+        await r.settle()
+        z = tls_load_store(str(d / "ca.pem")).fingerprint
+        assert st.ca_in_force == z and st.ca_newer is None
+        assert _distinct(published) == [x, z]
+
+    try:
+        run(body)
+    finally:
+        gate.open.set()
+
+
+def test_newer_bundle_not_overtaken_by_a_running_parse(pki: tuple[CertAuthority, Path]) -> None:
+    """A large bundle's parse is running when a smaller one is written: the
+    newer bundle ends in force, nothing older is published after it, and when
+    the running load took the newer bytes over (restarts) the large bundle
+    is never published at all."""
+    ca, d = pki
+    a = ca.issue("a")
+    write(d / "cert.pem", a.cert_pem)
+    write(d / "key.pem", a.key_pem)
+    big = ca.pem + b"".join(ca_bundle(1500, tag="overtaken"))
+
+    async def body(r: Router) -> None:
+        r.profile("p", **files(d))
+        st = r.tls.profiles()["p"]
+        published: list[str | None] = []
+        r.tls.on_published(lambda name: published.append(st.ca_in_force))
+        await r.settle()
+        x = st.ca_in_force
+        parsed = tls_ca_cache_stats().parsed
+        write(d / "ca.pem", big)
+        r.tls.reload("p")
+        await wait_until(
+            lambda: tls_ca_cache_stats().parsed > parsed or not st.busy,
+            what="the large bundle's parse to start",
+        )
+        write(d / "ca.pem", ca.pem + CertAuthority("Newer CA").pem)
+        r.tls.reload("p")
+        await r.settle()
+        newest = tls_load_store(str(d / "ca.pem")).fingerprint
+        seen = _distinct(published)
+        assert seen[0] == x and seen[-1] == newest and seen.count(newest) == 1
+        assert len(seen) <= 3  # x, perhaps the large bundle, the newest
+        if st.ca_restarts:
+            assert seen == [x, newest]
+        # no certificate of the large bundle was parsed twice
+        assert tls_ca_cache_stats().parsed - parsed <= 1500 + 2
 
     run(body)

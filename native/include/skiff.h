@@ -540,11 +540,23 @@ const char *sk_tls_verify_error(int code);
 #define SK_TLS_ERROR -1
 
 /* A parsed CA bundle (trust store): immutable and refcounted, identified by
- * the content hash of the bundle's bytes. Parsing a bundle of thousands of
- * CAs takes seconds, so it is loaded on its own (sk_tls_store_load) and a
- * certificate and key are loaded with the last good store (ca_store below):
- * new material never waits for a bundle. */
+ * the content hash of the bundle's bytes. A first parse of thousands of CAs
+ * takes a second or more, so a bundle is loaded on its own
+ * (sk_tls_store_load) and a certificate and key are loaded with the last
+ * good store (ca_store below): new material never waits for a bundle. A
+ * store's certificates come from a cache shared by all stores (one parsed
+ * certificate per distinct DER), so a rewrite parses only what it changed. */
 typedef struct sk_tls_store sk_tls_store;
+
+/* Raised by the caller while a bundle load (sk_tls_store_load) runs: a newer
+ * write may be pending. The load re-reads the file before its next
+ * certificate and, when the bytes changed, goes on with the newest ones
+ * (keeping every certificate it parsed): an older bundle is never finished
+ * before a newer one is started. Any thread may raise it. */
+typedef struct sk_tls_newer sk_tls_newer;
+sk_tls_newer *sk_tls_newer_new(void);
+void sk_tls_newer_raise(sk_tls_newer *n);
+void sk_tls_newer_free(sk_tls_newer *n);
 
 typedef struct sk_tls_load_params {
     const char *cert_file;    /* PEM: certificate, then intermediates; NULL = none */
@@ -559,6 +571,11 @@ typedef struct sk_tls_load_params {
     const sk_tls_config *previous; /* reuse its trust store when the CA bytes match */
     const char *unchanged_if; /* a fingerprint: SK_TLS_UNCHANGED when equal */
     const sk_tls_store *ca_store; /* sk_tls_load: this trust store, ca_file not read */
+    sk_tls_newer *newer;      /* sk_tls_store_load: see sk_tls_newer; NULL = none */
+    const sk_tls_store *in_force; /* sk_tls_store_load, with unchanged_if its fingerprint:
+                                     the store in force; while the file's stat (inode,
+                                     size, times) is the one it was read with,
+                                     SK_TLS_UNCHANGED without reading the file */
 } sk_tls_load_params;
 
 typedef struct sk_tls_load_result {
@@ -585,6 +602,8 @@ typedef struct sk_tls_store_result {
     int reads;
     int certs;                /* certificates in the bundle */
     sk_tls_store *store;      /* SK_TLS_OK: one reference, the caller's */
+    int parsed;               /* of those, parsed by this load (the rest were cached) */
+    int restarts;             /* times a newer write replaced the bytes being parsed */
 } sk_tls_store_result;
 
 void sk_tls_load_params_init(sk_tls_load_params *p);
@@ -597,16 +616,32 @@ sk_tls_config *sk_tls_config_ref(sk_tls_config *c);
 /* Trust store reuse and status: the config's fingerprint (hex). */
 const char *sk_tls_config_fingerprint(const sk_tls_config *c);
 
-/* Reads p->ca_file (until two reads agree; a FIFO once) and parses it, on a
- * thread of its own at SCHED_IDLE. p->unchanged_if is compared with the
- * bundle's fingerprint; the other files are not read. (sk_tls_load runs at
- * SCHED_IDLE too when it reads a CA file, else at nice 10: it is cheap.) */
+/* Reads p->ca_file (until two reads agree; a FIFO once) and builds a store of
+ * its certificates, on a thread of its own: at nice 10 while they come from
+ * the certificate cache, at SCHED_IDLE once it has parsed a few dozen.
+ * p->unchanged_if is compared with the bundle's fingerprint (with
+ * p->in_force, stat may say "unchanged" without a read); p->newer, raised
+ * meanwhile, makes it go on with the file's newest bytes; the other files
+ * are not read. A malformed certificate block fails the load, the error
+ * naming the file, the certificate's position and its line. (sk_tls_load
+ * runs at SCHED_IDLE when it reads a CA file, else at nice 10: it is
+ * cheap.) */
 void sk_tls_store_load(const sk_tls_load_params *p, sk_tls_store_result *out);
 void sk_tls_store_result_clear(sk_tls_store_result *r);
 sk_tls_store *sk_tls_store_ref(sk_tls_store *s);
 void sk_tls_store_free(sk_tls_store *s);
 const char *sk_tls_store_fingerprint(const sk_tls_store *s);
 int sk_tls_store_certs(const sk_tls_store *s);
+
+/* The CA certificate cache every trust store is built from: one parsed
+ * certificate per distinct DER (SHA-256), shared by the stores that hold it
+ * and dropped when the last one goes. */
+typedef struct sk_tls_ca_cache_stats {
+    uint64_t entries; /* certificates cached now */
+    uint64_t parsed;  /* certificates parsed since start (cache misses) */
+    uint64_t reused;  /* certificate blocks found in the cache since start */
+} sk_tls_ca_cache_stats;
+void sk_tls_ca_cache_stats_get(sk_tls_ca_cache_stats *out);
 
 /* A publication slot for one sslProfile: returns its index or -1. */
 int sk_tls_slot_create(sk_engine *e);

@@ -8,13 +8,17 @@
  * Only then does it build the server and client SSL_CTX of the config.
  * Using a config on a connection (handshake, records) is tls_io.c's.
  *
- * A load can take seconds (a bundle of thousands of CAs): it runs on a thread
- * at SCHED_IDLE (or nice 19), so it never takes CPU from a worker or the
- * control loop; a certificate and key load with a given trust store (the
- * bundle not read, sk_tls_store_load parses it apart) is cheap and runs at
- * nice 10, so it is not starved either. The priority is set in C, on a thread that never holds the
- * GIL: a loader preempted while holding the GIL made the control loop wait. */
+ * A load can take a second or more (a bundle of thousands of new CAs): what
+ * is that expensive runs on a thread at SCHED_IDLE (or nice 19), so it never
+ * takes CPU from a worker or the control loop; a certificate and key load
+ * with a given trust store (the bundle not read, sk_tls_store_load parses it
+ * apart: tls_store.c, through a certificate cache) is cheap and runs at
+ * nice 10, so it is not starved either, and so does a trust store load until
+ * it has parsed a few dozen certificates (see run_low). The priority is set
+ * in C, on a thread that never holds the GIL: a loader preempted while
+ * holding the GIL made the control loop wait. */
 #include "internal.h"
+#include "tls_store.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -142,9 +146,11 @@ static bool data_link(const char *path, char *target, size_t len)
     return true;
 }
 
-static int read_file(const char *path, const char *what, blob *out, char *err, size_t errlen)
+/* With no_fifo a FIFO is refused (opened without blocking, not read). */
+static int read_file(const char *path, const char *what, bool no_fifo, blob *out, char *err,
+                     size_t errlen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | (no_fifo ? O_NONBLOCK : 0));
     if (fd < 0) {
         sk_set_err(err, errlen, "%s %s: %s", what, path, strerror(errno));
         return -1;
@@ -156,6 +162,11 @@ static int read_file(const char *path, const char *what, blob *out, char *err, s
         return -1;
     }
     out->fifo = S_ISFIFO(st.st_mode);
+    if (no_fifo && !S_ISREG(st.st_mode)) {
+        sk_set_err(err, errlen, "%s %s: not a regular file", what, path);
+        close(fd);
+        return -1;
+    }
     size_t cap = st.st_size > 0 ? (size_t)st.st_size + 1 : 4096, len = 0;
     unsigned char *buf = malloc(cap);
     for (;;) {
@@ -211,15 +222,6 @@ typedef struct material {
     bool has_ca;
 } material;
 
-/* A parsed CA bundle: immutable, shared by every config built with it. */
-struct sk_tls_store {
-    _Atomic int refs;
-    X509_STORE *x509;
-    unsigned char hash[32];
-    char fingerprint[65];
-    int certs;
-};
-
 static void material_free(material *m)
 {
     for (int i = 0; i < F_N; i++)
@@ -248,7 +250,7 @@ static void hash_str(EVP_MD_CTX *md, const char *tag, const char *s)
  * its content hash, so a config built with a given store (the CA file not
  * read) has the fingerprint a full load of the same bytes has. */
 static int read_set(const sk_tls_load_params *p, unsigned mask, const sk_tls_store *given,
-                    material *m, char *err, size_t errlen)
+                    bool no_fifo, material *m, char *err, size_t errlen)
 {
     const char *paths[F_N] = {p->cert_file, p->key_file, p->ca_file};
     char target[4096];
@@ -260,7 +262,7 @@ static int read_set(const sk_tls_load_params *p, unsigned mask, const sk_tls_sto
         bool linked = data_link(paths[i], target, sizeof target);
         char real[8192];
         resolve_in(paths[i], linked ? target : NULL, real, sizeof real);
-        if (read_file(real, FILE_WHAT[i], &m->f[i], err, errlen) != 0) {
+        if (read_file(real, FILE_WHAT[i], no_fifo, &m->f[i], err, errlen) != 0) {
             material_free(m);
             return -1;
         }
@@ -295,14 +297,14 @@ static int read_set(const sk_tls_load_params *p, unsigned mask, const sk_tls_sto
 
 /* Reads the files in mask until two consecutive reads agree (a FIFO: once).
  * On success m holds the set; *reads counts the reads made. */
-static int read_stable(const sk_tls_load_params *p, unsigned mask, const sk_tls_store *given,
-                       material *m, int *reads, char *err, size_t errlen)
+static int read_stable_ex(const sk_tls_load_params *p, unsigned mask, const sk_tls_store *given,
+                          bool no_fifo, material *m, int *reads, char *err, size_t errlen)
 {
     material prev;
     bool have_prev = false;
     int max_reads = p->max_reads > 1 ? p->max_reads : 2;
     for (*reads = 1; *reads <= max_reads; (*reads)++) {
-        if (read_set(p, mask, given, m, err, errlen) != 0) {
+        if (read_set(p, mask, given, no_fifo, m, err, errlen) != 0) {
             if (have_prev)
                 material_free(&prev);
             return -1;
@@ -325,6 +327,72 @@ static int read_stable(const sk_tls_load_params *p, unsigned mask, const sk_tls_
     material_free(&prev);
     sk_set_err(err, errlen, "files kept changing over %d reads; will retry", max_reads);
     return -1;
+}
+
+static int read_stable(const sk_tls_load_params *p, unsigned mask, const sk_tls_store *given,
+                       material *m, int *reads, char *err, size_t errlen)
+{
+    return read_stable_ex(p, mask, given, false, m, reads, err, errlen);
+}
+
+void sk_tls_file_sig_take(const char *path, sk_tls_file_sig *sig)
+{
+    memset(sig, 0, sizeof *sig);
+    clock_gettime(CLOCK_REALTIME, &sig->taken);
+    bool linked = data_link(path, sig->data_target, sizeof sig->data_target);
+    char real[8192];
+    resolve_in(path, linked ? sig->data_target : NULL, real, sizeof real);
+    struct stat st;
+    if (stat(real, &st) != 0 || !S_ISREG(st.st_mode))
+        return;
+    sig->valid = true;
+    sig->dev = st.st_dev;
+    sig->ino = st.st_ino;
+    sig->size = st.st_size;
+    sig->mtime = st.st_mtim;
+    sig->ctime = st.st_ctim;
+}
+
+/* A file timestamp closer than this to the signature's own time may hide a
+ * second write in the same tick. Sub-second timestamps advance with the
+ * kernel's coarse clock (a jiffy, <= 10 ms): 20 ms. Whole seconds (ext3, old
+ * inodes, FAT's two): 2 s. */
+#define SK_TLS_RACY_NS 20000000LL
+#define SK_TLS_RACY_COARSE_NS 2000000000LL
+
+static bool older_than(struct timespec t, struct timespec ref, bool coarse)
+{
+    long long a = (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+    long long b = (long long)ref.tv_sec * 1000000000LL + ref.tv_nsec;
+    return a < b - (coarse ? SK_TLS_RACY_COARSE_NS : SK_TLS_RACY_NS);
+}
+
+bool sk_tls_file_unchanged(const sk_tls_file_sig *then, const sk_tls_file_sig *now)
+{
+    return then->valid && now->valid && then->dev == now->dev && then->ino == now->ino &&
+           then->size == now->size && then->mtime.tv_sec == now->mtime.tv_sec &&
+           then->mtime.tv_nsec == now->mtime.tv_nsec && then->ctime.tv_sec == now->ctime.tv_sec &&
+           then->ctime.tv_nsec == now->ctime.tv_nsec &&
+           !strcmp(then->data_target, now->data_target) &&
+           older_than(then->mtime, then->taken, !then->mtime.tv_nsec) &&
+           older_than(then->ctime, then->taken, !then->ctime.tv_nsec);
+}
+
+int sk_tls_read_bundle(const sk_tls_load_params *p, bool no_fifo, unsigned char **data,
+                       size_t *len, unsigned char hash[32], bool *fifo, sk_tls_file_sig *sig,
+                       int *reads, char *err, size_t errlen)
+{
+    sk_tls_file_sig_take(p->ca_file, sig); /* before the read: a write after it shows */
+    material m;
+    if (read_stable_ex(p, READ_CA, NULL, no_fifo, &m, reads, err, errlen) != 0)
+        return -1;
+    *fifo = m.f[F_CA].fifo;
+    *data = m.f[F_CA].data;
+    *len = m.f[F_CA].len;
+    memcpy(hash, m.ca_hash, 32);
+    m.f[F_CA].data = NULL; /* the caller's */
+    material_free(&m);
+    return 0;
 }
 
 static int password_cb(char *buf, int size, int rwflag, void *u)
@@ -436,28 +504,11 @@ static SSL_CTX *make_ctx(const SSL_METHOD *method, const sk_tls_load_params *p, 
     return ctx;
 }
 
+/* A trust store of the bundle's certificates (tls_store.c: cached, indexed). */
 static X509_STORE *parse_store(const blob *b, const char *path, int *certs, char *err,
                                size_t errlen)
 {
-    BIO *bio = BIO_new_mem_buf(b->data, (int)b->len);
-    X509_STORE *store = X509_STORE_new();
-    int n = 0;
-    X509 *x;
-    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
-        X509_STORE_add_cert(store, x);
-        X509_free(x);
-        n++;
-    }
-    ERR_clear_error();
-    BIO_free(bio);
-    if (certs)
-        *certs = n;
-    if (n == 0) {
-        sk_set_err(err, errlen, "caCertFile %s: no PEM certificate found", path);
-        X509_STORE_free(store);
-        return NULL;
-    }
-    return store;
+    return sk_tls_store_build(b->data, b->len, path, certs, err, errlen);
 }
 
 static void add_warning(sk_tls_load_result *r, const char *fmt, const char *arg)
@@ -483,27 +534,48 @@ static void hex(const unsigned char *h, char out[65])
  * that later holds the GIL at SCHED_IDLE. A thread per load costs tens of
  * microseconds against loads of milliseconds to seconds.
  *
- * A load that reads a CA bundle (sk_tls_store_load, or sk_tls_load without a
- * given store) runs at SCHED_IDLE (nice 19 as fallback): a bundle of
- * thousands of CAs is seconds of CPU. A certificate and key load with a
- * given store (or no CA file) is a millisecond of CPU and runs at nice 10:
- * at SCHED_IDLE on busy cores it waited up to 0.7 s for an idle moment, and
- * new material must be on the wire within 200 ms of its write (issue 13). */
+ * A full load that parses a CA bundle (sk_tls_load without a given store)
+ * runs at SCHED_IDLE (nice 19 as fallback): a bundle of thousands of new CAs
+ * is a second of CPU. A certificate and key load with a given store (or no
+ * CA file) is a millisecond of CPU and runs at nice 10: at SCHED_IDLE on
+ * busy cores it waited up to 0.7 s for an idle moment, and new material must
+ * be on the wire within 200 ms of its write (issue 13). A trust store load
+ * (sk_tls_store_load) starts at nice 10 too, since a rewrite finds nearly
+ * every certificate in the cache (tens of milliseconds for 4,000 CAs), and
+ * drops to SCHED_IDLE once it has parsed SK_TLS_PARSE_AT_NICE certificates
+ * (sk_tls_load_thread_idle): a bundle of new CAs still takes only idle CPU. */
 typedef struct {
     void (*fn)(void *);
     void *arg;
     bool idle;
 } load_job;
 
+static _Thread_local bool load_thread; /* this thread is a load's own (load_main) */
+
+static void lower_to_idle(void)
+{
+    struct sched_param idle = {.sched_priority = 0};
+    if (sched_setscheduler(0, SCHED_IDLE, &idle) != 0) /* 0: this thread */
+        (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
+}
+
+void sk_tls_load_thread_idle(void)
+{
+    if (load_thread) { /* never the caller's thread (run_low's fallback) */
+        load_thread = false;
+        lower_to_idle();
+    }
+}
+
 static void *load_main(void *arg)
 {
     load_job *job = arg;
-    struct sched_param idle = {.sched_priority = 0};
-    id_t tid = (id_t)syscall(SYS_gettid);
-    if (!job->idle)
-        (void)setpriority(PRIO_PROCESS, tid, 10);
-    else if (sched_setscheduler(0, SCHED_IDLE, &idle) != 0) /* 0: this thread */
-        (void)setpriority(PRIO_PROCESS, tid, 19);
+    if (!job->idle) {
+        (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
+        load_thread = true;
+    } else {
+        lower_to_idle();
+    }
     job->fn(job->arg);
     return NULL;
 }
@@ -530,7 +602,6 @@ typedef struct {
 } store_job;
 
 static void tls_load(const sk_tls_load_params *p, sk_tls_load_result *r);
-static void store_load(const sk_tls_load_params *p, sk_tls_store_result *r);
 
 static void config_job_run(void *arg)
 {
@@ -541,7 +612,7 @@ static void config_job_run(void *arg)
 static void store_job_run(void *arg)
 {
     store_job *j = arg;
-    store_load(j->p, j->r);
+    sk_tls_store_load_now(j->p, j->r);
 }
 
 void sk_tls_load(const sk_tls_load_params *p, sk_tls_load_result *r)
@@ -553,79 +624,12 @@ void sk_tls_load(const sk_tls_load_params *p, sk_tls_load_result *r)
 void sk_tls_store_load(const sk_tls_load_params *p, sk_tls_store_result *r)
 {
     store_job j = {p, r};
-    run_low(true, store_job_run, &j);
+    run_low(false, store_job_run, &j); /* drops to SCHED_IDLE when it parses much */
 }
 
 /* ------------------------------------------------------------ trust stores */
 
-sk_tls_store *sk_tls_store_ref(sk_tls_store *s)
-{
-    if (s)
-        atomic_fetch_add(&s->refs, 1);
-    return s;
-}
-
-void sk_tls_store_free(sk_tls_store *s)
-{
-    if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
-        X509_STORE_free(s->x509);
-        free(s);
-    }
-}
-
-const char *sk_tls_store_fingerprint(const sk_tls_store *s)
-{
-    return s->fingerprint;
-}
-
-int sk_tls_store_certs(const sk_tls_store *s)
-{
-    return s->certs;
-}
-
-void sk_tls_store_result_clear(sk_tls_store_result *r)
-{
-    sk_tls_store_free(r->store);
-    r->store = NULL;
-}
-
-static void store_load(const sk_tls_load_params *p, sk_tls_store_result *r)
-{
-    memset(r, 0, sizeof *r);
-    r->status = SK_TLS_ERROR;
-    if (!p->ca_file || !*p->ca_file) {
-        sk_set_err(r->error, sizeof r->error, "caCertFile: not given");
-        return;
-    }
-    material m;
-    if (read_stable(p, READ_CA, NULL, &m, &r->reads, r->error, sizeof r->error) != 0)
-        return;
-    hex(m.ca_hash, r->fingerprint);
-    if (p->unchanged_if && !strcmp(p->unchanged_if, r->fingerprint)) {
-        r->status = SK_TLS_UNCHANGED;
-        material_free(&m);
-        return;
-    }
-    int certs = 0;
-    X509_STORE *x = parse_store(&m.f[F_CA], p->ca_file, &certs, r->error, sizeof r->error);
-    material_free(&m);
-    if (!x)
-        return;
-    sk_tls_store *s = calloc(1, sizeof *s);
-    if (!s) {
-        X509_STORE_free(x);
-        sk_set_err(r->error, sizeof r->error, "out of memory");
-        return;
-    }
-    atomic_init(&s->refs, 1);
-    s->x509 = x;
-    s->certs = certs;
-    memcpy(s->hash, m.ca_hash, 32);
-    memcpy(s->fingerprint, r->fingerprint, sizeof s->fingerprint);
-    r->certs = certs;
-    r->store = s;
-    r->status = SK_TLS_OK;
-}
+/* Trust stores, the certificate cache and sk_tls_store_*: tls_store.c. */
 
 /* ------------------------------------------------------------ configs */
 

@@ -9,6 +9,7 @@
 #include "internal.h"
 #include "testlib.h"
 #include "tls_fixture.h"
+#include "tls_store.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -71,10 +72,11 @@ static sk_tls_load_params params(const char *cert, const char *key, const char *
     return p;
 }
 
+/* Distinct CAs in the config's trust store (an index: tls_store.c). */
 static int store_count(const sk_tls_config *c)
 {
     X509_STORE *s = SSL_CTX_get_cert_store(c->client);
-    return s ? sk_X509_OBJECT_num(X509_STORE_get0_objects(s)) : -1;
+    return s ? sk_tls_store_index_size(s) : -1;
 }
 
 /* A store loaded on its own; a config with it has the fingerprint of a full
