@@ -22,9 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #define SK_HANDSHAKE_TIMEOUT_MS 10000
 
@@ -131,10 +128,12 @@ static void tls_record_peer(sk_worker *w, sk_conn *c)
  * kept blocks, and the process's resident memory stays at the burst's peak.
  * Once no handshake has ended on a worker for SK_TLS_TRIM_QUIET_MS after at
  * least SK_TLS_TRIM_MIN of them, the free pages go back to the system
- * (malloc_trim: every arena), on a short-lived thread at nice 19 so that no
- * worker waits for it (a trim takes milliseconds); one at a time in the
- * process, which is what malloc_trim covers. A steady stream of handshakes
- * never leaves that quiet, so a storm pays nothing. */
+ * (malloc_trim: every arena), on a short-lived thread so that no worker
+ * runs it (a trim takes milliseconds); one at a time in the process, which
+ * is what malloc_trim covers. The thread keeps the ordinary priority: it
+ * holds each arena's lock in turn, and preempted at a low priority it would
+ * keep a worker's malloc waiting. A steady stream of handshakes never leaves
+ * that quiet, so a storm pays nothing. */
 #define SK_TLS_TRIM_QUIET_MS 250
 #define SK_TLS_TRIM_MIN 16
 
@@ -149,7 +148,6 @@ uint64_t sk_tls_io_heap_trims(void)
 static void *heap_trim_main(void *arg)
 {
     SK_UNUSED(arg);
-    (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
 #ifdef __GLIBC__
     malloc_trim(0);
 #endif
