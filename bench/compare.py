@@ -119,8 +119,10 @@ class CompareConfig:
     def validate(self) -> None:
         if not self.subjects or set(self.subjects) - set(SUBJECTS) - {BASE_SUBJECT}:
             raise ValueError(f"subjects must be among {SUBJECTS}, got {self.subjects}")
-        if self.tls and set(self.subjects) - set(TLS_SUBJECTS):
-            raise ValueError(f"with --tls, subjects must be among {TLS_SUBJECTS}")
+        if self.tls and set(self.subjects) - set(TLS_SUBJECTS) - {BASE_SUBJECT}:
+            raise ValueError(
+                f"with --tls, subjects must be among {TLS_SUBJECTS} (or {BASE_SUBJECT})"
+            )
         if not self.workloads or set(self.workloads) - set(WORKLOADS):
             raise ValueError(f"workloads must be among {WORKLOADS}, got {self.workloads}")
         if (

@@ -195,6 +195,9 @@ def start_skiffd(
         proc = subprocess.Popen(
             [sys.executable, "-m", "router", "-c", str(conf)],
             env=dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else None,
+            # `-m` puts the working directory first on sys.path: run another
+            # build's tree from elsewhere, or this checkout's router/ shadows it
+            cwd=workdir if pythonpath else None,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

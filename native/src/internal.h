@@ -372,6 +372,11 @@ struct sk_worker {
     sk_utimer *utimers;
     sk_slot_cache routes_cache;
     sk_slot_cache tls_cache[SK_TLS_SLOTS];
+    /* tls_io.c: handshakes ended since the last heap trim, the last one's
+     * time, and the timer that trims once they have stopped for a while */
+    uint64_t tls_hs_untrimmed, tls_hs_last_ns;
+    sk_timer tls_trim;
+    bool tls_trim_init;
     sk_conn *ready; /* to read again before sleeping: TLS connections with decrypted
                      * bytes pending, plain ones whose quantum ran out (relay.c) */
     uint32_t rr;
@@ -791,6 +796,8 @@ struct sk_tls_config {
 
 /* Worker side: the current config of a slot, from the worker's cache. */
 sk_tls_config *sk_tls_current(sk_worker *w, int slot);
+/* tls_io.c: heap trims done after bursts of handshakes (process-wide). */
+uint64_t sk_tls_io_heap_trims(void);
 
 /* ------------------------------------------------------------ app.c */
 

@@ -499,6 +499,17 @@ static SSL_CTX *make_ctx(const SSL_METHOD *method, const sk_tls_load_params *p, 
     }
     if (store)
         SSL_CTX_set1_cert_store(ctx, store);
+    if (leaf && store && sk_X509_num(chain) <= 0) {
+        /* Without chain certificates OpenSSL builds the chain it sends from
+         * the trust store on every handshake: an X509_verify_cert, with a
+         * signature check, per connection. Build the same chain once here
+         * (errors ignored, as the per-handshake build ignores them); if
+         * even that fails, the per-handshake build stays as it was. */
+        ERR_clear_error();
+        (void)SSL_CTX_build_cert_chain(ctx, SSL_BUILD_CHAIN_FLAG_IGNORE_ERROR |
+                                                SSL_BUILD_CHAIN_FLAG_CLEAR_ERROR);
+        ERR_clear_error();
+    }
     static const unsigned char sid[] = "skiff";
     SSL_CTX_set_session_id_context(ctx, sid, sizeof sid - 1);
     return ctx;

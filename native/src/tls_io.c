@@ -12,6 +12,9 @@
 #include "internal.h"
 
 #include <errno.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -117,9 +120,81 @@ static void tls_record_peer(sk_worker *w, sk_conn *c)
     pthread_mutex_unlock(&w->conn_lock);
 }
 
+/* ------------------------------------------------------------ heap trim */
+
+/* A full handshake allocates and frees some 700 blocks inside OpenSSL (tens
+ * of KiB at its peak), between the few hundred bytes each connection keeps.
+ * After a burst the allocator keeps the freed pages, scattered between the
+ * kept blocks, and the process's resident memory stays at the burst's peak.
+ * Once no handshake has ended on a worker for SK_TLS_TRIM_QUIET_MS after at
+ * least SK_TLS_TRIM_MIN of them, the free pages go back to the system
+ * (malloc_trim: every arena), on a short-lived thread so that no worker
+ * runs it (a trim takes milliseconds); one at a time in the process, which
+ * is what malloc_trim covers. The thread keeps the ordinary priority: it
+ * holds each arena's lock in turn, and preempted at a low priority it would
+ * keep a worker's malloc waiting. A steady stream of handshakes never leaves
+ * that quiet, so a storm pays nothing. */
+#define SK_TLS_TRIM_QUIET_MS 250
+#define SK_TLS_TRIM_MIN 16
+
+static _Atomic int heap_trimming;
+static _Atomic uint64_t heap_trims;
+
+uint64_t sk_tls_io_heap_trims(void)
+{
+    return atomic_load(&heap_trims);
+}
+
+static void *heap_trim_main(void *arg)
+{
+    SK_UNUSED(arg);
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+    atomic_fetch_add(&heap_trims, 1);
+    atomic_store(&heap_trimming, 0);
+    return NULL;
+}
+
+static void trim_due(sk_worker *w, sk_timer *t, uint64_t now)
+{
+    uint64_t quiet = SK_TLS_TRIM_QUIET_MS * 1000000ull;
+    if (now - w->tls_hs_last_ns < quiet) { /* still busy: wait for the quiet */
+        sk_worker_schedule(w, SK_PRIO_NORMAL, t, w->tls_hs_last_ns + quiet);
+        return;
+    }
+    w->tls_hs_untrimmed = 0;
+    int idle = 0;
+    if (!atomic_compare_exchange_strong(&heap_trimming, &idle, 1))
+        return; /* a trim of every arena is running right now */
+    pthread_attr_t attr;
+    pthread_t th;
+    bool started = false;
+    if (pthread_attr_init(&attr) == 0) {
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        started = pthread_create(&th, &attr, heap_trim_main, NULL) == 0;
+        pthread_attr_destroy(&attr);
+    }
+    if (!started)
+        atomic_store(&heap_trimming, 0); /* no thread: the next burst tries again */
+}
+
+static void handshake_ended(sk_worker *w)
+{
+    if (!w->tls_trim_init) {
+        sk_timer_init(&w->tls_trim, trim_due);
+        w->tls_trim_init = true;
+    }
+    w->tls_hs_last_ns = sk_now_ns();
+    if (++w->tls_hs_untrimmed >= SK_TLS_TRIM_MIN && !sk_timer_pending(&w->tls_trim))
+        sk_worker_schedule(w, SK_PRIO_NORMAL, &w->tls_trim,
+                           w->tls_hs_last_ns + SK_TLS_TRIM_QUIET_MS * 1000000ull);
+}
+
 static void tls_failed(sk_worker *w, sk_conn *c)
 {
     SK_ADD(&w->engine->tls_failures, 1);
+    handshake_ended(w);
     if (c->app_out) {
         sk_app_dial_tls_failed(w, c); /* reads the verify result; clears errors */
         return;
@@ -170,6 +245,7 @@ static void tls_handshake(sk_worker *w, sk_conn *c)
         c->tls_done = true;
         c->tls_want = 0;
         SK_ADD(&w->engine->tls_handshakes, 1);
+        handshake_ended(w);
         tls_record_peer(w, c);
         if (c->app_out) {
             sk_app_dial_tls_done(w, c);

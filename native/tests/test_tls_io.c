@@ -6,6 +6,7 @@
  *
  * The certificate is made here (self-signed, SAN IP:127.0.0.1), so the test
  * needs no files and no openssl command. */
+#include "internal.h" /* a config's SSL_CTX, the heap trim counter */
 #include "engine_fixture.h"
 #include "tls_fixture.h"
 
@@ -14,10 +15,12 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 
 #define UID_L_TLS 61
 #define UID_L_ORIG 62
 #define UID_L_OPT 63
+#define UID_L_BURST 64
 #define UID_TLS_TARGET 201
 
 static char tmpdir[64] = "/tmp/skiff-tls-io-XXXXXX";
@@ -294,6 +297,196 @@ static int test_tls_close_older(void)
     return 0;
 }
 
+/* Whether the trim counter moved past *(uint64_t *)arg. */
+static int trimmed_since(void *arg)
+{
+    return sk_tls_io_heap_trims() > *(uint64_t *)arg;
+}
+
+/* After a burst of handshakes the heap's free pages go back to the system
+ * once handshakes stop (tls_io.c), on a thread of its own: a connection
+ * open across the trim keeps working. The burst goes to a listener whose
+ * address has no route (each flow closes after its handshake), so it takes
+ * none of the echo server's connections. */
+static int test_tls_heap_trim(void)
+{
+    REQUIRE(settle() == 0);
+    sk_listener *burst = open_listener(UID_L_BURST, 77, tls_slot, 0);
+    REQUIRE(burst != NULL);
+    sk_engine_counters c0, c1;
+    sk_engine_counters_get(E, &c0);
+    int fd = connect_to(sk_listener_port(L_TLS));
+    REQUIRE(fd >= 0);
+    SSL *ssl = tls_client(fd);
+    REQUIRE(ssl != NULL);
+    CHECK(tls_ping(ssl, "before-burst") == 0);
+    uint64_t t0 = sk_tls_io_heap_trims();
+    for (int i = 0; i < 64; i++) { /* spread over the workers, >= 16 each */
+        int bfd = connect_to(sk_listener_port(burst));
+        REQUIRE(bfd >= 0);
+        SSL *b = tls_client(bfd);
+        CHECK(b != NULL);
+        SSL_free(b);
+        close(bfd);
+    }
+    CHECK(wait_until(trimmed_since, &t0));
+    CHECK(tls_ping(ssl, "after-trim") == 0);
+    sk_engine_counters_get(E, &c1);
+    CHECK_OP_U(c1.tls_handshakes - c0.tls_handshakes, >=, 65);
+    SSL_free(ssl);
+    close(fd);
+    CHECK(wait_until(no_conns_live, NULL));
+    sk_listener_close(burst, 0);
+    sk_listener_release(burst);
+    return 0;
+}
+
+/* ---------------------------------------------------- certificate chain */
+
+/* A leaf for cn signed by the CA in ca_cert/ca_key, written as PEM. */
+static int issue_leaf(const char *cn, const char *ca_cert, const char *ca_key,
+                      const char *cert_out, const char *key_out)
+{
+    FILE *f = fopen(ca_cert, "r");
+    REQUIRE(f != NULL);
+    X509 *ca = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    f = fopen(ca_key, "r");
+    REQUIRE(f != NULL);
+    EVP_PKEY *cakey = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    fclose(f);
+    EVP_PKEY *pkey = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    REQUIRE(ca && cakey && pkey && x);
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 7);
+    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+    X509_set_pubkey(x, pkey);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                               (const unsigned char *)cn, -1, -1, 0);
+    X509_set_issuer_name(x, X509_get_subject_name(ca));
+    REQUIRE(X509_sign(x, cakey, EVP_sha256()) > 0);
+    f = fopen(cert_out, "w");
+    REQUIRE(f != NULL);
+    PEM_write_X509(f, x);
+    fclose(f);
+    f = fopen(key_out, "w");
+    REQUIRE(f != NULL);
+    PEM_write_PrivateKey(f, pkey, NULL, NULL, 0, NULL, NULL);
+    fclose(f);
+    X509_free(x);
+    X509_free(ca);
+    EVP_PKEY_free(pkey);
+    EVP_PKEY_free(cakey);
+    return 0;
+}
+
+/* The subjects' common names of the chain a client received, "leaf<CA". */
+static int chain_seen(SSL_CTX *server, char *out, size_t len)
+{
+    int sv[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv) == 0);
+    SSL *s = SSL_new(server), *c = SSL_new(client_ctx);
+    REQUIRE(s && c);
+    SSL_set_fd(s, sv[0]);
+    SSL_set_accept_state(s);
+    SSL_set_fd(c, sv[1]);
+    SSL_set_connect_state(c);
+    bool sd = false, cd = false;
+    for (int i = 0; i < 100 && !(sd && cd); i++) {
+        cd = cd || SSL_do_handshake(c) == 1;
+        sd = sd || SSL_do_handshake(s) == 1;
+    }
+    CHECK(sd && cd);
+    out[0] = '\0';
+    STACK_OF(X509) *chain = SSL_get_peer_cert_chain(c);
+    for (int i = 0; chain && i < sk_X509_num(chain); i++) {
+        char cn[64] = "";
+        X509_NAME_get_text_by_NID(X509_get_subject_name(sk_X509_value(chain, i)),
+                                  NID_commonName, cn, sizeof cn);
+        size_t used = strlen(out);
+        snprintf(out + used, len - used, "%s%s", i ? "<" : "", cn);
+    }
+    SSL_free(s);
+    SSL_free(c);
+    close(sv[0]);
+    close(sv[1]);
+    ERR_clear_error();
+    return 0;
+}
+
+/* Loads cert/key with ca as the trust store and reports the chain sent. */
+static int chain_with(const char *cert, const char *key, const char *ca, char *out, size_t len,
+                      int *prebuilt)
+{
+    sk_tls_load_params p;
+    sk_tls_load_params_init(&p);
+    p.cert_file = cert;
+    p.key_file = key;
+    p.ca_file = ca;
+    sk_tls_load_result r;
+    memset(&r, 0, sizeof r);
+    sk_tls_load(&p, &r);
+    REQUIRE_MSG(r.status == SK_TLS_OK, "sk_tls_load: %s", r.error);
+    STACK_OF(X509) *built = NULL;
+    SSL_CTX_get0_chain_certs(r.config->server, &built);
+    *prebuilt = built ? sk_X509_num(built) : -1;
+    int rc = chain_seen(r.config->server, out, len);
+    sk_tls_result_clear(&r);
+    return rc;
+}
+
+/* A certFile with the leaf only: the chain sent is completed from the trust
+ * store as before (leaf, then its CA), but built once when the config is
+ * loaded rather than on every handshake; a store without the issuer sends
+ * the leaf alone, and an explicit chain in certFile is sent as it is. */
+static int test_tls_chain_built_once(void)
+{
+    char ca2_cert[160], ca2_key[160], leaf_cert[160], leaf_key[160], both[160];
+    snprintf(ca2_cert, sizeof ca2_cert, "%s/ca2.pem", tmpdir);
+    snprintf(ca2_key, sizeof ca2_key, "%s/ca2.key", tmpdir);
+    snprintf(leaf_cert, sizeof leaf_cert, "%s/leaf.pem", tmpdir);
+    snprintf(leaf_key, sizeof leaf_key, "%s/leaf.key", tmpdir);
+    snprintf(both, sizeof both, "%s/both.pem", tmpdir);
+    REQUIRE(make_material("chain-ca", ca2_cert, ca2_key) == 0);
+    REQUIRE(issue_leaf("chain-leaf", ca2_cert, ca2_key, leaf_cert, leaf_key) == 0);
+    char seen[256];
+    int prebuilt = -2;
+
+    REQUIRE(chain_with(leaf_cert, leaf_key, ca2_cert, seen, sizeof seen, &prebuilt) == 0);
+    CHECK_MSG(strcmp(seen, "chain-leaf<chain-ca") == 0, "chain sent: %s", seen);
+    CHECK_EQ_I(prebuilt, 1); /* in the context already: no per-handshake build */
+
+    /* the issuer not in the store: the leaf alone, as the handshake-time
+     * build sent it */
+    REQUIRE(chain_with(leaf_cert, leaf_key, cert_path, seen, sizeof seen, &prebuilt) == 0);
+    CHECK_MSG(strcmp(seen, "chain-leaf") == 0, "chain sent: %s", seen);
+
+    /* certFile = leaf + CA: that chain, from the file */
+    FILE *out = fopen(both, "w"), *in;
+    REQUIRE(out != NULL);
+    const char *parts[] = {leaf_cert, ca2_cert};
+    for (int i = 0; i < 2; i++) {
+        in = fopen(parts[i], "r");
+        REQUIRE(in != NULL);
+        char buf[4096];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+            fwrite(buf, 1, n, out);
+        fclose(in);
+    }
+    fclose(out);
+    REQUIRE(chain_with(both, leaf_key, cert_path, seen, sizeof seen, &prebuilt) == 0);
+    CHECK_MSG(strcmp(seen, "chain-leaf<chain-ca") == 0, "chain sent: %s", seen);
+    CHECK_EQ_I(prebuilt, 1);
+
+    const char *files[] = {ca2_cert, ca2_key, leaf_cert, leaf_key, both};
+    for (int i = 0; i < 5; i++)
+        unlink(files[i]);
+    return 0;
+}
+
 int main(void)
 {
     fx_engine_start();
@@ -303,6 +496,8 @@ int main(void)
         RUN(test_tls_optional);
         RUN(test_tls_bad_client);
         RUN(test_tls_close_older);
+        RUN(test_tls_heap_trim);
+        RUN(test_tls_chain_built_once);
     }
     sk_listener *ls[] = {L_TLS, L_ORIG, L_OPT};
     for (int i = 0; i < 3; i++)
