@@ -200,6 +200,7 @@ typedef struct sk_engine_counters {
     uint64_t app_outbound_live; /* of those, dialled by sk_app_connect */
     uint64_t app_connects_failed; /* dials that ended before SK_EV_APP_OPEN
                                    (refused, timed out, TLS), cancels excluded */
+    uint64_t tls_resumed;       /* of tls_handshakes, those that resumed a session */
 } sk_engine_counters;
 
 void sk_engine_counters_get(sk_engine *e, sk_engine_counters *out);

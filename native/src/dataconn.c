@@ -554,6 +554,48 @@ void sk_dc_established(sk_worker *w, sk_conn *s)
 
 static void incoming_io(sk_worker *w, sk_handle *h, uint32_t ev);
 
+/* ------------------------------------------------------------ TLS resumption */
+
+/* A dialled data connection to a TLS peer resumes the session the peer's
+ * last data connection on this worker was given (TLS 1.3 ticket), so a
+ * pool refill or a per-flow dial costs no certificate signature or chain
+ * verification on either side. Only a session of the connection's own
+ * config version is offered: after a rotation the first dial makes a full
+ * handshake with the new material, and the old session is dropped. The
+ * server's ticket keys belong to its config version, so a server that
+ * rotated declines the ticket and the handshake is simply a full one. */
+void sk_dc_tls_resume(sk_worker *w, sk_conn *s)
+{
+    sk_peer *p = s->dc ? s->dc->peer : NULL;
+    if (!p || !p->sessions || w->index >= p->npools || !s->ssl || !s->tls)
+        return;
+    sk_dc_session *slot = &p->sessions[w->index];
+    if (!slot->sess)
+        return;
+    if (slot->version != s->tls->snap.version || !SSL_SESSION_is_resumable(slot->sess)) {
+        SSL_SESSION_free(slot->sess);
+        slot->sess = NULL;
+        return;
+    }
+    if (SSL_set_session(s->ssl, slot->sess) != 1)
+        ERR_clear_error(); /* a full handshake then */
+}
+
+int sk_dc_tls_session(sk_conn *c, SSL_SESSION *sess)
+{
+    sk_dc *dc = c->dc;
+    sk_peer *p = dc && !dc->incoming ? dc->peer : NULL;
+    sk_worker *w = c->worker;
+    if (!p || !p->sessions || !w || w->index >= p->npools || !c->tls)
+        return 0;
+    sk_dc_session *slot = &p->sessions[w->index];
+    if (slot->sess)
+        SSL_SESSION_free(slot->sess);
+    slot->sess = sess; /* the callback's reference is ours now */
+    slot->version = c->tls->snap.version;
+    return 1;
+}
+
 static sk_dc_pool *pool_of(sk_worker *w, sk_peer *p)
 {
     return p->pools && w->index < p->npools ? &p->pools[w->index] : NULL;

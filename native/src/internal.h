@@ -208,7 +208,16 @@ struct sk_peer {
     struct sk_peer *reg_next;
     _Atomic uint64_t inbound_idle, inbound_claims, inbound_failures, inbound_accepted,
         hello_refused, hello_overloaded, pool_waits, pool_exhausted, pool_handoffs;
+    /* TLS peers: per worker (sessions[w->index] is worker-owned), the last
+     * session a data connection to the peer was given, for the next dial to
+     * resume (dataconn.c, sk_dc_tls_resume) */
+    struct sk_dc_session *sessions;
 };
+
+typedef struct sk_dc_session {
+    struct ssl_session_st *sess;
+    uint64_t version; /* the TLS config version it was made with */
+} sk_dc_session;
 
 /* One worker's pool of one peer: idle connections (HELLO answered OK) and
  * the ones being dialled for it. Worker-owned, except the _pub atomics that
@@ -304,7 +313,7 @@ struct sk_engine {
     _Atomic uint64_t pipes_live, pipes_in_use, splice_fallbacks;
     _Atomic uint64_t conns_live, bufs_live, buf_bytes_live, accepted, connects_failed,
         flows_failed, accept_paused, limit_rejected, tls_handshakes, tls_failures,
-        tls_unexpected_eof, tls_closed_old;
+        tls_unexpected_eof, tls_closed_old, tls_resumed;
     _Atomic uint64_t app_live, app_outbound_live, app_connects_failed;
 
     /* data plane (dataconn.c) */
@@ -564,6 +573,7 @@ enum sk_conn_state { SK_C_CONNECTING = 1, SK_C_HANDSHAKE, SK_C_OPEN, SK_C_CLOSED
 
 typedef struct ssl_st SSL;
 typedef struct ssl_ctx_st SSL_CTX;
+typedef struct ssl_session_st SSL_SESSION;
 typedef struct x509_store_st X509_STORE;
 
 /* One socket of a flow: the client side (accepted) or the target side
@@ -698,6 +708,16 @@ enum sk_dc_mode {
     SK_DC_LOCAL,      /* an incoming flow for this router: local targets only */
     SK_DC_FORWARD,    /* an incoming flow for another router: its next hops, once */
 };
+/* TLS session resumption for dialled data connections: s was just given
+ * its SSL (dialling): offer the peer's last session of the same config
+ * version. sk_dc_tls_session keeps a new session the server sent on data
+ * connection c (1: kept, the caller's reference taken; 0: not a data
+ * connection to a TLS peer). Worker-owned per worker: no lock. */
+void sk_dc_tls_resume(sk_worker *w, sk_conn *s);
+int sk_dc_tls_session(sk_conn *c, SSL_SESSION *sess);
+/* tls_io.c: the client contexts' new-session callback (tls.c installs it). */
+int sk_tls_new_session_cb(SSL *ssl, SSL_SESSION *sess);
+
 /* The mode, address id and FLOW fields of client c's flow. */
 int sk_dc_mode(const sk_conn *client);
 uint32_t sk_dc_address(const sk_conn *client);

@@ -9,6 +9,7 @@
 #include "internal.h"
 
 #include <arpa/inet.h>
+#include <openssl/ssl.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -108,6 +109,11 @@ sk_peer *sk_peer_create(sk_engine *e, const sk_peer_options *o, char *err, size_
         if (!p->ipools)
             goto oom;
     }
+    if (!p->reverse && p->dial.tls_slot >= 0) {
+        p->sessions = calloc((size_t)p->npools, sizeof *p->sessions);
+        if (!p->sessions)
+            goto oom;
+    }
     for (int i = 0; i < p->npools; i++) {
         if (p->pools) {
             p->pools[i].peer = p;
@@ -155,6 +161,7 @@ oom:
     sk_set_err(err, errlen, "out of memory");
     free(p->pools);
     free(p->ipools);
+    free(p->sessions);
     free(p);
     return NULL;
 }
@@ -248,6 +255,9 @@ void sk_peer_release(sk_peer *p)
     pthread_mutex_destroy(&p->lock);
     free(p->pools); /* empty: every pooled connection held a reference */
     free(p->ipools);
+    for (int i = 0; p->sessions && i < p->npools; i++)
+        SSL_SESSION_free(p->sessions[i].sess);
+    free(p->sessions);
     free(p);
 }
 

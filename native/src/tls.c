@@ -776,6 +776,14 @@ static void tls_load(const sk_tls_load_params *p, sk_tls_load_result *r)
     if (!(cfg->client =
               make_ctx(TLS_client_method(), p, leaf, chain, key, cfg->store, err, errlen)))
         goto out;
+    /* Sessions the servers send reach sk_tls_new_session_cb, which keeps
+     * those of data connections per peer, worker and config version: the
+     * next data connection to that router resumes instead of a full
+     * handshake (no certificate signed or verified). Nothing is cached
+     * inside OpenSSL. */
+    SSL_CTX_set_session_cache_mode(cfg->client,
+                                   SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(cfg->client, sk_tls_new_session_cb);
     r->config = cfg;
     cfg = NULL;
     r->status = SK_TLS_OK;

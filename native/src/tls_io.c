@@ -67,6 +67,8 @@ bool sk_tls_io_attach_client(sk_worker *w, sk_conn *s, const sk_route_target *rt
 {
     if (!tls_attach(w, s, rt->tls_slot, false))
         return false;
+    if (s->dc)
+        sk_dc_tls_resume(w, s); /* a data connection: resume the peer's last session */
     if (!rt->host_is_ip)
         SSL_set_tlsext_host_name(s->ssl, rt->host);
     if (!s->tls->has_ca)
@@ -89,6 +91,12 @@ bool sk_tls_io_attach_client(sk_worker *w, sk_conn *s, const sk_route_target *rt
         SSL_set1_host(s->ssl, h);
     }
     return true;
+}
+
+int sk_tls_new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+    sk_conn *c = SSL_get_app_data(ssl);
+    return c && c->dc ? sk_dc_tls_session(c, sess) : 0;
 }
 
 void sk_tls_info_cb(const SSL *ssl, int where, int ret)
@@ -245,6 +253,8 @@ static void tls_handshake(sk_worker *w, sk_conn *c)
         c->tls_done = true;
         c->tls_want = 0;
         SK_ADD(&w->engine->tls_handshakes, 1);
+        if (SSL_session_reused(c->ssl))
+            SK_ADD(&w->engine->tls_resumed, 1);
         handshake_ended(w);
         tls_record_peer(w, c);
         if (c->app_out) {
