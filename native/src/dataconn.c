@@ -72,22 +72,39 @@ struct sk_dc {
     uint64_t idle_since;
     sk_conn *pnext; /* the pool's idle list */
     /* the other end of the flow, for listings: incoming, the router it came
-     * from (FLOW origin); dialled, the router it goes to (FLOW destination) */
-    char router[SK_FLOW_ID_MAX + 1];
+     * from (FLOW origin); dialled, the router it goes to (FLOW destination).
+     * Allocated to its length (NULL: none yet), not an inline 256 bytes:
+     * a relayed flow holds one or two of these per router. */
+    char *router;
 };
 
+/* Caller holds w->conn_lock: listings read dc->router under it. Without
+ * memory the listing keeps the previous name (or none). */
 static void set_router(sk_dc *dc, const char *id, size_t len)
 {
     if (len > SK_FLOW_ID_MAX)
         len = SK_FLOW_ID_MAX;
-    memcpy(dc->router, id, len);
-    dc->router[len] = '\0';
+    char *name = malloc(len + 1);
+    if (!name)
+        return;
+    memcpy(name, id, len);
+    name[len] = '\0';
+    free(dc->router);
+    dc->router = name;
+}
+
+static void dc_free(sk_dc *dc)
+{
+    if (!dc)
+        return;
+    free(dc->router);
+    free(dc);
 }
 
 const char *sk_dc_router(const sk_dc *dc, bool *incoming)
 {
     *incoming = dc->incoming;
-    return dc->router;
+    return dc->router ? dc->router : "";
 }
 
 /* ------------------------------------------------------------ engine API */
@@ -326,7 +343,7 @@ bool sk_dc_originate(sk_worker *w, sk_conn *client, sk_conn *s, const sk_route_r
     char *buf = malloc(SK_FLOW_HDR_MAX);
     if (!dc || !buf) {
         if (!reuse)
-            free(dc);
+            dc_free(dc);
         free(buf);
         return false;
     }
@@ -339,7 +356,9 @@ bool sk_dc_originate(sk_worker *w, sk_conn *client, sk_conn *s, const sk_route_r
         sk_flow_str a = {h->addr, h->addr_len}, o = {h->origin, h->origin_len},
                     d = {h->dest, h->dest_len};
         dc->flow_id = h->flow_id;
+        pthread_mutex_lock(&w->conn_lock);
         set_router(dc, h->dest, h->dest_len);
+        pthread_mutex_unlock(&w->conn_lock);
         n = sk_flow_encode_hdr(buf, SK_FLOW_HDR_MAX, h->flow_id, (uint8_t)(h->hops - 1), flags,
                                a, o, d);
     } else {
@@ -347,7 +366,9 @@ bool sk_dc_originate(sk_worker *w, sk_conn *client, sk_conn *s, const sk_route_r
         size_t ml = router_id(e, me);
         const sk_route_entry *en = &routes->addr[aid];
         dc->flow_id = sk_engine_next_id(e);
+        pthread_mutex_lock(&w->conn_lock);
         set_router(dc, rr->dest, rr->dest_len);
+        pthread_mutex_unlock(&w->conn_lock);
         sk_flow_str a = {en->name, en->name ? en->name_len : 0}, o = {me, ml},
                     d = {rr->dest, rr->dest_len};
         n = ml && en->name ? sk_flow_encode_hdr(buf, SK_FLOW_HDR_MAX, dc->flow_id,
@@ -356,7 +377,7 @@ bool sk_dc_originate(sk_worker *w, sk_conn *client, sk_conn *s, const sk_route_r
     }
     if (n < 0) {
         if (!reuse)
-            free(dc);
+            dc_free(dc);
         free(buf);
         return false;
     }
@@ -819,7 +840,7 @@ static bool pool_dial(sk_worker *w, sk_peer *p, sk_dc_pool *pl, bool inbound)
     sk_dc *dc = calloc(1, sizeof *dc);
     sk_conn *s = dc ? sk_conn_new(w, fd, NULL, NULL) : NULL;
     if (!s) {
-        free(dc);
+        dc_free(dc);
         close(fd);
         return false;
     }
@@ -1451,7 +1472,7 @@ static void become_data(sk_worker *w, sk_conn *c)
     sk_dc *dc = calloc(1, sizeof *dc);
     sk_flow_parser *p = malloc(sizeof *p);
     if (!dc || !p) {
-        free(dc);
+        dc_free(dc);
         free(p);
         sk_conn_close(w, c, true);
         return;
@@ -1576,5 +1597,5 @@ void sk_dc_closing(sk_worker *w, sk_conn *c, bool abortive)
     }
     free(dc->p);
     free(dc->wbuf);
-    free(dc);
+    dc_free(dc);
 }
