@@ -27,10 +27,10 @@
 
 /* ------------------------------------------------------------ attach */
 
-static bool tls_attach(sk_worker *w, sk_conn *c, int slot, bool server)
+static bool tls_attach(sk_worker *w, sk_conn *c, int slot, bool server, bool links)
 {
     sk_tls_config *cfg = sk_tls_current(w, slot);
-    SSL_CTX *ctx = cfg ? (server ? cfg->server : cfg->client) : NULL;
+    SSL_CTX *ctx = cfg ? (server ? (links ? cfg->server_links : cfg->server) : cfg->client) : NULL;
     if (!ctx)
         return false; /* never loaded: refuse rather than fall back to plaintext */
     SSL *ssl = SSL_new(ctx);
@@ -55,7 +55,7 @@ static bool tls_attach(sk_worker *w, sk_conn *c, int slot, bool server)
 
 bool sk_tls_io_attach_server(sk_worker *w, sk_conn *c, const sk_listener *l)
 {
-    if (!tls_attach(w, c, l->opts.tls_slot, true))
+    if (!tls_attach(w, c, l->opts.tls_slot, true, l->opts.data_ok != 0))
         return false;
     if (l->opts.authenticate_peer)
         SSL_set_verify(c->ssl, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
@@ -65,7 +65,7 @@ bool sk_tls_io_attach_server(sk_worker *w, sk_conn *c, const sk_listener *l)
 
 bool sk_tls_io_attach_client(sk_worker *w, sk_conn *s, const sk_route_target *rt)
 {
-    if (!tls_attach(w, s, rt->tls_slot, false))
+    if (!tls_attach(w, s, rt->tls_slot, false, false))
         return false;
     if (s->dc)
         sk_dc_tls_resume(w, s); /* a data connection: resume the peer's last session */
