@@ -679,23 +679,31 @@ def test_the_middle_router_killed_while_another_path_exists(net: Network) -> Non
         srv.close()
 
 
+def _mutual_tls_pair(net: Network, tmp_path: Path, echo_port: int) -> tuple[CertAuthority, int]:
+    """A dials B over a mutual-TLS link (certificates of one CA in
+    tmp_path/pki); a tcpListener on A for B's tcpConnector to echo_port.
+    Started and converged; returns the CA and the listener's port."""
+    ca = CertAuthority("network CA")
+    a, b = net.router("A"), net.router("B")
+    b.listener_attrs.update(
+        {"sslProfile": "link-tls", "authenticatePeer": "true", "requireSsl": "true"}
+    )
+    a.extra.append(_ssl_profile(tmp_path / "pki", ca, "A", ca))
+    b.extra.append(_ssl_profile(tmp_path / "pki", ca, "B", ca))
+    net.link("A", "B", sslProfile="link-tls")
+    listen_port = _free_port()
+    a.extra.append(tcp_listener("svc", listen_port))
+    b.extra.append(tcp_connector("svc", echo_port))
+    net.start()
+    net.wait_converged()
+    net.wait(lambda: _listening(listen_port), "A's tcpListener to open")
+    return ca, listen_port
+
+
 def test_data_connections_use_the_links_mutual_tls(net: Network, tmp_path: Path) -> None:
     srv, echo_port, _ = _echo_server()
     try:
-        ca = CertAuthority("network CA")
-        a, b = net.router("A"), net.router("B")
-        b.listener_attrs.update(
-            {"sslProfile": "link-tls", "authenticatePeer": "true", "requireSsl": "true"}
-        )
-        a.extra.append(_ssl_profile(tmp_path / "pki", ca, "A", ca))
-        b.extra.append(_ssl_profile(tmp_path / "pki", ca, "B", ca))
-        net.link("A", "B", sslProfile="link-tls")
-        listen_port = _free_port()
-        a.extra.append(tcp_listener("svc", listen_port))
-        b.extra.append(tcp_connector("svc", echo_port))
-        net.start()
-        net.wait_converged()
-        net.wait(lambda: _listening(listen_port), "A's tcpListener to open")
+        _, listen_port = _mutual_tls_pair(net, tmp_path, echo_port)
         with socket.create_connection(("127.0.0.1", listen_port), timeout=30) as s:
             s.sendall(b"over tls")
             assert recv_exact(s, 8) == b"over tls"
@@ -906,20 +914,7 @@ def test_tls_link_profile_rotated_while_flows_run(net: Network, tmp_path: Path) 
     data connections of the old version are replaced by new ones."""
     srv, echo_port, _ = _echo_server()
     try:
-        ca = CertAuthority("network CA")
-        a, b = net.router("A"), net.router("B")
-        b.listener_attrs.update(
-            {"sslProfile": "link-tls", "authenticatePeer": "true", "requireSsl": "true"}
-        )
-        a.extra.append(_ssl_profile(tmp_path / "pki", ca, "A", ca))
-        b.extra.append(_ssl_profile(tmp_path / "pki", ca, "B", ca))
-        net.link("A", "B", sslProfile="link-tls")
-        listen_port = _free_port()
-        a.extra.append(tcp_listener("svc", listen_port))
-        b.extra.append(tcp_connector("svc", echo_port))
-        net.start()
-        net.wait_converged()
-        net.wait(lambda: _listening(listen_port), "A's tcpListener to open")
+        ca, listen_port = _mutual_tls_pair(net, tmp_path, echo_port)
 
         def versions(name: str) -> int:
             rows = net[name].query("sslProfile", ["name", "version"])
