@@ -25,10 +25,12 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
 from proton import Connection, Endpoint, Transport
 
 from bench.client import ClientPool
@@ -117,15 +119,57 @@ class HeartbeatWatcher(threading.Thread):
         )
 
 
-def _skiffd_config(cfg: MgmtConfig, mgmt: int, service: int, echo_port: int) -> str:
+def _skiffd_config(
+    cfg: MgmtConfig, mgmt: int, http: int, service: int, echo_port: int
+) -> str:
     return (
         f"router {{\n    id: bench\n    workerThreads: {cfg.workers}\n}}\n"
         f"listener {{\n    host: 127.0.0.1\n    port: {mgmt}\n}}\n"
+        f"listener {{\n    name: metrics\n    host: 127.0.0.1\n    port: {http}\n"
+        "    http: true\n}\n"
         f"tcpListener {{\n    host: 127.0.0.1\n    port: {service}\n    address: echo\n"
         "    backlog: 4096\n}\n"
         f"tcpConnector {{\n    host: 127.0.0.1\n    port: {echo_port}\n    address: echo\n}}\n"
         "log {\n    module: DEFAULT\n    enable: warning+\n}\n"
     )
+
+
+Waits = dict[str, list[tuple[float, float]]]  # direction -> (bound s, cumulative)
+
+
+def _app_waits(port: int) -> Waits:
+    """skiff_app_wait_seconds from /metrics: cumulative buckets per direction."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    out: Waits = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "skiff_app_wait_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                out.setdefault(sample.labels["direction"], []).append(
+                    (float(sample.labels["le"]), sample.value)
+                )
+    return out
+
+
+def _wait_summary(before: Waits, after: Waits) -> str:
+    """p50/p99 (bucket upper bounds, a factor of 2 apart) of each direction
+    over the phase between the two scrapes."""
+    parts = []
+    for direction in ("input", "output"):
+        b = dict(before.get(direction, []))
+        rows = [(le, c - b.get(le, 0.0)) for le, c in after.get(direction, [])]
+        total = rows[-1][1] if rows else 0.0
+
+        def q(frac: float, rows: list[tuple[float, float]] = rows, total: float = total) -> str:
+            for le, c in rows:
+                if c >= frac * total:
+                    return "inf" if le == float("inf") else f"{le * 1000:g}"
+            return "-"
+
+        parts.append(f"{direction} p50 <= {q(0.5)} ms, p99 <= {q(0.99)} ms ({total:.0f})")
+    return "; ".join(parts)
 
 
 def _queries(client: ManagementClient, seconds: float) -> list[float]:
@@ -152,11 +196,11 @@ def run_mgmt(cfg: MgmtConfig) -> int:
     connection was lost or skiffd did not start."""
     raise_nofile_limit()
     storm = StormConfig(clients=cfg.clients, duration_s=cfg.seconds + 1, procs=1)
-    mgmt, service = free_port(), free_port()
+    mgmt, http, service = free_port(), free_port(), free_port()
     tmp = Path(tempfile.mkdtemp(prefix="skiff-mgmt-bench-"))
     with EchoServer.start(1) as echo, ClientPool(storm.procs) as pool:
         conf = tmp / "bench.conf"
-        conf.write_text(_skiffd_config(cfg, mgmt, service, echo.port))
+        conf.write_text(_skiffd_config(cfg, mgmt, http, service, echo.port))
         log = (tmp / "skiffd.log").open("wb")
         router = subprocess.Popen(
             [sys.executable, "-m", "router", "-c", str(conf)],
@@ -174,14 +218,18 @@ def run_mgmt(cfg: MgmtConfig) -> int:
             watcher.start()
             client = ManagementClient(f"amqp://127.0.0.1:{mgmt}", timeout=10)
             _queries(client, 0.5)  # warm-up
+            waits0 = _app_waits(http)
             idle = _queries(client, cfg.seconds)
+            waits1 = _app_waits(http)
             start_at = time.monotonic() + START_DELAY_S
             pool.submit(round_specs(storm, pool.size, ("127.0.0.1", service), 0, start_at))
             with ThreadPoolExecutor(1) as collector:
                 # drained meanwhile, so the clients never wait on a full pipe
                 parts = collector.submit(pool.collect, storm.duration_s + storm.timeout_s + 30)
                 time.sleep(START_DELAY_S + RAMP_UP_S)
+                waits2 = _app_waits(http)
                 busy = _queries(client, cfg.seconds)
+                waits3 = _app_waits(http)
                 done = sum(p.ok for p in parts.result())
                 failed = sum(p.failed for p in parts.result())
             time.sleep(cfg.heartbeat * 1.5)  # heartbeats alone, after the storm
@@ -197,7 +245,9 @@ def run_mgmt(cfg: MgmtConfig) -> int:
         f"{cfg.seconds:g} s per phase"
     )
     print(_summary("idle", idle))
+    print(f"        waits between threads: {_wait_summary(waits0, waits1)}")
     print(_summary("storm", busy))
+    print(f"        waits between threads: {_wait_summary(waits2, waits3)}")
     print(
         f" storm: {cfg.clients} concurrent clients, {done} connections relayed "
         f"({done / storm.duration_s:.0f}/s)" + (f", {failed} failed" if failed else "")

@@ -1140,10 +1140,31 @@ class Engine:
         came due mid-batch (counted from the last in-batch check)."""
         return self._hist(lib.sk_engine_timer_dispatch_cpu, prio, worker)
 
+    def app_input_wait(self) -> Histogram:
+        """App connections: from a worker receiving bytes to ``app_read``
+        taking them, i.e. how long input waited for the control loop."""
+        return self._app_wait(lib.SK_APP_WAIT_INPUT)
+
+    def app_output_wait(self) -> Histogram:
+        """App connections: from ``app_write`` queueing into an empty queue to
+        the owning worker taking the queue to send, i.e. how long output
+        waited for the worker."""
+        return self._app_wait(lib.SK_APP_WAIT_OUTPUT)
+
+    def _app_wait(self, which: int) -> Histogram:
+        out = ffi.new("sk_hist *")
+        if lib.sk_engine_app_wait(self._ptr, which, out) != 0:
+            raise EngineError(f"no app wait histogram {which}")
+        return self._histogram(out)
+
     def _hist(self, fn: Any, prio: int, worker: int) -> Histogram:
         out = ffi.new("sk_hist *")
         if fn(self._ptr, prio, worker, out) != 0:
             raise EngineError(f"no timer histogram for prio={prio} worker={worker}")
+        return self._histogram(out)
+
+    @staticmethod
+    def _histogram(out: Any) -> Histogram:
         bounds = tuple(
             float("inf") if i == lib.SK_HIST_BUCKETS - 1 else float(lib.sk_hist_bound_ns(i))
             for i in range(lib.SK_HIST_BUCKETS)

@@ -309,3 +309,29 @@ def test_app_connect_mutual_tls(engine: Engine, tmp_path: Path) -> None:
     assert closed.a < 0
     assert "hostname mismatch" in Engine.app_close_reason(closed.a)
     assert not [e for e in seen if e.type == EventType.APP_OPEN and e.id == bad]
+
+
+def test_app_wait_histograms_count_each_direction(engine: Engine) -> None:
+    """Input waits are counted when app_read takes bytes, output waits when
+    the worker takes what app_write queued; both start empty."""
+    assert engine.app_input_wait().count == 0
+    assert engine.app_output_wait().count == 0
+    listener = engine.listen("127.0.0.1", 0, app=True)
+    c = socket.create_connection(("127.0.0.1", listener.port))
+    seen: list[Event] = []
+    cid = wait_events(engine, seen, EventType.APP_OPEN).id
+    for i in range(3):
+        c.sendall(b"ping")
+        got = bytearray()
+        wait_for(lambda: bool(got.extend(engine.app_read(cid) or b"")) or bytes(got) == b"ping")
+        engine.app_write(cid, b"pong%d" % i)
+        assert recv_exact(c, 5) == b"pong%d" % i
+    waited = engine.app_input_wait()
+    assert waited.count == 3  # one per read that took bytes; empty reads do not count
+    assert waited.max_ns > 0 and waited.sum_ns >= waited.max_ns
+    assert waited.cumulative[-1] == 3
+    wait_for(lambda: engine.app_output_wait().count == 3, what="three output waits")
+    assert engine.app_read(cid) == b""  # nothing buffered: not a pick-up
+    assert engine.app_input_wait().count == 3
+    engine.app_close(cid)
+    c.close()

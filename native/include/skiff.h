@@ -472,6 +472,16 @@ int64_t sk_app_read(sk_engine *e, uint64_t conn_id, void *buf, size_t len);
  * protocol frames. Returns 0, -2 unknown id, -3 closed. */
 int sk_app_write(sk_engine *e, uint64_t conn_id, const void *buf, size_t len);
 
+/* How long app connection bytes waited for the other thread, over all app
+ * connections (accepted and dialled) since the engine started:
+ * SK_APP_WAIT_INPUT from a worker receiving bytes to sk_app_read taking them
+ * (the control loop's pick-up delay), SK_APP_WAIT_OUTPUT from sk_app_write
+ * queueing into an empty queue to the owning worker taking the queue to send
+ * it (the worker's wake-up delay). Returns -1 for a bad which. */
+#define SK_APP_WAIT_INPUT 0
+#define SK_APP_WAIT_OUTPUT 1
+int sk_engine_app_wait(sk_engine *e, int which, sk_hist *out);
+
 /* Bytes queued and not yet written (so Python can apply its own backpressure). */
 int64_t sk_app_pending(sk_engine *e, uint64_t conn_id);
 

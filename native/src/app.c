@@ -93,6 +93,31 @@ static int append(char **buf, size_t *len, size_t *cap, const void *data, size_t
     return 0;
 }
 
+/* ------------------------------------------------------------ waits */
+
+/* sk_hist_record for a histogram any thread may write (app_wait): atomic
+ * adds; a reader may see count and buckets of slightly different instants. */
+static void wait_record(sk_hist_atomic *h, uint64_t ns)
+{
+    SK_ADD(&h->bucket[sk_hist_bucket_of(ns)], 1);
+    SK_ADD(&h->sum_ns, ns);
+    uint64_t max = SK_LOAD(&h->max_ns);
+    while (ns > max && !atomic_compare_exchange_weak_explicit(&h->max_ns, &max, ns,
+                                                              memory_order_relaxed,
+                                                              memory_order_relaxed))
+        ;
+    atomic_fetch_add_explicit(&h->count, 1, memory_order_release);
+}
+
+int sk_engine_app_wait(sk_engine *e, int which, sk_hist *out)
+{
+    if (which != SK_APP_WAIT_INPUT && which != SK_APP_WAIT_OUTPUT)
+        return -1;
+    memset(out, 0, sizeof *out);
+    sk_hist_accumulate(&e->app_wait[which], out);
+    return 0;
+}
+
 /* ------------------------------------------------------------ worker side */
 
 sk_app *sk_app_new(sk_engine *e, sk_worker *w, uint64_t id, bool outbound)
@@ -176,6 +201,8 @@ void sk_app_conn_readable(sk_worker *w, sk_conn *c)
     bool notify;
     pthread_mutex_lock(&a->lock);
     if (n > 0) {
+        if (a->in_len == 0)
+            a->in_since_ns = sk_now_ns();
         if (append(&a->in, &a->in_len, &a->in_cap, tmp, (size_t)n) != 0) {
             pthread_mutex_unlock(&a->lock);
             sk_conn_close(w, c, true);
@@ -206,8 +233,11 @@ static bool pump(sk_worker *w, sk_conn *c)
     for (int round = 0; round < 2; round++) {
         if (a->woff == a->wlen) {
             bool close_now = false, abort_now = false;
+            uint64_t queued_ns = 0;
             pthread_mutex_lock(&a->lock);
             if (a->outq_len) {
+                queued_ns = a->out_since_ns;
+                a->out_since_ns = 0;
                 /* swap: Python keeps appending to the other buffer */
                 char *tb = a->wbuf;
                 size_t tc = a->wcap;
@@ -224,6 +254,11 @@ static bool pump(sk_worker *w, sk_conn *c)
             }
             abort_now = a->abort_req;
             pthread_mutex_unlock(&a->lock);
+            if (queued_ns) {
+                uint64_t now = sk_now_ns();
+                wait_record(&w->engine->app_wait[SK_APP_WAIT_OUTPUT],
+                            now > queued_ns ? now - queued_ns : 0);
+            }
             if (abort_now || close_now) {
                 sk_conn_close(w, c, abort_now);
                 return false;
@@ -386,11 +421,15 @@ int64_t sk_app_read(sk_engine *e, uint64_t conn_id, void *buf, size_t len)
     pthread_mutex_lock(&a->lock);
     size_t n = a->in_len < len ? a->in_len : len;
     int64_t rc;
+    uint64_t arrived_ns = 0;
     if (n) {
         memcpy(buf, a->in, n);
         memmove(a->in, a->in + n, a->in_len - n);
         a->in_len -= n;
         rc = (int64_t)n;
+        arrived_ns = a->in_since_ns;
+        /* what stays was picked up now too: counted once, with this read */
+        a->in_since_ns = a->in_len ? sk_now_ns() : 0;
     } else {
         rc = a->eof ? -1 : 0;
     }
@@ -404,6 +443,10 @@ int64_t sk_app_read(sk_engine *e, uint64_t conn_id, void *buf, size_t len)
     pthread_mutex_unlock(&a->lock);
     if (post)
         kick(a);
+    if (arrived_ns) {
+        uint64_t now = sk_now_ns();
+        wait_record(&e->app_wait[SK_APP_WAIT_INPUT], now > arrived_ns ? now - arrived_ns : 0);
+    }
     sk_app_unref(a);
     return rc;
 }
@@ -416,12 +459,18 @@ int sk_app_write(sk_engine *e, uint64_t conn_id, const void *buf, size_t len)
     int rc = 0;
     bool post = false;
     pthread_mutex_lock(&a->lock);
-    if (a->closed || a->close_req || atomic_load(&e->stopping))
+    if (a->closed || a->close_req || atomic_load(&e->stopping)) {
         rc = -3;
-    else if (append(&a->outq, &a->outq_len, &a->outq_cap, buf, len) != 0)
-        rc = -4;
-    else
-        post = want_kick(a);
+    } else {
+        bool was_empty = a->outq_len == 0;
+        if (append(&a->outq, &a->outq_len, &a->outq_cap, buf, len) != 0) {
+            rc = -4;
+        } else {
+            if (was_empty && len)
+                a->out_since_ns = sk_now_ns();
+            post = want_kick(a);
+        }
+    }
     pthread_mutex_unlock(&a->lock);
     if (post)
         kick(a);

@@ -315,6 +315,9 @@ struct sk_engine {
         flows_failed, accept_paused, limit_rejected, tls_handshakes, tls_failures,
         tls_unexpected_eof, tls_closed_old, tls_resumed;
     _Atomic uint64_t app_live, app_outbound_live, app_connects_failed;
+    /* app.c: how long bytes waited between threads (sk_engine_app_wait);
+     * written by any thread with atomic adds */
+    sk_hist_atomic app_wait[2];
 
     /* data plane (dataconn.c) */
     pthread_mutex_t rid_lock; /* guards router_id (copied out, never held over I/O) */
@@ -849,6 +852,8 @@ struct sk_app {
     size_t ka_len;
     uint64_t ka_interval_ns;
     bool ka_changed;
+    uint64_t in_since_ns;  /* first byte of in not yet read: when it arrived; 0 none */
+    uint64_t out_since_ns; /* outq: when it became non-empty; 0 empty */
 
     /* worker-owned */
     char *wbuf; /* bytes being sent, swapped with outq when drained */

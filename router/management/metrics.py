@@ -130,6 +130,7 @@ class RouterCollector:
         )
         yield from self._tls()
         yield self._lateness()
+        yield self._app_wait()
         yield from self._workers()
         yield from self._engine_counters()
 
@@ -226,6 +227,21 @@ class RouterCollector:
         )
         for prio, label in ((PRIO_HIGH, "high"), (PRIO_NORMAL, "normal")):
             hist = self._engine.lateness(prio)
+            family.add_metric([label], _buckets(hist), hist.sum_ns / 1e9)
+        return family
+
+    def _app_wait(self) -> Metric:
+        family = HistogramMetricFamily(
+            "skiff_app_wait_seconds",
+            "How long management (app) connection bytes waited between threads: "
+            "input from a worker's read to the control loop taking it, output from "
+            "the control loop queueing it to the worker taking it to send.",
+            labels=["direction"],
+        )
+        for label, hist in (
+            ("input", self._engine.app_input_wait()),
+            ("output", self._engine.app_output_wait()),
+        ):
             family.add_metric([label], _buckets(hist), hist.sum_ns / 1e9)
         return family
 
