@@ -323,7 +323,12 @@ def test_app_wait_histograms_count_each_direction(engine: Engine) -> None:
     for i in range(3):
         c.sendall(b"ping")
         got = bytearray()
-        wait_for(lambda: bool(got.extend(engine.app_read(cid) or b"")) or bytes(got) == b"ping")
+
+        def whole(got: bytearray = got) -> bool:
+            got.extend(engine.app_read(cid) or b"")
+            return bytes(got) == b"ping"
+
+        wait_for(whole)
         engine.app_write(cid, b"pong%d" % i)
         assert recv_exact(c, 5) == b"pong%d" % i
     waited = engine.app_input_wait()
