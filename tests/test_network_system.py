@@ -672,7 +672,15 @@ def test_the_middle_router_killed_while_another_path_exists(net: Network) -> Non
         # clients keep working while routing converges (retry on another path)
         # and after it has (A reaches C through D)
         for i in range(20):
-            assert _round_trip(listen_port, 20_000, 100 + i), f"flow {i} failed"
+            try:
+                ok = _round_trip(listen_port, 20_000, 100 + i)
+            except OSError as e:  # say what A's data plane saw (seen once, under load)
+                ok = False
+                print(f"flow {i}: {e!r}")
+            if not ok:
+                text = net["A"].http("/metrics")[1]
+                seen = [ln for ln in text.splitlines() if ln.startswith("skiff_dataplane")]
+                pytest.fail(f"flow {i} failed\n" + "\n".join(seen) + "\n" + net["A"].log_tail(40))
         net.wait(lambda: next_hops(net, "A").get("C") == "D", "A to route to C through D")
         assert _round_trip(listen_port, 20_000, 200)
     finally:
