@@ -617,6 +617,24 @@ int sk_dc_tls_session(sk_conn *c, SSL_SESSION *sess)
     return 1;
 }
 
+/* Data connections sit idle in pools for minutes, where a NAT or a
+ * firewall may forget them, or a neighbour vanish without a FIN: keep-alive
+ * probes find such a connection dead in about a minute (30 s idle, then 3
+ * probes 10 s apart) at both ends, instead of the kernel's two hours; the
+ * dialler then refills and the acceptor's INBOUND pool drops it. */
+#define SK_DC_KEEPIDLE_S 30
+#define SK_DC_KEEPINTVL_S 10
+#define SK_DC_KEEPCNT 3
+
+static void dc_keepalive(int fd)
+{
+    int on = 1, idle = SK_DC_KEEPIDLE_S, intvl = SK_DC_KEEPINTVL_S, cnt = SK_DC_KEEPCNT;
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+}
+
 static sk_dc_pool *pool_of(sk_worker *w, sk_peer *p)
 {
     return p->pools && w->index < p->npools ? &p->pools[w->index] : NULL;
@@ -827,8 +845,7 @@ static bool pool_dial(sk_worker *w, sk_peer *p, sk_dc_pool *pl, bool inbound)
         return false;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (e->opts.keepalive)
-        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    dc_keepalive(fd); /* pooled: idle for minutes by design */
     int rc = connect(fd, (const struct sockaddr *)&d->sa, d->salen);
     if (rc != 0 && errno != EINPROGRESS) {
         close(fd);
@@ -1482,6 +1499,7 @@ static void become_data(sk_worker *w, sk_conn *c)
      * serves: it leaves the listener's count (and so its max_connections) */
     SK_SUB(&c->listener->active, 1);
     c->off_listener_count = true;
+    dc_keepalive(c->fd); /* it may be pooled: idle INBOUND or OUTBOUND */
     dc->incoming = true;
     dc->mode = SK_DC_LOCAL;
     dc->p = p;

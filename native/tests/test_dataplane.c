@@ -12,6 +12,9 @@
 #include <openssl/pem.h>
 #include <openssl/sha.h>
 #include <openssl/x509v3.h>
+#include <netinet/tcp.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #define NR 3
 static sk_engine *R[NR];
@@ -771,6 +774,22 @@ static int hello(sk_listener *l, const char *to, uint8_t *code)
 /* OUTBOUND pools: the first flow on a worker misses and fills the pool, the
  * next claims a warm connection; idle ones close after pool_idle_ms; the
  * accepting side checks the HELLO and its cap. */
+/* Sockets of this process with keep-alive on and dataconn.c's 30 s idle
+ * time (the kernel's default is 7200 s). */
+static unsigned short_keepalive_sockets(void)
+{
+    unsigned n = 0;
+    for (int fd = 3; fd < 4096; fd++) {
+        int on = 0, idle = 0;
+        socklen_t l1 = sizeof on, l2 = sizeof idle;
+        if (getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, &l1) != 0 || !on)
+            continue;
+        if (getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, &l2) == 0 && idle == 30)
+            n++;
+    }
+    return n;
+}
+
 static int test_pool(void)
 {
     rspec r2 = {.local = T_ECHO2, .local_port = ECHO2.port};
@@ -801,6 +820,8 @@ static int test_pool(void)
     CHECK_EQ_U(SK_LOAD(&pp->pool_hits), 2);
     CHECK_EQ_U(SK_LOAD(&pp->pool_misses), 1);
     CHECK(wait_u64(&pp->pool_idle, 2) == 0); /* refilled */
+    /* both ends of the idle pooled connections probe with short keep-alive */
+    CHECK_OP_U(short_keepalive_sockets(), >=, 4);
     counters(1, &b1);
     CHECK_EQ_U(b1.flows_terminated - a1.flows_terminated, 3);
     CHECK_OP_U(b1.verdicts_sent[0] - a1.verdicts_sent[0], >=, 3 + 4); /* flows and HELLOs */
