@@ -497,17 +497,26 @@ def test_a_flow_crosses_two_hops_byte_exact(net: Network) -> None:
         srv.close()
 
 
-def _line_with_service(net: Network, target_at: str = "C") -> tuple[int, socket.socket, int]:
-    srv, echo_port, _ = _echo_server()
+def _line(net: Network, address: str, target_port: int, target_at: str = "C") -> int:
+    """A line A-B-C (links dialled A -> B -> C), a tcpListener for address
+    on A and its tcpConnector to target_port on target_at; started and
+    converged, with A knowing the address. Returns the listener's port."""
     for name in "ABC":
         net.router(name)
     net.link("A", "B")
     net.link("B", "C")
     listen_port = _free_port()
-    net.specs["A"].extra.append(tcp_listener("svc", listen_port))
-    net.specs[target_at].extra.append(tcp_connector("svc", echo_port))
+    net.specs["A"].extra.append(tcp_listener(address, listen_port))
+    net.specs[target_at].extra.append(tcp_connector(address, target_port))
     net.start()
     net.wait_converged()
+    net.wait(lambda: address in net["A"].addresses(), f"A to learn {address}")
+    return listen_port
+
+
+def _line_with_service(net: Network, target_at: str = "C") -> tuple[int, socket.socket, int]:
+    srv, echo_port, _ = _echo_server()
+    listen_port = _line(net, "svc", echo_port, target_at)
     net.wait(lambda: _listening(listen_port), "A's tcpListener to open")
     return listen_port, srv, echo_port
 
@@ -760,16 +769,7 @@ def test_a_slow_reader_keeps_every_routers_memory_bounded_and_loses_nothing(
     sink = threading.Thread(target=slow_sink, daemon=True)
     sink.start()
     try:
-        for name in "ABC":
-            net.router(name)
-        net.link("A", "B")
-        net.link("B", "C")
-        listen_port = _free_port()
-        net.specs["A"].extra.append(tcp_listener("sink", listen_port))
-        net.specs["C"].extra.append(tcp_connector("sink", sink_port))
-        net.start()
-        net.wait_converged()
-        net.wait(lambda: "sink" in net["A"].addresses(), "A to learn the sink")
+        listen_port = _line(net, "sink", sink_port)
         payload = random.Random(11).randbytes(160 * 1024 * 1024)  # beyond the kernel buffers
         client = socket.create_connection(("127.0.0.1", listen_port), timeout=60)
         sender = threading.Thread(target=client.sendall, args=(payload,), daemon=True)
@@ -884,16 +884,7 @@ def test_a_reset_travels_end_to_end_both_ways_across_two_hops(net: Network) -> N
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     try:
-        for name in "ABC":
-            net.router(name)
-        net.link("A", "B")
-        net.link("B", "C")
-        listen_port = _free_port()
-        net.specs["A"].extra.append(tcp_listener("rst", listen_port))
-        net.specs["C"].extra.append(tcp_connector("rst", target_port))
-        net.start()
-        net.wait_converged()
-        net.wait(lambda: "rst" in net["A"].addresses(), "A to learn the target")
+        listen_port = _line(net, "rst", target_port)
         # the target resets: the client sees a reset, not an orderly EOF
         with socket.create_connection(("127.0.0.1", listen_port), timeout=30) as s:
             s.sendall(b"hello")
