@@ -8,6 +8,7 @@
 #include "tls_fixture.h"
 
 #include "internal.h"
+#include "dataplane_fixture.h"
 
 #include <openssl/pem.h>
 #include <openssl/sha.h>
@@ -24,31 +25,6 @@ static sk_peer *P12, *P13, *P23;
 static sk_target *T_ECHO2, *T_ECHO3, *T_DEAD2, *T_SRV2;
 static echo_server ECHO2, ECHO3;
 static int DEADP = 0, DEADFD = -1;
-
-static sk_engine *mk_engine_n(const char *id, int workers)
-{
-    sk_engine_options o;
-    sk_engine_options_init(&o);
-    o.worker_threads = workers;
-    o.relay_buffer_bytes = 16384;
-    o.connect_timeout_ms = 2000;
-    o.backoff_initial_ms = 100;
-    o.backoff_max_ms = 200;
-    char err[SK_ERRLEN] = "";
-    sk_engine *e = sk_engine_create(&o, err, sizeof err);
-    if (!e) {
-        fprintf(stderr, "sk_engine_create: %s\n", err);
-        exit(1);
-    }
-    if (sk_engine_set_router_id(e, id) != 0)
-        exit(1);
-    return e;
-}
-
-static sk_engine *mk_engine(const char *id)
-{
-    return mk_engine_n(id, 2);
-}
 
 static sk_listener *mk_listener(sk_engine *e, int app, int data_ok, uint32_t aid, uint64_t uid)
 {
@@ -121,50 +97,8 @@ static void counters(int i, sk_dataplane_counters *c)
 
 /* ------------------------------------------------------------ byte-exact */
 
-typedef struct sender {
-    int fd;
-    const uint8_t *buf;
-    size_t len;
-    int rc;
-} sender;
-
-static void *send_th(void *arg)
-{
-    sender *s = arg;
-    s->rc = send_all(s->fd, s->buf, s->len);
-    shutdown(s->fd, SHUT_WR);
-    return NULL;
-}
-
 /* Sends len random bytes through R1's client listener and checks the echo
  * (sha256 of both) and the EOF after it. */
-static int echo_exact_on(int port, size_t len, uint64_t seed)
-{
-    uint8_t *out = malloc(len ? len : 1), *in = malloc(len + 1);
-    if (!out || !in)
-        return -1;
-    for (size_t i = 0; i < len; i++)
-        out[i] = (uint8_t)(tl_rand(&seed) >> 24);
-    int fd = connect_to(port);
-    if (fd < 0)
-        return -1;
-    sender s = {fd, out, len, 0};
-    pthread_t th;
-    pthread_create(&th, NULL, send_th, &s);
-    size_t got = recv_exact(fd, in, len + 1); /* one more: must be EOF */
-    pthread_join(th, NULL);
-    int eof = got == len;
-    unsigned char h1[32], h2[32];
-    SHA256(out, len, h1);
-    SHA256(in, got < len ? got : len, h2);
-    close(fd);
-    free(out);
-    free(in);
-    CHECK_MSG(s.rc == 0, "send failed");
-    CHECK_MSG(eof, "got %zu of %zu bytes", got, len);
-    CHECK_MSG(memcmp(h1, h2, 32) == 0, "sha256 differs (%zu bytes)", len);
-    return s.rc == 0 && eof && memcmp(h1, h2, 32) == 0 ? 0 : -1;
-}
 
 static int echo_exact(size_t len, uint64_t seed)
 {
@@ -220,36 +154,6 @@ static int test_three_hops(void)
 }
 
 /* ------------------------------------------------------------ one-shot server */
-
-enum { SRV_HALF = 1, SRV_RESET };
-
-typedef struct oneshot {
-    int lfd, port, mode;
-    pthread_t th;
-    char got[64];
-    size_t got_n;
-} oneshot;
-
-static void *oneshot_th(void *arg)
-{
-    oneshot *o = arg;
-    int fd = accept4(o->lfd, NULL, NULL, SOCK_CLOEXEC);
-    if (fd < 0)
-        return NULL;
-    set_timeouts(fd, WAIT_MS);
-    if (o->mode == SRV_HALF) {
-        send_all(fd, "bye", 3);
-        shutdown(fd, SHUT_WR); /* server -> client finished first */
-        o->got_n = recv_exact(fd, o->got, sizeof o->got);
-    } else {
-        char b[4];
-        recv_exact(fd, b, 4);
-        struct linger lg = {.l_onoff = 1, .l_linger = 0};
-        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    }
-    close(fd);
-    return NULL;
-}
 
 static int test_half_close_and_reset(void)
 {
@@ -464,7 +368,6 @@ static int test_bad_headers(void)
     return 0;
 }
 
-
 /* ------------------------------------------------------------ TLS */
 
 static char tmpdir[64] = "/tmp/dataplane-test-XXXXXX";
@@ -618,7 +521,6 @@ static int test_verdict_relayed_upstream(void)
     return 0;
 }
 
-
 /* ------------------------------------------------------------ concurrency */
 
 typedef struct conc_arg {
@@ -704,7 +606,6 @@ static int test_stop_while_waiting(void)
     return 0;
 }
 
-
 /* A routing loop (R1 and R2 each think R3 is behind the other): the flow
  * bounces until its hops run out, and HOP_LIMIT comes back to the origin. */
 static int test_loop_hop_limit(void)
@@ -733,24 +634,7 @@ static int test_loop_hop_limit(void)
     return 0;
 }
 
-
 /* ------------------------------------------------------------ pools */
-
-static int wait_u64(_Atomic uint64_t *v, uint64_t want)
-{
-    uint64_t end = mono_ms() + WAIT_MS;
-    while (SK_LOAD(v) != want && mono_ms() < end)
-        usleep(5000);
-    return SK_LOAD(v) == want ? 0 : -1;
-}
-
-static int wait_i64(_Atomic int64_t *v, int64_t want)
-{
-    uint64_t end = mono_ms() + WAIT_MS;
-    while (SK_LOAD(v) != want && mono_ms() < end)
-        usleep(5000);
-    return SK_LOAD(v) == want ? 0 : -1;
-}
 
 /* Writes a HELLO to listener l of R2; returns the fd after reading the
  * verdict (code in *code), or -1. */
@@ -794,7 +678,7 @@ static int test_pool(void)
 {
     rspec r2 = {.local = T_ECHO2, .local_port = ECHO2.port};
     REQUIRE(publish(R[1], &r2) == 0);
-    sk_engine *rp = mk_engine_n("RP", 1);
+    sk_engine *rp = dp_engine("RP", 1);
     sk_listener *cl = mk_listener(rp, 0, 0, 0, 400);
     sk_peer_options po;
     sk_peer_options_init(&po);
@@ -884,7 +768,6 @@ static int test_pool(void)
     return 0;
 }
 
-
 /* A fake neighbour: answers a HELLO with OK, then reads the FLOW and closes
  * without a verdict (a pooled connection that died under its claim). */
 static _Atomic int FAKE_HELLOS, FAKE_FLOWS;
@@ -944,7 +827,7 @@ static int test_pool_dead_claims(void)
     f.lfd = bound_socket(1, &f.port);
     REQUIRE(f.lfd >= 0);
     pthread_create(&f.th, NULL, fake_accept, &f);
-    sk_engine *rp = mk_engine_n("RP", 1);
+    sk_engine *rp = dp_engine("RP", 1);
     sk_listener *cl = mk_listener(rp, 0, 0, 0, 500);
     sk_peer_options po;
     sk_peer_options_init(&po);
@@ -1022,7 +905,7 @@ int main(void)
     alarm(110);
     const char *ids[NR] = {"R1", "R2", "R3"};
     for (int i = 0; i < NR; i++) {
-        R[i] = mk_engine(ids[i]);
+        R[i] = dp_engine(ids[i], 2);
         DL[i] = mk_listener(R[i], 1, 1, 0, 200 + (uint64_t)i);
     }
     CL = mk_listener(R[0], 0, 0, 0, 100);

@@ -15,6 +15,7 @@
 #include "tls_fixture.h"
 
 #include "internal.h"
+#include "dataplane_fixture.h"
 
 #include <openssl/sha.h>
 
@@ -25,26 +26,6 @@ static sk_peer *RPD;                 /* A's reverse peer for D */
 static sk_peer *PDA;                 /* D's peer for A: INBOUND pool */
 static sk_target *T_ECHOD, *T_ECHOE, *T_SRVD;
 static echo_server ECHOD, ECHOE;
-
-static sk_engine *mk_engine(const char *id, int workers)
-{
-    sk_engine_options o;
-    sk_engine_options_init(&o);
-    o.worker_threads = workers;
-    o.relay_buffer_bytes = 16384;
-    o.connect_timeout_ms = 2000;
-    o.backoff_initial_ms = 100;
-    o.backoff_max_ms = 200;
-    char err[SK_ERRLEN] = "";
-    sk_engine *e = sk_engine_create(&o, err, sizeof err);
-    if (!e) {
-        fprintf(stderr, "sk_engine_create: %s\n", err);
-        exit(1);
-    }
-    if (sk_engine_set_router_id(e, id) != 0)
-        exit(1);
-    return e;
-}
 
 static sk_listener *mk_listener_on(sk_engine *e, int data_ok, uint64_t uid, int port,
                                    int tls_slot)
@@ -151,14 +132,6 @@ static int publish(sk_engine *e, const rspec *s)
     return 0;
 }
 
-static int wait_u64(_Atomic uint64_t *v, uint64_t want)
-{
-    uint64_t end = mono_ms() + WAIT_MS;
-    while (SK_LOAD(v) != want && mono_ms() < end)
-        usleep(5000);
-    return SK_LOAD(v) == want ? 0 : -1;
-}
-
 static int wait_u64_ge(_Atomic uint64_t *v, uint64_t want)
 {
     uint64_t end = mono_ms() + WAIT_MS;
@@ -168,52 +141,6 @@ static int wait_u64_ge(_Atomic uint64_t *v, uint64_t want)
 }
 
 /* ------------------------------------------------------------ byte-exact */
-
-typedef struct sender {
-    int fd;
-    const uint8_t *buf;
-    size_t len;
-    int rc;
-} sender;
-
-static void *send_th(void *arg)
-{
-    sender *s = arg;
-    s->rc = send_all(s->fd, s->buf, s->len);
-    shutdown(s->fd, SHUT_WR);
-    return NULL;
-}
-
-static int echo_exact_on(int port, size_t len, uint64_t seed)
-{
-    uint8_t *out = malloc(len ? len : 1), *in = malloc(len + 1);
-    if (!out || !in)
-        return -1;
-    for (size_t i = 0; i < len; i++)
-        out[i] = (uint8_t)(tl_rand(&seed) >> 24);
-    int fd = connect_to(port);
-    if (fd < 0) {
-        free(out);
-        free(in);
-        return -1;
-    }
-    sender s = {fd, out, len, 0};
-    pthread_t th;
-    pthread_create(&th, NULL, send_th, &s);
-    size_t got = recv_exact(fd, in, len + 1); /* one more: must be EOF */
-    pthread_join(th, NULL);
-    int eof = got == len;
-    unsigned char h1[32], h2[32];
-    SHA256(out, len, h1);
-    SHA256(in, got < len ? got : len, h2);
-    close(fd);
-    free(out);
-    free(in);
-    CHECK_MSG(s.rc == 0, "send failed");
-    CHECK_MSG(eof, "got %zu of %zu bytes", got, len);
-    CHECK_MSG(memcmp(h1, h2, 32) == 0, "sha256 differs (%zu bytes)", len);
-    return s.rc == 0 && eof && memcmp(h1, h2, 32) == 0 ? 0 : -1;
-}
 
 static int echo_a(size_t len, uint64_t seed)
 {
@@ -305,36 +232,6 @@ static int test_listing(void)
     }
     close(fd);
     return 0;
-}
-
-enum { SRV_HALF = 1, SRV_RESET };
-
-typedef struct oneshot {
-    int lfd, port, mode;
-    pthread_t th;
-    char got[64];
-    size_t got_n;
-} oneshot;
-
-static void *oneshot_th(void *arg)
-{
-    oneshot *o = arg;
-    int fd = accept4(o->lfd, NULL, NULL, SOCK_CLOEXEC);
-    if (fd < 0)
-        return NULL;
-    set_timeouts(fd, WAIT_MS);
-    if (o->mode == SRV_HALF) {
-        send_all(fd, "bye", 3);
-        shutdown(fd, SHUT_WR);
-        o->got_n = recv_exact(fd, o->got, sizeof o->got);
-    } else {
-        char b[4];
-        recv_exact(fd, b, 4);
-        struct linger lg = {.l_onoff = 1, .l_linger = 0};
-        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    }
-    close(fd);
-    return NULL;
 }
 
 /* Half-close each way and a reset, over a REVERSE data connection. */
@@ -729,7 +626,7 @@ static int test_handoff(void)
 {
     echo_server es;
     REQUIRE(echo_fresh(&es) == 0);
-    sk_engine *a2 = mk_engine("A2", 2);
+    sk_engine *a2 = dp_engine("A2", 2);
     sk_listener *dl = mk_listener(a2, 1, 700);
     sk_listener *cl = mk_listener(a2, 0, 701);
     sk_peer *rp = mk_reverse(a2, "D", 0, 0, 5000);
@@ -802,7 +699,7 @@ static int test_refill_backoff(void)
     CHECK_OP_U(s.inbound_failures, <=, backoff_dials_max(elapsed, 2));
     CHECK_EQ_U(s.inbound_idle, 0);
     close(hold);
-    sk_engine *a3 = mk_engine("A3", 1);
+    sk_engine *a3 = dp_engine("A3", 1);
     sk_listener *dl = mk_listener_on(a3, 1, 900, port, -1);
     sk_listener *cl = mk_listener(a3, 0, 901);
     sk_peer *rp = mk_reverse(a3, "D", 0, 0, 0);
@@ -839,7 +736,7 @@ static int test_demand(void)
 {
     echo_server es;
     REQUIRE(echo_fresh(&es) == 0);
-    sk_engine *a4 = mk_engine("A4", 1);
+    sk_engine *a4 = dp_engine("A4", 1);
     sk_listener *dl = mk_listener(a4, 1, 950);
     sk_listener *cl = mk_listener(a4, 0, 951);
     sk_peer *rp = mk_reverse(a4, "D", 0, 0, 5000);
@@ -914,7 +811,7 @@ static int test_tls(void)
     snprintf(ca, sizeof ca, "%s/a.pem", tmpdir);
     snprintf(cak, sizeof cak, "%s/a.key", tmpdir);
     REQUIRE(make_material("router-link", ca, cak) == 0);
-    sk_engine *a5 = mk_engine("A5", 1);
+    sk_engine *a5 = dp_engine("A5", 1);
     int sa = tls_slot(a5, ca, cak, ca);
     int sd = tls_slot(D, ca, cak, ca);
     REQUIRE(sa >= 0 && sd >= 0);
@@ -992,9 +889,9 @@ int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     alarm(110);
-    A = mk_engine("A", 1);
-    D = mk_engine("D", 1);
-    EE = mk_engine("E", 1);
+    A = dp_engine("A", 1);
+    D = dp_engine("D", 1);
+    EE = dp_engine("E", 1);
     DLA = mk_listener(A, 1, 200);
     DLE = mk_listener(EE, 1, 201);
     CLA = mk_listener(A, 0, 100);
