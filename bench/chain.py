@@ -40,7 +40,7 @@ from typing import Any
 
 from bench.bulk import BulkFigures, SinkServer, run_streams
 from bench.client import ClientPool
-from bench.compare import Sample
+from bench.compare import Sample, _stats
 from bench.echo import EchoServer
 from bench.host import environment, raise_nofile_limit, read_process_cpu_s, read_threads_cpu_s
 from bench.idle import IdleHold
@@ -538,17 +538,6 @@ class _Runner:
 
 
 # ---------------------------------------------------------------- report
-
-
-def _stats(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    return {
-        "min": min(values),
-        "median": statistics.median(values),
-        "max": max(values),
-        "n": float(len(values)),
-    }
 
 
 @dataclass(slots=True)

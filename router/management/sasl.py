@@ -123,26 +123,13 @@ class SaslInit:
 
 def decode_init(body: bytes) -> SaslInit:
     """Decodes a sasl-init performative; anything else is a SaslError."""
-    data = Data()
-    try:
-        data.decode(body)
-        data.rewind()
-        data.next()
-        value = data.get_object()
-    except Exception as e:
-        raise SaslError(f"cannot decode SASL frame: {e}") from e
-    if not isinstance(value, Described):
-        raise SaslError("SASL frame body is not a described performative")
-    descriptor = value.descriptor
-    if descriptor not in (SASL_INIT, "amqp:sasl-init:list"):
+    descriptor, fields = decode_performative(body)
+    if descriptor != SASL_INIT:
         raise SaslError(f"expected sasl-init, got performative {descriptor!r}")
-    fields = value.value if isinstance(value.value, list) else []
     if not fields or not isinstance(fields[0], str):
         raise SaslError("sasl-init has no mechanism")
     response = fields[1] if len(fields) > 1 else None
     hostname = fields[2] if len(fields) > 2 else None
-    if isinstance(response, (memoryview, bytearray)):
-        response = bytes(response)  # proton decodes binary as a memoryview
     if response is not None and not isinstance(response, bytes):
         raise SaslError("sasl-init initial-response is not binary")
     return SaslInit(str(fields[0]), response, str(hostname) if isinstance(hostname, str) else None)
@@ -320,7 +307,9 @@ def decode_performative(body: bytes) -> tuple[object, list[object]]:
     if isinstance(descriptor, str):
         descriptor = named.get(descriptor, descriptor)
     fields = value.value if isinstance(value.value, list) else []
-    return descriptor, list(fields)
+    # proton decodes binary as a memoryview into the Data's own buffer,
+    # which goes with it: copy before returning
+    return descriptor, [bytes(f) if isinstance(f, (memoryview, bytearray)) else f for f in fields]
 
 
 def mechanism_names(value: object) -> frozenset[str]:
