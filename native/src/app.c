@@ -95,20 +95,6 @@ static int append(char **buf, size_t *len, size_t *cap, const void *data, size_t
 
 /* ------------------------------------------------------------ waits */
 
-/* sk_hist_record for a histogram any thread may write (app_wait): atomic
- * adds; a reader may see count and buckets of slightly different instants. */
-static void wait_record(sk_hist_atomic *h, uint64_t ns)
-{
-    SK_ADD(&h->bucket[sk_hist_bucket_of(ns)], 1);
-    SK_ADD(&h->sum_ns, ns);
-    uint64_t max = SK_LOAD(&h->max_ns);
-    while (ns > max && !atomic_compare_exchange_weak_explicit(&h->max_ns, &max, ns,
-                                                              memory_order_relaxed,
-                                                              memory_order_relaxed))
-        ;
-    atomic_fetch_add_explicit(&h->count, 1, memory_order_release);
-}
-
 int sk_engine_app_wait(sk_engine *e, int which, sk_hist *out)
 {
     if (which != SK_APP_WAIT_INPUT && which != SK_APP_WAIT_OUTPUT)
@@ -256,8 +242,8 @@ static bool pump(sk_worker *w, sk_conn *c)
             pthread_mutex_unlock(&a->lock);
             if (queued_ns) {
                 uint64_t now = sk_now_ns();
-                wait_record(&w->engine->app_wait[SK_APP_WAIT_OUTPUT],
-                            now > queued_ns ? now - queued_ns : 0);
+                sk_hist_record_shared(&w->engine->app_wait[SK_APP_WAIT_OUTPUT],
+                                      now > queued_ns ? now - queued_ns : 0);
             }
             if (abort_now || close_now) {
                 sk_conn_close(w, c, abort_now);
@@ -445,7 +431,8 @@ int64_t sk_app_read(sk_engine *e, uint64_t conn_id, void *buf, size_t len)
         kick(a);
     if (arrived_ns) {
         uint64_t now = sk_now_ns();
-        wait_record(&e->app_wait[SK_APP_WAIT_INPUT], now > arrived_ns ? now - arrived_ns : 0);
+        sk_hist_record_shared(&e->app_wait[SK_APP_WAIT_INPUT],
+                              now > arrived_ns ? now - arrived_ns : 0);
     }
     sk_app_unref(a);
     return rc;

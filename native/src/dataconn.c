@@ -621,12 +621,14 @@ int sk_dc_tls_session(sk_conn *c, SSL_SESSION *sess)
  * firewall may forget them, or a neighbour vanish without a FIN: keep-alive
  * probes find such a connection dead in about a minute (30 s idle, then 3
  * probes 10 s apart) at both ends, instead of the kernel's two hours; the
- * dialler then refills and the acceptor's INBOUND pool drops it. */
+ * dialler then refills and the acceptor's INBOUND pool drops it. Set on
+ * each dialled socket, and on data_ok listening sockets, whose accepted
+ * connections inherit it (listener.c). */
 #define SK_DC_KEEPIDLE_S 30
 #define SK_DC_KEEPINTVL_S 10
 #define SK_DC_KEEPCNT 3
 
-static void dc_keepalive(int fd)
+void sk_dc_keepalive(int fd)
 {
     int on = 1, idle = SK_DC_KEEPIDLE_S, intvl = SK_DC_KEEPINTVL_S, cnt = SK_DC_KEEPCNT;
     setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
@@ -845,7 +847,7 @@ static bool pool_dial(sk_worker *w, sk_peer *p, sk_dc_pool *pl, bool inbound)
         return false;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    dc_keepalive(fd); /* pooled: idle for minutes by design */
+    sk_dc_keepalive(fd); /* pooled: idle for minutes by design */
     int rc = connect(fd, (const struct sockaddr *)&d->sa, d->salen);
     if (rc != 0 && errno != EINPROGRESS) {
         close(fd);
@@ -1499,7 +1501,6 @@ static void become_data(sk_worker *w, sk_conn *c)
      * serves: it leaves the listener's count (and so its max_connections) */
     SK_SUB(&c->listener->active, 1);
     c->off_listener_count = true;
-    dc_keepalive(c->fd); /* it may be pooled: idle INBOUND or OUTBOUND */
     dc->incoming = true;
     dc->mode = SK_DC_LOCAL;
     dc->p = p;

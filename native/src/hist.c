@@ -27,6 +27,20 @@ void sk_hist_record(sk_hist_atomic *h, uint64_t ns)
     atomic_store_explicit(&h->count, SK_LOAD(&h->count) + 1, memory_order_release);
 }
 
+void sk_hist_record_shared(sk_hist_atomic *h, uint64_t ns)
+{
+    /* any thread may write (atomic adds); a reader may see count and buckets
+     * of slightly different instants */
+    SK_ADD(&h->bucket[sk_hist_bucket_of(ns)], 1);
+    SK_ADD(&h->sum_ns, ns);
+    uint64_t max = SK_LOAD(&h->max_ns);
+    while (ns > max && !atomic_compare_exchange_weak_explicit(&h->max_ns, &max, ns,
+                                                              memory_order_relaxed,
+                                                              memory_order_relaxed))
+        ;
+    atomic_fetch_add_explicit(&h->count, 1, memory_order_release);
+}
+
 void sk_hist_accumulate(const sk_hist_atomic *h, sk_hist *out)
 {
     out->count += atomic_load_explicit(&h->count, memory_order_acquire);

@@ -88,6 +88,8 @@ typedef struct sk_hist_atomic {
 
 int sk_hist_bucket_of(uint64_t ns);
 void sk_hist_record(sk_hist_atomic *h, uint64_t ns);
+/* the same for a histogram several threads write (app waits) */
+void sk_hist_record_shared(sk_hist_atomic *h, uint64_t ns);
 /* Adds h into out (cumulative buckets). */
 void sk_hist_accumulate(const sk_hist_atomic *h, sk_hist *out);
 
@@ -721,6 +723,9 @@ int sk_dc_tls_session(sk_conn *c, SSL_SESSION *sess);
 /* tls_io.c: the client contexts' new-session callback (tls.c installs it). */
 int sk_tls_new_session_cb(SSL *ssl, SSL_SESSION *sess);
 
+/* Short TCP keep-alive for data connections (dialled sockets, and data_ok
+ * listening sockets, whose accepted connections inherit it). */
+void sk_dc_keepalive(int fd);
 /* The mode, address id and FLOW fields of client c's flow. */
 int sk_dc_mode(const sk_conn *client);
 uint32_t sk_dc_address(const sk_conn *client);

@@ -235,6 +235,8 @@ sk_listener *sk_listener_open(sk_engine *e, const sk_listener_options *opts, cha
         }
         if (fd < 0)
             goto fail;
+        if (opts->data_ok)
+            sk_dc_keepalive(fd); /* inherited by every accepted connection */
         fds[i] = fd;
         if (i == 0) {
             /* the rest of the group binds the port the first one got */

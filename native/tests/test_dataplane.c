@@ -658,15 +658,18 @@ static int hello(sk_listener *l, const char *to, uint8_t *code)
 /* OUTBOUND pools: the first flow on a worker misses and fills the pool, the
  * next claims a warm connection; idle ones close after pool_idle_ms; the
  * accepting side checks the HELLO and its cap. */
-/* Sockets of this process with keep-alive on and dataconn.c's 30 s idle
- * time (the kernel's default is 7200 s). */
+/* Connected sockets of this process (listening ones left out: accepted
+ * connections must have inherited it) with keep-alive on and dataconn.c's
+ * 30 s idle time (the kernel's default is 7200 s). */
 static unsigned short_keepalive_sockets(void)
 {
     unsigned n = 0;
     for (int fd = 3; fd < 4096; fd++) {
-        int on = 0, idle = 0;
-        socklen_t l1 = sizeof on, l2 = sizeof idle;
+        int on = 0, idle = 0, listening = 0;
+        socklen_t l1 = sizeof on, l2 = sizeof idle, l3 = sizeof listening;
         if (getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, &l1) != 0 || !on)
+            continue;
+        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &l3) != 0 || listening)
             continue;
         if (getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, &l2) == 0 && idle == 30)
             n++;
