@@ -37,6 +37,7 @@ network (a line) is skipped, not measured.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -49,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.host import environment, read_process_cpu_s, read_threads_cpu_s
-from bench.netharness import FAST_TIMERS, Network
+from bench.netharness import FAST_TIMERS, Network, Router
 from bench.results import envelope
 from router.tools.client import CONNECT_ERRORS, ManagementClient, ManagementFailure
 
@@ -499,10 +500,10 @@ def _run_topology(
         check = wait_routes(poller, full, time.monotonic(), cfg.timeout_s, 0)
         if check.seconds is None:
             raise RuntimeError(f"{kind}: routes never became correct: {check.problem}")
-        runners = {
+        runners: dict[str, Callable[..., dict[str, Any]]] = {
             "link_cut": _link_cut,
-            "router_kill": _router_kill,
-            "router_freeze": _router_freeze,
+            "router_kill": functools.partial(_router_loss, _KILL),
+            "router_freeze": functools.partial(_router_loss, _FREEZE),
             "address": _address,
         }
         for phase in phases:
@@ -583,7 +584,47 @@ def _link_cut(
     }
 
 
-def _router_kill(
+@dataclass(frozen=True)
+class _Loss:
+    """How a router is lost and brought back, and the names its figures go
+    under in the JSON."""
+
+    lose: Callable[[Router], None]
+    restore: Callable[[Router], None]
+    lost_key: str  # the round's key for the time to correct routes after the loss
+    back_key: str  # ... after the restore (also the result's summary key)
+    lose_text: str
+    back_text: str
+    # the loss may leave the router unable to restore itself if the wait
+    # raises (SIGSTOP): restore it whatever happens
+    restore_always: bool
+
+
+def _kill(r: Router) -> None:
+    r.kill()
+
+
+def _restart(r: Router) -> None:
+    r.start()
+    r.wait_started()
+
+
+_KILL = _Loss(_kill, _restart, "kill", "rejoin", "kill -9", "rejoined", False)
+# SIGSTOP: the router's connections stay open, only its HELLOs stop, so its
+# neighbours must notice by helloMaxAgeSeconds of silence
+_FREEZE = _Loss(
+    lambda r: r.signal(signal.SIGSTOP),
+    lambda r: r.signal(signal.SIGCONT),
+    "stop",
+    "cont",
+    "SIGSTOP",
+    "back after SIGCONT",
+    True,
+)
+
+
+def _router_loss(
+    loss: _Loss,
     cfg: NetworkBenchConfig,
     net: Network,
     poller: Poller,
@@ -592,6 +633,9 @@ def _router_kill(
     links: list[tuple[str, str, int]],
     say: Callable[[str], None],
 ) -> dict[str, Any]:
+    """Rounds of losing a router (not one whose loss splits the network),
+    timing until every router's routes are right without it, then after it
+    is back."""
     candidates = kill_candidates(names, links) if len(names) > 2 else []
     if not candidates:
         return {"topology": kind, "skipped": f"losing any router of this {kind} splits it"}
@@ -604,72 +648,33 @@ def _router_kill(
         poller.drop(victim)
         snap = cpu_snapshot(net)
         t0 = time.monotonic()
-        net[victim].kill()
-        lost = wait_routes(poller, want, t0, cfg.timeout_s, cfg.settle_s, cfg.poll_pause_s)
-        t1 = time.monotonic()
-        net[victim].start()
-        net[victim].wait_started()
-        rejoin = wait_routes(
-            poller, full, t1, max(cfg.timeout_s, 30.0), cfg.settle_s, cfg.poll_pause_s
-        )
-        say(f"kill -9 {victim}: {_fmt_s(lost.seconds)}, rejoined {_fmt_s(rejoin.seconds)}")
-        rounds.append({"router": victim, "kill": lost.to_dict(), "rejoin": rejoin.to_dict(),
-                       "routers_cpu": cpu_since(net, snap)})  # fmt: skip
-        if rejoin.seconds is None:
-            error = f"{victim} restarted, routes not correct after the wait: {rejoin.problem}"
-            break
-    return {
-        "topology": kind,
-        "error": error,
-        "summary": summary([r["kill"]["seconds"] for r in rounds]),
-        "rejoin": summary([r["rejoin"]["seconds"] for r in rounds]),
-        "rounds": rounds,
-    }
-
-
-def _router_freeze(
-    cfg: NetworkBenchConfig,
-    net: Network,
-    poller: Poller,
-    kind: str,
-    names: list[str],
-    links: list[tuple[str, str, int]],
-    say: Callable[[str], None],
-) -> dict[str, Any]:
-    """SIGSTOP: the router's connections stay open, only its HELLOs stop, so
-    its neighbours must notice by helloMaxAgeSeconds of silence."""
-    candidates = kill_candidates(names, links) if len(names) > 2 else []
-    if not candidates:
-        return {"topology": kind, "skipped": f"losing any router of this {kind} splits it"}
-    full = expected_routes(graph_of(names, links))
-    rounds: list[dict[str, Any]] = []
-    error: str | None = None
-    for i in range(cfg.rounds):
-        victim = candidates[i % min(len(candidates), 3)]
-        want = expected_routes(graph_of(names, links, down=[victim]))
-        poller.drop(victim)
-        snap = cpu_snapshot(net)
-        t0 = time.monotonic()
-        net[victim].signal(signal.SIGSTOP)
+        loss.lose(net[victim])
         try:
             lost = wait_routes(poller, want, t0, cfg.timeout_s, cfg.settle_s, cfg.poll_pause_s)
-        finally:
-            t1 = time.monotonic()
-            net[victim].signal(signal.SIGCONT)
+        except BaseException:
+            if loss.restore_always:
+                loss.restore(net[victim])
+            raise
+        t1 = time.monotonic()
+        loss.restore(net[victim])
         back = wait_routes(
             poller, full, t1, max(cfg.timeout_s, 30.0), cfg.settle_s, cfg.poll_pause_s
         )
-        say(f"SIGSTOP {victim}: {_fmt_s(lost.seconds)}, back after SIGCONT {_fmt_s(back.seconds)}")
-        rounds.append({"router": victim, "stop": lost.to_dict(), "cont": back.to_dict(),
+        say(
+            f"{loss.lose_text} {victim}: {_fmt_s(lost.seconds)}, "
+            f"{loss.back_text} {_fmt_s(back.seconds)}"
+        )
+        rounds.append({"router": victim, loss.lost_key: lost.to_dict(),
+                       loss.back_key: back.to_dict(),
                        "routers_cpu": cpu_since(net, snap)})  # fmt: skip
         if back.seconds is None:
-            error = f"{victim} continued, routes not correct after the wait: {back.problem}"
+            error = f"{victim} {loss.back_text}, routes not correct after the wait: {back.problem}"
             break
     return {
         "topology": kind,
         "error": error,
-        "summary": summary([r["stop"]["seconds"] for r in rounds]),
-        "cont": summary([r["cont"]["seconds"] for r in rounds]),
+        "summary": summary([r[loss.lost_key]["seconds"] for r in rounds]),
+        loss.back_key: summary([r[loss.back_key]["seconds"] for r in rounds]),
         "rounds": rounds,
     }
 
