@@ -229,7 +229,9 @@ static bool queue_verdict(sk_worker *w, sk_conn *c, uint8_t code, uint8_t detail
 
 /* ------------------------------------------------------------ refusal */
 
-static void linger_timeout(sk_worker *w, sk_timer *t, uint64_t now)
+/* A connection's timer that just closes it: a refusal's linger, a pooled
+ * connection's idle time. */
+static void close_on_timeout(sk_worker *w, sk_timer *t, uint64_t now)
 {
     SK_UNUSED(now);
     sk_conn_close(w, SK_CONTAINER_OF(t, sk_conn, tmo), false);
@@ -273,7 +275,7 @@ static void refuse(sk_worker *w, sk_conn *c, uint8_t code, uint8_t detail, uint6
     shutdown(c->fd, SHUT_WR);
     c->wr_shut = true;
     sk_conn_enter(c, SK_C_OPEN, linger_io);
-    c->tmo.cb = linger_timeout;
+    c->tmo.cb = close_on_timeout;
     sk_worker_schedule(w, SK_PRIO_NORMAL, &c->tmo, sk_now_ns() + SK_DC_LINGER_MS * 1000000ull);
     set_interest(w, c, EPOLLIN);
 }
@@ -709,12 +711,6 @@ static void pool_decay(sk_dc_pool *pl, uint32_t base, uint64_t now)
     SK_STORE(&pl->target_pub, pl->target);
 }
 
-static void pool_idle_timeout(sk_worker *w, sk_timer *t, uint64_t now)
-{
-    SK_UNUSED(now);
-    sk_conn_close(w, SK_CONTAINER_OF(t, sk_conn, tmo), false);
-}
-
 /* on_io of an idle pooled connection: nothing may arrive but TLS
  * housekeeping (session tickets); EOF, a reset or bytes end it. */
 static void pool_idle_io(sk_worker *w, sk_handle *h, uint32_t ev)
@@ -734,7 +730,7 @@ static void idle_timer(sk_worker *w, sk_conn *s)
     uint32_t ms = s->dc->peer->pool_idle_ms;
     if (!ms)
         return; /* a reverse peer's: the dialler closes its idle ones */
-    s->tmo.cb = pool_idle_timeout;
+    s->tmo.cb = close_on_timeout;
     sk_worker_schedule(w, SK_PRIO_NORMAL, &s->tmo, sk_now_ns() + (uint64_t)ms * 1000000u);
 }
 

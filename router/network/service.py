@@ -219,12 +219,7 @@ class NetworkService:
         self._publish_remote(table)
         if self._change_started is not None:
             self.convergence_s = now - self._change_started
-        for listener in self._route_listeners:
-            try:
-                listener(table)
-            except Exception:  # noqa: BLE001 - one consumer's bug must not cost the others
-                self.handler_errors += 1
-                _log.exception("route table consumer failed")
+        self._notify(self._route_listeners, table, "route table")
 
     def remote_routes(self, table: RouteTable) -> dict[str, list[RemoteRoute]]:
         """The table's remote destinations as the engine takes them: each
@@ -278,13 +273,17 @@ class NetworkService:
         self._remote_listeners.append(listener)
 
     def _publish_remote(self, table: RouteTable) -> None:
-        routes = self.remote_routes(table)
-        for listener in self._remote_listeners:
+        self._notify(self._remote_listeners, self.remote_routes(table), "remote route")
+
+    def _notify(self, listeners: list[Callable[[Any], None]], value: Any, what: str) -> None:
+        """Hands value to every listener; one consumer's bug must not cost
+        the others (counted and logged)."""
+        for listener in listeners:
             try:
-                listener(routes)
-            except Exception:  # noqa: BLE001 - one consumer's bug must not cost the others
+                listener(value)
+            except Exception:  # noqa: BLE001 - see the docstring
                 self.handler_errors += 1
-                _log.exception("remote route consumer failed")
+                _log.exception(f"{what} consumer failed")
 
     def _add_peer(self, router_id: str, link_id: int, state: _Connector) -> None:
         """A dialled link is up: its far router gets data connections at the
