@@ -3,9 +3,17 @@
  *
  * The control thread pulls received bytes with sk_app_read (bounded by a
  * credit of relay_buffer_bytes: the socket is not read while that much waits)
- * and queues whole frames with sk_app_write. The owning worker does all socket
- * I/O, and sends the keep-alive frame on a high-priority timer by itself, so
- * heartbeats never wait for Python or the GIL. The connection is accepted by
+ * and queues whole frames with sk_app_write. The owning worker reads the
+ * socket, writes what is queued, and sends the keep-alive frame on a
+ * high-priority timer by itself, so heartbeats never wait for Python or the
+ * GIL. One shortcut: sk_app_write on a plain open connection whose worker
+ * holds nothing unsent sends on the caller's thread (a direct write), so a
+ * reply does not wait for the worker to be scheduled. It takes a send token
+ * under the lock and calls send(2) without it; the worker never waits for the
+ * token: while it is taken the worker writes nothing (the writer kicks it
+ * afterwards for whatever was queued meanwhile), and a connection closed
+ * meanwhile leaves the socket's close(2) to the writer (sk_app_release_fd),
+ * so the descriptor cannot be reused under the send. The connection is accepted by
  * an app listener, or dialled by sk_app_connect (app_connect.c), which hands
  * it over here once open. */
 #include "internal.h"
@@ -119,6 +127,7 @@ sk_app *sk_app_new(sk_engine *e, sk_worker *w, uint64_t id, bool outbound)
     pthread_mutex_init(&a->lock, NULL);
     sk_timer_init(&a->ka_timer, ka_fire);
     a->last_write_ns = sk_now_ns();
+    a->direct_fd = -1;
     SK_ADD(&e->app_live, 1);
     if (outbound)
         SK_ADD(&e->app_outbound_live, 1);
@@ -140,6 +149,7 @@ void sk_app_accepted(sk_worker *w, sk_conn *c, sk_listener *l)
     a->conn = c;
     c->app = a;
     c->h.on_io = sk_app_io;
+    sk_app_direct_open(a, c);
     sk_conn_set_interest(w, c, EPOLLIN);
     sk_worker_emit(w, SK_PRIO_NORMAL, SK_EV_APP_OPEN, a->id, (int64_t)l->opts.user_id, 0);
 }
@@ -211,17 +221,66 @@ void sk_app_conn_readable(sk_worker *w, sk_conn *c)
     app_interest(w, c);
 }
 
+void sk_app_direct_open(sk_app *a, sk_conn *c)
+{
+    /* TLS records are the worker's alone (c->tls stays set on every TLS
+     * connection, whatever holds its record state) */
+    if (c->ssl || c->tls)
+        return;
+    pthread_mutex_lock(&a->lock);
+    a->direct_fd = c->fd;
+    pthread_mutex_unlock(&a->lock);
+}
+
+/* Caller holds a->lock: the last direct write's time goes to the
+ * keep-alive's clock. */
+static void fold_direct_locked(sk_app *a)
+{
+    if (a->direct_last_ns > a->last_write_ns)
+        a->last_write_ns = a->direct_last_ns;
+}
+
+/* Bytes sent: by the worker, or by a direct write while it holds a->lock
+ * and the connection is open (so c and its listener are alive). */
+static void count_out(sk_conn *c, uint64_t n)
+{
+    SK_ADD(&c->bytes_out, n);
+    if (c->listener)
+        SK_ADD(&c->listener->bytes_out, n);
+}
+
+bool sk_app_release_fd(sk_worker *w, sk_conn *c)
+{
+    sk_app *a = c->app;
+    /* out of the epoll set first: once the lock is released below, a writer
+     * holding the token may close the fd, and its number be reused */
+    if (c->registered && a->direct_fd >= 0)
+        epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    pthread_mutex_lock(&a->lock);
+    a->direct_fd = -1;
+    bool mine = !a->direct_sending;
+    if (!mine)
+        a->direct_close_fd = true;
+    pthread_mutex_unlock(&a->lock);
+    return mine;
+}
+
 /* Sends what the worker holds; takes the next batch from Python's queue when
- * that is drained. Returns false when the connection was closed. */
+ * that is drained. Writes nothing while a direct write holds the send token
+ * (its writer kicks the worker when it is done). Returns false when the
+ * connection was closed. */
 static bool pump(sk_worker *w, sk_conn *c)
 {
     sk_app *a = c->app;
-    for (int round = 0; round < 2; round++) {
+    for (int round = 0; round < 3; round++) {
         if (a->woff == a->wlen) {
-            bool close_now = false, abort_now = false;
+            bool close_now = false, abort_now = false, token = false;
             uint64_t queued_ns = 0;
             pthread_mutex_lock(&a->lock);
-            if (a->outq_len) {
+            fold_direct_locked(a);
+            if (a->direct_sending) {
+                token = true;
+            } else if (a->outq_len && round < 2) {
                 queued_ns = a->out_since_ns;
                 a->out_since_ns = 0;
                 /* swap: Python keeps appending to the other buffer */
@@ -234,8 +293,10 @@ static bool pump(sk_worker *w, sk_conn *c)
                 a->outq = tb;
                 a->outq_cap = tc;
                 a->outq_len = 0;
-            } else {
+                a->w_busy = true;
+            } else if (!a->outq_len) {
                 a->wlen = a->woff = 0;
+                a->w_busy = false;
                 close_now = a->close_req;
             }
             abort_now = a->abort_req;
@@ -249,15 +310,15 @@ static bool pump(sk_worker *w, sk_conn *c)
                 sk_conn_close(w, c, abort_now);
                 return false;
             }
+            if (token || a->woff == a->wlen)
+                return true; /* nothing to write now */
         }
         while (a->woff < a->wlen) {
             ssize_t n = sk_io_send(c, a->wbuf + a->woff, a->wlen - a->woff);
             if (n > 0) {
                 a->woff += (size_t)n;
                 a->last_write_ns = sk_now_ns();
-                SK_BUMP(&c->bytes_out, (uint64_t)n);
-                if (c->listener)
-                    SK_ADD(&c->listener->bytes_out, (uint64_t)n);
+                count_out(c, (uint64_t)n);
                 continue;
             }
             if (n == -1)
@@ -322,14 +383,17 @@ static void ka_fire(sk_worker *w, sk_timer *t, uint64_t now)
     if (!c || c->state != SK_C_OPEN)
         return;
     pthread_mutex_lock(&a->lock);
+    fold_direct_locked(a);
     uint64_t interval = a->ka_interval_ns;
-    bool idle = a->outq_len == 0 && a->woff == a->wlen;
+    bool idle = a->outq_len == 0 && a->woff == a->wlen && !a->direct_sending;
     bool send_frame = interval && idle && now - a->last_write_ns >= interval;
     if (send_frame) {
         /* between whole frames by construction: Python queues whole frames */
         a->wlen = a->woff = 0;
         if (append(&a->wbuf, &a->wlen, &a->wcap, a->ka_frame, a->ka_len) != 0)
             send_frame = false;
+        else
+            a->w_busy = true;
     }
     pthread_mutex_unlock(&a->lock);
     if (!interval)
@@ -350,6 +414,7 @@ void sk_app_finish(sk_worker *w, sk_app *a, int err)
     pthread_mutex_lock(&a->lock);
     a->closed = true;
     a->conn = NULL;
+    a->direct_fd = -1;
     pthread_mutex_unlock(&a->lock);
     table_remove(e, a);
     SK_SUB(&e->app_live, 1);
@@ -438,6 +503,58 @@ int64_t sk_app_read(sk_engine *e, uint64_t conn_id, void *buf, size_t len)
     return rc;
 }
 
+/* Caller holds a->lock: whether a write of len bytes may go out on the
+ * caller's thread now (see the top of the file). */
+static bool direct_ok(const sk_app *a, size_t len)
+{
+    return len && a->direct_fd >= 0 && !a->direct_sending && !a->w_busy && !a->outq_len &&
+           !a->close_req && !a->closed;
+}
+
+/* Sends on the caller's thread what direct_ok allowed; the token is taken.
+ * What send(2) did not take is queued for the worker, as an ordinary write. */
+static int direct_write(sk_engine *e, sk_app *a, const char *buf, size_t len)
+{
+    int fd = a->direct_fd;
+    a->direct_sending = true;
+    pthread_mutex_unlock(&a->lock);
+    ssize_t n = send(fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    size_t sent = n > 0 ? (size_t)n : 0;
+    uint64_t now = sk_now_ns();
+    pthread_mutex_lock(&a->lock);
+    a->direct_sending = false;
+    bool close_fd = a->direct_close_fd;
+    a->direct_close_fd = false;
+    if (sent) {
+        a->direct_last_ns = now;
+        SK_ADD(&e->app_direct_writes, 1);
+        if (!close_fd && a->conn)
+            count_out(a->conn, sent); /* open: the worker cannot free it while we hold the lock */
+    }
+    int rc = 0;
+    if (close_fd) {
+        /* the worker closed the connection meanwhile and left the fd to us;
+         * what was not sent is dropped with it, as it would have been */
+    } else if (sent < len) {
+        /* a full socket buffer or an error: the worker sends the rest, or
+         * finds the error, in the ordinary way */
+        if (!a->outq_len)
+            a->out_since_ns = now;
+        if (append(&a->outq, &a->outq_len, &a->outq_cap, buf + sent, len - sent) != 0)
+            rc = -4;
+    }
+    /* sent or queued: the worker looks at what others queued meanwhile */
+    bool post = a->outq_len && !a->closed && !atomic_load(&e->stopping) && want_kick(a);
+    pthread_mutex_unlock(&a->lock);
+    if (close_fd)
+        close(fd);
+    if (post)
+        kick(a);
+    if (sent == len)
+        sk_hist_record_shared(&e->app_wait[SK_APP_WAIT_OUTPUT], 0);
+    return rc;
+}
+
 int sk_app_write(sk_engine *e, uint64_t conn_id, const void *buf, size_t len)
 {
     sk_app *a = lookup(e, conn_id);
@@ -448,6 +565,10 @@ int sk_app_write(sk_engine *e, uint64_t conn_id, const void *buf, size_t len)
     pthread_mutex_lock(&a->lock);
     if (a->closed || a->close_req || atomic_load(&e->stopping)) {
         rc = -3;
+    } else if (direct_ok(a, len)) {
+        rc = direct_write(e, a, buf, len); /* returns with a->lock released */
+        sk_app_unref(a);
+        return rc;
     } else {
         bool was_empty = a->outq_len == 0;
         if (append(&a->outq, &a->outq_len, &a->outq_cap, buf, len) != 0) {

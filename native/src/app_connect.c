@@ -57,6 +57,7 @@ static void dial_open(sk_worker *w, sk_conn *c)
     sk_conn_enter(c, SK_C_OPEN, sk_app_io);
     a->close_err = 0;
     a->last_write_ns = sk_now_ns();
+    sk_app_direct_open(a, c);
     sk_worker_emit(w, SK_PRIO_NORMAL, SK_EV_APP_OPEN, a->id, (int64_t)a->user_id, 1);
     /* what was queued before the open: bytes, keep-alive, a close; sets the
      * epoll interest in any case */

@@ -216,7 +216,10 @@ static void close_one(sk_worker *w, sk_conn *c, bool abortive)
         struct linger lg = {.l_onoff = 1, .l_linger = 0};
         setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
-    close(c->fd); /* leaves the epoll set too */
+    /* an app connection's socket may be in a direct write's send(2) on the
+     * control thread, which then closes it (never waited for here) */
+    if (!c->app || sk_app_release_fd(w, c))
+        close(c->fd); /* leaves the epoll set too */
     c->fd = -1;
     c->registered = false;
     sk_buf_put(w, c->out);

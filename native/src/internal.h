@@ -316,7 +316,7 @@ struct sk_engine {
     _Atomic uint64_t conns_live, bufs_live, buf_bytes_live, accepted, connects_failed,
         flows_failed, accept_paused, limit_rejected, tls_handshakes, tls_failures,
         tls_unexpected_eof, tls_closed_old, tls_resumed;
-    _Atomic uint64_t app_live, app_outbound_live, app_connects_failed;
+    _Atomic uint64_t app_live, app_outbound_live, app_connects_failed, app_direct_writes;
     /* app.c: how long bytes waited between threads (sk_engine_app_wait);
      * written by any thread with atomic adds */
     sk_hist_atomic app_wait[2];
@@ -859,6 +859,19 @@ struct sk_app {
     bool ka_changed;
     uint64_t in_since_ns;  /* first byte of in not yet read: when it arrived; 0 none */
     uint64_t out_since_ns; /* outq: when it became non-empty; 0 empty */
+    /* direct writes (sk_app_write sends on the caller's thread): the socket
+     * while that is allowed (open, plain), -1 otherwise; the send token (a
+     * writer is in send(2) on it now: the worker writes nothing meanwhile,
+     * and hands the fd's close to that writer if the connection closes);
+     * whether the worker holds unsent bytes; when a direct write last sent
+     * (the keep-alive's clock). A direct write counts its bytes on the
+     * connection itself, so app connections' byte counters are added to
+     * atomically (two writers). */
+    int direct_fd;
+    bool direct_sending;
+    bool direct_close_fd;
+    bool w_busy;
+    uint64_t direct_last_ns;
 
     /* worker-owned */
     char *wbuf; /* bytes being sent, swapped with outq when drained */
@@ -880,6 +893,12 @@ void sk_app_io(sk_worker *w, sk_handle *h, uint32_t events);
 void sk_app_conn_readable(sk_worker *w, sk_conn *c);
 void sk_app_kick(sk_worker *w, sk_app *a);
 void sk_app_conn_closed(sk_worker *w, sk_conn *c, int err);
+/* Before c's socket is closed: true when the worker may close it now; false
+ * when a direct write is in send(2) on it, which then closes it itself (the
+ * worker only takes it out of its epoll set). */
+bool sk_app_release_fd(sk_worker *w, sk_conn *c);
+/* The socket of an open plain app connection may take direct writes. */
+void sk_app_direct_open(sk_app *a, sk_conn *c);
 void sk_app_unref(sk_app *a);
 void sk_app_table_free(sk_engine *e);
 

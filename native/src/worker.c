@@ -111,10 +111,23 @@ void *sk_worker_main(void *arg)
          * they should not wait behind a whole batch of connection events */
         if (atomic_load_explicit(&w->wake_pending, memory_order_acquire))
             sk_mbox_io(w, &w->wake_handle, EPOLLIN);
+        /* then app connections (management requests, router control links):
+         * a request read here is in the control loop's hands before the
+         * batch's relayed connections are served */
+        if (SK_LOAD(&e->app_live))
+            for (int i = 0; i < n; i++) {
+                sk_handle *h = evs[i].data.ptr;
+                if (h->on_io == sk_app_io) {
+                    h->on_io(w, h, evs[i].events);
+                    evs[i].data.ptr = NULL;
+                }
+            }
         for (int i = 0; i < n; i++) {
+            sk_handle *h = evs[i].data.ptr;
+            if (!h)
+                continue;
             if (i > 0)
                 sk_worker_high_check(w);
-            sk_handle *h = evs[i].data.ptr;
             h->on_io(w, h, evs[i].events);
         }
         SK_BUMP(&w->io_events, (uint64_t)(n > 0 ? n : 0));

@@ -1,7 +1,12 @@
 /* test_app.c -- app connections (app.c): bytes to and from the control
  * thread, keep-alive frames sent by the worker alone, half-close, close after
- * the queue drains, and read back-pressure far beyond the credit. */
+ * the queue drains, read back-pressure far beyond the credit, and direct
+ * writes (sent on the writer's thread) racing the worker's queue, its
+ * keep-alive frames and its close. */
 #include "engine_fixture.h"
+
+#include <dirent.h>
+#include <stdlib.h>
 
 /* Reads what the app connection has into out (appending); returns -1 at
  * EOF, else the bytes read now. Waits for APP_READABLE when nothing is
@@ -207,10 +212,230 @@ static int test_app_backpressure(void)
     return 0;
 }
 
+
+static uint64_t direct_writes(void)
+{
+    sk_engine_counters k;
+    sk_engine_counters_get(E, &k);
+    return k.app_direct_writes;
+}
+
+/* Frames: 'F', writer, seq (4 bytes), payload length (4 bytes), payload;
+ * the keep-alive frame is "KA". */
+enum { DW_WRITERS = 2, DW_FRAMES = 300, DW_MAXLEN = 20000, DW_HDR = 10 };
+
+typedef struct dw_writer {
+    uint64_t id;
+    int tid;
+    unsigned seed;
+    int failed;
+} dw_writer;
+
+static uint8_t dw_byte(int tid, uint32_t seq, size_t i)
+{
+    return (uint8_t)(tid * 31 + seq * 7 + i);
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void *dw_main(void *arg)
+{
+    dw_writer *dw = arg;
+    static _Thread_local uint8_t frame[DW_HDR + DW_MAXLEN];
+    for (uint32_t seq = 0; seq < DW_FRAMES; seq++) {
+        uint32_t len = 1 + (uint32_t)rand_r(&dw->seed) % DW_MAXLEN;
+        frame[0] = 'F';
+        frame[1] = (uint8_t)dw->tid;
+        put32(frame + 2, seq);
+        put32(frame + 6, len);
+        for (uint32_t i = 0; i < len; i++)
+            frame[DW_HDR + i] = dw_byte(dw->tid, seq, i);
+        if (sk_app_write(E, dw->id, frame, DW_HDR + len) != 0)
+            dw->failed++;
+        if (seq % 50 == 0)
+            sched_yield();
+    }
+    return NULL;
+}
+
+/* Two threads write frames of random sizes, megabytes more than the socket
+ * holds, while the worker sends keep-alive frames every millisecond: the
+ * client gets every frame whole, each writer's in order, keep-alive frames
+ * only between frames. The first write on an idle connection goes out on
+ * the writer's thread. */
+static int test_app_direct_writes(void)
+{
+    REQUIRE(settle() == 0);
+    int fd = connect_to(sk_listener_port(L_APP));
+    REQUIRE(fd >= 0);
+    sk_event ev;
+    REQUIRE(wait_event(SK_EV_APP_OPEN, ANY_ID, WAIT_MS, &ev) >= 0);
+    uint64_t id = ev.id;
+
+    uint64_t d0 = direct_writes();
+    CHECK_EQ_I(sk_app_write(E, id, "KA", 2), 0); /* a frame of its own kind */
+    CHECK_EQ_U(direct_writes() - d0, 1);
+    char ka[2];
+    CHECK_EQ_U(recv_exact(fd, ka, 2), 2);
+
+    CHECK_EQ_I(sk_app_set_keepalive(E, id, "KA", 2, 1), 0);
+    dw_writer dw[DW_WRITERS];
+    pthread_t th[DW_WRITERS];
+    for (int i = 0; i < DW_WRITERS; i++) {
+        dw[i] = (dw_writer){.id = id, .tid = i, .seed = 12345u + (unsigned)i};
+        REQUIRE(pthread_create(&th[i], NULL, dw_main, &dw[i]) == 0);
+    }
+    /* read while they write: direct writes, queued writes and keep-alives
+     * all happen, in whatever order the threads run */
+    uint32_t next[DW_WRITERS] = {0};
+    int frames = 0, kas = 0, bad = 0;
+    static uint8_t body[DW_MAXLEN];
+    set_timeouts(fd, WAIT_MS);
+    while (frames < DW_WRITERS * DW_FRAMES && !bad) {
+        uint8_t h[DW_HDR];
+        if (recv_exact(fd, h, 2) != 2) {
+            bad = 1;
+            break;
+        }
+        if (h[0] == 'K' && h[1] == 'A') {
+            kas++;
+            continue;
+        }
+        if (h[0] != 'F' || h[1] >= DW_WRITERS || recv_exact(fd, h + 2, 8) != 8) {
+            bad = 2;
+            break;
+        }
+        int tid = h[1];
+        uint32_t seq = get32(h + 2), len = get32(h + 6);
+        if (seq != next[tid] || len == 0 || len > DW_MAXLEN || recv_exact(fd, body, len) != len) {
+            bad = 3;
+            break;
+        }
+        for (uint32_t i = 0; i < len; i++)
+            if (body[i] != dw_byte(tid, seq, i)) {
+                bad = 4;
+                break;
+            }
+        next[tid]++;
+        frames++;
+    }
+    for (int i = 0; i < DW_WRITERS; i++) {
+        pthread_join(th[i], NULL);
+        CHECK_EQ_I(dw[i].failed, 0);
+    }
+    CHECK_EQ_I(bad, 0);
+    CHECK_EQ_I(frames, DW_WRITERS * DW_FRAMES);
+    CHECK_OP_U(direct_writes() - d0, >, 1);
+    CHECK_EQ_I(sk_app_set_keepalive(E, id, NULL, 0, 0), 0);
+    CHECK_EQ_I(sk_app_close(E, id, 0), 0);
+    /* keep-alive frames sent before it was switched off, then EOF */
+    char tail[64];
+    ssize_t n;
+    size_t tl = 0;
+    while ((n = recv(fd, tail + tl % 2, 2 - tl % 2, 0)) > 0) {
+        tl += (size_t)n;
+        if (tl % 2 == 0)
+            CHECK(tail[0] == 'K' && tail[1] == 'A');
+    }
+    CHECK_EQ_I(n, 0);
+    CHECK_EQ_U(tl % 2, 0);
+    close(fd);
+    REQUIRE(wait_event(SK_EV_APP_CLOSED, id, WAIT_MS, NULL) >= 0);
+    return 0;
+}
+
+static int open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return -1;
+    int n = 0;
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
+}
+
+typedef struct cw_writer {
+    uint64_t id;
+    int writes;
+} cw_writer;
+
+static void *cw_main(void *arg)
+{
+    cw_writer *cw = arg;
+    static _Thread_local char chunk[16384];
+    memset(chunk, 'x', sizeof chunk);
+    for (int i = 0; i < 400; i++) {
+        if (sk_app_write(E, cw->id, chunk, sizeof chunk) != 0)
+            break;
+        cw->writes++;
+    }
+    return NULL;
+}
+
+/* A writer sends as fast as it can while the connection is closed under it
+ * (the client resets, or the app aborts): every socket is closed exactly
+ * once, whoever closes it, and nothing is left open or allocated. */
+static int test_app_direct_close_race(void)
+{
+    REQUIRE(settle() == 0);
+    int fds0 = open_fds();
+    REQUIRE(fds0 > 0);
+    for (int round = 0; round < 60; round++) {
+        int fd = connect_to(sk_listener_port(L_APP));
+        REQUIRE(fd >= 0);
+        sk_event ev;
+        REQUIRE(wait_event(SK_EV_APP_OPEN, ANY_ID, WAIT_MS, &ev) >= 0);
+        cw_writer cw = {.id = ev.id};
+        pthread_t th;
+        REQUIRE(pthread_create(&th, NULL, cw_main, &cw) == 0);
+        char buf[65536];
+        size_t got = 0;
+        set_timeouts(fd, WAIT_MS);
+        while (got < (size_t)(round % 4) * 20000) {
+            ssize_t n = recv(fd, buf, sizeof buf, 0);
+            if (n <= 0)
+                break;
+            got += (size_t)n;
+        }
+        if (round % 2) {
+            struct linger lg = {.l_onoff = 1, .l_linger = 0};
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+            close(fd);
+        } else {
+            CHECK_EQ_I(sk_app_close(E, ev.id, 1), 0);
+            close(fd);
+        }
+        REQUIRE(wait_event(SK_EV_APP_CLOSED, ev.id, WAIT_MS, NULL) >= 0);
+        pthread_join(th, NULL);
+        CHECK_OP_I(cw.writes, <=, 400);
+    }
+    REQUIRE(settle() == 0);
+    sk_engine_counters k;
+    sk_engine_counters_get(E, &k);
+    CHECK_EQ_U(k.app_live, 0);
+    CHECK_EQ_I(open_fds(), fds0);
+    return 0;
+}
+
 int main(void)
 {
     fx_engine_start();
     RUN(test_app);
     RUN(test_app_backpressure);
+    RUN(test_app_direct_writes);
+    RUN(test_app_direct_close_race);
     return fx_finish("test_app");
 }

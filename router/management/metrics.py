@@ -52,6 +52,9 @@ _COUNTER_HELP = {
     "tls_unexpected_eof": "TLS peers that closed without close_notify.",
     "tls_closed_old": "Connections closed because their TLS ordinal fell below an "
     "sslProfile's oldestValidOrdinal.",
+    "app_direct_writes": "Management replies (app connection writes) the control thread sent "
+    "itself, without waiting for the connection's worker (plain connections with nothing "
+    "unsent).",
 }
 
 _TCP_COUNTERS = (
