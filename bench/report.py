@@ -50,6 +50,8 @@ def _round_dict(r: RoundResult) -> dict[str, Any]:
     assert isinstance(lat, EngineHistogram)
     disp = eng.pop("dispatch")
     assert isinstance(disp, EngineHistogram)
+    dcpu = eng.pop("dispatch_cpu")
+    assert isinstance(dcpu, EngineHistogram)
     return {
         "subject": r.subject,
         "round": r.index,
@@ -67,6 +69,7 @@ def _round_dict(r: RoundResult) -> dict[str, Any]:
             "timer_lateness": engine_lateness_summary(lat),
             "timer_lateness_histogram": _engine_hist_dict(lat),
             "timer_dispatch_delay": engine_lateness_summary(disp),
+            "timer_dispatch_cpu": engine_lateness_summary(dcpu),
             "timer_event_lateness_us": r.event_lateness_ns.summary(1e3),
         },
         "error_samples": r.error_samples,
@@ -93,10 +96,79 @@ def _summary_dict(s: SubjectSummary) -> dict[str, Any]:
         "engine_relayed": s.relayed,
         "timer_lateness": engine_lateness_summary(s.lateness),
         "timer_dispatch_delay": engine_lateness_summary(s.dispatch),
+        "timer_dispatch_cpu": engine_lateness_summary(s.dispatch_cpu),
         "timer_event_lateness_us": s.event_lateness_ns.summary(1e3),
         "client_cpu_us_per_conn": _per_conn_us(s.client_cpu_s, s.completed),
         "echo_cpu_us_per_conn": _per_conn_us(s.echo_cpu_s, s.completed),
     }
+
+
+TIMER_GOAL_CPU_P99_US = 250.0
+TIMER_GOAL_CPU_MAX_US = 1000.0
+TIMER_GOAL_LATENESS_RATIO = 1.5
+
+
+def timer_goal_figures(
+    lateness: EngineHistogram | None,
+    dispatch_cpu: EngineHistogram | None,
+    baseline: EngineHistogram | None,
+) -> dict[str, Any]:
+    """Issue 13's timer goals judged on one run: the dispatch CPU (p99, max)
+    of the loaded engine, and its lateness p99 against the baseline's (the
+    same engine idle while the machine carries the same load)."""
+    cpu = engine_lateness_summary(dispatch_cpu)
+    lat = engine_lateness_summary(lateness)
+    idle = engine_lateness_summary(baseline)
+    ratio = lat["p99_us"] / idle["p99_us"] if idle["p99_us"] else None
+    return {
+        "dispatch_cpu_us": cpu,
+        "lateness_us": lat,
+        "idle_engine_lateness_us": idle,
+        "lateness_p99_ratio": ratio,
+        "met": {
+            "dispatch_cpu_p99": cpu["p99_us"] <= TIMER_GOAL_CPU_P99_US,
+            "dispatch_cpu_max": cpu["max_us"] <= TIMER_GOAL_CPU_MAX_US,
+            "lateness_ratio": ratio is not None and ratio <= TIMER_GOAL_LATENESS_RATIO,
+        },
+    }
+
+
+def format_timer_goals(g: dict[str, Any]) -> str:
+    """One line: the figures of timer_goal_figures and each goal's verdict."""
+    cpu, lat, idle, met = (
+        g["dispatch_cpu_us"],
+        g["lateness_us"],
+        g["idle_engine_lateness_us"],
+        g["met"],
+    )
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    parts = [
+        f"dispatch CPU p99 {cpu['p99_us']:.0f} µs (goal <= {TIMER_GOAL_CPU_P99_US:.0f}: "
+        f"{verdict(met['dispatch_cpu_p99'])})",
+        f"max {cpu['max_us']:.0f} µs (goal <= {TIMER_GOAL_CPU_MAX_US:.0f}: "
+        f"{verdict(met['dispatch_cpu_max'])})",
+    ]
+    if g["lateness_p99_ratio"] is not None:
+        parts.append(
+            f"lateness p99 engine/idle-engine {g['lateness_p99_ratio']:.2f} "
+            f"({lat['p99_us']:.0f} / {idle['p99_us']:.0f} µs; goal <= "
+            f"{TIMER_GOAL_LATENESS_RATIO}: {verdict(met['lateness_ratio'])})"
+        )
+    return "timer goals (bucket upper bounds): " + "; ".join(parts)
+
+
+def timer_goals(report: StormReport) -> str | None:
+    """The timer goals of a storm run: engine rounds against direct rounds
+    (the engine idle, its timer running, while the clients load the echo
+    server directly). None unless both kinds of round ran."""
+    eng = report.summaries.get("engine")
+    base = report.summaries.get("direct")
+    if eng is None or base is None:
+        return None
+    return format_timer_goals(timer_goal_figures(eng.lateness, eng.dispatch_cpu, base.lateness))
 
 
 def to_json(report: StormReport) -> dict[str, Any]:
@@ -152,12 +224,13 @@ def format_table(report: StormReport) -> str:
         f"{'subject':<8} {'ok':>8} {'conn/s':>9} {'failed':>7} "
         f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>8} {'eng µs/conn':>11} "
         f"{'late p50 µs':>11} {'p99 µs':>7} {'max µs':>7} {'disp p99':>8} {'max':>6} "
-        f"{'cli µs/c':>8}"
+        f"{'cpu p99':>7} {'max':>6} {'cli µs/c':>8}"
     )
     lines += [head, "-" * len(head)]
     for name, s in report.summaries.items():
         lat = engine_lateness_summary(s.lateness)
         disp = engine_lateness_summary(s.dispatch)
+        dcpu = engine_lateness_summary(s.dispatch_cpu)
         cpu = s.engine_cpu_us_per_conn if name == "engine" else None
         lines.append(
             f"{name:<8} {s.ok:>8} {s.cps:>9,.0f} {s.failed:>7} "
@@ -165,6 +238,7 @@ def format_table(report: StormReport) -> str:
             f"{_ms(s.latency_ns.max):>8} {_opt(cpu, '.1f'):>11} "
             f"{lat['p50_us']:>11.0f} {lat['p99_us']:>7.0f} {lat['max_us']:>7.0f} "
             f"{disp['p99_us']:>8.0f} {disp['max_us']:>6.0f} "
+            f"{dcpu['p99_us']:>7.0f} {dcpu['max_us']:>6.0f} "
             f"{_opt(_per_conn_us(s.client_cpu_s, s.completed), '.0f'):>8}"
         )
     lines.append("")
@@ -179,8 +253,12 @@ def format_table(report: StormReport) -> str:
         f"({cfg.timer_period_s * 1e3:g} ms periodic timer per worker; power-of-two buckets, "
         "upper bounds); in direct rounds the engine is idle (baseline). disp: the engine's own "
         "share (time from the later of deadline and worker wake-up to the timer's run); the "
-        "rest of the lateness is the OS scheduler's"
+        "rest of the lateness is the OS scheduler's. cpu: the worker's own thread CPU time "
+        "over that share, which preemption cannot inflate"
     )
+    goals = timer_goals(report)
+    if goals:
+        lines.append(goals)
     samples = [f"  {r.subject}#{r.index} {e}" for r in report.rounds for e in r.error_samples]
     if samples:
         lines.append("error samples:")

@@ -56,8 +56,10 @@ from bench.client import PRESENTED_BIN_S, ClientPool
 from bench.echo import EchoServer
 from bench.histogram import Histogram
 from bench.host import environment, raise_nofile_limit
-from bench.pki import CertAuthority, ca_bundle
+from bench.pki import CertAuthority, ca_bundle, write_tls_files
 from bench.progress import Progress
+from bench.proxies import start_skiffd
+from bench.report import format_timer_goals, timer_goal_figures
 from bench.storm import RoundResult, StormConfig, run_round
 from bench.subjects import ADDRESS_ID, EngineSubject, window_max_ns
 from bench.verdict import client_bottleneck
@@ -271,6 +273,24 @@ class RotateResult:
     bundle_regressions: int = 0  # publications of an older bundle after a newer one
     loop_lag_ns: Histogram = field(default_factory=Histogram)  # control loop wake-up lag
     initial_fingerprint: str = ""  # the certificate before the first rotation
+    # storm --tls: the same storm through a spawned skiffd while this engine
+    # idles (its timer lateness is the run's baseline); None for rotate
+    baseline: RoundResult | None = None
+
+    def timer_goals(self) -> dict[str, Any] | None:
+        """Issue 13's timer goals: this engine's dispatch CPU under the storm
+        and its lateness against the baseline round's; None without one."""
+        if self.baseline is None:
+            return None
+        lat, cpu = self.round.engine.get("lateness"), self.round.engine.get("dispatch_cpu")
+        base = self.baseline.engine.get("lateness")
+        if not (
+            isinstance(lat, EngineHistogram)
+            and isinstance(cpu, EngineHistogram)
+            and isinstance(base, EngineHistogram)
+        ):
+            return None
+        return timer_goal_figures(lat, cpu, base)
 
     @property
     def handshakes_per_s(self) -> float:
@@ -330,7 +350,16 @@ class RotateResult:
         published (rotations superseded while a load ran are skipped, as the
         newest material is what counts)."""
         last = self.rotations[-1] if self.rotations else None
-        return self.round.failed == 0 and (last is None or last.ok)
+        base_ok = self.baseline is None or self.baseline.failed == 0
+        return self.round.failed == 0 and (last is None or last.ok) and base_ok
+
+
+@dataclass(frozen=True)
+class _Addr:
+    """A storm subject: where the clients connect."""
+
+    name: str
+    address: tuple[str, int]
 
 
 def _lateness_point(t: float, h: EngineHistogram) -> dict[str, float]:
@@ -426,11 +455,6 @@ async def _run(
         "127.0.0.1", 0, address_id=ADDRESS_ID, backlog=4096, tls_slot=slot
     )
 
-    @dataclass(frozen=True)
-    class _Addr:
-        name: str
-        address: tuple[str, int]
-
     scfg = StormConfig(
         clients=cfg.clients,
         duration_s=cfg.duration_s,
@@ -441,6 +465,9 @@ async def _run(
         tls_ca_file=str(ca_file),
         tls_fingerprints=cfg.interval_s is not None,
     )
+    baseline = None
+    if cfg.interval_s is None:
+        baseline = await _baseline_round(cfg, scfg, workdir, ca, echo, pool, probe, progress)
     t0 = time.monotonic()
     lat_before = probe.engine.lateness(PRIO_HIGH)
     loader = Loader(cfg, ca, cert, key, bundle, bundles, t0)
@@ -496,7 +523,43 @@ async def _run(
         bundle_regressions=regressions,
         initial_fingerprint=fp0,
         loop_lag_ns=loop_lag,
+        baseline=baseline,
     )
+
+
+async def _baseline_round(
+    cfg: RotateConfig,
+    scfg: StormConfig,
+    workdir: Path,
+    ca: CertAuthority,
+    echo: EchoServer,
+    pool: ClientPool,
+    probe: EngineSubject,
+    progress: Progress,
+) -> RoundResult:
+    """The same TLS storm through a spawned skiffd (the same engine code in
+    another process, a certificate of the same CA) while the probe's engine
+    idles with its timer running: that engine's lateness here is what the
+    machine's load alone costs it, the baseline of the storm round's."""
+    loop = asyncio.get_running_loop()
+    files = await loop.run_in_executor(None, write_tls_files, workdir / "baseline", ca)
+    echo_addr = ("127.0.0.1", echo.port)
+    proxy = await loop.run_in_executor(
+        None, start_skiffd, cfg.workers, echo_addr, echo_addr, files, "skiffd-baseline"
+    )
+    try:
+        progress.phase(f"baseline: the storm through skiffd pid {proxy.pid}, engine idle")
+        return await run_round(
+            scfg,
+            _Addr("baseline", ("127.0.0.1", proxy.echo_port)),
+            0,
+            pool,
+            echo,
+            probe,
+            on_progress=progress.storm_tick,
+        )
+    finally:
+        await loop.run_in_executor(None, proxy.stop)
 
 
 def _match_publications(
@@ -564,6 +627,14 @@ def rotate_json(res: RotateResult) -> dict[str, Any]:
             "stale_handshakes": res.stale(),
             "slowest_connection_ms": r.latency_ns.max / 1e6 if r.ok else None,
             "timer_lateness": res.lateness_total,
+            "timer_goals": res.timer_goals(),
+            "baseline": None
+            if res.baseline is None
+            else {
+                "handshakes": res.baseline.ok,
+                "failed_handshakes": res.baseline.failed,
+                "handshakes_per_s": res.baseline.cps,
+            },
             "control_loop_lag_us": res.loop_lag_ns.summary(1e3),
             "client_bottleneck": client_bottleneck(r.proc_utilisation, r.client_cpu_s, r.elapsed_s),
         },
@@ -653,6 +724,14 @@ def format_rotate(res: RotateResult) -> str:
         f"max {lat['max_us'] / 1e3:.2f} ms (bucket upper bounds; worst 100 ms window "
         f"{worst / 1e3:.2f} ms)"
     )
+    goals = res.timer_goals()
+    if goals is not None and res.baseline is not None:
+        lines.append(
+            f"  baseline round (the same storm through a spawned skiffd, this engine idle): "
+            f"{res.baseline.ok:,} handshakes = {res.baseline.cps:,.0f}/s, "
+            f"failed {res.baseline.failed}"
+        )
+        lines.append("  " + format_timer_goals(goals))
     lag = d["control_loop_lag_us"]
     if lag["count"]:
         lines.append(

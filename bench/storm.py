@@ -255,6 +255,7 @@ class SubjectSummary:
     relayed: int = 0
     lateness: EngineHistogram | None = None
     dispatch: EngineHistogram | None = None
+    dispatch_cpu: EngineHistogram | None = None
     event_lateness_ns: Histogram = field(default_factory=Histogram)
     client_cpu_s: float = 0.0
     echo_cpu_s: float = 0.0
@@ -277,6 +278,11 @@ class SubjectSummary:
             disp = r.engine["dispatch"]
             assert isinstance(disp, EngineHistogram)
             s.dispatch = disp if s.dispatch is None else add_engine_histograms(s.dispatch, disp)
+            dcpu = r.engine["dispatch_cpu"]
+            assert isinstance(dcpu, EngineHistogram)
+            s.dispatch_cpu = (
+                dcpu if s.dispatch_cpu is None else add_engine_histograms(s.dispatch_cpu, dcpu)
+            )
             s.event_lateness_ns.merge(r.event_lateness_ns)
             s.client_cpu_s += r.client_cpu_s
             s.echo_cpu_s += r.echo_cpu_s

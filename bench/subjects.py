@@ -58,6 +58,7 @@ class ProbeSnapshot:
     cpu_ns: int
     lateness: EngineHistogram
     dispatch: EngineHistogram  # the engine's own share of the lateness
+    dispatch_cpu: EngineHistogram  # the worker's own CPU time over that share
     listener: FlowStats
     target: FlowStats
     counters: dict[str, int]
@@ -171,6 +172,7 @@ class EngineSubject:
             cpu_ns=self.engine.workers_cpu_ns(),
             lateness=self.engine.lateness(PRIO_HIGH),
             dispatch=self.engine.dispatch_delay(PRIO_HIGH),
+            dispatch_cpu=self.engine.dispatch_cpu(PRIO_HIGH),
             listener=self.listener.stats(),
             target=sum_flows([t.stats() for t in self.targets]),
             counters=self.engine.counters(),
@@ -202,6 +204,7 @@ def window(after: ProbeSnapshot, before: ProbeSnapshot) -> dict[str, Any]:
         "cpu_ns": after.cpu_ns - before.cpu_ns,
         "lateness": after.lateness.minus(before.lateness),
         "dispatch": after.dispatch.minus(before.dispatch),
+        "dispatch_cpu": after.dispatch_cpu.minus(before.dispatch_cpu),
         "listener": flow_delta(after.listener, before.listener),
         "target": flow_delta(after.target, before.target),
         "counters": counters,

@@ -16,6 +16,7 @@ import pytest
 
 from bench.__main__ import main
 from bench.histogram import Histogram, bucket_index, bucket_range
+from bench.report import format_table
 from bench.storm import StormConfig, run_storm
 
 
@@ -93,7 +94,14 @@ def test_storm_both_subjects_clean() -> None:
     # the 10 ms high-priority timer was running and its events were drained
     assert engine.lateness is not None and engine.lateness.count > 0
     assert engine.event_lateness_ns.count > 0
+    # fired high timers also recorded their dispatch delay in CPU time (those
+    # that came due while the worker had its CPU clock sampled: nearly all)
+    assert engine.dispatch_cpu is not None
+    assert 0 < engine.dispatch_cpu.count <= engine.lateness.count
     assert report.ratio_cps is not None and report.ratio_cps > 0
+    text = format_table(report)
+    assert "timer goals" in text and "dispatch CPU p99" in text
+    assert "lateness p99 engine/idle-engine" in text
 
 
 def test_corrupting_echo_server_is_detected() -> None:
@@ -138,6 +146,7 @@ def test_json_output_has_expected_keys(tmp_path: Path) -> None:
         } <= set(s)
         assert {"p50", "p99", "max"} <= set(s["latency_us"])
         assert {"p50_us", "p99_us", "max_us"} <= set(s["timer_lateness"])
+        assert {"count", "p99_us", "max_us"} <= set(s["timer_dispatch_cpu"])
         assert "ephemeral_port_errors" in s["failures"]
         assert s["ok"] == 300
     assert data["subjects"]["engine"]["engine_cpu_us_per_conn"] > 0

@@ -45,7 +45,8 @@ typedef struct sk_engine_options {
     int relay_buffer_bytes;    /* bound per direction per connection (65536) */
     int keepalive;             /* SO_KEEPALIVE on relayed sockets (1) */
     int event_ring_size;       /* events per worker per priority, 2^n (4096) */
-    int high_check_budget_us;  /* re-check high timers within a batch (250) */
+    int high_check_budget_us;  /* sample the CPU clock at the in-batch checks this long
+                                  before a timer's deadline (250) */
     int events_per_wakeup;     /* epoll batch size (64) */
     int splice_pipes;          /* plain relays move bytes with splice(2) through at
                                   most this many pipes per worker, held only while
@@ -157,8 +158,9 @@ int sk_engine_timer_dispatch_delay(sk_engine *e, int prio, int worker, sk_hist *
 /* The worker's own CPU time (its thread CPU clock) over that same span: what
  * the engine's work cost, which preemption cannot inflate. When a timer came
  * due in the middle of a batch the span starts at the last in-batch check
- * before its deadline (at most one unit of work plus high_check_budget_us
- * early), so this is an upper bound. A timer that came due more than 10 ms
+ * before its deadline (at most one unit of work early: the clock is sampled
+ * at every check within high_check_budget_us of a deadline), so this is an
+ * upper bound. A timer that came due more than 10 ms
  * into one batch without an in-batch check in its last 10 ms (a normal
  * timer while no high one is pending) is not counted here. */
 int sk_engine_timer_dispatch_cpu(sk_engine *e, int prio, int worker, sk_hist *out);

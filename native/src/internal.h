@@ -398,8 +398,7 @@ struct sk_worker {
     int buf_free_n;
     sk_pipe *pipe_free; /* empty splice pipes */
     int pipes_open;     /* pipes of this worker, in use or free */
-    uint64_t last_high_check;
-    uint64_t high_budget_ns;
+    uint64_t high_budget_ns; /* CPU clock samples this long before a deadline */
 
     clockid_t cpu_clock;
     _Atomic uint64_t cpu_final_ns;

@@ -118,15 +118,27 @@ void sk_worker_high_check(sk_worker *w)
     if (!w->heap[0].n)
         return;
     uint64_t t = sk_now_ns();
-    if (t - w->last_high_check >= w->high_budget_ns) {
+    if (sk_heap_top(&w->heap[0])->deadline <= t) {
+        /* due: it runs now, between two units of work, not after the batch */
         SK_BUMP(&w->high_rechecks, 1);
         sk_timer_run_due(w, 0, t);
-        w->last_high_check = t;
-        /* the base of timers that come due before the next check: one CPU
-         * clock read per budget period of busy time */
-        if (timer_near(w, t))
-            sk_timer_mark(w, sk_now_ns());
     }
+    /* the base of the dispatch CPU of a timer about to come due: the CPU
+     * clock (a system call) is sampled at every check of the last
+     * high_check_budget_us before a deadline, so the figure counts the unit
+     * of work during which the timer came due; and, while a timer may come
+     * due within SK_CPU_HORIZON_NS, once per budget of busy time otherwise,
+     * so that a unit spanning that last stretch is counted from at most a
+     * budget before it */
+    bool sample = false;
+    for (int cls = 0; cls < 2 && !sample; cls++) {
+        const sk_timer *top = sk_heap_top(&w->heap[cls]);
+        sample = top && top->deadline <= t + w->high_budget_ns;
+    }
+    if (!sample && t - w->mark_ns >= w->high_budget_ns)
+        sample = timer_near(w, t);
+    if (sample)
+        sk_timer_mark(w, sk_now_ns());
 }
 
 /* ------------------------------------------------------------ user timers */

@@ -106,7 +106,6 @@ void *sk_worker_main(void *arg)
             break;
         /* due heartbeats first, before any connection event */
         sk_timer_run_due(w, 0, start);
-        w->last_high_check = start;
         /* then the control plane's requests (management replies, closes):
          * they should not wait behind a whole batch of connection events */
         if (atomic_load_explicit(&w->wake_pending, memory_order_acquire))
