@@ -95,9 +95,13 @@ void sk_timer_run_due(sk_worker *w, int cls, uint64_t now)
 {
     sk_heap *h = &w->heap[cls];
     sk_timer *t;
-    /* timers scheduled while running with a deadline <= now run in this pass
-     * too; a periodic timer always moves its deadline forward */
-    while ((t = sk_heap_pop_due(h, now)) != NULL) {
+    /* a pass runs what was due when it started (timers scheduled meanwhile
+     * with such a deadline too); a periodic timer's next deadline is later,
+     * so one whose callback outlasts its period cannot hold the worker in
+     * this loop: it runs again at the next check, after the next unit of
+     * work or mailbox message */
+    const uint64_t limit = now;
+    while ((t = sk_heap_pop_due(h, limit)) != NULL) {
         sk_hist_record(&w->lateness[cls], now - t->deadline);
         uint64_t ready = t->deadline > w->wake_ns ? t->deadline : w->wake_ns;
         sk_hist_record(&w->dispatch[cls], now > ready ? now - ready : 0);
