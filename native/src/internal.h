@@ -120,6 +120,8 @@ typedef struct sk_snap {
     _Atomic uint64_t refs;
     uint64_t version;
     void (*destroy)(struct sk_snap *s);
+    bool off_worker;        /* never destroyed on an I/O worker (the reaper does it) */
+    struct sk_snap *reap_next;
 } sk_snap;
 
 /* Where the current version lives. acquire() takes a lock only for the
@@ -139,6 +141,16 @@ typedef struct sk_slot_cache {
 } sk_slot_cache;
 
 void sk_snap_init(sk_snap *s, void (*destroy)(sk_snap *));
+/* The same, for a snapshot whose destroy costs real work (a TLS config:
+ * SSL_CTXs, a trust store of maybe thousands of certificates): when an I/O
+ * worker drops its last reference, the process's reaper thread destroys it
+ * instead. Starts the reaper (once per process) on the calling thread, so a
+ * worker never creates it; where it could not start, destroys run inline. */
+void sk_snap_init_off_worker(sk_snap *s, void (*destroy)(sk_snap *));
+/* Marks the calling thread as an I/O worker (sk_worker_main). */
+void sk_snap_thread_is_worker(void);
+/* Snapshots the reaper destroyed, process-wide. */
+uint64_t sk_snap_reaped(void);
 void sk_snap_ref(sk_snap *s);
 void sk_snap_release(sk_snap *s);
 void sk_slot_init(sk_slot *slot);

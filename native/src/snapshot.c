@@ -1,11 +1,102 @@
-/* snapshot.c -- immutable, reference-counted snapshots published into slots. */
+/* snapshot.c -- immutable, reference-counted snapshots published into
+ * slots, and the reaper that destroys expensive ones off the I/O workers.
+ *
+ * A connection pins the TLS config it started with, so the last reference
+ * to a retired config is often dropped by a worker closing an old
+ * connection. Destroying it there (three SSL_CTX_free and a trust store's
+ * release, thousands of certificates after a new CA bundle) would take a
+ * worker's CPU for milliseconds between two events: such snapshots go to a
+ * list that one reaper thread per process empties. The worker only takes
+ * the list's lock to push (never held while destroying). */
 #include "internal.h"
+
+#include <sys/prctl.h>
+
+static _Thread_local bool on_worker;
+static pthread_mutex_t reap_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t reap_cond = PTHREAD_COND_INITIALIZER;
+static sk_snap *reap_list;
+static bool reaper_up;
+static _Atomic uint64_t reaped;
+
+static void *reaper_main(void *arg)
+{
+    SK_UNUSED(arg);
+    prctl(PR_SET_NAME, "skiff-reaper", 0UL, 0UL, 0UL);
+    pthread_mutex_lock(&reap_lock);
+    for (;;) {
+        while (!reap_list)
+            pthread_cond_wait(&reap_cond, &reap_lock);
+        sk_snap *list = reap_list;
+        reap_list = NULL;
+        pthread_mutex_unlock(&reap_lock);
+        while (list) {
+            sk_snap *next = list->reap_next;
+            list->destroy(list);
+            SK_ADD(&reaped, 1);
+            list = next;
+        }
+        pthread_mutex_lock(&reap_lock);
+    }
+    return NULL;
+}
+
+static void reaper_start(void)
+{
+    pthread_mutex_lock(&reap_lock);
+    if (!reaper_up) {
+        /* the ordinary priority: a destroy frees memory, and preempted at a
+         * low priority while holding a malloc arena it would keep a worker
+         * waiting on that arena */
+        pthread_attr_t attr;
+        pthread_t th;
+        if (pthread_attr_init(&attr) == 0) {
+            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+            reaper_up = pthread_create(&th, &attr, reaper_main, NULL) == 0;
+            pthread_attr_destroy(&attr);
+        }
+    }
+    pthread_mutex_unlock(&reap_lock);
+}
+
+/* Hands s to the reaper; false when there is none (destroy inline). */
+static bool retire(sk_snap *s)
+{
+    pthread_mutex_lock(&reap_lock);
+    bool up = reaper_up;
+    if (up) {
+        s->reap_next = reap_list;
+        reap_list = s;
+        pthread_cond_signal(&reap_cond);
+    }
+    pthread_mutex_unlock(&reap_lock);
+    return up;
+}
+
+void sk_snap_thread_is_worker(void)
+{
+    on_worker = true;
+}
+
+uint64_t sk_snap_reaped(void)
+{
+    return SK_LOAD(&reaped);
+}
 
 void sk_snap_init(sk_snap *s, void (*destroy)(sk_snap *))
 {
     atomic_init(&s->refs, 1);
     s->version = 0;
     s->destroy = destroy;
+    s->off_worker = false;
+    s->reap_next = NULL;
+}
+
+void sk_snap_init_off_worker(sk_snap *s, void (*destroy)(sk_snap *))
+{
+    sk_snap_init(s, destroy);
+    s->off_worker = true;
+    reaper_start();
 }
 
 void sk_snap_ref(sk_snap *s)
@@ -15,8 +106,11 @@ void sk_snap_ref(sk_snap *s)
 
 void sk_snap_release(sk_snap *s)
 {
-    if (s && atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1)
-        s->destroy(s);
+    if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    if (on_worker && s->off_worker && retire(s))
+        return;
+    s->destroy(s);
 }
 
 void sk_slot_init(sk_slot *slot)

@@ -768,7 +768,7 @@ static void tls_load(const sk_tls_load_params *p, sk_tls_load_result *r)
         sk_set_err(err, errlen, "out of memory");
         goto out;
     }
-    sk_snap_init(&cfg->snap, tls_config_destroy);
+    sk_snap_init_off_worker(&cfg->snap, tls_config_destroy);
     cfg->ordinal = p->ordinal;
     memcpy(cfg->fingerprint, r->fingerprint, sizeof cfg->fingerprint);
     memcpy(cfg->ca_hash, m.ca_hash, 32);

@@ -77,6 +77,7 @@ void *sk_worker_main(void *arg)
     char name[16];
     snprintf(name, sizeof name, "skiff-w%d", w->index);
     prctl(PR_SET_NAME, name, 0UL, 0UL, 0UL);
+    sk_snap_thread_is_worker();
     atomic_store(&w->running, 1);
 
     while (evs && !atomic_load_explicit(&e->stopping, memory_order_acquire)) {

@@ -3,7 +3,10 @@
 #include "internal.h"
 #include "testlib.h"
 
+#include <pthread.h>
 #include <sched.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 typedef struct obj {
     sk_snap snap; /* first member */
@@ -257,11 +260,113 @@ static int test_stress(void)
     return 0;
 }
 
+/* ------------------------------------------------------------ reaper */
+
+typedef struct reaped_obj {
+    sk_snap snap;
+    pthread_t thread;
+    _Atomic int done;
+} reaped_obj;
+
+static void reaped_destroy(sk_snap *s)
+{
+    reaped_obj *o = (reaped_obj *)s;
+    o->thread = pthread_self();
+    atomic_store(&o->done, 1);
+    /* not freed here: the test reads it after; freed by the test */
+}
+
+typedef struct drop_arg {
+    sk_snap *snap;
+    bool as_worker;
+    pthread_t self;
+} drop_arg;
+
+static void *drop_main(void *arg)
+{
+    drop_arg *d = arg;
+    d->self = pthread_self();
+    if (d->as_worker)
+        sk_snap_thread_is_worker();
+    sk_snap_release(d->snap);
+    return NULL;
+}
+
+static int wait_done(reaped_obj *o)
+{
+    for (int i = 0; i < 10000 && !atomic_load(&o->done); i++)
+        sched_yield(), usleep(1000);
+    return atomic_load(&o->done);
+}
+
+/* A snapshot marked off-worker whose last reference a worker drops is
+ * destroyed by the reaper thread, not the worker; dropped by any other
+ * thread, at once on that thread; plain snapshots always at once. */
+static int test_reaper(void)
+{
+    uint64_t reaped0 = sk_snap_reaped();
+
+    reaped_obj *a = calloc(1, sizeof *a);
+    REQUIRE(a != NULL);
+    sk_snap_init_off_worker(&a->snap, reaped_destroy);
+    drop_arg da = {.snap = &a->snap, .as_worker = true};
+    pthread_t th;
+    REQUIRE(pthread_create(&th, NULL, drop_main, &da) == 0);
+    pthread_join(th, NULL);
+    CHECK(wait_done(a));
+    CHECK(!pthread_equal(a->thread, da.self));
+    CHECK(!pthread_equal(a->thread, pthread_self()));
+    CHECK_EQ_U(sk_snap_reaped() - reaped0, 1);
+
+    reaped_obj *b = calloc(1, sizeof *b);
+    REQUIRE(b != NULL);
+    sk_snap_init_off_worker(&b->snap, reaped_destroy);
+    drop_arg db = {.snap = &b->snap, .as_worker = false};
+    REQUIRE(pthread_create(&th, NULL, drop_main, &db) == 0);
+    pthread_join(th, NULL);
+    CHECK(atomic_load(&b->done)); /* inline, before release returned */
+    CHECK(pthread_equal(b->thread, db.self));
+
+    reaped_obj *c = calloc(1, sizeof *c);
+    REQUIRE(c != NULL);
+    sk_snap_init(&c->snap, reaped_destroy);
+    drop_arg dc = {.snap = &c->snap, .as_worker = true};
+    REQUIRE(pthread_create(&th, NULL, drop_main, &dc) == 0);
+    pthread_join(th, NULL);
+    CHECK(atomic_load(&c->done));
+    CHECK(pthread_equal(c->thread, dc.self));
+    CHECK_EQ_U(sk_snap_reaped() - reaped0, 1);
+    free(a);
+    free(b);
+    free(c);
+
+    /* many, from several worker threads at once: each destroyed once */
+    enum { N = 400, T = 4 };
+    static reaped_obj many[N];
+    drop_arg args[N];
+    for (int i = 0; i < N; i++) {
+        sk_snap_init_off_worker(&many[i].snap, reaped_destroy);
+        args[i] = (drop_arg){.snap = &many[i].snap, .as_worker = true};
+    }
+    pthread_t ths[N];
+    for (int i = 0; i < N; i++)
+        REQUIRE(pthread_create(&ths[i], NULL, drop_main, &args[i]) == 0);
+    for (int i = 0; i < N; i++)
+        pthread_join(ths[i], NULL);
+    int done = 0;
+    for (int i = 0; i < N; i++)
+        done += wait_done(&many[i]);
+    CHECK_EQ_I(done, N);
+    CHECK_EQ_U(sk_snap_reaped() - reaped0, 1 + N);
+    return 0;
+}
+
 int main(void)
 {
     RUN(test_refcount);
     RUN(test_publish_acquire);
     RUN(test_cache);
     RUN(test_stress);
+    RUN(test_reaper);
     return tl_summary("test_snapshot");
 }
