@@ -301,6 +301,7 @@ class TcpAdaptor:
                     tls_slot=-1 if slot is None else slot,
                     authenticate_peer=cfg.authenticate_peer,
                     balanced=cfg.distribution == "balanced",
+                    tls_resumption=cfg.tls_resumption,
                 )
             except EngineError as e:
                 state.last_error = str(e)

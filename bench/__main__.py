@@ -160,7 +160,9 @@ def _add_compare_parser(sub: Any) -> None:
         default=None,
         help=f"among {','.join(compare.SUBJECTS)} "
         f"(default: all; with --tls: {','.join(compare.TLS_SUBJECTS)}); also "
-        f"{compare.BASE_SUBJECT}: skiffd from the tree in ${compare.BASE_ENV}",
+        f"{compare.BASE_SUBJECT}: skiffd from the tree in ${compare.BASE_ENV}; with --tls, "
+        f"{compare.CACHE_SUBJECT}: skiffd with tlsResumption: cache (HAProxy's "
+        "no-tls-tickets mode)",
     )
     p.add_argument(
         "--tls",

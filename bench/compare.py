@@ -64,6 +64,9 @@ SUBJECTS = ("skiffd", "haproxy", "minrelay", "minrelay-splice", "engine", "direc
 BASE_SUBJECT = "skiffd-base"
 BASE_ENV = "SKIFF_BENCH_BASE"
 TLS_SUBJECTS = ("skiffd", "haproxy")  # the proxies that terminate TLS in a compare
+# only with --tls and when named: skiffd with tlsResumption: cache, the ticket
+# mode HAProxy's no-tls-tickets runs (stateful tickets into a server cache)
+CACHE_SUBJECT = "skiffd-cache"
 WORKLOADS = ("idle", "storm", "storm_fresh", "bulk1", "bulk4")
 STORMS = ("storm", "storm_fresh")
 # ratio columns shown when both subjects ran: (numerator, denominator)
@@ -73,6 +76,7 @@ RATIOS = (
     ("haproxy", "minrelay"),
     ("skiffd", "minrelay-splice"),
     ("skiffd", BASE_SUBJECT),
+    (CACHE_SUBJECT, "haproxy"),
 )
 SINK_ADDRESS_ID = ADDRESS_ID + 1
 IDLE_SETTLE_S = 0.5
@@ -117,12 +121,15 @@ class CompareConfig:
     tls: bool = False
 
     def validate(self) -> None:
-        if not self.subjects or set(self.subjects) - set(SUBJECTS) - {BASE_SUBJECT}:
+        if not self.subjects or set(self.subjects) - set(SUBJECTS) - {BASE_SUBJECT, CACHE_SUBJECT}:
             raise ValueError(f"subjects must be among {SUBJECTS}, got {self.subjects}")
-        if self.tls and set(self.subjects) - set(TLS_SUBJECTS) - {BASE_SUBJECT}:
+        if self.tls and set(self.subjects) - set(TLS_SUBJECTS) - {BASE_SUBJECT, CACHE_SUBJECT}:
             raise ValueError(
-                f"with --tls, subjects must be among {TLS_SUBJECTS} (or {BASE_SUBJECT})"
+                f"with --tls, subjects must be among {TLS_SUBJECTS} (or {BASE_SUBJECT}, "
+                f"{CACHE_SUBJECT})"
             )
+        if not self.tls and CACHE_SUBJECT in self.subjects:
+            raise ValueError(f"{CACHE_SUBJECT} is a TLS subject: add --tls")
         if not self.workloads or set(self.workloads) - set(WORKLOADS):
             raise ValueError(f"workloads must be among {WORKLOADS}, got {self.workloads}")
         if (
@@ -576,6 +583,11 @@ def _run_subjects(
 
                     def restart(e: tuple[str, int]) -> _Relay:
                         return start_skiffd(w, e, sink_addr, tls)
+
+                elif name == CACHE_SUBJECT:
+
+                    def restart(e: tuple[str, int]) -> _Relay:
+                        return start_skiffd(w, e, sink_addr, tls, CACHE_SUBJECT, None, "cache")
 
                 elif name == BASE_SUBJECT:
                     base = os.environ.get(BASE_ENV)

@@ -125,9 +125,11 @@ def skiffd_config(
     echo_port: int,
     sink_port: int,
     tls: TlsFiles | None = None,
+    tls_resumption: str | None = None,
 ) -> str:
     """A skrouterd.conf relaying echo_port -> echo and sink_port -> sink
-    (with tls: both listeners terminate TLS with one sslProfile)."""
+    (with tls: both listeners terminate TLS with one sslProfile, and
+    tls_resumption, when given, is their tlsResumption)."""
     profile = ""
     use = ""
     if tls is not None:
@@ -140,6 +142,8 @@ sslProfile {{
 }}
 """
         use = "\n    sslProfile: bench-tls"
+        if tls_resumption is not None:
+            use += f"\n    tlsResumption: {tls_resumption}"
 
     def relay(name: str, port: int, target: tuple[str, int]) -> str:
         return f"""
@@ -183,13 +187,14 @@ def start_skiffd(
     tls: TlsFiles | None = None,
     name: str = "skiffd",
     pythonpath: str | None = None,
+    tls_resumption: str | None = None,
 ) -> ProxyProcess:
     """`python -m router -c <generated>` with workerThreads = workers;
     pythonpath: another build's tree (its router/ with its own _native) first."""
     workdir = Path(tempfile.mkdtemp(prefix="skiff-bench-skiffd-"))
     echo_port, sink_port = free_port(), free_port()
     conf = workdir / "skiffd.conf"
-    conf.write_text(skiffd_config(workers, echo, sink, echo_port, sink_port, tls))
+    conf.write_text(skiffd_config(workers, echo, sink, echo_port, sink_port, tls, tls_resumption))
     log = workdir / "skiffd.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

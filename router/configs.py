@@ -214,6 +214,7 @@ class TcpListenerConfig(EntityConfig):
     authenticate_peer: bool
     max_connections: int
     distribution: str
+    tls_resumption: str
 
 
 @dataclasses.dataclass(frozen=True)

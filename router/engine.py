@@ -28,6 +28,13 @@ PRIO_NORMAL = 1
 DRAIN_BATCH = 256
 
 
+_TLS_RESUMPTION = {
+    "tickets": lib.SK_TLS_RESUME_TICKETS,
+    "cache": lib.SK_TLS_RESUME_CACHE,
+    "off": lib.SK_TLS_RESUME_OFF,
+}
+
+
 class EngineError(RuntimeError):
     """A call into the engine failed; the message says which and why."""
 
@@ -878,6 +885,7 @@ class Engine:
         data_ok: bool = False,
         data_pool_cap: int = 0,
         balanced: bool = False,
+        tls_resumption: str = "tickets",
     ) -> Listener:
         """Binds host:port (numeric; "" = every address) and accepts on every worker.
 
@@ -888,7 +896,14 @@ class Engine:
         a HELLO is answered OVERLOADED (0: no cap).
         balanced: a client's target is the one with the fewest open flows plus
         path cost over the whole network (tcpListener distribution
-        "balanced"), not the lowest cost first."""
+        "balanced"), not the lowest cost first.
+        tls_resumption: "tickets" (a stateless ticket), "cache" (a ticket
+        naming a session in the profile's bounded server cache, as HAProxy's
+        no-tls-tickets) or "off" (no ticket: every handshake a full one)."""
+        if tls_resumption not in _TLS_RESUMPTION:
+            raise EngineError(
+                f"tls_resumption '{tls_resumption}': one of {', '.join(_TLS_RESUMPTION)}"
+            )
         opts = ffi.new("sk_listener_options *")
         lib.sk_listener_options_init(opts)
         chost = ffi.new("char[]", host.encode())
@@ -905,6 +920,7 @@ class Engine:
         opts.data_ok = int(data_ok)
         opts.data_pool_cap = data_pool_cap
         opts.balanced = int(balanced)
+        opts.tls_resumption = _TLS_RESUMPTION[tls_resumption]
         uid = self.new_user_id() if user_id is None else user_id
         opts.user_id = uid
         err = _err()

@@ -486,6 +486,18 @@ _TCP_LISTENER = EntityTypeSpec(
             "sites.",
         ),
         AttributeSpec(
+            "tlsResumption",
+            AttrType.ENUM,
+            default="tickets",
+            choices=("tickets", "cache", "off"),
+            description="Skiff: how TLS clients may resume a session (with an sslProfile). "
+            "tickets: a stateless ticket, the session encrypted with the router's key (the "
+            "router keeps nothing). cache: a ticket that names a session kept in a bounded "
+            "cache of the sslProfile (1024 sessions per profile version, 300 s; HAProxy's "
+            "no-tls-tickets). off: no ticket, every connection a full handshake (the least "
+            "CPU per handshake when clients never resume).",
+        ),
+        AttributeSpec(
             "operStatus",
             AttrType.ENUM,
             status=True,

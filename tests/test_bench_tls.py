@@ -25,11 +25,15 @@ ECHO = ("127.0.0.1", 40001)
 SINK = ("127.0.0.1", 40002)
 
 
-def test_skiffd_config_with_tls_is_accepted_by_the_router(tmp_path: Path) -> None:
+@pytest.mark.parametrize("resumption", [None, "cache"])
+def test_skiffd_config_with_tls_is_accepted_by_the_router(
+    tmp_path: Path, resumption: str | None
+) -> None:
     tls = write_tls_files(tmp_path / "tls")
-    text = skiffd_config(2, ECHO, SINK, 40011, 40012, tls)
+    text = skiffd_config(2, ECHO, SINK, 40011, 40012, tls, resumption)
     assert "sslProfile {" in text
     assert text.count("sslProfile: bench-tls") == 2  # both listeners terminate TLS
+    assert text.count("tlsResumption: cache") == (2 if resumption else 0)
     conf = tmp_path / "skiffd.conf"
     conf.write_text(text)
     done = subprocess.run(
@@ -104,6 +108,9 @@ def test_compare_tls_accepts_only_tls_proxies() -> None:
     with pytest.raises(ValueError, match="with --tls"):
         CompareConfig(subjects=("skiffd", "direct"), tls=True).validate()
     CompareConfig(subjects=("skiffd", "haproxy"), tls=True).validate()
+    CompareConfig(subjects=("skiffd", "skiffd-cache", "haproxy"), tls=True).validate()
+    with pytest.raises(ValueError, match="skiffd-cache is a TLS subject"):
+        CompareConfig(subjects=("skiffd", "skiffd-cache")).validate()
     assert unit_label("µs CPU/conn", True) == "µs CPU/handshake"
     assert unit_label("conn/s", False) == "conn/s"
 

@@ -65,6 +65,7 @@ def test_parses_entities_with_converted_values_and_defaults() -> None:
         "authenticatePeer": False,
         "maxConnections": 0,
         "distribution": "closest",
+        "tlsResumption": "tickets",
     }
     assert listener.name == "tcpListener/127.0.0.1:9000"
     assert listener.line == 8

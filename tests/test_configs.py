@@ -65,6 +65,7 @@ def test_defaults_come_from_the_schema() -> None:
         authenticate_peer=False,
         max_connections=0,
         distribution="closest",
+        tls_resumption="tickets",
     )
     router = RouterConfig.from_attributes("router", {})
     assert (router.worker_threads, router.tls_loader_threads, router.mode) == (4, 2, "standalone")

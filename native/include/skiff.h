@@ -243,7 +243,16 @@ typedef struct sk_listener_options {
                               flows plus path cost over every target in the network
                               (Skupper's "balanced"); 0: lowest cost first, then the
                               fewest open flows (Skupper's "closest") */
+    int tls_resumption;    /* TLS: how clients may resume, SK_TLS_RESUME_* */
 } sk_listener_options;
+
+/* tls_resumption: a stateless TLS ticket (the session, encrypted; the
+ * server keeps nothing), a ticket naming a session in the profile's bounded
+ * server cache (HAProxy's no-tls-tickets), or no ticket at all (the
+ * cheapest handshake; every connection a full one). */
+#define SK_TLS_RESUME_TICKETS 0
+#define SK_TLS_RESUME_CACHE 1
+#define SK_TLS_RESUME_OFF 2
 
 void sk_listener_options_init(sk_listener_options *opts);
 

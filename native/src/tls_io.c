@@ -55,8 +55,12 @@ static bool tls_attach(sk_worker *w, sk_conn *c, int slot, bool server, bool lin
 
 bool sk_tls_io_attach_server(sk_worker *w, sk_conn *c, const sk_listener *l)
 {
-    if (!tls_attach(w, c, l->opts.tls_slot, true, l->opts.data_ok != 0))
+    /* the inter-router listeners' context has the bounded session cache */
+    bool cache = l->opts.data_ok || l->opts.tls_resumption == SK_TLS_RESUME_CACHE;
+    if (!tls_attach(w, c, l->opts.tls_slot, true, cache))
         return false;
+    if (l->opts.tls_resumption == SK_TLS_RESUME_OFF && !l->opts.data_ok)
+        SSL_set_num_tickets(c->ssl, 0);
     if (l->opts.authenticate_peer)
         SSL_set_verify(c->ssl, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
     c->tls_sniff = l->opts.tls_optional != 0;
