@@ -481,15 +481,7 @@ async def _run(
     name = "rotate" if cfg.interval_s is not None else "storm --tls"
     progress.phase(f"{name} → engine TLS listener :{listener.port}")
     try:
-        r = await run_round(
-            scfg,
-            _Addr("engine-tls", ("127.0.0.1", listener.port)),
-            0,
-            pool,
-            echo,
-            probe,
-            on_progress=progress.storm_tick,
-        )
+        r = await _storm_round(scfg, "engine-tls", listener.port, pool, echo, probe, progress)
     finally:
         loader.stop_event.set()
         stop.set()
@@ -527,6 +519,20 @@ async def _run(
     )
 
 
+async def _storm_round(
+    scfg: StormConfig,
+    name: str,
+    port: int,
+    pool: ClientPool,
+    echo: EchoServer,
+    probe: EngineSubject,
+    progress: Progress,
+) -> RoundResult:
+    """One storm round against 127.0.0.1:port, the probe's engine watched."""
+    subject = _Addr(name, ("127.0.0.1", port))
+    return await run_round(scfg, subject, 0, pool, echo, probe, on_progress=progress.storm_tick)
+
+
 async def _baseline_round(
     cfg: RotateConfig,
     scfg: StormConfig,
@@ -549,15 +555,7 @@ async def _baseline_round(
     )
     try:
         progress.phase(f"baseline: the storm through skiffd pid {proxy.pid}, engine idle")
-        return await run_round(
-            scfg,
-            _Addr("baseline", ("127.0.0.1", proxy.echo_port)),
-            0,
-            pool,
-            echo,
-            probe,
-            on_progress=progress.storm_tick,
-        )
+        return await _storm_round(scfg, "baseline", proxy.echo_port, pool, echo, probe, progress)
     finally:
         await loop.run_in_executor(None, proxy.stop)
 

@@ -24,6 +24,7 @@ from bench.rotate import (
     bundle_bytes,
     bundle_fingerprint,
     bundle_in_force,
+    format_rotate,
     rotate_json,
     run_rotate,
 )
@@ -139,3 +140,24 @@ def test_rotate_same_profile_bundle_short_run() -> None:
     assert figures["bundle_in_force_ms"]["in_force"] == len(res.bundle_load_ms)
     assert figures["bundle_in_force_ms"]["older_after_newer"] == 0
     assert figures["control_loop_lag_us"]["count"] > 10
+    assert res.baseline is None and res.timer_goals() is None  # rotate: no baseline
+
+
+def test_storm_tls_has_a_baseline_round_and_judges_the_timer_goals() -> None:
+    """storm --tls (no rotation): the same storm first through a spawned
+    skiffd while the bench's engine idles; the timer goals compare the
+    engine's lateness under its own storm with that baseline."""
+    res = run_rotate(RotateConfig(clients=8, duration_s=1.0, procs=1, interval_s=None))
+    assert res.ok
+    assert res.baseline is not None and res.baseline.ok > 0 and res.baseline.failed == 0
+    assert res.round.ok > 0
+    # the engine made no handshake in the baseline round, every one after
+    assert res.baseline.engine["counters"]["tls_handshakes"] == 0
+    assert res.round.engine["counters"]["tls_handshakes"] >= res.round.ok
+    goals = res.timer_goals()
+    assert goals is not None
+    assert goals["dispatch_cpu_us"]["count"] > 0
+    assert goals["idle_engine_lateness_us"]["count"] > 0
+    assert set(goals["met"]) == {"dispatch_cpu_p99", "dispatch_cpu_max", "lateness_ratio"}
+    assert "timer goals" in format_rotate(res)
+    assert rotate_json(res)["figures"]["timer_goals"] == goals
