@@ -201,6 +201,8 @@ typedef struct sk_engine_counters {
     uint64_t app_connects_failed; /* dials that ended before SK_EV_APP_OPEN
                                    (refused, timed out, TLS), cancels excluded */
     uint64_t tls_resumed;       /* of tls_handshakes, those that resumed a session */
+    uint64_t tls_detached;      /* server connections that left OpenSSL after the
+                                   handshake for the engine's record layer */
 } sk_engine_counters;
 
 void sk_engine_counters_get(sk_engine *e, sk_engine_counters *out);

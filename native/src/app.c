@@ -155,7 +155,7 @@ static void app_interest(sk_worker *w, sk_conn *c)
         ev |= EPOLLIN;
     if (a->woff < a->wlen)
         ev |= EPOLLOUT;
-    if (c->ssl)
+    if (sk_conn_is_tls(c))
         ev = sk_tls_io_interest(w, c, ev, !c->rd_eof && !paused);
     sk_conn_set_interest(w, c, ev);
 }
@@ -176,7 +176,7 @@ void sk_app_conn_readable(sk_worker *w, sk_conn *c)
     }
     ssize_t n = sk_io_recv(w, c, tmp, space < sizeof tmp ? space : sizeof tmp);
     if (n == -1) {
-        if (c->ssl)
+        if (sk_conn_is_tls(c))
             app_interest(w, c); /* SSL_read may want the socket writable */
         return;
     }
@@ -280,9 +280,9 @@ void sk_app_io(sk_worker *w, sk_handle *h, uint32_t ev)
     sk_conn *c = SK_CONTAINER_OF(h, sk_conn, h);
     bool ard = (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0;
     bool awr = (ev & EPOLLOUT) != 0;
-    if (c->ssl && c->tls_wr_wants_in && (ev & EPOLLIN))
+    if (sk_conn_is_tls(c) && c->tls_wr_wants_in && (ev & EPOLLIN))
         awr = true;
-    if (c->ssl && c->tls_rd_wants_out && (ev & EPOLLOUT))
+    if (sk_conn_is_tls(c) && c->tls_rd_wants_out && (ev & EPOLLOUT))
         ard = true;
     if (ard)
         sk_app_conn_readable(w, c);

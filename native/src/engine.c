@@ -336,6 +336,7 @@ void sk_engine_counters_get(sk_engine *e, sk_engine_counters *out)
     out->tls_unexpected_eof = SK_LOAD(&e->tls_unexpected_eof);
     out->tls_closed_old = SK_LOAD(&e->tls_closed_old);
     out->tls_resumed = SK_LOAD(&e->tls_resumed);
+    out->tls_detached = SK_LOAD(&e->tls_detached);
     out->pipes_live = SK_LOAD(&e->pipes_live);
     out->pool_idle_in = SK_LOAD(&e->dp_pool_in);
     out->pool_idle_out = SK_LOAD(&e->dp_pool_out);
