@@ -17,7 +17,8 @@
  * connection keeps only secrets, keys, IVs and sequence numbers: the read
  * buffer (ciphertext read ahead, decrypted in place) and the write buffer
  * (ciphertext not yet written) exist while bytes are in flight, and the
- * cipher contexts are per thread, keyed for each read or write burst.
+ * cipher contexts are per thread (one per suite and direction), keyed again
+ * when the key they hold is not the connection's.
  *
  * All memory is OpenSSL's allocator (test_tls_mem counts it), cleansed when
  * it held keys or plaintext. */
@@ -60,6 +61,17 @@ static rl_suite suites[SUITES];
 static EVP_MD *mds[2];
 static EVP_KDF *hkdf;
 static pthread_key_t rl_tkey;
+/* Every key a record layer installs gets a new id: a thread's cipher
+ * context keyed for one id is used again without keying (ids are never
+ * reused, unlike addresses). */
+static _Atomic uint64_t rl_key_ids;
+
+/* A thread's cipher contexts: per suite, one to decrypt and one to encrypt,
+ * and the key id each is keyed with. */
+typedef struct rl_thread {
+    EVP_CIPHER_CTX *ctx[SUITES][2];
+    uint64_t key_id[SUITES][2];
+} rl_thread;
 
 /* During the handshake: what the callbacks saw. */
 typedef struct rl_capture {
@@ -79,6 +91,7 @@ struct sk_tls_rl {
     bool wclosed;      /* our close_notify went out */
     uint32_t wpt;      /* plaintext bytes of the records waiting in wbuf */
     uint64_t rseq, wseq;
+    uint64_t rkid, wkid; /* ids of the read and write keys */
     uint8_t rsec[RL_MAX_SECRET], wsec[RL_MAX_SECRET];
     uint8_t rkey[32], wkey[32];
     uint8_t riv[RL_IV], wiv[RL_IV];
@@ -93,10 +106,16 @@ struct sk_tls_rl {
 
 static void tkey_free(void *p)
 {
-    EVP_CIPHER_CTX **ctx = p;
+    rl_thread *t = p;
     for (int i = 0; i < SUITES; i++)
-        EVP_CIPHER_CTX_free(ctx[i]);
-    OPENSSL_free(ctx);
+        for (int d = 0; d < 2; d++)
+            EVP_CIPHER_CTX_free(t->ctx[i][d]);
+    OPENSSL_free(t);
+}
+
+static uint64_t new_key_id(void)
+{
+    return atomic_fetch_add_explicit(&rl_key_ids, 1, memory_order_relaxed) + 1;
 }
 
 static void capture_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
@@ -314,6 +333,8 @@ sk_tls_rl *sk_tls_rl_detach(SSL *ssl)
     memcpy(rl->rsec, cap->csec, s->hlen);
     memcpy(rl->wsec, cap->ssec, s->hlen);
     rl->wseq = cap->after_fin;
+    rl->rkid = new_key_id();
+    rl->wkid = new_key_id();
     if (!traffic_keys(s, rl->rsec, rl->rkey, rl->riv) ||
         !traffic_keys(s, rl->wsec, rl->wkey, rl->wiv)) {
         sk_tls_rl_free(rl);
@@ -342,22 +363,30 @@ void sk_tls_rl_free(sk_tls_rl *rl)
 
 /* ------------------------------------------------------------ AEAD */
 
-/* This thread's cipher context for rl's suite, keyed for a burst. */
-static EVP_CIPHER_CTX *burst_ctx(const sk_tls_rl *rl, const uint8_t *key, int enc)
+/* This thread's cipher context for rl's suite and direction, keyed with
+ * rl's current key of that direction (keying takes 0.2-0.7 us: skipped
+ * when the context still holds that key). */
+static EVP_CIPHER_CTX *burst_ctx(const sk_tls_rl *rl, int enc)
 {
-    EVP_CIPHER_CTX **ctx = pthread_getspecific(rl_tkey);
-    if (!ctx) {
-        ctx = OPENSSL_zalloc(SUITES * sizeof *ctx);
-        if (!ctx || pthread_setspecific(rl_tkey, ctx) != 0) {
-            OPENSSL_free(ctx);
+    rl_thread *t = pthread_getspecific(rl_tkey);
+    if (!t) {
+        t = OPENSSL_zalloc(sizeof *t);
+        if (!t || pthread_setspecific(rl_tkey, t) != 0) {
+            OPENSSL_free(t);
             return NULL;
         }
     }
-    EVP_CIPHER_CTX **c = &ctx[rl->suite];
+    EVP_CIPHER_CTX **c = &t->ctx[rl->suite][enc];
+    uint64_t *kid = &t->key_id[rl->suite][enc], want = enc ? rl->wkid : rl->rkid;
     if (!*c && !(*c = EVP_CIPHER_CTX_new()))
         return NULL;
-    if (EVP_CipherInit_ex2(*c, suites[rl->suite].cipher, key, NULL, enc, NULL) != 1)
+    if (*kid == want)
+        return *c;
+    *kid = 0;
+    if (EVP_CipherInit_ex2(*c, suites[rl->suite].cipher, enc ? rl->wkey : rl->rkey, NULL, enc,
+                           NULL) != 1)
         return NULL;
+    *kid = want;
     return *c;
 }
 
@@ -441,7 +470,7 @@ static int next_record(sk_tls_rl *rl, EVP_CIPHER_CTX **ctx)
         return 0;
     if (rl->rseq == UINT64_MAX)
         return -2; /* never wraps */
-    if (!*ctx && !(*ctx = burst_ctx(rl, rl->rkey, 0)))
+    if (!*ctx && !(*ctx = burst_ctx(rl, 0)))
         return -2;
     if (!open_rec(*ctx, rl->riv, rl->rseq, rec, len))
         return -2; /* bad tag: nothing of it is returned */
@@ -475,6 +504,7 @@ static int next_record(sk_tls_rl *rl, EVP_CIPHER_CTX **ctx)
         if (!update_secret(s, rl->rsec, rl->rkey, rl->riv))
             return -2;
         rl->rseq = 0;
+        rl->rkid = new_key_id();
         *ctx = NULL; /* rekey for the next record */
         if (pt[4] == SSL_KEY_UPDATE_REQUESTED)
             rl->ku_owed = true;
@@ -615,7 +645,7 @@ static bool append_record(sk_tls_rl *rl, EVP_CIPHER_CTX **ctx, uint8_t type, con
 {
     if (rl->wseq == UINT64_MAX)
         return false; /* never wraps: the connection closes instead */
-    if (!*ctx && !(*ctx = burst_ctx(rl, rl->wkey, 1)))
+    if (!*ctx && !(*ctx = burst_ctx(rl, 1)))
         return false;
     if (!wreserve(rl, RL_HDR + n + 1 + RL_TAG))
         return false;
@@ -638,6 +668,7 @@ static bool append_key_update(sk_tls_rl *rl, EVP_CIPHER_CTX **ctx)
     if (!update_secret(&suites[rl->suite], rl->wsec, rl->wkey, rl->wiv))
         return false;
     rl->wseq = 0;
+    rl->wkid = new_key_id();
     *ctx = NULL;
     rl->ku_owed = false;
     return true;
