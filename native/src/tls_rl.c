@@ -568,6 +568,9 @@ ssize_t sk_tls_rl_recv(sk_tls_rl *rl, int fd, void *buf, size_t len, bool peek)
         }
         if (r > 0)
             continue;
+        if (got > 0)
+            break; /* bytes to return: the socket is read on the next call
+                    * (a read here would mostly find nothing, EAGAIN) */
         ssize_t f = fill(rl, fd);
         if (f == 0) {
             rl->eof = true; /* end of stream without close_notify */
