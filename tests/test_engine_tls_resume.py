@@ -114,6 +114,11 @@ def test_later_data_connections_resume_the_session(per_flow: Pair) -> None:
         p.flow(b"again%d" % i)
     assert p.resumed() == (3, 3)  # both ends saw each resumption
     assert p.handshakes() == (4, 4)
+    # R2's accepted data connections left OpenSSL after each handshake
+    # (tls_rl.c), and their stateful tickets still resumed; R1's dialled
+    # ones keep OpenSSL (they take the tickets)
+    assert p.r2.counters()["tls_detached"] == 4
+    assert p.r1.counters()["tls_detached"] == 0
 
 
 def test_a_rotation_on_either_side_costs_one_full_handshake(per_flow: Pair) -> None:

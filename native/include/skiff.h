@@ -204,6 +204,8 @@ typedef struct sk_engine_counters {
                                    (refused, timed out, TLS), cancels excluded */
     uint64_t tls_resumed;       /* of tls_handshakes, those that resumed a session */
     uint64_t app_direct_writes; /* sk_app_write calls that sent on the caller's thread */
+    uint64_t tls_detached;      /* server connections that left OpenSSL after the
+                                   handshake for the engine's record layer */
 } sk_engine_counters;
 
 void sk_engine_counters_get(sk_engine *e, sk_engine_counters *out);

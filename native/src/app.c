@@ -165,7 +165,7 @@ static void app_interest(sk_worker *w, sk_conn *c)
         ev |= EPOLLIN;
     if (a->woff < a->wlen)
         ev |= EPOLLOUT;
-    if (c->ssl)
+    if (sk_conn_is_tls(c))
         ev = sk_tls_io_interest(w, c, ev, !c->rd_eof && !paused);
     sk_conn_set_interest(w, c, ev);
 }
@@ -186,7 +186,7 @@ void sk_app_conn_readable(sk_worker *w, sk_conn *c)
     }
     ssize_t n = sk_io_recv(w, c, tmp, space < sizeof tmp ? space : sizeof tmp);
     if (n == -1) {
-        if (c->ssl)
+        if (sk_conn_is_tls(c))
             app_interest(w, c); /* SSL_read may want the socket writable */
         return;
     }
@@ -223,9 +223,8 @@ void sk_app_conn_readable(sk_worker *w, sk_conn *c)
 
 void sk_app_direct_open(sk_app *a, sk_conn *c)
 {
-    /* TLS records are the worker's alone (c->tls stays set on every TLS
-     * connection, whatever holds its record state) */
-    if (c->ssl || c->tls)
+    /* TLS records are the worker's alone, OpenSSL's or detached */
+    if (sk_conn_is_tls(c))
         return;
     pthread_mutex_lock(&a->lock);
     a->direct_fd = c->fd;
@@ -341,9 +340,9 @@ void sk_app_io(sk_worker *w, sk_handle *h, uint32_t ev)
     sk_conn *c = SK_CONTAINER_OF(h, sk_conn, h);
     bool ard = (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0;
     bool awr = (ev & EPOLLOUT) != 0;
-    if (c->ssl && c->tls_wr_wants_in && (ev & EPOLLIN))
+    if (sk_conn_is_tls(c) && c->tls_wr_wants_in && (ev & EPOLLIN))
         awr = true;
-    if (c->ssl && c->tls_rd_wants_out && (ev & EPOLLOUT))
+    if (sk_conn_is_tls(c) && c->tls_rd_wants_out && (ev & EPOLLOUT))
         ard = true;
     if (ard)
         sk_app_conn_readable(w, c);

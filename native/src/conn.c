@@ -173,7 +173,7 @@ void sk_conn_register_et(sk_worker *w, sk_conn *c)
 
 ssize_t sk_io_recv(sk_worker *w, sk_conn *c, void *buf, size_t len)
 {
-    if (c->ssl)
+    if (sk_conn_is_tls(c))
         return sk_tls_io_recv(w, c, buf, len);
     ssize_t n = recv(c->fd, buf, len, 0);
     if (n >= 0)
@@ -183,7 +183,7 @@ ssize_t sk_io_recv(sk_worker *w, sk_conn *c, void *buf, size_t len)
 
 ssize_t sk_io_send(sk_conn *c, const void *buf, size_t len)
 {
-    if (c->ssl)
+    if (sk_conn_is_tls(c))
         return sk_tls_io_send(c, buf, len);
     ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
     if (n >= 0)
@@ -210,7 +210,7 @@ static void close_one(sk_worker *w, sk_conn *c, bool abortive)
     sk_worker_cancel(w, SK_PRIO_NORMAL, &c->tmo);
     if (c->in_ready)
         sk_ready_remove(w, c);
-    if (c->ssl)
+    if (sk_conn_is_tls(c))
         sk_tls_io_close(w, c, abortive);
     if (abortive) {
         struct linger lg = {.l_onoff = 1, .l_linger = 0};

@@ -203,7 +203,7 @@ static uint64_t verdict_wait_ns(sk_engine *e)
 /* Epoll interest while a message is exchanged (not relaying). */
 static void set_interest(sk_worker *w, sk_conn *c, uint32_t ev)
 {
-    if (c->ssl)
+    if (sk_conn_is_tls(c))
         ev = sk_tls_io_interest(w, c, ev, (ev & EPOLLIN) != 0);
     sk_conn_set_interest(w, c, ev);
 }
@@ -270,7 +270,7 @@ static void refuse(sk_worker *w, sk_conn *c, uint8_t code, uint8_t detail, uint6
         sk_io_send(c, v, (size_t)n); /* a fresh idle connection takes 16 bytes */
     }
     free_parser(c->dc);
-    if (c->ssl)
+    if (sk_conn_is_tls(c))
         sk_tls_io_shutdown(c);
     shutdown(c->fd, SHUT_WR);
     c->wr_shut = true;
@@ -1515,8 +1515,8 @@ static void hand_off(sk_worker *w, sk_conn *c)
     sk_worker_cancel(w, SK_PRIO_NORMAL, &c->tmo);
     sk_conn_set_interest(w, c, 0);
     sk_conn_open_client(w, c);
-    /* decrypted bytes the peek left inside OpenSSL wake no epoll */
-    if (c->state == SK_C_OPEN && c->ssl && c->app && SSL_pending(c->ssl) > 0)
+    /* decrypted bytes the peek left inside the TLS layer wake no epoll */
+    if (c->state == SK_C_OPEN && sk_conn_is_tls(c) && c->app && sk_tls_io_pending(c))
         sk_ready_push(w, c);
 }
 
@@ -1532,20 +1532,15 @@ static void sniff_io(sk_worker *w, sk_handle *h, uint32_t ev)
     sk_conn *c = SK_CONTAINER_OF(h, sk_conn, h);
     unsigned char b[2];
     ssize_t n;
-    if (c->ssl) {
-        ERR_clear_error();
-        int r = SSL_peek(c->ssl, b, sizeof b);
-        if (r > 0) {
-            n = r;
-        } else {
-            int se = SSL_get_error(c->ssl, r);
-            if (se == SSL_ERROR_WANT_READ || se == SSL_ERROR_WANT_WRITE) {
-                sk_conn_set_interest(w, c, se == SSL_ERROR_WANT_READ ? EPOLLIN : EPOLLOUT);
-                return;
-            }
-            ERR_clear_error();
-            n = 0;
+    if (sk_conn_is_tls(c)) {
+        uint32_t want;
+        n = sk_tls_io_peek(c, b, sizeof b, &want);
+        if (n == -1) {
+            sk_conn_set_interest(w, c, want);
+            return;
         }
+        if (n < 0)
+            n = 0;
     } else {
         n = recv(c->fd, b, sizeof b, MSG_PEEK);
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) {

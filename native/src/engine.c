@@ -337,6 +337,7 @@ void sk_engine_counters_get(sk_engine *e, sk_engine_counters *out)
     out->tls_closed_old = SK_LOAD(&e->tls_closed_old);
     out->tls_resumed = SK_LOAD(&e->tls_resumed);
     out->app_direct_writes = SK_LOAD(&e->app_direct_writes);
+    out->tls_detached = SK_LOAD(&e->tls_detached);
     out->pipes_live = SK_LOAD(&e->pipes_live);
     out->pool_idle_in = SK_LOAD(&e->dp_pool_in);
     out->pool_idle_out = SK_LOAD(&e->dp_pool_out);

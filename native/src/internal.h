@@ -327,7 +327,7 @@ struct sk_engine {
     _Atomic uint64_t pipes_live, pipes_in_use, splice_fallbacks;
     _Atomic uint64_t conns_live, bufs_live, buf_bytes_live, accepted, connects_failed,
         flows_failed, accept_paused, limit_rejected, tls_handshakes, tls_failures,
-        tls_unexpected_eof, tls_closed_old, tls_resumed;
+        tls_unexpected_eof, tls_closed_old, tls_resumed, tls_detached;
     _Atomic uint64_t app_live, app_outbound_live, app_connects_failed, app_direct_writes;
     /* app.c: how long bytes waited between threads (sk_engine_app_wait);
      * written by any thread with atomic adds */
@@ -591,6 +591,7 @@ typedef struct ssl_st SSL;
 typedef struct ssl_ctx_st SSL_CTX;
 typedef struct ssl_session_st SSL_SESSION;
 typedef struct x509_store_st X509_STORE;
+typedef struct sk_tls_rl sk_tls_rl;
 
 /* One socket of a flow: the client side (accepted) or the target side
  * (connected). c->h.on_io follows c->state; change both together. */
@@ -622,7 +623,8 @@ struct sk_conn {
     bool app_out;          /* an app connection dialled by sk_app_connect */
     sk_timer tmo;          /* connect or handshake time-out (normal class) */
     /* TLS */
-    SSL *ssl;
+    SSL *ssl;              /* OpenSSL: the handshake, and records unless detached */
+    sk_tls_rl *rl;         /* detached: our record layer (tls_rl.c), ssl freed */
     sk_tls_config *tls;    /* pinned config (a reference) */
     int tls_slot;
     uint32_t tls_want;     /* epoll events the TLS engine waits for */
@@ -651,6 +653,12 @@ struct sk_conn {
     struct sk_peer *dc_wait;
     sk_conn *dc_wnext;
 };
+
+/* c speaks TLS: through OpenSSL, or detached through tls_rl.c. */
+static inline bool sk_conn_is_tls(const sk_conn *c)
+{
+    return c->ssl != NULL || c->rl != NULL;
+}
 
 static inline void sk_conn_enter(sk_conn *c, int state, sk_io_cb on_io)
 {
@@ -798,8 +806,14 @@ ssize_t sk_tls_io_send(sk_conn *c, const void *buf, size_t len);
 uint32_t sk_tls_io_interest(sk_worker *w, sk_conn *c, uint32_t ev, bool may_read);
 /* Sends close_notify (never waits). */
 void sk_tls_io_shutdown(sk_conn *c);
-/* Closing c: close_notify unless abortive, then frees the SSL object. */
+/* Closing c: close_notify unless abortive, then frees the SSL object (or
+ * the detached record layer). */
 void sk_tls_io_close(sk_worker *w, sk_conn *c, bool abortive);
+/* Up to len decrypted bytes without consuming them: as sk_tls_io_recv, but
+ * -1 means "try later" with *want the readiness to wait for. */
+ssize_t sk_tls_io_peek(sk_conn *c, void *buf, size_t len, uint32_t *want);
+/* Decrypted bytes wait inside the TLS layer (they wake no epoll). */
+bool sk_tls_io_pending(const sk_conn *c);
 void sk_ready_push(sk_worker *w, sk_conn *c);
 void sk_ready_remove(sk_worker *w, sk_conn *c);
 /* Reads from the ready connections (end of every batch). */
@@ -807,6 +821,37 @@ void sk_worker_run_ready(sk_worker *w);
 void sk_worker_close_tls_older(sk_worker *w, int slot, uint64_t ordinal);
 /* SSL info callback: notes a received close_notify. */
 void sk_tls_info_cb(const SSL *ssl, int where, int ret);
+
+/* tls_rl.c: our TLS 1.3 record layer for server connections after the
+ * handshake. SKIFF_TLS_DETACH 0 builds without it (OpenSSL keeps every
+ * connection, as before). */
+#ifndef SKIFF_TLS_DETACH
+#define SKIFF_TLS_DETACH 1
+#endif
+/* Server contexts: capture the traffic secrets and count the records the
+ * handshake writes. False when this OpenSSL lacks what it needs. */
+bool sk_tls_rl_install(SSL_CTX *ctx);
+/* Handshake done on a server SSL of such a context: a record layer that
+ * continues where OpenSSL stopped (the caller then frees ssl), or NULL when
+ * the connection must keep OpenSSL (not TLS 1.3 with one of its three
+ * suites, bytes buffered inside OpenSSL or unwritten). Either way the
+ * capture is gone afterwards. */
+sk_tls_rl *sk_tls_rl_detach(SSL *ssl);
+/* Drops the capture of a connection that keeps OpenSSL. */
+void sk_tls_rl_forget(SSL *ssl);
+void sk_tls_rl_free(sk_tls_rl *rl);
+/* As sk_tls_io_recv / sk_tls_io_send on socket fd: >0, 0 EOF (recv), -1
+ * would block, -2 fatal. A send that could not write a whole record returns
+ * what was written in whole records, or -1: the caller retries with the same
+ * bytes. peek: copies without consuming. */
+ssize_t sk_tls_rl_recv(sk_tls_rl *rl, int fd, void *buf, size_t len, bool peek);
+ssize_t sk_tls_rl_send(sk_tls_rl *rl, int fd, const void *buf, size_t len);
+/* Something the next recv returns without the socket: plaintext, a whole
+ * record, end of stream or an error. */
+bool sk_tls_rl_pending(const sk_tls_rl *rl);
+bool sk_tls_rl_close_notify(const sk_tls_rl *rl);
+/* Best-effort close_notify; later sends fail. */
+void sk_tls_rl_shutdown(sk_tls_rl *rl, int fd);
 
 /* ------------------------------------------------------------ relay.c */
 

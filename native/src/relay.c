@@ -30,7 +30,7 @@
  * through a pipe, and a short-lived flow never touches the pool. */
 static bool may_splice(const sk_worker *w, const sk_conn *c)
 {
-    return w->engine->opts.splice_pipes > 0 && !c->ssl && !c->peer->ssl &&
+    return w->engine->opts.splice_pipes > 0 && !sk_conn_is_tls(c) && !sk_conn_is_tls(c->peer) &&
            SK_LOAD(&c->bytes_in) >= (uint64_t)w->engine->opts.relay_buffer_bytes;
 }
 
@@ -47,7 +47,7 @@ static bool pending(const sk_conn *c)
 
 bool sk_relay_plain(const sk_conn *c)
 {
-    return c->peer && !c->ssl && !c->peer->ssl;
+    return c->peer && !sk_conn_is_tls(c) && !sk_conn_is_tls(c->peer);
 }
 
 static void update_interest(sk_worker *w, sk_conn *c)
@@ -63,7 +63,7 @@ static void update_interest(sk_worker *w, sk_conn *c)
         ev |= EPOLLIN;
     if ((c->out && c->out->start < c->out->end) || c->pipe)
         ev |= EPOLLOUT;
-    if (c->ssl)
+    if (sk_conn_is_tls(c))
         ev = sk_tls_io_interest(w, c, ev, !c->rd_eof);
     sk_conn_set_interest(w, c, ev);
 }
@@ -164,7 +164,7 @@ static bool flush(sk_worker *w, sk_conn *c)
     }
     sk_conn *p = c->peer;
     if (!c->out && !c->pipe && p->rd_eof && !c->wr_shut) {
-        if (c->ssl)
+        if (sk_conn_is_tls(c))
             sk_tls_io_shutdown(c); /* close_notify, then FIN */
         c->wr_shut = true;
         /* when this ends the flow, close() sends the FIN: skip the syscall
@@ -295,7 +295,7 @@ static void relay_read(sk_worker *w, sk_conn *c)
         budget -= (size_t)n < budget ? (size_t)n : budget;
         /* go on only while the partner keeps up and more is likely waiting:
          * a full read (plain) or any record (TLS reads one record per call) */
-        bool likely = c->et ? c->rd_ready : ((size_t)n == space || c->ssl);
+        bool likely = c->et ? c->rd_ready : ((size_t)n == space || sk_conn_is_tls(c));
         bool more = n > 0 && !p->out && budget > 0 && likely &&
                     !may_splice(w, c); /* a bulk direction goes on with splice */
         if (!more) {
@@ -365,7 +365,7 @@ void sk_relay_io(sk_worker *w, sk_handle *h, uint32_t ev)
     }
     bool rd = (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) && (c->events & EPOLLIN);
     bool wr = (ev & EPOLLOUT) != 0;
-    if (c->ssl) {
+    if (sk_conn_is_tls(c)) {
         /* OpenSSL may need the other readiness than the one the data needs */
         if (c->tls_wr_wants_in && (ev & EPOLLIN))
             wr = true;

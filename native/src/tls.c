@@ -476,6 +476,10 @@ static SSL_CTX *make_ctx(const SSL_METHOD *method, const sk_tls_load_params *p, 
      * encryption and a record on every handshake, and one resumes */
     SSL_CTX_set_num_tickets(ctx, SKIFF_TLS_TICKETS);
     SSL_CTX_set_info_callback(ctx, sk_tls_info_cb);
+    /* no 0-RTT (OpenSSL's default, spelt out): tickets allow no early data,
+     * so early data a client sends anyway is rejected and skipped inside the
+     * handshake; a detached connection (tls_rl.c) starts after it */
+    SSL_CTX_set_max_early_data(ctx, 0);
     SSL_CTX_set_min_proto_version(ctx, min);
     SSL_CTX_set_max_proto_version(ctx, max);
     if (p->ciphers && *p->ciphers) {
@@ -778,6 +782,11 @@ static void tls_load(const sk_tls_load_params *p, sk_tls_load_result *r)
     if (leaf && !(cfg->server = make_ctx(TLS_server_method(), p, leaf, chain, key, cfg->store,
                                          err, errlen)))
         goto out;
+#if SKIFF_TLS_DETACH
+    /* server connections leave OpenSSL after the handshake (tls_rl.c) */
+    if (cfg->server)
+        (void)sk_tls_rl_install(cfg->server);
+#endif
     /* Inter-router listeners: the routers' data connections resume their
      * sessions on every refill (sk_dc_tls_resume). A ticket carries the
      * session with the client's certificate, which the server decrypts and
@@ -795,6 +804,9 @@ static void tls_load(const sk_tls_load_params *p, sk_tls_load_result *r)
         SSL_CTX_sess_set_cache_size(cfg->server_links, SK_TLS_LINK_SESSIONS);
         SSL_CTX_set_timeout(cfg->server_links, SK_TLS_LINK_SESSION_S);
         SSL_CTX_set_options(cfg->server_links, SSL_OP_NO_TICKET); /* TLS 1.3: stateful tickets */
+#if SKIFF_TLS_DETACH
+        (void)sk_tls_rl_install(cfg->server_links);
+#endif
     }
     if (!(cfg->client =
               make_ctx(TLS_client_method(), p, leaf, chain, key, cfg->store, err, errlen)))

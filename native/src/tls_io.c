@@ -203,6 +203,27 @@ static void handshake_ended(sk_worker *w)
                            w->tls_hs_last_ns + SK_TLS_TRIM_QUIET_MS * 1000000ull);
 }
 
+/* A server connection whose handshake just ended: from now on our record
+ * layer (tls_rl.c) carries its records when it can, and the SSL object goes
+ * (some 14 KB of OpenSSL state). Kept: the pinned config, the protocol and
+ * cipher names (static strings of OpenSSL) and the peer's subject. Client
+ * sides keep OpenSSL: they take session tickets and resume. */
+static void tls_detach(sk_worker *w, sk_conn *c)
+{
+#if SKIFF_TLS_DETACH
+    sk_tls_rl *rl = sk_tls_rl_detach(c->ssl);
+    if (!rl)
+        return; /* OpenSSL keeps it, as before */
+    SSL_free(c->ssl);
+    c->ssl = NULL;
+    c->rl = rl;
+    SK_ADD(&w->engine->tls_detached, 1);
+#else
+    SK_UNUSED(w);
+    sk_tls_rl_forget(c->ssl);
+#endif
+}
+
 static void tls_failed(sk_worker *w, sk_conn *c)
 {
     SK_ADD(&w->engine->tls_failures, 1);
@@ -261,6 +282,8 @@ static void tls_handshake(sk_worker *w, sk_conn *c)
             SK_ADD(&w->engine->tls_resumed, 1);
         handshake_ended(w);
         tls_record_peer(w, c);
+        if (SSL_is_server(c->ssl))
+            tls_detach(w, c);
         if (c->app_out) {
             sk_app_dial_tls_done(w, c);
         } else if (c->is_client) {
@@ -307,6 +330,15 @@ void sk_tls_io_handshake_start(sk_worker *w, sk_conn *c)
 
 ssize_t sk_tls_io_recv(sk_worker *w, sk_conn *c, void *buf, size_t len)
 {
+    if (c->rl) {
+        ssize_t n = sk_tls_rl_recv(c->rl, c->fd, buf, len, false);
+        if (n == 0) {
+            c->tls_close_notify = sk_tls_rl_close_notify(c->rl);
+            if (!c->tls_close_notify)
+                SK_ADD(&w->engine->tls_unexpected_eof, 1);
+        }
+        return n;
+    }
     size_t got = 0;
     c->tls_rd_wants_out = false;
     ERR_clear_error();
@@ -333,6 +365,8 @@ ssize_t sk_tls_io_recv(sk_worker *w, sk_conn *c, void *buf, size_t len)
 
 ssize_t sk_tls_io_send(sk_conn *c, const void *buf, size_t len)
 {
+    if (c->rl)
+        return sk_tls_rl_send(c->rl, c->fd, buf, len);
     size_t put = 0;
     c->tls_wr_wants_in = false;
     ERR_clear_error();
@@ -351,20 +385,49 @@ ssize_t sk_tls_io_send(sk_conn *c, const void *buf, size_t len)
     }
 }
 
+bool sk_tls_io_pending(const sk_conn *c)
+{
+    if (c->rl)
+        return sk_tls_rl_pending(c->rl);
+    return c->ssl && SSL_pending(c->ssl) > 0;
+}
+
 uint32_t sk_tls_io_interest(sk_worker *w, sk_conn *c, uint32_t ev, bool may_read)
 {
     if (c->tls_rd_wants_out)
         ev |= EPOLLOUT;
     if (c->tls_wr_wants_in)
         ev |= EPOLLIN;
-    /* decrypted bytes inside OpenSSL wake no epoll: queue another read */
-    if ((ev & EPOLLIN) && may_read && SSL_pending(c->ssl) > 0)
+    /* decrypted bytes inside the TLS layer wake no epoll: queue another read */
+    if ((ev & EPOLLIN) && may_read && sk_tls_io_pending(c))
         sk_ready_push(w, c);
     return ev;
 }
 
+ssize_t sk_tls_io_peek(sk_conn *c, void *buf, size_t len, uint32_t *want)
+{
+    *want = EPOLLIN;
+    if (c->rl)
+        return sk_tls_rl_recv(c->rl, c->fd, buf, len, true);
+    ERR_clear_error();
+    int r = SSL_peek(c->ssl, buf, (int)len);
+    if (r > 0)
+        return r;
+    int se = SSL_get_error(c->ssl, r);
+    ERR_clear_error();
+    if (se == SSL_ERROR_WANT_READ || se == SSL_ERROR_WANT_WRITE) {
+        *want = se == SSL_ERROR_WANT_READ ? EPOLLIN : EPOLLOUT;
+        return -1;
+    }
+    return se == SSL_ERROR_ZERO_RETURN ? 0 : -2;
+}
+
 void sk_tls_io_shutdown(sk_conn *c)
 {
+    if (c->rl) {
+        sk_tls_rl_shutdown(c->rl, c->fd);
+        return;
+    }
     SSL_shutdown(c->ssl);
     ERR_clear_error();
 }
@@ -372,6 +435,13 @@ void sk_tls_io_shutdown(sk_conn *c)
 void sk_tls_io_close(sk_worker *w, sk_conn *c, bool abortive)
 {
     SK_UNUSED(w);
+    if (c->rl) {
+        if (!abortive && c->tls_done && !c->wr_shut)
+            sk_tls_rl_shutdown(c->rl, c->fd); /* best effort close_notify: never waits */
+        sk_tls_rl_free(c->rl);
+        c->rl = NULL;
+        return;
+    }
     if (!abortive && c->tls_done && !c->wr_shut)
         SSL_shutdown(c->ssl); /* best effort close_notify: never waits */
     SSL_free(c->ssl);

@@ -1,13 +1,19 @@
-/* test_tls_mem.c -- what an idle TLS connection keeps inside OpenSSL.
+/* test_tls_mem.c -- what an idle TLS server connection keeps.
  *
  * Every OpenSSL allocation goes through counting functions here
  * (CRYPTO_set_mem_functions, before OpenSSL allocates anything), each block
  * tagged with the side that made it: the server connection (an SSL from a
- * config loaded by sk_tls_load, as tls_io.c makes one) or the client. After
- * a full handshake and one byte each way, the server side must hold no
- * record buffer (SSL_MODE_RELEASE_BUFFERS: one alone is 16.5 KiB), only its
- * session state; freeing the connection gives every byte back. The figure
- * is printed: docs/benchmarks.md quotes it. */
+ * config loaded by sk_tls_load, as tls_io.c makes one) or the client. The
+ * engine's record layer (tls_rl.c) allocates through OpenSSL's allocator
+ * too, so it is counted the same way. After a full handshake and one byte
+ * each way:
+ *  - kept by OpenSSL (a TLS 1.2 connection, or SKIFF_TLS_DETACH 0): no
+ *    record buffer (SSL_MODE_RELEASE_BUFFERS: one alone is 16.5 KiB), only
+ *    its session state, some 14 KB;
+ *  - detached (TLS 1.3, the SSL freed after the handshake): secrets, keys,
+ *    IVs and sequence numbers, a few hundred bytes.
+ * Freeing the connection gives every byte back. The figures are printed:
+ * docs/benchmarks.md quotes them. */
 #include "internal.h"
 #include "testlib.h"
 #include "tls_fixture.h"
@@ -79,6 +85,7 @@ static char cert_path[128], key_path[128];
 
 typedef struct pair {
     SSL *s, *c;
+    sk_tls_rl *rl; /* detached: the server's record layer, s freed */
     int fd[2];
 } pair;
 
@@ -95,10 +102,34 @@ static char byte_in;
 static int write_byte(SSL *ssl) { return SSL_write(ssl, "m", 1); }
 static int read_byte(SSL *ssl) { return SSL_read(ssl, &byte_in, 1); }
 
-/* A server connection from sctx and a client from cctx over a socketpair:
- * full handshake, then one byte each way (the bench's idle connections). */
-static int open_pair(SSL_CTX *sctx, SSL_CTX *cctx, pair *p)
+/* The server's side of the byte exchange, detached or not. */
+static int server_read(pair *p)
 {
+    if (!p->rl)
+        return as(SIDE_SERVER, p->s, read_byte);
+    side = SIDE_SERVER;
+    ssize_t n = sk_tls_rl_recv(p->rl, p->fd[0], &byte_in, 1, false);
+    side = SIDE_OTHER;
+    return (int)n;
+}
+
+static int server_write(pair *p)
+{
+    if (!p->rl)
+        return as(SIDE_SERVER, p->s, write_byte);
+    side = SIDE_SERVER;
+    ssize_t n = sk_tls_rl_send(p->rl, p->fd[0], "m", 1);
+    side = SIDE_OTHER;
+    return (int)n;
+}
+
+/* A server connection from sctx and a client from cctx over a socketpair:
+ * full handshake, the server detaches from OpenSSL (or drops what it
+ * captured for it, as tls_io.c does when it keeps OpenSSL), then one byte
+ * each way (the bench's idle connections). */
+static int open_pair(SSL_CTX *sctx, SSL_CTX *cctx, pair *p, bool detach)
+{
+    p->rl = NULL;
     REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, p->fd) == 0);
     side = SIDE_SERVER;
     p->s = SSL_new(sctx);
@@ -115,18 +146,30 @@ static int open_pair(SSL_CTX *sctx, SSL_CTX *cctx, pair *p)
         sd = sd || as(SIDE_SERVER, p->s, SSL_do_handshake) == 1;
     }
     REQUIRE(sd && cd);
+    side = SIDE_SERVER;
+    if (detach) {
+        p->rl = sk_tls_rl_detach(p->s);
+        if (p->rl) {
+            SSL_free(p->s);
+            p->s = NULL;
+        }
+    } else {
+        sk_tls_rl_forget(p->s);
+    }
+    side = SIDE_OTHER;
+    REQUIRE(!detach || p->rl != NULL);
     REQUIRE(as(SIDE_CLIENT, p->c, write_byte) == 1);
     int got = 0;
     for (int i = 0; i < 10 && got != 1; i++)
-        got = as(SIDE_SERVER, p->s, read_byte);
+        got = server_read(p);
     REQUIRE(got == 1);
-    REQUIRE(as(SIDE_SERVER, p->s, write_byte) == 1);
+    REQUIRE(server_write(p) == 1);
     got = 0;
     for (int i = 0; i < 10 && got != 1; i++)
         got = as(SIDE_CLIENT, p->c, read_byte);
     REQUIRE(got == 1);
     /* a read that finds nothing, as the relay's last read before idling */
-    CHECK(as(SIDE_SERVER, p->s, read_byte) <= 0);
+    CHECK(server_read(p) <= 0);
     ERR_clear_error();
     return 0;
 }
@@ -135,6 +178,7 @@ static void close_pair(pair *p)
 {
     side = SIDE_SERVER;
     SSL_free(p->s);
+    sk_tls_rl_free(p->rl);
     side = SIDE_CLIENT;
     SSL_free(p->c);
     side = SIDE_OTHER;
@@ -143,6 +187,27 @@ static void close_pair(pair *p)
 }
 
 enum { CONNS = 50 };
+
+/* Bytes per idle server connection; -1 on failure. */
+static long idle_bytes(SSL_CTX *sctx, SSL_CTX *cctx, bool detach)
+{
+    static pair pairs[CONNS];
+    REQUIRE(open_pair(sctx, cctx, &pairs[0], detach) == 0); /* first-use caches */
+    long b0 = atomic_load(&live_bytes[SIDE_SERVER]);
+    long k0 = atomic_load(&live_blocks[SIDE_SERVER]);
+    for (int i = 1; i < CONNS; i++)
+        REQUIRE(open_pair(sctx, cctx, &pairs[i], detach) == 0);
+    long per_conn = (atomic_load(&live_bytes[SIDE_SERVER]) - b0) / (CONNS - 1);
+    long blocks = (atomic_load(&live_blocks[SIDE_SERVER]) - k0) / (CONNS - 1);
+    printf("   idle server TLS connection (%s, %s): %ld bytes of heap in %ld blocks\n",
+           SSL_get_version(pairs[1].c), detach ? "detached, own record layer" : "OpenSSL",
+           per_conn, blocks);
+    for (int i = 0; i < CONNS; i++)
+        close_pair(&pairs[i]);
+    /* every byte a server connection held comes back with it */
+    CHECK_OP_I(atomic_load(&live_bytes[SIDE_SERVER]), <=, b0);
+    return per_conn;
+}
 
 static int test_idle_server_state(void)
 {
@@ -159,24 +224,25 @@ static int test_idle_server_state(void)
     REQUIRE(cctx != NULL);
     SSL_CTX_set_verify(cctx, SSL_VERIFY_NONE, NULL);
 
-    static pair pairs[CONNS];
-    REQUIRE(open_pair(r.config->server, cctx, &pairs[0]) == 0); /* first-use caches */
-    long b0 = atomic_load(&live_bytes[SIDE_SERVER]);
-    long k0 = atomic_load(&live_blocks[SIDE_SERVER]);
-    for (int i = 1; i < CONNS; i++)
-        REQUIRE(open_pair(r.config->server, cctx, &pairs[i]) == 0);
-    long per_conn = (atomic_load(&live_bytes[SIDE_SERVER]) - b0) / (CONNS - 1);
-    long blocks = (atomic_load(&live_blocks[SIDE_SERVER]) - k0) / (CONNS - 1);
-    printf("   idle server TLS connection (%s): %ld bytes of OpenSSL heap in %ld blocks\n",
-           SSL_get_version(pairs[1].s), per_conn, blocks);
-    /* the state of a session, not a 16.5 KiB record buffer on top of it */
-    CHECK_OP_I(per_conn, >, 0);
-    CHECK_OP_I(per_conn, <, 16384);
-
-    for (int i = 0; i < CONNS; i++)
-        close_pair(&pairs[i]);
-    /* every byte a server connection held comes back with it */
-    CHECK_OP_I(atomic_load(&live_bytes[SIDE_SERVER]), <=, b0);
+    /* kept by OpenSSL: the state of a session, not a 16.5 KiB record
+     * buffer on top of it */
+    long kept = idle_bytes(r.config->server, cctx, false);
+    CHECK_OP_I(kept, >, 0);
+    CHECK_OP_I(kept, <, 16384);
+    /* detached: the SSL object is gone; what is left is our record layer's
+     * state (secrets, keys, IVs, sequence numbers: under 512 bytes) */
+    long detached = idle_bytes(r.config->server, cctx, true);
+    CHECK_OP_I(detached, >, 0);
+    CHECK_OP_I(detached, <, 512);
+    CHECK_OP_I(detached * 10, <, kept);
+    /* a TLS 1.2 client: the connection cannot detach and keeps OpenSSL */
+    SSL_CTX_set_max_proto_version(cctx, TLS1_2_VERSION);
+    pair p12;
+    REQUIRE(open_pair(r.config->server, cctx, &p12, false) == 0);
+    side = SIDE_SERVER;
+    CHECK(sk_tls_rl_detach(p12.s) == NULL);
+    side = SIDE_OTHER;
+    close_pair(&p12);
     SSL_CTX_free(cctx);
     sk_tls_result_clear(&r);
     return 0;

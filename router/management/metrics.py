@@ -47,6 +47,8 @@ _COUNTER_HELP = {
     "tls_handshakes": "TLS handshakes completed (accepted and originated connections).",
     "tls_resumed": "Of the TLS handshakes, those that resumed a session (data connections "
     "between routers resume the last session their peer gave).",
+    "tls_detached": "Of the TLS handshakes, server connections whose records the engine's "
+    "own TLS 1.3 record layer carries afterwards (the OpenSSL connection freed).",
     "tls_failures": "TLS handshakes that failed (bad or missing certificates, plaintext on a "
     "TLS-only port, no TLS configuration), and TLS set-up failures.",
     "tls_unexpected_eof": "TLS peers that closed without close_notify.",

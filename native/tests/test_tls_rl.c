@@ -1,0 +1,418 @@
+/* test_tls_rl.c -- the engine's own TLS 1.3 record layer (tls_rl.c) against
+ * real OpenSSL clients.
+ *
+ * Through the engine (a TLS listener relaying to the echo server): 1 MB of
+ * random bytes each way, byte-exact, with records of varied sizes, for each
+ * of the three TLS 1.3 suites; a KeyUpdate the client requests in the middle
+ * of the transfer (the client must see the server's KeyUpdate, and the data
+ * must go on both ways under the new keys); close_notify each way with no
+ * unexpected EOF counted; a tampered record closing that connection only;
+ * a TLS 1.2 client, which keeps OpenSSL. Without the engine, over a
+ * socketpair: the inter-router context (stateful TLS 1.3 tickets) and
+ * resumption, whose NewSessionTicket records the write sequence must skip. */
+#include "internal.h"
+#include "engine_fixture.h"
+#include "tls_fixture.h"
+
+#include <fcntl.h>
+#include <openssl/err.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+
+#define UID_L_TLS 71
+
+static char tmpdir[64] = "/tmp/skiff-tls-rl-XXXXXX";
+static char cert_path[128], key_path[128];
+static int tls_slot = -1;
+static sk_listener *L_TLS;
+static SSL_CTX *client_ctx;
+static sk_tls_load_result loaded; /* the same material, for the raw tests */
+
+static int setup_tls(void)
+{
+    REQUIRE(mkdtemp(tmpdir) != NULL);
+    snprintf(cert_path, sizeof cert_path, "%s/cert.pem", tmpdir);
+    snprintf(key_path, sizeof key_path, "%s/key.pem", tmpdir);
+    REQUIRE(make_material("skiff-rl", cert_path, key_path) == 0);
+    tls_slot = sk_tls_slot_create(E);
+    REQUIRE(tls_slot >= 0);
+    sk_tls_load_params p;
+    sk_tls_load_params_init(&p);
+    p.cert_file = cert_path;
+    p.key_file = key_path;
+    p.ca_file = cert_path;
+    p.ordinal = 1;
+    sk_tls_load_result r;
+    memset(&r, 0, sizeof r);
+    sk_tls_load(&p, &r);
+    REQUIRE_MSG(r.status == SK_TLS_OK, "sk_tls_load: %s", r.error);
+    CHECK(sk_tls_publish(E, tls_slot, r.config) != 0);
+    r.config = NULL;
+    sk_tls_result_clear(&r);
+    memset(&loaded, 0, sizeof loaded);
+    sk_tls_load(&p, &loaded);
+    REQUIRE(loaded.status == SK_TLS_OK);
+
+    char err[SK_ERRLEN] = "";
+    sk_listener_options lo;
+    sk_listener_options_init(&lo);
+    lo.host = "127.0.0.1";
+    lo.user_id = UID_L_TLS;
+    lo.address_id = 0; /* the echo server */
+    lo.tls_slot = tls_slot;
+    L_TLS = sk_listener_open(E, &lo, err, sizeof err);
+    REQUIRE_MSG(L_TLS != NULL, "%s", err);
+    client_ctx = SSL_CTX_new(TLS_client_method());
+    REQUIRE(client_ctx != NULL);
+    SSL_CTX_set_verify(client_ctx, SSL_VERIFY_NONE, NULL);
+    SSL_CTX_set_mode(client_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    return 0;
+}
+
+/* KeyUpdate messages the client received. */
+static _Atomic int key_updates_in;
+
+static void client_msg_cb(int write_p, int version, int content_type, const void *buf, size_t len,
+                          SSL *ssl, void *arg)
+{
+    SK_UNUSED(version);
+    SK_UNUSED(ssl);
+    SK_UNUSED(arg);
+    const uint8_t *b = buf;
+    if (!write_p && content_type == SSL3_RT_HANDSHAKE && len >= 1 && b[0] == SSL3_MT_KEY_UPDATE)
+        atomic_fetch_add(&key_updates_in, 1);
+}
+
+/* A blocking handshake on fd; suites NULL: the defaults. max: 0 or a version. */
+static SSL *client_on(int fd, const char *suites, int max)
+{
+    SSL *ssl = SSL_new(client_ctx);
+    if (!ssl)
+        return NULL;
+    if (suites)
+        SSL_set_ciphersuites(ssl, suites);
+    if (max)
+        SSL_set_max_proto_version(ssl, max);
+    SSL_set_msg_callback(ssl, client_msg_cb);
+    SSL_set_fd(ssl, fd);
+    if (SSL_connect(ssl) != 1) {
+        ERR_clear_error();
+        SSL_free(ssl);
+        return NULL;
+    }
+    return ssl;
+}
+
+static sk_engine_counters counters(void)
+{
+    sk_engine_counters c;
+    sk_engine_counters_get(E, &c);
+    return c;
+}
+
+/* Writes out[LEN] in chunks of random sizes while reading the echo into
+ * in[], non-blocking; asks for a KeyUpdate (update_requested) half way when
+ * key_update. 0 when every byte came back. */
+static int echo_transfer(SSL *ssl, int fd, const uint8_t *out, uint8_t *in, size_t len,
+                         bool key_update)
+{
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    size_t sent = 0, got = 0, chunk = 0;
+    bool updated = false;
+    uint64_t deadline = mono_ms() + 30000;
+    while (got < len) {
+        REQUIRE_MSG(mono_ms() < deadline, "stalled: sent %zu got %zu", sent, got);
+        bool progress = false;
+        if (sent < len) {
+            if (key_update && !updated && sent >= len / 2) {
+                REQUIRE(SSL_key_update(ssl, SSL_KEY_UPDATE_REQUESTED) == 1);
+                updated = true;
+            }
+            if (chunk == 0) {
+                uint32_t r;
+                RAND_bytes((unsigned char *)&r, sizeof r);
+                chunk = 1 + r % 40000; /* 1 byte to two and a half records */
+                if (chunk > len - sent)
+                    chunk = len - sent;
+            }
+            int n = SSL_write(ssl, out + sent, (int)chunk);
+            if (n > 0) {
+                sent += (size_t)n;
+                chunk = 0;
+                progress = true;
+            } else {
+                int e = SSL_get_error(ssl, n);
+                REQUIRE_MSG(e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ,
+                            "SSL_write error %d", e);
+            }
+        }
+        int m = SSL_read(ssl, in + got, (int)(len - got));
+        if (m > 0) {
+            got += (size_t)m;
+            progress = true;
+        } else {
+            int e = SSL_get_error(ssl, m);
+            REQUIRE_MSG(e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE,
+                        "SSL_read error %d after %zu bytes", e, got);
+        }
+        if (!progress) {
+            struct pollfd pfd = {.fd = fd, .events = POLLIN | (sent < len ? POLLOUT : 0)};
+            poll(&pfd, 1, 50);
+        }
+    }
+    REQUIRE(memcmp(in, out, len) == 0);
+    return 0;
+}
+
+/* The client's close_notify, then the engine's: a clean end both ways. */
+static int close_both(SSL *ssl, int fd)
+{
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    set_timeouts(fd, WAIT_MS);
+    REQUIRE(SSL_shutdown(ssl) >= 0);
+    char b;
+    int n = SSL_read(ssl, &b, 1);
+    CHECK_EQ_I(n, 0);
+    CHECK_EQ_I(SSL_get_error(ssl, n), SSL_ERROR_ZERO_RETURN); /* close_notify read */
+    SSL_free(ssl);
+    close(fd);
+    return 0;
+}
+
+enum { MB = 1 << 20 };
+static uint8_t big_out[MB], big_in[MB];
+
+static int one_suite(const char *suite, bool key_update)
+{
+    REQUIRE(settle() == 0);
+    sk_engine_counters c0 = counters();
+    int ku0 = atomic_load(&key_updates_in);
+    RAND_bytes(big_out, sizeof big_out);
+    memset(big_in, 0, sizeof big_in);
+    int fd = connect_to(sk_listener_port(L_TLS));
+    REQUIRE(fd >= 0);
+    SSL *ssl = client_on(fd, suite, 0);
+    REQUIRE(ssl != NULL);
+    CHECK_STR_CONTAINS(SSL_get_cipher_name(ssl), suite);
+    CHECK_EQ_I(SSL_version(ssl), TLS1_3_VERSION);
+    REQUIRE(echo_transfer(ssl, fd, big_out, big_in, sizeof big_out, key_update) == 0);
+    /* the server answered the request with its own KeyUpdate (RFC 8446
+     * §4.6.3), and the client read the rest under the server's new key */
+    CHECK_EQ_I(atomic_load(&key_updates_in) - ku0, (key_update ? 1 : 0));
+    sk_conn_info info[4];
+    int total = sk_engine_list_connections(E, info, 4);
+    CHECK_EQ_I(total, 1);
+    if (total == 1)
+        CHECK_STR_CONTAINS(info[0].tls_cipher, suite);
+    REQUIRE(close_both(ssl, fd) == 0);
+    CHECK(wait_until(no_conns_live, NULL));
+    sk_engine_counters c1 = counters();
+    CHECK_EQ_U(c1.tls_handshakes - c0.tls_handshakes, 1);
+    CHECK_EQ_U(c1.tls_detached - c0.tls_detached, 1);
+    CHECK_EQ_U(c1.tls_unexpected_eof - c0.tls_unexpected_eof, 0);
+    sk_flow_stats s;
+    sk_listener_stats(L_TLS, &s);
+    return 0;
+}
+
+static int test_aes128(void) { return one_suite("TLS_AES_128_GCM_SHA256", false); }
+static int test_aes256(void) { return one_suite("TLS_AES_256_GCM_SHA384", false); }
+static int test_chacha(void) { return one_suite("TLS_CHACHA20_POLY1305_SHA256", false); }
+static int test_key_update_aes128(void) { return one_suite("TLS_AES_128_GCM_SHA256", true); }
+static int test_key_update_aes256(void) { return one_suite("TLS_AES_256_GCM_SHA384", true); }
+static int test_key_update_chacha(void) { return one_suite("TLS_CHACHA20_POLY1305_SHA256", true); }
+
+/* A TLS 1.2 client: the connection keeps OpenSSL and works as before. */
+static int test_tls12_not_detached(void)
+{
+    REQUIRE(settle() == 0);
+    sk_engine_counters c0 = counters();
+    int fd = connect_to(sk_listener_port(L_TLS));
+    REQUIRE(fd >= 0);
+    SSL *ssl = client_on(fd, NULL, TLS1_2_VERSION);
+    REQUIRE(ssl != NULL);
+    CHECK_EQ_I(SSL_version(ssl), TLS1_2_VERSION);
+    enum { LEN = 200000 };
+    static uint8_t out[LEN], in[LEN];
+    RAND_bytes(out, sizeof out);
+    REQUIRE(echo_transfer(ssl, fd, out, in, LEN, false) == 0);
+    REQUIRE(close_both(ssl, fd) == 0);
+    CHECK(wait_until(no_conns_live, NULL));
+    sk_engine_counters c1 = counters();
+    CHECK_EQ_U(c1.tls_handshakes - c0.tls_handshakes, 1);
+    CHECK_EQ_U(c1.tls_detached - c0.tls_detached, 0);
+    CHECK_EQ_U(c1.tls_unexpected_eof - c0.tls_unexpected_eof, 0);
+    return 0;
+}
+
+/* One record written by ssl (through a memory BIO), as bytes. */
+static size_t record_of(SSL *ssl, const char *msg, uint8_t *rec, size_t cap)
+{
+    BIO *sock = SSL_get_wbio(ssl);
+    BIO_up_ref(sock);
+    BIO *mem = BIO_new(BIO_s_mem());
+    SSL_set0_wbio(ssl, mem);
+    int n = SSL_write(ssl, msg, (int)strlen(msg));
+    size_t len = n > 0 ? (size_t)BIO_read(mem, rec, (int)cap) : 0;
+    SSL_set0_wbio(ssl, sock); /* frees mem */
+    return len;
+}
+
+/* A record changed in transit: that connection fails (the tampered bytes
+ * never reach the target), another one goes on. */
+static int test_tampered_record(void)
+{
+    REQUIRE(settle() == 0);
+    sk_engine_counters c0 = counters();
+    int fd = connect_to(sk_listener_port(L_TLS)), fd2 = connect_to(sk_listener_port(L_TLS));
+    REQUIRE(fd >= 0 && fd2 >= 0);
+    SSL *ssl = client_on(fd, NULL, 0), *ssl2 = client_on(fd2, NULL, 0);
+    REQUIRE(ssl && ssl2);
+    set_timeouts(fd, WAIT_MS);
+    /* a record sent by hand arrives intact */
+    uint8_t rec[256];
+    size_t len = record_of(ssl, "by-hand", rec, sizeof rec);
+    REQUIRE(len == 5 + 7 + 1 + 16);
+    REQUIRE(send_all(fd, rec, len) == 0);
+    char back[16];
+    CHECK_EQ_I(SSL_read(ssl, back, sizeof back), 7);
+    CHECK(memcmp(back, "by-hand", 7) == 0);
+    /* the next one with one bit of its ciphertext flipped */
+    len = record_of(ssl, "tampered", rec, sizeof rec);
+    REQUIRE(len == 5 + 8 + 1 + 16);
+    rec[7] ^= 0x10;
+    uint64_t echoed = atomic_load(&ECHO.bytes);
+    REQUIRE(send_all(fd, rec, len) == 0);
+    CHECK(recv_eof(fd) == 1); /* the engine closed it */
+    SSL_free(ssl);
+    close(fd);
+    /* the other connection is untouched */
+    static uint8_t out[50000], in[50000];
+    RAND_bytes(out, sizeof out);
+    CHECK(echo_transfer(ssl2, fd2, out, in, sizeof out, false) == 0);
+    CHECK_EQ_U(atomic_load(&ECHO.bytes) - echoed, sizeof out); /* "tampered" never arrived */
+    REQUIRE(close_both(ssl2, fd2) == 0);
+    CHECK(wait_until(no_conns_live, NULL));
+    sk_engine_counters c1 = counters();
+    CHECK_EQ_U(c1.tls_detached - c0.tls_detached, 2);
+    return 0;
+}
+
+/* ------------------------------------------------------------ raw pairs */
+
+/* Server ssl of sctx and a client over a socketpair; the handshake, then
+ * the server detaches; a few messages each way through the record layer
+ * (the client reads the NewSessionTicket records first: the write sequence
+ * must have counted them), then close_notify. *sess: the client's session
+ * to resume (in), the new one (out). */
+static int raw_round(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION **sess, bool *reused)
+{
+    int fd[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fd) == 0);
+    SSL *s = SSL_new(sctx), *c = SSL_new(cctx);
+    REQUIRE(s && c);
+    SSL_set_fd(s, fd[0]);
+    SSL_set_fd(c, fd[1]);
+    SSL_set_accept_state(s);
+    SSL_set_connect_state(c);
+    if (*sess)
+        SSL_set_session(c, *sess);
+    bool sd = false, cd = false;
+    for (int i = 0; i < 100 && !(sd && cd); i++) {
+        cd = cd || SSL_do_handshake(c) == 1;
+        sd = sd || SSL_do_handshake(s) == 1;
+    }
+    REQUIRE(sd && cd);
+    *reused = SSL_session_reused(c);
+    sk_tls_rl *rl = sk_tls_rl_detach(s);
+    REQUIRE(rl != NULL);
+    SSL_free(s);
+    for (int round = 0; round < 3; round++) {
+        char msg[32], back[32];
+        int len = snprintf(msg, sizeof msg, "ping-%d", round);
+        REQUIRE(SSL_write(c, msg, len) == len);
+        ssize_t n = -1;
+        for (int i = 0; i < 100 && n == -1; i++)
+            n = sk_tls_rl_recv(rl, fd[0], back, sizeof back, false);
+        REQUIRE_MSG(n == len, "recv gave %zd", n);
+        CHECK(memcmp(back, msg, (size_t)len) == 0);
+        msg[1] = 'o';
+        REQUIRE(sk_tls_rl_send(rl, fd[0], msg, (size_t)len) == len);
+        int m = -1;
+        for (int i = 0; i < 100 && m <= 0; i++)
+            m = SSL_read(c, back, sizeof back);
+        REQUIRE_MSG(m == len, "client read %d (error %d)", m, SSL_get_error(c, m));
+        CHECK(memcmp(back, msg, (size_t)len) == 0);
+    }
+    CHECK(!sk_tls_rl_pending(rl));
+    sk_tls_rl_shutdown(rl, fd[0]);
+    char b;
+    int m = SSL_read(c, &b, 1);
+    CHECK_EQ_I(SSL_get_error(c, m), SSL_ERROR_ZERO_RETURN);
+    CHECK_EQ_I(sk_tls_rl_send(rl, fd[0], "x", 1), -2); /* nothing after close_notify */
+    SSL_shutdown(c);
+    CHECK_EQ_I(sk_tls_rl_recv(rl, fd[0], &b, 1, false), 0);
+    CHECK(sk_tls_rl_close_notify(rl));
+    sk_tls_rl_free(rl);
+    SSL_SESSION_free(*sess);
+    *sess = SSL_get1_session(c);
+    SSL_free(c);
+    close(fd[0]);
+    close(fd[1]);
+    ERR_clear_error();
+    return 0;
+}
+
+static int resume_on(SSL_CTX *sctx)
+{
+    SSL_CTX *cctx = SSL_CTX_new(TLS_client_method());
+    REQUIRE(cctx != NULL);
+    SSL_CTX_set_verify(cctx, SSL_VERIFY_NONE, NULL);
+    SSL_SESSION *sess = NULL;
+    bool reused = true;
+    REQUIRE(raw_round(sctx, cctx, &sess, &reused) == 0);
+    CHECK(!reused);
+    REQUIRE(sess != NULL);
+    CHECK(SSL_SESSION_is_resumable(sess));
+    REQUIRE(raw_round(sctx, cctx, &sess, &reused) == 0);
+    CHECK(reused);
+    SSL_SESSION_free(sess);
+    SSL_CTX_free(cctx);
+    return 0;
+}
+
+/* Client listeners' context: one stateless ticket. */
+static int test_raw_server_resume(void) { return resume_on(loaded.config->server); }
+/* The inter-router context: server session cache, stateful tickets. */
+static int test_raw_links_resume(void) { return resume_on(loaded.config->server_links); }
+
+int main(void)
+{
+    fx_engine_start();
+    if (fx_setup_relay() == 0 && setup_tls() == 0) {
+        RUN(test_aes128);
+        RUN(test_aes256);
+        RUN(test_chacha);
+        RUN(test_key_update_aes128);
+        RUN(test_key_update_aes256);
+        RUN(test_key_update_chacha);
+        RUN(test_tls12_not_detached);
+        RUN(test_tampered_record);
+        RUN(test_raw_server_resume);
+        RUN(test_raw_links_resume);
+    }
+    if (L_TLS) {
+        sk_listener_close(L_TLS, 0);
+        sk_listener_release(L_TLS);
+    }
+    int rc = fx_finish("test_tls_rl");
+    SSL_CTX_free(client_ctx);
+    sk_tls_result_clear(&loaded);
+    unlink(cert_path);
+    unlink(key_path);
+    rmdir(tmpdir);
+    return rc;
+}
