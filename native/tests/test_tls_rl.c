@@ -550,6 +550,60 @@ static int test_raw_bad_records(void)
     return 0;
 }
 
+/* Our own KeyUpdate once a write key sealed its share of records (lowered
+ * to 5 here from 2^24): the client reads every byte across the updates. */
+static int test_raw_rekey_after_records(void)
+{
+    SSL_CTX *cctx = SSL_CTX_new(TLS_client_method());
+    REQUIRE(cctx != NULL);
+    SSL_CTX_set_verify(cctx, SSL_VERIFY_NONE, NULL);
+    int fd[2];
+    SSL *c;
+    sk_tls_rl *rl;
+    REQUIRE(raw_open(loaded.config->server, cctx, fd, &c, &rl) == 0);
+    SSL_set_msg_callback(c, client_msg_cb);
+    int ku0 = atomic_load(&key_updates_in);
+    sk_tls_rl_set_rekey_records(5);
+    enum { LEN = 64 * 16384 };
+    static uint8_t out[LEN], in[LEN];
+    RAND_bytes(out, sizeof out);
+    size_t sent = 0, got = 0;
+    uint64_t deadline = mono_ms() + 20000;
+    while (got < LEN) {
+        REQUIRE_MSG(mono_ms() < deadline, "stalled: sent %zu got %zu", sent, got);
+        if (sent < LEN) {
+            ssize_t n = sk_tls_rl_send(rl, fd[0], out + sent, LEN - sent);
+            REQUIRE(n == -1 || n > 0);
+            if (n > 0)
+                sent += (size_t)n;
+        }
+        int m = SSL_read(c, in + got, (int)(LEN - got));
+        if (m > 0)
+            got += (size_t)m;
+        else
+            REQUIRE(SSL_get_error(c, m) == SSL_ERROR_WANT_READ);
+    }
+    sk_tls_rl_set_rekey_records(0);
+    CHECK(memcmp(in, out, LEN) == 0);
+    /* a ticket and 4 records under the first key, then 12 keys of 5
+     * records: 12 updates, none early, none late */
+    CHECK_EQ_I(atomic_load(&key_updates_in) - ku0, 12);
+    /* the other direction is untouched */
+    REQUIRE(SSL_write(c, "after", 5) == 5);
+    char b[8];
+    ssize_t n = -1;
+    for (int i = 0; i < 100 && n == -1; i++)
+        n = sk_tls_rl_recv(rl, fd[0], b, sizeof b, false);
+    CHECK(n == 5 && memcmp(b, "after", 5) == 0);
+    sk_tls_rl_free(rl);
+    SSL_free(c);
+    close(fd[0]);
+    close(fd[1]);
+    SSL_CTX_free(cctx);
+    ERR_clear_error();
+    return 0;
+}
+
 int main(void)
 {
     fx_engine_start();
@@ -566,6 +620,7 @@ int main(void)
         RUN(test_raw_links_resume);
         RUN(test_raw_partial_io);
         RUN(test_raw_bad_records);
+        RUN(test_raw_rekey_after_records);
     }
     if (L_TLS) {
         sk_listener_close(L_TLS, 0);
