@@ -252,6 +252,8 @@ def test_mutual_tls_data_connections(net: Net, tmp_path: Path) -> None:
         assert digest == hashlib.sha256(up).digest()
         assert down == seeded_bytes(9, 200_000)
         assert r2.counters()["tls_handshakes"] == before + 1
+        # R2 accepted it: it left OpenSSL after the handshake (tls_rl.c)
+        assert r2.counters()["tls_detached"] == 1
         assert p.stats().flows == 1
     finally:
         server.close()
@@ -375,6 +377,63 @@ def test_reverse_peer_flows_to_a_router_that_only_dials_out(net: Net) -> None:
         assert st.flows == 3 and st.inbound_accepted >= 5
         assert dt.inbound_claims == 3 and dt.inbound_failures == 0
         assert a.counters()["pool_idle_in"] == 2
+    finally:
+        d.stop()
+        server.close()
+
+
+def test_reverse_peer_over_tls(net: Net, tmp_path: Path) -> None:
+    """D dials A's TLS data listener and keeps idle INBOUND connections
+    there: A accepted them, so they left OpenSSL after the handshake
+    (tls_rl.c) and sit idle in A's pool on the engine's record layer; A's
+    flows claim them, byte-exact, and the refills detach too."""
+    from bench.pki import CertAuthority, write
+
+    ca = CertAuthority()
+    write(tmp_path / "ca.pem", ca.pem)
+    server = ThreadedServer(exchange_server)
+    d = Engine(EngineOptions(worker_threads=1, connect_timeout_ms=2000))
+    try:
+        a = net.routers[0]
+        a.set_router_id("A")
+        d.set_router_id("D")
+        slots = {}
+        for name, eng in (("a", a), ("d", d)):
+            issued = ca.issue(name)
+            write(tmp_path / f"{name}.pem", issued.cert_pem)
+            write(tmp_path / f"{name}.key", issued.key_pem)
+            loaded = tls_load(
+                TlsMaterial(
+                    str(tmp_path / f"{name}.pem"),
+                    str(tmp_path / f"{name}.key"),
+                    str(tmp_path / "ca.pem"),
+                )
+            )
+            assert loaded.ok and loaded.config is not None
+            slots[name] = eng.tls_slot()
+            eng.tls_publish(slots[name], loaded.config)
+        tls_data = a.listen(
+            "127.0.0.1", 0, app=True, data_ok=True, tls_slot=slots["a"], authenticate_peer=True
+        )
+        d.publish_routes({SVC: [local(d, server)]}, names=NAMES)
+        rp = a.reverse_peer("D", instance=7)
+        pd = d.peer("A", "127.0.0.1", tls_data.port, host="127.0.0.1", tls_slot=slots["d"],
+                    instance=7, inbound_pool_size=2)  # fmt: skip
+        wait_for(lambda: rp.stats().pool_idle == 2, what="INBOUND connections at A")
+        assert a.counters()["tls_detached"] >= 2
+        a.publish_routes({SVC: [RemoteRoute("D", 1, rp)]}, names=NAMES)
+        for size in (0, 70_000, 1 << 20):
+            up = seeded_bytes(size, size)
+            with connect(net.client) as c:
+                digest, down = exchange(c, up, size // 3 + 1, seed=3)
+            assert digest == hashlib.sha256(up).digest()
+            assert down == seeded_bytes(3, size // 3 + 1)
+        wait_for(lambda: rp.stats().pool_idle == 2, what="refilled after the claims")
+        assert rp.stats().flows == 3
+        ca_ = a.counters()
+        assert ca_["tls_detached"] == ca_["tls_handshakes"] >= 5
+        assert d.counters()["tls_detached"] == 0  # the dialling side keeps OpenSSL
+        assert pd.stats().inbound_claims == 3
     finally:
         d.stop()
         server.close()

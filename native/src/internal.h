@@ -852,6 +852,9 @@ bool sk_tls_rl_pending(const sk_tls_rl *rl);
 bool sk_tls_rl_close_notify(const sk_tls_rl *rl);
 /* Best-effort close_notify; later sends fail. */
 void sk_tls_rl_shutdown(sk_tls_rl *rl, int fd);
+/* Records one write key may seal before our own KeyUpdate (default 2^24,
+ * under AES-GCM's limit); 0 restores the default. For tests. */
+void sk_tls_rl_set_rekey_records(uint64_t n);
 
 /* ------------------------------------------------------------ relay.c */
 

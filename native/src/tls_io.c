@@ -8,7 +8,11 @@
  * the relay. OpenSSL may need the other readiness than the data does
  * (tls_rd_wants_out, tls_wr_wants_in) and may hold decrypted bytes that wake
  * no epoll: those connections go on the worker's ready list, read at the end
- * of the batch. Plain I/O stays in conn.c and never calls in here. */
+ * of the batch. Plain I/O stays in conn.c and never calls in here.
+ *
+ * A server connection whose TLS 1.3 handshake ends cleanly leaves OpenSSL
+ * (tls_detach): its SSL is freed and tls_rl.c carries its records; every
+ * function below serves both kinds (c->ssl or c->rl). */
 #include "internal.h"
 
 #include <errno.h>

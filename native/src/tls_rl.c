@@ -20,6 +20,9 @@
  * cipher contexts are per thread (one per suite and direction), keyed again
  * when the key they hold is not the connection's.
  *
+ * Our side starts a KeyUpdate itself after 2^24 records under one write
+ * key (AES-GCM's usage limit), besides answering the peer's requests.
+ *
  * All memory is OpenSSL's allocator (test_tls_mem counts it), cleansed when
  * it held keys or plaintext. */
 #include "internal.h"
@@ -65,6 +68,16 @@ static pthread_key_t rl_tkey;
  * context keyed for one id is used again without keying (ids are never
  * reused, unlike addresses). */
 static _Atomic uint64_t rl_key_ids;
+/* Records written under one key before we update it ourselves: AES-GCM's
+ * limit is 2^24.5 full-size records per key (RFC 8446 §5.5); the same for
+ * every suite. Tests lower it (sk_tls_rl_set_rekey_records). */
+#define RL_REKEY_RECORDS (1ull << 24)
+static _Atomic uint64_t rekey_records = RL_REKEY_RECORDS;
+
+void sk_tls_rl_set_rekey_records(uint64_t n)
+{
+    atomic_store_explicit(&rekey_records, n ? n : RL_REKEY_RECORDS, memory_order_relaxed);
+}
 
 /* A thread's cipher contexts: per suite, one to decrypt and one to encrypt,
  * and the key id each is keyed with. */
@@ -84,7 +97,7 @@ typedef struct rl_capture {
 
 struct sk_tls_rl {
     uint8_t suite;
-    bool ku_owed;      /* the peer asked for a KeyUpdate: ours goes first */
+    bool ku_owed;      /* our KeyUpdate goes before the next application data */
     bool eof;          /* close_notify or end of stream read */
     bool close_notify; /* ... and it was close_notify */
     bool failed;       /* a fatal error: every later call fails */
@@ -700,21 +713,27 @@ ssize_t sk_tls_rl_send(sk_tls_rl *rl, int fd, const void *buf, size_t len)
         return 0;
     EVP_CIPHER_CTX *ctx = NULL;
     size_t total = 0;
-    if (rl->ku_owed) {
-        if (!append_key_update(rl, &ctx))
-            goto fail;
-        int f = wflush(rl, fd);
-        if (f < 0)
-            goto fail;
-        if (f == 0)
-            return -1; /* wpt 0: the retry writes it, then the data */
-    }
     while (total < len) {
+        /* our KeyUpdate first when the peer asked for one, or when this key
+         * wrote its share of records (AES-GCM's limit, RFC 8446 §5.5) */
+        uint64_t limit = atomic_load_explicit(&rekey_records, memory_order_relaxed);
+        if (rl->wseq >= limit)
+            rl->ku_owed = true;
+        if (rl->ku_owed) {
+            if (!append_key_update(rl, &ctx))
+                goto fail;
+            int f = wflush(rl, fd);
+            if (f < 0)
+                goto fail;
+            if (f == 0) /* wpt 0: the retry writes it, then the data */
+                return total > 0 ? (ssize_t)total : -1;
+        }
         /* a batch of records, one send(2) */
         size_t left = len - total, nrec = (left + RL_MAX_PT - 1) / RL_MAX_PT;
-        if (nrec > RL_WBATCH) {
-            nrec = RL_WBATCH;
-            left = RL_WBATCH * RL_MAX_PT;
+        size_t most = limit - rl->wseq < RL_WBATCH ? (size_t)(limit - rl->wseq) : RL_WBATCH;
+        if (nrec > most) { /* no more than the key may still seal */
+            nrec = most;
+            left = most * RL_MAX_PT;
         }
         if (!wreserve(rl, left + nrec * (RL_HDR + 1 + RL_TAG)))
             goto fail;

@@ -23,6 +23,7 @@
 #include <sys/socket.h>
 
 #define UID_L_TLS 71
+#define RL_MAX_CT (16384 + 256) /* RFC 8446's record length limit */
 
 static char tmpdir[64] = "/tmp/skiff-tls-rl-XXXXXX";
 static char cert_path[128], key_path[128];
@@ -389,6 +390,220 @@ static int test_raw_server_resume(void) { return resume_on(loaded.config->server
 /* The inter-router context: server session cache, stateful tickets. */
 static int test_raw_links_resume(void) { return resume_on(loaded.config->server_links); }
 
+/* A detached server and an OpenSSL client over a socketpair, after the
+ * handshake; NULL rl on failure. */
+static int raw_open(SSL_CTX *sctx, SSL_CTX *cctx, int fd[2], SSL **c, sk_tls_rl **rl)
+{
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fd) == 0);
+    SSL *s = SSL_new(sctx);
+    *c = SSL_new(cctx);
+    REQUIRE(s && *c);
+    SSL_set_fd(s, fd[0]);
+    SSL_set_fd(*c, fd[1]);
+    SSL_set_accept_state(s);
+    SSL_set_connect_state(*c);
+    bool sd = false, cd = false;
+    for (int i = 0; i < 100 && !(sd && cd); i++) {
+        cd = cd || SSL_do_handshake(*c) == 1;
+        sd = sd || SSL_do_handshake(s) == 1;
+    }
+    REQUIRE(sd && cd);
+    *rl = sk_tls_rl_detach(s);
+    SSL_free(s);
+    REQUIRE(*rl != NULL);
+    return 0;
+}
+
+/* Small socket buffers: the record layer's sends stop part-way through
+ * records. The caller's rule (OpenSSL's): after -1 or a short count, call
+ * again with the bytes not yet accepted; every byte arrives once, in order.
+ * The other way, reads into small buffers leave plaintext in the record
+ * layer (pending, returned by the next reads), and a peek does not consume. */
+static int test_raw_partial_io(void)
+{
+    SSL_CTX *cctx = SSL_CTX_new(TLS_client_method());
+    REQUIRE(cctx != NULL);
+    SSL_CTX_set_verify(cctx, SSL_VERIFY_NONE, NULL);
+    int fd[2];
+    SSL *c;
+    sk_tls_rl *rl;
+    REQUIRE(raw_open(loaded.config->server, cctx, fd, &c, &rl) == 0);
+    enum { LEN = 300000 };
+    static uint8_t out[LEN], in[LEN];
+    RAND_bytes(out, sizeof out);
+    /* socket buffers of part of a record and sends of about one record (a
+     * record that does not fit is the last one written, in part), then
+     * buffers of a record or two and sends of several batches (some
+     * records written in whole, the rest later) */
+    static const int bufs[2] = {4096, 40000};
+    int blocked[2] = {0, 0}, shorts[2] = {0, 0};
+    for (int phase = 0; phase < 2; phase++) {
+        setsockopt(fd[0], SOL_SOCKET, SO_SNDBUF, &bufs[phase], sizeof bufs[phase]);
+        setsockopt(fd[1], SOL_SOCKET, SO_RCVBUF, &bufs[phase], sizeof bufs[phase]);
+        size_t sent = 0, got = 0, want = 0;
+        uint64_t deadline = mono_ms() + 20000;
+        while (got < LEN) {
+            REQUIRE_MSG(mono_ms() < deadline, "stalled: sent %zu got %zu", sent, got);
+            if (sent < LEN) {
+                /* from part of a record to several batches; after -1 or a
+                 * short count, the bytes not yet accepted again */
+                if (want == 0) {
+                    want = 1 + (sent * 7919u + got) % (phase == 0 ? 20000u : 200000u);
+                    if (want > LEN - sent)
+                        want = LEN - sent;
+                }
+                ssize_t n = sk_tls_rl_send(rl, fd[0], out + sent, want);
+                REQUIRE_MSG(n == -1 || n > 0, "send gave %zd", n);
+                if (n == -1)
+                    blocked[phase]++;
+                else if ((size_t)n < want)
+                    shorts[phase]++;
+                else /* all accepted: nothing of it may wait unwritten */
+                    CHECK_EQ_I(sk_tls_rl_send(rl, fd[0], NULL, 0), 0);
+                if (n > 0) {
+                    sent += (size_t)n;
+                    want -= (size_t)n;
+                }
+            }
+            int m = SSL_read(c, in + got, 777); /* small reads: the socket fills */
+            if (m > 0)
+                got += (size_t)m;
+            else
+                REQUIRE(SSL_get_error(c, m) == SSL_ERROR_WANT_READ);
+        }
+        CHECK(memcmp(in, out, LEN) == 0);
+        memset(in, 0, sizeof in);
+    }
+    CHECK_OP_I(blocked[0], >, 0);
+    CHECK_OP_I(shorts[1], >, 0);
+
+    /* client to server, read 100 bytes at a time */
+    enum { BACK = 50000 };
+    REQUIRE(SSL_write(c, out, BACK) == BACK);
+    uint8_t p2[2];
+    ssize_t pk = -1;
+    for (int i = 0; i < 100 && pk == -1; i++)
+        pk = sk_tls_rl_recv(rl, fd[0], p2, sizeof p2, true);
+    REQUIRE(pk == 2);
+    CHECK(p2[0] == out[0] && p2[1] == out[1]);
+    size_t got = 0;
+    int pend = 0;
+    uint64_t deadline = mono_ms() + 20000;
+    while (got < BACK) {
+        REQUIRE(mono_ms() < deadline);
+        ssize_t n = sk_tls_rl_recv(rl, fd[0], in + got, BACK - got < 100 ? BACK - got : 100, false);
+        REQUIRE_MSG(n == -1 || n > 0, "recv gave %zd", n);
+        if (n > 0)
+            got += (size_t)n;
+        if (sk_tls_rl_pending(rl))
+            pend++;
+    }
+    CHECK(memcmp(in, out, BACK) == 0); /* the peeked bytes were not consumed */
+    CHECK_OP_I(pend, >, 0);
+    CHECK(!sk_tls_rl_pending(rl));
+    sk_tls_rl_free(rl);
+    SSL_free(c);
+    close(fd[0]);
+    close(fd[1]);
+    SSL_CTX_free(cctx);
+    ERR_clear_error();
+    return 0;
+}
+
+/* Records the server must refuse after the handshake, each on a fresh
+ * connection: change_cipher_spec, a plaintext alert, a wrong version, an
+ * oversized length; and a truncated record at EOF is an end of stream
+ * without close_notify. */
+static int refused(const uint8_t *rec, size_t len)
+{
+    SSL_CTX *cctx = SSL_CTX_new(TLS_client_method());
+    REQUIRE(cctx != NULL);
+    SSL_CTX_set_verify(cctx, SSL_VERIFY_NONE, NULL);
+    int fd[2];
+    SSL *c;
+    sk_tls_rl *rl;
+    REQUIRE(raw_open(loaded.config->server, cctx, fd, &c, &rl) == 0);
+    REQUIRE(send_all(fd[1], rec, len) == 0);
+    uint8_t b[64];
+    ssize_t n = sk_tls_rl_recv(rl, fd[0], b, sizeof b, false);
+    sk_tls_rl_free(rl);
+    SSL_free(c);
+    close(fd[0]);
+    close(fd[1]);
+    SSL_CTX_free(cctx);
+    ERR_clear_error();
+    return (int)n;
+}
+
+static int test_raw_bad_records(void)
+{
+    static const uint8_t ccs[] = {20, 3, 3, 0, 1, 1};
+    static const uint8_t alert[] = {21, 3, 3, 0, 2, 2, 40};
+    uint8_t badver[5 + 20] = {23, 3, 1, 0, 20};
+    uint8_t huge[5] = {23, 3, 3, (RL_MAX_CT + 1) >> 8, (RL_MAX_CT + 1) & 0xff};
+    uint8_t tiny[5 + 16] = {23, 3, 3, 0, 16};
+    CHECK_EQ_I(refused(ccs, sizeof ccs), -2);
+    CHECK_EQ_I(refused(alert, sizeof alert), -2);
+    CHECK_EQ_I(refused(badver, sizeof badver), -2);
+    CHECK_EQ_I(refused(huge, sizeof huge), -2);
+    CHECK_EQ_I(refused(tiny, sizeof tiny), -2); /* no room for a content type */
+    return 0;
+}
+
+/* Our own KeyUpdate once a write key sealed its share of records (lowered
+ * to 5 here from 2^24): the client reads every byte across the updates. */
+static int test_raw_rekey_after_records(void)
+{
+    SSL_CTX *cctx = SSL_CTX_new(TLS_client_method());
+    REQUIRE(cctx != NULL);
+    SSL_CTX_set_verify(cctx, SSL_VERIFY_NONE, NULL);
+    int fd[2];
+    SSL *c;
+    sk_tls_rl *rl;
+    REQUIRE(raw_open(loaded.config->server, cctx, fd, &c, &rl) == 0);
+    SSL_set_msg_callback(c, client_msg_cb);
+    int ku0 = atomic_load(&key_updates_in);
+    sk_tls_rl_set_rekey_records(5);
+    enum { LEN = 64 * 16384 };
+    static uint8_t out[LEN], in[LEN];
+    RAND_bytes(out, sizeof out);
+    size_t sent = 0, got = 0;
+    uint64_t deadline = mono_ms() + 20000;
+    while (got < LEN) {
+        REQUIRE_MSG(mono_ms() < deadline, "stalled: sent %zu got %zu", sent, got);
+        if (sent < LEN) {
+            ssize_t n = sk_tls_rl_send(rl, fd[0], out + sent, LEN - sent);
+            REQUIRE(n == -1 || n > 0);
+            if (n > 0)
+                sent += (size_t)n;
+        }
+        int m = SSL_read(c, in + got, (int)(LEN - got));
+        if (m > 0)
+            got += (size_t)m;
+        else
+            REQUIRE(SSL_get_error(c, m) == SSL_ERROR_WANT_READ);
+    }
+    sk_tls_rl_set_rekey_records(0);
+    CHECK(memcmp(in, out, LEN) == 0);
+    /* a ticket and 4 records under the first key, then 12 keys of 5
+     * records: 12 updates, none early, none late */
+    CHECK_EQ_I(atomic_load(&key_updates_in) - ku0, 12);
+    /* the other direction is untouched */
+    REQUIRE(SSL_write(c, "after", 5) == 5);
+    char b[8];
+    ssize_t n = -1;
+    for (int i = 0; i < 100 && n == -1; i++)
+        n = sk_tls_rl_recv(rl, fd[0], b, sizeof b, false);
+    CHECK(n == 5 && memcmp(b, "after", 5) == 0);
+    sk_tls_rl_free(rl);
+    SSL_free(c);
+    close(fd[0]);
+    close(fd[1]);
+    SSL_CTX_free(cctx);
+    ERR_clear_error();
+    return 0;
+}
+
 int main(void)
 {
     fx_engine_start();
@@ -403,6 +618,9 @@ int main(void)
         RUN(test_tampered_record);
         RUN(test_raw_server_resume);
         RUN(test_raw_links_resume);
+        RUN(test_raw_partial_io);
+        RUN(test_raw_bad_records);
+        RUN(test_raw_rekey_after_records);
     }
     if (L_TLS) {
         sk_listener_close(L_TLS, 0);
