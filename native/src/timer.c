@@ -141,8 +141,11 @@ void sk_worker_high_check(sk_worker *w)
     }
     if (!sample && t - w->mark_ns >= w->high_budget_ns)
         sample = timer_near(w, t);
+    /* stamped with t, the time this check found nothing due: a mark stamped
+     * later (a preemption between) could fall after a deadline it precedes
+     * in CPU time, and would be passed over for the batch's first sample */
     if (sample)
-        sk_timer_mark(w, sk_now_ns());
+        sk_timer_mark(w, t);
 }
 
 /* ------------------------------------------------------------ user timers */
