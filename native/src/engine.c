@@ -230,6 +230,10 @@ sk_engine *sk_engine_create(const sk_engine_options *opts, char *err, size_t err
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
+    /* from the creating thread (the control loop's, at its priority), not
+     * from a TLS load's thread, which runs at nice 10 or SCHED_IDLE and
+     * would pass that on */
+    sk_snap_reaper_start();
     int rc = 0;
     for (int i = 0; i < e->nworkers && rc == 0; i++) {
         rc = start_worker(&e->workers[i]);

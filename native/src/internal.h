@@ -144,9 +144,12 @@ void sk_snap_init(sk_snap *s, void (*destroy)(sk_snap *));
 /* The same, for a snapshot whose destroy costs real work (a TLS config:
  * SSL_CTXs, a trust store of maybe thousands of certificates): when an I/O
  * worker drops its last reference, the process's reaper thread destroys it
- * instead. Starts the reaper (once per process) on the calling thread, so a
- * worker never creates it; where it could not start, destroys run inline. */
+ * instead (inline where there is no reaper). */
 void sk_snap_init_off_worker(sk_snap *s, void (*destroy)(sk_snap *));
+/* Starts the reaper once per process, at the calling thread's priority:
+ * sk_engine_create calls it before starting workers (there is no worker
+ * without an engine), so no worker and no low-priority loader creates it. */
+void sk_snap_reaper_start(void);
 /* Marks the calling thread as an I/O worker (sk_worker_main). */
 void sk_snap_thread_is_worker(void);
 /* Snapshots the reaper destroyed, process-wide. */

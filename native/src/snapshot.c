@@ -7,7 +7,8 @@
  * release, thousands of certificates after a new CA bundle) would take a
  * worker's CPU for milliseconds between two events: such snapshots go to a
  * list that one reaper thread per process empties. The worker only takes
- * the list's lock to push (never held while destroying). */
+ * the list's lock to push (never held while destroying). The engine starts
+ * the reaper, at the priority of the thread creating it. */
 #include "internal.h"
 
 #include <sys/prctl.h>
@@ -41,7 +42,7 @@ static void *reaper_main(void *arg)
     return NULL;
 }
 
-static void reaper_start(void)
+void sk_snap_reaper_start(void)
 {
     pthread_mutex_lock(&reap_lock);
     if (!reaper_up) {
@@ -96,7 +97,6 @@ void sk_snap_init_off_worker(sk_snap *s, void (*destroy)(sk_snap *))
 {
     sk_snap_init(s, destroy);
     s->off_worker = true;
-    reaper_start();
 }
 
 void sk_snap_ref(sk_snap *s)

@@ -304,6 +304,8 @@ static int wait_done(reaped_obj *o)
  * thread, at once on that thread; plain snapshots always at once. */
 static int test_reaper(void)
 {
+    sk_snap_reaper_start(); /* sk_engine_create's part */
+    sk_snap_reaper_start(); /* once per process: a second call is a no-op */
     uint64_t reaped0 = sk_snap_reaped();
 
     reaped_obj *a = calloc(1, sizeof *a);
