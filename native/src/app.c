@@ -271,7 +271,7 @@ bool sk_app_release_fd(sk_worker *w, sk_conn *c)
 static bool pump(sk_worker *w, sk_conn *c)
 {
     sk_app *a = c->app;
-    for (int round = 0; round < 3; round++) {
+    for (int swaps = 0;;) {
         if (a->woff == a->wlen) {
             bool close_now = false, abort_now = false, token = false;
             uint64_t queued_ns = 0;
@@ -279,7 +279,8 @@ static bool pump(sk_worker *w, sk_conn *c)
             fold_direct_locked(a);
             if (a->direct_sending) {
                 token = true;
-            } else if (a->outq_len && round < 2) {
+            } else if (a->outq_len && swaps < 2) { /* two batches a call, at most */
+                swaps++;
                 queued_ns = a->out_since_ns;
                 a->out_since_ns = 0;
                 /* swap: Python keeps appending to the other buffer */
@@ -326,7 +327,6 @@ static bool pump(sk_worker *w, sk_conn *c)
             return false;
         }
     }
-    return true;
 }
 
 static void app_conn_writable(sk_worker *w, sk_conn *c)

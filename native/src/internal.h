@@ -876,8 +876,9 @@ bool sk_relay_plain(const sk_conn *c);
 struct sk_tls_config {
     sk_snap snap; /* snap.version is the profile's config version */
     SSL_CTX *server; /* NULL without certificate and key */
-    SSL_CTX *server_links; /* the same, for inter-router (data_ok) listeners:
-                              a server session cache instead of tickets */
+    SSL_CTX *server_links; /* the same with a server session cache instead of
+                              tickets: inter-router (data_ok) listeners and
+                              tlsResumption: cache */
     SSL_CTX *client;
     X509_STORE *store; /* shared by both contexts */
     unsigned char ca_hash[32];

@@ -31,10 +31,11 @@
 
 /* ------------------------------------------------------------ attach */
 
-static bool tls_attach(sk_worker *w, sk_conn *c, int slot, bool server, bool links)
+/* cached: a server takes the context with the session cache (server_links) */
+static bool tls_attach(sk_worker *w, sk_conn *c, int slot, bool server, bool cached)
 {
     sk_tls_config *cfg = sk_tls_current(w, slot);
-    SSL_CTX *ctx = cfg ? (server ? (links ? cfg->server_links : cfg->server) : cfg->client) : NULL;
+    SSL_CTX *ctx = cfg ? (server ? (cached ? cfg->server_links : cfg->server) : cfg->client) : NULL;
     if (!ctx)
         return false; /* never loaded: refuse rather than fall back to plaintext */
     SSL *ssl = SSL_new(ctx);
