@@ -3,15 +3,19 @@ sockets: simple to reason about, and independent of the code under test)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 # the tests' one polling wait lives with the network harness
 from bench.netharness import wait_for as wait_for
+from bench.pki import CertAuthority, write
+from router.engine import Engine, EngineOptions, RouteTarget, TlsMaterial, tls_load
 
 Handler = Callable[[socket.socket], None]
 
@@ -128,3 +132,31 @@ def refusing_port(host: str = "127.0.0.1") -> tuple[socket.socket, int]:
     s = socket.socket()
     s.bind((host, 0))
     return s, s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def tls_echo_engine(
+    tmp_path: Path, workers: int = 1, connect_timeout_ms: int | None = None
+) -> Iterator[tuple[Engine, int, Path]]:
+    """An engine relaying address 0 to an echo server, with a TLS slot that
+    holds a fresh CA's "localhost" certificate: (engine, slot, CA file).
+    The caller opens the listener it needs on address 0."""
+    ca = CertAuthority()
+    issued = ca.issue("localhost")
+    write(tmp_path / "ca.pem", ca.pem)
+    write(tmp_path / "srv.pem", issued.cert_pem)
+    write(tmp_path / "srv.key", issued.key_pem)
+    loaded = tls_load(
+        TlsMaterial(str(tmp_path / "srv.pem"), str(tmp_path / "srv.key"), str(tmp_path / "ca.pem"))
+    )
+    assert loaded.ok and loaded.config is not None, loaded
+    server = ThreadedServer(echo)
+    eng = Engine(EngineOptions(worker_threads=workers, connect_timeout_ms=connect_timeout_ms))
+    try:
+        slot = eng.tls_slot()
+        eng.tls_publish(slot, loaded.config)
+        eng.publish_routes({0: [RouteTarget(eng.target(), "127.0.0.1", server.port)]})
+        yield eng, slot, tmp_path / "ca.pem"
+    finally:
+        eng.stop()
+        server.close()

@@ -13,37 +13,18 @@ from pathlib import Path
 
 import pytest
 import uvloop
-from servers import ThreadedServer, echo, wait_for
+from servers import tls_echo_engine, wait_for
 
-from bench.pki import CertAuthority, write
-from router.engine import Engine, EngineOptions, RouteTarget, TlsMaterial, tls_load
+from router.engine import Engine
 
 CLIENTS = 200
 
 
 @pytest.fixture
 def tls_echo(tmp_path: Path) -> Iterator[tuple[Engine, int, ssl.SSLContext]]:
-    ca = CertAuthority()
-    issued = ca.issue("localhost")
-    write(tmp_path / "ca.pem", ca.pem)
-    write(tmp_path / "srv.pem", issued.cert_pem)
-    write(tmp_path / "srv.key", issued.key_pem)
-    loaded = tls_load(
-        TlsMaterial(str(tmp_path / "srv.pem"), str(tmp_path / "srv.key"), str(tmp_path / "ca.pem"))
-    )
-    assert loaded.ok and loaded.config is not None, loaded
-    server = ThreadedServer(echo)
-    eng = Engine(EngineOptions(worker_threads=2, connect_timeout_ms=5000))
-    try:
-        slot = eng.tls_slot()
-        eng.tls_publish(slot, loaded.config)
-        eng.publish_routes({0: [RouteTarget(eng.target(), "127.0.0.1", server.port)]})
+    with tls_echo_engine(tmp_path, workers=2, connect_timeout_ms=5000) as (eng, slot, ca):
         listener = eng.listen("127.0.0.1", 0, address_id=0, tls_slot=slot)
-        ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
-        yield eng, listener.port, ctx
-    finally:
-        eng.stop()
-        server.close()
+        yield eng, listener.port, ssl.create_default_context(cafile=str(ca))
 
 
 async def _client(port: int, ctx: ssl.SSLContext, seed: int, version: str = "TLSv1.3") -> None:

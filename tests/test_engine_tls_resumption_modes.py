@@ -14,34 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import ThreadedServer, echo, recv_exact
+from servers import recv_exact, tls_echo_engine
 
-from bench.pki import CertAuthority, write
-from router.engine import Engine, EngineError, EngineOptions, RouteTarget, TlsMaterial, tls_load
+from router.engine import Engine, EngineError
 
 
 @pytest.fixture()
 def engine_and_slot(tmp_path: Path) -> Iterator[tuple[Engine, int, Path]]:
-    ca = CertAuthority()
-    issued = ca.issue("server")
-    write(tmp_path / "ca.pem", ca.pem)
-    write(tmp_path / "server.pem", issued.cert_pem)
-    write(tmp_path / "server.key", issued.key_pem)
-    loaded = tls_load(
-        TlsMaterial(str(tmp_path / "server.pem"), str(tmp_path / "server.key"), None)
-    )
-    assert loaded.ok and loaded.config is not None, loaded
-    server = ThreadedServer(echo)
-    eng = Engine(EngineOptions(worker_threads=1))
-    try:
-        target = eng.target()
-        eng.publish_routes({0: [RouteTarget(target, "127.0.0.1", server.port)]})
-        slot = eng.tls_slot()
-        eng.tls_publish(slot, loaded.config)
-        yield eng, slot, tmp_path / "ca.pem"
-    finally:
-        eng.stop()
-        server.close()
+    with tls_echo_engine(tmp_path) as found:
+        yield found
 
 
 def _exchange(

@@ -414,6 +414,33 @@ static int raw_open(SSL_CTX *sctx, SSL_CTX *cctx, int fd[2], SSL **c, sk_tls_rl 
     return 0;
 }
 
+/* raw_open on the client listeners' context with a client that verifies
+ * nothing, and what it made, freed together by raw_conn_close. */
+typedef struct raw_conn {
+    SSL_CTX *cctx;
+    int fd[2];
+    SSL *c;
+    sk_tls_rl *rl;
+} raw_conn;
+
+static int raw_conn_open(raw_conn *r)
+{
+    r->cctx = SSL_CTX_new(TLS_client_method());
+    REQUIRE(r->cctx != NULL);
+    SSL_CTX_set_verify(r->cctx, SSL_VERIFY_NONE, NULL);
+    return raw_open(loaded.config->server, r->cctx, r->fd, &r->c, &r->rl);
+}
+
+static void raw_conn_close(raw_conn *r)
+{
+    sk_tls_rl_free(r->rl);
+    SSL_free(r->c);
+    close(r->fd[0]);
+    close(r->fd[1]);
+    SSL_CTX_free(r->cctx);
+    ERR_clear_error();
+}
+
 /* Small socket buffers: the record layer's sends stop part-way through
  * records. The caller's rule (OpenSSL's): after -1 or a short count, call
  * again with the bytes not yet accepted; every byte arrives once, in order.
@@ -421,13 +448,11 @@ static int raw_open(SSL_CTX *sctx, SSL_CTX *cctx, int fd[2], SSL **c, sk_tls_rl 
  * layer (pending, returned by the next reads), and a peek does not consume. */
 static int test_raw_partial_io(void)
 {
-    SSL_CTX *cctx = SSL_CTX_new(TLS_client_method());
-    REQUIRE(cctx != NULL);
-    SSL_CTX_set_verify(cctx, SSL_VERIFY_NONE, NULL);
-    int fd[2];
-    SSL *c;
-    sk_tls_rl *rl;
-    REQUIRE(raw_open(loaded.config->server, cctx, fd, &c, &rl) == 0);
+    raw_conn r;
+    REQUIRE(raw_conn_open(&r) == 0);
+    int *fd = r.fd;
+    SSL *c = r.c;
+    sk_tls_rl *rl = r.rl;
     enum { LEN = 300000 };
     static uint8_t out[LEN], in[LEN];
     RAND_bytes(out, sizeof out);
@@ -501,12 +526,7 @@ static int test_raw_partial_io(void)
     CHECK(memcmp(in, out, BACK) == 0); /* the peeked bytes were not consumed */
     CHECK_OP_I(pend, >, 0);
     CHECK(!sk_tls_rl_pending(rl));
-    sk_tls_rl_free(rl);
-    SSL_free(c);
-    close(fd[0]);
-    close(fd[1]);
-    SSL_CTX_free(cctx);
-    ERR_clear_error();
+    raw_conn_close(&r);
     return 0;
 }
 
@@ -516,22 +536,12 @@ static int test_raw_partial_io(void)
  * without close_notify. */
 static int refused(const uint8_t *rec, size_t len)
 {
-    SSL_CTX *cctx = SSL_CTX_new(TLS_client_method());
-    REQUIRE(cctx != NULL);
-    SSL_CTX_set_verify(cctx, SSL_VERIFY_NONE, NULL);
-    int fd[2];
-    SSL *c;
-    sk_tls_rl *rl;
-    REQUIRE(raw_open(loaded.config->server, cctx, fd, &c, &rl) == 0);
-    REQUIRE(send_all(fd[1], rec, len) == 0);
+    raw_conn r;
+    REQUIRE(raw_conn_open(&r) == 0);
+    REQUIRE(send_all(r.fd[1], rec, len) == 0);
     uint8_t b[64];
-    ssize_t n = sk_tls_rl_recv(rl, fd[0], b, sizeof b, false);
-    sk_tls_rl_free(rl);
-    SSL_free(c);
-    close(fd[0]);
-    close(fd[1]);
-    SSL_CTX_free(cctx);
-    ERR_clear_error();
+    ssize_t n = sk_tls_rl_recv(r.rl, r.fd[0], b, sizeof b, false);
+    raw_conn_close(&r);
     return (int)n;
 }
 
@@ -554,13 +564,11 @@ static int test_raw_bad_records(void)
  * to 5 here from 2^24): the client reads every byte across the updates. */
 static int test_raw_rekey_after_records(void)
 {
-    SSL_CTX *cctx = SSL_CTX_new(TLS_client_method());
-    REQUIRE(cctx != NULL);
-    SSL_CTX_set_verify(cctx, SSL_VERIFY_NONE, NULL);
-    int fd[2];
-    SSL *c;
-    sk_tls_rl *rl;
-    REQUIRE(raw_open(loaded.config->server, cctx, fd, &c, &rl) == 0);
+    raw_conn r;
+    REQUIRE(raw_conn_open(&r) == 0);
+    int *fd = r.fd;
+    SSL *c = r.c;
+    sk_tls_rl *rl = r.rl;
     SSL_set_msg_callback(c, client_msg_cb);
     int ku0 = atomic_load(&key_updates_in);
     sk_tls_rl_set_rekey_records(5);
@@ -595,12 +603,7 @@ static int test_raw_rekey_after_records(void)
     for (int i = 0; i < 100 && n == -1; i++)
         n = sk_tls_rl_recv(rl, fd[0], b, sizeof b, false);
     CHECK(n == 5 && memcmp(b, "after", 5) == 0);
-    sk_tls_rl_free(rl);
-    SSL_free(c);
-    close(fd[0]);
-    close(fd[1]);
-    SSL_CTX_free(cctx);
-    ERR_clear_error();
+    raw_conn_close(&r);
     return 0;
 }
 
