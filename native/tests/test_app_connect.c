@@ -31,20 +31,7 @@ static int SILENT_FD = -1, SILENT_PORT; /* listens, never accepts */
 
 static int publish(int slot, const char *cert, const char *key)
 {
-    sk_tls_load_params p;
-    sk_tls_load_params_init(&p);
-    p.cert_file = cert;
-    p.key_file = key;
-    p.ca_file = cert;
-    p.ordinal = 1;
-    sk_tls_load_result r;
-    memset(&r, 0, sizeof r);
-    sk_tls_load(&p, &r);
-    REQUIRE_MSG(r.status == SK_TLS_OK, "sk_tls_load: %s", r.error);
-    REQUIRE(sk_tls_publish(E, slot, r.config) != 0);
-    r.config = NULL;
-    sk_tls_result_clear(&r);
-    return 0;
+    return fixture_publish(E, slot, cert, key, cert, 1);
 }
 
 static int setup(void)

@@ -779,19 +779,7 @@ static char tmpdir[64] = "/tmp/inbound-test-XXXXXX";
 static int tls_publish(sk_engine *e, int slot, const char *cert, const char *key,
                        const char *ca)
 {
-    sk_tls_load_params p;
-    sk_tls_load_params_init(&p);
-    p.cert_file = cert;
-    p.key_file = key;
-    p.ca_file = ca;
-    p.ordinal = 1;
-    sk_tls_load_result r;
-    memset(&r, 0, sizeof r);
-    sk_tls_load(&p, &r);
-    REQUIRE_MSG(r.status == SK_TLS_OK, "sk_tls_load: %s", r.error);
-    REQUIRE(sk_tls_publish(e, slot, r.config) != 0);
-    r.config = NULL;
-    sk_tls_result_clear(&r);
+    REQUIRE(fixture_publish(e, slot, cert, key, ca, 1) == 0);
     return slot;
 }
 

@@ -44,16 +44,8 @@ static int make_material_in_tmpdir(void)
 /* Loads the material as config `ordinal` and publishes it in tls_slot. */
 static int publish_config(uint64_t ordinal)
 {
-    sk_tls_load_params p;
-    sk_tls_load_params_init(&p);
-    p.cert_file = cert_path;
-    p.key_file = key_path;
-    p.ca_file = cert_path;
-    p.ordinal = ordinal;
     sk_tls_load_result r;
-    memset(&r, 0, sizeof r);
-    sk_tls_load(&p, &r);
-    REQUIRE_MSG(r.status == SK_TLS_OK, "sk_tls_load: %s", r.error);
+    REQUIRE(fixture_load(cert_path, key_path, cert_path, ordinal, &r) == 0);
     CHECK(sk_tls_publish(E, tls_slot, r.config) != 0);
     r.config = NULL; /* the slot owns it now */
     sk_tls_result_clear(&r);
@@ -420,15 +412,8 @@ static int chain_seen(SSL_CTX *server, char *out, size_t len)
 static int chain_with(const char *cert, const char *key, const char *ca, char *out, size_t len,
                       int *prebuilt)
 {
-    sk_tls_load_params p;
-    sk_tls_load_params_init(&p);
-    p.cert_file = cert;
-    p.key_file = key;
-    p.ca_file = ca;
     sk_tls_load_result r;
-    memset(&r, 0, sizeof r);
-    sk_tls_load(&p, &r);
-    REQUIRE_MSG(r.status == SK_TLS_OK, "sk_tls_load: %s", r.error);
+    REQUIRE(fixture_load(cert, key, ca, 0, &r) == 0);
     STACK_OF(X509) *built = NULL;
     SSL_CTX_get0_chain_certs(r.config->server, &built);
     *prebuilt = built ? sk_X509_num(built) : -1;

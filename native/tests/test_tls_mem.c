@@ -211,15 +211,8 @@ static long idle_bytes(SSL_CTX *sctx, SSL_CTX *cctx, bool detach)
 
 static int test_idle_server_state(void)
 {
-    sk_tls_load_params lp;
-    sk_tls_load_params_init(&lp);
-    lp.cert_file = cert_path;
-    lp.key_file = key_path;
-    lp.ca_file = cert_path;
     sk_tls_load_result r;
-    memset(&r, 0, sizeof r);
-    sk_tls_load(&lp, &r);
-    REQUIRE_MSG(r.status == SK_TLS_OK, "sk_tls_load: %s", r.error);
+    REQUIRE(fixture_load(cert_path, key_path, cert_path, 0, &r) == 0);
     SSL_CTX *cctx = SSL_CTX_new(TLS_client_method());
     REQUIRE(cctx != NULL);
     SSL_CTX_set_verify(cctx, SSL_VERIFY_NONE, NULL);

@@ -40,22 +40,12 @@ static int setup_tls(void)
     REQUIRE(make_material("skiff-rl", cert_path, key_path) == 0);
     tls_slot = sk_tls_slot_create(E);
     REQUIRE(tls_slot >= 0);
-    sk_tls_load_params p;
-    sk_tls_load_params_init(&p);
-    p.cert_file = cert_path;
-    p.key_file = key_path;
-    p.ca_file = cert_path;
-    p.ordinal = 1;
     sk_tls_load_result r;
-    memset(&r, 0, sizeof r);
-    sk_tls_load(&p, &r);
-    REQUIRE_MSG(r.status == SK_TLS_OK, "sk_tls_load: %s", r.error);
+    REQUIRE(fixture_load(cert_path, key_path, cert_path, 1, &r) == 0);
     CHECK(sk_tls_publish(E, tls_slot, r.config) != 0);
     r.config = NULL;
     sk_tls_result_clear(&r);
-    memset(&loaded, 0, sizeof loaded);
-    sk_tls_load(&p, &loaded);
-    REQUIRE(loaded.status == SK_TLS_OK);
+    REQUIRE(fixture_load(cert_path, key_path, cert_path, 1, &loaded) == 0);
 
     char err[SK_ERRLEN] = "";
     sk_listener_options lo;

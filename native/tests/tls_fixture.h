@@ -1,8 +1,12 @@
-/* tls_fixture.h -- test certificates written as PEM files (C tests only). */
+/* tls_fixture.h -- test certificates written as PEM files, and loading
+ * and publishing them (C tests only). */
 #ifndef SKIFF_TLS_FIXTURE_H
 #define SKIFF_TLS_FIXTURE_H
 
+#include "skiff.h"
 #include "testlib.h"
+
+#include <string.h>
 
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -50,6 +54,36 @@ static int make_material(const char *cn, const char *cert_path, const char *key_
     fclose(f);
     X509_free(x);
     EVP_PKEY_free(pkey);
+    return 0;
+}
+
+/* Loads cert and key, with ca as the trust store (NULL: none), as config
+ * `ordinal` into r; the caller clears r (sk_tls_result_clear). */
+static __attribute__((unused)) int fixture_load(const char *cert, const char *key, const char *ca,
+                                                uint64_t ordinal, sk_tls_load_result *r)
+{
+    sk_tls_load_params p;
+    sk_tls_load_params_init(&p);
+    p.cert_file = cert;
+    p.key_file = key;
+    p.ca_file = ca;
+    p.ordinal = ordinal;
+    memset(r, 0, sizeof *r);
+    sk_tls_load(&p, r);
+    REQUIRE_MSG(r->status == SK_TLS_OK, "sk_tls_load: %s", r->error);
+    return 0;
+}
+
+/* fixture_load, then publishes the config in e's slot, which owns it. */
+static __attribute__((unused)) int fixture_publish(sk_engine *e, int slot, const char *cert,
+                                                   const char *key, const char *ca,
+                                                   uint64_t ordinal)
+{
+    sk_tls_load_result r;
+    REQUIRE(fixture_load(cert, key, ca, ordinal, &r) == 0);
+    REQUIRE(sk_tls_publish(e, slot, r.config) != 0);
+    r.config = NULL;
+    sk_tls_result_clear(&r);
     return 0;
 }
 
