@@ -54,7 +54,7 @@ from bench.proxies import (
     start_skiffd,
 )
 from bench.storm import StormConfig, run_round
-from bench.subjects import ADDRESS_ID, EngineSubject
+from bench.subjects import ADDRESS_ID, AddressSubject, EngineSubject
 from bench.verdict import client_bottleneck, port_pressure, time_wait_by_tuple
 from router.engine import RouteTarget
 
@@ -377,15 +377,10 @@ class _Runner:
             tls_ca_file=t.tls_ca,
         )
 
-        @dataclass(frozen=True)
-        class _Addr:
-            name: str
-            address: tuple[str, int]
-
         cpu0 = t.cpu_s()
         r = await run_round(
             scfg,
-            _Addr(t.name, t.echo),
+            AddressSubject(t.name, t.echo),
             rnd,
             pool,
             echo,

@@ -61,7 +61,7 @@ from bench.progress import Progress
 from bench.proxies import start_skiffd
 from bench.report import format_timer_goals, timer_goal_figures
 from bench.storm import RoundResult, StormConfig, run_round
-from bench.subjects import ADDRESS_ID, EngineSubject, window_max_ns
+from bench.subjects import ADDRESS_ID, AddressSubject, EngineSubject, window_max_ns
 from bench.verdict import client_bottleneck
 from router.configs import RouterConfig
 from router.engine import PRIO_HIGH, tls_load_store
@@ -354,14 +354,6 @@ class RotateResult:
         return self.round.failed == 0 and (last is None or last.ok) and base_ok
 
 
-@dataclass(frozen=True)
-class _Addr:
-    """A storm subject: where the clients connect."""
-
-    name: str
-    address: tuple[str, int]
-
-
 def _lateness_point(t: float, h: EngineHistogram) -> dict[str, float]:
     return {
         "t_s": t,
@@ -529,7 +521,7 @@ async def _storm_round(
     progress: Progress,
 ) -> RoundResult:
     """One storm round against 127.0.0.1:port, the probe's engine watched."""
-    subject = _Addr(name, ("127.0.0.1", port))
+    subject = AddressSubject(name, ("127.0.0.1", port))
     return await run_round(scfg, subject, 0, pool, echo, probe, on_progress=progress.storm_tick)
 
 

@@ -40,6 +40,14 @@ class Subject(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class AddressSubject:
+    """Any address, under a name: a relay the bench started, or a target."""
+
+    name: str
+    address: tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class DirectSubject:
     """The echo server itself: the ceiling of the machine and the clients."""
 

@@ -31,6 +31,7 @@ from bench.pki import write_tls_files
 from bench.progress import Progress
 from bench.proxies import ProxyProcess, start_skiffd
 from bench.storm import RoundResult, StormConfig, run_round
+from bench.subjects import AddressSubject
 from bench.verdict import client_bottleneck, port_pressure, time_wait_by_tuple
 
 WORKLOADS = ("storm", "bulk", "idle", "mixed")
@@ -151,12 +152,6 @@ def endpoint(cfg: TargetConfig) -> Iterator[Endpoint]:
             shutil.rmtree(tls_dir, ignore_errors=True)
 
 
-@dataclass(frozen=True)
-class _Addr:
-    name: str
-    address: tuple[str, int]
-
-
 def _storm_figures(r: RoundResult, cpu: float | None, res: TargetResult) -> None:
     res.figures["storm"] = {
         "ok": r.ok,
@@ -212,7 +207,13 @@ async def _run(cfg: TargetConfig, ep: Endpoint, progress: Progress) -> TargetRes
         with ClientPool(cfg.procs) as pool:
             cpu0 = ep.cpu_s()
             r = await run_round(
-                scfg, _Addr("target", ep.echo), 0, pool, None, None, on_progress=progress.storm_tick
+                scfg,
+                AddressSubject("target", ep.echo),
+                0,
+                pool,
+                None,
+                None,
+                on_progress=progress.storm_tick,
             )
             cpu1 = ep.cpu_s()
         _storm_figures(r, None if cpu0 is None or cpu1 is None else cpu1 - cpu0, res)
@@ -272,7 +273,13 @@ async def _run(cfg: TargetConfig, ep: Endpoint, progress: Progress) -> TargetRes
                 ep.tls_ca,
             )
             r = await run_round(
-                scfg, _Addr("target", ep.echo), 0, pool, None, None, on_progress=progress.storm_tick
+                scfg,
+                AddressSubject("target", ep.echo),
+                0,
+                pool,
+                None,
+                None,
+                on_progress=progress.storm_tick,
             )
             streams = await bulk_job
             cpu1 = ep.cpu_s()
