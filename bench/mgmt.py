@@ -157,7 +157,7 @@ def _wait_summary(before: Waits, after: Waits) -> str:
     """p50/p99 (bucket upper bounds, a factor of 2 apart) of each direction
     over the phase between the two scrapes."""
     parts = []
-    for direction in ("input", "output"):
+    for direction in ("receive", "input", "output"):
         b = dict(before.get(direction, []))
         rows = [(le, c - b.get(le, 0.0)) for le, c in after.get(direction, [])]
         total = rows[-1][1] if rows else 0.0

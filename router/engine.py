@@ -25,6 +25,7 @@ _log = get_logger("ENGINE")
 
 PRIO_HIGH = 0
 PRIO_NORMAL = 1
+APP_POLL_BATCH = 64  # sockets a direct-read poll serves at most (sk_engine_app_poll)
 DRAIN_BATCH = 256
 
 
@@ -725,6 +726,7 @@ class Engine:
         self.final_counters: dict[str, int] = {}
         self.handler_errors = 0  # event handlers that raised (logged, contained)
         self._events = ffi.new("sk_event[]", DRAIN_BATCH)
+        self._app_ids = ffi.new("uint64_t[]", APP_POLL_BATCH)
         self._overflow = ffi.new("int *")
 
     def worker_cpu(self, worker: int) -> int | None:
@@ -782,17 +784,38 @@ class Engine:
         return int(lib.sk_engine_event_fd(self._ptr))
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Drains events on loop whenever the engine signals its event fd."""
+        """Drains events on loop whenever the engine signals its event fd,
+        and reads plain app connections (management, router links) opened
+        from now on on the loop's thread (direct reads, skiff.h): a request
+        then never waits for a busy worker to be scheduled."""
         self._loop = loop
         loop.add_reader(self.event_fd, self._readable)
+        loop.add_reader(int(lib.sk_engine_app_poll_fd(self._ptr)), self._app_poll)
+        lib.sk_engine_app_direct_reads(self._ptr, 1)
 
     def detach(self) -> None:
         if self._loop is not None:
-            try:
-                self._loop.remove_reader(self.event_fd)
-            except (ValueError, RuntimeError):
-                pass  # loop already closed: nothing is registered any more
+            lib.sk_engine_app_direct_reads(self._ptr, 0)
+            for fd in (self.event_fd, int(lib.sk_engine_app_poll_fd(self._ptr))):
+                try:
+                    self._loop.remove_reader(fd)
+                except (ValueError, RuntimeError):
+                    pass  # loop already closed: nothing is registered any more
             self._loop = None
+
+    def _app_poll(self) -> None:
+        """Direct reads: what the ready sockets hold is read now; each
+        connection with new input is handed to the handlers as an
+        APP_READABLE event, after the events already pending (its APP_OPEN
+        among them)."""
+        if self._stopped:
+            return
+        n = int(lib.sk_engine_app_poll(self._ptr, self._app_ids, APP_POLL_BATCH))
+        if n == 0:
+            return
+        self.dispatch_pending()
+        for i in range(n):
+            self._dispatch(Event(EventType.APP_READABLE, -1, int(self._app_ids[i]), 0, 0))
 
     def _readable(self) -> None:
         lib.sk_engine_ack_event_fd(self._ptr)
@@ -1166,6 +1189,12 @@ class Engine:
         the owning worker taking the queue to send, i.e. how long output
         waited for the worker."""
         return self._app_wait(lib.SK_APP_WAIT_OUTPUT)
+
+    def app_receive_wait(self) -> Histogram:
+        """Plain app connections: from the kernel queueing received bytes on
+        the socket to the owning worker reading them, i.e. how long input
+        waited for the worker."""
+        return self._app_wait(lib.SK_APP_WAIT_RECEIVE)
 
     def _app_wait(self, which: int) -> Histogram:
         out = ffi.new("sk_hist *")

@@ -219,7 +219,7 @@ def test_metrics_page_families_labels_escaping_and_histograms(engine: Engine) ->
         assert any(s.name.endswith("_sum") for s in samples)
     waits = families["skiff_app_wait_seconds"]
     assert waits.type == "histogram"
-    assert {s.labels["direction"] for s in waits.samples} == {"input", "output"}
+    assert {s.labels["direction"] for s in waits.samples} == {"input", "output", "receive"}
 
 
 def test_healthz_and_readyz_pages(engine: Engine) -> None:

@@ -204,6 +204,7 @@ typedef struct sk_engine_counters {
                                    (refused, timed out, TLS), cancels excluded */
     uint64_t tls_resumed;       /* of tls_handshakes, those that resumed a session */
     uint64_t app_direct_writes; /* sk_app_write calls that sent on the caller's thread */
+    uint64_t app_direct_reads;  /* recv calls sk_engine_app_poll made that returned bytes */
     uint64_t tls_detached;      /* server connections that left OpenSSL after the
                                    handshake for the engine's record layer */
 } sk_engine_counters;
@@ -486,14 +487,37 @@ int64_t sk_app_read(sk_engine *e, uint64_t conn_id, void *buf, size_t len);
  * protocol frames. Returns 0, -2 unknown id, -3 closed. */
 int sk_app_write(sk_engine *e, uint64_t conn_id, const void *buf, size_t len);
 
+/* Direct reads. When on (sk_engine_app_direct_reads(e, 1), before the
+ * connections open), every plain app connection that opens afterwards is
+ * read by the control thread itself instead of by its worker: its socket
+ * joins an edge-triggered epoll set (sk_engine_app_poll_fd), and when that
+ * fd is readable the control thread calls sk_engine_app_poll, which reads
+ * the ready sockets into each connection's input (the same credit as the
+ * worker's reads: nothing is read while relay_buffer_bytes wait) and
+ * returns the ids whose input became readable, in place of the
+ * SK_EV_APP_READABLE a worker would emit (none is emitted for them). So a
+ * request never waits for a busy worker to be scheduled. The worker still
+ * writes what direct writes could not, runs the keep-alive and closes the
+ * connection; a receive error the reader sees reaches it as a kick. An
+ * SK_EV_APP_OPEN is emitted before the connection joins the set, so a
+ * caller that drains events before handling the returned ids sees the open
+ * first. TLS connections are read by their worker in any case. */
+void sk_engine_app_direct_reads(sk_engine *e, int on);
+int sk_engine_app_poll_fd(const sk_engine *e);
+/* Returns how many ids it stored (at most max, at most 64 a call). */
+int sk_engine_app_poll(sk_engine *e, uint64_t *ids, int max);
+
 /* How long app connection bytes waited for the other thread, over all app
  * connections (accepted and dialled) since the engine started:
  * SK_APP_WAIT_INPUT from a worker receiving bytes to sk_app_read taking them
  * (the control loop's pick-up delay), SK_APP_WAIT_OUTPUT from sk_app_write
  * queueing into an empty queue to the owning worker taking the queue to send
- * it (the worker's wake-up delay). Returns -1 for a bad which. */
+ * it (the worker's wake-up delay), SK_APP_WAIT_RECEIVE from the kernel
+ * queueing received bytes on a plain socket (its receive timestamp) to the
+ * worker or a direct read taking them. Returns -1 for a bad which. */
 #define SK_APP_WAIT_INPUT 0
 #define SK_APP_WAIT_OUTPUT 1
+#define SK_APP_WAIT_RECEIVE 2
 int sk_engine_app_wait(sk_engine *e, int which, sk_hist *out);
 
 /* Bytes queued and not yet written (so Python can apply its own backpressure). */

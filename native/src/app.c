@@ -13,7 +13,12 @@
  * token: while it is taken the worker writes nothing (the writer kicks it
  * afterwards for whatever was queued meanwhile), and a connection closed
  * meanwhile leaves the socket's close(2) to the writer (sk_app_release_fd),
- * so the descriptor cannot be reused under the send. The connection is accepted by
+ * so the descriptor cannot be reused under the send. Likewise for input
+ * (direct reads, sk_engine_app_poll): once the control thread asked for them,
+ * a plain connection that opens joins an edge-triggered epoll set the
+ * control thread watches, and is read there, with the same token and
+ * credit; its worker then neither reads nor watches it for input, and
+ * closes it when the reader reports an error. The connection is accepted by
  * an app listener, or dialled by sk_app_connect (app_connect.c), which hands
  * it over here once open. */
 #include "internal.h"
@@ -28,6 +33,7 @@
 #define SK_APP_BUCKETS 256
 
 static void ka_fire(sk_worker *w, sk_timer *t, uint64_t now);
+static void app_interest(sk_worker *w, sk_conn *c);
 
 /* ------------------------------------------------------------ table */
 
@@ -105,7 +111,7 @@ static int append(char **buf, size_t *len, size_t *cap, const void *data, size_t
 
 int sk_engine_app_wait(sk_engine *e, int which, sk_hist *out)
 {
-    if (which != SK_APP_WAIT_INPUT && which != SK_APP_WAIT_OUTPUT)
+    if (which < SK_APP_WAIT_INPUT || which > SK_APP_WAIT_RECEIVE)
         return -1;
     memset(out, 0, sizeof *out);
     sk_hist_accumulate(&e->app_wait[which], out);
@@ -150,8 +156,9 @@ void sk_app_accepted(sk_worker *w, sk_conn *c, sk_listener *l)
     c->app = a;
     c->h.on_io = sk_app_io;
     sk_app_direct_open(a, c);
-    sk_conn_set_interest(w, c, EPOLLIN);
     sk_worker_emit(w, SK_PRIO_NORMAL, SK_EV_APP_OPEN, a->id, (int64_t)l->opts.user_id, 0);
+    sk_app_direct_reads_open(a, c); /* after the open event: see sk_engine_app_poll */
+    app_interest(w, c);
 }
 
 static void app_interest(sk_worker *w, sk_conn *c)
@@ -161,18 +168,48 @@ static void app_interest(sk_worker *w, sk_conn *c)
     bool paused = a->read_paused;
     pthread_mutex_unlock(&a->lock);
     uint32_t ev = 0;
-    if (!c->rd_eof && !paused)
+    if (!c->rd_eof && !paused && !a->direct_read)
         ev |= EPOLLIN;
     if (a->woff < a->wlen)
         ev |= EPOLLOUT;
     if (sk_conn_is_tls(c))
         ev = sk_tls_io_interest(w, c, ev, !c->rd_eof && !paused);
+    if (a->direct_hup)
+        ev = 0; /* level-triggered HUP/ERR would spin until the reader's kick */
     sk_conn_set_interest(w, c, ev);
+}
+
+/* recv(2) on a plain app socket, recording how long its first byte waited
+ * in the kernel (SO_TIMESTAMPNS, set at the open) as SK_APP_WAIT_RECEIVE.
+ * Returns the bytes, -1 for nothing now, -2 for an error (errno kept). */
+static ssize_t recv_stamped(sk_engine *e, int fd, void *buf, size_t len)
+{
+    struct iovec iov = {.iov_base = buf, .iov_len = len};
+    union {
+        char buf[CMSG_SPACE(sizeof(struct timespec))];
+        struct cmsghdr align;
+    } ctl;
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+    ssize_t n = recvmsg(fd, &mh, 0);
+    if (n < 0)
+        return errno == EAGAIN || errno == EINTR ? -1 : -2;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); n > 0 && cm; cm = CMSG_NXTHDR(&mh, cm))
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+            struct timespec ts, now;
+            memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+            clock_gettime(CLOCK_REALTIME, &now);
+            int64_t d = (int64_t)(now.tv_sec - ts.tv_sec) * 1000000000 + (now.tv_nsec - ts.tv_nsec);
+            sk_hist_record_shared(&e->app_wait[SK_APP_WAIT_RECEIVE], d > 0 ? (uint64_t)d : 0);
+        }
+    return n;
 }
 
 void sk_app_conn_readable(sk_worker *w, sk_conn *c)
 {
     sk_app *a = c->app;
+    if (a->direct_read)
+        return; /* the control thread reads this socket (HUP/ERR reach it too) */
     size_t credit = (size_t)w->engine->opts.relay_buffer_bytes;
     char tmp[16384];
     pthread_mutex_lock(&a->lock);
@@ -184,7 +221,8 @@ void sk_app_conn_readable(sk_worker *w, sk_conn *c)
         app_interest(w, c);
         return;
     }
-    ssize_t n = sk_io_recv(w, c, tmp, space < sizeof tmp ? space : sizeof tmp);
+    size_t want = space < sizeof tmp ? space : sizeof tmp;
+    ssize_t n = sk_conn_is_tls(c) ? sk_io_recv(w, c, tmp, want) : recv_stamped(w->engine, c->fd, tmp, want);
     if (n == -1) {
         if (sk_conn_is_tls(c))
             app_interest(w, c); /* SSL_read may want the socket writable */
@@ -226,9 +264,39 @@ void sk_app_direct_open(sk_app *a, sk_conn *c)
     /* TLS records are the worker's alone, OpenSSL's or detached */
     if (sk_conn_is_tls(c))
         return;
+    int one = 1;
+    setsockopt(c->fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
     pthread_mutex_lock(&a->lock);
     a->direct_fd = c->fd;
     pthread_mutex_unlock(&a->lock);
+}
+
+void sk_app_direct_reads_open(sk_app *a, sk_conn *c)
+{
+    sk_engine *e = a->engine;
+    if (sk_conn_is_tls(c) || !SK_LOAD(&e->app_direct_reads))
+        return;
+    /* the caller emitted SK_EV_APP_OPEN already: a poll that returns this id
+     * finds its open in the rings */
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u64 = a->id};
+    /* set before the socket joins: its first event may be polled at once */
+    pthread_mutex_lock(&a->lock);
+    a->direct_read = true;
+    pthread_mutex_unlock(&a->lock);
+    if (epoll_ctl(e->app_epfd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
+        pthread_mutex_lock(&a->lock);
+        a->direct_read = false; /* the worker reads it */
+        pthread_mutex_unlock(&a->lock);
+    }
+}
+
+/* Caller holds a->lock, the fd is open (direct_fd >= 0): the poll set
+ * looks at the socket again (EPOLL_CTL_MOD re-reports bytes already there,
+ * which an edge-triggered set would not). */
+static void rearm_locked(sk_engine *e, sk_app *a)
+{
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u64 = a->id};
+    epoll_ctl(e->app_epfd, EPOLL_CTL_MOD, a->direct_fd, &ev);
 }
 
 /* Caller holds a->lock: the last direct write's time goes to the
@@ -257,7 +325,7 @@ bool sk_app_release_fd(sk_worker *w, sk_conn *c)
         epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     pthread_mutex_lock(&a->lock);
     a->direct_fd = -1;
-    bool mine = !a->direct_sending;
+    bool mine = !a->direct_busy;
     if (!mine)
         a->direct_close_fd = true;
     pthread_mutex_unlock(&a->lock);
@@ -277,7 +345,7 @@ static bool pump(sk_worker *w, sk_conn *c)
             uint64_t queued_ns = 0;
             pthread_mutex_lock(&a->lock);
             fold_direct_locked(a);
-            if (a->direct_sending) {
+            if (a->direct_busy) {
                 token = true;
             } else if (a->outq_len && swaps < 2) { /* two batches a call, at most */
                 swaps++;
@@ -338,6 +406,13 @@ static void app_conn_writable(sk_worker *w, sk_conn *c)
 void sk_app_io(sk_worker *w, sk_handle *h, uint32_t ev)
 {
     sk_conn *c = SK_CONTAINER_OF(h, sk_conn, h);
+    if (c->app->direct_read && (ev & (EPOLLHUP | EPOLLERR))) {
+        /* the control thread's read finds the end or the error (its set
+         * reports HUP/ERR too) and kicks us to close */
+        c->app->direct_hup = true;
+        app_interest(w, c);
+        return;
+    }
     bool ard = (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0;
     bool awr = (ev & EPOLLOUT) != 0;
     if (sk_conn_is_tls(c) && c->tls_wr_wants_in && (ev & EPOLLIN))
@@ -364,7 +439,13 @@ void sk_app_kick(sk_worker *w, sk_app *a)
     bool ka_changed = a->ka_changed;
     a->ka_changed = false;
     uint64_t interval = a->ka_interval_ns;
+    int rd_err = a->direct_rd_err;
     pthread_mutex_unlock(&a->lock);
+    if (rd_err) {
+        /* a direct read failed (reset): closed as the worker's own read would */
+        sk_conn_close(w, c, true);
+        return;
+    }
     if (ka_changed) {
         if (interval)
             sk_worker_schedule(w, SK_PRIO_HIGH, &a->ka_timer, a->last_write_ns + interval);
@@ -384,7 +465,7 @@ static void ka_fire(sk_worker *w, sk_timer *t, uint64_t now)
     pthread_mutex_lock(&a->lock);
     fold_direct_locked(a);
     uint64_t interval = a->ka_interval_ns;
-    bool idle = a->outq_len == 0 && a->woff == a->wlen && !a->direct_sending;
+    bool idle = a->outq_len == 0 && a->woff == a->wlen && !a->direct_busy;
     bool send_frame = interval && idle && now - a->last_write_ns >= interval;
     if (send_frame) {
         /* between whole frames by construction: Python queues whole frames */
@@ -488,7 +569,12 @@ int64_t sk_app_read(sk_engine *e, uint64_t conn_id, void *buf, size_t len)
     bool post = false;
     if (a->read_paused && n && !a->closed && !atomic_load(&e->stopping)) {
         a->read_paused = false; /* credit returned: the worker reads again */
-        post = want_kick(a);
+        if (a->direct_read) {
+            if (a->direct_fd >= 0)
+                rearm_locked(e, a); /* or the next poll does */
+        } else {
+            post = want_kick(a);
+        }
     }
     pthread_mutex_unlock(&a->lock);
     if (post)
@@ -506,7 +592,7 @@ int64_t sk_app_read(sk_engine *e, uint64_t conn_id, void *buf, size_t len)
  * caller's thread now (see the top of the file). */
 static bool direct_ok(const sk_app *a, size_t len)
 {
-    return len && a->direct_fd >= 0 && !a->direct_sending && !a->w_busy && !a->outq_len &&
+    return len && a->direct_fd >= 0 && !a->direct_busy && !a->w_busy && !a->outq_len &&
            !a->close_req && !a->closed;
 }
 
@@ -515,15 +601,19 @@ static bool direct_ok(const sk_app *a, size_t len)
 static int direct_write(sk_engine *e, sk_app *a, const char *buf, size_t len)
 {
     int fd = a->direct_fd;
-    a->direct_sending = true;
+    a->direct_busy = true;
     pthread_mutex_unlock(&a->lock);
     ssize_t n = send(fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
     size_t sent = n > 0 ? (size_t)n : 0;
     uint64_t now = sk_now_ns();
     pthread_mutex_lock(&a->lock);
-    a->direct_sending = false;
+    a->direct_busy = false;
     bool close_fd = a->direct_close_fd;
     a->direct_close_fd = false;
+    if (a->direct_rd_missed && !close_fd) {
+        a->direct_rd_missed = false;
+        rearm_locked(e, a);
+    }
     if (sent) {
         a->direct_last_ns = now;
         SK_ADD(&e->app_direct_writes, 1);
@@ -552,6 +642,121 @@ static int direct_write(sk_engine *e, sk_app *a, const char *buf, size_t len)
     if (sent == len)
         sk_hist_record_shared(&e->app_wait[SK_APP_WAIT_OUTPUT], 0);
     return rc;
+}
+
+/* A direct read (see skiff.h): reads the socket on the caller's thread
+ * until it is drained, the credit is spent, or the stream ends, with the
+ * token taken for each recv(2) as a direct write takes it for send(2).
+ * Returns true when the caller should tell Python (bytes or the end newly
+ * readable, as SK_EV_APP_READABLE would). */
+static bool direct_read(sk_engine *e, sk_app *a, uint32_t events)
+{
+    /* a short read means drained, unless the end or an error was reported
+     * with the bytes: then read on to it (no edge will report it again) */
+    bool to_end = (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
+    size_t credit = (size_t)e->opts.relay_buffer_bytes;
+    char tmp[16384];
+    bool got = false, post = false, close_fd = false;
+    int fd = -1;
+    pthread_mutex_lock(&a->lock);
+    for (;;) {
+        if (a->direct_fd < 0 || !a->direct_read || a->closed || a->eof || a->direct_rd_err)
+            break;
+        if (a->direct_busy) {
+            a->direct_rd_missed = true; /* its holder re-arms the socket */
+            break;
+        }
+        size_t space = a->in_len < credit ? credit - a->in_len : 0;
+        if (space == 0) {
+            a->read_paused = true; /* sk_app_read re-arms it */
+            break;
+        }
+        size_t want = space < sizeof tmp ? space : sizeof tmp;
+        fd = a->direct_fd;
+        a->direct_busy = true;
+        pthread_mutex_unlock(&a->lock);
+        ssize_t n = recv_stamped(e, fd, tmp, want);
+        int rerr = errno;
+        pthread_mutex_lock(&a->lock);
+        a->direct_busy = false;
+        if (a->direct_close_fd) {
+            /* the worker closed the connection meanwhile and left the fd to
+             * us; what was read goes with it, as it would have */
+            a->direct_close_fd = false;
+            close_fd = true;
+            break;
+        }
+        if (a->direct_rd_missed) /* a reader on another thread met the token */
+            a->direct_rd_missed = false;
+        if (n == -1)
+            break; /* drained */
+        if (n == -2) {
+            a->direct_rd_err = rerr ? rerr : EIO;
+            post = !a->closed && !atomic_load(&e->stopping) && want_kick(a);
+            break;
+        }
+        if (n == 0) {
+            a->eof = true;
+            got = true;
+            break;
+        }
+        if (a->in_len == 0)
+            a->in_since_ns = sk_now_ns();
+        if (append(&a->in, &a->in_len, &a->in_cap, tmp, (size_t)n) != 0) {
+            a->direct_rd_err = ENOMEM;
+            post = !a->closed && !atomic_load(&e->stopping) && want_kick(a);
+            break;
+        }
+        got = true;
+        SK_ADD(&e->app_direct_reads_total, 1);
+        if (a->conn) {
+            /* open: the worker cannot free it while we hold the lock */
+            SK_ADD(&a->conn->bytes_in, (uint64_t)n);
+            if (a->conn->listener)
+                SK_ADD(&a->conn->listener->bytes_in, (uint64_t)n);
+        }
+        if ((size_t)n < want && !to_end)
+            break; /* a short read: drained when it was made */
+    }
+    bool tell = got && !a->readable_signalled;
+    if (tell)
+        a->readable_signalled = true;
+    pthread_mutex_unlock(&a->lock);
+    if (close_fd)
+        close(fd);
+    if (post)
+        kick(a);
+    return tell;
+}
+
+void sk_engine_app_direct_reads(sk_engine *e, int on)
+{
+    SK_STORE(&e->app_direct_reads, on ? 1 : 0);
+}
+
+int sk_engine_app_poll_fd(const sk_engine *e)
+{
+    return e->app_epfd;
+}
+
+int sk_engine_app_poll(sk_engine *e, uint64_t *ids, int max)
+{
+    struct epoll_event evs[64];
+    if (max > 64)
+        max = 64;
+    if (max <= 0)
+        return 0;
+    int n = epoll_wait(e->app_epfd, evs, max, 0);
+    int out = 0;
+    for (int i = 0; i < n; i++) {
+        sk_app *a = lookup(e, evs[i].data.u64);
+        if (!a)
+            continue; /* closed since: its socket left the set with its close */
+        if (direct_read(e, a, evs[i].events))
+            ids[out++] = a->id;
+        sk_app_unref(a);
+    }
+    return out;
 }
 
 int sk_app_write(sk_engine *e, uint64_t conn_id, const void *buf, size_t len)

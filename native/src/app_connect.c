@@ -59,6 +59,7 @@ static void dial_open(sk_worker *w, sk_conn *c)
     a->last_write_ns = sk_now_ns();
     sk_app_direct_open(a, c);
     sk_worker_emit(w, SK_PRIO_NORMAL, SK_EV_APP_OPEN, a->id, (int64_t)a->user_id, 1);
+    sk_app_direct_reads_open(a, c); /* after the open event: see sk_engine_app_poll */
     /* what was queued before the open: bytes, keep-alive, a close; sets the
      * epoll interest in any case */
     sk_app_kick(w, a);

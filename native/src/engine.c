@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -213,8 +214,9 @@ sk_engine *sk_engine_create(const sk_engine_options *opts, char *err, size_t err
     for (int i = 0; i < SK_TLS_SLOTS; i++)
         sk_slot_init(&e->tls[i]);
     e->eventfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    e->app_epfd = epoll_create1(EPOLL_CLOEXEC);
     e->workers = calloc((size_t)e->nworkers, sizeof *e->workers);
-    if (e->eventfd < 0 || !e->workers) {
+    if (e->eventfd < 0 || e->app_epfd < 0 || !e->workers) {
         sk_set_err(err, errlen, "engine: %s", strerror(errno ? errno : ENOMEM));
         goto fail;
     }
@@ -311,6 +313,8 @@ void sk_engine_destroy(sk_engine *e)
         sk_slot_destroy(&e->tls[i]);
     if (e->eventfd >= 0)
         close(e->eventfd);
+    if (e->app_epfd >= 0)
+        close(e->app_epfd);
     pthread_mutex_destroy(&e->drain_lock);
     pthread_mutex_destroy(&e->app_lock);
     pthread_mutex_destroy(&e->rid_lock);
@@ -341,6 +345,7 @@ void sk_engine_counters_get(sk_engine *e, sk_engine_counters *out)
     out->tls_closed_old = SK_LOAD(&e->tls_closed_old);
     out->tls_resumed = SK_LOAD(&e->tls_resumed);
     out->app_direct_writes = SK_LOAD(&e->app_direct_writes);
+    out->app_direct_reads = SK_LOAD(&e->app_direct_reads_total);
     out->tls_detached = SK_LOAD(&e->tls_detached);
     out->pipes_live = SK_LOAD(&e->pipes_live);
     out->pool_idle_in = SK_LOAD(&e->dp_pool_in);

@@ -334,7 +334,13 @@ struct sk_engine {
     _Atomic uint64_t app_live, app_outbound_live, app_connects_failed, app_direct_writes;
     /* app.c: how long bytes waited between threads (sk_engine_app_wait);
      * written by any thread with atomic adds */
-    sk_hist_atomic app_wait[2];
+    sk_hist_atomic app_wait[3];
+    /* direct reads: the epoll set of plain app sockets the control thread
+     * reads itself (edge-triggered, keyed by app id), and whether new app
+     * connections join it (sk_engine_app_direct_reads) */
+    int app_epfd;
+    _Atomic int app_direct_reads;
+    _Atomic uint64_t app_direct_reads_total;
 
     /* data plane (dataconn.c) */
     pthread_mutex_t rid_lock; /* guards router_id (copied out, never held over I/O) */
@@ -931,8 +937,16 @@ struct sk_app {
      * connection itself, so app connections' byte counters are added to
      * atomically (two writers). */
     int direct_fd;
-    bool direct_sending;
+    bool direct_busy; /* the token: a direct send or receive is in a syscall */
     bool direct_close_fd;
+    /* direct reads (the control thread reads a plain socket itself, see
+     * sk_engine_app_poll): chosen at the open, then the worker never reads
+     * this socket; a read that found the token taken (re-armed when it is
+     * released); an error the reader saw, for the worker to close on */
+    bool direct_read;
+    bool direct_rd_missed;
+    int direct_rd_err;
+    bool direct_hup; /* worker-owned: its epoll saw HUP/ERR, it waits for the reader */
     bool w_busy;
     uint64_t direct_last_ns;
 
@@ -962,6 +976,7 @@ void sk_app_conn_closed(sk_worker *w, sk_conn *c, int err);
 bool sk_app_release_fd(sk_worker *w, sk_conn *c);
 /* The socket of an open plain app connection may take direct writes. */
 void sk_app_direct_open(sk_app *a, sk_conn *c);
+void sk_app_direct_reads_open(sk_app *a, sk_conn *c);
 void sk_app_unref(sk_app *a);
 void sk_app_table_free(sk_engine *e);
 

@@ -1,8 +1,10 @@
 /* test_app.c -- app connections (app.c): bytes to and from the control
  * thread, keep-alive frames sent by the worker alone, half-close, close after
- * the queue drains, read back-pressure far beyond the credit, and direct
+ * the queue drains, read back-pressure far beyond the credit, direct
  * writes (sent on the writer's thread) racing the worker's queue, its
- * keep-alive frames and its close. */
+ * keep-alive frames and its close, and direct reads (the control thread
+ * reads the socket itself) with their credit, a reset, and reads, writes
+ * and closes racing each other. */
 #include "engine_fixture.h"
 
 #include <dirent.h>
@@ -430,6 +432,220 @@ static int test_app_direct_close_race(void)
     return 0;
 }
 
+/* ------------------------------------------------------------ direct reads */
+
+/* Serves direct reads as the control loop would: waits up to ms for the
+ * poll fd, polls, and says whether id was among the connections with new
+ * input. */
+static int dr_poll(uint64_t id, int ms)
+{
+    struct pollfd p = {.fd = sk_engine_app_poll_fd(E), .events = POLLIN};
+    if (poll(&p, 1, ms) <= 0)
+        return 0;
+    uint64_t ids[64];
+    int n = sk_engine_app_poll(E, ids, 64);
+    for (int i = 0; i < n; i++)
+        if (ids[i] == id)
+            return 1;
+    return 0;
+}
+
+/* Reads what the connection has into out (appending), polling direct reads
+ * while nothing is buffered; -1 at EOF, -9 when nothing came in time. */
+static int64_t dr_read_some(uint64_t id, char *out, size_t cap, size_t *len)
+{
+    uint64_t deadline = mono_ms() + WAIT_MS;
+    for (;;) {
+        int64_t n = sk_app_read(E, id, out + *len, cap - *len);
+        if (n > 0) {
+            *len += (size_t)n;
+            return n;
+        }
+        if (n != 0)
+            return n; /* -1 EOF, -2 unknown */
+        if (mono_ms() > deadline)
+            return -9;
+        dr_poll(id, 50);
+    }
+}
+
+static uint64_t counter_direct_reads(void)
+{
+    sk_engine_counters k;
+    sk_engine_counters_get(E, &k);
+    return k.app_direct_reads;
+}
+
+/* Much more than the credit, read by the control thread itself while it
+ * writes replies: byte-exact both ways, the end of stream seen, no byte read
+ * by the worker (no APP_READABLE). */
+static int test_app_direct_reads(void)
+{
+    REQUIRE(settle() == 0);
+    enum { LEN = 300000 };
+    sk_engine_app_direct_reads(E, 1);
+    uint64_t reads0 = counter_direct_reads();
+    int fd = connect_to(sk_listener_port(L_APP));
+    REQUIRE(fd >= 0);
+    sk_event ev;
+    REQUIRE(wait_event(SK_EV_APP_OPEN, ANY_ID, WAIT_MS, &ev) >= 0);
+    uint64_t id = ev.id;
+    size_t from = evlog_n;
+    app_writer aw = {.fd = fd, .len = LEN};
+    pthread_t th;
+    REQUIRE(pthread_create(&th, NULL, app_writer_main, &aw) == 0);
+    static char in[LEN + 16];
+    size_t len = 0, replies = 0;
+    int64_t n;
+    while ((n = dr_read_some(id, in, sizeof in, &len)) > 0) {
+        /* now and then a reply: a direct write between the reads */
+        if (len % 7 == 0) {
+            CHECK_EQ_I(sk_app_write(E, id, "ok", 2), 0);
+            replies++;
+        }
+    }
+    pthread_join(th, NULL);
+    CHECK_EQ_I(n, -1);
+    CHECK_EQ_U(len, LEN);
+    size_t bad = 0;
+    for (size_t i = 0; i < len; i++)
+        bad += (uint8_t)in[i] != pattern(i);
+    CHECK_EQ_U(bad, 0);
+    pump(0);
+    CHECK_EQ_U(count_events(SK_EV_APP_READABLE, id, from), 0);
+    CHECK_OP_U(counter_direct_reads() - reads0, >=, LEN / 16384);
+    CHECK_EQ_I(sk_app_close(E, id, 0), 0);
+    /* every reply, whole, then the end */
+    set_timeouts(fd, WAIT_MS);
+    static char back[LEN];
+    size_t got = 0;
+    for (ssize_t r; (r = recv(fd, back + got, sizeof back - got, 0)) > 0;)
+        got += (size_t)r;
+    CHECK_EQ_U(got, 2 * replies);
+    size_t badr = 0;
+    for (size_t i = 0; i < got; i++)
+        badr += back[i] != "ok"[i % 2];
+    CHECK_EQ_U(badr, 0);
+    close(fd);
+    REQUIRE(wait_event(SK_EV_APP_CLOSED, id, WAIT_MS, NULL) >= 0);
+    sk_engine_app_direct_reads(E, 0);
+    return 0;
+}
+
+/* A client that resets: the direct read meets the error, the worker closes
+ * the connection (APP_CLOSED), nothing is left open. */
+static int test_app_direct_read_reset(void)
+{
+    REQUIRE(settle() == 0);
+    sk_engine_app_direct_reads(E, 1);
+    int fds0 = open_fds();
+    for (int round = 0; round < 20; round++) {
+        int fd = connect_to(sk_listener_port(L_APP));
+        REQUIRE(fd >= 0);
+        sk_event ev;
+        REQUIRE(wait_event(SK_EV_APP_OPEN, ANY_ID, WAIT_MS, &ev) >= 0);
+        REQUIRE(send_all(fd, "abc", 3) == 0);
+        char in[16];
+        size_t len = 0;
+        while (len < 3)
+            REQUIRE(dr_read_some(ev.id, in, sizeof in, &len) > 0);
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        if (round % 2)
+            send_all(fd, "more", 4); /* unread bytes: the close resets */
+        close(fd);
+        uint64_t deadline = mono_ms() + WAIT_MS;
+        long closed;
+        while ((closed = wait_event(SK_EV_APP_CLOSED, ev.id, 10, NULL)) < 0 && mono_ms() < deadline)
+            dr_poll(ev.id, 10);
+        REQUIRE_MSG(closed >= 0, "round %d: no APP_CLOSED after the reset", round);
+    }
+    REQUIRE(settle() == 0);
+    CHECK_EQ_I(open_fds(), fds0);
+    sk_engine_app_direct_reads(E, 0);
+    return 0;
+}
+
+typedef struct dr_race {
+    uint64_t id;
+    _Atomic int stop;
+    int writes;
+} dr_race;
+
+static void *dr_reader_main(void *arg)
+{
+    dr_race *r = arg;
+    char buf[16384];
+    while (!atomic_load(&r->stop)) {
+        dr_poll(r->id, 5);
+        while (sk_app_read(E, r->id, buf, sizeof buf) > 0)
+            ;
+    }
+    return NULL;
+}
+
+static void *dr_writer_main(void *arg)
+{
+    dr_race *r = arg;
+    static _Thread_local char chunk[4096];
+    memset(chunk, 'y', sizeof chunk);
+    while (!atomic_load(&r->stop) && sk_app_write(E, r->id, chunk, sizeof chunk) == 0)
+        if (++r->writes % 64 == 0)
+            sched_yield();
+    return NULL;
+}
+
+/* A reader and a writer on two threads (so each meets the other's token)
+ * while the client streams and then resets, or the app aborts: every socket
+ * is closed exactly once, whoever holds it, and nothing is left open. */
+static int test_app_direct_read_race(void)
+{
+    REQUIRE(settle() == 0);
+    sk_engine_app_direct_reads(E, 1);
+    int fds0 = open_fds();
+    REQUIRE(fds0 > 0);
+    for (int round = 0; round < 40; round++) {
+        int fd = connect_to(sk_listener_port(L_APP));
+        REQUIRE(fd >= 0);
+        sk_event ev;
+        REQUIRE(wait_event(SK_EV_APP_OPEN, ANY_ID, WAIT_MS, &ev) >= 0);
+        dr_race r = {.id = ev.id};
+        pthread_t rt, wt;
+        REQUIRE(pthread_create(&rt, NULL, dr_reader_main, &r) == 0);
+        REQUIRE(pthread_create(&wt, NULL, dr_writer_main, &r) == 0);
+        static char chunk[8192];
+        memset(chunk, 'x', sizeof chunk);
+        set_timeouts(fd, WAIT_MS);
+        char sink[65536];
+        for (int i = 0; i < 8 + round % 8; i++) {
+            if (send_all(fd, chunk, sizeof chunk) != 0)
+                break;
+            if (recv(fd, sink, sizeof sink, MSG_DONTWAIT) < 0 && errno != EAGAIN)
+                break;
+        }
+        if (round % 2) {
+            struct linger lg = {.l_onoff = 1, .l_linger = 0};
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+            close(fd);
+        } else {
+            CHECK_EQ_I(sk_app_close(E, ev.id, 1), 0);
+            close(fd);
+        }
+        long closed = wait_event(SK_EV_APP_CLOSED, ev.id, WAIT_MS, NULL);
+        atomic_store(&r.stop, 1);
+        pthread_join(rt, NULL);
+        pthread_join(wt, NULL);
+        REQUIRE_MSG(closed >= 0, "round %d: no APP_CLOSED", round);
+    }
+    REQUIRE(settle() == 0);
+    sk_engine_counters k;
+    sk_engine_counters_get(E, &k);
+    CHECK_EQ_U(k.app_live, 0);
+    CHECK_EQ_I(open_fds(), fds0);
+    sk_engine_app_direct_reads(E, 0);
+    return 0;
+}
+
 int main(void)
 {
     fx_engine_start();
@@ -437,5 +653,8 @@ int main(void)
     RUN(test_app_backpressure);
     RUN(test_app_direct_writes);
     RUN(test_app_direct_close_race);
+    RUN(test_app_direct_reads);
+    RUN(test_app_direct_read_reset);
+    RUN(test_app_direct_read_race);
     return fx_finish("test_app");
 }

@@ -57,6 +57,9 @@ _COUNTER_HELP = {
     "app_direct_writes": "Management replies (app connection writes) the control thread sent "
     "itself, without waiting for the connection's worker (plain connections with nothing "
     "unsent).",
+    "app_direct_reads": "Reads of management and router-link input the control thread made "
+    "itself (direct reads of plain app connections), without waiting for the connection's "
+    "worker.",
 }
 
 _TCP_COUNTERS = (
@@ -238,14 +241,17 @@ class RouterCollector:
     def _app_wait(self) -> Metric:
         family = HistogramMetricFamily(
             "skiff_app_wait_seconds",
-            "How long management (app) connection bytes waited between threads: "
-            "input from a worker's read to the control loop taking it, output from "
-            "the control loop queueing it to the worker taking it to send.",
+            "How long management (app) connection bytes waited: receive from the "
+            "kernel queueing them on a plain socket to their read (by the control loop "
+            "itself, or by a worker), input from that read to the control loop taking "
+            "them, output from the control loop queueing them to the worker taking them "
+            "to send.",
             labels=["direction"],
         )
         for label, hist in (
             ("input", self._engine.app_input_wait()),
             ("output", self._engine.app_output_wait()),
+            ("receive", self._engine.app_receive_wait()),
         ):
             family.add_metric([label], _buckets(hist), hist.sum_ns / 1e9)
         return family
