@@ -308,6 +308,9 @@ def test_metrics_healthz_readyz(router: Router, admin: Client) -> None:
     assert len(families["skiff_worker_cpu_seconds"].samples) == 2
     assert families["skiff_amqp_connections_open"].samples
     assert "skiff_engine_accepted" in families
+    # plain management input (this page's request, the admin's AMQP) is read
+    # by the control loop itself, not handed over by a worker
+    assert families["skiff_engine_app_direct_reads"].samples[0].value > 0
     assert router.get("/healthz") == (200, "ok\n")
     status, text = router.get("/readyz")
     assert status == 503 and "listener 'blocked' is down" in text
