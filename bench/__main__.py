@@ -337,6 +337,12 @@ def _add_mgmt_parser(sub: Any) -> None:
         default=d.heartbeat,
         help="idle timeout of the watcher connection (s)",
     )
+    p.add_argument(
+        "--control-slice-us",
+        type=int,
+        default=d.control_slice_us,
+        help="skiffd --control-slice-us (0: the kernel's default slice)",
+    )
 
 
 def _add_network_parser(sub: Any) -> None:
@@ -766,7 +772,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _mgmt(args: argparse.Namespace) -> int:
-    return run_mgmt(MgmtConfig(args.seconds, args.clients, args.workers, args.heartbeat))
+    return run_mgmt(
+        MgmtConfig(args.seconds, args.clients, args.workers, args.heartbeat, args.control_slice_us)
+    )
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -50,6 +50,7 @@ class MgmtConfig:
     clients: int = 500  # concurrent storm clients
     workers: int = 2  # skiffd workerThreads
     heartbeat: float = 2.0  # idle timeout of the watcher connection, seconds
+    control_slice_us: int = 0  # skiffd --control-slice-us (0: the kernel's default)
 
 
 class HeartbeatWatcher(threading.Thread):
@@ -203,7 +204,8 @@ def run_mgmt(cfg: MgmtConfig) -> int:
         conf.write_text(_skiffd_config(cfg, mgmt, http, service, echo.port))
         log = (tmp / "skiffd.log").open("wb")
         router = subprocess.Popen(
-            [sys.executable, "-m", "router", "-c", str(conf)],
+            [sys.executable, "-m", "router", "-c", str(conf)]
+            + (["--control-slice-us", str(cfg.control_slice_us)] if cfg.control_slice_us else []),
             stdout=log,
             stderr=log,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -28,7 +28,7 @@ from router.version import skiff_version
 _log = get_logger("ROUTER")
 
 DEFAULT_CONFIG_NAME = "<built-in default configuration>"
-DEFAULT_CONTROL_SLICE_US = 0  # measured: no clear gain under the storm (docs/benchmarks.md)
+DEFAULT_CONTROL_SLICE_US = 100  # with direct reads the one wait left (docs/benchmarks.md)
 
 
 def read_config(path: str | None) -> ConfigFile:
