@@ -161,8 +161,13 @@ def plot_compare_bars(data: dict[str, Any], path: Path, small: bool = False) -> 
             names, med, yerr=[lo, hi], capsize=3, color=[colors.get(n, "#9467bd") for n in names]
         )
         ax.set_title(f"{wl}: {units.get(wl, {}).get(metric, metric)}", fontsize=9)
-        # six subjects' names overlap unless slanted
-        ax.tick_params(axis="x", labelsize=7, labelrotation=35 if len(names) > 4 else 0)
+        # names overlap unless slanted once they are longer than a panel is
+        # wide (four subjects with minrelay-splice among them are)
+        slant = sum(len(n) for n in names) > 24
+        ax.tick_params(axis="x", labelsize=7, labelrotation=35 if slant else 0)
+        if slant:
+            for label in ax.get_xticklabels():
+                label.set_horizontalalignment("right")
         ax.tick_params(axis="y", labelsize=7)
         ax.grid(True, axis="y", alpha=0.3)
     for k in range(len(panels), rows * cols):
