@@ -30,6 +30,24 @@ static int64_t app_read_some(uint64_t id, char *out, size_t cap, size_t *len)
     }
 }
 
+/* Bytes of in[0..len) that differ from the fixture's pattern. */
+static size_t pattern_errors(const char *in, size_t len)
+{
+    size_t bad = 0;
+    for (size_t i = 0; i < len; i++)
+        bad += (uint8_t)in[i] != pattern(i);
+    return bad;
+}
+
+/* A client connected to the app listener, and the app's open of it. */
+static int app_open(int *fd, sk_event *ev)
+{
+    *fd = connect_to(sk_listener_port(L_APP));
+    REQUIRE(*fd >= 0);
+    REQUIRE(wait_event(SK_EV_APP_OPEN, ANY_ID, WAIT_MS, ev) >= 0);
+    return 0;
+}
+
 static int test_app(void)
 {
     REQUIRE(settle() == 0);
@@ -179,10 +197,9 @@ static int test_app_backpressure(void)
 {
     REQUIRE(settle() == 0);
     enum { LEN = 300000 };
-    int fd = connect_to(sk_listener_port(L_APP));
-    REQUIRE(fd >= 0);
+    int fd;
     sk_event ev;
-    REQUIRE(wait_event(SK_EV_APP_OPEN, ANY_ID, WAIT_MS, &ev) >= 0);
+    REQUIRE(app_open(&fd, &ev) == 0);
     uint64_t id = ev.id;
     app_writer aw = {.fd = fd, .len = LEN};
     pthread_t th;
@@ -202,10 +219,7 @@ static int test_app_backpressure(void)
     pthread_join(th, NULL);
     CHECK_EQ_I(n, -1);
     CHECK_EQ_U(len, LEN);
-    size_t bad = 0;
-    for (size_t i = 0; i < len; i++)
-        bad += (uint8_t)in[i] != pattern(i);
-    CHECK_EQ_U(bad, 0);
+    CHECK_EQ_U(pattern_errors(in, len), 0);
     /* abortive close: the client sees a reset or EOF, the app its close */
     CHECK_EQ_I(sk_app_close(E, id, 1), 0);
     CHECK(recv_eof(fd));
@@ -279,10 +293,9 @@ static void *dw_main(void *arg)
 static int test_app_direct_writes(void)
 {
     REQUIRE(settle() == 0);
-    int fd = connect_to(sk_listener_port(L_APP));
-    REQUIRE(fd >= 0);
+    int fd;
     sk_event ev;
-    REQUIRE(wait_event(SK_EV_APP_OPEN, ANY_ID, WAIT_MS, &ev) >= 0);
+    REQUIRE(app_open(&fd, &ev) == 0);
     uint64_t id = ev.id;
 
     uint64_t d0 = direct_writes();
@@ -369,6 +382,30 @@ static int open_fds(void)
     return n;
 }
 
+/* Ends a connection abortively: the client resets it, or the app aborts. */
+static void abort_conn(int fd, uint64_t id, int by_client)
+{
+    if (by_client) {
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    } else {
+        CHECK_EQ_I(sk_app_close(E, id, 1), 0);
+    }
+    close(fd);
+}
+
+/* After a test's connections closed: none is live and the process has the
+ * descriptors open it had before (fds0). */
+static int all_closed(int fds0)
+{
+    REQUIRE(settle() == 0);
+    sk_engine_counters k;
+    sk_engine_counters_get(E, &k);
+    CHECK_EQ_U(k.app_live, 0);
+    CHECK_EQ_I(open_fds(), fds0);
+    return 0;
+}
+
 typedef struct cw_writer {
     uint64_t id;
     int writes;
@@ -396,10 +433,9 @@ static int test_app_direct_close_race(void)
     int fds0 = open_fds();
     REQUIRE(fds0 > 0);
     for (int round = 0; round < 60; round++) {
-        int fd = connect_to(sk_listener_port(L_APP));
-        REQUIRE(fd >= 0);
+        int fd;
         sk_event ev;
-        REQUIRE(wait_event(SK_EV_APP_OPEN, ANY_ID, WAIT_MS, &ev) >= 0);
+        REQUIRE(app_open(&fd, &ev) == 0);
         cw_writer cw = {.id = ev.id};
         pthread_t th;
         REQUIRE(pthread_create(&th, NULL, cw_main, &cw) == 0);
@@ -412,23 +448,12 @@ static int test_app_direct_close_race(void)
                 break;
             got += (size_t)n;
         }
-        if (round % 2) {
-            struct linger lg = {.l_onoff = 1, .l_linger = 0};
-            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-            close(fd);
-        } else {
-            CHECK_EQ_I(sk_app_close(E, ev.id, 1), 0);
-            close(fd);
-        }
+        abort_conn(fd, ev.id, round % 2);
         REQUIRE(wait_event(SK_EV_APP_CLOSED, ev.id, WAIT_MS, NULL) >= 0);
         pthread_join(th, NULL);
         CHECK_OP_I(cw.writes, <=, 400);
     }
-    REQUIRE(settle() == 0);
-    sk_engine_counters k;
-    sk_engine_counters_get(E, &k);
-    CHECK_EQ_U(k.app_live, 0);
-    CHECK_EQ_I(open_fds(), fds0);
+    REQUIRE(all_closed(fds0) == 0);
     return 0;
 }
 
@@ -485,10 +510,9 @@ static int test_app_direct_reads(void)
     enum { LEN = 300000 };
     sk_engine_app_direct_reads(E, 1);
     uint64_t reads0 = counter_direct_reads();
-    int fd = connect_to(sk_listener_port(L_APP));
-    REQUIRE(fd >= 0);
+    int fd;
     sk_event ev;
-    REQUIRE(wait_event(SK_EV_APP_OPEN, ANY_ID, WAIT_MS, &ev) >= 0);
+    REQUIRE(app_open(&fd, &ev) == 0);
     uint64_t id = ev.id;
     size_t from = evlog_n;
     app_writer aw = {.fd = fd, .len = LEN};
@@ -507,10 +531,7 @@ static int test_app_direct_reads(void)
     pthread_join(th, NULL);
     CHECK_EQ_I(n, -1);
     CHECK_EQ_U(len, LEN);
-    size_t bad = 0;
-    for (size_t i = 0; i < len; i++)
-        bad += (uint8_t)in[i] != pattern(i);
-    CHECK_EQ_U(bad, 0);
+    CHECK_EQ_U(pattern_errors(in, len), 0);
     pump(0);
     CHECK_EQ_U(count_events(SK_EV_APP_READABLE, id, from), 0);
     CHECK_OP_U(counter_direct_reads() - reads0, >=, LEN / 16384);
@@ -540,10 +561,9 @@ static int test_app_direct_read_reset(void)
     sk_engine_app_direct_reads(E, 1);
     int fds0 = open_fds();
     for (int round = 0; round < 20; round++) {
-        int fd = connect_to(sk_listener_port(L_APP));
-        REQUIRE(fd >= 0);
+        int fd;
         sk_event ev;
-        REQUIRE(wait_event(SK_EV_APP_OPEN, ANY_ID, WAIT_MS, &ev) >= 0);
+        REQUIRE(app_open(&fd, &ev) == 0);
         REQUIRE(send_all(fd, "abc", 3) == 0);
         char in[16];
         size_t len = 0;
@@ -560,8 +580,7 @@ static int test_app_direct_read_reset(void)
             dr_poll(ev.id, 10);
         REQUIRE_MSG(closed >= 0, "round %d: no APP_CLOSED after the reset", round);
     }
-    REQUIRE(settle() == 0);
-    CHECK_EQ_I(open_fds(), fds0);
+    REQUIRE(all_closed(fds0) == 0);
     sk_engine_app_direct_reads(E, 0);
     return 0;
 }
@@ -605,10 +624,9 @@ static int test_app_direct_read_race(void)
     int fds0 = open_fds();
     REQUIRE(fds0 > 0);
     for (int round = 0; round < 40; round++) {
-        int fd = connect_to(sk_listener_port(L_APP));
-        REQUIRE(fd >= 0);
+        int fd;
         sk_event ev;
-        REQUIRE(wait_event(SK_EV_APP_OPEN, ANY_ID, WAIT_MS, &ev) >= 0);
+        REQUIRE(app_open(&fd, &ev) == 0);
         dr_race r = {.id = ev.id};
         pthread_t rt, wt;
         REQUIRE(pthread_create(&rt, NULL, dr_reader_main, &r) == 0);
@@ -623,25 +641,14 @@ static int test_app_direct_read_race(void)
             if (recv(fd, sink, sizeof sink, MSG_DONTWAIT) < 0 && errno != EAGAIN)
                 break;
         }
-        if (round % 2) {
-            struct linger lg = {.l_onoff = 1, .l_linger = 0};
-            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-            close(fd);
-        } else {
-            CHECK_EQ_I(sk_app_close(E, ev.id, 1), 0);
-            close(fd);
-        }
+        abort_conn(fd, ev.id, round % 2);
         long closed = wait_event(SK_EV_APP_CLOSED, ev.id, WAIT_MS, NULL);
         atomic_store(&r.stop, 1);
         pthread_join(rt, NULL);
         pthread_join(wt, NULL);
         REQUIRE_MSG(closed >= 0, "round %d: no APP_CLOSED", round);
     }
-    REQUIRE(settle() == 0);
-    sk_engine_counters k;
-    sk_engine_counters_get(E, &k);
-    CHECK_EQ_U(k.app_live, 0);
-    CHECK_EQ_I(open_fds(), fds0);
+    REQUIRE(all_closed(fds0) == 0);
     sk_engine_app_direct_reads(E, 0);
     return 0;
 }
