@@ -11,14 +11,14 @@
  * and no new accept once SK_ACCEPT_BUDGET_NS have passed since the event's
  * first. On a TLS listener an accept runs the client's first handshake
  * flight at once (its ClientHello is usually queued already: key exchange
- * and signature, ~0.5 ms with a P-256 key, several ms with RSA), so 32 of
- * them held the worker ~16 ms in a connection storm while its other
- * connections (relayed streams, management, inter-router links) waited for
- * the loop to end. A plain accept takes ~15-30 us: the budget lets a burst
- * of them run to (or near) the count as before, and the extra epoll round
- * when it does not costs a few us. The sockets are level-triggered: clients
- * left in the queue are reported again by the next epoll_wait, after the
- * events already collected. */
+ * and signature, 0.3-0.5 ms with a P-256 key, 2 ms and more with RSA), so
+ * 32 of them held the worker 10-16 ms or more in a connection storm while
+ * its other connections (relayed streams, management, inter-router links)
+ * waited for the loop to end. A plain accept takes ~15-30 us: a burst of
+ * them still runs to (or near) the count, and the extra epoll round when it
+ * does not costs a few us. The sockets are level-triggered: clients left in
+ * the queue are reported again by the next epoll_wait, after the events
+ * already collected. */
 #include "internal.h"
 
 #include <arpa/inet.h>
