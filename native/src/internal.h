@@ -864,6 +864,10 @@ void sk_tls_rl_shutdown(sk_tls_rl *rl, int fd);
 /* Records one write key may seal before our own KeyUpdate (default 2^24,
  * under AES-GCM's limit); 0 restores the default. For tests. */
 void sk_tls_rl_set_rekey_records(uint64_t n);
+/* HKDF-Expand-Label(secret, label, "", out_len) (RFC 8446 §7.1) as the
+ * record layer derives keys, hash_len 32 (SHA-256) or 48 (SHA-384). For tests. */
+bool sk_tls_rl_expand_label(size_t hash_len, const uint8_t *secret, const char *label,
+                            uint8_t *out, size_t out_len);
 
 /* ------------------------------------------------------------ relay.c */
 

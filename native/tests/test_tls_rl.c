@@ -9,16 +9,21 @@
  * unexpected EOF counted; a tampered record closing that connection only;
  * a TLS 1.2 client, which keeps OpenSSL. Without the engine, over a
  * socketpair: the inter-router context (stateful TLS 1.3 tickets) and
- * resumption, whose NewSessionTicket records the write sequence must skip. */
+ * resumption, whose NewSessionTicket records the write sequence must skip.
+ * The key derivation (HKDF-Expand-Label) against RFC 8448's trace and
+ * against OpenSSL's own HKDF. */
 #include "internal.h"
 #include "engine_fixture.h"
 #include "tls_fixture.h"
 
 #include <fcntl.h>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/kdf.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 
@@ -215,6 +220,124 @@ static int test_chacha(void) { return one_suite("TLS_CHACHA20_POLY1305_SHA256", 
 static int test_key_update_aes128(void) { return one_suite("TLS_AES_128_GCM_SHA256", true); }
 static int test_key_update_aes256(void) { return one_suite("TLS_AES_256_GCM_SHA384", true); }
 static int test_key_update_chacha(void) { return one_suite("TLS_CHACHA20_POLY1305_SHA256", true); }
+
+/* ------------------------------------------------------------ keys */
+
+static void from_hex(const char *hex, uint8_t *out)
+{
+    for (size_t i = 0; hex[2 * i]; i++) {
+        unsigned v = 0;
+        sscanf(hex + 2 * i, "%2x", &v);
+        out[i] = (uint8_t)v;
+    }
+}
+
+/* RFC 8448 §3 (Simple 1-RTT Handshake): the application traffic secrets
+ * and the write keys and IVs derived from them (TLS_AES_128_GCM_SHA256). */
+static int test_expand_label_rfc8448(void)
+{
+    static const struct {
+        const char *secret, *key, *iv;
+    } v[2] = {
+        {"a11af9f05531f856ad47116b45a950328204b4f44bfb6b3a4b4f1f3fcb631643",
+         "9f02283b6c9c07efc26bb9f2ac92e356", "cf782b88dd83549aadf1e984"}, /* server */
+        {"9e40646ce79a7f9dc05af8889bce6552875afa0b06df0087f792ebb7c17504a5",
+         "17422dda596ed5d9acd890e3c63f5051", "5b78923dee08579033e523d9"}, /* client */
+    };
+    for (int i = 0; i < 2; i++) {
+        uint8_t secret[32], key[16], iv[12], got[16];
+        from_hex(v[i].secret, secret);
+        from_hex(v[i].key, key);
+        from_hex(v[i].iv, iv);
+        REQUIRE(sk_tls_rl_expand_label(32, secret, "key", got, 16));
+        CHECK(memcmp(got, key, 16) == 0);
+        REQUIRE(sk_tls_rl_expand_label(32, secret, "iv", got, 12));
+        CHECK(memcmp(got, iv, 12) == 0);
+    }
+    uint8_t secret[48] = {0}, out[16];
+    CHECK(!sk_tls_rl_expand_label(40, secret, "key", out, sizeof out)); /* no such hash */
+    return 0;
+}
+
+/* HKDF-Expand (mode EXPAND_ONLY) of OpenSSL's EVP_KDF with info built here:
+ * what the record layer derived before, the reference. */
+static int openssl_expand_label(const char *md, size_t hlen, const uint8_t *secret,
+                                const char *label, uint8_t *out, size_t out_len)
+{
+    uint8_t info[2 + 1 + 255 + 1];
+    size_t ll = strlen(label);
+    info[0] = (uint8_t)(out_len >> 8);
+    info[1] = (uint8_t)out_len;
+    info[2] = (uint8_t)(6 + ll);
+    memcpy(info + 3, "tls13 ", 6);
+    memcpy(info + 9, label, ll);
+    info[9 + ll] = 0;
+    EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+    EVP_KDF_CTX *k = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
+    REQUIRE(k != NULL);
+    int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
+        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)md, 0),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)secret, hlen),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info, 10 + ll),
+        OSSL_PARAM_construct_end(),
+    };
+    REQUIRE(EVP_KDF_derive(k, out, out_len, params) == 1);
+    EVP_KDF_CTX_free(k);
+    EVP_KDF_free(kdf);
+    return 0;
+}
+
+/* Both hashes, the labels the record layer uses and others, every length
+ * it derives and longer ones (several HMAC blocks), random secrets; and
+ * from several threads at once (each has its own digest contexts). */
+static int expand_label_cross_check(void)
+{
+    static const char *const labels[] = {"key", "iv", "traffic upd",
+                                         "a longer label for two blocks"};
+    static const size_t lens[] = {1, 12, 16, 32, 33, 48, 49, 100, 255};
+    for (int round = 0; round < 20; round++) {
+        for (int h = 0; h < 2; h++) {
+            size_t hlen = h ? 48 : 32;
+            uint8_t secret[48];
+            RAND_bytes(secret, sizeof secret);
+            for (size_t l = 0; l < sizeof labels / sizeof *labels; l++) {
+                for (size_t n = 0; n < sizeof lens / sizeof *lens; n++) {
+                    uint8_t want[255], got[255];
+                    REQUIRE(openssl_expand_label(h ? "SHA2-384" : "SHA2-256", hlen, secret,
+                                                 labels[l], want, lens[n]) == 0);
+                    memset(got, 0, sizeof got);
+                    REQUIRE(sk_tls_rl_expand_label(hlen, secret, labels[l], got, lens[n]));
+                    CHECK_MSG(memcmp(got, want, lens[n]) == 0, "hash %zu label '%s' length %zu",
+                              hlen, labels[l], lens[n]);
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+static void *cross_check_thread(void *arg)
+{
+    *(int *)arg = expand_label_cross_check();
+    return NULL;
+}
+
+static int test_expand_label_matches_openssl(void)
+{
+    pthread_t th[3];
+    int rc[3] = {-1, -1, -1};
+    for (int i = 0; i < 3; i++)
+        REQUIRE(pthread_create(&th[i], NULL, cross_check_thread, &rc[i]) == 0);
+    int mine = expand_label_cross_check();
+    for (int i = 0; i < 3; i++) {
+        pthread_join(th[i], NULL);
+        CHECK_EQ_I(rc[i], 0);
+    }
+    CHECK_EQ_I(mine, 0);
+    return 0;
+}
 
 /* A TLS 1.2 client: the connection keeps OpenSSL and works as before. */
 static int test_tls12_not_detached(void)
@@ -600,6 +723,8 @@ static int test_raw_rekey_after_records(void)
 int main(void)
 {
     fx_engine_start();
+    RUN(test_expand_label_rfc8448);
+    RUN(test_expand_label_matches_openssl);
     if (fx_setup_relay() == 0 && setup_tls() == 0) {
         RUN(test_aes128);
         RUN(test_aes256);
