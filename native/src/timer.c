@@ -111,6 +111,11 @@ void sk_timer_run_due(sk_worker *w, int cls, uint64_t now)
         } /* else it came due SK_CPU_HORIZON_NS into a batch, past every check */
         SK_BUMP(&w->timers_fired, 1);
         t->cb(w, t, now);
+        /* a burst of due normal timers (time-outs closing connections, each
+         * maybe freeing an OpenSSL connection) is a run of units of work
+         * like any other: a high timer due meanwhile runs between two */
+        if (cls == 1)
+            sk_worker_high_check(w);
         now = sk_now_ns();
     }
 }

@@ -1,4 +1,5 @@
-/* test_heap.c -- sk_heap: the worker's timer min-heap (heap.c). */
+/* test_heap.c -- sk_heap: the worker's timer min-heap (heap.c), and a
+ * worker's pass over its due timers (timer.c). */
 #include "internal.h"
 #include "testlib.h"
 
@@ -288,6 +289,51 @@ static int test_growth_and_free(void)
     return 0;
 }
 
+/* A pass over due normal timers is a run of units of work: a high timer
+ * that comes due during one normal callback runs before the next one. */
+static char fired[8];
+static int nfired;
+static sk_timer *high_t;
+
+static void record_cb(sk_worker *w, sk_timer *t, uint64_t now)
+{
+    SK_UNUSED(w);
+    SK_UNUSED(now);
+    fired[nfired++] = t == high_t ? 'H' : 'N';
+}
+
+static void slow_cb(sk_worker *w, sk_timer *t, uint64_t now)
+{
+    record_cb(w, t, now);
+    while (sk_now_ns() <= high_t->deadline) /* works until the high timer is due */
+        ;
+}
+
+static int test_high_between_normal(void)
+{
+    static sk_worker w; /* a worker's timer state alone, no thread */
+    sk_heap_init(&w.heap[0]);
+    sk_heap_init(&w.heap[1]);
+    sk_timer n[3], h;
+    high_t = &h;
+    uint64_t now = sk_now_ns();
+    w.wake_ns = now;
+    sk_timer_init(&n[0], slow_cb);
+    sk_timer_init(&n[1], record_cb);
+    sk_timer_init(&n[2], record_cb);
+    sk_timer_init(&h, record_cb);
+    for (int i = 0; i < 3; i++)
+        sk_worker_schedule(&w, SK_PRIO_NORMAL, &n[i], now - 3 + (uint64_t)i);
+    sk_worker_schedule(&w, SK_PRIO_HIGH, &h, now + 2000000); /* 2 ms on */
+    sk_timer_run_due(&w, 1, now);
+    fired[nfired] = 0;
+    CHECK_STR_CONTAINS(fired, "NHNN");
+    CHECK_EQ_I(nfired, 4);
+    sk_heap_free(&w.heap[0]);
+    sk_heap_free(&w.heap[1]);
+    return 0;
+}
+
 int main(void)
 {
     RUN(test_random_order);
@@ -296,5 +342,6 @@ int main(void)
     RUN(test_repush_moves);
     RUN(test_pop_due_now);
     RUN(test_growth_and_free);
+    RUN(test_high_between_normal);
     return tl_summary("test_heap");
 }
