@@ -222,7 +222,8 @@ void sk_app_conn_readable(sk_worker *w, sk_conn *c)
         return;
     }
     size_t want = space < sizeof tmp ? space : sizeof tmp;
-    ssize_t n = sk_conn_is_tls(c) ? sk_io_recv(w, c, tmp, want) : recv_stamped(w->engine, c->fd, tmp, want);
+    ssize_t n = sk_conn_is_tls(c) ? sk_io_recv(w, c, tmp, want)
+                                  : recv_stamped(w->engine, c->fd, tmp, want);
     if (n == -1) {
         if (sk_conn_is_tls(c))
             app_interest(w, c); /* SSL_read may want the socket writable */
