@@ -189,6 +189,11 @@ def _bulk_figures(f: BulkFigures, cpu: float | None, res: TargetResult) -> None:
     res.failures += [f"bulk: {x}" for x in f.failures]
 
 
+def _cpu_delta(before: float | None, after: float | None) -> float | None:
+    """The router's CPU seconds between two readings (None when unknown)."""
+    return None if before is None or after is None else after - before
+
+
 async def _run(cfg: TargetConfig, ep: Endpoint, progress: Progress) -> TargetResult:
     loop = asyncio.get_running_loop()
     res = TargetResult(cfg, ep.description)
@@ -201,22 +206,21 @@ async def _run(cfg: TargetConfig, ep: Endpoint, progress: Progress) -> TargetRes
         source_addrs=cfg.source_addrs,
         tls_ca_file=ep.tls_ca,
     )
+
+    async def storm(pool: ClientPool) -> RoundResult:
+        return await run_round(
+            scfg, AddressSubject("target", ep.echo), 0, pool, None, None,
+            on_progress=progress.storm_tick,
+        )  # fmt: skip
+
     cpu0 = ep.cpu_s()
     if cfg.workload == "storm":
         progress.phase(f"storm → {ep.description}")
         with ClientPool(cfg.procs) as pool:
             cpu0 = ep.cpu_s()
-            r = await run_round(
-                scfg,
-                AddressSubject("target", ep.echo),
-                0,
-                pool,
-                None,
-                None,
-                on_progress=progress.storm_tick,
-            )
+            r = await storm(pool)
             cpu1 = ep.cpu_s()
-        _storm_figures(r, None if cpu0 is None or cpu1 is None else cpu1 - cpu0, res)
+        _storm_figures(r, _cpu_delta(cpu0, cpu1), res)
     elif cfg.workload == "bulk":
         progress.phase(f"bulk x{cfg.streams} → {ep.description}")
         streams = await loop.run_in_executor(
@@ -231,9 +235,7 @@ async def _run(cfg: TargetConfig, ep: Endpoint, progress: Progress) -> TargetRes
             ep.tls_ca,
         )
         cpu1 = ep.cpu_s()
-        _bulk_figures(
-            BulkFigures.of(streams), None if cpu0 is None or cpu1 is None else cpu1 - cpu0, res
-        )
+        _bulk_figures(BulkFigures.of(streams), _cpu_delta(cpu0, cpu1), res)
     elif cfg.workload == "idle":
         progress.phase(f"idle {cfg.idle_conns} → {ep.description}")
         mem0 = ep.rss_kib()
@@ -272,21 +274,12 @@ async def _run(cfg: TargetConfig, ep: Endpoint, progress: Progress) -> TargetRes
                 0.0,
                 ep.tls_ca,
             )
-            r = await run_round(
-                scfg,
-                AddressSubject("target", ep.echo),
-                0,
-                pool,
-                None,
-                None,
-                on_progress=progress.storm_tick,
-            )
+            r = await storm(pool)
             streams = await bulk_job
             cpu1 = ep.cpu_s()
-        cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
         _storm_figures(r, None, res)
         _bulk_figures(BulkFigures.of(streams), None, res)
-        res.figures["mixed"] = {"router_cpu_s": cpu}
+        res.figures["mixed"] = {"router_cpu_s": _cpu_delta(cpu0, cpu1)}
     return res
 
 

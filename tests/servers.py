@@ -134,6 +134,17 @@ def refusing_port(host: str = "127.0.0.1") -> tuple[socket.socket, int]:
     return s, s.getsockname()[1]
 
 
+def publish_tls(eng: Engine, directory: Path, name: str) -> int:
+    """Loads directory's name.pem, name.key and ca.pem into a new TLS slot
+    of eng; returns the slot."""
+    cert, key, ca = (directory / f for f in (f"{name}.pem", f"{name}.key", "ca.pem"))
+    loaded = tls_load(TlsMaterial(str(cert), str(key), str(ca)))
+    assert loaded.ok and loaded.config is not None, loaded
+    slot = eng.tls_slot()
+    eng.tls_publish(slot, loaded.config)
+    return slot
+
+
 @contextlib.contextmanager
 def tls_echo_engine(
     tmp_path: Path, workers: int = 1, connect_timeout_ms: int | None = None
@@ -146,15 +157,10 @@ def tls_echo_engine(
     write(tmp_path / "ca.pem", ca.pem)
     write(tmp_path / "srv.pem", issued.cert_pem)
     write(tmp_path / "srv.key", issued.key_pem)
-    loaded = tls_load(
-        TlsMaterial(str(tmp_path / "srv.pem"), str(tmp_path / "srv.key"), str(tmp_path / "ca.pem"))
-    )
-    assert loaded.ok and loaded.config is not None, loaded
     server = ThreadedServer(echo)
     eng = Engine(EngineOptions(worker_threads=workers, connect_timeout_ms=connect_timeout_ms))
     try:
-        slot = eng.tls_slot()
-        eng.tls_publish(slot, loaded.config)
+        slot = publish_tls(eng, tmp_path, "srv")
         eng.publish_routes({0: [RouteTarget(eng.target(), "127.0.0.1", server.port)]})
         yield eng, slot, tmp_path / "ca.pem"
     finally:

@@ -6,7 +6,7 @@ import socket
 import time
 from pathlib import Path
 
-from servers import recv_exact, wait_for
+from servers import publish_tls, recv_exact, wait_for
 
 from router.engine import Engine, Event, EventType
 
@@ -103,7 +103,6 @@ def test_app_connections_over_optional_tls(engine: Engine, tmp_path: Path) -> No
     import ssl
 
     from bench.pki import CertAuthority, write
-    from router.engine import TlsMaterial, tls_load
 
     ca = CertAuthority()
     server, client = ca.issue("mgmt"), ca.issue("operator", dns=(), ips=())
@@ -115,12 +114,7 @@ def test_app_connections_over_optional_tls(engine: Engine, tmp_path: Path) -> No
         "c.key": client.key_pem,
     }.items():
         write(tmp_path / name, data)
-    loaded = tls_load(
-        TlsMaterial(str(tmp_path / "s.pem"), str(tmp_path / "s.key"), str(tmp_path / "ca.pem"))
-    )
-    assert loaded.ok and loaded.config is not None
-    slot = engine.tls_slot()
-    engine.tls_publish(slot, loaded.config)
+    slot = publish_tls(engine, tmp_path, "s")
     listener = engine.listen(
         "127.0.0.1", 0, app=True, tls_slot=slot, tls_optional=True, authenticate_peer=True
     )
@@ -248,7 +242,6 @@ def test_app_connect_refused_and_errors(engine: Engine) -> None:
 
 def test_app_connect_mutual_tls(engine: Engine, tmp_path: Path) -> None:
     from bench.pki import CertAuthority, write
-    from router.engine import TlsMaterial, tls_load
 
     ca = CertAuthority()
     files = {"ca.pem": ca.pem}
@@ -257,18 +250,7 @@ def test_app_connect_mutual_tls(engine: Engine, tmp_path: Path) -> None:
         files[f"{name}.pem"], files[f"{name}.key"] = issued.cert_pem, issued.key_pem
     for name, data in files.items():
         write(tmp_path / name, data)
-    slots = {}
-    for name in ("router-a", "router-b"):
-        loaded = tls_load(
-            TlsMaterial(
-                str(tmp_path / f"{name}.pem"),
-                str(tmp_path / f"{name}.key"),
-                str(tmp_path / "ca.pem"),
-            )
-        )
-        assert loaded.ok and loaded.config is not None
-        slots[name] = engine.tls_slot()
-        engine.tls_publish(slots[name], loaded.config)
+    slots = {name: publish_tls(engine, tmp_path, name) for name in ("router-a", "router-b")}
     listener = engine.listen(
         "127.0.0.1", 0, app=True, tls_slot=slots["router-b"], authenticate_peer=True
     )

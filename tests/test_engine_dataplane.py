@@ -17,6 +17,7 @@ from servers import (
     echo,
     exchange,
     exchange_server,
+    publish_tls,
     recv_exact,
     refusing_port,
     seeded_bytes,
@@ -225,18 +226,7 @@ def test_mutual_tls_data_connections(net: Net, tmp_path: Path) -> None:
     for name, data in files.items():
         write(tmp_path / name, data)
     r1, r2, _ = net.routers
-    slots = {}
-    for name, eng in (("r1", r1), ("r2", r2)):
-        loaded = tls_load(
-            TlsMaterial(
-                str(tmp_path / f"{name}.pem"),
-                str(tmp_path / f"{name}.key"),
-                str(tmp_path / "ca.pem"),
-            )
-        )
-        assert loaded.ok and loaded.config is not None
-        slots[name] = eng.tls_slot()
-        eng.tls_publish(slots[name], loaded.config)
+    slots = {name: publish_tls(eng, tmp_path, name) for name, eng in (("r1", r1), ("r2", r2))}
     tls_data = r2.listen(
         "127.0.0.1", 0, app=True, data_ok=True, tls_slot=slots["r2"], authenticate_peer=True
     )
@@ -402,16 +392,7 @@ def test_reverse_peer_over_tls(net: Net, tmp_path: Path) -> None:
             issued = ca.issue(name)
             write(tmp_path / f"{name}.pem", issued.cert_pem)
             write(tmp_path / f"{name}.key", issued.key_pem)
-            loaded = tls_load(
-                TlsMaterial(
-                    str(tmp_path / f"{name}.pem"),
-                    str(tmp_path / f"{name}.key"),
-                    str(tmp_path / "ca.pem"),
-                )
-            )
-            assert loaded.ok and loaded.config is not None
-            slots[name] = eng.tls_slot()
-            eng.tls_publish(slots[name], loaded.config)
+            slots[name] = publish_tls(eng, tmp_path, name)
         tls_data = a.listen(
             "127.0.0.1", 0, app=True, data_ok=True, tls_slot=slots["a"], authenticate_peer=True
         )

@@ -687,8 +687,7 @@ static bool direct_read(sk_engine *e, sk_app *a, uint32_t events)
             close_fd = true;
             break;
         }
-        if (a->direct_rd_missed) /* a reader on another thread met the token */
-            a->direct_rd_missed = false;
+        a->direct_rd_missed = false; /* a reader that met the token: read on here */
         if (n == -1)
             break; /* drained */
         if (n == -2) {

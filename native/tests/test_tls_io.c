@@ -101,15 +101,7 @@ static int setup_tls(void)
 static SSL *tls_client(int fd)
 {
     SSL *ssl = SSL_new(client_ctx);
-    if (!ssl)
-        return NULL;
-    SSL_set_fd(ssl, fd);
-    if (SSL_connect(ssl) != 1) {
-        ERR_clear_error();
-        SSL_free(ssl);
-        return NULL;
-    }
-    return ssl;
+    return ssl ? fixture_connect(ssl, fd) : NULL;
 }
 
 static int tls_ping(SSL *ssl, const char *msg)

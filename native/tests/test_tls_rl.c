@@ -93,13 +93,7 @@ static SSL *client_on(int fd, const char *suites, int max)
     if (max)
         SSL_set_max_proto_version(ssl, max);
     SSL_set_msg_callback(ssl, client_msg_cb);
-    SSL_set_fd(ssl, fd);
-    if (SSL_connect(ssl) != 1) {
-        ERR_clear_error();
-        SSL_free(ssl);
-        return NULL;
-    }
-    return ssl;
+    return fixture_connect(ssl, fd);
 }
 
 static sk_engine_counters counters(void)

@@ -8,8 +8,10 @@
 
 #include <string.h>
 
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
 
@@ -85,6 +87,19 @@ static __attribute__((unused)) int fixture_publish(sk_engine *e, int slot, const
     r.config = NULL;
     sk_tls_result_clear(&r);
     return 0;
+}
+
+/* A blocking client handshake of ssl (set up by the caller) on fd: ssl, or
+ * NULL (ssl freed) when it fails. */
+static __attribute__((unused)) SSL *fixture_connect(SSL *ssl, int fd)
+{
+    SSL_set_fd(ssl, fd);
+    if (SSL_connect(ssl) != 1) {
+        ERR_clear_error();
+        SSL_free(ssl);
+        return NULL;
+    }
+    return ssl;
 }
 
 #endif
