@@ -722,6 +722,12 @@ def format_rotate(res: RotateResult) -> str:
             f"failed {res.baseline.failed}"
         )
         lines.append("  " + format_timer_goals(goals))
+    fired = sum(int(w.get("timers_fired", 0)) for w in res.round.engine.get("workers", []))
+    yields = int(res.round.engine.get("counters", {}).get("tls_yields", 0))
+    lines.append(
+        f"  timers fired on the workers: {fired:,}; handshakes paused inside OpenSSL "
+        f"for a due high-priority timer: {yields:,}"
+    )
     lag = d["control_loop_lag_us"]
     if lag["count"]:
         lines.append(

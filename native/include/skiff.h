@@ -159,8 +159,9 @@ int sk_engine_timer_dispatch_delay(sk_engine *e, int prio, int worker, sk_hist *
  * the engine's work cost, which preemption cannot inflate. When a timer came
  * due in the middle of a batch the span starts at the last in-batch check
  * before its deadline (at most one unit of work early: the clock is sampled
- * at every check within high_check_budget_us of a deadline), so this is an
- * upper bound. A timer that came due more than 10 ms
+ * at every check within high_check_budget_us of a deadline, and at a check
+ * whenever the last sample is 50 us old while a deadline is within 10 ms; a
+ * TLS handshake's pause points are checks too), so this is an upper bound. A timer that came due more than 10 ms
  * into one batch without an in-batch check in its last 10 ms (a normal
  * timer while no high one is pending) is not counted here. */
 int sk_engine_timer_dispatch_cpu(sk_engine *e, int prio, int worker, sk_hist *out);
@@ -207,6 +208,8 @@ typedef struct sk_engine_counters {
     uint64_t app_direct_reads;  /* recv calls sk_engine_app_poll made that returned bytes */
     uint64_t tls_detached;      /* server connections that left OpenSSL after the
                                    handshake for the engine's record layer */
+    uint64_t tls_yields;        /* handshakes paused inside OpenSSL because a
+                                   high-priority timer was due (SK_TLS_YIELD) */
 } sk_engine_counters;
 
 void sk_engine_counters_get(sk_engine *e, sk_engine_counters *out);

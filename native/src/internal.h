@@ -330,7 +330,7 @@ struct sk_engine {
     _Atomic uint64_t pipes_live, pipes_in_use, splice_fallbacks;
     _Atomic uint64_t conns_live, bufs_live, buf_bytes_live, accepted, connects_failed,
         flows_failed, accept_paused, limit_rejected, tls_handshakes, tls_failures,
-        tls_unexpected_eof, tls_closed_old, tls_resumed, tls_detached;
+        tls_unexpected_eof, tls_closed_old, tls_resumed, tls_detached, tls_yields;
     _Atomic uint64_t app_live, app_outbound_live, app_connects_failed, app_direct_writes;
     /* app.c: how long bytes waited between threads (sk_engine_app_wait);
      * written by any thread with atomic adds */
@@ -519,6 +519,10 @@ void sk_timer_mark(sk_worker *w, uint64_t now);
 /* Runs due high-priority timers when the in-batch budget has passed: call it
  * between units of work inside any loop that can run long. */
 void sk_worker_high_check(sk_worker *w);
+/* The check's second half, at wall time t when nothing was due: samples the
+ * CPU clock when a deadline is near (the base of the dispatch CPU figure).
+ * A point that cannot run timers itself (sk_tls_yield_point) calls it. */
+void sk_worker_high_sample(sk_worker *w, uint64_t t);
 /* Mailbox side of sk_timer_start / sk_timer_cancel. */
 void sk_utimer_add(sk_worker *w, sk_utimer *ut);
 void sk_utimer_cancel(sk_worker *w, uint64_t timer_id);
@@ -642,6 +646,7 @@ struct sk_conn {
     bool tls_done;         /* handshake finished */
     bool tls_close_notify; /* the peer's close_notify alert arrived */
     bool tls_sniff;        /* optional TLS: decide from the first byte */
+    bool tls_no_yield;     /* finishing a paused handshake to free it: no more pauses */
     const char *tls_proto; /* static strings of OpenSSL, set once the handshake is done */
     const char *tls_cipher;
     bool in_ready;         /* on the worker's ready list */
@@ -830,6 +835,24 @@ void sk_worker_run_ready(sk_worker *w);
 void sk_worker_close_tls_older(sk_worker *w, int slot, uint64_t ordinal);
 /* SSL info callback: notes a received close_notify. */
 void sk_tls_info_cb(const SSL *ssl, int where, int ret);
+/* A point between two steps of a handshake inside OpenSSL (the message and
+ * key log callbacks call it): when a high-priority timer of the connection's
+ * worker is due, the handshake pauses there (an OpenSSL async job,
+ * SSL_MODE_ASYNC) and tls_io.c runs the timer before resuming it, so a
+ * server flight (key share, signature: hundreds of microseconds) does not
+ * hold a heartbeat back. SKIFF_TLS_YIELD 0 builds without it; ThreadSanitizer
+ * builds have it off, since TSan cannot follow OpenSSL's stack switches. */
+#ifndef SKIFF_TLS_YIELD
+#if defined(__SANITIZE_THREAD__)
+#define SKIFF_TLS_YIELD 0
+#else
+#define SKIFF_TLS_YIELD 1
+#endif
+#endif
+void sk_tls_yield_point(const SSL *ssl);
+/* A server context's extra pause points (its ClientHello and certificate
+ * callbacks). */
+void sk_tls_yield_install(SSL_CTX *ctx);
 
 /* tls_rl.c: our TLS 1.3 record layer for server connections after the
  * handshake. SKIFF_TLS_DETACH 0 builds without it (OpenSSL keeps every

@@ -20,6 +20,12 @@
  * wake-up. A timer that comes due with no sample taken in its batch (more
  * than this into one batch, past every check) is not counted. */
 #define SK_CPU_HORIZON_NS (10u * 1000000u)
+/* While a timer is within the horizon, a check samples the CPU clock when
+ * the last sample is this old (wall time), whatever the deadline: a worker
+ * preempted between two checks can come out of it past a deadline that was
+ * still far at the check before, and the figure counts from the last sample.
+ * One system call (~0.3 us) per 50 us of busy time near a deadline. */
+#define SK_CPU_SAMPLE_NS (50u * 1000u)
 
 void sk_worker_schedule(sk_worker *w, int prio, sk_timer *t, uint64_t deadline)
 {
@@ -132,19 +138,24 @@ void sk_worker_high_check(sk_worker *w)
         SK_BUMP(&w->high_rechecks, 1);
         sk_timer_run_due(w, 0, t);
     }
+    sk_worker_high_sample(w, t);
+}
+
+void sk_worker_high_sample(sk_worker *w, uint64_t t)
+{
     /* the base of the dispatch CPU of a timer about to come due: the CPU
      * clock (a system call) is sampled at every check of the last
      * high_check_budget_us before a deadline, so the figure counts the unit
      * of work during which the timer came due; and, while a timer may come
-     * due within SK_CPU_HORIZON_NS, once per budget of busy time otherwise,
-     * so that a unit spanning that last stretch is counted from at most a
-     * budget before it */
+     * due within SK_CPU_HORIZON_NS, whenever the last sample is
+     * SK_CPU_SAMPLE_NS old, so that a unit spanning the deadline is counted
+     * from at most that before it */
     bool sample = false;
     for (int cls = 0; cls < 2 && !sample; cls++) {
         const sk_timer *top = sk_heap_top(&w->heap[cls]);
         sample = top && top->deadline <= t + w->high_budget_ns;
     }
-    if (!sample && t - w->mark_ns >= w->high_budget_ns)
+    if (!sample && t - w->mark_ns >= SK_CPU_SAMPLE_NS)
         sample = timer_near(w, t);
     /* stamped with t, the time this check found nothing due: a mark stamped
      * later (a preemption between) could fall after a deadline it precedes

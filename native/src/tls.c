@@ -476,6 +476,8 @@ static SSL_CTX *make_ctx(const SSL_METHOD *method, const sk_tls_load_params *p, 
      * encryption and a record on every handshake, and one resumes */
     SSL_CTX_set_num_tickets(ctx, SKIFF_TLS_TICKETS);
     SSL_CTX_set_info_callback(ctx, sk_tls_info_cb);
+    if (method == TLS_server_method())
+        sk_tls_yield_install(ctx);
     /* no 0-RTT (OpenSSL's default, spelt out): tickets allow no early data,
      * so early data a client sends anyway is rejected and skipped inside the
      * handshake; a detached connection (tls_rl.c) starts after it */

@@ -16,9 +16,11 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <pthread.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
+#include <openssl/async.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -28,6 +30,126 @@
 #include <sys/epoll.h>
 
 #define SK_HANDSHAKE_TIMEOUT_MS 10000
+
+/* ------------------------------------------------------------ yielding */
+
+/* A TLS 1.3 server flight is one SSL_do_handshake call: the ClientHello's
+ * key share, our key pair and the shared secret, the certificate message,
+ * the signature and Finished, some 300-500 us of a worker's CPU with
+ * OpenSSL 3.0, and the accept that reads a ClientHello already there runs it
+ * too. Heartbeats due meanwhile used to wait for the whole of it. With
+ * SSL_MODE_ASYNC the handshake runs as an OpenSSL async job (its own stack);
+ * OpenSSL calls our message callback at every record and handshake message
+ * and the key log callback at every secret, and there sk_tls_yield_point
+ * pauses the job when a high timer of the worker is due. SSL_do_handshake
+ * then returns SSL_ERROR_WANT_ASYNC, tls_handshake runs the due timers
+ * (sk_worker_high_check) and resumes the job where it stopped. Nothing is
+ * paused when no heartbeat is due: the check is one clock read. Only the
+ * handshake runs in a job; the mode is cleared when it ends. */
+
+#if SKIFF_TLS_YIELD
+static pthread_once_t yield_once = PTHREAD_ONCE_INIT;
+static bool yield_capable;
+
+static void yield_init(void)
+{
+    yield_capable = ASYNC_is_capable() == 1;
+}
+#endif
+
+void sk_tls_yield_point(const SSL *ssl)
+{
+#if SKIFF_TLS_YIELD
+    if (ASYNC_get_current_job() == NULL)
+        return; /* not in a handshake's job (records after it, a test's SSL) */
+    sk_conn *c = SSL_get_app_data(ssl);
+    if (!c || c->tls_no_yield || !c->worker)
+        return;
+    sk_worker *w = c->worker;
+    if (!w->heap[0].n)
+        return;
+    uint64_t now = sk_now_ns();
+    uint64_t deadline = sk_heap_top(&w->heap[0])->deadline;
+    if (deadline > now) {
+        /* not due: sampled like an in-batch check when it is near, so that
+         * its dispatch CPU counts from a point of this handshake, not from
+         * before it began */
+        sk_worker_high_sample(w, now);
+        return;
+    }
+    ASYNC_pause_job(); /* back in tls_handshake, which runs the timer */
+#else
+    SK_UNUSED(ssl);
+#endif
+}
+
+#if SKIFF_TLS_YIELD
+/* A client handshake's message callback: only the pause points. */
+static void yield_msg_cb(int write_p, int version, int content_type, const void *buf, size_t len,
+                         SSL *ssl, void *arg)
+{
+    SK_UNUSED(write_p);
+    SK_UNUSED(version);
+    SK_UNUSED(content_type);
+    SK_UNUSED(buf);
+    SK_UNUSED(len);
+    SK_UNUSED(arg);
+    sk_tls_yield_point(ssl);
+}
+
+/* Two more points on a server, both before our key share is made: the
+ * ClientHello callback (before its extensions are parsed, the client's key
+ * share decoded) and the certificate callback (after, before the
+ * ServerHello is built). */
+static int yield_client_hello_cb(SSL *ssl, int *alert, void *arg)
+{
+    SK_UNUSED(alert);
+    SK_UNUSED(arg);
+    sk_tls_yield_point(ssl);
+    return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+static int yield_cert_cb(SSL *ssl, void *arg)
+{
+    SK_UNUSED(arg);
+    sk_tls_yield_point(ssl);
+    return 1;
+}
+
+#endif
+
+void sk_tls_yield_install(SSL_CTX *ctx)
+{
+#if SKIFF_TLS_YIELD
+    SSL_CTX_set_client_hello_cb(ctx, yield_client_hello_cb, NULL);
+    SSL_CTX_set_cert_cb(ctx, yield_cert_cb, NULL);
+#else
+    SK_UNUSED(ctx);
+#endif
+}
+
+static void yield_enable(SSL *ssl, bool server)
+{
+#if SKIFF_TLS_YIELD
+    pthread_once(&yield_once, yield_init);
+    if (!yield_capable)
+        return;
+    SSL_set_mode(ssl, SSL_MODE_ASYNC);
+    if (!server) /* the server contexts' message callback is tls_rl.c's */
+        SSL_set_msg_callback(ssl, yield_msg_cb);
+#else
+    SK_UNUSED(ssl);
+    SK_UNUSED(server);
+#endif
+}
+
+/* The handshake ended (or is given up): records run outside any job. */
+static void yield_disable(SSL *ssl)
+{
+    SSL_clear_mode(ssl, SSL_MODE_ASYNC);
+    if (!SSL_is_server(ssl)) /* a client's callback is yield_msg_cb alone */
+        SSL_set_msg_callback(ssl, NULL);
+}
 
 /* ------------------------------------------------------------ attach */
 
@@ -55,6 +177,7 @@ static bool tls_attach(sk_worker *w, sk_conn *c, int slot, bool server, bool cac
         SSL_set_accept_state(ssl);
     else
         SSL_set_connect_state(ssl);
+    yield_enable(ssl, server);
     return true;
 }
 
@@ -276,10 +399,22 @@ static void tls_handshake(sk_worker *w, sk_conn *c)
             return;
         }
     }
-    ERR_clear_error();
-    int rc = SSL_do_handshake(c->ssl);
+    int rc, err;
+    for (;;) {
+        ERR_clear_error();
+        rc = SSL_do_handshake(c->ssl);
+        err = rc == 1 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, rc);
+        if (err != SSL_ERROR_WANT_ASYNC)
+            break;
+        /* paused at sk_tls_yield_point: a heartbeat is due */
+        SK_ADD(&w->engine->tls_yields, 1);
+        sk_worker_high_check(w);
+        if (c->state != SK_C_HANDSHAKE || !c->ssl)
+            return; /* a timer closed it (sk_tls_io_close ended the job) */
+    }
     if (rc == 1) {
         sk_worker_cancel(w, SK_PRIO_NORMAL, &c->tmo);
+        yield_disable(c->ssl);
         c->tls_done = true;
         c->tls_want = 0;
         SK_ADD(&w->engine->tls_handshakes, 1);
@@ -299,7 +434,7 @@ static void tls_handshake(sk_worker *w, sk_conn *c)
         }
         return;
     }
-    switch (SSL_get_error(c->ssl, rc)) {
+    switch (err) {
     case SSL_ERROR_WANT_READ:
         c->tls_want = EPOLLIN;
         sk_conn_set_interest(w, c, EPOLLIN);
@@ -446,6 +581,13 @@ void sk_tls_io_close(sk_worker *w, sk_conn *c, bool abortive)
         sk_tls_rl_free(c->rl);
         c->rl = NULL;
         return;
+    }
+    if (c->ssl && SSL_waiting_for_async(c->ssl)) {
+        /* closed by a timer while its handshake was paused: the job holds
+         * its own stack and state, which only ending it gives back */
+        c->tls_no_yield = true;
+        while (SSL_get_error(c->ssl, SSL_do_handshake(c->ssl)) == SSL_ERROR_WANT_ASYNC)
+            ;
     }
     if (!abortive && c->tls_done && !c->wr_shut)
         SSL_shutdown(c->ssl); /* best effort close_notify: never waits */

@@ -217,8 +217,10 @@ static void keylog_cb(const SSL *ssl, const char *line)
 {
     static const char cl[] = "CLIENT_TRAFFIC_SECRET_0 ", sl[] = "SERVER_TRAFFIC_SECRET_0 ";
     bool client = strncmp(line, cl, sizeof cl - 1) == 0;
-    if (!client && strncmp(line, sl, sizeof sl - 1) != 0)
+    if (!client && strncmp(line, sl, sizeof sl - 1) != 0) {
+        sk_tls_yield_point(ssl); /* a secret was derived: a heartbeat may go first */
         return;
+    }
     const char *p = strchr(line + sizeof cl - 1, ' ');
     rl_capture *cap = p ? capture_of(ssl, true) : NULL;
     if (!cap)
@@ -247,6 +249,7 @@ static void msg_cb(int write_p, int version, int content_type, const void *buf, 
 {
     SK_UNUSED(version);
     SK_UNUSED(arg);
+    sk_tls_yield_point(ssl); /* a step of the handshake ended: a heartbeat may go first */
     if (!write_p)
         return;
     const uint8_t *b = buf;

@@ -325,6 +325,60 @@ static int test_tls_heap_trim(void)
     return 0;
 }
 
+/* Heartbeats due during handshakes: with a high timer every 100 us on each
+ * worker, a server flight (hundreds of microseconds, more under the
+ * sanitizers) comes due mid-handshake, which pauses inside OpenSSL
+ * (tls_io.c, SKIFF_TLS_YIELD), runs the timer and resumes. Terminated and
+ * originated handshakes (both sides on the workers) all end, the bytes are
+ * right, and the timers kept firing. Built without it (TSan), none pause. */
+static int test_tls_yield_to_timers(void)
+{
+    REQUIRE(settle() == 0);
+    sk_engine_counters c0, c1;
+    sk_engine_counters_get(E, &c0);
+    uint64_t ids[2];
+    for (int w = 0; w < 2; w++) {
+        ids[w] = sk_timer_start(E, w, SK_PRIO_HIGH, 100000, 100000);
+        REQUIRE(ids[w] != 0);
+    }
+    size_t from = evlog_n;
+    enum { ROUNDS = 12 };
+    for (int i = 0; i < ROUNDS; i++) {
+        char msg[32];
+        snprintf(msg, sizeof msg, "yield-%d", i);
+        int fd = connect_to(sk_listener_port(L_TLS)); /* terminated */
+        REQUIRE(fd >= 0);
+        SSL *ssl = tls_client(fd);
+        CHECK(ssl != NULL);
+        if (ssl) {
+            CHECK(tls_ping(ssl, msg) == 0);
+            SSL_free(ssl);
+        }
+        close(fd);
+        fd = connect_to(sk_listener_port(L_ORIG)); /* originated, and terminated again */
+        REQUIRE(fd >= 0);
+        CHECK(ping(fd, msg) == 0);
+        close(fd);
+        pump(0); /* keep the rings from filling with timer events */
+    }
+    for (int w = 0; w < 2; w++)
+        CHECK_EQ_I(sk_timer_cancel(E, ids[w]), 0);
+    for (int w = 0; w < 2; w++)
+        CHECK(wait_event(SK_EV_TIMER_CANCELLED, ids[w], 5000, NULL) >= 0);
+    CHECK(wait_until(no_conns_live, NULL));
+    sk_engine_counters_get(E, &c1);
+    CHECK_EQ_U(c1.tls_handshakes - c0.tls_handshakes, 3 * ROUNDS);
+    CHECK_EQ_U(c1.tls_failures - c0.tls_failures, 0);
+    for (int w = 0; w < 2; w++)
+        CHECK_OP_U(count_events(SK_EV_TIMER, ids[w], from), >, 0);
+#if SKIFF_TLS_YIELD
+    CHECK_OP_U(c1.tls_yields - c0.tls_yields, >, 0);
+#else
+    CHECK_EQ_U(c1.tls_yields - c0.tls_yields, 0);
+#endif
+    return 0;
+}
+
 /* ---------------------------------------------------- certificate chain */
 
 /* A leaf for cn signed by the CA in ca_cert/ca_key, written as PEM. */
@@ -474,6 +528,7 @@ int main(void)
         RUN(test_tls_bad_client);
         RUN(test_tls_close_older);
         RUN(test_tls_heap_trim);
+        RUN(test_tls_yield_to_timers);
         RUN(test_tls_chain_built_once);
     }
     sk_listener *ls[] = {L_TLS, L_ORIG, L_OPT};

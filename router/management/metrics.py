@@ -49,6 +49,8 @@ _COUNTER_HELP = {
     "between routers resume the last session their peer gave).",
     "tls_detached": "Of the TLS handshakes, server connections whose records the engine's "
     "own TLS 1.3 record layer carries afterwards (the OpenSSL connection freed).",
+    "tls_yields": "Times a TLS handshake paused between two of its steps inside OpenSSL so "
+    "that a due high-priority timer (heartbeat) ran first; the handshake resumed right after.",
     "tls_failures": "TLS handshakes that failed (bad or missing certificates, plaintext on a "
     "TLS-only port, no TLS configuration), and TLS set-up failures.",
     "tls_unexpected_eof": "TLS peers that closed without close_notify.",
