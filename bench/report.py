@@ -22,7 +22,8 @@ JSON_SCHEMA = "skiff-bench/storm/1"
 
 def engine_lateness_summary(h: EngineHistogram | None) -> dict[str, float]:
     """p50/p99/max (µs) of an engine lateness window; bucket upper bounds
-    (the engine's buckets are powers of two of 1 µs)."""
+    (the engine's bounds are 1, 1.5, 2, 2.5, 3, 4, 5, 7.5 times each power
+    of ten of 1 µs: 250 µs and 1 ms are bounds)."""
     if h is None or h.count == 0:
         return {"count": 0, "p50_us": 0.0, "p99_us": 0.0, "max_us": 0.0, "mean_us": 0.0}
     return {

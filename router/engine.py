@@ -87,8 +87,9 @@ class FlowStats:
 
 @dataclass(frozen=True, slots=True)
 class Histogram:
-    """Cumulative log-scale histogram (Prometheus shape): cumulative[i] counts
-    values <= bounds_ns[i]; the last bound is infinite."""
+    """Cumulative histogram (Prometheus shape): cumulative[i] counts values
+    <= bounds_ns[i] (1, 1.5, 2, 2.5, 3, 4, 5, 7.5 times each power of ten
+    from 1 µs, up to 10 s); the last bound is infinite."""
 
     bounds_ns: tuple[float, ...]
     cumulative: tuple[int, ...]

@@ -22,7 +22,9 @@
 #include <stdint.h>
 
 #define SK_ERRLEN 256
-#define SK_HIST_BUCKETS 24 /* bucket i counts lateness <= 1us << i; last is +Inf */
+/* bucket i counts values <= sk_hist_bound_ns(i): 1, 1.5, 2, 2.5, 3, 4, 5, 7.5
+ * times each power of ten from 1 us to 7.5 s, then 10 s; the last is +Inf */
+#define SK_HIST_BUCKETS 58
 #define SK_PRIO_HIGH 0
 #define SK_PRIO_NORMAL 1
 #define SK_CPU_WORDS 16 /* sk_engine_options.worker_cpus: CPUs 0-1023, 64 per word */

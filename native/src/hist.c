@@ -1,19 +1,36 @@
-/* hist.c -- log-scale latency histograms: bucket i holds values <= 1us << i. */
+/* hist.c -- latency histograms with fixed bounds.
+ *
+ * The bounds run 1, 1.5, 2, 2.5, 3, 4, 5, 7.5 times each power of ten from
+ * 1 us to 7.5 s, then 10 s; the last bucket is +Inf. Each bound is at most
+ * 1.5 times the one before, and the figures the goals are written in
+ * (250 us, 1 ms, 10 ms, 50 ms) are bounds, so a quantile read as its
+ * bucket's upper bound says on which side of a goal it is. */
 #include "internal.h"
+
+static const uint16_t mantissa[8] = {10, 15, 20, 25, 30, 40, 50, 75}; /* tenths */
 
 uint64_t sk_hist_bound_ns(int i)
 {
     if (i < 0 || i >= SK_HIST_BUCKETS - 1)
         return UINT64_MAX;
-    return (uint64_t)1000 << i;
+    uint64_t scale = 100; /* ns per tenth of a microsecond */
+    for (int d = 0; d < i / 8; d++)
+        scale *= 10;
+    return mantissa[i % 8] * scale; /* i = 56: 10 * 10^9 ns, 10 s */
 }
 
 int sk_hist_bucket_of(uint64_t ns)
 {
-    for (int i = 0; i < SK_HIST_BUCKETS - 1; i++)
-        if (ns <= ((uint64_t)1000 << i))
-            return i;
-    return SK_HIST_BUCKETS - 1;
+    /* the first bucket whose bound holds ns: a binary search of the bounds */
+    int lo = 0, hi = SK_HIST_BUCKETS - 1; /* the answer is in [lo, hi] */
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (ns <= sk_hist_bound_ns(mid))
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
 }
 
 void sk_hist_record(sk_hist_atomic *h, uint64_t ns)

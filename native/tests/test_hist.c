@@ -1,4 +1,4 @@
-/* test_hist.c -- log-scale lateness histograms (hist.c). */
+/* test_hist.c -- latency histograms with fixed bounds (hist.c). */
 #include "internal.h"
 #include "testlib.h"
 
@@ -8,17 +8,21 @@ static int test_bucket_of(void)
     CHECK_EQ_I(sk_hist_bucket_of(1), 0);
     CHECK_EQ_I(sk_hist_bucket_of(999), 0);
     CHECK_EQ_I(sk_hist_bucket_of(1000), 0);
-    CHECK_EQ_I(sk_hist_bucket_of(1001), 1);
-    CHECK_EQ_I(sk_hist_bucket_of(2000), 1);
-    CHECK_EQ_I(sk_hist_bucket_of(2001), 2);
-    CHECK_EQ_I(sk_hist_bucket_of(4000), 2);
-    CHECK_EQ_I(sk_hist_bucket_of(4001), 3);
-    CHECK_EQ_I(sk_hist_bucket_of(1000000), 10); /* 1 ms <= 1.024 ms */
-    CHECK_EQ_I(sk_hist_bucket_of(1000000000), 20); /* 1 s <= 1.048576 s */
-    /* the last finite bound and just past it */
-    uint64_t last_finite = (uint64_t)1000 << (SK_HIST_BUCKETS - 2);
-    CHECK_EQ_I(sk_hist_bucket_of(last_finite), SK_HIST_BUCKETS - 2);
-    CHECK_EQ_I(sk_hist_bucket_of(last_finite + 1), SK_HIST_BUCKETS - 1);
+    CHECK_EQ_I(sk_hist_bucket_of(1001), 1);     /* <= 1.5 us */
+    CHECK_EQ_I(sk_hist_bucket_of(1500), 1);
+    CHECK_EQ_I(sk_hist_bucket_of(1501), 2);     /* <= 2 us */
+    CHECK_EQ_I(sk_hist_bucket_of(7501), 8);     /* <= 10 us */
+    /* the goals' figures are bounds: 250 us, 1 ms, 10 ms, 50 ms */
+    CHECK_EQ_U(sk_hist_bound_ns(sk_hist_bucket_of(250000)), 250000);
+    CHECK_EQ_U(sk_hist_bound_ns(sk_hist_bucket_of(250001)), 300000);
+    CHECK_EQ_U(sk_hist_bound_ns(sk_hist_bucket_of(249999)), 250000);
+    CHECK_EQ_U(sk_hist_bound_ns(sk_hist_bucket_of(1000000)), 1000000);
+    CHECK_EQ_U(sk_hist_bound_ns(sk_hist_bucket_of(10000000)), 10000000);
+    CHECK_EQ_U(sk_hist_bound_ns(sk_hist_bucket_of(50000000)), 50000000);
+    /* the last finite bound (10 s) and just past it */
+    CHECK_EQ_U(sk_hist_bound_ns(SK_HIST_BUCKETS - 2), 10000000000ull);
+    CHECK_EQ_I(sk_hist_bucket_of(10000000000ull), SK_HIST_BUCKETS - 2);
+    CHECK_EQ_I(sk_hist_bucket_of(10000000001ull), SK_HIST_BUCKETS - 1);
     CHECK_EQ_I(sk_hist_bucket_of(UINT64_MAX), SK_HIST_BUCKETS - 1);
     CHECK_EQ_I(sk_hist_bucket_of((uint64_t)1 << 62), SK_HIST_BUCKETS - 1);
 
@@ -36,14 +40,18 @@ static int test_bucket_of(void)
 static int test_bound(void)
 {
     CHECK_EQ_U(sk_hist_bound_ns(0), 1000);
-    CHECK_EQ_U(sk_hist_bound_ns(1), 2000);
-    CHECK_EQ_U(sk_hist_bound_ns(10), 1024000);
-    CHECK_EQ_U(sk_hist_bound_ns(SK_HIST_BUCKETS - 2), (uint64_t)1000 << (SK_HIST_BUCKETS - 2));
+    CHECK_EQ_U(sk_hist_bound_ns(1), 1500);
+    CHECK_EQ_U(sk_hist_bound_ns(7), 7500);
+    CHECK_EQ_U(sk_hist_bound_ns(8), 10000);
+    CHECK_EQ_U(sk_hist_bound_ns(SK_HIST_BUCKETS - 3), 7500000000ull);
     CHECK_EQ_U(sk_hist_bound_ns(SK_HIST_BUCKETS - 1), UINT64_MAX);
     CHECK_EQ_U(sk_hist_bound_ns(SK_HIST_BUCKETS), UINT64_MAX);
     CHECK_EQ_U(sk_hist_bound_ns(-1), UINT64_MAX);
-    for (int i = 1; i < SK_HIST_BUCKETS; i++)
+    /* increasing, each at most 1.5 times the one before */
+    for (int i = 1; i < SK_HIST_BUCKETS - 1; i++) {
         CHECK_OP_U(sk_hist_bound_ns(i), >, sk_hist_bound_ns(i - 1));
+        CHECK_OP_U(2 * sk_hist_bound_ns(i), <=, 3 * sk_hist_bound_ns(i - 1));
+    }
     return 0;
 }
 
@@ -63,7 +71,8 @@ static int test_record_accumulate(void)
     }
     CHECK_EQ_U(atomic_load(&h.count), nv);
     CHECK_EQ_U(atomic_load(&h.bucket[0]), 3); /* 0, 1000, 7 */
-    CHECK_EQ_U(atomic_load(&h.bucket[1]), 2); /* 1001, 2000 */
+    CHECK_EQ_U(atomic_load(&h.bucket[1]), 1); /* 1001 */
+    CHECK_EQ_U(atomic_load(&h.bucket[2]), 1); /* 2000 */
     CHECK_EQ_U(atomic_load(&h.bucket[SK_HIST_BUCKETS - 1]), 1); /* UINT64_MAX/4 */
 
     sk_hist out;
