@@ -583,8 +583,10 @@ void sk_tls_io_close(sk_worker *w, sk_conn *c, bool abortive)
         return;
     }
     if (c->ssl && SSL_waiting_for_async(c->ssl)) {
-        /* closed by a timer while its handshake was paused: the job holds
-         * its own stack and state, which only ending it gives back */
+        /* closed while its handshake is paused (by a high timer run at the
+         * pause; none closes a connection in its handshake today, so this
+         * is a guard): the job holds its own stack and state, which only
+         * ending it gives back */
         c->tls_no_yield = true;
         while (SSL_get_error(c->ssl, SSL_do_handshake(c->ssl)) == SSL_ERROR_WANT_ASYNC)
             ;
