@@ -45,7 +45,10 @@
  * then returns SSL_ERROR_WANT_ASYNC, tls_handshake runs the due timers
  * (sk_worker_high_check) and resumes the job where it stopped. Nothing is
  * paused when no heartbeat is due: the check is one clock read. Only the
- * handshake runs in a job; the mode is cleared when it ends. */
+ * handshake runs in a job; the mode is cleared when it ends. OpenSSL's own
+ * providers never pause a job; an ENGINE that does (hardware offload
+ * configured in openssl.cnf) would make tls_handshake resume it at once,
+ * again and again, until its work is done: not supported. */
 
 #if SKIFF_TLS_YIELD
 static pthread_once_t yield_once = PTHREAD_ONCE_INIT;
