@@ -212,6 +212,8 @@ typedef struct sk_engine_counters {
                                    handshake for the engine's record layer */
     uint64_t tls_yields;        /* handshakes paused inside OpenSSL because a
                                    high-priority timer was due (SK_TLS_YIELD) */
+    uint64_t accept_deferred;   /* listener events whose accepts stopped at the
+                                   time budget (the rest on the next round) */
 } sk_engine_counters;
 
 void sk_engine_counters_get(sk_engine *e, sk_engine_counters *out);

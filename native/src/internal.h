@@ -330,7 +330,8 @@ struct sk_engine {
     _Atomic uint64_t pipes_live, pipes_in_use, splice_fallbacks;
     _Atomic uint64_t conns_live, bufs_live, buf_bytes_live, accepted, connects_failed,
         flows_failed, accept_paused, limit_rejected, tls_handshakes, tls_failures,
-        tls_unexpected_eof, tls_closed_old, tls_resumed, tls_detached, tls_yields;
+        tls_unexpected_eof, tls_closed_old, tls_resumed, tls_detached, tls_yields,
+        accept_deferred;
     _Atomic uint64_t app_live, app_outbound_live, app_connects_failed, app_direct_writes;
     /* app.c: how long bytes waited between threads (sk_engine_app_wait);
      * written by any thread with atomic adds */

@@ -400,8 +400,10 @@ static void lsock_io(sk_worker *w, sk_handle *h, uint32_t events)
     uint64_t start = sk_now_ns();
     for (int i = 0; i < SK_ACCEPTS_PER_EVENT && !ls->paused; i++) {
         if (i > 0) {
-            if (sk_now_ns() - start >= SK_ACCEPT_BUDGET_NS)
+            if (sk_now_ns() - start >= SK_ACCEPT_BUDGET_NS) {
+                SK_ADD(&w->engine->accept_deferred, 1);
                 return; /* the rest on the next round, after the other events */
+            }
             sk_worker_high_check(w); /* each accept starts a connect: not free */
         }
         struct sockaddr_storage sa;

@@ -51,6 +51,9 @@ _COUNTER_HELP = {
     "own TLS 1.3 record layer carries afterwards (the OpenSSL connection freed).",
     "tls_yields": "Times a TLS handshake paused between two of its steps inside OpenSSL so "
     "that a due high-priority timer (heartbeat) ran first; the handshake resumed right after.",
+    "accept_deferred": "Times a listener stopped accepting within one event because its "
+    "time budget (0.5 ms) was spent; the connections still queued are accepted on the "
+    "worker's next round, after its other events.",
     "tls_failures": "TLS handshakes that failed (bad or missing certificates, plaintext on a "
     "TLS-only port, no TLS configuration), and TLS set-up failures.",
     "tls_unexpected_eof": "TLS peers that closed without close_notify.",
