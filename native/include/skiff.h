@@ -163,7 +163,10 @@ int sk_engine_timer_dispatch_delay(sk_engine *e, int prio, int worker, sk_hist *
  * before its deadline (at most one unit of work early: the clock is sampled
  * at every check within high_check_budget_us of a deadline, and at a check
  * whenever the last sample is 50 us old while a deadline is within 10 ms; a
- * TLS handshake's pause points are checks too), so this is an upper bound. A timer that came due more than 10 ms
+ * TLS handshake's pause points are checks too), so this is an upper bound;
+ * each figure is also capped by the timer's dispatch delay (CPU time over a
+ * span is at most its wall time), which makes it exact when the worker was
+ * not preempted after the timer became ready. A timer that came due more than 10 ms
  * into one batch without an in-batch check in its last 10 ms (a normal
  * timer while no high one is pending) is not counted here. */
 int sk_engine_timer_dispatch_cpu(sk_engine *e, int prio, int worker, sk_hist *out);
