@@ -137,6 +137,7 @@ class NetworkService:
         # connections they keep here (docs/dataplane.md, "Pools (INBOUND)")
         self._reverse: dict[str, tuple[int, Peer]] = {}
         self._peers_changed = False
+        self._lsdb_computed = -1  # lsdb.recomputations the remote routes were made at
         self._remote_listeners: list[Callable[[Mapping[str, list[RemoteRoute]]], None]] = []
         self._closed = False
         self._agent: Agent | None = None
@@ -209,13 +210,19 @@ class NetworkService:
 
     def _publish_routes(self, now: float) -> None:
         table = self.core.routes()
+        computed = self.core.lsdb.recomputations
         if self._routes is not None and table.version == self._routes.version:
-            if self._peers_changed:
+            # the alternates (_alternates) follow the whole graph, not only
+            # our table: a link between two other routers can add or remove
+            # one while our own next hops stay as they are
+            if self._peers_changed or computed != self._lsdb_computed:
                 self._peers_changed = False
+                self._lsdb_computed = computed
                 self._publish_remote(table)
             return
         self._routes = table
         self._peers_changed = False
+        self._lsdb_computed = computed
         self._publish_remote(table)
         if self._change_started is not None:
             self.convergence_s = now - self._change_started
