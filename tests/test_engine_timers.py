@@ -143,6 +143,26 @@ def test_worker_stats(engine: Engine) -> None:
         engine.worker_stats(5)
 
 
+def _relay_with_timer(eng: Engine, srv: ThreadedServer, period_s: float, size: int) -> None:
+    """Relays size bytes through worker 0 to srv's exchange server while a
+    high-priority timer fires every period_s there; returns once the timer
+    is cancelled. The cancel reaches the worker as a message: until it says
+    so, the timer may fire again between the reads of the histograms."""
+    target = eng.target()
+    eng.publish_routes({0: [RouteTarget(target, "127.0.0.1", srv.port)]})
+    listener = eng.listen("127.0.0.1", 0)
+    tid = eng.timer_start(period_s, period_s, PRIO_HIGH, worker=0)
+    c = socket.create_connection(("127.0.0.1", listener.port))
+    _digest, body = exchange(c, b"", size, 5)
+    c.close()
+    assert len(body) == size
+    eng.timer_cancel(tid)
+    wait_for(
+        lambda: any(ev.type == EventType.TIMER_CANCELLED and ev.id == tid for ev in eng.drain()),
+        what="the timer's cancellation",
+    )
+
+
 def test_dispatch_cpu_is_not_inflated_by_preemption() -> None:
     """A busy worker shares its CPU with a hog: its timers' dispatch delay
     (wall clock) includes the time the hog ran, the dispatch CPU figure (the
@@ -159,23 +179,7 @@ def test_dispatch_cpu_is_not_inflated_by_preemption() -> None:
     )
     srv = ThreadedServer(exchange_server)
     try:
-        target = eng.target()
-        eng.publish_routes({0: [RouteTarget(target, "127.0.0.1", srv.port)]})
-        listener = eng.listen("127.0.0.1", 0)
-        tid = eng.timer_start(0.002, 0.002, PRIO_HIGH, worker=0)
-        c = socket.create_connection(("127.0.0.1", listener.port))
-        _digest, body = exchange(c, b"", 64 << 20, 5)  # keeps the worker busy
-        c.close()
-        assert len(body) == 64 << 20
-        eng.timer_cancel(tid)
-        # the cancel reaches the worker as a message: until it says so, the
-        # timer may fire again between the reads of the three histograms
-        wait_for(
-            lambda: any(
-                ev.type == EventType.TIMER_CANCELLED and ev.id == tid for ev in eng.drain()
-            ),
-            what="the timer's cancellation",
-        )
+        _relay_with_timer(eng, srv, 0.002, 64 << 20)  # keeps the worker busy
         cpu_h, wall_h = eng.dispatch_cpu(PRIO_HIGH), eng.dispatch_delay(PRIO_HIGH)
         # every high timer is counted: the in-batch checks sample in time
         assert cpu_h.count == wall_h.count == eng.lateness(PRIO_HIGH).count > 0
@@ -214,21 +218,7 @@ def test_dispatch_cpu_never_exceeds_the_dispatch_delay() -> None:
         os.sched_setaffinity(0, {cpus[1]})
     srv = ThreadedServer(exchange_server)
     try:
-        target = eng.target()
-        eng.publish_routes({0: [RouteTarget(target, "127.0.0.1", srv.port)]})
-        listener = eng.listen("127.0.0.1", 0)
-        tid = eng.timer_start(0.001, 0.001, PRIO_HIGH, worker=0)
-        c = socket.create_connection(("127.0.0.1", listener.port))
-        _digest, body = exchange(c, b"", 32 << 20, 5)
-        c.close()
-        assert len(body) == 32 << 20
-        eng.timer_cancel(tid)
-        wait_for(
-            lambda: any(
-                ev.type == EventType.TIMER_CANCELLED and ev.id == tid for ev in eng.drain()
-            ),
-            what="the timer's cancellation",
-        )
+        _relay_with_timer(eng, srv, 0.001, 32 << 20)
         cpu_h, wall_h = eng.dispatch_cpu(PRIO_HIGH), eng.dispatch_delay(PRIO_HIGH)
         assert cpu_h.count == wall_h.count > 0
         # per timer, CPU <= wall: so for the sums and the maxima too

@@ -8,15 +8,15 @@
 #include "internal.h"
 
 static const uint16_t mantissa[8] = {10, 15, 20, 25, 30, 40, 50, 75}; /* tenths */
+/* ns per tenth of the decade's first bound (1 us, 10 us, ... 1 s, 10 s) */
+static const uint64_t tenth[8] = {100, 1000, 10000, 100000, 1000000, 10000000, 100000000,
+                                  1000000000};
 
 uint64_t sk_hist_bound_ns(int i)
 {
     if (i < 0 || i >= SK_HIST_BUCKETS - 1)
         return UINT64_MAX;
-    uint64_t scale = 100; /* ns per tenth of a microsecond */
-    for (int d = 0; d < i / 8; d++)
-        scale *= 10;
-    return mantissa[i % 8] * scale; /* i = 56: 10 * 10^9 ns, 10 s */
+    return mantissa[i % 8] * tenth[i / 8]; /* i = 56: 10 * 10^9 ns, 10 s */
 }
 
 int sk_hist_bucket_of(uint64_t ns)

@@ -520,10 +520,10 @@ void sk_timer_mark(sk_worker *w, uint64_t now);
 /* Runs due high-priority timers when the in-batch budget has passed: call it
  * between units of work inside any loop that can run long. */
 void sk_worker_high_check(sk_worker *w);
-/* The check's second half, at wall time t when nothing was due: samples the
- * CPU clock when a deadline is near (the base of the dispatch CPU figure).
- * A point that cannot run timers itself (sk_tls_yield_point) calls it. */
-void sk_worker_high_sample(sk_worker *w, uint64_t t);
+/* Whether a high-priority timer is due, for a point that cannot run it
+ * itself (sk_tls_yield_point); when none is, the CPU clock is sampled as at
+ * an in-batch check (the base of the dispatch CPU figure). */
+bool sk_worker_high_due(sk_worker *w);
 /* Mailbox side of sk_timer_start / sk_timer_cancel. */
 void sk_utimer_add(sk_worker *w, sk_utimer *ut);
 void sk_utimer_cancel(sk_worker *w, uint64_t timer_id);

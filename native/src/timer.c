@@ -136,22 +136,7 @@ void sk_timer_run_due(sk_worker *w, int cls, uint64_t now)
     }
 }
 
-void sk_worker_high_check(sk_worker *w)
-{
-    /* runs between every two events: without a high timer there is nothing
-     * to check, and no clock to read (a storm's profile showed the reads) */
-    if (!w->heap[0].n)
-        return;
-    uint64_t t = sk_now_ns();
-    if (sk_heap_top(&w->heap[0])->deadline <= t) {
-        /* due: it runs now, between two units of work, not after the batch */
-        SK_BUMP(&w->high_rechecks, 1);
-        sk_timer_run_due(w, 0, t);
-    }
-    sk_worker_high_sample(w, t);
-}
-
-void sk_worker_high_sample(sk_worker *w, uint64_t t)
+static void high_sample(sk_worker *w, uint64_t t)
 {
     /* the base of the dispatch CPU of a timer about to come due: the CPU
      * clock (a system call) is sampled at every check of the last
@@ -172,6 +157,38 @@ void sk_worker_high_sample(sk_worker *w, uint64_t t)
      * in CPU time, and would be passed over for the batch's first sample */
     if (sample)
         sk_timer_mark(w, t);
+}
+
+/* Whether a high timer is due at *t (read here); when none is, samples as
+ * every check does. Runs between every two units of work: without a high
+ * timer there is nothing to check, and no clock to read (a storm's profile
+ * showed the reads). */
+static bool high_due(sk_worker *w, uint64_t *t)
+{
+    if (!w->heap[0].n)
+        return false;
+    *t = sk_now_ns();
+    if (sk_heap_top(&w->heap[0])->deadline <= *t)
+        return true;
+    high_sample(w, *t);
+    return false;
+}
+
+void sk_worker_high_check(sk_worker *w)
+{
+    uint64_t t;
+    if (!high_due(w, &t))
+        return;
+    /* due: it runs now, between two units of work, not after the batch */
+    SK_BUMP(&w->high_rechecks, 1);
+    sk_timer_run_due(w, 0, t);
+    high_sample(w, t);
+}
+
+bool sk_worker_high_due(sk_worker *w)
+{
+    uint64_t t;
+    return high_due(w, &t);
 }
 
 /* ------------------------------------------------------------ user timers */

@@ -68,19 +68,10 @@ void sk_tls_yield_point(const SSL *ssl)
     sk_conn *c = SSL_get_app_data(ssl);
     if (!c || c->tls_no_yield || !c->worker)
         return;
-    sk_worker *w = c->worker;
-    if (!w->heap[0].n)
-        return;
-    uint64_t now = sk_now_ns();
-    uint64_t deadline = sk_heap_top(&w->heap[0])->deadline;
-    if (deadline > now) {
-        /* not due: sampled like an in-batch check when it is near, so that
-         * its dispatch CPU counts from a point of this handshake, not from
-         * before it began */
-        sk_worker_high_sample(w, now);
-        return;
-    }
-    ASYNC_pause_job(); /* back in tls_handshake, which runs the timer */
+    /* not due: sampled there as at an in-batch check, so that a timer's
+     * dispatch CPU counts from a point of this handshake */
+    if (sk_worker_high_due(c->worker))
+        ASYNC_pause_job(); /* back in tls_handshake, which runs the timer */
 #else
     SK_UNUSED(ssl);
 #endif
