@@ -168,7 +168,15 @@ def _add_compare_parser(sub: Any) -> None:
         "--tls",
         action="store_true",
         help="TLS variant: skiffd with a generated sslProfile vs haproxy `bind ... ssl crt` "
-        "(same certificate, no-tls-tickets); storm = full handshakes",
+        "(same certificate, no-tls-tickets); storm = full handshakes (the clients keep no "
+        "ticket); the header says how many tickets each proxy sent",
+    )
+    p.add_argument(
+        "--no-tickets",
+        action="store_true",
+        help="with --tls: neither proxy sends a session ticket (skiffd tlsResumption: off; "
+        "haproxy also OpenSSL's NumTickets = 0, as its no-tls-tickets still sends two "
+        "stateful ones); checked by a probe handshake per proxy",
     )
     p.add_argument(
         "--workloads",
@@ -643,6 +651,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         pause_s=max(0.0, args.pause),
         idle_settle_s=max(0.0, args.idle_settle),
         tls=args.tls,
+        no_tickets=args.no_tickets,
     )
     try:
         cfg.validate()

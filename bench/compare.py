@@ -43,7 +43,7 @@ from bench.client import ClientPool
 from bench.echo import EchoServer
 from bench.host import environment, raise_nofile_limit
 from bench.idle import IdleHold
-from bench.pki import TlsFiles, write_tls_files
+from bench.pki import TlsFiles, count_session_tickets, write_tls_files
 from bench.progress import Progress
 from bench.proxies import (
     HAPROXY_MISSING,
@@ -117,8 +117,12 @@ class CompareConfig:
     pause_s: float = 0.3
     idle_settle_s: float = IDLE_SETTLE_S  # before and after opening: RSS settles
     # clients speak TLS; skiffd (sslProfile) and haproxy (bind ... ssl crt) terminate
-    # it with the same certificate, no session tickets: a full handshake per connection
+    # it with the same certificate; the clients keep no ticket, so every connection
+    # is a full handshake. By default each proxy still sends its tickets (skiffd one
+    # stateless, HAProxy's no-tls-tickets two stateful ones); no_tickets: neither
+    # sends any (skiffd tlsResumption: off, HAProxy OpenSSL's NumTickets = 0)
     tls: bool = False
+    no_tickets: bool = False
 
     def validate(self) -> None:
         if not self.subjects or set(self.subjects) - set(SUBJECTS) - {BASE_SUBJECT, CACHE_SUBJECT}:
@@ -130,6 +134,10 @@ class CompareConfig:
             )
         if not self.tls and CACHE_SUBJECT in self.subjects:
             raise ValueError(f"{CACHE_SUBJECT} is a TLS subject: add --tls")
+        if self.no_tickets and not self.tls:
+            raise ValueError("--no-tickets is about TLS session tickets: add --tls")
+        if self.no_tickets and CACHE_SUBJECT in self.subjects:
+            raise ValueError(f"{CACHE_SUBJECT} sends tickets: leave it out with --no-tickets")
         if not self.workloads or set(self.workloads) - set(WORKLOADS):
             raise ValueError(f"workloads must be among {WORKLOADS}, got {self.workloads}")
         if (
@@ -291,6 +299,8 @@ class CompareReport:
     skipped: dict[str, str]
     versions: dict[str, str]
     wall_s: float
+    # TLS: NewSessionTickets each subject sent on one probe handshake
+    tickets: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, dict[str, dict[str, dict[str, float] | None]]]:
         """workload -> metric -> subject -> min/median/max over ok rounds.
@@ -536,17 +546,20 @@ def run_compare(cfg: CompareConfig, progress: Progress | None = None) -> Compare
     skipped: dict[str, str] = {}
     versions: dict[str, str] = {}
     proxies: list[_Relay] = []
+    tickets: dict[str, int] = {}
     tls_dir = Path(tempfile.mkdtemp(prefix="skiff-bench-tls-")) if cfg.tls else None
     build_dir = Path(tempfile.mkdtemp(prefix="skiff-bench-build-"))
     try:
         tls = write_tls_files(tls_dir) if tls_dir is not None else None
-        samples = _run_subjects(cfg, progress, skipped, versions, proxies, tls, build_dir)
+        samples = _run_subjects(cfg, progress, skipped, versions, proxies, tls, build_dir, tickets)
     finally:
         if tls_dir is not None:
             shutil.rmtree(tls_dir, ignore_errors=True)
         shutil.rmtree(build_dir, ignore_errors=True)
     cfg.subjects = tuple(s for s in cfg.subjects if s not in skipped)
-    return CompareReport(cfg, environment(), samples, skipped, versions, time.monotonic() - t0)
+    return CompareReport(
+        cfg, environment(), samples, skipped, versions, time.monotonic() - t0, tickets
+    )
 
 
 def _minrelay_binary(build_dir: Path) -> Path:
@@ -563,6 +576,7 @@ def _run_subjects(
     proxies: list[_Relay],
     tls: TlsFiles | None,
     build_dir: Path,
+    tickets: dict[str, int],
 ) -> list[Sample]:
     import uvloop
 
@@ -570,6 +584,7 @@ def _run_subjects(
         echo_addr, sink_addr = ("127.0.0.1", echo.port), ("127.0.0.1", sink.port)
         probe = EngineSubject(echo.port, cfg.workers, 0.01)
         w = cfg.workers
+        resumption = "off" if cfg.no_tickets else None
         try:
             targets: list[_Target] = []
             for name in cfg.subjects:
@@ -577,7 +592,7 @@ def _run_subjects(
                 if name == "skiffd":
 
                     def restart(e: tuple[str, int]) -> _Relay:
-                        return start_skiffd(w, e, sink_addr, tls)
+                        return start_skiffd(w, e, sink_addr, tls, tls_resumption=resumption)
 
                 elif name == CACHE_SUBJECT:
 
@@ -593,7 +608,7 @@ def _run_subjects(
                         continue
 
                     def restart(e: tuple[str, int], b: str = base) -> _Relay:
-                        return start_skiffd(w, e, sink_addr, tls, BASE_SUBJECT, b)
+                        return start_skiffd(w, e, sink_addr, tls, BASE_SUBJECT, b, resumption)
 
                 elif name == "haproxy":
                     if haproxy_binary() is None:
@@ -602,7 +617,7 @@ def _run_subjects(
                         continue
 
                     def restart(e: tuple[str, int]) -> _Relay:
-                        return start_haproxy(w, e, sink_addr, tls)
+                        return start_haproxy(w, e, sink_addr, tls, cfg.no_tickets)
 
                 elif name in minrelay.NAMES:
                     try:
@@ -626,6 +641,8 @@ def _run_subjects(
                 proxies.append(p)
                 if isinstance(p, ProxyProcess) and p.version:
                     versions[name] = p.version
+                if tls is not None:
+                    tickets[name] = _probe_tickets(name, p.echo_port, tls, cfg.no_tickets)
                 targets.append(_proxy_target(p, tls, restart))
             with progress:
                 samples = uvloop.run(_run_all(cfg, targets, pool, echo, probe, progress))
@@ -634,6 +651,18 @@ def _run_subjects(
                 p.stop()
             probe.stop()
     return samples
+
+
+def _probe_tickets(name: str, port: int, tls: TlsFiles, none_expected: bool) -> int:
+    """The session tickets a TLS subject sends per full handshake; with
+    --no-tickets any ticket makes the comparison something else: stop."""
+    sent = count_session_tickets(port, tls.ca_file)
+    if none_expected and sent:
+        raise RuntimeError(
+            f"{name} sent {sent} session ticket(s) on a full handshake with --no-tickets: "
+            "its figures would include ticket work"
+        )
+    return sent
 
 
 def _fmt(v: float | None) -> str:
@@ -649,6 +678,16 @@ def unit_label(unit: str, tls: bool) -> str:
     if not tls:
         return unit
     return unit.replace("conn/s", "handshakes/s").replace("CPU/conn", "CPU/handshake")
+
+
+def tickets_label(report: CompareReport) -> str:
+    """What each TLS subject sent after a handshake (the probe's count)."""
+    if not report.tickets:
+        return "no session tickets" if report.config.no_tickets else "session tickets not probed"
+    sent = ", ".join(f"{s} {n}" for s, n in report.tickets.items())
+    if report.config.no_tickets:
+        return f"--no-tickets: tickets sent {sent}"
+    return f"session tickets sent per handshake: {sent}"
 
 
 def ratio_pairs(subjects: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
@@ -700,7 +739,11 @@ def format_compare(report: CompareReport) -> str:
     cfg = report.config
     env = report.environment
     lines = [
-        ("skiff compare --tls (P-256, no session tickets): " if cfg.tls else "skiff compare: ")
+        (
+            f"skiff compare --tls (P-256, full handshakes; {tickets_label(report)}): "
+            if cfg.tls
+            else "skiff compare: "
+        )
         + f"{cfg.rounds} round(s), {cfg.workers} worker threads, "
         f"storm {cfg.clients} clients x {cfg.storm_duration_s:g} s, "
         f"bulk {cfg.bulk_duration_s:g} s, "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,3 +192,43 @@ def client_context(
     if cert and key:
         ctx.load_cert_chain(str(cert), str(key))
     return ctx
+
+
+# a TLS 1.3 NewSessionTicket: handshake content, message type 4 (RFC 8446, 4.6.1)
+_HANDSHAKE = 22
+_NEW_SESSION_TICKET = 4
+
+
+def count_session_tickets(
+    port: int, ca_file: str | Path, host: str = "127.0.0.1", timeout_s: float = 5.0
+) -> int:
+    """How many session tickets a TLS server at host:port sends on one full
+    handshake: a client connects, sends 64 bytes and reads them back (the
+    servers here relay to an echo server), then counts the NewSessionTicket
+    messages it read. A server sends its tickets right after the client's
+    Finished, so they precede the echoed bytes. Uses CPython's message
+    callback (``SSLContext._msg_callback``, private but stable since 3.8)."""
+    ctx = client_context(ca_file)
+    seen: list[int] = []
+
+    def on_message(
+        _conn: object, direction: str, _version: object, content: int, msg: int, _data: bytes
+    ) -> None:
+        # content and msg are IntEnums (ssl._TLSContentType, ssl._TLSMessageType)
+        if direction == "read" and content == _HANDSHAKE and msg == _NEW_SESSION_TICKET:
+            seen.append(1)
+
+    setattr(ctx, "_msg_callback", on_message)  # noqa: B010 (private API, see above)
+    payload = b"skiff-bench ticket probe".ljust(64, b".")
+    with socket.create_connection((host, port), timeout=timeout_s) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                chunk = tls.recv(len(payload) - len(got))
+                if not chunk:
+                    raise ConnectionError(f"127.0.0.1:{port} closed after {len(got)} echoed bytes")
+                got += chunk
+            if got != payload:
+                raise ConnectionError(f"127.0.0.1:{port} echoed other bytes than it was sent")
+    return len(seen)

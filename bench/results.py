@@ -60,6 +60,7 @@ def compare_json(report: CompareReport, argv: Sequence[str]) -> dict[str, Any]:
             "summary": summary,
             "ratios": ratios,
             "skipped": report.skipped,
+            "session_tickets": report.tickets,
             "samples": [dataclasses.asdict(s) for s in report.samples],
             "wall_s": report.wall_s,
         }

@@ -111,6 +111,10 @@ def test_compare_tls_accepts_only_tls_proxies() -> None:
     CompareConfig(subjects=("skiffd", "skiffd-cache", "haproxy"), tls=True).validate()
     with pytest.raises(ValueError, match="skiffd-cache is a TLS subject"):
         CompareConfig(subjects=("skiffd", "skiffd-cache")).validate()
+    with pytest.raises(ValueError, match="add --tls"):
+        CompareConfig(subjects=("skiffd",), no_tickets=True).validate()
+    with pytest.raises(ValueError, match="skiffd-cache sends tickets"):
+        CompareConfig(subjects=("skiffd", "skiffd-cache"), tls=True, no_tickets=True).validate()
     assert unit_label("µs CPU/conn", True) == "µs CPU/handshake"
     assert unit_label("conn/s", False) == "conn/s"
 
@@ -131,3 +135,32 @@ def test_compare_tls_bulk_round_against_both_proxies() -> None:
     assert all(s.ok for s in report.samples), [s.failures for s in report.samples]
     assert all((s.figures["bytes"] or 0) > 0 for s in report.samples)
     assert "compare --tls" in format_compare(report)
+    # by default each proxy sends its tickets after a full handshake: skiffd
+    # one stateless, HAProxy's no-tls-tickets stateful ones
+    assert report.tickets["skiffd"] == 1
+    if "haproxy" not in report.skipped:
+        assert report.tickets["haproxy"] > 0
+        assert f"haproxy {report.tickets['haproxy']}" in format_compare(report)
+
+
+def test_compare_tls_no_tickets_means_no_ticket_from_either_proxy() -> None:
+    """--no-tickets: skiffd with tlsResumption: off and HAProxy with OpenSSL's
+    NumTickets = 0 send no NewSessionTicket (the probe counts them; it would
+    stop the run if one came)."""
+    if haproxy_binary() is None:
+        pytest.skip("haproxy not installed: the HAProxy half of --no-tickets needs it")
+    cfg = CompareConfig(
+        subjects=("skiffd", "haproxy"),
+        workloads=("bulk1",),
+        rounds=1,
+        workers=1,
+        procs=1,
+        bulk_duration_s=0.3,
+        pause_s=0.0,
+        tls=True,
+        no_tickets=True,
+    )
+    report = run_compare(cfg, Progress.auto(quiet=True))
+    assert report.tickets == {"skiffd": 0, "haproxy": 0}
+    assert all(s.ok for s in report.samples), [s.failures for s in report.samples]
+    assert "--no-tickets: tickets sent skiffd 0, haproxy 0" in format_compare(report)
