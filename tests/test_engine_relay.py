@@ -130,6 +130,29 @@ def test_large_transfer_both_directions(engine: Engine) -> None:
     assert body == seeded_bytes(7, down_size)
 
 
+def test_a_worker_with_only_bulk_flows_gives_them_long_turns(engine: Engine) -> None:
+    """A worker that served nothing but splicing flows for 10 ms lets a
+    bulk direction move up to 4 MiB per turn instead of 256 KiB (each turn
+    ends a burst, and each burst wakes both peers): bulk_turns counts the
+    turns that went past 256 KiB. The copy path never takes one. Bytes stay
+    exact either way."""
+    size = 96 << 20
+    srv = ThreadedServer(exchange_server)
+    lport, _keep = relay_to(engine, srv.port)
+    before = engine.counters()["bulk_turns"]
+    c = socket.create_connection(("127.0.0.1", lport))
+    digest, body = exchange(c, b"", size, 11)
+    c.close()
+    srv.close()
+    assert digest == hashlib.sha256(b"").digest()
+    assert len(body) == size and body == seeded_bytes(11, size)
+    turns = engine.counters()["bulk_turns"] - before
+    if engine.options.splice_pipes == 0:
+        assert turns == 0
+    else:
+        assert turns > 0, "a bulk flow alone on its worker never got a long turn"
+
+
 def test_half_close_client_first(engine: Engine, echo_server: ThreadedServer) -> None:
     """EOF from the client reaches the server; the server's reply still flows."""
     lport, _keep = relay_to(engine, echo_server.port)

@@ -217,6 +217,8 @@ typedef struct sk_engine_counters {
                                    high-priority timer was due (SK_TLS_YIELD) */
     uint64_t accept_deferred;   /* listener events whose accepts stopped at the
                                    time budget (the rest on the next round) */
+    uint64_t bulk_turns;        /* splicing turns longer than a short one's 256 KiB
+                                   (a worker with only bulk flows: SK_BULK_TURN) */
 } sk_engine_counters;
 
 void sk_engine_counters_get(sk_engine *e, sk_engine_counters *out);

@@ -331,7 +331,7 @@ struct sk_engine {
     _Atomic uint64_t conns_live, bufs_live, buf_bytes_live, accepted, connects_failed,
         flows_failed, accept_paused, limit_rejected, tls_handshakes, tls_failures,
         tls_unexpected_eof, tls_closed_old, tls_resumed, tls_detached, tls_yields,
-        accept_deferred;
+        accept_deferred, bulk_turns;
     _Atomic uint64_t app_live, app_outbound_live, app_connects_failed, app_direct_writes;
     /* app.c: how long bytes waited between threads (sk_engine_app_wait);
      * written by any thread with atomic adds */
@@ -386,6 +386,10 @@ struct sk_worker {
     sk_hist_atomic dispatch[2]; /* lateness caused by the worker's own work */
     sk_hist_atomic dispatch_cpu[2]; /* the worker's CPU time over that span */
     uint64_t wake_ns;           /* when epoll_pwait2 last returned */
+    /* the last wake-up that served anything but a splicing flow (accepts,
+     * connects, handshakes, copied bytes, app links): relay.c gives splicing
+     * flows long turns only while this is SK_BULK_QUIET_NS old */
+    uint64_t interactive_ns;
     /* thread CPU time samples of this batch, the bases of dispatch_cpu: the
      * first (at the wake-up, or when the batch scheduled its first timer)
      * and the last (the last high check) */
@@ -899,6 +903,21 @@ bool sk_tls_rl_expand_label(size_t hash_len, const uint8_t *secret, const char *
 void sk_relay_start(sk_worker *w, sk_conn *s);
 /* on_io of a relaying connection. */
 void sk_relay_io(sk_worker *w, sk_handle *h, uint32_t events);
+/* Bytes one readable event may move (relay.c). SK_EVENT_QUANTUM, unless the
+ * worker served only splicing flows for SK_BULK_QUIET_NS: then a splicing
+ * direction gets SK_BULK_TURN. Each turn ends a burst for the sender (its
+ * socket drains) and for the receiver (its socket fills), and each burst
+ * costs both a wake-up; with four bulk flows on one worker, 256 KiB turns
+ * made ~3x the wake-ups per GB of 4 MiB ones and ~1.5x the CPU per GB
+ * (docs/benchmarks.md, "Bulk turns"). Due heartbeats still run every
+ * SK_EVENT_QUANTUM inside a long turn; anything else on the worker (an
+ * accept, a connect, a handshake, copied bytes, an app event) makes turns
+ * short again, so new work waits behind at most SK_EVENT_QUANTUM per busy
+ * flow then. */
+#define SK_EVENT_QUANTUM (256u * 1024u)
+#define SK_BULK_TURN (4u * 1024u * 1024u)
+#define SK_BULK_QUIET_NS 10000000u
+size_t sk_relay_turn_bytes(const sk_worker *w);
 /* Moves what c has to read to its partner (ready list). */
 void sk_relay_read(sk_worker *w, sk_conn *c);
 /* Plain flows: true when neither side of c's flow has TLS (edge-triggered). */

@@ -185,6 +185,12 @@ static bool flush(sk_worker *w, sk_conn *c)
  * event moves at most SK_EVENT_QUANTUM bytes: a bulk stream fills whole
  * buffers and gets a few rounds, a short message gets one read. */
 #define SK_EVENT_QUANTUM (256u * 1024u)
+/* c's flow moves bytes socket to pipe to socket (or is about to). */
+static bool bulk_flow(const sk_worker *w, const sk_conn *c)
+{
+    return c->et && c->peer && (c->pipe || c->peer->pipe || may_splice(w, c) ||
+                                may_splice(w, c->peer));
+}
 
 
 /* The splice path of sk_relay_read: socket -> pipe -> partner's socket.
@@ -192,6 +198,8 @@ static bool flush(sk_worker *w, sk_conn *c)
  * when the caller should copy instead (every pipe is in use). */
 static bool read_splice(sk_worker *w, sk_conn *c, size_t *budget)
 {
+    size_t since_check = 0;
+    bool long_turn = false;
     for (;;) {
         sk_conn *p = c->peer;
         if ((p->out && p->out->start < p->out->end) || p->pipe) {
@@ -227,6 +235,16 @@ static bool read_splice(sk_worker *w, sk_conn *c, size_t *budget)
         if (!flush(w, p))
             return false;
         *budget -= (size_t)n < *budget ? (size_t)n : *budget;
+        since_check += n > 0 ? (size_t)n : 0;
+        if (since_check >= SK_EVENT_QUANTUM && *budget > 0) {
+            if (!long_turn) /* past a short turn's bytes: counted once */
+                SK_ADD(&w->engine->bulk_turns, 1);
+            long_turn = true;
+            since_check = 0;
+            sk_worker_high_check(w); /* a long turn: due heartbeats first */
+            if (c->state != SK_C_OPEN || p->state != SK_C_OPEN)
+                return false; /* a timer closed the pair (freed at the reap) */
+        }
         /* on while the partner keeps up, until the socket is drained (an
          * EAGAIN) or the quantum is spent: a bulk sender refills the socket
          * while the pipe empties, and one more splice is cheaper than a
@@ -238,11 +256,18 @@ static bool read_splice(sk_worker *w, sk_conn *c, size_t *budget)
     }
 }
 
+size_t sk_relay_turn_bytes(const sk_worker *w)
+{
+    return w->wake_ns - w->interactive_ns >= SK_BULK_QUIET_NS ? SK_BULK_TURN : SK_EVENT_QUANTUM;
+}
+
 static void relay_read(sk_worker *w, sk_conn *c)
 {
-    size_t budget = SK_EVENT_QUANTUM;
+    size_t budget = sk_relay_turn_bytes(w);
     if (may_splice(w, c) && !read_splice(w, c, &budget))
         return;
+    if (budget > SK_EVENT_QUANTUM)
+        budget = SK_EVENT_QUANTUM; /* the copy path (no pipe free) */
     for (;;) {
         sk_conn *p = c->peer;
         if (p->pipe) {
@@ -359,6 +384,8 @@ void sk_relay_io(sk_worker *w, sk_handle *h, uint32_t ev)
         sk_conn_close(w, c, true);
         return;
     }
+    if (!bulk_flow(w, c))
+        w->interactive_ns = w->wake_ns; /* short messages, TLS, copied bytes */
     if (c->et) {
         relay_et_io(w, c, ev);
         return;

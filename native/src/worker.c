@@ -118,6 +118,7 @@ void *sk_worker_main(void *arg)
             for (int i = 0; i < n; i++) {
                 sk_handle *h = evs[i].data.ptr;
                 if (h->on_io == sk_app_io) {
+                    w->interactive_ns = start;
                     h->on_io(w, h, evs[i].events);
                     evs[i].data.ptr = NULL;
                 }
@@ -128,6 +129,9 @@ void *sk_worker_main(void *arg)
                 continue;
             if (i > 0)
                 sk_worker_high_check(w);
+            /* relayed flows say themselves whether they are bulk (relay.c) */
+            if (h->on_io != sk_relay_io && h != &w->wake_handle)
+                w->interactive_ns = start;
             h->on_io(w, h, evs[i].events);
         }
         SK_BUMP(&w->io_events, (uint64_t)(n > 0 ? n : 0));

@@ -604,6 +604,28 @@ static int test_stalled_flows_when_pipes_run_out(void)
     return 0;
 }
 
+/* The turn a readable event gets (sk_relay_turn_bytes): SK_EVENT_QUANTUM
+ * while anything but a splicing flow was served in the last
+ * SK_BULK_QUIET_NS, SK_BULK_TURN after that quiet (and on a worker that
+ * never served anything else). tests/test_engine_relay.py shows a bulk
+ * flow getting long turns end to end. */
+static int test_turn_follows_what_the_worker_served(void)
+{
+    sk_worker w;
+    memset(&w, 0, sizeof w);
+    w.wake_ns = 5000000000u;
+    w.interactive_ns = w.wake_ns; /* served an accept in this very batch */
+    CHECK_EQ_U(sk_relay_turn_bytes(&w), SK_EVENT_QUANTUM);
+    w.interactive_ns = w.wake_ns - SK_BULK_QUIET_NS + 1;
+    CHECK_EQ_U(sk_relay_turn_bytes(&w), SK_EVENT_QUANTUM);
+    w.interactive_ns = w.wake_ns - SK_BULK_QUIET_NS;
+    CHECK_EQ_U(sk_relay_turn_bytes(&w), SK_BULK_TURN);
+    w.interactive_ns = 0; /* never */
+    CHECK_EQ_U(sk_relay_turn_bytes(&w), SK_BULK_TURN);
+    CHECK(SK_BULK_TURN > SK_EVENT_QUANTUM);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "splice";
@@ -614,6 +636,7 @@ int main(int argc, char **argv)
         MODE = MODE_PIPES1;
         FX_SPLICE_PIPES = 1;
     }
+    RUN(test_turn_follows_what_the_worker_served);
     fx_engine_start();
     if (fx_setup_relay() == 0) {
         RUN(test_short_flow_takes_no_pipe);

@@ -54,6 +54,9 @@ _COUNTER_HELP = {
     "accept_deferred": "Times a listener stopped accepting within one event because its "
     "time budget (0.5 ms) was spent; the connections still queued are accepted on the "
     "worker's next round, after its other events.",
+    "bulk_turns": "Turns of a splicing (bulk) direction that went past the 256 KiB of a "
+    "short turn: a worker that served only splicing flows for 10 ms lets each move up to "
+    "4 MiB per turn (due heartbeats still run every 256 KiB).",
     "tls_failures": "TLS handshakes that failed (bad or missing certificates, plaintext on a "
     "TLS-only port, no TLS configuration), and TLS set-up failures.",
     "tls_unexpected_eof": "TLS peers that closed without close_notify.",
