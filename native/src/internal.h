@@ -390,6 +390,7 @@ struct sk_worker {
      * connects, handshakes, copied bytes, app links): relay.c gives splicing
      * flows long turns only while this is SK_BULK_QUIET_NS old */
     uint64_t interactive_ns;
+    uint64_t round_bulk_left; /* long-turn bytes left this round (relay.c) */
     /* thread CPU time samples of this batch, the bases of dispatch_cpu: the
      * first (at the wake-up, or when the batch scheduled its first timer)
      * and the last (the last high check) */
@@ -903,21 +904,28 @@ bool sk_tls_rl_expand_label(size_t hash_len, const uint8_t *secret, const char *
 void sk_relay_start(sk_worker *w, sk_conn *s);
 /* on_io of a relaying connection. */
 void sk_relay_io(sk_worker *w, sk_handle *h, uint32_t events);
-/* Bytes one readable event may move (relay.c). SK_EVENT_QUANTUM, unless the
- * worker served only splicing flows for SK_BULK_QUIET_NS: then a splicing
- * direction gets SK_BULK_TURN. Each turn ends a burst for the sender (its
- * socket drains) and for the receiver (its socket fills), and each burst
- * costs both a wake-up; with four bulk flows on one worker, 256 KiB turns
- * made ~3x the wake-ups per GB of 4 MiB ones and ~1.5x the CPU per GB
- * (docs/benchmarks.md, "Bulk turns"). Due heartbeats still run every
- * SK_EVENT_QUANTUM inside a long turn; anything else on the worker (an
- * accept, a connect, a handshake, copied bytes, an app event) makes turns
- * short again, so new work waits behind at most SK_EVENT_QUANTUM per busy
- * flow then. */
+/* Turns (relay.c). A readable event moves at most SK_EVENT_QUANTUM, except
+ * a splicing (bulk) direction on a worker that served nothing else for
+ * SK_BULK_QUIET_NS: its turn goes on by SK_EVENT_QUANTUM at a time, up to
+ * SK_BULK_TURN, while the round's allowance (round_bulk_left, SK_BULK_ROUND
+ * per epoll wake-up) lasts and no newcomer waits (sk_worker_newcomers: a
+ * listener's accept queue or a control-plane request; it makes turns short
+ * again), due heartbeats running between quanta. Each turn ends a burst for
+ * the sender (its socket drains) and the receiver (its socket fills), and
+ * each burst costs both a wake-up: with four bulk flows on one worker,
+ * 256 KiB turns made ~3x the wake-ups per GB of 4 MiB ones and ~1.5x the
+ * CPU per GB (docs/benchmarks.md, "Bulk turns"). The allowance bounds a
+ * round: other events wait behind at most SK_BULK_ROUND of long turns. */
 #define SK_EVENT_QUANTUM (256u * 1024u)
 #define SK_BULK_TURN (4u * 1024u * 1024u)
+#define SK_BULK_ROUND (8u * 1024u * 1024u)
 #define SK_BULK_QUIET_NS 10000000u
-size_t sk_relay_turn_bytes(const sk_worker *w);
+/* How much a turn that already got `extended` beyond SK_EVENT_QUANTUM may
+ * go on by now: SK_EVENT_QUANTUM or 0 (the policy, without the checks). */
+size_t sk_relay_extension(const sk_worker *w, size_t extended);
+/* A listener of w has connections to accept, or the control plane posted
+ * w a request (poll without waiting; the worker thread only). */
+bool sk_worker_newcomers(sk_worker *w);
 /* Moves what c has to read to its partner (ready list). */
 void sk_relay_read(sk_worker *w, sk_conn *c);
 /* Plain flows: true when neither side of c's flow has TLS (edge-triggered). */

@@ -193,13 +193,39 @@ static bool bulk_flow(const sk_worker *w, const sk_conn *c)
 }
 
 
+size_t sk_relay_extension(const sk_worker *w, size_t extended)
+{
+    bool quiet = w->wake_ns - w->interactive_ns >= SK_BULK_QUIET_NS;
+    if (!quiet || extended + SK_EVENT_QUANTUM >= SK_BULK_TURN ||
+        w->round_bulk_left < SK_EVENT_QUANTUM)
+        return 0;
+    return SK_EVENT_QUANTUM;
+}
+
+/* A splicing direction whose SK_EVENT_QUANTUM is spent, with its socket
+ * still readable and its partner keeping up: whether its turn goes on by
+ * another quantum (sk_relay_extension), once due heartbeats ran and no new
+ * connection or control-plane request waits for the worker (a newcomer
+ * makes the worker's turns short again). */
+static bool extend_turn(sk_worker *w, size_t extended)
+{
+    if (!sk_relay_extension(w, extended))
+        return false;
+    sk_worker_high_check(w);
+    if (sk_worker_newcomers(w)) {
+        w->interactive_ns = w->wake_ns;
+        return false;
+    }
+    w->round_bulk_left -= SK_EVENT_QUANTUM;
+    return true;
+}
+
 /* The splice path of sk_relay_read: socket -> pipe -> partner's socket.
  * Returns false when it handled the event (the pair may be closed), true
  * when the caller should copy instead (every pipe is in use). */
 static bool read_splice(sk_worker *w, sk_conn *c, size_t *budget)
 {
-    size_t since_check = 0;
-    bool long_turn = false;
+    size_t extended = 0; /* what this turn got beyond SK_EVENT_QUANTUM */
     for (;;) {
         sk_conn *p = c->peer;
         if ((p->out && p->out->start < p->out->end) || p->pipe) {
@@ -235,15 +261,17 @@ static bool read_splice(sk_worker *w, sk_conn *c, size_t *budget)
         if (!flush(w, p))
             return false;
         *budget -= (size_t)n < *budget ? (size_t)n : *budget;
-        since_check += n > 0 ? (size_t)n : 0;
-        if (since_check >= SK_EVENT_QUANTUM && *budget > 0) {
-            if (!long_turn) /* past a short turn's bytes: counted once */
-                SK_ADD(&w->engine->bulk_turns, 1);
-            long_turn = true;
-            since_check = 0;
-            sk_worker_high_check(w); /* a long turn: due heartbeats first */
+        if (n > 0 && !p->pipe && *budget == 0) {
+            /* a bulk flow alone on a quiet worker goes on (extend_turn) */
+            bool more = extend_turn(w, extended);
             if (c->state != SK_C_OPEN || p->state != SK_C_OPEN)
-                return false; /* a timer closed the pair (freed at the reap) */
+                return false; /* a due timer closed the pair (freed at the reap) */
+            if (more) {
+                if (!extended)
+                    SK_ADD(&w->engine->bulk_turns, 1);
+                extended += SK_EVENT_QUANTUM;
+                *budget = SK_EVENT_QUANTUM;
+            }
         }
         /* on while the partner keeps up, until the socket is drained (an
          * EAGAIN) or the quantum is spent: a bulk sender refills the socket
@@ -256,18 +284,11 @@ static bool read_splice(sk_worker *w, sk_conn *c, size_t *budget)
     }
 }
 
-size_t sk_relay_turn_bytes(const sk_worker *w)
-{
-    return w->wake_ns - w->interactive_ns >= SK_BULK_QUIET_NS ? SK_BULK_TURN : SK_EVENT_QUANTUM;
-}
-
 static void relay_read(sk_worker *w, sk_conn *c)
 {
-    size_t budget = sk_relay_turn_bytes(w);
+    size_t budget = SK_EVENT_QUANTUM;
     if (may_splice(w, c) && !read_splice(w, c, &budget))
         return;
-    if (budget > SK_EVENT_QUANTUM)
-        budget = SK_EVENT_QUANTUM; /* the copy path (no pipe free) */
     for (;;) {
         sk_conn *p = c->peer;
         if (p->pipe) {

@@ -8,6 +8,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,19 @@ static uint64_t thread_cpu_ns(clockid_t clk)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+bool sk_worker_newcomers(sk_worker *w)
+{
+    if (atomic_load_explicit(&w->wake_pending, memory_order_acquire))
+        return true;
+    enum { MAX_LISTENERS = 32 }; /* beyond: new connections wait for the round */
+    struct pollfd pf[MAX_LISTENERS];
+    nfds_t n = 0;
+    for (const sk_lsock *ls = w->lsocks; ls && n < MAX_LISTENERS; ls = ls->next)
+        if (!ls->paused)
+            pf[n++] = (struct pollfd){.fd = ls->fd, .events = POLLIN};
+    return n > 0 && poll(pf, n, 0) > 0;
+}
+
 void *sk_worker_main(void *arg)
 {
     sk_worker *w = arg;
@@ -101,6 +115,7 @@ void *sk_worker_main(void *arg)
         int n = epoll_pwait2(w->epfd, evs, maxev, tsp, NULL);
         uint64_t start = sk_now_ns();
         w->wake_ns = start;
+        w->round_bulk_left = SK_BULK_ROUND;
         sk_timer_mark_wake(w, start);
         SK_BUMP(&w->wakeups, 1);
         if (n < 0 && errno != EINTR)

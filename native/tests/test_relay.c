@@ -604,25 +604,34 @@ static int test_stalled_flows_when_pipes_run_out(void)
     return 0;
 }
 
-/* The turn a readable event gets (sk_relay_turn_bytes): SK_EVENT_QUANTUM
- * while anything but a splicing flow was served in the last
- * SK_BULK_QUIET_NS, SK_BULK_TURN after that quiet (and on a worker that
- * never served anything else). tests/test_engine_relay.py shows a bulk
- * flow getting long turns end to end. */
+/* How far a bulk turn may go (sk_relay_extension): not at all while the
+ * worker served anything but splicing flows in the last SK_BULK_QUIET_NS;
+ * after that quiet (or on a worker that never did), by SK_EVENT_QUANTUM at
+ * a time up to SK_BULK_TURN per turn, while the round's allowance lasts.
+ * tests/test_engine_relay.py shows a bulk flow getting long turns end to end. */
 static int test_turn_follows_what_the_worker_served(void)
 {
     sk_worker w;
     memset(&w, 0, sizeof w);
     w.wake_ns = 5000000000u;
-    w.interactive_ns = w.wake_ns; /* served an accept in this very batch */
-    CHECK_EQ_U(sk_relay_turn_bytes(&w), SK_EVENT_QUANTUM);
+    w.round_bulk_left = SK_BULK_ROUND;
+    w.interactive_ns = w.wake_ns; /* served an accept in this very round */
+    CHECK_EQ_U(sk_relay_extension(&w, 0), 0);
     w.interactive_ns = w.wake_ns - SK_BULK_QUIET_NS + 1;
-    CHECK_EQ_U(sk_relay_turn_bytes(&w), SK_EVENT_QUANTUM);
+    CHECK_EQ_U(sk_relay_extension(&w, 0), 0);
     w.interactive_ns = w.wake_ns - SK_BULK_QUIET_NS;
-    CHECK_EQ_U(sk_relay_turn_bytes(&w), SK_BULK_TURN);
+    CHECK_EQ_U(sk_relay_extension(&w, 0), SK_EVENT_QUANTUM);
     w.interactive_ns = 0; /* never */
-    CHECK_EQ_U(sk_relay_turn_bytes(&w), SK_BULK_TURN);
-    CHECK(SK_BULK_TURN > SK_EVENT_QUANTUM);
+    CHECK_EQ_U(sk_relay_extension(&w, 0), SK_EVENT_QUANTUM);
+    /* a turn ends at SK_BULK_TURN */
+    size_t extended = 0;
+    while (sk_relay_extension(&w, extended))
+        extended += SK_EVENT_QUANTUM;
+    CHECK_EQ_U(extended + SK_EVENT_QUANTUM, SK_BULK_TURN);
+    /* a round ends its long turns when its allowance is spent */
+    w.round_bulk_left = SK_EVENT_QUANTUM - 1;
+    CHECK_EQ_U(sk_relay_extension(&w, 0), 0);
+    CHECK(SK_BULK_ROUND >= SK_BULK_TURN);
     return 0;
 }
 
