@@ -43,7 +43,7 @@ from bench.client import ClientPool
 from bench.echo import EchoServer
 from bench.host import environment, raise_nofile_limit
 from bench.idle import IdleHold
-from bench.pki import TlsFiles, count_session_tickets, write_tls_files
+from bench.pki import TlsFiles, client_context, count_session_tickets, write_tls_files
 from bench.progress import Progress
 from bench.proxies import (
     HAPROXY_MISSING,
@@ -67,7 +67,11 @@ TLS_SUBJECTS = ("skiffd", "haproxy")  # the proxies that terminate TLS in a comp
 # only with --tls and when named: skiffd with tlsResumption: cache, the ticket
 # mode HAProxy's no-tls-tickets runs (stateful tickets into a server cache)
 CACHE_SUBJECT = "skiffd-cache"
-WORKLOADS = ("idle", "storm", "storm_fresh", "bulk1", "bulk4")
+# mixed only when named: four bulk streams with short connections beside them
+WORKLOADS = ("idle", "storm", "storm_fresh", "bulk1", "bulk4", "mixed")
+DEFAULT_WORKLOADS = ("idle", "storm", "storm_fresh", "bulk1", "bulk4")
+MIXED_STREAMS = 4
+MIXED_PROBE_INTERVAL_S = 0.02  # one short connection per 20 ms beside the streams
 STORMS = ("storm", "storm_fresh")
 # ratio columns shown when both subjects ran: (numerator, denominator)
 RATIOS = (
@@ -92,6 +96,12 @@ METRICS: dict[str, list[tuple[str, str, bool]]] = {
     "storm_fresh": _STORM_METRICS,
     "bulk1": [("gbit_s", "Gbit/s", False), ("cpu_s_per_gb", "CPU s/GB", True)],
     "bulk4": [("gbit_s", "Gbit/s", False), ("cpu_s_per_gb", "CPU s/GB", True)],
+    "mixed": [
+        ("gbit_s", "Gbit/s", False),
+        ("cpu_s_per_gb", "CPU s/GB", True),
+        ("probe_p50_ms", "probe p50 ms", True),
+        ("probe_p99_ms", "probe p99 ms", True),
+    ],
     "idle": [("kib_per_conn", "KiB/conn", True)],
 }
 
@@ -101,7 +111,7 @@ class CompareConfig:
     """Every parameter of a comparison (all land in the JSON)."""
 
     subjects: tuple[str, ...] = SUBJECTS
-    workloads: tuple[str, ...] = WORKLOADS
+    workloads: tuple[str, ...] = DEFAULT_WORKLOADS
     rounds: int = 3
     workers: int = 2
     clients: int = 100
@@ -457,6 +467,55 @@ class _Runner:
             {"timeline_bytes": f.timeline_bytes, "sample_s": 0.1, "proxy_cpu_s": cpu},
         )
 
+    async def mixed(self, t: _Target, rnd: int) -> Sample:
+        """bulk4 with short connections beside it: while MIXED_STREAMS streams
+        run through the relay's sink port, one connect + 64-byte echo + close
+        every MIXED_PROBE_INTERVAL_S through its echo port. The probes'
+        latency shows what the bulk flows' turns cost the other work of a
+        worker (docs/benchmarks.md, "Bulk turns"); on two shared cores most
+        of it is the machine's own scheduling, so compare subjects, not
+        absolute figures."""
+        loop = asyncio.get_running_loop()
+        dur = self.cfg.bulk_duration_s
+        start_delay = 0.3
+        cpu0 = t.cpu_s()
+        streams = loop.run_in_executor(
+            None,
+            run_streams,
+            t.sink[0],
+            t.sink[1],
+            MIXED_STREAMS,
+            dur,
+            (rnd << 20) + 77_000,
+            start_delay,
+            t.tls_ca,
+        )
+        # run_streams starts its senders together after this delay
+        await asyncio.sleep(start_delay + 0.2 * MIXED_STREAMS)
+        lat_ms, probe_failures = await _probe_short(t.echo, t.tls_ca, dur)
+        res = await streams
+        cpu1 = t.cpu_s()
+        f = BulkFigures.of(res)
+        cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+        lat_ms.sort()
+        figures: dict[str, float | None] = {
+            "gbit_s": f.gbit_s,
+            "cpu_s_per_gb": cpu / (f.bytes / 1e9) if cpu is not None and f.bytes else None,
+            "bytes": float(f.bytes),
+            "probes": float(len(lat_ms)),
+            "probe_p50_ms": _quantile(lat_ms, 0.5),
+            "probe_p99_ms": _quantile(lat_ms, 0.99),
+            "probe_max_ms": lat_ms[-1] if lat_ms else None,
+        }
+        return Sample(
+            "mixed",
+            t.name,
+            rnd,
+            figures,
+            f.failures + probe_failures,
+            {"proxy_cpu_s": cpu, "probe_interval_s": MIXED_PROBE_INTERVAL_S},
+        )
+
     async def idle(self, t: _Target, rnd: int) -> Sample:
         loop = asyncio.get_running_loop()
         n = self.cfg.idle_conns
@@ -519,12 +578,55 @@ async def _run_all(
                     s = await runner.storm_fresh(t, rnd, pool, probe)
                 elif wl == "idle":
                     s = await runner.idle(t, rnd)
+                elif wl == "mixed":
+                    s = await runner.mixed(t, rnd)
                 else:
                     s = await runner.bulk(t, rnd, int(wl[4:]))
                 progress.result(format_sample(s))
                 out.append(s)
                 await asyncio.sleep(cfg.pause_s)
     return out
+
+
+def _quantile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
+
+
+async def _probe_short(
+    echo: tuple[str, int], tls_ca: str | None, duration_s: float
+) -> tuple[list[float], list[str]]:
+    """Short connections one after another, MIXED_PROBE_INTERVAL_S apart, for
+    duration_s: the milliseconds each took (connect, TLS handshake when
+    tls_ca, 64 bytes echoed and checked, close) and the failures."""
+    ctx = client_context(tls_ca) if tls_ca is not None else None
+    payload = b"skiff-bench mixed probe".ljust(64, b".")
+    lat: list[float] = []
+    failures: list[str] = []
+    end = time.monotonic() + duration_s
+    while time.monotonic() < end:
+        t0 = time.perf_counter()
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    echo[0], echo[1], ssl=ctx, server_hostname="localhost" if ctx else None
+                ),
+                10.0,
+            )
+            writer.write(payload)
+            got = await asyncio.wait_for(reader.readexactly(len(payload)), 10.0)
+            writer.close()
+            if got != payload:
+                failures.append("a probe's echo came back different")
+            else:
+                lat.append((time.perf_counter() - t0) * 1e3)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+            failures.append(f"probe: {exc!r}")
+        await asyncio.sleep(MIXED_PROBE_INTERVAL_S)
+    if not lat:
+        failures.append("no probe completed")
+    return lat, failures[:8]
 
 
 def format_sample(s: Sample) -> str:

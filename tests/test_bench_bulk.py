@@ -83,3 +83,31 @@ def test_corrupting_data_path_fails_the_run() -> None:
     assert not f.ok
     assert "corrupted" in f.failures[0]
     assert f.bytes == 0  # a failed stream's bytes do not count
+
+
+def test_compare_mixed_reports_bulk_and_short_probe_latency() -> None:
+    """compare's mixed workload: four verified bulk streams through a subject
+    with short connections beside them; both the streams' figures and the
+    probes' latency come out, and every probe's echo was checked."""
+    from bench.compare import CompareConfig, format_compare, run_compare
+    from bench.progress import Progress
+
+    cfg = CompareConfig(
+        subjects=("engine",),
+        workloads=("mixed",),
+        rounds=1,
+        workers=1,
+        procs=1,
+        bulk_duration_s=0.5,
+        pause_s=0.0,
+    )
+    report = run_compare(cfg, Progress.auto(quiet=True))
+    (s,) = report.samples
+    assert s.ok, s.failures
+    assert (s.figures["bytes"] or 0) > 0
+    assert (s.figures["probes"] or 0) >= 5  # one per 20 ms over 0.5 s, at least a few
+    p50, p99 = s.figures["probe_p50_ms"], s.figures["probe_p99_ms"]
+    assert p50 is not None and p99 is not None and 0 < p50 <= p99
+    assert "probe p99 ms" in format_compare(report)
+    # not a default workload: it adds a bulk run per subject and round
+    assert "mixed" not in CompareConfig().workloads
