@@ -664,7 +664,10 @@ struct sk_conn {
     sk_target *tried[SK_MAX_TRIES];
     uint64_t opened_ns;
     _Atomic uint64_t bytes_in, bytes_out; /* read from / written to fd */
-    char label[64];        /* remote "ip:port" */
+    /* remote "ip:port"; an accepted client keeps the peer's raw sockaddr
+     * here instead (label_raw), formatted only when listed (sk_conn_label) */
+    char label[64];
+    bool label_raw;
     struct sk_dc *dc;      /* data connection state (dataconn.c), or NULL */
     bool dc_sniffed;       /* data_ok listener: the first bytes were looked at */
     bool off_listener_count; /* a data connection: not in its listener's active */
@@ -717,6 +720,8 @@ void sk_worker_close_flows(sk_worker *w, const sk_listener *l, const sk_target *
 void sk_close_req_run(sk_worker *w, sk_close_req *req);
 void sk_close_req_done(sk_worker *w, sk_close_req *req);
 void sk_format_addr(const struct sockaddr *sa, char *out, size_t outlen);
+/* c's remote address as text ("ip:port", "[ip]:port" or a target's label). */
+void sk_conn_label(const sk_conn *c, char *out, size_t outlen);
 
 /* ------------------------------------------------------------ connect.c */
 

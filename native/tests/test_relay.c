@@ -635,6 +635,32 @@ static int test_turn_follows_what_the_worker_served(void)
     return 0;
 }
 
+/* An accepted client keeps its peer's sockaddr raw in its label and
+ * formats it only when listed (sk_conn_label); a target side keeps text. */
+static int test_labels_formatted_when_listed(void)
+{
+    sk_conn c;
+    memset(&c, 0, sizeof c);
+    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons(8080)};
+    a6.sin6_addr.s6_addr[15] = 1;
+    memcpy(c.label, &a6, sizeof a6);
+    c.label_raw = true;
+    char out[64];
+    sk_conn_label(&c, out, sizeof out);
+    CHECK(strcmp(out, "[::1]:8080") == 0);
+    struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = htons(443)};
+    a4.sin_addr.s_addr = htonl(0x7f000102);
+    memset(c.label, 0, sizeof c.label);
+    memcpy(c.label, &a4, sizeof a4);
+    sk_conn_label(&c, out, sizeof out);
+    CHECK(strcmp(out, "127.0.1.2:443") == 0);
+    c.label_raw = false;
+    snprintf(c.label, sizeof c.label, "reverse:router-b");
+    sk_conn_label(&c, out, sizeof out);
+    CHECK(strcmp(out, "reverse:router-b") == 0);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "splice";
@@ -646,6 +672,7 @@ int main(int argc, char **argv)
         FX_SPLICE_PIPES = 1;
     }
     RUN(test_turn_follows_what_the_worker_served);
+    RUN(test_labels_formatted_when_listed);
     fx_engine_start();
     if (fx_setup_relay() == 0) {
         RUN(test_short_flow_takes_no_pipe);
