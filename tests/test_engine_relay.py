@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,6 +152,51 @@ def test_a_worker_with_only_bulk_flows_gives_them_long_turns(engine: Engine) -> 
         assert turns == 0
     else:
         assert turns > 0, "a bulk flow alone on its worker never got a long turn"
+
+
+@pytest.mark.parametrize("pipes", [None, 0], ids=["splice", "copy"])
+def test_short_flows_are_served_between_bulk_turns(
+    echo_server: ThreadedServer, pipes: int | None
+) -> None:
+    """On a worker busy with bulk flows, what arrives for short flows is served
+    between two bulk turns (served_between), not after the whole round; the
+    short echoes and the bulk bytes stay exact. With the copy path nothing is
+    bulk, so nothing is served that way."""
+    eng = Engine(EngineOptions(worker_threads=1, splice_pipes=pipes))
+    srv = ThreadedServer(exchange_server)
+    try:
+        bulk_port, _keep = relay_to(eng, srv.port)
+        eng.publish_routes(
+            {
+                0: [RouteTarget(eng.target(), "127.0.0.1", srv.port)],
+                1: [RouteTarget(eng.target(), "127.0.0.1", echo_server.port)],
+            }
+        )
+        echo_port = eng.listen("127.0.0.1", 0, address_id=1).port
+        size = 128 << 20
+        result: list[tuple[bytes, bytes]] = []
+        c = socket.create_connection(("127.0.0.1", bulk_port))
+        t = threading.Thread(target=lambda: result.append(exchange(c, b"", size, 5)))
+        t.start()
+        echoed = 0
+        while t.is_alive() and echoed < 2000:
+            with socket.create_connection(("127.0.0.1", echo_port)) as s:
+                s.sendall(b"e" * 64)
+                assert recv_exact(s, 64) == b"e" * 64
+            echoed += 1
+        t.join()
+        c.close()
+        digest, body = result[0]
+        assert digest == hashlib.sha256(b"").digest()
+        assert len(body) == size and body == seeded_bytes(5, size)
+        served = eng.counters()["served_between"]
+        if pipes == 0:
+            assert served == 0
+        else:
+            assert echoed > 0 and served > 0, (echoed, served)
+    finally:
+        srv.close()
+        eng.stop()
 
 
 def test_half_close_client_first(engine: Engine, echo_server: ThreadedServer) -> None:

@@ -219,6 +219,8 @@ typedef struct sk_engine_counters {
                                    time budget (the rest on the next round) */
     uint64_t bulk_turns;        /* splicing turns longer than a short one's 256 KiB
                                    (a worker with only bulk flows: SK_BULK_TURN) */
+    uint64_t served_between;    /* events that were not a bulk flow's, served between
+                                   two bulk turns (sk_worker_serve_between) */
 } sk_engine_counters;
 
 void sk_engine_counters_get(sk_engine *e, sk_engine_counters *out);

@@ -350,6 +350,7 @@ void sk_engine_counters_get(sk_engine *e, sk_engine_counters *out)
     out->tls_yields = SK_LOAD(&e->tls_yields);
     out->accept_deferred = SK_LOAD(&e->accept_deferred);
     out->bulk_turns = SK_LOAD(&e->bulk_turns);
+    out->served_between = SK_LOAD(&e->served_between);
     out->pipes_live = SK_LOAD(&e->pipes_live);
     out->pool_idle_in = SK_LOAD(&e->dp_pool_in);
     out->pool_idle_out = SK_LOAD(&e->dp_pool_out);

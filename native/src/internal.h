@@ -331,7 +331,7 @@ struct sk_engine {
     _Atomic uint64_t conns_live, bufs_live, buf_bytes_live, accepted, connects_failed,
         flows_failed, accept_paused, limit_rejected, tls_handshakes, tls_failures,
         tls_unexpected_eof, tls_closed_old, tls_resumed, tls_detached, tls_yields,
-        accept_deferred, bulk_turns;
+        accept_deferred, bulk_turns, served_between;
     _Atomic uint64_t app_live, app_outbound_live, app_connects_failed, app_direct_writes;
     /* app.c: how long bytes waited between threads (sk_engine_app_wait);
      * written by any thread with atomic adds */
@@ -931,6 +931,21 @@ size_t sk_relay_extension(const sk_worker *w, size_t extended);
 /* A listener of w has connections to accept, or the control plane posted
  * w a request (poll without waiting; the worker thread only). */
 bool sk_worker_newcomers(sk_worker *w);
+/* h is one side of a flow that splices (or is about to). */
+bool sk_relay_bulk_handle(const sk_worker *w, const sk_handle *h);
+/* An event of a bulk flow taken in between two turns (sk_worker_serve_between):
+ * notes what it says and puts the flow on the ready list, served in the next
+ * round; false (nothing done) for any other event. */
+bool sk_relay_defer(sk_worker *w, sk_handle *h, uint32_t ev);
+/* A relayed connection from the ready list: flushes what waits for it when
+ * it may write, then reads on (edge-triggered flows, with what their edges
+ * said); sk_relay_read for the others. */
+void sk_relay_resume(sk_worker *w, sk_conn *c);
+/* Between two bulk turns: takes in the events that became ready meanwhile
+ * (epoll without waiting) and serves at once those that are not a bulk
+ * flow's (accepts, connects, short flows, handshakes, app and control),
+ * deferring the bulk flows' to the next round (sk_relay_defer). */
+void sk_worker_serve_between(sk_worker *w);
 /* Moves what c has to read to its partner (ready list). */
 void sk_relay_read(sk_worker *w, sk_conn *c);
 /* Plain flows: true when neither side of c's flow has TLS (edge-triggered). */

@@ -220,6 +220,11 @@ static bool extend_turn(sk_worker *w, size_t extended)
     return true;
 }
 
+bool sk_relay_bulk_handle(const sk_worker *w, const sk_handle *h)
+{
+    return h->on_io == sk_relay_io && bulk_flow(w, SK_CONTAINER_OF(h, const sk_conn, h));
+}
+
 /* The splice path of sk_relay_read: socket -> pipe -> partner's socket.
  * Returns false when it handled the event (the pair may be closed), true
  * when the caller should copy instead (every pipe is in use). */
@@ -370,7 +375,8 @@ void sk_relay_read(sk_worker *w, sk_conn *c)
         sk_ready_push(w, c);
 }
 
-static void relay_et_io(sk_worker *w, sk_conn *c, uint32_t ev)
+/* What an edge says, kept per side until a read or write says otherwise. */
+static void et_note(sk_conn *c, uint32_t ev)
 {
     if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
         c->rd_ready = true;
@@ -378,6 +384,11 @@ static void relay_et_io(sk_worker *w, sk_conn *c, uint32_t ev)
         c->rd_hup = true;
     if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR))
         c->wr_ready = true;
+}
+
+static void relay_et_io(sk_worker *w, sk_conn *c, uint32_t ev)
+{
+    et_note(c, ev);
     sk_conn *p = c->peer;
     /* the partner's direction: its bytes waiting for c */
     bool waited = pending(c);
@@ -396,6 +407,26 @@ static void relay_et_io(sk_worker *w, sk_conn *c, uint32_t ev)
      * that its socket still holds bytes */
     if (waited && !pending(c))
         sk_relay_read(w, p);
+}
+
+bool sk_relay_defer(sk_worker *w, sk_handle *h, uint32_t ev)
+{
+    if (h->on_io != sk_relay_io || (ev & EPOLLERR))
+        return false;
+    sk_conn *c = SK_CONTAINER_OF(h, sk_conn, h);
+    if (!c->et || !c->peer || !bulk_flow(w, c))
+        return false;
+    et_note(c, ev);
+    sk_ready_push(w, c);
+    return true;
+}
+
+void sk_relay_resume(sk_worker *w, sk_conn *c)
+{
+    if (c->et)
+        relay_et_io(w, c, 0); /* with what its edges said */
+    else
+        sk_relay_read(w, c);
 }
 
 void sk_relay_io(sk_worker *w, sk_handle *h, uint32_t ev)

@@ -622,12 +622,20 @@ void sk_worker_run_ready(sk_worker *w)
         list = c->ready_next;
         c->in_ready = false;
         sk_worker_high_check(w);
-        if (c->state != SK_C_OPEN || c->rd_eof)
+        if (c->state != SK_C_OPEN)
             continue;
-        if (c->app)
-            sk_app_conn_readable(w, c);
-        else if (c->peer)
-            sk_relay_read(w, c);
+        if (c->app) {
+            if (!c->rd_eof)
+                sk_app_conn_readable(w, c);
+        } else if (c->peer) {
+            /* a bulk turn next: what arrived meanwhile for short flows first */
+            if (list && sk_relay_bulk_handle(w, &c->h)) {
+                sk_worker_serve_between(w);
+                if (c->state != SK_C_OPEN)
+                    continue;
+            }
+            sk_relay_resume(w, c);
+        }
     }
 }
 

@@ -64,6 +64,23 @@ static uint64_t thread_cpu_ns(clockid_t clk)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+void sk_worker_serve_between(sk_worker *w)
+{
+    enum { PEEK = 16 };
+    struct epoll_event evs[PEEK];
+    struct timespec zero = {0, 0};
+    int n = epoll_pwait2(w->epfd, evs, PEEK, &zero, NULL);
+    for (int i = 0; i < n; i++) {
+        sk_handle *h = evs[i].data.ptr;
+        if (sk_relay_defer(w, h, evs[i].events))
+            continue;
+        if (h != &w->wake_handle)
+            w->interactive_ns = w->wake_ns;
+        SK_ADD(&w->engine->served_between, 1);
+        h->on_io(w, h, evs[i].events);
+    }
+}
+
 bool sk_worker_newcomers(sk_worker *w)
 {
     if (atomic_load_explicit(&w->wake_pending, memory_order_acquire))
@@ -142,8 +159,12 @@ void *sk_worker_main(void *arg)
             sk_handle *h = evs[i].data.ptr;
             if (!h)
                 continue;
-            if (i > 0)
+            if (i > 0) {
                 sk_worker_high_check(w);
+                /* a bulk turn next: what arrived meanwhile for short flows first */
+                if (sk_relay_bulk_handle(w, h))
+                    sk_worker_serve_between(w);
+            }
             /* relayed flows say themselves whether they are bulk (relay.c) */
             if (h->on_io != sk_relay_io && h != &w->wake_handle)
                 w->interactive_ns = start;

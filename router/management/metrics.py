@@ -57,6 +57,9 @@ _COUNTER_HELP = {
     "bulk_turns": "Turns of a splicing (bulk) direction that went past the 256 KiB of a "
     "short turn: a worker that served only splicing flows for 10 ms lets each move up to "
     "4 MiB per turn (due heartbeats still run every 256 KiB).",
+    "served_between": "Events that were not a bulk flow's (accepts, short flows, handshakes, "
+    "app and control requests) served between two bulk turns, instead of after the "
+    "worker's round of bulk turns.",
     "tls_failures": "TLS handshakes that failed (bad or missing certificates, plaintext on a "
     "TLS-only port, no TLS configuration), and TLS set-up failures.",
     "tls_unexpected_eof": "TLS peers that closed without close_notify.",
