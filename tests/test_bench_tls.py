@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.bulk import BulkFigures, SinkServer, run_streams
-from bench.compare import CompareConfig, format_compare, run_compare, unit_label
+from bench.compare import CompareConfig, CompareReport, format_compare, run_compare, unit_label
 from bench.echo import EchoServer
 from bench.pki import write_tls_files
 from bench.progress import Progress
@@ -119,18 +119,24 @@ def test_compare_tls_accepts_only_tls_proxies() -> None:
     assert unit_label("conn/s", False) == "conn/s"
 
 
-def test_compare_tls_bulk_round_against_both_proxies() -> None:
+def _tls_bulk_compare(no_tickets: bool = False) -> CompareReport:
+    """One short bulk1 round over TLS against skiffd and HAProxy."""
     cfg = CompareConfig(
         subjects=("skiffd", "haproxy"),
         workloads=("bulk1",),
         rounds=1,
         workers=1,
         procs=1,
-        bulk_duration_s=0.5,
+        bulk_duration_s=0.4,
         pause_s=0.0,
         tls=True,
+        no_tickets=no_tickets,
     )
-    report = run_compare(cfg, Progress.auto(quiet=True))
+    return run_compare(cfg, Progress.auto(quiet=True))
+
+
+def test_compare_tls_bulk_round_against_both_proxies() -> None:
+    report = _tls_bulk_compare()
     assert report.samples, report.skipped
     assert all(s.ok for s in report.samples), [s.failures for s in report.samples]
     assert all((s.figures["bytes"] or 0) > 0 for s in report.samples)
@@ -149,18 +155,7 @@ def test_compare_tls_no_tickets_means_no_ticket_from_either_proxy() -> None:
     stop the run if one came)."""
     if haproxy_binary() is None:
         pytest.skip("haproxy not installed: the HAProxy half of --no-tickets needs it")
-    cfg = CompareConfig(
-        subjects=("skiffd", "haproxy"),
-        workloads=("bulk1",),
-        rounds=1,
-        workers=1,
-        procs=1,
-        bulk_duration_s=0.3,
-        pause_s=0.0,
-        tls=True,
-        no_tickets=True,
-    )
-    report = run_compare(cfg, Progress.auto(quiet=True))
+    report = _tls_bulk_compare(no_tickets=True)
     assert report.tickets == {"skiffd": 0, "haproxy": 0}
     assert all(s.ok for s in report.samples), [s.failures for s in report.samples]
     assert "--no-tickets: tickets sent skiffd 0, haproxy 0" in format_compare(report)
