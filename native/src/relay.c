@@ -182,16 +182,16 @@ static bool flush(sk_worker *w, sk_conn *c)
 }
 
 /* Reads from c into its partner's buffer and writes it on. One readable
- * event moves at most SK_EVENT_QUANTUM bytes: a bulk stream fills whole
- * buffers and gets a few rounds, a short message gets one read. */
-#define SK_EVENT_QUANTUM (256u * 1024u)
+ * event moves at most SK_EVENT_QUANTUM bytes (internal.h: more for a bulk
+ * flow on a quiet worker): a bulk stream fills whole buffers and gets a few
+ * rounds, a short message gets one read. */
+
 /* c's flow moves bytes socket to pipe to socket (or is about to). */
 static bool bulk_flow(const sk_worker *w, const sk_conn *c)
 {
     return c->et && c->peer && (c->pipe || c->peer->pipe || may_splice(w, c) ||
                                 may_splice(w, c->peer));
 }
-
 
 size_t sk_relay_extension(const sk_worker *w, size_t extended)
 {

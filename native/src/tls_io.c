@@ -629,7 +629,7 @@ void sk_worker_run_ready(sk_worker *w)
                 sk_app_conn_readable(w, c);
         } else if (c->peer) {
             /* a bulk turn next: what arrived meanwhile for short flows first */
-            if (list && sk_relay_bulk_handle(w, &c->h)) {
+            if (sk_relay_bulk_handle(w, &c->h)) {
                 sk_worker_serve_between(w);
                 if (c->state != SK_C_OPEN)
                     continue;
