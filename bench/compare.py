@@ -41,6 +41,7 @@ from bench import minrelay
 from bench.bulk import BulkFigures, SinkServer, run_streams
 from bench.client import ClientPool
 from bench.echo import EchoServer
+from bench.histogram import Histogram
 from bench.host import environment, raise_nofile_limit
 from bench.idle import IdleHold
 from bench.pki import TlsFiles, client_context, count_session_tickets, write_tls_files
@@ -492,20 +493,20 @@ class _Runner:
         )
         # run_streams starts its senders together after this delay
         await asyncio.sleep(start_delay + 0.2 * MIXED_STREAMS)
-        lat_ms, probe_failures = await _probe_short(t.echo, t.tls_ca, dur)
+        lat_ns, probe_failures = await _probe_short(t.echo, t.tls_ca, dur)
         res = await streams
         cpu1 = t.cpu_s()
         f = BulkFigures.of(res)
         cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
-        lat_ms.sort()
+        probed = lat_ns.count > 0
         figures: dict[str, float | None] = {
             "gbit_s": f.gbit_s,
             "cpu_s_per_gb": cpu / (f.bytes / 1e9) if cpu is not None and f.bytes else None,
             "bytes": float(f.bytes),
-            "probes": float(len(lat_ms)),
-            "probe_p50_ms": _quantile(lat_ms, 0.5),
-            "probe_p99_ms": _quantile(lat_ms, 0.99),
-            "probe_max_ms": lat_ms[-1] if lat_ms else None,
+            "probes": float(lat_ns.count),
+            "probe_p50_ms": lat_ns.quantile(0.5) / 1e6 if probed else None,
+            "probe_p99_ms": lat_ns.quantile(0.99) / 1e6 if probed else None,
+            "probe_max_ms": lat_ns.max / 1e6 if probed else None,
         }
         return Sample(
             "mixed",
@@ -588,25 +589,19 @@ async def _run_all(
     return out
 
 
-def _quantile(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
-
-
 async def _probe_short(
     echo: tuple[str, int], tls_ca: str | None, duration_s: float
-) -> tuple[list[float], list[str]]:
+) -> tuple[Histogram, list[str]]:
     """Short connections one after another, MIXED_PROBE_INTERVAL_S apart, for
-    duration_s: the milliseconds each took (connect, TLS handshake when
+    duration_s: the nanoseconds each took (connect, TLS handshake when
     tls_ca, 64 bytes echoed and checked, close) and the failures."""
     ctx = client_context(tls_ca) if tls_ca is not None else None
     payload = b"skiff-bench mixed probe".ljust(64, b".")
-    lat: list[float] = []
+    lat = Histogram()
     failures: list[str] = []
     end = time.monotonic() + duration_s
     while time.monotonic() < end:
-        t0 = time.perf_counter()
+        t0 = time.perf_counter_ns()
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(
@@ -620,11 +615,11 @@ async def _probe_short(
             if got != payload:
                 failures.append("a probe's echo came back different")
             else:
-                lat.append((time.perf_counter() - t0) * 1e3)
+                lat.record(time.perf_counter_ns() - t0)
         except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
             failures.append(f"probe: {exc!r}")
         await asyncio.sleep(MIXED_PROBE_INTERVAL_S)
-    if not lat:
+    if not lat.count:
         failures.append("no probe completed")
     return lat, failures[:8]
 

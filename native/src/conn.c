@@ -44,10 +44,10 @@ void sk_conn_label(const sk_conn *c, char *out, size_t outlen)
         snprintf(out, outlen, "%s", c->label);
         return;
     }
+    _Static_assert(sizeof(struct sockaddr_in6) <= sizeof c->label, "a raw label holds an in6");
     struct sockaddr_storage ss; /* the label's bytes are not aligned for it */
     memset(&ss, 0, sizeof ss);
-    memcpy(&ss, c->label, sizeof(struct sockaddr_in6) < sizeof c->label ? sizeof(struct sockaddr_in6)
-                                                                         : sizeof c->label);
+    memcpy(&ss, c->label, sizeof(struct sockaddr_in6));
     sk_format_addr((const struct sockaddr *)&ss, out, outlen);
 }
 

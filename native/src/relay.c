@@ -181,11 +181,6 @@ static bool flush(sk_worker *w, sk_conn *c)
     return true;
 }
 
-/* Reads from c into its partner's buffer and writes it on. One readable
- * event moves at most SK_EVENT_QUANTUM bytes (internal.h: more for a bulk
- * flow on a quiet worker): a bulk stream fills whole buffers and gets a few
- * rounds, a short message gets one read. */
-
 /* c's flow moves bytes socket to pipe to socket (or is about to). */
 static bool bulk_flow(const sk_worker *w, const sk_conn *c)
 {
@@ -289,6 +284,10 @@ static bool read_splice(sk_worker *w, sk_conn *c, size_t *budget)
     }
 }
 
+/* Reads from c into its partner's buffer and writes it on. One readable
+ * event moves at most SK_EVENT_QUANTUM bytes (internal.h: more for a bulk
+ * flow on a quiet worker): a bulk stream fills whole buffers and gets a few
+ * rounds, a short message gets one read. */
 static void relay_read(sk_worker *w, sk_conn *c)
 {
     size_t budget = SK_EVENT_QUANTUM;
@@ -411,11 +410,9 @@ static void relay_et_io(sk_worker *w, sk_conn *c, uint32_t ev)
 
 bool sk_relay_defer(sk_worker *w, sk_handle *h, uint32_t ev)
 {
-    if (h->on_io != sk_relay_io || (ev & EPOLLERR))
+    if ((ev & EPOLLERR) || !sk_relay_bulk_handle(w, h))
         return false;
     sk_conn *c = SK_CONTAINER_OF(h, sk_conn, h);
-    if (!c->et || !c->peer || !bulk_flow(w, c))
-        return false;
     et_note(c, ev);
     sk_ready_push(w, c);
     return true;
@@ -436,8 +433,6 @@ void sk_relay_io(sk_worker *w, sk_handle *h, uint32_t ev)
         sk_conn_close(w, c, true);
         return;
     }
-    if (!bulk_flow(w, c))
-        w->interactive_ns = w->wake_ns; /* short messages, TLS, copied bytes */
     if (c->et) {
         relay_et_io(w, c, ev);
         return;

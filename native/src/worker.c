@@ -64,6 +64,16 @@ static uint64_t thread_cpu_ns(clockid_t clk)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Serves one event. Anything but a bulk flow's (an accept, a connect, a
+ * handshake, a short or TLS flow, an app event; the mailbox aside) makes the
+ * worker's bulk turns short for SK_BULK_QUIET_NS (relay.c). */
+static void serve(sk_worker *w, sk_handle *h, uint32_t ev, bool bulk)
+{
+    if (!bulk && h != &w->wake_handle)
+        w->interactive_ns = w->wake_ns;
+    h->on_io(w, h, ev);
+}
+
 void sk_worker_serve_between(sk_worker *w)
 {
     enum { PEEK = 16 };
@@ -74,10 +84,8 @@ void sk_worker_serve_between(sk_worker *w)
         sk_handle *h = evs[i].data.ptr;
         if (sk_relay_defer(w, h, evs[i].events))
             continue;
-        if (h != &w->wake_handle)
-            w->interactive_ns = w->wake_ns;
         SK_ADD(&w->engine->served_between, 1);
-        h->on_io(w, h, evs[i].events);
+        serve(w, h, evs[i].events, false);
     }
 }
 
@@ -150,8 +158,7 @@ void *sk_worker_main(void *arg)
             for (int i = 0; i < n; i++) {
                 sk_handle *h = evs[i].data.ptr;
                 if (h->on_io == sk_app_io) {
-                    w->interactive_ns = start;
-                    h->on_io(w, h, evs[i].events);
+                    serve(w, h, evs[i].events, false);
                     evs[i].data.ptr = NULL;
                 }
             }
@@ -159,16 +166,14 @@ void *sk_worker_main(void *arg)
             sk_handle *h = evs[i].data.ptr;
             if (!h)
                 continue;
+            bool bulk = sk_relay_bulk_handle(w, h);
             if (i > 0) {
                 sk_worker_high_check(w);
                 /* a bulk turn next: what arrived meanwhile for short flows first */
-                if (sk_relay_bulk_handle(w, h))
+                if (bulk)
                     sk_worker_serve_between(w);
             }
-            /* relayed flows say themselves whether they are bulk (relay.c) */
-            if (h->on_io != sk_relay_io && h != &w->wake_handle)
-                w->interactive_ns = start;
-            h->on_io(w, h, evs[i].events);
+            serve(w, h, evs[i].events, bulk);
         }
         SK_BUMP(&w->io_events, (uint64_t)(n > 0 ? n : 0));
         sk_worker_run_ready(w);
