@@ -47,6 +47,13 @@ def _cpu_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _nice(text: str) -> int:
+    v = int(text)
+    if not -20 <= v <= 19:
+        raise argparse.ArgumentTypeError(f"a nice value is -20 to 19, got {v}")
+    return v
+
+
 def _positive_float(text: str) -> float:
     v = float(text)
     if v <= 0:
@@ -101,6 +108,14 @@ def _add_storm_parser(sub: Any) -> None:
         default=(),
         metavar="LIST",
         help="pin the engine's workers, one CPU each, round robin (as workerCpus: '0-1')",
+    )
+    storm.add_argument(
+        "--worker-nice",
+        type=_nice,
+        default=None,
+        metavar="N",
+        help="run the engine's workers at nice N (-20..19, as workerNice; below this "
+        "process's value needs CAP_SYS_NICE); with --tls also the baseline skiffd's",
     )
     storm.add_argument("--rounds", type=_positive_int, default=d.rounds)
     storm.add_argument(
@@ -604,6 +619,7 @@ def storm_config(args: argparse.Namespace) -> StormConfig:
         procs=args.procs,
         workers=args.workers,
         worker_cpus=args.worker_cpus,
+        worker_nice=args.worker_nice,
         rounds=args.rounds,
         subjects=_csv(args.subjects),
         timeout_s=args.timeout,
@@ -721,6 +737,7 @@ def run_tls(args: argparse.Namespace, interval: float | None) -> int:
         bundle_same_profile=getattr(args, "bundle_same_profile", False),
         bundle_certs=getattr(args, "bundle_certs", None),
         stale_after_s=getattr(args, "stale_after", 0.5),
+        worker_nice=getattr(args, "worker_nice", None),
     )
     try:
         cfg.validate()

@@ -41,6 +41,7 @@ process, as it does in skiffd.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import statistics
 import struct
@@ -89,6 +90,7 @@ class RotateConfig:
     bundle_same_profile: bool = False  # the bundle is the rotating profile's caCertFile
     bundle_certs: int | None = None  # distinct CAs in the bundle (None: sized for slow_s)
     stale_after_s: float = 0.5  # a handshake this long after a newer write is stale
+    worker_nice: int | None = None  # the workers' nice value (engine and baseline skiffd)
 
     def validate(self) -> None:
         if min(self.clients, self.procs, self.workers) < 1 or self.duration_s <= 0:
@@ -543,7 +545,16 @@ async def _baseline_round(
     files = await loop.run_in_executor(None, write_tls_files, workdir / "baseline", ca)
     echo_addr = ("127.0.0.1", echo.port)
     proxy = await loop.run_in_executor(
-        None, start_skiffd, cfg.workers, echo_addr, echo_addr, files, "skiffd-baseline"
+        None,
+        functools.partial(
+            start_skiffd,
+            cfg.workers,
+            echo_addr,
+            echo_addr,
+            files,
+            "skiffd-baseline",
+            worker_nice=cfg.worker_nice,
+        ),
     )
     try:
         progress.phase(f"baseline: the storm through skiffd pid {proxy.pid}, engine idle")
@@ -578,7 +589,7 @@ def run_rotate(cfg: RotateConfig, progress: Progress | None = None) -> RotateRes
         EchoServer.start(1) as echo,
         ClientPool(cfg.procs) as pool,
     ):
-        probe = EngineSubject(echo.port, cfg.workers, 0.01)
+        probe = EngineSubject(echo.port, cfg.workers, 0.01, worker_nice=cfg.worker_nice)
         try:
             with progress:
                 res = uvloop.run(_run(cfg, echo, pool, probe, progress, Path(tmp)))
@@ -586,6 +597,7 @@ def run_rotate(cfg: RotateConfig, progress: Progress | None = None) -> RotateRes
             probe.stop()
     res.environment = environment()
     res.environment["worker_threads"] = cfg.workers
+    res.environment["worker_nice"] = cfg.worker_nice
     return res
 
 

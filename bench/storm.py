@@ -46,6 +46,7 @@ class StormConfig:
     procs: int = 2
     workers: int = 2
     worker_cpus: tuple[int, ...] = ()  # pin the engine's workers (round robin); (): no
+    worker_nice: int | None = None  # the engine's workers' nice value; None: inherited
     rounds: int = 1
     subjects: tuple[str, ...] = SUBJECTS
     timeout_s: float = 10.0
@@ -436,7 +437,12 @@ def run_storm(cfg: StormConfig) -> StormReport:
         ClientPool(cfg.procs) as pool,
     ):
         probe = EngineSubject(
-            echo.port, cfg.workers, cfg.timer_period_s, tuple(echo.addresses), cfg.worker_cpus
+            echo.port,
+            cfg.workers,
+            cfg.timer_period_s,
+            tuple(echo.addresses),
+            cfg.worker_cpus,
+            cfg.worker_nice,
         )
         try:
             rounds = uvloop.run(_run_rounds(cfg, pool, echo, probe))

@@ -131,8 +131,13 @@ class EngineSubject:
         timer_period_s: float = 0.01,
         echo_hosts: tuple[str, ...] = ("127.0.0.1",),
         worker_cpus: tuple[int, ...] = (),
+        worker_nice: int | None = None,
     ) -> None:
-        self.engine = Engine(EngineOptions(worker_threads=worker_threads, worker_cpus=worker_cpus))
+        self.engine = Engine(
+            EngineOptions(
+                worker_threads=worker_threads, worker_cpus=worker_cpus, worker_nice=worker_nice
+            )
+        )
         try:
             # one target per echo address (all the same service)
             self.targets = [self.engine.target() for _ in echo_hosts]

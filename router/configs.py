@@ -82,6 +82,7 @@ class RouterConfig(EntityConfig):
     mode: str
     worker_threads: int
     worker_cpus: str
+    worker_nice: int | None
     control_cpus: str
     drop_tcp_connections: bool
     tls_loader_threads: int

@@ -98,6 +98,8 @@ class Daemon:
         workers = f"{node.engine.workers} worker threads"
         if node.router.worker_cpus:
             workers += f" on CPUs {node.router.worker_cpus}"
+        if node.router.worker_nice is not None:
+            workers += f" at nice {node.router.worker_nice}"
         if node.router.control_cpus:
             workers += f", control loop on CPUs {node.router.control_cpus}"
         lines = [

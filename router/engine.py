@@ -503,6 +503,8 @@ class EngineOptions:
     splice_pipes: int | None = None  # 0: plain relays copy instead of splice(2)
     # worker i runs on worker_cpus[i % len]; () or None: no pinning
     worker_cpus: tuple[int, ...] | None = None
+    # the workers' nice value (-20 to 19); None: they inherit the creating thread's
+    worker_nice: int | None = None
 
 
 def _err() -> Any:
@@ -709,6 +711,10 @@ class Engine:
                     if not 0 <= cpu < lib.SK_CPU_WORDS * 64:
                         raise EngineError(f"cannot start the engine: worker_cpus: no CPU {cpu}")
                     copts.worker_cpus[cpu // 64] |= 1 << (cpu % 64)
+            elif f.name == "worker_nice":
+                if value is not None:
+                    copts.set_worker_nice = 1
+                    copts.worker_nice = int(value)
             elif value is not None:
                 setattr(copts, f.name, int(value))
         err = _err()

@@ -133,12 +133,18 @@ class Node:
         check_cpus("controlCpus", router.control_cpu_list)
         if engine is None:
             check_cpus("workerCpus", router.worker_cpu_list)
-            engine = Engine(
-                EngineOptions(
-                    worker_threads=router.worker_threads,
-                    worker_cpus=router.worker_cpu_list,
-                )
+            opts = EngineOptions(
+                worker_threads=router.worker_threads,
+                worker_cpus=router.worker_cpu_list,
+                worker_nice=router.worker_nice,
             )
+            try:
+                engine = Engine(opts)
+            except EngineError as e:
+                # the engine's own message names its option: say which attribute set it
+                if router.worker_nice is None or ": worker_nice " not in str(e):
+                    raise
+                raise EngineError(f"router attribute 'workerNice': {e}") from e
         self.engine = engine
         # (thread id, its set before) while the control loop's thread is pinned
         self._control_pinned: tuple[int, set[int]] | None = None

@@ -293,6 +293,18 @@ _ROUTER = EntityTypeSpec(
             "pinning; the workers may run on any CPU the process may use.",
         ),
         AttributeSpec(
+            "workerNice",
+            AttrType.INTEGER,
+            minimum=-20,
+            maximum=19,
+            create_only=True,
+            description="Skiff: the nice value the I/O workers run at, as nginx's "
+            "`worker_priority` (-20 to 19; lower runs first). A value below the process's own "
+            "needs CAP_SYS_NICE or RLIMIT_NICE, or the router does not start. Lower than the "
+            "loads beside the router, it keeps them from preempting a worker in the middle of "
+            "its work (docs/operations.md). Absent: the workers inherit the process's value.",
+        ),
+        AttributeSpec(
             "controlCpus",
             default="",
             create_only=True,

@@ -15,6 +15,7 @@ import pytest
 from bench.client import PRESENTED_BIN_S
 from bench.histogram import Histogram
 from bench.pki import CertAuthority
+from bench.report import count_above, format_timer_goals, timer_goal_figures
 from bench.rotate import (
     RotateConfig,
     RotateResult,
@@ -29,6 +30,7 @@ from bench.rotate import (
     run_rotate,
 )
 from bench.storm import RoundResult
+from router.engine import Histogram as EngineHistogram
 
 
 def _result(presented: dict[str, dict[int, int]], stale_after: float = 0.5) -> RotateResult:
@@ -159,5 +161,23 @@ def test_storm_tls_has_a_baseline_round_and_judges_the_timer_goals() -> None:
     assert goals["dispatch_cpu_us"]["count"] > 0
     assert goals["idle_engine_lateness_us"]["count"] > 0
     assert set(goals["met"]) == {"dispatch_cpu_p99", "dispatch_cpu_max", "lateness_ratio"}
+    assert 0 <= goals["dispatch_cpu_us"]["over_goal"] <= goals["dispatch_cpu_us"]["count"]
     assert "timer goals" in format_rotate(res)
+    assert f"of {goals['dispatch_cpu_us']['count']} firings over it" in format_rotate(res)
     assert rotate_json(res)["figures"]["timer_goals"] == goals
+
+
+def test_firings_over_the_dispatch_goal_are_counted_from_the_histogram() -> None:
+    """The timer line's "k of n firings over it": the values above 250 µs,
+    read at that bound of the engine's histogram (1, 1.5, 2, 2.5, 3, 4, 5,
+    7.5 x powers of ten: 250 µs is one)."""
+    bounds = (100e3, 150e3, 200e3, 250e3, 300e3, float("inf"))
+    h = EngineHistogram(bounds, (5, 7, 9, 12, 14, 15), 15, 0, 2_000_000)
+    assert count_above(h, 250e3) == 3
+    assert count_above(h, 100e3) == 10
+    assert count_above(None, 250e3) == 0
+    with pytest.raises(ValueError, match="not a bound"):
+        count_above(h, 260e3)
+    goals = timer_goal_figures(h, h, h)
+    assert goals["dispatch_cpu_us"]["over_goal"] == 3
+    assert "3 of 15 firings over it" in format_timer_goals(goals)

@@ -50,6 +50,22 @@ def test_skiffd_config_without_tls_has_no_profile() -> None:
     assert "sslProfile" not in skiffd_config(2, ECHO, SINK, 40011, 40012)
 
 
+def test_skiffd_config_gives_the_workers_nice_value_only_when_asked() -> None:
+    """storm --tls --worker-nice: the baseline skiffd's workers run at the
+    same nice value as the engine's (its router's workerNice)."""
+    from router.config import parse_config_text
+
+    def router_attrs(text: str) -> dict[str, object]:
+        (router,) = [
+            e for e in parse_config_text(text, "bench.conf").entities if e.type == "router"
+        ]
+        return dict(router.attributes)
+
+    assert router_attrs(skiffd_config(2, ECHO, SINK, 40011, 40012)).get("workerNice") is None
+    text = skiffd_config(2, ECHO, SINK, 40011, 40012, worker_nice=-5)
+    assert router_attrs(text)["workerNice"] == -5
+
+
 def test_haproxy_config_with_tls_uses_the_same_certificate(tmp_path: Path) -> None:
     tls = write_tls_files(tmp_path / "tls")
     text = haproxy_config(2, ECHO, SINK, 40011, 40012, tls)

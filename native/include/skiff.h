@@ -61,6 +61,12 @@ typedef struct sk_engine_options {
                                   Every CPU must be in the creating thread's
                                   allowed set. All zero (default): no pinning,
                                   workers inherit the creating thread's set */
+    int set_worker_nice;       /* 1: the workers run at worker_nice (nginx's
+                                  worker_priority); 0 (default): they inherit
+                                  the creating thread's nice value */
+    int worker_nice;           /* -20 to 19; below the creating thread's value
+                                  needs CAP_SYS_NICE or RLIMIT_NICE, or
+                                  sk_engine_create fails */
 } sk_engine_options;
 
 void sk_engine_options_init(sk_engine_options *opts);

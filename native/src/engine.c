@@ -16,6 +16,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 void sk_set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -108,6 +109,35 @@ static int assign_cpus(sk_engine *e, char *err, size_t errlen)
                        cpus[k], have);
             return -1;
         }
+    return 0;
+}
+
+/* set_worker_nice: waits for every started worker to have set its nice
+ * value (the first thing it does) and fails when one could not. */
+static int check_worker_nice(sk_engine *e, char *err, size_t errlen)
+{
+    for (int i = 0; i < e->nworkers; i++) {
+        sk_worker *w = &e->workers[i];
+        int rc;
+        /* bounded: a started worker sets it before anything else */
+        for (int spins = 0; (rc = atomic_load(&w->nice_rc)) < 0 && spins < 100000; spins++) {
+            struct timespec ts = {0, 100000};
+            nanosleep(&ts, NULL);
+        }
+        if (rc < 0) {
+            sk_set_err(err, errlen, "worker_nice %d: worker %d did not start",
+                       e->opts.worker_nice, i);
+            return -1;
+        }
+        if (rc > 0) {
+            sk_set_err(err, errlen, "worker_nice %d: setpriority: %s%s", e->opts.worker_nice,
+                       strerror(rc),
+                       rc == EPERM || rc == EACCES
+                           ? " (a value below the process's own needs CAP_SYS_NICE or RLIMIT_NICE)"
+                           : "");
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -224,6 +254,10 @@ sk_engine *sk_engine_create(const sk_engine_options *opts, char *err, size_t err
         e->workers[i].epfd = e->workers[i].wakefd = -1; /* not 0: that is stdin */
     if (assign_cpus(e, err, errlen) != 0)
         goto fail;
+    if (e->opts.set_worker_nice && (e->opts.worker_nice < -20 || e->opts.worker_nice > 19)) {
+        sk_set_err(err, errlen, "worker_nice %d: not a nice value (-20 to 19)", e->opts.worker_nice);
+        goto fail;
+    }
     for (int i = 0; i < e->nworkers; i++)
         if (sk_worker_init(e, &e->workers[i], i, err, errlen) != 0)
             goto fail;
@@ -249,6 +283,8 @@ sk_engine *sk_engine_create(const sk_engine_options *opts, char *err, size_t err
         sk_engine_destroy(e);
         return NULL;
     }
+    if (e->opts.set_worker_nice && check_worker_nice(e, err, errlen) != 0)
+        goto fail;
     return e;
 
 fail:

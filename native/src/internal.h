@@ -430,6 +430,8 @@ struct sk_worker {
     clockid_t cpu_clock;
     _Atomic uint64_t cpu_final_ns;
     _Atomic int running;
+    /* set_worker_nice: -1 until the worker set it, then 0 or its errno */
+    _Atomic int nice_rc;
     _Atomic uint64_t busy_ns, wakeups, io_events, timers_fired, high_rechecks, nconns;
 };
 

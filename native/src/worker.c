@@ -15,6 +15,8 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 int sk_worker_epoll(sk_worker *w, int op, int fd, uint32_t events, sk_handle *h)
@@ -117,6 +119,9 @@ void *sk_worker_main(void *arg)
     snprintf(name, sizeof name, "skiff-w%d", w->index);
     prctl(PR_SET_NAME, name, 0UL, 0UL, 0UL);
     sk_snap_thread_is_worker();
+    if (e->opts.set_worker_nice) /* first, before any work: sk_engine_create waits for it */
+        atomic_store(&w->nice_rc, setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid),
+                                              e->opts.worker_nice) == 0 ? 0 : errno);
     atomic_store(&w->running, 1);
 
     while (evs && !atomic_load_explicit(&e->stopping, memory_order_acquire)) {
@@ -204,6 +209,7 @@ int sk_worker_init(sk_engine *e, sk_worker *w, int index, char *err, size_t errl
     sk_heap_init(&w->heap[0]);
     sk_heap_init(&w->heap[1]);
     w->cpu_clock = CLOCK_THREAD_CPUTIME_ID;
+    atomic_store(&w->nice_rc, -1);
     for (int p = 0; p < 2; p++)
         if (sk_ring_init(&w->ring[p], (uint32_t)e->opts.event_ring_size) != 0) {
             sk_set_err(err, errlen, "event_ring_size %d must be a power of two >= 2",

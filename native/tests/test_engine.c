@@ -3,6 +3,12 @@
  * relayed flow, an app connection and timers still open. */
 #include "engine_fixture.h"
 
+#include <dirent.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+
 /* ------------------------------------------------------------ tests */
 
 static int test_create_errors(void)
@@ -102,6 +108,90 @@ static int test_worker_cpus(void)
     char num[16];
     snprintf(num, sizeof num, "CPU %d ", bad);
     CHECK_STR_CONTAINS(err, num);
+    return 0;
+}
+
+/* The nice values of this process's threads named skiff-wN, in out[N]
+ * (-100 where none); how many there are. */
+static int worker_nices(int *out, int max)
+{
+    for (int i = 0; i < max; i++)
+        out[i] = -100;
+    int found = 0;
+    DIR *d = opendir("/proc/self/task");
+    if (!d)
+        return -1;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        char path[300], comm[32] = "";
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", de->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        bool named = fgets(comm, sizeof comm, f) != NULL;
+        fclose(f);
+        int w;
+        if (named && sscanf(comm, "skiff-w%d", &w) == 1 && w >= 0 && w < max) {
+            errno = 0;
+            int v = getpriority(PRIO_PROCESS, (id_t)atoi(de->d_name));
+            if (errno == 0) {
+                out[w] = v;
+                found++;
+            }
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+/* worker_nice: every worker runs at the value given (set on itself, and
+ * named, before sk_engine_create returns), the creating thread keeps its own; without it
+ * the workers inherit; a value outside -20..19 is an error naming it. */
+static int test_worker_nice(void)
+{
+    int own = getpriority(PRIO_PROCESS, 0);
+    int want = own + 3 > 19 ? 19 : own + 3; /* never below our own: no privilege needed */
+    char err[SK_ERRLEN] = "";
+    sk_engine_options o;
+    sk_engine_options_init(&o);
+    CHECK_EQ_I(o.set_worker_nice, 0);
+    o.worker_threads = 2;
+    o.set_worker_nice = 1;
+    o.worker_nice = want;
+    sk_engine *e = sk_engine_create(&o, err, sizeof err);
+    REQUIRE_MSG(e != NULL, "%s", err);
+    int nices[2];
+    CHECK_EQ_I(worker_nices(nices, 2), 2);
+    CHECK_EQ_I(nices[0], want);
+    CHECK_EQ_I(nices[1], want);
+    CHECK_EQ_I(getpriority(PRIO_PROCESS, 0), own);
+    sk_engine_stop(e);
+    sk_engine_destroy(e);
+
+    sk_engine_options_init(&o);
+    o.worker_threads = 1;
+    e = sk_engine_create(&o, err, sizeof err);
+    REQUIRE_MSG(e != NULL, "%s", err);
+    /* without worker_nice, create does not wait for the worker to name itself */
+    uint64_t deadline = mono_ms() + WAIT_MS;
+    while (worker_nices(nices, 1) < 1 && mono_ms() < deadline)
+        usleep(1000);
+    CHECK_EQ_I(worker_nices(nices, 1), 1);
+    CHECK_EQ_I(nices[0], own);
+    sk_engine_stop(e);
+    sk_engine_destroy(e);
+
+    int bad[] = {20, -21};
+    for (int i = 0; i < 2; i++) {
+        sk_engine_options_init(&o);
+        o.worker_threads = 1;
+        o.set_worker_nice = 1;
+        o.worker_nice = bad[i];
+        err[0] = 0;
+        CHECK(sk_engine_create(&o, err, sizeof err) == NULL);
+        CHECK_STR_CONTAINS(err, "worker_nice");
+        CHECK_STR_CONTAINS(err, "not a nice value");
+    }
     return 0;
 }
 
@@ -257,6 +347,7 @@ int main(void)
     RUN(test_create_errors);
     RUN(test_event_overflow);
     RUN(test_worker_cpus);
+    RUN(test_worker_nice);
     fx_engine_start();
     if (fx_setup_relay() == 0 && setup_app() == 0)
         RUN(test_stop);
