@@ -292,7 +292,10 @@ class RotateResult:
             and isinstance(base, EngineHistogram)
         ):
             return None
-        return timer_goal_figures(lat, cpu, base)
+        solo = self.round.engine.get("dispatch_cpu_unpreempted")
+        return timer_goal_figures(
+            lat, cpu, base, solo if isinstance(solo, EngineHistogram) else None
+        )
 
     @property
     def handshakes_per_s(self) -> float:

@@ -257,6 +257,7 @@ class SubjectSummary:
     lateness: EngineHistogram | None = None
     dispatch: EngineHistogram | None = None
     dispatch_cpu: EngineHistogram | None = None
+    dispatch_cpu_unpreempted: EngineHistogram | None = None
     event_lateness_ns: Histogram = field(default_factory=Histogram)
     client_cpu_s: float = 0.0
     echo_cpu_s: float = 0.0
@@ -283,6 +284,13 @@ class SubjectSummary:
             assert isinstance(dcpu, EngineHistogram)
             s.dispatch_cpu = (
                 dcpu if s.dispatch_cpu is None else add_engine_histograms(s.dispatch_cpu, dcpu)
+            )
+            solo = r.engine["dispatch_cpu_unpreempted"]
+            assert isinstance(solo, EngineHistogram)
+            s.dispatch_cpu_unpreempted = (
+                solo
+                if s.dispatch_cpu_unpreempted is None
+                else add_engine_histograms(s.dispatch_cpu_unpreempted, solo)
             )
             s.event_lateness_ns.merge(r.event_lateness_ns)
             s.client_cpu_s += r.client_cpu_s

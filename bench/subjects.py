@@ -67,6 +67,7 @@ class ProbeSnapshot:
     lateness: EngineHistogram
     dispatch: EngineHistogram  # the engine's own share of the lateness
     dispatch_cpu: EngineHistogram  # the worker's own CPU time over that share
+    dispatch_cpu_unpreempted: EngineHistogram  # of those, the spans not preempted
     listener: FlowStats
     target: FlowStats
     counters: dict[str, int]
@@ -186,6 +187,7 @@ class EngineSubject:
             lateness=self.engine.lateness(PRIO_HIGH),
             dispatch=self.engine.dispatch_delay(PRIO_HIGH),
             dispatch_cpu=self.engine.dispatch_cpu(PRIO_HIGH),
+            dispatch_cpu_unpreempted=self.engine.dispatch_cpu_unpreempted(PRIO_HIGH),
             listener=self.listener.stats(),
             target=sum_flows([t.stats() for t in self.targets]),
             counters=self.engine.counters(),
@@ -218,6 +220,9 @@ def window(after: ProbeSnapshot, before: ProbeSnapshot) -> dict[str, Any]:
         "lateness": after.lateness.minus(before.lateness),
         "dispatch": after.dispatch.minus(before.dispatch),
         "dispatch_cpu": after.dispatch_cpu.minus(before.dispatch_cpu),
+        "dispatch_cpu_unpreempted": after.dispatch_cpu_unpreempted.minus(
+            before.dispatch_cpu_unpreempted
+        ),
         "listener": flow_delta(after.listener, before.listener),
         "target": flow_delta(after.target, before.target),
         "counters": counters,

@@ -1186,6 +1186,14 @@ class Engine:
         came due mid-batch (counted from the last in-batch check)."""
         return self._hist(lib.sk_engine_timer_dispatch_cpu, prio, worker)
 
+    def dispatch_cpu_unpreempted(self, prio: int = PRIO_HIGH, worker: int = -1) -> Histogram:
+        """The figures of ``dispatch_cpu`` whose span the worker was not
+        preempted in (no involuntary context switch between the CPU sample it
+        counts from and the timer's run): the CPU clock of a preempted span
+        also grows with cold caches, and counts its unit's CPU from before the
+        deadline."""
+        return self._hist(lib.sk_engine_timer_dispatch_cpu_unpreempted, prio, worker)
+
     def app_input_wait(self) -> Histogram:
         """App connections: from a worker receiving bytes to ``app_read``
         taking them, i.e. how long input waited for the control loop."""

@@ -162,6 +162,9 @@ def test_storm_tls_has_a_baseline_round_and_judges_the_timer_goals() -> None:
     assert goals["idle_engine_lateness_us"]["count"] > 0
     assert set(goals["met"]) == {"dispatch_cpu_p99", "dispatch_cpu_max", "lateness_ratio"}
     assert 0 <= goals["dispatch_cpu_us"]["over_goal"] <= goals["dispatch_cpu_us"]["count"]
+    solo = goals["dispatch_cpu_unpreempted_us"]
+    assert solo["count"] <= goals["dispatch_cpu_us"]["count"]
+    assert solo["over_goal"] <= goals["dispatch_cpu_us"]["over_goal"]
     assert "timer goals" in format_rotate(res)
     assert f"of {goals['dispatch_cpu_us']['count']} firings over it" in format_rotate(res)
     assert rotate_json(res)["figures"]["timer_goals"] == goals
@@ -181,3 +184,11 @@ def test_firings_over_the_dispatch_goal_are_counted_from_the_histogram() -> None
     goals = timer_goal_figures(h, h, h)
     assert goals["dispatch_cpu_us"]["over_goal"] == 3
     assert "3 of 15 firings over it" in format_timer_goals(goals)
+    assert "not preempted" not in format_timer_goals(goals)  # none given
+    solo = EngineHistogram(bounds, (5, 7, 9, 11, 11, 11), 11, 0, 240_000)
+    goals = timer_goal_figures(h, h, h, solo)
+    assert goals["dispatch_cpu_unpreempted_us"]["over_goal"] == 0
+    assert goals["met"]["dispatch_cpu_p99"] is False  # judged on every firing
+    assert "firings not preempted in their span (11): dispatch CPU p99 240 µs" in (
+        format_timer_goals(goals)
+    )

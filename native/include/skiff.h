@@ -177,6 +177,15 @@ int sk_engine_timer_dispatch_delay(sk_engine *e, int prio, int worker, sk_hist *
  * timer while no high one is pending) is not counted here. */
 int sk_engine_timer_dispatch_cpu(sk_engine *e, int prio, int worker, sk_hist *out);
 
+/* The figures of sk_engine_timer_dispatch_cpu whose span the worker was not
+ * preempted in (its involuntary context switches, getrusage RUSAGE_THREAD,
+ * the same at the sample the span counts from and at the timer's run). The
+ * CPU clock is not immune to preemption: a worker switched out in the
+ * middle of a unit of work comes back to cold caches, and a deadline that
+ * passed while it was off its CPU gets the whole unit's CPU, from before
+ * the deadline. This is the engine's own share without that. */
+int sk_engine_timer_dispatch_cpu_unpreempted(sk_engine *e, int prio, int worker, sk_hist *out);
+
 typedef struct sk_worker_stats {
     uint64_t busy_ns;      /* wall time spent outside epoll_wait */
     uint64_t cpu_ns;       /* the thread's CPU time */

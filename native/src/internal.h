@@ -385,6 +385,11 @@ struct sk_worker {
     sk_hist_atomic lateness[2];
     sk_hist_atomic dispatch[2]; /* lateness caused by the worker's own work */
     sk_hist_atomic dispatch_cpu[2]; /* the worker's CPU time over that span */
+    /* of those, the spans the worker was not preempted in (no involuntary
+     * context switch between the sample they count from and the timer's
+     * run): a preempted span's CPU clock also grows with the cold caches
+     * and the switch, and it counts its unit's CPU from before the deadline */
+    sk_hist_atomic dispatch_cpu_unpreempted[2];
     uint64_t wake_ns;           /* when epoll_pwait2 last returned */
     /* the last wake-up that served anything but a splicing flow (accepts,
      * connects, handshakes, copied bytes, app links): relay.c gives splicing
@@ -396,6 +401,7 @@ struct sk_worker {
      * and the last (the last high check) */
     bool cpu_sampled;
     uint64_t first_cpu_ns, mark_ns, mark_cpu_ns;
+    long first_ivcs, mark_ivcs; /* involuntary context switches at those samples */
     sk_ring ring[2];
 
     pthread_mutex_t mbox_lock;

@@ -12,6 +12,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 /* Timers due more than this after a wake-up (or an in-batch check) get no
@@ -63,12 +64,23 @@ static bool timer_near(const sk_worker *w, uint64_t now)
     return false;
 }
 
+/* The calling thread's involuntary context switches so far (-1: unknown). */
+static long thread_ivcs(void)
+{
+    struct rusage ru;
+    return getrusage(RUSAGE_THREAD, &ru) == 0 ? ru.ru_nivcsw : -1;
+}
+
 void sk_timer_mark(sk_worker *w, uint64_t now)
 {
     w->mark_ns = now;
     w->mark_cpu_ns = sk_thread_cpu_ns();
+    /* a second system call per sample (~0.3 us): whether the worker was
+     * preempted over a figure's span */
+    w->mark_ivcs = thread_ivcs();
     if (!w->cpu_sampled) {
         w->first_cpu_ns = w->mark_cpu_ns;
+        w->first_ivcs = w->mark_ivcs;
         w->cpu_sampled = true;
     }
 }
@@ -91,10 +103,12 @@ void sk_timer_mark_wake(sk_worker *w, uint64_t now)
  * at most the CPU of one unit of work plus the check budget; the wall-clock
  * dispatch delay has the same bound but also grows with every preemption,
  * which this cannot. */
-static uint64_t ready_cpu(const sk_worker *w, uint64_t deadline)
+static uint64_t ready_cpu(const sk_worker *w, uint64_t deadline, long *ivcs)
 {
     uint64_t ready = deadline > w->wake_ns ? deadline : w->wake_ns;
-    return w->mark_ns <= ready ? w->mark_cpu_ns : w->first_cpu_ns;
+    bool mark = w->mark_ns <= ready;
+    *ivcs = mark ? w->mark_ivcs : w->first_ivcs;
+    return mark ? w->mark_cpu_ns : w->first_cpu_ns;
 }
 
 void sk_timer_run_due(sk_worker *w, int cls, uint64_t now)
@@ -112,7 +126,9 @@ void sk_timer_run_due(sk_worker *w, int cls, uint64_t now)
         uint64_t ready = t->deadline > w->wake_ns ? t->deadline : w->wake_ns;
         uint64_t delay = now > ready ? now - ready : 0;
         if (w->cpu_sampled) {
-            uint64_t cpu = sk_thread_cpu_ns(), base = ready_cpu(w, t->deadline);
+            long base_ivcs;
+            uint64_t cpu = sk_thread_cpu_ns(), base = ready_cpu(w, t->deadline, &base_ivcs);
+            long ivcs = thread_ivcs();
             uint64_t spent = cpu > base ? cpu - base : 0;
             /* the base is the last sample before the timer became ready, so
              * cpu - base also counts the CPU between that sample and ready.
@@ -123,6 +139,8 @@ void sk_timer_run_due(sk_worker *w, int cls, uint64_t now)
             uint64_t after = sk_now_ns();
             delay = after > ready ? after - ready : 0;
             sk_hist_record(&w->dispatch_cpu[cls], spent < delay ? spent : delay);
+            if (ivcs >= 0 && ivcs == base_ivcs)
+                sk_hist_record(&w->dispatch_cpu_unpreempted[cls], spent < delay ? spent : delay);
         } /* else it came due SK_CPU_HORIZON_NS into a batch, past every check */
         sk_hist_record(&w->dispatch[cls], delay);
         SK_BUMP(&w->timers_fired, 1);
@@ -295,7 +313,7 @@ int sk_timer_cancel(sk_engine *e, uint64_t timer_id)
 
 /* ------------------------------------------------------------ histograms */
 
-enum { HIST_LATENESS, HIST_DISPATCH, HIST_DISPATCH_CPU };
+enum { HIST_LATENESS, HIST_DISPATCH, HIST_DISPATCH_CPU, HIST_DISPATCH_CPU_UNPREEMPTED };
 
 /* Sums one of the per-worker timer histograms. */
 static int timer_hist(sk_engine *e, int which, int prio, int worker, sk_hist *out)
@@ -308,10 +326,11 @@ static int timer_hist(sk_engine *e, int which, int prio, int worker, sk_hist *ou
         if (worker >= 0 && worker != i)
             continue;
         sk_worker *w = &e->workers[i];
-        sk_hist_accumulate(which == HIST_LATENESS   ? &w->lateness[cls]
-                           : which == HIST_DISPATCH ? &w->dispatch[cls]
-                                                    : &w->dispatch_cpu[cls],
-                           out);
+        const sk_hist_atomic *h = which == HIST_LATENESS       ? &w->lateness[cls]
+                                  : which == HIST_DISPATCH     ? &w->dispatch[cls]
+                                  : which == HIST_DISPATCH_CPU ? &w->dispatch_cpu[cls]
+                                                               : &w->dispatch_cpu_unpreempted[cls];
+        sk_hist_accumulate(h, out);
     }
     return 0;
 }
@@ -329,4 +348,9 @@ int sk_engine_timer_dispatch_delay(sk_engine *e, int prio, int worker, sk_hist *
 int sk_engine_timer_dispatch_cpu(sk_engine *e, int prio, int worker, sk_hist *out)
 {
     return timer_hist(e, HIST_DISPATCH_CPU, prio, worker, out);
+}
+
+int sk_engine_timer_dispatch_cpu_unpreempted(sk_engine *e, int prio, int worker, sk_hist *out)
+{
+    return timer_hist(e, HIST_DISPATCH_CPU_UNPREEMPTED, prio, worker, out);
 }

@@ -210,10 +210,14 @@ static int test_lateness(void)
 
 /* The dispatch CPU histograms count the same timers as lateness, and no
  * timer's dispatch CPU exceeds its dispatch delay (it is capped by it: CPU
- * time over a span never exceeds the span's wall time). */
+ * time over a span never exceeds the span's wall time). The unpreempted
+ * histogram holds some of those figures: never more, and, on these idle
+ * workers whose timers run right after they wake, some. */
 static int test_dispatch_cpu(void)
 {
-    sk_hist cpu, wall, late;
+    sk_hist cpu, wall, late, solo;
+    CHECK_EQ_I(sk_engine_timer_dispatch_cpu_unpreempted(E, 5, -1, &solo), -1);
+    CHECK_EQ_I(sk_engine_timer_dispatch_cpu_unpreempted(E, SK_PRIO_HIGH, 2, &solo), -1);
     CHECK_EQ_I(sk_engine_timer_dispatch_cpu(E, 5, -1, &cpu), -1);
     CHECK_EQ_I(sk_engine_timer_dispatch_cpu(E, SK_PRIO_HIGH, 2, &cpu), -1);
     for (int prio = 0; prio < 2; prio++) {
@@ -230,6 +234,13 @@ static int test_dispatch_cpu(void)
             CHECK_OP_U(cpu.max_ns, <, 5000000u);
             if (worker < 0)
                 CHECK_OP_U(cpu.count, >, 0);
+            REQUIRE(sk_engine_timer_dispatch_cpu_unpreempted(E, prio, worker, &solo) == 0);
+            CHECK_OP_U(solo.count, <=, cpu.count);
+            CHECK_OP_U(solo.sum_ns, <=, cpu.sum_ns);
+            for (int b = 0; b < SK_HIST_BUCKETS; b++)
+                CHECK_OP_U(solo.cumulative[b], <=, cpu.cumulative[b]);
+            if (worker < 0)
+                CHECK_OP_U(solo.count, >, 0);
         }
     }
     return 0;
