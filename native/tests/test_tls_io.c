@@ -468,36 +468,12 @@ static int chain_with(const char *cert, const char *key, const char *ca, char *o
     return rc;
 }
 
-/* A certFile with the leaf only: the chain sent is completed from the trust
- * store as before (leaf, then its CA), but built once when the config is
- * loaded rather than on every handshake; a store without the issuer sends
- * the leaf alone, and an explicit chain in certFile is sent as it is. */
-static int test_tls_chain_built_once(void)
+/* Concatenates the files a and b into out. */
+static int cat2(const char *a, const char *b, const char *out_path)
 {
-    char ca2_cert[160], ca2_key[160], leaf_cert[160], leaf_key[160], both[160];
-    snprintf(ca2_cert, sizeof ca2_cert, "%s/ca2.pem", tmpdir);
-    snprintf(ca2_key, sizeof ca2_key, "%s/ca2.key", tmpdir);
-    snprintf(leaf_cert, sizeof leaf_cert, "%s/leaf.pem", tmpdir);
-    snprintf(leaf_key, sizeof leaf_key, "%s/leaf.key", tmpdir);
-    snprintf(both, sizeof both, "%s/both.pem", tmpdir);
-    REQUIRE(make_material("chain-ca", ca2_cert, ca2_key) == 0);
-    REQUIRE(issue_leaf("chain-leaf", ca2_cert, ca2_key, leaf_cert, leaf_key) == 0);
-    char seen[256];
-    int prebuilt = -2;
-
-    REQUIRE(chain_with(leaf_cert, leaf_key, ca2_cert, seen, sizeof seen, &prebuilt) == 0);
-    CHECK_MSG(strcmp(seen, "chain-leaf<chain-ca") == 0, "chain sent: %s", seen);
-    CHECK_EQ_I(prebuilt, 1); /* in the context already: no per-handshake build */
-
-    /* the issuer not in the store: the leaf alone, as the handshake-time
-     * build sent it */
-    REQUIRE(chain_with(leaf_cert, leaf_key, cert_path, seen, sizeof seen, &prebuilt) == 0);
-    CHECK_MSG(strcmp(seen, "chain-leaf") == 0, "chain sent: %s", seen);
-
-    /* certFile = leaf + CA: that chain, from the file */
-    FILE *out = fopen(both, "w"), *in;
+    FILE *out = fopen(out_path, "w"), *in;
     REQUIRE(out != NULL);
-    const char *parts[] = {leaf_cert, ca2_cert};
+    const char *parts[] = {a, b};
     for (int i = 0; i < 2; i++) {
         in = fopen(parts[i], "r");
         REQUIRE(in != NULL);
@@ -508,12 +484,63 @@ static int test_tls_chain_built_once(void)
         fclose(in);
     }
     fclose(out);
+    return 0;
+}
+
+/* A certFile with the leaf only: the chain sent is completed from the trust
+ * store, built once when the config is loaded rather than on every
+ * handshake, and without the self-signed root (a peer trusts a root from
+ * its own store or not at all): the leaf alone under a root CA, the leaf
+ * and its intermediate under an intermediate CA. A store without the
+ * issuer sends the leaf alone; an explicit chain in certFile is sent as it
+ * is, root included. */
+static int test_tls_chain_built_once(void)
+{
+    char ca2_cert[160], ca2_key[160], leaf_cert[160], leaf_key[160], both[160];
+    char mid_cert[160], mid_key[160], leaf3_cert[160], leaf3_key[160], roots[160];
+    snprintf(ca2_cert, sizeof ca2_cert, "%s/ca2.pem", tmpdir);
+    snprintf(ca2_key, sizeof ca2_key, "%s/ca2.key", tmpdir);
+    snprintf(leaf_cert, sizeof leaf_cert, "%s/leaf.pem", tmpdir);
+    snprintf(leaf_key, sizeof leaf_key, "%s/leaf.key", tmpdir);
+    snprintf(both, sizeof both, "%s/both.pem", tmpdir);
+    snprintf(mid_cert, sizeof mid_cert, "%s/mid.pem", tmpdir);
+    snprintf(mid_key, sizeof mid_key, "%s/mid.key", tmpdir);
+    snprintf(leaf3_cert, sizeof leaf3_cert, "%s/leaf3.pem", tmpdir);
+    snprintf(leaf3_key, sizeof leaf3_key, "%s/leaf3.key", tmpdir);
+    snprintf(roots, sizeof roots, "%s/roots.pem", tmpdir);
+    REQUIRE(make_material("chain-ca", ca2_cert, ca2_key) == 0);
+    REQUIRE(issue_leaf("chain-leaf", ca2_cert, ca2_key, leaf_cert, leaf_key) == 0);
+    char seen[256];
+    int prebuilt = -2;
+
+    REQUIRE(chain_with(leaf_cert, leaf_key, ca2_cert, seen, sizeof seen, &prebuilt) == 0);
+    CHECK_MSG(strcmp(seen, "chain-leaf") == 0, "chain sent: %s", seen);
+    /* built, empty: in the context already (NULL would mean a build per handshake) */
+    CHECK_EQ_I(prebuilt, 0);
+
+    /* root > intermediate > leaf, both CAs in the store: the intermediate
+     * goes with the leaf, the root does not */
+    REQUIRE(issue_leaf("chain-mid", ca2_cert, ca2_key, mid_cert, mid_key) == 0);
+    REQUIRE(issue_leaf("chain-leaf3", mid_cert, mid_key, leaf3_cert, leaf3_key) == 0);
+    REQUIRE(cat2(ca2_cert, mid_cert, roots) == 0);
+    REQUIRE(chain_with(leaf3_cert, leaf3_key, roots, seen, sizeof seen, &prebuilt) == 0);
+    CHECK_MSG(strcmp(seen, "chain-leaf3<chain-mid") == 0, "chain sent: %s", seen);
+    CHECK_EQ_I(prebuilt, 1);
+
+    /* the issuer not in the store: the leaf alone, as the handshake-time
+     * build sent it */
+    REQUIRE(chain_with(leaf_cert, leaf_key, cert_path, seen, sizeof seen, &prebuilt) == 0);
+    CHECK_MSG(strcmp(seen, "chain-leaf") == 0, "chain sent: %s", seen);
+
+    /* certFile = leaf + CA: that chain, from the file */
+    REQUIRE(cat2(leaf_cert, ca2_cert, both) == 0);
     REQUIRE(chain_with(both, leaf_key, cert_path, seen, sizeof seen, &prebuilt) == 0);
     CHECK_MSG(strcmp(seen, "chain-leaf<chain-ca") == 0, "chain sent: %s", seen);
     CHECK_EQ_I(prebuilt, 1);
 
-    const char *files[] = {ca2_cert, ca2_key, leaf_cert, leaf_key, both};
-    for (int i = 0; i < 5; i++)
+    const char *files[] = {ca2_cert, ca2_key,   leaf_cert,  leaf_key,  both,
+                           mid_cert, mid_key,   leaf3_cert, leaf3_key, roots};
+    for (int i = 0; i < 10; i++)
         unlink(files[i]);
     return 0;
 }
