@@ -605,7 +605,13 @@ _SSL_PROFILE = EntityTypeSpec(
     description="Certificates, key and trust store for TLS.",
     attributes=_attrs(
         AttributeSpec("caCertFile", description="PEM file of CAs trusted for peers."),
-        AttributeSpec("certFile", description="PEM certificate (chain) presented to peers."),
+        AttributeSpec(
+            "certFile",
+            description="PEM certificate (chain) presented to peers. A file with the leaf "
+            "alone is completed from caCertFile (its intermediates, never the self-signed "
+            "root, which a peer trusts from its own store or not at all); a chain in the file "
+            "is sent as it is.",
+        ),
         AttributeSpec("privateKeyFile", description="PEM private key of certFile."),
         AttributeSpec("password", secret=True, description="Password of an encrypted private key."),
         AttributeSpec("ciphers", description="OpenSSL cipher list for TLS 1.2 and below."),
