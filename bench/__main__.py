@@ -196,8 +196,10 @@ def _add_compare_parser(sub: Any) -> None:
     p.add_argument(
         "--workloads",
         default=",".join(d.workloads),
-        help=f"among {','.join(compare.WORKLOADS)} (default: all but mixed: four bulk "
-        "streams with a short connection every 20 ms beside them, whose latency it reports)",
+        help=f"among {','.join(compare.WORKLOADS)} (default: all but mixed, four bulk "
+        "streams with a short connection every 20 ms beside them, whose latency it reports, "
+        "and serial, one client's connections back to back for --storm-duration: the "
+        "latency each adds, with --tls the handshake's)",
     )
     p.add_argument("--rounds", type=int, default=d.rounds)
     p.add_argument(

@@ -69,7 +69,7 @@ TLS_SUBJECTS = ("skiffd", "haproxy")  # the proxies that terminate TLS in a comp
 # mode HAProxy's no-tls-tickets runs (stateful tickets into a server cache)
 CACHE_SUBJECT = "skiffd-cache"
 # mixed only when named: four bulk streams with short connections beside them
-WORKLOADS = ("idle", "storm", "storm_fresh", "bulk1", "bulk4", "mixed")
+WORKLOADS = ("idle", "storm", "storm_fresh", "bulk1", "bulk4", "mixed", "serial")
 DEFAULT_WORKLOADS = ("idle", "storm", "storm_fresh", "bulk1", "bulk4")
 MIXED_STREAMS = 4
 MIXED_PROBE_INTERVAL_S = 0.02  # one short connection per 20 ms beside the streams
@@ -104,6 +104,11 @@ METRICS: dict[str, list[tuple[str, str, bool]]] = {
         ("probe_p99_ms", "probe p99 ms", True),
     ],
     "idle": [("kib_per_conn", "KiB/conn", True)],
+    "serial": [
+        ("serial_p50_us", "p50 µs", True),
+        ("serial_p90_us", "p90 µs", True),
+        ("cpu_us_per_conn", "µs CPU/conn", True),
+    ],
 }
 
 
@@ -468,6 +473,29 @@ class _Runner:
             {"timeline_bytes": f.timeline_bytes, "sample_s": 0.1, "proxy_cpu_s": cpu},
         )
 
+    async def serial(self, t: _Target, rnd: int) -> Sample:
+        """One client, one connection at a time, for storm_duration_s:
+        connect (with --tls, a full handshake), 64 bytes echoed and checked,
+        close. What a relay adds to each connection when nothing queues in
+        front of it, the client's side of the handshake included: a longer
+        chain, an extra round trip or a late flush shows here and not in the
+        storm's CPU figures (docs/benchmarks.md, "The root in the chain")."""
+        cpu0 = t.cpu_s()
+        lat_ns, failures = await _probe_short(
+            t.echo, t.tls_ca, self.cfg.storm_duration_s, interval_s=0.0
+        )
+        cpu1 = t.cpu_s()
+        n = lat_ns.count
+        cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+        figures: dict[str, float | None] = {
+            "connections": float(n),
+            "serial_p50_us": lat_ns.quantile(0.5) / 1e3 if n else None,
+            "serial_p90_us": lat_ns.quantile(0.9) / 1e3 if n else None,
+            "serial_max_us": lat_ns.max / 1e3 if n else None,
+            "cpu_us_per_conn": cpu / n * 1e6 if cpu is not None and n else None,
+        }
+        return Sample("serial", t.name, rnd, figures, failures, {"proxy_cpu_s": cpu})
+
     async def mixed(self, t: _Target, rnd: int) -> Sample:
         """bulk4 with short connections beside it: while MIXED_STREAMS streams
         run through the relay's sink port, one connect + 64-byte echo + close
@@ -581,6 +609,8 @@ async def _run_all(
                     s = await runner.idle(t, rnd)
                 elif wl == "mixed":
                     s = await runner.mixed(t, rnd)
+                elif wl == "serial":
+                    s = await runner.serial(t, rnd)
                 else:
                     s = await runner.bulk(t, rnd, int(wl[4:]))
                 progress.result(format_sample(s))
@@ -590,11 +620,14 @@ async def _run_all(
 
 
 async def _probe_short(
-    echo: tuple[str, int], tls_ca: str | None, duration_s: float
+    echo: tuple[str, int],
+    tls_ca: str | None,
+    duration_s: float,
+    interval_s: float = MIXED_PROBE_INTERVAL_S,
 ) -> tuple[Histogram, list[str]]:
-    """Short connections one after another, MIXED_PROBE_INTERVAL_S apart, for
-    duration_s: the nanoseconds each took (connect, TLS handshake when
-    tls_ca, 64 bytes echoed and checked, close) and the failures."""
+    """Short connections one after another, interval_s apart (0: back to
+    back), for duration_s: the nanoseconds each took (connect, TLS handshake
+    when tls_ca, 64 bytes echoed and checked, close) and the failures."""
     ctx = client_context(tls_ca) if tls_ca is not None else None
     payload = b"skiff-bench mixed probe".ljust(64, b".")
     lat = Histogram()
@@ -618,7 +651,8 @@ async def _probe_short(
                 lat.record(time.perf_counter_ns() - t0)
         except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
             failures.append(f"probe: {exc!r}")
-        await asyncio.sleep(MIXED_PROBE_INTERVAL_S)
+        if interval_s > 0:
+            await asyncio.sleep(interval_s)
     if not lat.count:
         failures.append("no probe completed")
     return lat, failures[:8]

@@ -175,3 +175,30 @@ def test_compare_tls_no_tickets_means_no_ticket_from_either_proxy() -> None:
     assert report.tickets == {"skiffd": 0, "haproxy": 0}
     assert all(s.ok for s in report.samples), [s.failures for s in report.samples]
     assert "--no-tickets: tickets sent skiffd 0, haproxy 0" in format_compare(report)
+
+
+def test_compare_serial_reports_one_clients_handshake_latency() -> None:
+    """compare's serial workload over TLS: one client's connections back to
+    back through skiffd, each a full handshake and a checked echo; the
+    latency quantiles and the proxy's CPU per connection come out. Not a
+    default workload."""
+    cfg = CompareConfig(
+        subjects=("skiffd",),
+        workloads=("serial",),
+        rounds=1,
+        workers=1,
+        procs=1,
+        storm_duration_s=0.5,
+        pause_s=0.0,
+        tls=True,
+        no_tickets=True,
+    )
+    report = run_compare(cfg, Progress.auto(quiet=True))
+    (s,) = report.samples
+    assert s.ok, s.failures
+    assert (s.figures["connections"] or 0) >= 5
+    p50, p90 = s.figures["serial_p50_us"], s.figures["serial_p90_us"]
+    assert p50 is not None and p90 is not None and 0 < p50 <= p90
+    assert (s.figures["cpu_us_per_conn"] or 0) > 0
+    assert "p90 µs" in format_compare(report)
+    assert "serial" not in CompareConfig().workloads
