@@ -48,10 +48,15 @@ def _cpu_list(text: str) -> tuple[int, ...]:
 
 
 def _nice(text: str) -> int:
-    v = int(text)
-    if not -20 <= v <= 19:
-        raise argparse.ArgumentTypeError(f"a nice value is -20 to 19, got {v}")
-    return v
+    """A value the router's workerNice takes (the schema's bounds)."""
+    from router import schema
+
+    try:
+        value = schema.convert(schema.entity_type("router"), "workerNice", text)
+    except schema.InvalidValue as e:
+        raise argparse.ArgumentTypeError(e.message) from None
+    assert isinstance(value, int)
+    return value
 
 
 def _positive_float(text: str) -> float:

@@ -242,6 +242,12 @@ class RoundResult:
         )
 
 
+def _summed(total: EngineHistogram | None, h: object) -> EngineHistogram:
+    """total plus one round's engine histogram h (h alone for the first)."""
+    assert isinstance(h, EngineHistogram)
+    return h if total is None else add_engine_histograms(total, h)
+
+
 @dataclass(slots=True)
 class SubjectSummary:
     """Every round of one subject, combined exactly (counts and histograms add)."""
@@ -274,23 +280,11 @@ class SubjectSummary:
             s.cps_rounds.append(r.cps)
             s.engine_cpu_ns += int(r.engine["cpu_ns"])
             s.relayed += int(r.engine["listener"]["opened"])
-            lat = r.engine["lateness"]
-            assert isinstance(lat, EngineHistogram)
-            s.lateness = lat if s.lateness is None else add_engine_histograms(s.lateness, lat)
-            disp = r.engine["dispatch"]
-            assert isinstance(disp, EngineHistogram)
-            s.dispatch = disp if s.dispatch is None else add_engine_histograms(s.dispatch, disp)
-            dcpu = r.engine["dispatch_cpu"]
-            assert isinstance(dcpu, EngineHistogram)
-            s.dispatch_cpu = (
-                dcpu if s.dispatch_cpu is None else add_engine_histograms(s.dispatch_cpu, dcpu)
-            )
-            solo = r.engine["dispatch_cpu_unpreempted"]
-            assert isinstance(solo, EngineHistogram)
-            s.dispatch_cpu_unpreempted = (
-                solo
-                if s.dispatch_cpu_unpreempted is None
-                else add_engine_histograms(s.dispatch_cpu_unpreempted, solo)
+            s.lateness = _summed(s.lateness, r.engine["lateness"])
+            s.dispatch = _summed(s.dispatch, r.engine["dispatch"])
+            s.dispatch_cpu = _summed(s.dispatch_cpu, r.engine["dispatch_cpu"])
+            s.dispatch_cpu_unpreempted = _summed(
+                s.dispatch_cpu_unpreempted, r.engine["dispatch_cpu_unpreempted"]
             )
             s.event_lateness_ns.merge(r.event_lateness_ns)
             s.client_cpu_s += r.client_cpu_s

@@ -135,15 +135,21 @@ def test_compare_tls_accepts_only_tls_proxies() -> None:
     assert unit_label("conn/s", False) == "conn/s"
 
 
-def _tls_bulk_compare(no_tickets: bool = False) -> CompareReport:
-    """One short bulk1 round over TLS against skiffd and HAProxy."""
+def _tls_compare(
+    workload: str = "bulk1",
+    subjects: tuple[str, ...] = ("skiffd", "haproxy"),
+    no_tickets: bool = False,
+) -> CompareReport:
+    """One short round of workload over TLS against subjects (by default a
+    bulk1 round against skiffd and HAProxy)."""
     cfg = CompareConfig(
-        subjects=("skiffd", "haproxy"),
-        workloads=("bulk1",),
+        subjects=subjects,
+        workloads=(workload,),
         rounds=1,
         workers=1,
         procs=1,
         bulk_duration_s=0.4,
+        storm_duration_s=0.5,
         pause_s=0.0,
         tls=True,
         no_tickets=no_tickets,
@@ -152,7 +158,7 @@ def _tls_bulk_compare(no_tickets: bool = False) -> CompareReport:
 
 
 def test_compare_tls_bulk_round_against_both_proxies() -> None:
-    report = _tls_bulk_compare()
+    report = _tls_compare()
     assert report.samples, report.skipped
     assert all(s.ok for s in report.samples), [s.failures for s in report.samples]
     assert all((s.figures["bytes"] or 0) > 0 for s in report.samples)
@@ -171,7 +177,7 @@ def test_compare_tls_no_tickets_means_no_ticket_from_either_proxy() -> None:
     stop the run if one came)."""
     if haproxy_binary() is None:
         pytest.skip("haproxy not installed: the HAProxy half of --no-tickets needs it")
-    report = _tls_bulk_compare(no_tickets=True)
+    report = _tls_compare(no_tickets=True)
     assert report.tickets == {"skiffd": 0, "haproxy": 0}
     assert all(s.ok for s in report.samples), [s.failures for s in report.samples]
     assert "--no-tickets: tickets sent skiffd 0, haproxy 0" in format_compare(report)
@@ -182,18 +188,7 @@ def test_compare_serial_reports_one_clients_handshake_latency() -> None:
     back through skiffd, each a full handshake and a checked echo; the
     latency quantiles and the proxy's CPU per connection come out. Not a
     default workload."""
-    cfg = CompareConfig(
-        subjects=("skiffd",),
-        workloads=("serial",),
-        rounds=1,
-        workers=1,
-        procs=1,
-        storm_duration_s=0.5,
-        pause_s=0.0,
-        tls=True,
-        no_tickets=True,
-    )
-    report = run_compare(cfg, Progress.auto(quiet=True))
+    report = _tls_compare("serial", subjects=("skiffd",), no_tickets=True)
     (s,) = report.samples
     assert s.ok, s.failures
     assert (s.figures["connections"] or 0) >= 5

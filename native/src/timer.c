@@ -138,9 +138,10 @@ void sk_timer_run_due(sk_worker *w, int cls, uint64_t now)
              * delay is read after the CPU clock, so the bound holds. */
             uint64_t after = sk_now_ns();
             delay = after > ready ? after - ready : 0;
-            sk_hist_record(&w->dispatch_cpu[cls], spent < delay ? spent : delay);
+            uint64_t figure = spent < delay ? spent : delay;
+            sk_hist_record(&w->dispatch_cpu[cls], figure);
             if (ivcs >= 0 && ivcs == base_ivcs)
-                sk_hist_record(&w->dispatch_cpu_unpreempted[cls], spent < delay ? spent : delay);
+                sk_hist_record(&w->dispatch_cpu_unpreempted[cls], figure);
         } /* else it came due SK_CPU_HORIZON_NS into a batch, past every check */
         sk_hist_record(&w->dispatch[cls], delay);
         SK_BUMP(&w->timers_fired, 1);
